@@ -1,0 +1,152 @@
+//! Commands: every mutating engine call as data.
+//!
+//! The shard actor turns each write request into a `Command`, applies it with
+//! [`Engine::apply`] and, when it changed something, writes `(now, command)` to the
+//! write-ahead log. Recovery replays the same commands through the same function, and
+//! because the engine is pure and `now` is recorded, it reaches the same state.
+
+use serde::{Deserialize, Serialize};
+
+use super::Millis;
+use super::channel::{CategoryConfig, ChannelConfig, ProductConfig};
+use super::engine::{AdjustStatus, CountStatus, Engine, ReserveKind, ReservePart, ReserveUndo};
+use super::error::Error;
+use super::hold::{HoldState, LineView};
+use super::request::{Adjustment, OrderLine, ReserveRequest, StockCount};
+
+/// A mutating engine call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    UpsertChannel(ChannelConfig),
+    DeleteChannel(String),
+    UpsertProducts(Vec<ProductConfig>),
+    UpsertCategories(Vec<CategoryConfig>),
+    SetStock(Vec<StockCount>),
+    AdjustStock(Vec<Adjustment>),
+    Rebalance {
+        product_ref: Option<String>,
+        location_ref: Option<String>,
+    },
+    /// Reserve the request lines at `mine` (the indices this shard owns).
+    Reserve {
+        request: ReserveRequest,
+        mine: Vec<u32>,
+    },
+    UndoReserve(ReserveUndo),
+    Confirm {
+        hold_ref: String,
+        order_ref: String,
+    },
+    Release {
+        hold_ref: String,
+    },
+    Fulfil {
+        order_ref: String,
+        lines: Option<Vec<OrderLine>>,
+    },
+    CancelOrder {
+        order_ref: String,
+    },
+    /// Run the timers: expire due holds, forget finished ones.
+    Expire,
+}
+
+/// What a command did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    Counts(Vec<CountStatus>),
+    Adjustments(Vec<AdjustStatus>),
+    Rebalanced(usize),
+    Reserved(ReservePart),
+    Hold(Option<HoldState>),
+    Lines(Option<Vec<LineView>>),
+    Expired(usize),
+}
+
+impl Outcome {
+    /// Whether the command changed the engine's state, so it must be logged.
+    pub fn changed(&self) -> bool {
+        match self {
+            Outcome::Done => true,
+            Outcome::Counts(c) => c.contains(&CountStatus::Applied),
+            Outcome::Adjustments(a) => a.contains(&AdjustStatus::Applied),
+            Outcome::Rebalanced(n) => *n > 0,
+            Outcome::Reserved(part) => matches!(part.kind, ReserveKind::Created | ReserveKind::Updated),
+            // Confirm and release change state when they answer for a part here, except
+            // for idempotent repeats, which are harmless to log.
+            Outcome::Hold(state) => state.is_some(),
+            Outcome::Lines(lines) => lines.as_ref().is_some_and(|l| !l.is_empty()),
+            Outcome::Expired(_) => true,
+        }
+    }
+}
+
+impl Engine {
+    /// Applies one command at `now`. Commands that fail change nothing.
+    ///
+    /// A batch command (counts, adjustments) is validated whole before any item applies.
+    pub fn apply(&mut self, now: Millis, command: &Command) -> Result<Outcome, Error> {
+        Ok(match command {
+            Command::UpsertChannel(c) => {
+                self.upsert_channel(c.clone())?;
+                Outcome::Done
+            }
+            Command::DeleteChannel(c) => {
+                self.delete_channel(c)?;
+                Outcome::Done
+            }
+            Command::UpsertProducts(p) => {
+                self.upsert_products(p)?;
+                Outcome::Done
+            }
+            Command::UpsertCategories(c) => {
+                self.upsert_categories(c)?;
+                Outcome::Done
+            }
+            Command::SetStock(counts) => {
+                for (i, c) in counts.iter().enumerate() {
+                    c.validate(&format!("counts[{i}]"))?;
+                }
+                let mut out = Vec::with_capacity(counts.len());
+                for c in counts {
+                    out.push(self.set_stock(now, c)?);
+                }
+                Outcome::Counts(out)
+            }
+            Command::AdjustStock(adjustments) => {
+                for (i, a) in adjustments.iter().enumerate() {
+                    a.validate(&format!("adjustments[{i}]"))?;
+                }
+                let mut out = Vec::with_capacity(adjustments.len());
+                for a in adjustments {
+                    out.push(self.adjust_stock(now, a)?);
+                }
+                Outcome::Adjustments(out)
+            }
+            Command::Rebalance {
+                product_ref,
+                location_ref,
+            } => Outcome::Rebalanced(self.rebalance(
+                now,
+                product_ref.as_deref(),
+                location_ref.as_deref(),
+            )),
+            Command::Reserve { request, mine } => Outcome::Reserved(self.reserve(now, request, mine)?),
+            Command::UndoReserve(undo) => {
+                self.undo_reserve(now, undo);
+                Outcome::Done
+            }
+            Command::Confirm {
+                hold_ref,
+                order_ref,
+            } => Outcome::Hold(self.confirm(now, hold_ref, order_ref)?),
+            Command::Release { hold_ref } => Outcome::Hold(self.release(now, hold_ref)?),
+            Command::Fulfil { order_ref, lines } => {
+                Outcome::Lines(self.fulfil(now, order_ref, lines.as_deref(), false)?)
+            }
+            Command::CancelOrder { order_ref } => Outcome::Lines(self.cancel_order(now, order_ref)?),
+            Command::Expire => Outcome::Expired(self.expire_due(now)),
+        })
+    }
+}

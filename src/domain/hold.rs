@@ -1,0 +1,107 @@
+//! Holds: a cart's soft reservation under a client-owned ref, as one shard sees it.
+//!
+//! A hold whose lines live on several shards is stored as one part per shard. Every
+//! part carries the digest of the whole request and the number of request lines it
+//! answered for, so that after a crash the parts of a hold can be checked for
+//! completeness without any shard knowing the others.
+
+use serde::{Deserialize, Serialize};
+
+use super::Millis;
+use super::refs::Sym;
+
+/// The life of a hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HoldState {
+    Active,
+    Confirmed,
+    Released,
+    Expired,
+}
+
+impl HoldState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldState::Active => "ACTIVE",
+            HoldState::Confirmed => "CONFIRMED",
+            HoldState::Released => "RELEASED",
+            HoldState::Expired => "EXPIRED",
+        }
+    }
+}
+
+/// One reserved line of a hold part.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PartLine {
+    pub product: Sym,
+    pub location: Sym,
+    pub quantity: i64,
+    /// What is still RESERVED for the order after partial fulfilments.
+    pub open: i64,
+}
+
+/// The part of a hold that lives on one engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct HoldPart {
+    pub hold: Sym,
+    pub channel: Sym,
+    pub state: HoldState,
+    pub lines: Vec<PartLine>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub expires_at: Millis,
+    pub order: Option<Sym>,
+    /// Digest of the whole request's (channel, lines): equal digests mean the same cart.
+    pub digest: u64,
+    /// Number of lines in the whole request.
+    pub total_lines: u32,
+    /// Number of request lines this part answered for (reserved or not).
+    pub answered_lines: u32,
+    /// Whether this part holds the request's first line: it speaks for the hold in metrics.
+    pub primary: bool,
+    /// When a terminal hold is forgotten.
+    pub forget_at: Option<Millis>,
+}
+
+/// A hold part as callers see it, refs resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HoldView {
+    pub hold_ref: String,
+    pub channel_ref: String,
+    pub state: HoldState,
+    pub lines: Vec<LineView>,
+    pub created_at: Millis,
+    pub expires_at: Millis,
+    pub order_ref: Option<String>,
+    pub digest: u64,
+    pub total_lines: u32,
+    pub answered_lines: u32,
+    pub primary: bool,
+}
+
+/// A line of a hold or an order, refs resolved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineView {
+    pub product_ref: String,
+    pub location_ref: String,
+    pub quantity: i64,
+}
+
+impl HoldView {
+    /// Merges the parts of one hold from several shards into the whole hold.
+    /// The primary part's state wins; lines are concatenated.
+    pub fn merge(mut parts: Vec<HoldView>) -> Option<HoldView> {
+        parts.sort_by_key(|p| !p.primary);
+        let mut iter = parts.into_iter();
+        let mut whole = iter.next()?;
+        for part in iter {
+            whole.lines.extend(part.lines);
+            whole.answered_lines += part.answered_lines;
+            whole.created_at = whole.created_at.min(part.created_at);
+            if whole.order_ref.is_none() {
+                whole.order_ref = part.order_ref;
+            }
+        }
+        Some(whole)
+    }
+}

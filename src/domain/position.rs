@@ -1,0 +1,200 @@
+//! Inventory Positions: one product at one location, its ACTIVE ledger and its counters.
+//!
+//! Only ACTIVE Inventory Quantities stay in memory; when one turns INACTIVE it leaves the
+//! ledger (its history is in the events). The counters (`physical`, `on_hand`, per-channel
+//! `held` and `sold`) are kept in step with the ledger so that ATS costs no scan.
+
+use serde::{Deserialize, Serialize};
+
+use super::Millis;
+use super::refs::Sym;
+
+/// The type of an Inventory Quantity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum IqKind {
+    LastOnHand,
+    Delta,
+    Correction,
+    Returned,
+    Sale,
+    SoftReserve,
+    Reserved,
+}
+
+impl IqKind {
+    /// Reservations are not in the building's count; everything else is.
+    pub fn is_reservation(self) -> bool {
+        matches!(self, IqKind::SoftReserve | IqKind::Reserved)
+    }
+
+    /// The kinds a count supersedes when they occurred at or before its `as_of`.
+    pub fn superseded_by_count(self) -> bool {
+        matches!(
+            self,
+            IqKind::Delta | IqKind::Correction | IqKind::Returned | IqKind::Sale
+        )
+    }
+
+    /// The name used in refs and events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IqKind::LastOnHand => "LAST_ON_HAND",
+            IqKind::Delta => "DELTA",
+            IqKind::Correction => "CORRECTION",
+            IqKind::Returned => "RETURNED",
+            IqKind::Sale => "SALE",
+            IqKind::SoftReserve => "SOFT_RESERVE",
+            IqKind::Reserved => "RESERVED",
+        }
+    }
+}
+
+/// "No symbol" for an IQ's channel or owner.
+pub(crate) const NO_SYM: Sym = Sym(u32::MAX);
+
+/// One ACTIVE ledger record. `owner` is the hold (SOFT_RESERVE), order (RESERVED, SALE
+/// of an order) or adjustment (DELTA, CORRECTION, RETURNED) it belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Iq {
+    pub id: u64,
+    pub kind: IqKind,
+    pub channel: Sym,
+    pub owner: Sym,
+    pub quantity: i64,
+    pub created_at: Millis,
+    pub occurred_at: Millis,
+    pub expires_at: Millis,
+}
+
+/// Per-channel counters of a position.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ChannelCounters {
+    pub channel: Sym,
+    /// `held(c)`: −Σ of the channel's ACTIVE SOFT_RESERVE and RESERVED.
+    pub held: i64,
+    /// `sold(c)`: the channel's SALE quantity since the last rebalance.
+    pub sold: i64,
+}
+
+/// No count yet.
+pub(crate) const NEVER_COUNTED: Millis = Millis::MIN;
+
+/// An Inventory Position.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Position {
+    pub iqs: Vec<Iq>,
+    pub counted_as_of: Millis,
+    pub allocation_base: i64,
+    pub channels: Vec<ChannelCounters>,
+    pub physical: i64,
+    pub on_hand: i64,
+}
+
+impl Position {
+    pub fn new() -> Self {
+        Position {
+            counted_as_of: NEVER_COUNTED,
+            ..Default::default()
+        }
+    }
+
+    fn counters_mut(&mut self, channel: Sym) -> &mut ChannelCounters {
+        let index = match self.channels.iter().position(|c| c.channel == channel) {
+            Some(i) => i,
+            None => {
+                self.channels.push(ChannelCounters {
+                    channel,
+                    held: 0,
+                    sold: 0,
+                });
+                self.channels.len() - 1
+            }
+        };
+        &mut self.channels[index]
+    }
+
+    pub fn held(&self, channel: Sym) -> i64 {
+        self.channels
+            .iter()
+            .find(|c| c.channel == channel)
+            .map_or(0, |c| c.held)
+    }
+
+    /// `used(c) = held(c) + sold(c)`.
+    pub fn used(&self, channel: Sym) -> i64 {
+        self.channels
+            .iter()
+            .find(|c| c.channel == channel)
+            .map_or(0, |c| c.held + c.sold)
+    }
+
+    /// Adds an ACTIVE IQ and moves the counters with it.
+    pub fn push(&mut self, iq: Iq) {
+        self.account(&iq, 1);
+        self.iqs.push(iq);
+    }
+
+    /// Removes (turns INACTIVE) the IQ at `index` and returns it.
+    pub fn take(&mut self, index: usize) -> Iq {
+        let iq = self.iqs.swap_remove(index);
+        self.account(&iq, -1);
+        iq
+    }
+
+    /// Removes every IQ matching `pred`, returning them.
+    pub fn take_where(&mut self, mut pred: impl FnMut(&Iq) -> bool) -> Vec<Iq> {
+        let mut taken = Vec::new();
+        let mut i = 0;
+        while i < self.iqs.len() {
+            if pred(&self.iqs[i]) {
+                taken.push(self.take(i));
+            } else {
+                i += 1;
+            }
+        }
+        taken
+    }
+
+    fn account(&mut self, iq: &Iq, sign: i64) {
+        let q = iq.quantity * sign;
+        self.on_hand += q;
+        if iq.kind.is_reservation() {
+            self.counters_mut(iq.channel).held -= q;
+        } else {
+            self.physical += q;
+        }
+    }
+
+    /// Counts a sale towards `sold(c)` (a fulfilment).
+    pub fn add_sold(&mut self, channel: Sym, quantity: i64) {
+        self.counters_mut(channel).sold += quantity;
+    }
+
+    /// `P0 = physical`, every `sold(c) = 0`.
+    pub fn rebalance(&mut self) {
+        self.allocation_base = self.physical;
+        for c in &mut self.channels {
+            c.sold = 0;
+        }
+        self.channels.retain(|c| c.held != 0);
+    }
+
+    /// Recomputes the counters from the ledger; used to check them in tests and after restore.
+    pub fn recount(&self) -> (i64, i64, Vec<(Sym, i64)>) {
+        let mut physical = 0;
+        let mut on_hand = 0;
+        let mut held: Vec<(Sym, i64)> = Vec::new();
+        for iq in &self.iqs {
+            on_hand += iq.quantity;
+            if iq.kind.is_reservation() {
+                match held.iter_mut().find(|(c, _)| *c == iq.channel) {
+                    Some((_, h)) => *h -= iq.quantity,
+                    None => held.push((iq.channel, -iq.quantity)),
+                }
+            } else {
+                physical += iq.quantity;
+            }
+        }
+        (physical, on_hand, held)
+    }
+}

@@ -1,0 +1,364 @@
+//! Snapshots: an engine's whole state in a form that outlives it.
+//!
+//! A snapshot spells every ref out (symbols are private to one engine), so snapshots of
+//! several engines can be merged and split again by another routing: that is how a
+//! restart with a different number of shards keeps every position and hold.
+
+use serde::{Deserialize, Serialize};
+
+use super::Millis;
+use super::channel::{CategoryConfig, ChannelConfig, ProductConfig};
+use super::engine::{Engine, Settings};
+use super::hold::{HoldPart, HoldState, PartLine};
+use super::position::{Iq, IqKind, NO_SYM, Position};
+use super::refs::Sym;
+
+/// One ledger record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IqSnap {
+    pub id: u64,
+    pub kind: IqKind,
+    pub channel: Option<String>,
+    pub owner: Option<String>,
+    pub quantity: i64,
+    pub created_at: Millis,
+    pub occurred_at: Millis,
+    pub expires_at: Millis,
+}
+
+/// One position with its ACTIVE ledger.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PositionSnap {
+    pub product_ref: String,
+    pub location_ref: String,
+    pub counted_as_of: Millis,
+    pub allocation_base: i64,
+    /// `sold(c)` per channel since the last rebalance.
+    pub sold: Vec<(String, i64)>,
+    pub iqs: Vec<IqSnap>,
+}
+
+/// One line of a hold part.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineSnap {
+    pub product_ref: String,
+    pub location_ref: String,
+    pub quantity: i64,
+    pub open: i64,
+}
+
+/// One hold part.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HoldSnap {
+    pub hold_ref: String,
+    pub channel_ref: String,
+    pub state: HoldState,
+    pub lines: Vec<LineSnap>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub expires_at: Millis,
+    pub order_ref: Option<String>,
+    pub digest: u64,
+    pub total_lines: u32,
+    pub answered_lines: u32,
+    pub primary: bool,
+    pub forget_at: Option<Millis>,
+}
+
+/// An engine's whole state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineSnapshot {
+    pub channels: Vec<ChannelConfig>,
+    pub products: Vec<ProductConfig>,
+    pub categories: Vec<CategoryConfig>,
+    pub positions: Vec<PositionSnap>,
+    pub holds: Vec<HoldSnap>,
+    pub adjustments: Vec<String>,
+    pub next_iq_id: u64,
+    pub next_event_seq: u64,
+}
+
+impl Engine {
+    fn opt_name(&self, sym: Sym) -> Option<String> {
+        (sym != NO_SYM).then(|| self.interner.resolve(sym).to_string())
+    }
+
+    pub(crate) fn snap_part(&self, part: &HoldPart) -> HoldSnap {
+        let r = |s: Sym| self.interner.resolve(s).to_string();
+        HoldSnap {
+            hold_ref: r(part.hold),
+            channel_ref: r(part.channel),
+            state: part.state,
+            lines: part
+                .lines
+                .iter()
+                .map(|l| LineSnap {
+                    product_ref: r(l.product),
+                    location_ref: r(l.location),
+                    quantity: l.quantity,
+                    open: l.open,
+                })
+                .collect(),
+            created_at: part.created_at,
+            updated_at: part.updated_at,
+            expires_at: part.expires_at,
+            order_ref: part.order.map(r),
+            digest: part.digest,
+            total_lines: part.total_lines,
+            answered_lines: part.answered_lines,
+            primary: part.primary,
+            forget_at: part.forget_at,
+        }
+    }
+
+    pub(crate) fn unsnap_part(&mut self, snap: &HoldSnap) -> HoldPart {
+        let mut i = |s: &str| self.interner.intern(s);
+        HoldPart {
+            hold: i(&snap.hold_ref),
+            channel: i(&snap.channel_ref),
+            state: snap.state,
+            lines: snap
+                .lines
+                .iter()
+                .map(|l| PartLine {
+                    product: i(&l.product_ref),
+                    location: i(&l.location_ref),
+                    quantity: l.quantity,
+                    open: l.open,
+                })
+                .collect(),
+            created_at: snap.created_at,
+            updated_at: snap.updated_at,
+            expires_at: snap.expires_at,
+            order: snap.order_ref.as_deref().map(&mut i),
+            digest: snap.digest,
+            total_lines: snap.total_lines,
+            answered_lines: snap.answered_lines,
+            primary: snap.primary,
+            forget_at: snap.forget_at,
+        }
+    }
+
+    /// The engine's whole state. Events not yet drained are not part of it.
+    pub fn snapshot(&self) -> EngineSnapshot {
+        let r = |s: Sym| self.interner.resolve(s).to_string();
+        let mut positions: Vec<PositionSnap> = self
+            .positions
+            .iter()
+            .map(|((p, l), pos)| PositionSnap {
+                product_ref: r(*p),
+                location_ref: r(*l),
+                counted_as_of: pos.counted_as_of,
+                allocation_base: pos.allocation_base,
+                sold: pos
+                    .channels
+                    .iter()
+                    .filter(|c| c.sold != 0)
+                    .map(|c| (r(c.channel), c.sold))
+                    .collect(),
+                iqs: pos
+                    .iqs
+                    .iter()
+                    .map(|iq| IqSnap {
+                        id: iq.id,
+                        kind: iq.kind,
+                        channel: self.opt_name(iq.channel),
+                        owner: self.opt_name(iq.owner),
+                        quantity: iq.quantity,
+                        created_at: iq.created_at,
+                        occurred_at: iq.occurred_at,
+                        expires_at: iq.expires_at,
+                    })
+                    .collect(),
+            })
+            .collect();
+        positions.sort_by(|a, b| {
+            (&a.product_ref, &a.location_ref).cmp(&(&b.product_ref, &b.location_ref))
+        });
+        let mut holds: Vec<HoldSnap> = self.holds.values().map(|p| self.snap_part(p)).collect();
+        holds.sort_by(|a, b| a.hold_ref.cmp(&b.hold_ref));
+        let mut adjustments: Vec<String> = self.adjustments.iter().map(|s| r(*s)).collect();
+        adjustments.sort();
+        EngineSnapshot {
+            channels: self.channels().cloned().collect(),
+            products: self.products(),
+            categories: self.categories(),
+            positions,
+            holds,
+            adjustments,
+            next_iq_id: self.next_iq_id,
+            next_event_seq: self.next_event_seq,
+        }
+    }
+
+    /// Rebuilds an engine from a snapshot. Fails if the snapshot contradicts itself.
+    pub fn restore(settings: Settings, snap: EngineSnapshot) -> Result<Engine, String> {
+        let mut engine = Engine::new(settings);
+        for channel in snap.channels {
+            engine
+                .upsert_channel(channel)
+                .map_err(|e| format!("snapshot channel: {e}"))?;
+        }
+        engine
+            .upsert_products(&snap.products)
+            .map_err(|e| format!("snapshot products: {e}"))?;
+        engine
+            .upsert_categories(&snap.categories)
+            .map_err(|e| format!("snapshot categories: {e}"))?;
+        for ps in snap.positions {
+            let product = engine.interner.intern(&ps.product_ref);
+            let location = engine.interner.intern(&ps.location_ref);
+            let mut pos = Position::new();
+            pos.counted_as_of = ps.counted_as_of;
+            pos.allocation_base = ps.allocation_base;
+            for iq in ps.iqs {
+                let channel = match &iq.channel {
+                    Some(c) => engine.interner.intern(c),
+                    None => NO_SYM,
+                };
+                let owner = match &iq.owner {
+                    Some(o) => engine.interner.intern(o),
+                    None => NO_SYM,
+                };
+                pos.push(Iq {
+                    id: iq.id,
+                    kind: iq.kind,
+                    channel,
+                    owner,
+                    quantity: iq.quantity,
+                    created_at: iq.created_at,
+                    occurred_at: iq.occurred_at,
+                    expires_at: iq.expires_at,
+                });
+            }
+            for (channel, sold) in ps.sold {
+                let c = engine.interner.intern(&channel);
+                pos.add_sold(c, sold);
+            }
+            engine.positions.insert((product, location), pos);
+        }
+        for hs in &snap.holds {
+            let part = engine.unsnap_part(hs);
+            let hold = part.hold;
+            if engine.holds.contains_key(&hold) {
+                return Err(format!("snapshot holds hold {:?} twice", hs.hold_ref));
+            }
+            match part.state {
+                HoldState::Active => {
+                    engine.expiry.insert((part.expires_at, hold));
+                    if part.primary {
+                        *engine.active_holds.entry(part.channel).or_default() += 1;
+                    }
+                }
+                HoldState::Confirmed => {
+                    if let Some(order) = part.order {
+                        engine.orders.insert(order, hold);
+                    }
+                }
+                HoldState::Released | HoldState::Expired => {}
+            }
+            if let Some(t) = part.forget_at {
+                engine.forget.insert((t, hold));
+            }
+            engine.holds.insert(hold, part);
+        }
+        for a in snap.adjustments {
+            let sym = engine.interner.intern(&a);
+            engine.adjustments.insert(sym);
+        }
+        engine.next_iq_id = snap.next_iq_id.max(1);
+        engine.next_event_seq = snap.next_event_seq.max(1);
+        engine.check_consistency()?;
+        Ok(engine)
+    }
+}
+
+impl EngineSnapshot {
+    /// Joins the snapshots of several engines into one. Parts of the same hold join into one.
+    pub fn merge(snaps: Vec<EngineSnapshot>) -> EngineSnapshot {
+        let mut out = EngineSnapshot::default();
+        let mut holds: std::collections::BTreeMap<String, HoldSnap> = Default::default();
+        let mut adjustments = std::collections::BTreeSet::new();
+        for (i, snap) in snaps.into_iter().enumerate() {
+            if i == 0 {
+                out.channels = snap.channels;
+                out.products = snap.products;
+                out.categories = snap.categories;
+            }
+            out.positions.extend(snap.positions);
+            for h in snap.holds {
+                match holds.get_mut(&h.hold_ref) {
+                    Some(whole) => {
+                        whole.lines.extend(h.lines);
+                        whole.answered_lines += h.answered_lines;
+                        whole.primary |= h.primary;
+                    }
+                    None => {
+                        holds.insert(h.hold_ref.clone(), h);
+                    }
+                }
+            }
+            adjustments.extend(snap.adjustments);
+            out.next_iq_id = out.next_iq_id.max(snap.next_iq_id);
+            out.next_event_seq = out.next_event_seq.max(snap.next_event_seq);
+        }
+        out.holds = holds.into_values().collect();
+        out.adjustments = adjustments.into_iter().collect();
+        out
+    }
+
+    /// Splits one snapshot into `n` by the routing of (product, location) to a shard.
+    /// A hold part with no lines goes to the shard of `route(hold_ref, "")`.
+    pub fn split(self, n: usize, route: impl Fn(&str, &str) -> usize) -> Vec<EngineSnapshot> {
+        let mut out: Vec<EngineSnapshot> = (0..n)
+            .map(|_| EngineSnapshot {
+                channels: self.channels.clone(),
+                products: self.products.clone(),
+                categories: self.categories.clone(),
+                adjustments: self.adjustments.clone(),
+                next_iq_id: self.next_iq_id,
+                next_event_seq: self.next_event_seq,
+                ..Default::default()
+            })
+            .collect();
+        for p in self.positions {
+            let shard = route(&p.product_ref, &p.location_ref);
+            out[shard].positions.push(p);
+        }
+        for h in self.holds {
+            let mut parts: std::collections::BTreeMap<usize, HoldSnap> = Default::default();
+            let first_shard = h
+                .lines
+                .first()
+                .map(|l| route(&l.product_ref, &l.location_ref))
+                .unwrap_or_else(|| route(&h.hold_ref, ""));
+            for line in &h.lines {
+                let shard = route(&line.product_ref, &line.location_ref);
+                parts
+                    .entry(shard)
+                    .or_insert_with(|| HoldSnap {
+                        lines: Vec::new(),
+                        answered_lines: 0,
+                        primary: false,
+                        ..h.clone()
+                    })
+                    .lines
+                    .push(line.clone());
+            }
+            let lines_total = h.lines.len() as u32;
+            let first = parts.entry(first_shard).or_insert_with(|| HoldSnap {
+                lines: Vec::new(),
+                answered_lines: 0,
+                primary: false,
+                ..h.clone()
+            });
+            first.primary = h.primary;
+            first.answered_lines += h.answered_lines.saturating_sub(lines_total);
+            for (shard, mut part) in parts {
+                part.answered_lines += part.lines.len() as u32;
+                out[shard].holds.push(part);
+            }
+        }
+        out
+    }
+}
