@@ -10,3 +10,10 @@
 
 pub mod domain;
 pub mod proto;
+pub mod clock;
+pub mod metrics;
+pub mod shard;
+pub mod storage;
+pub mod grpc;
+pub mod config;
+pub mod server;

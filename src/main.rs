@@ -1,1 +1,81 @@
-fn main(){}
+//! The `stockd` binary: parse flags, start logging and metrics, bind, run the server.
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use stockd::config::{Cli, Command, LogFormat};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Serve(args)) => args,
+        None => cli.serve,
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    match args.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init(),
+    }
+    let config = match args.server_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("stockd: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("stockd")
+        .build()
+        .expect("build the tokio runtime");
+    let result = runtime.block_on(async {
+        tracing::info!(
+            grpc_addr = %args.grpc_addr,
+            metrics_addr = %args.metrics_addr,
+            data_dir = %config.data_dir.display(),
+            shards = config.shards,
+            durability = ?config.durability,
+            config = ?args.config,
+            "starting stockd {}",
+            env!("CARGO_PKG_VERSION")
+        );
+        stockd::metrics::install(args.metrics_addr)?;
+        let listener = tokio::net::TcpListener::bind(args.grpc_addr)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", args.grpc_addr))?;
+        stockd::server::run(config, listener, shutdown_signal()).await
+    });
+    match result {
+        Ok(_) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("stockd: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}

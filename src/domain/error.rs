@@ -37,6 +37,9 @@ pub enum Error {
     /// The order ref already confirms another hold.
     #[error("order {order_ref:?} already confirms hold {hold_ref:?}")]
     OrderConflict { order_ref: String, hold_ref: String },
+    /// A confirm with `reacquire` found the stock of an ended hold gone.
+    #[error("hold {0:?} has ended and its stock is no longer available to reacquire")]
+    ReacquireFailed(String),
     /// A fulfilment asks for more than the order still has reserved.
     #[error("{field} asks for {requested} but order {order_ref:?} has {open} reserved there")]
     FulfilExceedsReserved {

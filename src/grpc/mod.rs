@@ -1,0 +1,15 @@
+//! The gRPC transport: the only module that knows tonic and the protobuf types.
+//!
+//! - `inventory`, `admin`: the two services, thin handlers over the router.
+//! - `convert`: protobuf ↔ domain, naming the field of every bad input.
+//! - `status`: errors → `tonic::Status`, one exhaustive mapping.
+//! - `observe`: the span and latency histogram around every RPC.
+
+pub mod admin;
+pub mod convert;
+pub mod inventory;
+pub mod observe;
+pub mod status;
+
+pub use admin::AdminApi;
+pub use inventory::InventoryApi;

@@ -1,0 +1,170 @@
+//! Every metric stockd exports, declared in one place.
+//!
+//! Names are prefixed `stockd_` and carry their unit. Latencies are real histograms with
+//! explicit buckets (25 µs to 1 s, dense below 1 ms) so Prometheus can aggregate them
+//! across pods. No product, location, hold or order ref is ever a label: label sets stay
+//! bounded however large the catalogue (channels are configured, so they are bounded).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+pub const RPC_DURATION: &str = "stockd_rpc_duration_seconds";
+pub const RESERVE_OUTCOMES: &str = "stockd_reserve_outcomes_total";
+pub const ACTIVE_HOLDS: &str = "stockd_active_holds";
+pub const HOLD_EVENTS: &str = "stockd_hold_events_total";
+pub const STOCKOUTS: &str = "stockd_stockouts_total";
+pub const POSITIONS: &str = "stockd_positions";
+pub const MAILBOX_DEPTH: &str = "stockd_shard_mailbox_depth";
+pub const BATCH_SIZE: &str = "stockd_shard_batch_size";
+pub const REJECTED_OVERLOAD: &str = "stockd_shard_overloaded_total";
+pub const WAL_FLUSH_DURATION: &str = "stockd_wal_flush_duration_seconds";
+pub const WAL_CHANGES_PER_FLUSH: &str = "stockd_wal_changes_per_flush";
+pub const WAL_BYTES: &str = "stockd_wal_bytes_written_total";
+pub const SNAPSHOT_DURATION: &str = "stockd_snapshot_duration_seconds";
+pub const RECOVERY_DURATION: &str = "stockd_recovery_duration_seconds";
+
+/// Latency buckets in seconds: dense below 1 ms, where a reserve should land.
+pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
+    0.000_025, 0.000_05, 0.000_075, 0.000_1, 0.000_15, 0.000_2, 0.000_3, 0.000_4, 0.000_5,
+    0.000_75, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// Count buckets for batch sizes and changes per flush.
+pub const COUNT_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
+];
+
+/// Installs the Prometheus recorder and its HTTP listener on `addr` (`/metrics`).
+pub fn install(addr: SocketAddr) -> Result<(), String> {
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS_SECONDS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), COUNT_BUCKETS))
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(WAL_CHANGES_PER_FLUSH.into()), COUNT_BUCKETS)
+        })
+        .and_then(|b| b.install())
+        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+    describe();
+    Ok(())
+}
+
+/// HELP texts and units for every metric.
+pub fn describe() {
+    describe_histogram!(
+        RPC_DURATION,
+        Unit::Seconds,
+        "Time to answer a gRPC call, by service, method and status code."
+    );
+    describe_counter!(
+        RESERVE_OUTCOMES,
+        Unit::Count,
+        "Reserve calls by channel and outcome (reserved, partial, rejected)."
+    );
+    describe_gauge!(ACTIVE_HOLDS, Unit::Count, "Holds currently active, by channel.");
+    describe_counter!(
+        HOLD_EVENTS,
+        Unit::Count,
+        "Hold lifecycle events by channel: created, updated, confirmed, released, expired."
+    );
+    describe_counter!(
+        STOCKOUTS,
+        Unit::Count,
+        "Reserve calls rejected for lack of stock, by channel."
+    );
+    describe_gauge!(POSITIONS, Unit::Count, "Inventory positions held in memory.");
+    describe_gauge!(
+        MAILBOX_DEPTH,
+        Unit::Count,
+        "Requests waiting in a shard's mailbox, by shard."
+    );
+    describe_histogram!(
+        BATCH_SIZE,
+        Unit::Count,
+        "Requests a shard handled per wake-up, by shard."
+    );
+    describe_counter!(
+        REJECTED_OVERLOAD,
+        Unit::Count,
+        "Requests refused with RESOURCE_EXHAUSTED because a shard's mailbox was full, by shard."
+    );
+    describe_histogram!(
+        WAL_FLUSH_DURATION,
+        Unit::Seconds,
+        "Time of one write-ahead log flush to disk."
+    );
+    describe_histogram!(
+        WAL_CHANGES_PER_FLUSH,
+        Unit::Count,
+        "Changes made durable by one group commit."
+    );
+    describe_counter!(
+        WAL_BYTES,
+        Unit::Bytes,
+        "Bytes written to the write-ahead log and snapshots."
+    );
+    describe_histogram!(
+        SNAPSHOT_DURATION,
+        Unit::Seconds,
+        "Time to take and encode one shard snapshot."
+    );
+    describe_gauge!(
+        RECOVERY_DURATION,
+        Unit::Seconds,
+        "Time the last start spent recovering state from disk."
+    );
+}
+
+pub fn rpc(service: &'static str, method: &'static str, code: &'static str, elapsed: Duration) {
+    histogram!(RPC_DURATION, "service" => service, "method" => method, "code" => code)
+        .record(elapsed.as_secs_f64());
+}
+
+pub fn reserve_outcome(channel: &str, outcome: &'static str) {
+    counter!(RESERVE_OUTCOMES, "channel" => channel.to_string(), "outcome" => outcome).increment(1);
+    if outcome == "rejected" {
+        counter!(STOCKOUTS, "channel" => channel.to_string()).increment(1);
+    }
+}
+
+pub fn hold_event(channel: &str, event: &'static str) {
+    counter!(HOLD_EVENTS, "channel" => channel.to_string(), "event" => event).increment(1);
+}
+
+pub fn active_holds(channel: &str, shard: usize, count: i64) {
+    gauge!(ACTIVE_HOLDS, "channel" => channel.to_string(), "shard" => shard.to_string())
+        .set(count as f64);
+}
+
+pub fn positions(shard: usize, count: usize) {
+    gauge!(POSITIONS, "shard" => shard.to_string()).set(count as f64);
+}
+
+pub fn shard_batch(shard: usize, size: usize, depth: usize) {
+    histogram!(BATCH_SIZE, "shard" => shard.to_string()).record(size as f64);
+    gauge!(MAILBOX_DEPTH, "shard" => shard.to_string()).set(depth as f64);
+}
+
+pub fn overloaded(shard: usize) {
+    counter!(REJECTED_OVERLOAD, "shard" => shard.to_string()).increment(1);
+}
+
+pub fn wal_flushed(elapsed: Duration) {
+    histogram!(WAL_FLUSH_DURATION).record(elapsed.as_secs_f64());
+}
+
+pub fn wal_group(changes: usize, bytes: usize) {
+    histogram!(WAL_CHANGES_PER_FLUSH).record(changes as f64);
+    counter!(WAL_BYTES).increment(bytes as u64);
+}
+
+pub fn snapshot_taken(elapsed: Duration) {
+    histogram!(SNAPSHOT_DURATION).record(elapsed.as_secs_f64());
+}
+
+pub fn recovered(elapsed: Duration) {
+    gauge!(RECOVERY_DURATION).set(elapsed.as_secs_f64());
+}

@@ -1,0 +1,363 @@
+//! The shard actor: the single writer of one engine.
+//!
+//! It drains its mailbox in batches, applies each request to its engine, sends the
+//! changes of the whole batch to the write-ahead log at once, and hands the replies to a
+//! releaser task that sends them when the batch is durable. Replies leave in mailbox
+//! order, so a read never reports a change that is not yet durable. The actor also runs
+//! the hold timers (no scan: the engine keeps them ordered) and takes snapshots.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::handle::{Msg, ShardError, ShardHandle, WriteReply};
+use crate::clock;
+use crate::domain::{Command, Engine, EventKind, Millis};
+use crate::metrics as m;
+use crate::storage::record::{self, LogRecord};
+use crate::storage::wal::Ticket;
+use crate::storage::{StorageError, Wal};
+
+/// Most requests one wake-up handles. Bounds the latency a batch adds to its last member.
+pub const BATCH_MAX: usize = 256;
+
+/// A hold expires this long after its deadline on the timer. A confirm or reserve that
+/// arrives with a `now` past the deadline already treats it as expired; the grace keeps
+/// every shard of a multi-shard hold agreeing on what a request just before the deadline
+/// saw. Well inside domain.md's "within one second".
+pub const EXPIRY_GRACE_MS: Millis = 250;
+
+/// Limits of one shard.
+#[derive(Clone, Debug)]
+pub struct ShardLimits {
+    /// Mailbox capacity; a full mailbox answers RESOURCE_EXHAUSTED.
+    pub mailbox_capacity: usize,
+    /// Take a snapshot after this many log records…
+    pub snapshot_every_records: u64,
+    /// …or after this long with at least one record.
+    pub snapshot_every: Duration,
+}
+
+impl Default for ShardLimits {
+    fn default() -> Self {
+        ShardLimits {
+            mailbox_capacity: 8_192,
+            snapshot_every_records: 100_000,
+            snapshot_every: Duration::from_secs(300),
+        }
+    }
+}
+
+type Reply = Box<dyn FnOnce(Option<&StorageError>) + Send>;
+
+struct Group {
+    ticket: Option<Ticket>,
+    replies: Vec<Reply>,
+}
+
+/// The task that owns one engine.
+pub struct ShardActor {
+    id: usize,
+    engine: Engine,
+    rx: mpsc::Receiver<Msg>,
+    wal: Wal,
+    limits: ShardLimits,
+    released: mpsc::UnboundedSender<Group>,
+    /// Set once a write failed to become durable: from then on writes answer UNAVAILABLE.
+    failed: Arc<AtomicBool>,
+    records_since_snapshot: u64,
+    last_snapshot: Instant,
+}
+
+impl ShardActor {
+    /// Spawns the actor and its releaser on the current runtime; returns the handle and
+    /// the task, which ends when every handle is dropped and all replies are sent.
+    pub fn spawn(
+        id: usize,
+        engine: Engine,
+        wal: Wal,
+        limits: ShardLimits,
+    ) -> (ShardHandle, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(limits.mailbox_capacity);
+        let (released, release_rx) = mpsc::unbounded_channel();
+        let failed = Arc::new(AtomicBool::new(false));
+        let releaser = tokio::spawn(release(release_rx, failed.clone()));
+        let actor = ShardActor {
+            id,
+            engine,
+            rx,
+            wal,
+            limits,
+            released,
+            failed,
+            records_since_snapshot: 0,
+            last_snapshot: Instant::now(),
+        };
+        let task = tokio::spawn(async move {
+            actor.run().await;
+            let _ = releaser.await;
+        });
+        (ShardHandle { id, tx }, task)
+    }
+
+    async fn run(mut self) {
+        self.publish_gauges();
+        let mut last_gauges = Instant::now();
+        let mut batch: Vec<Msg> = Vec::with_capacity(BATCH_MAX);
+        loop {
+            let deadline = self.engine.next_deadline().map(|t| {
+                let wait = (t + EXPIRY_GRACE_MS - clock::now_millis()).max(0) as u64;
+                tokio::time::Instant::now() + Duration::from_millis(wait)
+            });
+            let first = tokio::select! {
+                msg = self.rx.recv() => match msg {
+                    Some(msg) => Some(msg),
+                    None => break,
+                },
+                _ = sleep_until(deadline) => None,
+            };
+            batch.extend(first);
+            while batch.len() < BATCH_MAX {
+                match self.rx.try_recv() {
+                    Ok(msg) => batch.push(msg),
+                    Err(_) => break,
+                }
+            }
+            let now = clock::now_millis();
+            let mut records: Vec<Vec<u8>> = Vec::new();
+            let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
+            self.run_timers(now, &mut records);
+            let size = batch.len();
+            for msg in batch.drain(..) {
+                self.handle(msg, &mut records, &mut replies);
+            }
+            self.publish_events();
+            if size > 0 {
+                m::shard_batch(self.id, size, self.rx.len());
+            }
+            self.commit(records, replies).await;
+            if last_gauges.elapsed() >= Duration::from_secs(1) {
+                self.publish_gauges();
+                last_gauges = Instant::now();
+            }
+        }
+        // Every handle is gone: make the tail durable before the releaser finishes.
+        let _ = self.wal.flush().await;
+    }
+
+    fn run_timers(&mut self, now: Millis, records: &mut Vec<Vec<u8>>) {
+        if self.failed.load(Ordering::Relaxed) {
+            return;
+        }
+        let due = now - EXPIRY_GRACE_MS;
+        if self.engine.next_deadline().is_some_and(|t| t <= due) {
+            let command = Command::Expire;
+            if self.engine.apply(due, &command).is_ok() {
+                records.push(record::encode(&LogRecord { now: due, command }));
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: Msg, records: &mut Vec<Vec<u8>>, replies: &mut Vec<Reply>) {
+        match msg {
+            Msg::Write {
+                now,
+                command,
+                hold_ref,
+                respond,
+            } => {
+                if self.failed.load(Ordering::Relaxed) {
+                    let _ = respond.send(Err(ShardError::Unavailable(
+                        "a write to disk failed earlier; restart stockd once the disk is healthy".into(),
+                    )));
+                    return;
+                }
+                let result = self.engine.apply(now, &command);
+                let result = match result {
+                    Ok(outcome) => {
+                        if outcome.changed() {
+                            records.push(record::encode(&LogRecord { now, command }));
+                        }
+                        let hold = hold_ref.and_then(|h| self.engine.hold(now, &h));
+                        Ok(WriteReply { outcome, hold })
+                    }
+                    Err(e) => Err(ShardError::Domain(e)),
+                };
+                replies.push(Box::new(move |failure| {
+                    let answer = match failure {
+                        Some(e) => Err(ShardError::Unavailable(e.to_string())),
+                        None => result,
+                    };
+                    let _ = respond.send(answer);
+                }));
+            }
+            Msg::Availability {
+                channel_ref,
+                keys,
+                respond,
+            } => {
+                let result = keys
+                    .into_iter()
+                    .map(|(i, p, l)| {
+                        self.engine
+                            .availability(&channel_ref, &p, &l)
+                            .map(|q| (i, q))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(ShardError::Domain);
+                replies.push(Box::new(move |_| {
+                    let _ = respond.send(result);
+                }));
+            }
+            Msg::Position {
+                product_ref,
+                location_ref,
+                include_ledger,
+                respond,
+            } => {
+                let view = self
+                    .engine
+                    .position(&product_ref, &location_ref, include_ledger);
+                replies.push(Box::new(move |_| {
+                    let _ = respond.send(Ok(view));
+                }));
+            }
+            Msg::Hold {
+                now,
+                hold_ref,
+                respond,
+            } => {
+                let view = self.engine.hold(now, &hold_ref);
+                replies.push(Box::new(move |_| {
+                    let _ = respond.send(Ok(view));
+                }));
+            }
+            Msg::FulfilCheck {
+                now,
+                order_ref,
+                lines,
+                respond,
+            } => {
+                let result = self
+                    .engine
+                    .fulfil(now, &order_ref, lines.as_deref(), true)
+                    .map_err(ShardError::Domain);
+                replies.push(Box::new(move |_| {
+                    let _ = respond.send(result);
+                }));
+            }
+            Msg::Channels { respond } => {
+                let channels = self.engine.channels().cloned().collect();
+                replies.push(Box::new(move |_| {
+                    let _ = respond.send(Ok(channels));
+                }));
+            }
+        }
+    }
+
+    /// Sends the batch's records to the log and its replies to the releaser.
+    async fn commit(&mut self, records: Vec<Vec<u8>>, replies: Vec<Reply>) {
+        let mut ticket = None;
+        let count = records.len() as u64;
+        if !records.is_empty() {
+            match self.wal.append(self.id as u32, records).await {
+                Ok(t) => ticket = t,
+                Err(e) => {
+                    self.failed.store(true, Ordering::Relaxed);
+                    for reply in replies {
+                        reply(Some(&e));
+                    }
+                    return;
+                }
+            }
+            self.records_since_snapshot += count;
+        }
+        if !replies.is_empty() || ticket.is_some() {
+            let _ = self.released.send(Group { ticket, replies });
+        }
+        self.maybe_snapshot().await;
+    }
+
+    async fn maybe_snapshot(&mut self) {
+        let due = self.records_since_snapshot >= self.limits.snapshot_every_records
+            || (self.records_since_snapshot > 0
+                && self.last_snapshot.elapsed() >= self.limits.snapshot_every);
+        if !due || self.failed.load(Ordering::Relaxed) {
+            return;
+        }
+        let started = Instant::now();
+        let payload = record::encode(&self.engine.snapshot());
+        m::snapshot_taken(started.elapsed());
+        self.records_since_snapshot = 0;
+        self.last_snapshot = Instant::now();
+        match self.wal.snapshot(self.id as u32, payload).await {
+            Ok(ticket) => {
+                let id = self.id;
+                tokio::spawn(async move {
+                    if let Ok(Err(e)) = ticket.await {
+                        tracing::warn!(shard = id, error = %e, "snapshot failed; the log is kept");
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(shard = self.id, error = %e, "snapshot failed"),
+        }
+    }
+
+    /// Counts the hold lifecycle once per hold (on the shard of its first line).
+    fn publish_events(&mut self) {
+        let engine = &mut self.engine;
+        let events: Vec<_> = engine
+            .drain_events()
+            .filter(|e| e.primary)
+            .filter_map(|e| {
+                let name = match e.kind {
+                    EventKind::HoldCreated => "created",
+                    EventKind::HoldUpdated => "updated",
+                    EventKind::HoldConfirmed => "confirmed",
+                    EventKind::HoldReleased => "released",
+                    EventKind::HoldExpired => "expired",
+                    _ => return None,
+                };
+                Some((e.channel?, name))
+            })
+            .collect();
+        for (channel, name) in events {
+            m::hold_event(self.engine.resolve(channel), name);
+        }
+    }
+
+    fn publish_gauges(&self) {
+        m::positions(self.id, self.engine.position_count());
+        for (channel, count) in self.engine.active_holds_by_channel() {
+            m::active_holds(channel, self.id, count);
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends each batch's replies once its records are durable, in order.
+async fn release(mut groups: mpsc::UnboundedReceiver<Group>, failed: Arc<AtomicBool>) {
+    while let Some(group) = groups.recv().await {
+        let result = match group.ticket {
+            Some(ticket) => ticket.await.unwrap_or_else(|_| {
+                Err(StorageError::Io("the write-ahead log writer has stopped".into()))
+            }),
+            None => Ok(()),
+        };
+        if result.is_err() {
+            failed.store(true, Ordering::Relaxed);
+        }
+        let failure = result.as_ref().err();
+        for reply in group.replies {
+            reply(failure);
+        }
+    }
+}

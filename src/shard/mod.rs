@@ -1,0 +1,13 @@
+//! Shards: one single-writer actor per slice of the positions, and the router in front.
+//!
+//! - `handle`: `ShardHandle`, the cheap clone that holds the bounded mailbox sender.
+//! - `actor`: `ShardActor`, the task that owns an engine, batches, logs and replies.
+//! - `router`: `Router`, key → shard routing and the cross-shard coordination of holds.
+
+pub mod actor;
+pub mod handle;
+pub mod router;
+
+pub use actor::{ShardActor, ShardLimits};
+pub use handle::{ShardError, ShardHandle};
+pub use router::{Router, shard_of};

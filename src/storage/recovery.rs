@@ -1,0 +1,239 @@
+//! Recovery at start: snapshot plus log replay per shard, then the repairs a crash needs.
+//!
+//! 1. Each shard that wrote the folder is rebuilt from its snapshot and the log after it.
+//!    A damaged record at the very end of a shard's log was never acknowledged (its flush
+//!    did not finish): it is reported and dropped. Damage anywhere else stops the start.
+//! 2. If the shard count changed, the states are merged and split by the new routing and
+//!    stored as fresh snapshots in one atomic batch.
+//! 3. A hold whose parts on different shards disagree (a crash between them) is made
+//!    whole: rolled forward if a part was confirmed, otherwise rolled back everywhere.
+//! 4. Holds whose deadline passed while stockd was down are expired, with their events.
+//!
+//! The commands of steps 3 and 4 are returned so the caller logs them before serving.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use super::record::{self, LogRecord};
+use super::store::Store;
+use crate::domain::{Command, Engine, EngineSnapshot, HoldState, HoldView, Millis, Settings};
+
+/// What recovery found and did, for the start-up log.
+#[derive(Debug, Default, Clone)]
+pub struct RecoveryReport {
+    pub shards_before: u32,
+    pub shards_after: u32,
+    pub records_replayed: u64,
+    pub dropped_tail_records: Vec<String>,
+    pub holds_repaired: usize,
+    pub holds_expired: usize,
+    pub positions: usize,
+    pub holds: usize,
+    pub duration: Duration,
+}
+
+/// Engines ready to serve, and what must be logged before serving.
+pub struct Recovered {
+    pub engines: Vec<Engine>,
+    pub next_seq: Vec<u64>,
+    /// Per shard: records (repairs and expiries) to append before serving.
+    pub pending: Vec<Vec<Vec<u8>>>,
+    pub report: RecoveryReport,
+}
+
+/// Rebuilds the state in `store` for `shards` shards routed by `route`.
+pub fn recover(
+    store: &Store,
+    shards: u32,
+    settings: &Settings,
+    now: Millis,
+    route: &dyn Fn(&str, &str) -> usize,
+) -> Result<Recovered, String> {
+    let started = Instant::now();
+    let mut report = RecoveryReport {
+        shards_after: shards,
+        ..Default::default()
+    };
+    let before = store.shards()?;
+    let Some(before) = before else {
+        store.set_shards(shards)?;
+        report.duration = started.elapsed();
+        return Ok(Recovered {
+            engines: (0..shards).map(|_| Engine::new(settings.clone())).collect(),
+            next_seq: vec![0; shards as usize],
+            pending: vec![Vec::new(); shards as usize],
+            report,
+        });
+    };
+    report.shards_before = before;
+    let mut engines = Vec::with_capacity(before as usize);
+    let mut next_seq = Vec::with_capacity(before as usize);
+    for shard in 0..before {
+        let (engine, seq) = replay_shard(store, shard, settings, &mut report)?;
+        engines.push(engine);
+        next_seq.push(seq);
+    }
+    if before != shards {
+        let merged = EngineSnapshot::merge(engines.iter().map(Engine::snapshot).collect());
+        let parts = merged.split(shards as usize, route);
+        let mut batch = sled::Batch::default();
+        store.clear_shards_batch(before, &mut batch)?;
+        engines = Vec::with_capacity(shards as usize);
+        for (shard, snap) in parts.into_iter().enumerate() {
+            // One batch for every shard: the new layout appears whole or not at all.
+            Store::put_snapshot(&mut batch, shard as u32, 0, &record::encode(&snap));
+            engines.push(Engine::restore(settings.clone(), snap)?);
+        }
+        Store::shards_entry(shards, &mut batch);
+        store.tree.apply_batch(batch).map_err(|e| e.to_string())?;
+        store.db.flush().map_err(|e| e.to_string())?;
+        next_seq = vec![0; shards as usize];
+    }
+    let mut pending: Vec<Vec<Vec<u8>>> = vec![Vec::new(); shards as usize];
+    repair_split_holds(&mut engines, now, &mut pending, &mut report)?;
+    for (shard, engine) in engines.iter_mut().enumerate() {
+        let expired = engine.expire_due(now);
+        if expired > 0 {
+            report.holds_expired += expired;
+            pending[shard].push(record::encode(&LogRecord {
+                now,
+                command: Command::Expire,
+            }));
+        }
+        report.positions += engine.position_count();
+        report.holds += engine.hold_count();
+        engine.check_consistency()?;
+    }
+    report.duration = started.elapsed();
+    Ok(Recovered {
+        engines,
+        next_seq,
+        pending,
+        report,
+    })
+}
+
+fn replay_shard(
+    store: &Store,
+    shard: u32,
+    settings: &Settings,
+    report: &mut RecoveryReport,
+) -> Result<(Engine, u64), String> {
+    let (mut engine, covers) = match store.read_snapshot(shard)? {
+        Some((header, bytes)) => {
+            let snap: EngineSnapshot = record::decode(&bytes).map_err(|e| {
+                format!("{}: snapshot of shard {shard}: {e}", store.path.display())
+            })?;
+            (Engine::restore(settings.clone(), snap)?, header.covers_seq)
+        }
+        None => (Engine::new(settings.clone()), 0),
+    };
+    let mut next = covers;
+    let mut log = store.log(shard).peekable();
+    while let Some(item) = log.next() {
+        let (seq, bytes) = item?;
+        if seq < covers {
+            continue;
+        }
+        let decoded: Result<LogRecord, _> = record::decode(&bytes);
+        let rec = match decoded {
+            Ok(rec) => rec,
+            Err(e) if log.peek().is_none() => {
+                let what = format!(
+                    "{}: shard {shard} log record {seq}: {e}; it was never acknowledged and is dropped",
+                    store.path.display()
+                );
+                store
+                    .tree
+                    .remove(super::store::log_key(shard, seq))
+                    .map_err(|e| e.to_string())?;
+                report.dropped_tail_records.push(what);
+                break;
+            }
+            Err(e) => {
+                return Err(format!(
+                    "{}: shard {shard} log record {seq} is damaged ({e}) and later records depend on it; \
+                     refusing to start rather than lose acknowledged changes",
+                    store.path.display()
+                ));
+            }
+        };
+        if seq != next {
+            return Err(format!(
+                "{}: shard {shard} log jumps from record {next} to {seq}",
+                store.path.display()
+            ));
+        }
+        engine.apply(rec.now, &rec.command).map_err(|e| {
+            format!(
+                "{}: shard {shard} log record {seq} does not replay: {e}",
+                store.path.display()
+            )
+        })?;
+        engine.drain_events().for_each(drop);
+        report.records_replayed += 1;
+        next = seq + 1;
+    }
+    Ok((engine, next))
+}
+
+/// Makes every hold whole again after a crash between its shards.
+fn repair_split_holds(
+    engines: &mut [Engine],
+    now: Millis,
+    pending: &mut [Vec<Vec<u8>>],
+    report: &mut RecoveryReport,
+) -> Result<(), String> {
+    let mut by_hold: BTreeMap<String, Vec<(usize, HoldView)>> = BTreeMap::new();
+    for (shard, engine) in engines.iter().enumerate() {
+        for view in engine.hold_views() {
+            by_hold.entry(view.hold_ref.clone()).or_default().push((shard, view));
+        }
+    }
+    for (hold_ref, parts) in by_hold {
+        let same_digest = parts.iter().all(|(_, p)| p.digest == parts[0].1.digest);
+        let answered: u32 = parts.iter().map(|(_, p)| p.answered_lines).sum();
+        let states: Vec<HoldState> = parts.iter().map(|(_, p)| p.state).collect();
+        let uniform = states.iter().all(|s| *s == states[0]);
+        let complete = same_digest && answered == parts[0].1.total_lines;
+        if (complete && uniform) || !states.contains(&HoldState::Active) {
+            continue;
+        }
+        report.holds_repaired += 1;
+        let confirmed = parts
+            .iter()
+            .find(|(_, p)| p.state == HoldState::Confirmed)
+            .and_then(|(_, p)| p.order_ref.clone());
+        for (shard, part) in &parts {
+            if part.state != HoldState::Active {
+                continue;
+            }
+            let command = match (&confirmed, complete) {
+                (Some(order_ref), true) => Command::Confirm {
+                    hold_ref: hold_ref.clone(),
+                    order_ref: order_ref.clone(),
+                },
+                _ => Command::Release {
+                    hold_ref: hold_ref.clone(),
+                },
+            };
+            let applied = engines[*shard].apply(now, &command);
+            if applied.is_err() {
+                // A confirm can fail on a part already past its deadline: release it instead.
+                let release = Command::Release {
+                    hold_ref: hold_ref.clone(),
+                };
+                engines[*shard]
+                    .apply(now, &release)
+                    .map_err(|e| format!("repair of hold {hold_ref:?}: {e}"))?;
+                pending[*shard].push(record::encode(&LogRecord {
+                    now,
+                    command: release,
+                }));
+                continue;
+            }
+            pending[*shard].push(record::encode(&LogRecord { now, command }));
+        }
+    }
+    Ok(())
+}
