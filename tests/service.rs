@@ -1,0 +1,569 @@
+//! The service through its public boundary: a real server on 127.0.0.1, real tonic clients.
+
+use std::time::Duration;
+
+use stockd::config::ServerConfig;
+use stockd::proto::inventory::v1 as pb;
+use stockd::proto::inventory::v1::admin_service_client::AdminServiceClient;
+use stockd::proto::inventory::v1::inventory_service_client::InventoryServiceClient;
+use stockd::shard::shard_of;
+use tonic::Code;
+use tonic::transport::Channel;
+
+const SHARDS: u32 = 3;
+
+struct Server {
+    addr: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), String>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ServerConfig::new(dir.path().join("data"));
+        config.shards = SHARDS;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            stockd::server::run(config, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .map(|_| ())
+        });
+        // Wait until it answers.
+        for _ in 0..200 {
+            if Channel::from_shared(addr.clone()).unwrap().connect().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Server {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(self.addr.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    async fn inventory(&self) -> InventoryServiceClient<Channel> {
+        InventoryServiceClient::new(self.channel().await)
+    }
+
+    async fn admin(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::new(self.channel().await)
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+async fn channel(admin: &mut AdminServiceClient<Channel>, name: &str, allocation: i32, buffer: i32) {
+    admin
+        .upsert_channel(pb::UpsertChannelRequest {
+            channel: Some(pb::Channel {
+                channel_ref: name.into(),
+                allocation_bps: Some(allocation),
+                buffer_bps: buffer,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+}
+
+async fn stock(admin: &mut AdminServiceClient<Channel>, product: &str, location: &str, qty: i64) {
+    let r = admin
+        .set_stock(pb::SetStockRequest {
+            counts: vec![pb::StockCount {
+                product_ref: product.into(),
+                location_ref: location.into(),
+                quantity: qty,
+                as_of: None,
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.results[0].status, pb::StockCountStatus::Applied as i32);
+}
+
+fn reserve_req(hold: &str, channel: &str, lines: &[(&str, &str, i64)]) -> pb::ReserveRequest {
+    pb::ReserveRequest {
+        hold_ref: hold.into(),
+        channel_ref: channel.into(),
+        lines: lines
+            .iter()
+            .map(|(p, l, q)| pb::ReserveLine {
+                product_ref: p.to_string(),
+                location_ref: l.to_string(),
+                quantity: *q,
+                category: String::new(),
+            })
+            .collect(),
+        ttl_seconds: 0,
+        allow_partial: false,
+    }
+}
+
+async fn ats(inv: &mut InventoryServiceClient<Channel>, channel: &str, product: &str, location: &str) -> i64 {
+    inv.get_availability(pb::GetAvailabilityRequest {
+        channel_ref: channel.into(),
+        keys: vec![pb::PositionKey {
+            product_ref: product.into(),
+            location_ref: location.into(),
+        }],
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .positions[0]
+        .quantity
+}
+
+async fn on_hand(admin: &mut AdminServiceClient<Channel>, product: &str, location: &str) -> i64 {
+    admin
+        .get_position(pb::GetPositionRequest {
+            product_ref: product.into(),
+            location_ref: location.into(),
+            include_ledger: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .position
+        .unwrap()
+        .on_hand
+}
+
+/// domain.md's seed: IP 45 / VP 40 with a 10% buffer; a cart of 2 gives 43 / 38;
+/// its confirmation leaves 43 / 38.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_example_through_the_api() {
+    let server = Server::start().await;
+    let mut admin = server.admin().await;
+    let mut inv = server.inventory().await;
+    channel(&mut admin, "ECOMMERCE", 10_000, 1_000).await;
+    stock(&mut admin, "SKU", "DC1", 45).await;
+    assert_eq!(ats(&mut inv, "ECOMMERCE", "SKU", "DC1").await, 40);
+    let r = inv
+        .reserve(reserve_req("cart-1", "ECOMMERCE", &[("SKU", "DC1", 2)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.outcome, pb::ReserveOutcome::Reserved as i32);
+    assert_eq!(on_hand(&mut admin, "SKU", "DC1").await, 43);
+    assert_eq!(ats(&mut inv, "ECOMMERCE", "SKU", "DC1").await, 38);
+    let confirmed = inv
+        .confirm_hold(pb::ConfirmHoldRequest {
+            hold_ref: "cart-1".into(),
+            order_ref: "order-1".into(),
+            reacquire: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .hold
+        .unwrap();
+    assert_eq!(confirmed.state, pb::HoldState::Confirmed as i32);
+    assert_eq!(confirmed.order_ref, "order-1");
+    assert_eq!(on_hand(&mut admin, "SKU", "DC1").await, 43);
+    assert_eq!(ats(&mut inv, "ECOMMERCE", "SKU", "DC1").await, 38);
+    server.stop().await;
+}
+
+/// 100 units, 2,000 concurrent buyers over 50 connections: exactly 100 hold, the rest are
+/// REJECTED (an OK answer), nothing is oversold; releasing 10 holds makes 10 sellable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flash_sale_sells_exactly_the_stock() {
+    let server = Server::start().await;
+    let mut admin = server.admin().await;
+    channel(&mut admin, "WEB", 10_000, 0).await;
+    stock(&mut admin, "HOT", "DC1", 100).await;
+    let mut clients = Vec::new();
+    for _ in 0..50 {
+        clients.push(server.inventory().await);
+    }
+    let mut tasks = Vec::new();
+    for buyer in 0..2_000 {
+        let mut client = clients[buyer % 50].clone();
+        tasks.push(tokio::spawn(async move {
+            let r = client
+                .reserve(reserve_req(&format!("buyer-{buyer}"), "WEB", &[("HOT", "DC1", 1)]))
+                .await
+                .expect("out of stock is an OK answer")
+                .into_inner();
+            (buyer, r.outcome)
+        }));
+    }
+    let mut winners = Vec::new();
+    let mut rejected = 0;
+    for t in tasks {
+        let (buyer, outcome) = t.await.unwrap();
+        if outcome == pb::ReserveOutcome::Reserved as i32 {
+            winners.push(buyer);
+        } else {
+            assert_eq!(outcome, pb::ReserveOutcome::Rejected as i32);
+            rejected += 1;
+        }
+    }
+    assert_eq!(winners.len(), 100);
+    assert_eq!(rejected, 1_900);
+    let mut inv = server.inventory().await;
+    assert_eq!(ats(&mut inv, "WEB", "HOT", "DC1").await, 0);
+    assert_eq!(on_hand(&mut admin, "HOT", "DC1").await, 0);
+    for buyer in &winners[..10] {
+        let released = inv
+            .release_hold(pb::ReleaseHoldRequest {
+                hold_ref: format!("buyer-{buyer}"),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .hold
+            .unwrap();
+        assert_eq!(released.state, pb::HoldState::Released as i32);
+    }
+    assert_eq!(ats(&mut inv, "WEB", "HOT", "DC1").await, 10);
+    server.stop().await;
+}
+
+/// Three products on three different shards; the third lacks stock: nothing stays held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_shard_hold_is_all_or_nothing() {
+    let server = Server::start().await;
+    let mut admin = server.admin().await;
+    let mut inv = server.inventory().await;
+    channel(&mut admin, "WEB", 10_000, 0).await;
+    // Find three products that land on three different shards.
+    let mut picked: Vec<String> = Vec::new();
+    for i in 0..1_000 {
+        let p = format!("P{i}");
+        let s = shard_of(&p, "DC1", SHARDS as usize);
+        if picked.iter().all(|q| shard_of(q, "DC1", SHARDS as usize) != s) {
+            picked.push(p);
+        }
+        if picked.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(picked.len(), 3);
+    stock(&mut admin, &picked[0], "DC1", 5).await;
+    stock(&mut admin, &picked[1], "DC1", 5).await;
+    stock(&mut admin, &picked[2], "DC1", 1).await;
+    let lines = [
+        (picked[0].as_str(), "DC1", 2),
+        (picked[1].as_str(), "DC1", 2),
+        (picked[2].as_str(), "DC1", 2),
+    ];
+    let r = inv
+        .reserve(reserve_req("cart-x", "WEB", &lines))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.outcome, pb::ReserveOutcome::Rejected as i32);
+    assert_eq!(r.lines[2].available, 1);
+    assert!(r.lines.iter().all(|l| l.reserved == 0));
+    for (p, want) in [(&picked[0], 5), (&picked[1], 5), (&picked[2], 1)] {
+        assert_eq!(ats(&mut inv, "WEB", p, "DC1").await, want, "{p} still held");
+    }
+    let missing = inv
+        .get_hold(pb::GetHoldRequest {
+            hold_ref: "cart-x".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+
+    // With enough stock the same hold spans the three shards, and confirms whole.
+    stock(&mut admin, &picked[2], "DC1", 5).await;
+    let r = inv
+        .reserve(reserve_req("cart-x", "WEB", &lines))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.outcome, pb::ReserveOutcome::Reserved as i32);
+    assert_eq!(r.hold.unwrap().lines.len(), 3);
+    let hold = inv
+        .confirm_hold(pb::ConfirmHoldRequest {
+            hold_ref: "cart-x".into(),
+            order_ref: "order-x".into(),
+            reacquire: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .hold
+        .unwrap();
+    assert_eq!(hold.lines.len(), 3);
+    assert_eq!(hold.state, pb::HoldState::Confirmed as i32);
+    let shipped = inv
+        .fulfil_order(pb::FulfilOrderRequest {
+            order_ref: "order-x".into(),
+            lines: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(shipped.lines.iter().map(|l| l.quantity).sum::<i64>(), 6);
+    server.stop().await;
+}
+
+/// A hold with a 1-second timer expires, its stock is sellable again, and a confirm fails
+/// with FAILED_PRECONDITION unless it asks to reacquire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_expire_and_can_be_reacquired() {
+    let server = Server::start().await;
+    let mut admin = server.admin().await;
+    let mut inv = server.inventory().await;
+    channel(&mut admin, "WEB", 10_000, 0).await;
+    stock(&mut admin, "SKU", "DC1", 3).await;
+    let mut req = reserve_req("short", "WEB", &[("SKU", "DC1", 2)]);
+    req.ttl_seconds = 1;
+    inv.reserve(req).await.unwrap();
+    assert_eq!(ats(&mut inv, "WEB", "SKU", "DC1").await, 1);
+    let mut state = 0;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        state = inv
+            .get_hold(pb::GetHoldRequest {
+                hold_ref: "short".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .hold
+            .unwrap()
+            .state;
+        if state == pb::HoldState::Expired as i32 && ats(&mut inv, "WEB", "SKU", "DC1").await == 3 {
+            break;
+        }
+    }
+    assert_eq!(state, pb::HoldState::Expired as i32);
+    assert_eq!(ats(&mut inv, "WEB", "SKU", "DC1").await, 3);
+    let err = inv
+        .confirm_hold(pb::ConfirmHoldRequest {
+            hold_ref: "short".into(),
+            order_ref: "o".into(),
+            reacquire: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let hold = inv
+        .confirm_hold(pb::ConfirmHoldRequest {
+            hold_ref: "short".into(),
+            order_ref: "o".into(),
+            reacquire: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .hold
+        .unwrap();
+    assert_eq!(hold.state, pb::HoldState::Confirmed as i32);
+    assert_eq!(ats(&mut inv, "WEB", "SKU", "DC1").await, 1);
+    server.stop().await;
+}
+
+/// Every limit violated once: INVALID_ARGUMENT naming the field, and the server still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_get_invalid_argument_naming_the_field() {
+    let server = Server::start().await;
+    let mut admin = server.admin().await;
+    let mut inv = server.inventory().await;
+    channel(&mut admin, "WEB", 10_000, 0).await;
+    let ok = || reserve_req("h", "WEB", &[("SKU", "DC1", 1)]);
+    let many_lines: Vec<(String, &str, i64)> = (0..101).map(|i| (format!("P{i}"), "DC1", 1)).collect();
+    let many_lines: Vec<(&str, &str, i64)> =
+        many_lines.iter().map(|(p, l, q)| (p.as_str(), *l, *q)).collect();
+    let cases: Vec<(pb::ReserveRequest, &str)> = vec![
+        (pb::ReserveRequest { hold_ref: String::new(), ..ok() }, "hold_ref"),
+        (pb::ReserveRequest { hold_ref: "a:b".into(), ..ok() }, "hold_ref"),
+        (pb::ReserveRequest { hold_ref: "x".repeat(129), ..ok() }, "hold_ref"),
+        (pb::ReserveRequest { channel_ref: "bad channel".into(), ..ok() }, "channel_ref"),
+        (pb::ReserveRequest { lines: vec![], ..ok() }, "lines"),
+        (reserve_req("h", "WEB", &many_lines), "lines"),
+        (reserve_req("h", "WEB", &[("SKU", "DC1", 0)]), "lines[0].quantity"),
+        (reserve_req("h", "WEB", &[("SKU", "DC1", 1_000_001)]), "lines[0].quantity"),
+        (reserve_req("h", "WEB", &[("SKU", "DC1", 1), ("S", "", 1)]), "lines[1].location_ref"),
+        (reserve_req("h", "WEB", &[("SKU", "DC1", 1), ("SKU", "DC1", 1)]), "lines[1]"),
+        (pb::ReserveRequest { ttl_seconds: 86_401, ..ok() }, "ttl_seconds"),
+        (pb::ReserveRequest { ttl_seconds: -1, ..ok() }, "ttl_seconds"),
+    ];
+    for (req, field) in cases {
+        let err = inv.reserve(req).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {}", err.message());
+        assert!(err.message().starts_with(field), "{field}: {}", err.message());
+    }
+    let keys: Vec<pb::PositionKey> = (0..1_001)
+        .map(|i| pb::PositionKey {
+            product_ref: format!("P{i}"),
+            location_ref: "DC1".into(),
+        })
+        .collect();
+    let err = inv
+        .get_availability(pb::GetAvailabilityRequest {
+            channel_ref: "WEB".into(),
+            keys,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("keys"), "{}", err.message());
+    let counts: Vec<pb::StockCount> = (0..1_001)
+        .map(|i| pb::StockCount {
+            product_ref: format!("P{i}"),
+            location_ref: "DC1".into(),
+            quantity: 1,
+            as_of: None,
+        })
+        .collect();
+    let err = admin.set_stock(pb::SetStockRequest { counts }).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = admin
+        .set_stock(pb::SetStockRequest {
+            counts: vec![pb::StockCount {
+                product_ref: "SKU".into(),
+                location_ref: "DC1".into(),
+                quantity: -1,
+                as_of: None,
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("counts[0].quantity"), "{}", err.message());
+    let err = admin
+        .adjust_stock(pb::AdjustStockRequest {
+            adjustments: vec![pb::StockAdjustment {
+                adjustment_ref: "a1".into(),
+                product_ref: "SKU".into(),
+                location_ref: "DC1".into(),
+                r#type: 0,
+                quantity: 1,
+                occurred_at: None,
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("adjustments[0].type"), "{}", err.message());
+    let err = admin
+        .upsert_channel(pb::UpsertChannelRequest {
+            channel: Some(pb::Channel {
+                channel_ref: "X".into(),
+                allocation_bps: Some(10_001),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().starts_with("channel.allocation_bps"), "{}", err.message());
+    // Unknown things are NOT_FOUND, not errors of the input's shape.
+    let err = inv
+        .reserve(pb::ReserveRequest { channel_ref: "NOPE".into(), ..ok() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = inv
+        .get_hold(pb::GetHoldRequest { hold_ref: "nope".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    // Nothing was written, and the server still answers.
+    let err = admin
+        .get_position(pb::GetPositionRequest {
+            product_ref: "SKU".into(),
+            location_ref: "DC1".into(),
+            include_ledger: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    stock(&mut admin, "SKU", "DC1", 1).await;
+    assert_eq!(ats(&mut inv, "WEB", "SKU", "DC1").await, 1);
+    server.stop().await;
+}
+
+/// A cart going from 2 to 3 with 1 more unit free succeeds; to 4 is rejected and stays at 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cart_update_through_the_api() {
+    let server = Server::start().await;
+    let mut admin = server.admin().await;
+    let mut inv = server.inventory().await;
+    channel(&mut admin, "WEB", 10_000, 0).await;
+    stock(&mut admin, "SKU", "DC1", 3).await;
+    inv.reserve(reserve_req("cart", "WEB", &[("SKU", "DC1", 2)])).await.unwrap();
+    let up = inv
+        .reserve(reserve_req("cart", "WEB", &[("SKU", "DC1", 3)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(up.outcome, pb::ReserveOutcome::Reserved as i32);
+    inv.reserve(reserve_req("cart", "WEB", &[("SKU", "DC1", 2)])).await.unwrap();
+    let too_many = inv
+        .reserve(reserve_req("cart", "WEB", &[("SKU", "DC1", 4)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(too_many.outcome, pb::ReserveOutcome::Rejected as i32);
+    assert_eq!(too_many.hold.unwrap().lines[0].quantity, 2);
+    assert_eq!(ats(&mut inv, "WEB", "SKU", "DC1").await, 1);
+    server.stop().await;
+}
+
+/// Health answers SERVING; reflection (v1alpha, what grpcurl and ghz use) lists both services.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_reflection() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+
+    let server = Server::start().await;
+    let mut health = HealthClient::new(server.channel().await);
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+
+    let mut reflection = ServerReflectionClient::new(server.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = reflection
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("expected a service list");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"inventory.v1.InventoryService".to_string()), "{names:?}");
+    assert!(names.contains(&"inventory.v1.AdminService".to_string()), "{names:?}");
+    server.stop().await;
+}
