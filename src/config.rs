@@ -163,7 +163,9 @@ impl ServeArgs {
             return Err("--shards must be at least 1".into());
         }
         if self.hold_ttl_min_secs == 0 || self.hold_ttl_min_secs > self.hold_ttl_max_secs {
-            return Err("--hold-ttl-min-secs must be at least 1 and at most --hold-ttl-max-secs".into());
+            return Err(
+                "--hold-ttl-min-secs must be at least 1 and at most --hold-ttl-max-secs".into(),
+            );
         }
         if self.mailbox_capacity == 0 {
             return Err("--mailbox-capacity must be at least 1".into());

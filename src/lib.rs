@@ -8,12 +8,12 @@
 //! - `domain`: the pure inventory engine (positions, ledger, channels, holds). No I/O.
 //! - `proto`: the generated protobuf and gRPC types.
 
-pub mod domain;
-pub mod proto;
 pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod grpc;
 pub mod metrics;
+pub mod proto;
+pub mod server;
 pub mod shard;
 pub mod storage;
-pub mod grpc;
-pub mod config;
-pub mod server;

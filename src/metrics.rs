@@ -8,7 +8,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 pub const RPC_DURATION: &str = "stockd_rpc_duration_seconds";
@@ -64,7 +66,11 @@ pub fn describe() {
         Unit::Count,
         "Reserve calls by channel and outcome (reserved, partial, rejected)."
     );
-    describe_gauge!(ACTIVE_HOLDS, Unit::Count, "Holds currently active, by channel.");
+    describe_gauge!(
+        ACTIVE_HOLDS,
+        Unit::Count,
+        "Holds currently active, by channel."
+    );
     describe_counter!(
         HOLD_EVENTS,
         Unit::Count,
@@ -75,7 +81,11 @@ pub fn describe() {
         Unit::Count,
         "Reserve calls rejected for lack of stock, by channel."
     );
-    describe_gauge!(POSITIONS, Unit::Count, "Inventory positions held in memory.");
+    describe_gauge!(
+        POSITIONS,
+        Unit::Count,
+        "Inventory positions held in memory."
+    );
     describe_gauge!(
         MAILBOX_DEPTH,
         Unit::Count,

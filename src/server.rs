@@ -66,13 +66,21 @@ pub async fn run(
         config.fault_file.clone(),
     );
     for (shard, records) in recovered.pending.into_iter().enumerate() {
-        if !records.is_empty() {
-            if let Some(ticket) = wal.append(shard as u32, records).await.map_err(|e| e.to_string())? {
-                ticket.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
-            }
+        if !records.is_empty()
+            && let Some(ticket) = wal
+                .append(shard as u32, records)
+                .await
+                .map_err(|e| e.to_string())?
+        {
+            ticket
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
         }
     }
-    wal.flush().await.map_err(|e| format!("cannot write to {}: {e}", store.path.display()))?;
+    wal.flush()
+        .await
+        .map_err(|e| format!("cannot write to {}: {e}", store.path.display()))?;
 
     let mut handles = Vec::with_capacity(shards as usize);
     let mut tasks = Vec::with_capacity(shards as usize);
@@ -85,7 +93,9 @@ pub async fn run(
     apply_boot_config(&router, &config).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<InventoryServiceServer<InventoryApi>>().await;
+    health
+        .set_serving::<InventoryServiceServer<InventoryApi>>()
+        .await;
     health.set_serving::<AdminServiceServer<AdminApi>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -135,10 +145,17 @@ pub async fn run(
     }
     let draining = Instant::now();
     tracing::info!("shutting down: draining in-flight requests");
-    health.set_not_serving::<InventoryServiceServer<InventoryApi>>().await;
-    health.set_not_serving::<AdminServiceServer<AdminApi>>().await;
+    health
+        .set_not_serving::<InventoryServiceServer<InventoryApi>>()
+        .await;
+    health
+        .set_not_serving::<AdminServiceServer<AdminApi>>()
+        .await;
     let _ = stop.send(());
-    if tokio::time::timeout(config.drain_timeout, &mut server).await.is_err() {
+    if tokio::time::timeout(config.drain_timeout, &mut server)
+        .await
+        .is_err()
+    {
         tracing::warn!(
             drain_timeout_secs = config.drain_timeout.as_secs(),
             "drain timeout reached; closing the remaining connections"

@@ -213,7 +213,11 @@ impl Channel {
         let mut channel = Channel {
             sym: intern(&config.channel_ref),
             defaults,
-            excluded: config.excluded_locations.iter().map(|l| intern(l)).collect(),
+            excluded: config
+                .excluded_locations
+                .iter()
+                .map(|l| intern(l))
+                .collect(),
             by_product_location: FxHashMap::default(),
             by_product: FxHashMap::default(),
             by_category: FxHashMap::default(),

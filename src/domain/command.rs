@@ -72,7 +72,9 @@ impl Outcome {
             Outcome::Counts(c) => c.contains(&CountStatus::Applied),
             Outcome::Adjustments(a) => a.contains(&AdjustStatus::Applied),
             Outcome::Rebalanced(n) => *n > 0,
-            Outcome::Reserved(part) => matches!(part.kind, ReserveKind::Created | ReserveKind::Updated),
+            Outcome::Reserved(part) => {
+                matches!(part.kind, ReserveKind::Created | ReserveKind::Updated)
+            }
             // Confirm and release change state when they answer for a part here, except
             // for idempotent repeats, which are harmless to log.
             Outcome::Hold(state) => state.is_some(),
@@ -132,7 +134,9 @@ impl Engine {
                 product_ref.as_deref(),
                 location_ref.as_deref(),
             )),
-            Command::Reserve { request, mine } => Outcome::Reserved(self.reserve(now, request, mine)?),
+            Command::Reserve { request, mine } => {
+                Outcome::Reserved(self.reserve(now, request, mine)?)
+            }
             Command::UndoReserve(undo) => {
                 self.undo_reserve(now, undo);
                 Outcome::Done
@@ -145,7 +149,9 @@ impl Engine {
             Command::Fulfil { order_ref, lines } => {
                 Outcome::Lines(self.fulfil(now, order_ref, lines.as_deref(), false)?)
             }
-            Command::CancelOrder { order_ref } => Outcome::Lines(self.cancel_order(now, order_ref)?),
+            Command::CancelOrder { order_ref } => {
+                Outcome::Lines(self.cancel_order(now, order_ref)?)
+            }
             Command::Expire => Outcome::Expired(self.expire_due(now)),
         })
     }

@@ -217,7 +217,8 @@ impl Engine {
     /// Removes a channel. Its holds stay until they end; it can sell no more.
     pub fn delete_channel(&mut self, channel_ref: &str) -> Result<(), Error> {
         let before = self.channels.len();
-        self.channels.retain(|c| c.config.channel_ref != channel_ref);
+        self.channels
+            .retain(|c| c.config.channel_ref != channel_ref);
         if self.channels.len() == before {
             return Err(Error::UnknownChannel(channel_ref.to_string()));
         }
@@ -547,14 +548,7 @@ impl Engine {
         result
     }
 
-    fn new_iq(
-        &mut self,
-        kind: IqKind,
-        channel: Sym,
-        owner: Sym,
-        quantity: i64,
-        now: Millis,
-    ) -> Iq {
+    fn new_iq(&mut self, kind: IqKind, channel: Sym, owner: Sym, quantity: i64, now: Millis) -> Iq {
         let id = self.next_iq_id;
         self.next_iq_id += 1;
         Iq {
@@ -621,7 +615,7 @@ impl Engine {
         iq.occurred_at = count.as_of;
         let as_of = count.as_of;
         self.watching(now, product, location, |engine| {
-            let pos = engine.positions.entry(key).or_insert_with(Position::new);
+            let pos = engine.positions.entry(key).or_default();
             pos.take_where(|iq| {
                 iq.kind == IqKind::LastOnHand
                     || (iq.kind.superseded_by_count() && iq.occurred_at <= as_of)
@@ -657,7 +651,7 @@ impl Engine {
         let mut iq = self.new_iq(kind, NO_SYM, owner, adj.quantity, now);
         iq.occurred_at = adj.occurred_at.unwrap_or(now);
         self.watching(now, product, location, |engine| {
-            let pos = engine.positions.entry(key).or_insert_with(Position::new);
+            let pos = engine.positions.entry(key).or_default();
             pos.push(iq);
             let mut e = Event::new(EventKind::StockAdjusted, now);
             e.product = Some(product);
@@ -773,7 +767,10 @@ impl Engine {
                 HoldState::Confirmed => {
                     return Err(Error::HoldConfirmed {
                         hold_ref: req.hold_ref.clone(),
-                        order_ref: self.interner.resolve(part.order.unwrap_or(NO_SYM)).to_string(),
+                        order_ref: self
+                            .interner
+                            .resolve(part.order.unwrap_or(NO_SYM))
+                            .to_string(),
                     });
                 }
                 HoldState::Active if part.expires_at <= now => {
@@ -848,7 +845,10 @@ impl Engine {
             }
             for &i in mine {
                 let line = &req.lines[i as usize];
-                let available = lines.iter().find(|r| r.index == i).map_or(0, |r| r.available);
+                let available = lines
+                    .iter()
+                    .find(|r| r.index == i)
+                    .map_or(0, |r| r.available);
                 if line.quantity > available {
                     let mut e = Event::new(EventKind::ReserveRejected, now);
                     e.channel = Some(channel);
@@ -988,38 +988,29 @@ impl Engine {
         let hold = part.hold;
         if part.state == HoldState::Active {
             for line in &part.lines {
-                let mut iq = self.new_iq(
-                    IqKind::SoftReserve,
-                    part.channel,
-                    hold,
-                    -line.quantity,
-                    now,
-                );
+                let mut iq =
+                    self.new_iq(IqKind::SoftReserve, part.channel, hold, -line.quantity, now);
                 iq.expires_at = part.expires_at;
                 let key = (line.product, line.location);
                 self.watching(now, key.0, key.1, |engine| {
-                    engine
-                        .positions
-                        .entry(key)
-                        .or_insert_with(Position::new)
-                        .push(iq);
+                    engine.positions.entry(key).or_default().push(iq);
                 });
             }
             self.expiry.insert((part.expires_at, hold));
             if part.primary {
                 *self.active_holds.entry(part.channel).or_default() += 1;
             }
-        } else if part.state == HoldState::Confirmed {
-            if let Some(order) = part.order {
-                self.orders.insert(order, hold);
-                for line in &part.lines {
-                    if line.open > 0 {
-                        let iq = self.new_iq(IqKind::Reserved, part.channel, order, -line.open, now);
-                        self.positions
-                            .entry((line.product, line.location))
-                            .or_insert_with(Position::new)
-                            .push(iq);
-                    }
+        } else if part.state == HoldState::Confirmed
+            && let Some(order) = part.order
+        {
+            self.orders.insert(order, hold);
+            for line in &part.lines {
+                if line.open > 0 {
+                    let iq = self.new_iq(IqKind::Reserved, part.channel, order, -line.open, now);
+                    self.positions
+                        .entry((line.product, line.location))
+                        .or_default()
+                        .push(iq);
                 }
             }
         }
@@ -1067,9 +1058,8 @@ impl Engine {
             let key = (line.product, line.location);
             self.watching(now, key.0, key.1, |engine| {
                 if let Some(pos) = engine.positions.get_mut(&key) {
-                    let taken = pos.take_where(|iq| {
-                        iq.kind == IqKind::SoftReserve && iq.owner == part.hold
-                    });
+                    let taken = pos
+                        .take_where(|iq| iq.kind == IqKind::SoftReserve && iq.owner == part.hold);
                     assert_eq!(taken.len(), 1, "a hold line has exactly one SOFT_RESERVE");
                 }
             });
@@ -1142,7 +1132,9 @@ impl Engine {
         };
         match part.state {
             HoldState::Confirmed => {
-                let current = self.interner.resolve(part.order.expect("confirmed has an order"));
+                let current = self
+                    .interner
+                    .resolve(part.order.expect("confirmed has an order"));
                 if current == order_ref {
                     return Ok(Some(HoldState::Confirmed));
                 }
@@ -1179,7 +1171,10 @@ impl Engine {
         for line in &mut part.lines {
             let key = (line.product, line.location);
             let reserved = self.new_iq(IqKind::Reserved, part.channel, order, -line.quantity, now);
-            let pos = self.positions.get_mut(&key).expect("a held line has a position");
+            let pos = self
+                .positions
+                .get_mut(&key)
+                .expect("a held line has a position");
             let taken = pos.take_where(|iq| iq.kind == IqKind::SoftReserve && iq.owner == hold);
             assert_eq!(taken.len(), 1, "a hold line has exactly one SOFT_RESERVE");
             pos.push(reserved);
@@ -1325,12 +1320,19 @@ impl Engine {
             let line = self.holds[&hold].lines[i].clone();
             let key = (line.product, line.location);
             let open_before = self.take_reserved(now, &line, order);
-            assert_eq!(open_before, line.open, "RESERVED IQs match the open quantity");
+            assert_eq!(
+                open_before, line.open,
+                "RESERVED IQs match the open quantity"
+            );
             let left = line.open - q;
             let mut sale = self.new_iq(IqKind::Sale, channel, order, -q, now);
             sale.occurred_at = now;
-            let rest = (left > 0).then(|| self.new_iq(IqKind::Reserved, channel, order, -left, now));
-            let pos = self.positions.get_mut(&key).expect("order line has a position");
+            let rest =
+                (left > 0).then(|| self.new_iq(IqKind::Reserved, channel, order, -left, now));
+            let pos = self
+                .positions
+                .get_mut(&key)
+                .expect("order line has a position");
             pos.push(sale);
             if let Some(rest) = rest {
                 pos.push(rest);
@@ -1455,7 +1457,13 @@ impl Engine {
     pub fn check_consistency(&self) -> Result<(), String> {
         for ((p, l), pos) in &self.positions {
             let (physical, on_hand, held) = pos.recount();
-            let name = || format!("{}:{}", self.interner.resolve(*p), self.interner.resolve(*l));
+            let name = || {
+                format!(
+                    "{}:{}",
+                    self.interner.resolve(*p),
+                    self.interner.resolve(*l)
+                )
+            };
             if physical != pos.physical || on_hand != pos.on_hand {
                 return Err(format!("{}: counters drifted from the ledger", name()));
             }

@@ -39,7 +39,5 @@ pub use error::Error;
 pub use event::{Event, EventKind};
 pub use hold::{HoldState, HoldView, LineView};
 pub use position::IqKind;
-pub use request::{
-    Adjustment, AdjustmentKind, OrderLine, ReserveLine, ReserveRequest, StockCount,
-};
+pub use request::{Adjustment, AdjustmentKind, OrderLine, ReserveLine, ReserveRequest, StockCount};
 pub use snapshot::EngineSnapshot;

@@ -80,7 +80,7 @@ pub(crate) struct ChannelCounters {
 pub(crate) const NEVER_COUNTED: Millis = Millis::MIN;
 
 /// An Inventory Position.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct Position {
     pub iqs: Vec<Iq>,
     pub counted_as_of: Millis,
@@ -90,12 +90,22 @@ pub(crate) struct Position {
     pub on_hand: i64,
 }
 
+impl Default for Position {
+    fn default() -> Self {
+        Position {
+            iqs: Vec::new(),
+            counted_as_of: NEVER_COUNTED,
+            allocation_base: 0,
+            channels: Vec::new(),
+            physical: 0,
+            on_hand: 0,
+        }
+    }
+}
+
 impl Position {
     pub fn new() -> Self {
-        Position {
-            counted_as_of: NEVER_COUNTED,
-            ..Default::default()
-        }
+        Self::default()
     }
 
     fn counters_mut(&mut self, channel: Sym) -> &mut ChannelCounters {

@@ -43,7 +43,11 @@ impl AdminService for AdminApi {
                 .iter()
                 .map(|c| (c.product_ref.clone(), c.location_ref.clone()))
                 .collect();
-            let statuses = self.router.set_stock(now, counts).await.map_err(to_status)?;
+            let statuses = self
+                .router
+                .set_stock(now, counts)
+                .await
+                .map_err(to_status)?;
             Ok(pb::SetStockResponse {
                 results: keys
                     .into_iter()
@@ -74,7 +78,10 @@ impl AdminService for AdminApi {
                 .enumerate()
                 .map(|(i, a)| convert::adjustment(i, a))
                 .collect::<Result<Vec<_>, _>>()?;
-            let refs: Vec<String> = adjustments.iter().map(|a| a.adjustment_ref.clone()).collect();
+            let refs: Vec<String> = adjustments
+                .iter()
+                .map(|a| a.adjustment_ref.clone())
+                .collect();
             let statuses = self
                 .router
                 .adjust_stock(now_millis(), adjustments)

@@ -7,8 +7,8 @@ use prost_types::Timestamp;
 use tonic::Status;
 
 use crate::domain::{
-    self, AdjustmentKind, CategoryConfig, ChannelConfig, ChannelRule, HoldState, HoldView,
-    IqKind, LineView, Millis, PositionView, ProductConfig, RebalanceMode,
+    self, AdjustmentKind, CategoryConfig, ChannelConfig, ChannelRule, HoldState, HoldView, IqKind,
+    LineView, Millis, PositionView, ProductConfig, RebalanceMode,
 };
 use crate::proto::inventory::v1 as pb;
 
@@ -27,7 +27,10 @@ pub fn timestamp(ms: Millis) -> Timestamp {
 pub fn millis(field: &str, ts: Option<&Timestamp>) -> Result<Option<Millis>, Status> {
     let Some(ts) = ts else { return Ok(None) };
     if !(0..1_000_000_000).contains(&ts.nanos) || !(0..=253_402_300_799).contains(&ts.seconds) {
-        return Err(invalid(field, "must be a valid timestamp between 1970 and 9999"));
+        return Err(invalid(
+            field,
+            "must be a valid timestamp between 1970 and 9999",
+        ));
     }
     Ok(Some(ts.seconds * 1000 + i64::from(ts.nanos / 1_000_000)))
 }
@@ -45,7 +48,9 @@ pub fn ttl(field: &str, seconds: i64) -> Result<Option<u32>, Status> {
     if !(i64::from(TTL_SECONDS_MIN)..=i64::from(TTL_SECONDS_MAX)).contains(&seconds) {
         return Err(invalid(
             field,
-            format!("must be 0 (default) or between {TTL_SECONDS_MIN} and {TTL_SECONDS_MAX} seconds (got {seconds})"),
+            format!(
+                "must be 0 (default) or between {TTL_SECONDS_MIN} and {TTL_SECONDS_MAX} seconds (got {seconds})"
+            ),
         ));
     }
     Ok(Some(seconds as u32))
@@ -55,7 +60,12 @@ fn bps(field: &str, value: i32) -> Result<u32, Status> {
     u32::try_from(value)
         .ok()
         .filter(|v| *v <= domain::channel::BPS_FULL)
-        .ok_or_else(|| invalid(field, format!("must be between 0 and 10000 basis points (got {value})")))
+        .ok_or_else(|| {
+            invalid(
+                field,
+                format!("must be between 0 and 10000 basis points (got {value})"),
+            )
+        })
 }
 
 pub fn reserve_request(r: pb::ReserveRequest) -> Result<domain::ReserveRequest, Status> {
@@ -136,7 +146,10 @@ pub fn adjustment(i: usize, a: pb::StockAdjustment) -> Result<domain::Adjustment
         }
     };
     Ok(domain::Adjustment {
-        occurred_at: millis(&format!("adjustments[{i}].occurred_at"), a.occurred_at.as_ref())?,
+        occurred_at: millis(
+            &format!("adjustments[{i}].occurred_at"),
+            a.occurred_at.as_ref(),
+        )?,
         adjustment_ref: a.adjustment_ref,
         product_ref: a.product_ref,
         location_ref: a.location_ref,
@@ -164,9 +177,16 @@ pub fn channel_in(c: pb::Channel) -> Result<ChannelConfig, Status> {
         });
     }
     let rebalance_mode = match pb::RebalanceMode::try_from(c.rebalance_mode) {
-        Ok(pb::RebalanceMode::Unspecified | pb::RebalanceMode::Automatic) => RebalanceMode::Automatic,
+        Ok(pb::RebalanceMode::Unspecified | pb::RebalanceMode::Automatic) => {
+            RebalanceMode::Automatic
+        }
         Ok(pb::RebalanceMode::Manual) => RebalanceMode::Manual,
-        Err(_) => return Err(invalid("channel.rebalance_mode", "is not a known RebalanceMode")),
+        Err(_) => {
+            return Err(invalid(
+                "channel.rebalance_mode",
+                "is not a known RebalanceMode",
+            ));
+        }
     };
     Ok(ChannelConfig {
         allocation_bps: match c.allocation_bps {
@@ -212,7 +232,10 @@ pub fn channel_out(c: ChannelConfig) -> pb::Channel {
 
 pub fn product_in(i: usize, p: pb::Product) -> Result<ProductConfig, Status> {
     Ok(ProductConfig {
-        hold_ttl_seconds: ttl(&format!("products[{i}].hold_ttl_seconds"), p.hold_ttl_seconds)?,
+        hold_ttl_seconds: ttl(
+            &format!("products[{i}].hold_ttl_seconds"),
+            p.hold_ttl_seconds,
+        )?,
         category: opt(&p.category),
         product_ref: p.product_ref,
     })
@@ -220,7 +243,10 @@ pub fn product_in(i: usize, p: pb::Product) -> Result<ProductConfig, Status> {
 
 pub fn category_in(i: usize, c: pb::Category) -> Result<CategoryConfig, Status> {
     Ok(CategoryConfig {
-        hold_ttl_seconds: ttl(&format!("categories[{i}].hold_ttl_seconds"), c.hold_ttl_seconds)?,
+        hold_ttl_seconds: ttl(
+            &format!("categories[{i}].hold_ttl_seconds"),
+            c.hold_ttl_seconds,
+        )?,
         category: c.category,
     })
 }

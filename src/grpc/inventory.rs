@@ -46,13 +46,15 @@ impl InventoryService for InventoryApi {
             let positions = keys
                 .into_iter()
                 .zip(quantities)
-                .map(|((product_ref, location_ref), quantity)| pb::VirtualPosition {
-                    r#ref: format!("{product_ref}:{location_ref}:{}", r.channel_ref),
-                    product_ref,
-                    location_ref,
-                    channel_ref: r.channel_ref.clone(),
-                    quantity,
-                })
+                .map(
+                    |((product_ref, location_ref), quantity)| pb::VirtualPosition {
+                        r#ref: format!("{product_ref}:{location_ref}:{}", r.channel_ref),
+                        product_ref,
+                        location_ref,
+                        channel_ref: r.channel_ref.clone(),
+                        quantity,
+                    },
+                )
                 .collect();
             Ok(pb::GetAvailabilityResponse { positions })
         })

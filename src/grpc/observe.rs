@@ -29,7 +29,13 @@ pub async fn observe<T>(
     };
     metrics::rpc(service, method, code_name(code), started.elapsed());
     if let Err(status) = &result {
-        span.in_scope(|| tracing::debug!(code = code_name(code), message = status.message(), "rpc failed"));
+        span.in_scope(|| {
+            tracing::debug!(
+                code = code_name(code),
+                message = status.message(),
+                "rpc failed"
+            )
+        });
     }
     result.map(Response::new)
 }

@@ -12,9 +12,9 @@ pub fn to_status(error: ShardError) -> Status {
     match error {
         ShardError::Domain(e) => domain_status(e),
         ShardError::Unavailable(reason) => Status::unavailable(reason),
-        ShardError::Overloaded(shard) => Status::resource_exhausted(format!(
-            "shard {shard} is overloaded; retry with backoff"
-        )),
+        ShardError::Overloaded(shard) => {
+            Status::resource_exhausted(format!("shard {shard} is overloaded; retry with backoff"))
+        }
         ShardError::Stopped(_) => Status::unavailable("stockd is shutting down"),
     }
 }

@@ -170,7 +170,8 @@ impl ShardActor {
             } => {
                 if self.failed.load(Ordering::Relaxed) {
                     let _ = respond.send(Err(ShardError::Unavailable(
-                        "a write to disk failed earlier; restart stockd once the disk is healthy".into(),
+                        "a write to disk failed earlier; restart stockd once the disk is healthy"
+                            .into(),
                     )));
                     return;
                 }
@@ -348,7 +349,9 @@ async fn release(mut groups: mpsc::UnboundedReceiver<Group>, failed: Arc<AtomicB
     while let Some(group) = groups.recv().await {
         let result = match group.ticket {
             Some(ticket) => ticket.await.unwrap_or_else(|_| {
-                Err(StorageError::Io("the write-ahead log writer has stopped".into()))
+                Err(StorageError::Io(
+                    "the write-ahead log writer has stopped".into(),
+                ))
             }),
             None => Ok(()),
         };

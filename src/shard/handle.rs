@@ -140,7 +140,11 @@ impl ShardHandle {
         .await
     }
 
-    pub async fn hold(&self, now: Millis, hold_ref: String) -> Result<Option<HoldView>, ShardError> {
+    pub async fn hold(
+        &self,
+        now: Millis,
+        hold_ref: String,
+    ) -> Result<Option<HoldView>, ShardError> {
         self.call(|respond| Msg::Hold {
             now,
             hold_ref,

@@ -116,9 +116,11 @@ impl Router {
         command: &Command,
         hold_ref: Option<&str>,
     ) -> Vec<Result<WriteReply, ShardError>> {
-        join_all(self.shards.iter().map(|s| {
-            s.write(now, command.clone(), hold_ref.map(str::to_string))
-        }))
+        join_all(
+            self.shards
+                .iter()
+                .map(|s| s.write(now, command.clone(), hold_ref.map(str::to_string))),
+        )
         .await
     }
 
@@ -160,13 +162,21 @@ impl Router {
     }
 
     /// Reserves a hold (all-or-nothing across shards unless `allow_partial`).
-    pub async fn reserve(&self, now: Millis, req: ReserveRequest) -> Result<ReserveResult, ShardError> {
+    pub async fn reserve(
+        &self,
+        now: Millis,
+        req: ReserveRequest,
+    ) -> Result<ReserveResult, ShardError> {
         req.validate()?;
         let _guards = self.lock(&[&req.hold_ref]).await;
         self.reserve_locked(now, req).await
     }
 
-    async fn reserve_locked(&self, now: Millis, req: ReserveRequest) -> Result<ReserveResult, ShardError> {
+    async fn reserve_locked(
+        &self,
+        now: Millis,
+        req: ReserveRequest,
+    ) -> Result<ReserveResult, ShardError> {
         let n = self.shards.len();
         let mut mine: Vec<Vec<u32>> = vec![Vec::new(); n];
         for (i, line) in req.lines.iter().enumerate() {
@@ -221,7 +231,9 @@ impl Router {
                 line.available = r.available;
             }
         }
-        let rejected = parts.iter().any(|(_, p, _)| p.kind == ReserveKind::Rejected);
+        let rejected = parts
+            .iter()
+            .any(|(_, p, _)| p.kind == ReserveKind::Rejected);
         let nothing = lines.iter().all(|l| l.reserved == 0);
         if rejected || nothing {
             let views = self.undo(now, undos, &req.hold_ref).await?;
@@ -254,17 +266,22 @@ impl Router {
         undos: Vec<(usize, ReserveUndo)>,
         hold_ref: &str,
     ) -> Result<Option<HoldView>, ShardError> {
-        let answers = join_all(undos.into_iter().map(|(s, undo)| {
-            self.shards[s].write(now, Command::UndoReserve(undo), None)
-        }))
+        let answers = join_all(
+            undos
+                .into_iter()
+                .map(|(s, undo)| self.shards[s].write(now, Command::UndoReserve(undo), None)),
+        )
         .await;
         for a in answers {
             a?;
         }
-        self.hold(now, hold_ref).await.map(Some).or_else(|e| match e {
-            ShardError::Domain(Error::HoldNotFound(_)) => Ok(None),
-            e => Err(e),
-        })
+        self.hold(now, hold_ref)
+            .await
+            .map(Some)
+            .or_else(|e| match e {
+                ShardError::Domain(Error::HoldNotFound(_)) => Ok(None),
+                e => Err(e),
+            })
     }
 
     /// The whole hold, merged from its parts.
@@ -390,7 +407,10 @@ impl Router {
         if lines.len() > crate::domain::request::HOLD_LINES_MAX {
             return Err(Error::invalid(
                 "lines",
-                format!("must hold at most {} lines", crate::domain::request::HOLD_LINES_MAX),
+                format!(
+                    "must hold at most {} lines",
+                    crate::domain::request::HOLD_LINES_MAX
+                ),
             )
             .into());
         }
@@ -418,30 +438,44 @@ impl Router {
             }
             split
                 .into_iter()
-                .map(|l| if l.is_empty() { Some(Vec::new()) } else { Some(l) })
+                .map(|l| {
+                    if l.is_empty() {
+                        Some(Vec::new())
+                    } else {
+                        Some(l)
+                    }
+                })
                 .collect()
         };
         // Check every shard's part before any shard changes.
-        let checks = join_all(per_shard.iter().enumerate().filter_map(|(s, l)| {
-            (l.as_ref().is_none_or(|l| !l.is_empty()))
-                .then(|| self.shards[s].fulfil_check(now, order_ref.to_string(), l.clone()))
-        }))
+        let involved = |l: &Option<Vec<OrderLine>>| l.as_ref().is_none_or(|l| !l.is_empty());
+        let checks = join_all(
+            per_shard
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| involved(l))
+                .map(|(s, l)| self.shards[s].fulfil_check(now, order_ref.to_string(), l.clone())),
+        )
         .await;
         for c in checks {
             c?;
         }
-        let answers = join_all(per_shard.into_iter().enumerate().filter_map(|(s, l)| {
-            (l.as_ref().is_none_or(|l| !l.is_empty())).then(|| {
-                self.shards[s].write(
-                    now,
-                    Command::Fulfil {
-                        order_ref: order_ref.to_string(),
-                        lines: l,
-                    },
-                    None,
-                )
-            })
-        }))
+        let answers = join_all(
+            per_shard
+                .into_iter()
+                .enumerate()
+                .filter(|(_, l)| involved(l))
+                .map(|(s, l)| {
+                    self.shards[s].write(
+                        now,
+                        Command::Fulfil {
+                            order_ref: order_ref.to_string(),
+                            lines: l,
+                        },
+                        None,
+                    )
+                }),
+        )
         .await;
         let mut shipped = Vec::new();
         for a in answers {
@@ -453,7 +487,11 @@ impl Router {
     }
 
     /// Cancels what an order still has reserved. Idempotent.
-    pub async fn cancel_order(&self, now: Millis, order_ref: &str) -> Result<Vec<LineView>, ShardError> {
+    pub async fn cancel_order(
+        &self,
+        now: Millis,
+        order_ref: &str,
+    ) -> Result<Vec<LineView>, ShardError> {
         check_ref_field("order_ref", order_ref)?;
         let _guards = self.lock(&[order_ref]).await;
         let command = Command::CancelOrder {
@@ -487,7 +525,11 @@ impl Router {
     }
 
     /// Applies counts; one status per count, in request order.
-    pub async fn set_stock(&self, now: Millis, counts: Vec<StockCount>) -> Result<Vec<CountStatus>, ShardError> {
+    pub async fn set_stock(
+        &self,
+        now: Millis,
+        counts: Vec<StockCount>,
+    ) -> Result<Vec<CountStatus>, ShardError> {
         Self::check_batch(counts.len(), "counts")?;
         for (i, c) in counts.iter().enumerate() {
             c.validate(&format!("counts[{i}]"))?;
@@ -501,12 +543,18 @@ impl Router {
         }
         let total: usize = split.iter().map(|s| s.0.len()).sum();
         let mut out = vec![CountStatus::Stale; total];
-        let answers = join_all(split.into_iter().enumerate().filter(|(_, s)| !s.0.is_empty()).map(
-            |(s, (idx, counts))| async move {
-                let reply = self.shards[s].write(now, Command::SetStock(counts), None).await;
-                (idx, reply)
-            },
-        ))
+        let answers = join_all(
+            split
+                .into_iter()
+                .enumerate()
+                .filter(|(_, s)| !s.0.is_empty())
+                .map(|(s, (idx, counts))| async move {
+                    let reply = self.shards[s]
+                        .write(now, Command::SetStock(counts), None)
+                        .await;
+                    (idx, reply)
+                }),
+        )
         .await;
         for (idx, reply) in answers {
             if let Outcome::Counts(statuses) = reply?.outcome {
@@ -537,14 +585,18 @@ impl Router {
         }
         let total: usize = split.iter().map(|s| s.0.len()).sum();
         let mut out = vec![AdjustStatus::Duplicate; total];
-        let answers = join_all(split.into_iter().enumerate().filter(|(_, s)| !s.0.is_empty()).map(
-            |(s, (idx, adjustments))| async move {
-                let reply = self.shards[s]
-                    .write(now, Command::AdjustStock(adjustments), None)
-                    .await;
-                (idx, reply)
-            },
-        ))
+        let answers = join_all(
+            split
+                .into_iter()
+                .enumerate()
+                .filter(|(_, s)| !s.0.is_empty())
+                .map(|(s, (idx, adjustments))| async move {
+                    let reply = self.shards[s]
+                        .write(now, Command::AdjustStock(adjustments), None)
+                        .await;
+                    (idx, reply)
+                }),
+        )
         .await;
         for (idx, reply) in answers {
             if let Outcome::Adjustments(statuses) = reply?.outcome {
@@ -566,7 +618,11 @@ impl Router {
         check_ref_field("product_ref", product_ref)?;
         check_ref_field("location_ref", location_ref)?;
         self.shard(product_ref, location_ref)
-            .position(product_ref.to_string(), location_ref.to_string(), include_ledger)
+            .position(
+                product_ref.to_string(),
+                location_ref.to_string(),
+                include_ledger,
+            )
             .await
     }
 
@@ -579,7 +635,11 @@ impl Router {
         Ok(())
     }
 
-    pub async fn upsert_channel(&self, now: Millis, channel: ChannelConfig) -> Result<(), ShardError> {
+    pub async fn upsert_channel(
+        &self,
+        now: Millis,
+        channel: ChannelConfig,
+    ) -> Result<(), ShardError> {
         channel
             .validate()
             .map_err(|(field, reason)| Error::invalid(format!("channel.{field}"), reason))?;
@@ -588,7 +648,12 @@ impl Router {
 
     pub async fn delete_channel(&self, now: Millis, channel_ref: &str) -> Result<(), ShardError> {
         check_ref_field("channel_ref", channel_ref)?;
-        if !self.channels().await?.iter().any(|c| c.channel_ref == channel_ref) {
+        if !self
+            .channels()
+            .await?
+            .iter()
+            .any(|c| c.channel_ref == channel_ref)
+        {
             return Err(Error::UnknownChannel(channel_ref.to_string()).into());
         }
         self.configure(now, Command::DeleteChannel(channel_ref.to_string()))
@@ -599,7 +664,11 @@ impl Router {
         self.shards[0].channels().await
     }
 
-    pub async fn upsert_products(&self, now: Millis, products: Vec<ProductConfig>) -> Result<(), ShardError> {
+    pub async fn upsert_products(
+        &self,
+        now: Millis,
+        products: Vec<ProductConfig>,
+    ) -> Result<(), ShardError> {
         Self::check_batch(products.len(), "products")?;
         crate::domain::Engine::new(Default::default()).upsert_products(&products)?;
         self.configure(now, Command::UpsertProducts(products)).await
@@ -612,7 +681,8 @@ impl Router {
     ) -> Result<(), ShardError> {
         Self::check_batch(categories.len(), "categories")?;
         crate::domain::Engine::new(Default::default()).upsert_categories(&categories)?;
-        self.configure(now, Command::UpsertCategories(categories)).await
+        self.configure(now, Command::UpsertCategories(categories))
+            .await
     }
 
     pub async fn rebalance(

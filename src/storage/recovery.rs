@@ -121,9 +121,8 @@ fn replay_shard(
 ) -> Result<(Engine, u64), String> {
     let (mut engine, covers) = match store.read_snapshot(shard)? {
         Some((header, bytes)) => {
-            let snap: EngineSnapshot = record::decode(&bytes).map_err(|e| {
-                format!("{}: snapshot of shard {shard}: {e}", store.path.display())
-            })?;
+            let snap: EngineSnapshot = record::decode(&bytes)
+                .map_err(|e| format!("{}: snapshot of shard {shard}: {e}", store.path.display()))?;
             (Engine::restore(settings.clone(), snap)?, header.covers_seq)
         }
         None => (Engine::new(settings.clone()), 0),
@@ -187,7 +186,10 @@ fn repair_split_holds(
     let mut by_hold: BTreeMap<String, Vec<(usize, HoldView)>> = BTreeMap::new();
     for (shard, engine) in engines.iter().enumerate() {
         for view in engine.hold_views() {
-            by_hold.entry(view.hold_ref.clone()).or_default().push((shard, view));
+            by_hold
+                .entry(view.hold_ref.clone())
+                .or_default()
+                .push((shard, view));
         }
     }
     for (hold_ref, parts) in by_hold {

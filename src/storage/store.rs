@@ -112,7 +112,8 @@ impl Store {
 
     /// Reads a shard's snapshot, checked. `Ok(None)`: the shard has none.
     pub fn read_snapshot(&self, shard: u32) -> Result<Option<(SnapshotHeader, Vec<u8>)>, String> {
-        let where_ = |what: &str| format!("{}: snapshot of shard {shard}: {what}", self.path.display());
+        let where_ =
+            |what: &str| format!("{}: snapshot of shard {shard}: {what}", self.path.display());
         let Some(header) = self
             .tree
             .get(shard_prefix(b'T', shard))
@@ -137,7 +138,12 @@ impl Store {
 
     /// Adds `payload` (an encoded record) to `batch` as the snapshot of `shard` covering
     /// the log below `covers_seq`. Returns the number of chunks.
-    pub fn put_snapshot(batch: &mut sled::Batch, shard: u32, covers_seq: u64, payload: &[u8]) -> u32 {
+    pub fn put_snapshot(
+        batch: &mut sled::Batch,
+        shard: u32,
+        covers_seq: u64,
+        payload: &[u8],
+    ) -> u32 {
         record::check(payload).expect("a snapshot is checked right before it is written");
         let mut chunks = 0u32;
         for (i, chunk) in payload.chunks(SNAPSHOT_CHUNK_BYTES).enumerate() {
@@ -184,7 +190,10 @@ impl Store {
     pub fn log(&self, shard: u32) -> impl Iterator<Item = Result<(u64, sled::IVec), String>> + '_ {
         self.tree
             .scan_prefix(shard_prefix(b'L', shard))
-            .map(|item| item.map(|(k, v)| (log_seq(&k), v)).map_err(|e| e.to_string()))
+            .map(|item| {
+                item.map(|(k, v)| (log_seq(&k), v))
+                    .map_err(|e| e.to_string())
+            })
     }
 
     /// Removes everything of shards `0..shards` (after their state moved to a new layout).

@@ -104,7 +104,11 @@ impl Wal {
 
     /// Appends a shard's records. In sync mode the ticket completes when they are durable;
     /// in async mode there is none.
-    pub async fn append(&self, shard: u32, records: Vec<Vec<u8>>) -> Result<Option<Ticket>, StorageError> {
+    pub async fn append(
+        &self,
+        shard: u32,
+        records: Vec<Vec<u8>>,
+    ) -> Result<Option<Ticket>, StorageError> {
         for r in &records {
             record::check(r).expect("a record is checked right before it is written");
         }
@@ -196,7 +200,12 @@ impl Writer {
 
     fn flush(&mut self) -> Result<(), StorageError> {
         let started = Instant::now();
-        let result = self.store.db.flush().map(|_| ()).map_err(StorageError::from);
+        let result = self
+            .store
+            .db
+            .flush()
+            .map(|_| ())
+            .map_err(StorageError::from);
         m::wal_flushed(started.elapsed());
         self.dirty = false;
         result
@@ -205,10 +214,11 @@ impl Writer {
     /// Writes one group and makes it durable with one flush.
     fn commit(&mut self, group: &mut Vec<Message>) {
         let mut waiting = Vec::with_capacity(group.len());
-        let mut result: Result<(), StorageError> = match self.failed.clone().or_else(|| self.fault()) {
-            Some(e) => Err(e),
-            None => Ok(()),
-        };
+        let mut result: Result<(), StorageError> =
+            match self.failed.clone().or_else(|| self.fault()) {
+                Some(e) => Err(e),
+                None => Ok(()),
+            };
         let mut changes = 0usize;
         let mut bytes = 0usize;
         let mut needs_flush = false;
@@ -224,7 +234,8 @@ impl Writer {
                         let mut batch = sled::Batch::default();
                         let seq = &mut self.next_seq[shard as usize];
                         for r in &records {
-                            record::check(r).expect("a record is checked right before it is written");
+                            record::check(r)
+                                .expect("a record is checked right before it is written");
                             batch.insert(&log_key(shard, *seq), r.as_slice());
                             *seq += 1;
                             bytes += r.len();
