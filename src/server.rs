@@ -61,6 +61,7 @@ pub async fn run(
 
     let (wal, wal_thread) = Wal::start(
         store.clone(),
+        recovered.generation,
         recovered.next_seq,
         config.durability,
         config.fault_file.clone(),

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::record::{self, LogRecord};
-use super::store::Store;
+use super::store::{Meta, Store};
 use crate::domain::{Command, Engine, EngineSnapshot, HoldState, HoldView, Millis, Settings};
 
 /// What recovery found and did, for the start-up log.
@@ -35,6 +35,8 @@ pub struct RecoveryReport {
 /// Engines ready to serve, and what must be logged before serving.
 pub struct Recovered {
     pub engines: Vec<Engine>,
+    /// The storage generation (shard layout) to append to.
+    pub generation: u32,
     pub next_seq: Vec<u64>,
     /// Per shard: records (repairs and expiries) to append before serving.
     pub pending: Vec<Vec<Vec<u8>>>,
@@ -54,39 +56,51 @@ pub fn recover(
         shards_after: shards,
         ..Default::default()
     };
-    let before = store.shards()?;
-    let Some(before) = before else {
-        store.set_shards(shards)?;
+    let Some(meta) = store.meta()? else {
+        store.set_meta(Meta {
+            generation: 0,
+            shards,
+        })?;
         report.duration = started.elapsed();
         return Ok(Recovered {
+            generation: 0,
             engines: (0..shards).map(|_| Engine::new(settings.clone())).collect(),
             next_seq: vec![0; shards as usize],
             pending: vec![Vec::new(); shards as usize],
             report,
         });
     };
+    let before = meta.shards;
+    let mut generation = meta.generation;
     report.shards_before = before;
     let mut engines = Vec::with_capacity(before as usize);
     let mut next_seq = Vec::with_capacity(before as usize);
     for shard in 0..before {
-        let (engine, seq) = replay_shard(store, shard, settings, &mut report)?;
+        let (engine, seq) = replay_shard(store, generation, shard, settings, &mut report)?;
         engines.push(engine);
         next_seq.push(seq);
     }
     if before != shards {
+        // Write the new layout under the next generation, flip the layout record, then
+        // remove the old generation: a crash anywhere leaves one whole layout.
         let merged = EngineSnapshot::merge(engines.iter().map(Engine::snapshot).collect());
         let parts = merged.split(shards as usize, route);
-        let mut batch = sled::Batch::default();
-        store.clear_shards_batch(before, &mut batch)?;
+        let next = generation + 1;
+        store.remove_generation(next)?;
         engines = Vec::with_capacity(shards as usize);
         for (shard, snap) in parts.into_iter().enumerate() {
-            // One batch for every shard: the new layout appears whole or not at all.
-            Store::put_snapshot(&mut batch, shard as u32, 0, &record::encode(&snap));
+            store
+                .write_snapshot(next, shard as u32, 0, &record::encode(&snap))
+                .map_err(|e| e.to_string())?;
             engines.push(Engine::restore(settings.clone(), snap)?);
         }
-        Store::shards_entry(shards, &mut batch);
-        store.tree.apply_batch(batch).map_err(|e| e.to_string())?;
         store.db.flush().map_err(|e| e.to_string())?;
+        store.set_meta(Meta {
+            generation: next,
+            shards,
+        })?;
+        store.remove_generation(generation)?;
+        generation = next;
         next_seq = vec![0; shards as usize];
     }
     let mut pending: Vec<Vec<Vec<u8>>> = vec![Vec::new(); shards as usize];
@@ -107,6 +121,7 @@ pub fn recover(
     report.duration = started.elapsed();
     Ok(Recovered {
         engines,
+        generation,
         next_seq,
         pending,
         report,
@@ -115,11 +130,12 @@ pub fn recover(
 
 fn replay_shard(
     store: &Store,
+    generation: u32,
     shard: u32,
     settings: &Settings,
     report: &mut RecoveryReport,
 ) -> Result<(Engine, u64), String> {
-    let (mut engine, covers) = match store.read_snapshot(shard)? {
+    let (mut engine, covers) = match store.read_snapshot(generation, shard)? {
         Some((header, bytes)) => {
             let snap: EngineSnapshot = record::decode(&bytes)
                 .map_err(|e| format!("{}: snapshot of shard {shard}: {e}", store.path.display()))?;
@@ -128,7 +144,7 @@ fn replay_shard(
         None => (Engine::new(settings.clone()), 0),
     };
     let mut next = covers;
-    let mut log = store.log(shard).peekable();
+    let mut log = store.read_log(generation, shard).peekable();
     while let Some(item) = log.next() {
         let (seq, bytes) = item?;
         if seq < covers {
@@ -142,10 +158,7 @@ fn replay_shard(
                     "{}: shard {shard} log record {seq}: {e}; it was never acknowledged and is dropped",
                     store.path.display()
                 );
-                store
-                    .tree
-                    .remove(super::store::log_key(shard, seq))
-                    .map_err(|e| e.to_string())?;
+                store.remove_log_record(generation, shard, seq)?;
                 report.dropped_tail_records.push(what);
                 break;
             }

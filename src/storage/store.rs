@@ -1,11 +1,16 @@
 //! The sled database behind every shard: key layout and the operations on it.
 //!
-//! One sled tree holds everything, so that a snapshot and the removal of the log behind
-//! it are one atomic batch. Keys:
-//! - `L` shard(u32) seq(u64): a write-ahead record of one shard, in order;
-//! - `S` shard(u32) chunk(u32): a chunk of a shard's snapshot;
-//! - `T` shard(u32): the snapshot's header (which log sequence it covers, how many chunks);
-//! - `M shards`: the number of shards that wrote the log.
+//! Two trees keep small hot records apart from large cold ones: sled rewrites a leaf page
+//! whole, so a log record inserted beside megabyte snapshot chunks would copy them.
+//! - `log`: `generation(u32) shard(u32) seq(u64)` → a write-ahead record of one shard;
+//! - `snapshots`: `generation(u32) 'T' shard(u32)` → the snapshot header (which log
+//!   sequence it covers, how many chunks), and `generation(u32) 'S' shard(u32) chunk(u32)`
+//!   → a chunk of the snapshot;
+//! - `snapshots` also holds `meta`: the current generation and its shard count.
+//!
+//! A generation is one shard layout. Changing the shard count writes the new layout under
+//! the next generation, then flips `meta` with one insert, then removes the old one, so a
+//! crash at any point leaves one whole layout.
 
 use std::path::{Path, PathBuf};
 
@@ -13,11 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use super::record;
 
-/// Largest snapshot chunk: sled keeps values whole in memory while writing them.
-pub const SNAPSHOT_CHUNK_BYTES: usize = 4 << 20;
+/// Largest snapshot chunk stored as one sled value.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
-const TREE: &str = "stockd";
-const META_SHARDS: &[u8] = b"Mshards";
+const META: &[u8] = b"meta";
 
 /// A storage failure; the service answers UNAVAILABLE for it.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -43,30 +47,50 @@ pub struct SnapshotHeader {
     pub bytes: u64,
 }
 
-pub fn log_key(shard: u32, seq: u64) -> [u8; 13] {
-    let mut k = [0u8; 13];
-    k[0] = b'L';
-    k[1..5].copy_from_slice(&shard.to_be_bytes());
-    k[5..13].copy_from_slice(&seq.to_be_bytes());
+/// The layout in use.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Meta {
+    pub generation: u32,
+    pub shards: u32,
+}
+
+fn log_prefix(generation: u32, shard: u32) -> [u8; 8] {
+    let mut k = [0u8; 8];
+    k[0..4].copy_from_slice(&generation.to_be_bytes());
+    k[4..8].copy_from_slice(&shard.to_be_bytes());
     k
 }
 
-pub fn log_seq(key: &[u8]) -> u64 {
-    u64::from_be_bytes(key[5..13].try_into().expect("log keys are 13 bytes"))
-}
-
-fn shard_prefix(tag: u8, shard: u32) -> [u8; 5] {
-    let mut k = [0u8; 5];
-    k[0] = tag;
-    k[1..5].copy_from_slice(&shard.to_be_bytes());
+/// The key of a log record.
+pub fn log_key(generation: u32, shard: u32, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[0..8].copy_from_slice(&log_prefix(generation, shard));
+    k[8..16].copy_from_slice(&seq.to_be_bytes());
     k
 }
 
-fn chunk_key(shard: u32, chunk: u32) -> [u8; 9] {
+fn log_seq(key: &[u8]) -> u64 {
+    u64::from_be_bytes(key[8..16].try_into().expect("log keys are 16 bytes"))
+}
+
+fn header_key(generation: u32, shard: u32) -> [u8; 9] {
     let mut k = [0u8; 9];
-    k[0] = b'S';
-    k[1..5].copy_from_slice(&shard.to_be_bytes());
-    k[5..9].copy_from_slice(&chunk.to_be_bytes());
+    k[0..4].copy_from_slice(&generation.to_be_bytes());
+    k[4] = b'T';
+    k[5..9].copy_from_slice(&shard.to_be_bytes());
+    k
+}
+
+fn chunk_prefix(generation: u32, shard: u32) -> [u8; 9] {
+    let mut k = header_key(generation, shard);
+    k[4] = b'S';
+    k
+}
+
+fn chunk_key(generation: u32, shard: u32, chunk: u32) -> [u8; 13] {
+    let mut k = [0u8; 13];
+    k[0..9].copy_from_slice(&chunk_prefix(generation, shard));
+    k[9..13].copy_from_slice(&chunk.to_be_bytes());
     k
 }
 
@@ -74,7 +98,8 @@ fn chunk_key(shard: u32, chunk: u32) -> [u8; 9] {
 #[derive(Clone)]
 pub struct Store {
     pub db: sled::Db,
-    pub tree: sled::Tree,
+    pub log: sled::Tree,
+    pub snapshots: sled::Tree,
     pub path: PathBuf,
 }
 
@@ -89,34 +114,52 @@ impl Store {
             .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        let tree = db
-            .open_tree(TREE)
-            .map_err(|e| format!("cannot open tree in {}: {e}", path.display()))?;
-        Ok(Store { db, tree, path })
+        let open = |name: &str| {
+            db.open_tree(name)
+                .map_err(|e| format!("cannot open tree {name} in {}: {e}", path.display()))
+        };
+        Ok(Store {
+            log: open("log")?,
+            snapshots: open("snapshots")?,
+            db: db.clone(),
+            path,
+        })
     }
 
-    /// The shard count that wrote the log, if any was written.
-    pub fn shards(&self) -> Result<Option<u32>, String> {
-        let v = self.tree.get(META_SHARDS).map_err(|e| e.to_string())?;
-        Ok(v.map(|v| u32::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 4]))))
+    /// The layout in use, if anything was ever written.
+    pub fn meta(&self) -> Result<Option<Meta>, String> {
+        let Some(v) = self.snapshots.get(META).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        record::decode(&v)
+            .map(Some)
+            .map_err(|e| format!("{}: layout record: {e}", self.path.display()))
     }
 
-    /// Records the shard count (alone, for a fresh folder).
-    pub fn set_shards(&self, shards: u32) -> Result<(), String> {
-        self.tree
-            .insert(META_SHARDS, &shards.to_be_bytes())
+    /// Records the layout in use and makes it durable.
+    pub fn set_meta(&self, meta: Meta) -> Result<(), String> {
+        self.snapshots
+            .insert(META, record::encode(&meta))
             .map_err(|e| e.to_string())?;
         self.db.flush().map_err(|e| e.to_string())?;
         Ok(())
     }
 
     /// Reads a shard's snapshot, checked. `Ok(None)`: the shard has none.
-    pub fn read_snapshot(&self, shard: u32) -> Result<Option<(SnapshotHeader, Vec<u8>)>, String> {
-        let where_ =
-            |what: &str| format!("{}: snapshot of shard {shard}: {what}", self.path.display());
+    pub fn read_snapshot(
+        &self,
+        generation: u32,
+        shard: u32,
+    ) -> Result<Option<(SnapshotHeader, Vec<u8>)>, String> {
+        let where_ = |what: &str| {
+            format!(
+                "{}: snapshot of shard {shard}: {what}",
+                self.path.display()
+            )
+        };
         let Some(header) = self
-            .tree
-            .get(shard_prefix(b'T', shard))
+            .snapshots
+            .get(header_key(generation, shard))
             .map_err(|e| where_(&e.to_string()))?
         else {
             return Ok(None);
@@ -126,8 +169,8 @@ impl Store {
         let mut bytes = Vec::with_capacity(header.bytes as usize);
         for chunk in 0..header.chunks {
             let part = self
-                .tree
-                .get(chunk_key(shard, chunk))
+                .snapshots
+                .get(chunk_key(generation, shard, chunk))
                 .map_err(|e| where_(&e.to_string()))?
                 .ok_or_else(|| where_(&format!("chunk {chunk} is missing")))?;
             bytes.extend_from_slice(&part);
@@ -136,79 +179,87 @@ impl Store {
         Ok(Some((header, bytes)))
     }
 
-    /// Adds `payload` (an encoded record) to `batch` as the snapshot of `shard` covering
-    /// the log below `covers_seq`. Returns the number of chunks.
-    pub fn put_snapshot(
-        batch: &mut sled::Batch,
+    /// Stores `payload` (an encoded record) as the snapshot of `shard` covering the log
+    /// below `covers_seq`, replacing any older one in one batch. The log it covers is
+    /// removed separately by `trim_log`, after this is durable.
+    pub fn write_snapshot(
+        &self,
+        generation: u32,
         shard: u32,
         covers_seq: u64,
         payload: &[u8],
-    ) -> u32 {
+    ) -> Result<(), StorageError> {
         record::check(payload).expect("a snapshot is checked right before it is written");
+        let mut batch = sled::Batch::default();
         let mut chunks = 0u32;
         for (i, chunk) in payload.chunks(SNAPSHOT_CHUNK_BYTES).enumerate() {
-            batch.insert(&chunk_key(shard, i as u32), chunk);
+            batch.insert(&chunk_key(generation, shard, i as u32), chunk);
             chunks += 1;
+        }
+        for key in self
+            .snapshots
+            .scan_prefix(chunk_prefix(generation, shard))
+            .keys()
+        {
+            let key = key?;
+            let index = u32::from_be_bytes(key[9..13].try_into().expect("chunk keys are 13 bytes"));
+            if index >= chunks {
+                batch.remove(key);
+            }
         }
         let header = SnapshotHeader {
             covers_seq,
             chunks,
             bytes: payload.len() as u64,
         };
-        batch.insert(&shard_prefix(b'T', shard), record::encode(&header));
-        chunks
+        batch.insert(&header_key(generation, shard), record::encode(&header));
+        self.snapshots.apply_batch(batch)?;
+        Ok(())
     }
 
-    /// The batch that stores a snapshot of `shard` covering the log below `covers_seq`,
-    /// and removes that log and the chunks of any older, longer snapshot.
-    pub fn snapshot_batch(
-        &self,
-        shard: u32,
-        covers_seq: u64,
-        payload: &[u8],
-    ) -> Result<sled::Batch, StorageError> {
+    /// Removes a shard's log records below `covers_seq` (a durable snapshot covers them).
+    pub fn trim_log(&self, generation: u32, shard: u32, covers_seq: u64) -> Result<(), StorageError> {
         let mut batch = sled::Batch::default();
-        let chunks = Self::put_snapshot(&mut batch, shard, covers_seq, payload);
-        for key in self.tree.scan_prefix(shard_prefix(b'S', shard)).keys() {
-            let key = key?;
-            let index = u32::from_be_bytes(key[5..9].try_into().expect("chunk keys are 9 bytes"));
-            if index >= chunks {
-                batch.remove(key);
-            }
-        }
         for key in self
-            .tree
-            .range(log_key(shard, 0)..log_key(shard, covers_seq))
+            .log
+            .range(log_key(generation, shard, 0)..log_key(generation, shard, covers_seq))
             .keys()
         {
             batch.remove(key?);
         }
-        Ok(batch)
-    }
-
-    /// Every log record of a shard, in order: (sequence, bytes).
-    pub fn log(&self, shard: u32) -> impl Iterator<Item = Result<(u64, sled::IVec), String>> + '_ {
-        self.tree
-            .scan_prefix(shard_prefix(b'L', shard))
-            .map(|item| {
-                item.map(|(k, v)| (log_seq(&k), v))
-                    .map_err(|e| e.to_string())
-            })
-    }
-
-    /// Removes everything of shards `0..shards` (after their state moved to a new layout).
-    pub fn clear_shards_batch(&self, shards: u32, batch: &mut sled::Batch) -> Result<(), String> {
-        for shard in 0..shards {
-            for tag in [b'L', b'S', b'T'] {
-                for key in self.tree.scan_prefix(shard_prefix(tag, shard)).keys() {
-                    batch.remove(key.map_err(|e| e.to_string())?);
-                }
-            }
-        }
+        self.log.apply_batch(batch)?;
         Ok(())
     }
 
-    pub fn shards_entry(shards: u32, batch: &mut sled::Batch) {
-        batch.insert(META_SHARDS, &shards.to_be_bytes());
+    /// Every log record of a shard, in order: (sequence, bytes).
+    pub fn read_log(
+        &self,
+        generation: u32,
+        shard: u32,
+    ) -> impl Iterator<Item = Result<(u64, sled::IVec), String>> + '_ {
+        self.log
+            .scan_prefix(log_prefix(generation, shard))
+            .map(|item| item.map(|(k, v)| (log_seq(&k), v)).map_err(|e| e.to_string()))
+    }
+
+    /// Removes one log record (a damaged tail record that was never acknowledged).
+    pub fn remove_log_record(&self, generation: u32, shard: u32, seq: u64) -> Result<(), String> {
+        self.log
+            .remove(log_key(generation, shard, seq))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// Removes everything of a generation (after a newer one replaced it).
+    pub fn remove_generation(&self, generation: u32) -> Result<(), String> {
+        let prefix = generation.to_be_bytes();
+        for tree in [&self.log, &self.snapshots] {
+            let mut batch = sled::Batch::default();
+            for key in tree.scan_prefix(prefix).keys() {
+                batch.remove(key.map_err(|e| e.to_string())?);
+            }
+            tree.apply_batch(batch).map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 }

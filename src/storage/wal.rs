@@ -64,6 +64,7 @@ impl Wal {
     /// failing disk).
     pub fn start(
         store: Store,
+        generation: u32,
         next_seq: Vec<u64>,
         durability: Durability,
         fault_file: Option<PathBuf>,
@@ -85,6 +86,7 @@ impl Wal {
         }
         let writer = Writer {
             store,
+            generation,
             next_seq,
             durability,
             fault_file,
@@ -159,6 +161,7 @@ impl Wal {
 
 struct Writer {
     store: Store,
+    generation: u32,
     next_seq: Vec<u64>,
     durability: Durability,
     fault_file: Option<PathBuf>,
@@ -236,12 +239,12 @@ impl Writer {
                         for r in &records {
                             record::check(r)
                                 .expect("a record is checked right before it is written");
-                            batch.insert(&log_key(shard, *seq), r.as_slice());
+                            batch.insert(&log_key(self.generation, shard, *seq), r.as_slice());
                             *seq += 1;
                             bytes += r.len();
                         }
                         changes += records.len();
-                        if let Err(e) = self.store.tree.apply_batch(batch) {
+                        if let Err(e) = self.store.log.apply_batch(batch) {
                             result = Err(e.into());
                         }
                     }
@@ -256,15 +259,14 @@ impl Writer {
                     done,
                 } => {
                     if result.is_ok() {
+                        // The snapshot must be durable before the log it covers goes.
                         let covers = self.next_seq[shard as usize];
                         bytes += payload.len();
-                        let applied = self
+                        result = self
                             .store
-                            .snapshot_batch(shard, covers, &payload)
-                            .and_then(|b| self.store.tree.apply_batch(b).map_err(Into::into));
-                        if let Err(e) = applied {
-                            result = Err(e);
-                        }
+                            .write_snapshot(self.generation, shard, covers, &payload)
+                            .and_then(|()| self.flush())
+                            .and_then(|()| self.store.trim_log(self.generation, shard, covers));
                     }
                     needs_flush = true;
                     waiting.push(done);

@@ -1,0 +1,108 @@
+//! `--embedded`: a stockd in the same process, on its own runtime and threads, listening
+//! on 127.0.0.1:0 with a temporary data folder that is removed when it stops.
+
+use std::path::PathBuf;
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use stockd::config::ServerConfig;
+use stockd::storage::Durability;
+use tokio::sync::oneshot;
+
+/// A running embedded server.
+pub struct Embedded {
+    pub addr: String,
+    pub data_dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+/// Starts the server and waits until it listens.
+pub fn start(durability: Durability, shards: Option<u32>) -> Result<Embedded, String> {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let data_dir = std::env::temp_dir().join(format!("stockd-load-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+    let mut config = ServerConfig::new(data_dir.clone());
+    config.durability = durability;
+    if let Some(s) = shards {
+        config.shards = s.max(1);
+    }
+    config.drain_timeout = Duration::from_secs(5);
+    let (ready_tx, ready_rx) = std_mpsc::channel::<Result<String, String>>();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("stockd-embedded".into())
+        .spawn(move || -> Result<(), String> {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("stockd")
+                .build()
+                .map_err(|e| format!("cannot start the server runtime: {e}"))?;
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("cannot listen on 127.0.0.1:0: {e}")));
+                        return Err(e.to_string());
+                    }
+                };
+                let addr = listener.local_addr().map_err(|e| e.to_string())?;
+                let _ = ready_tx.send(Ok(addr.to_string()));
+                stockd::server::run(config, listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .map(|_| ())
+            })
+        })
+        .map_err(|e| format!("cannot start the server thread: {e}"))?;
+    let mut server = Embedded {
+        addr: String::new(),
+        data_dir,
+        stop: Some(stop),
+        thread: Some(thread),
+    };
+    match ready_rx.recv() {
+        Ok(Ok(addr)) => {
+            server.addr = addr;
+            Ok(server)
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            let why = server.join().err().unwrap_or_else(|| "stopped at start".into());
+            Err(format!("the embedded server failed to start: {why}"))
+        }
+    }
+}
+
+impl Embedded {
+    /// Stops the server (drain, flush) and removes its data folder.
+    pub fn stop(mut self) -> Result<(), String> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<(), String> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let result = match self.thread.take() {
+            Some(t) => t
+                .join()
+                .map_err(|_| "the embedded server panicked".to_string())
+                .and_then(|r| r),
+            None => Ok(()),
+        };
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+        result
+    }
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        let _ = self.join();
+    }
+}

@@ -1,0 +1,382 @@
+//! The load engine: `-c` workers over a few shared connections, bounded by `-n` and/or
+//! `-z`, closed loop or open loop (`--rps`), each worker recording into its own
+//! histograms (merged at the end, so recording never contends).
+//!
+//! Open loop: request `i` is due at `start + i / rps`, whichever worker takes it. Its
+//! latency is measured from that intended start, not from when it was sent, so a server
+//! that stalls cannot hide the queue that builds behind it (the coordinated-omission
+//! correction of wrk2 and HdrHistogram).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tonic::Status;
+
+use crate::rpc::{self, METHODS, Method};
+
+/// How much load, for how long.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub concurrency: usize,
+    /// `-n`: operations to run in all (a scenario's operation may be several calls).
+    pub total: Option<u64>,
+    /// `-z`: stop starting operations after this long.
+    pub duration: Option<Duration>,
+    /// `--rps`: open loop at this many operations per second.
+    pub rps: Option<f64>,
+    /// `--skipFirst`: leave the first calls out of the statistics.
+    pub skip_first: u64,
+    /// `--count-errors`: failed calls count in the latency statistics too.
+    pub count_errors: bool,
+    /// `-t`: a call that takes longer fails with DEADLINE_EXCEEDED.
+    pub timeout: Duration,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// Why the run ended, in ghz's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// `-n` operations were done.
+    Normal,
+    /// `-z` elapsed.
+    Timeout,
+    /// Interrupted (Ctrl-C).
+    Cancel,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Normal => "normal",
+            EndReason::Timeout => "timeout",
+            EndReason::Cancel => "cancel",
+        }
+    }
+}
+
+/// One scenario's unit of work.
+pub trait Load: Send + Sync + 'static {
+    /// Per-worker state (a client, an RNG, buffers).
+    type Worker: Send + 'static;
+
+    fn worker(&self, index: usize) -> Self::Worker;
+
+    /// Runs operation number `n` (0-based, unique within the run), timing each call with
+    /// [`Recorder::call`].
+    fn run(&self, worker: &mut Self::Worker, n: u64, rec: &mut Recorder) -> impl Future<Output = ()> + Send;
+}
+
+/// Latency and status statistics of one method.
+#[derive(Clone)]
+pub struct MethodStats {
+    /// Latencies in nanoseconds of the calls that count (OK, or all with --count-errors).
+    pub hist: Histogram<u64>,
+    /// Every call, failed or not.
+    pub count: u64,
+    /// Sum of every call's latency (ghz's average includes failed calls).
+    pub sum_ns: u128,
+    /// Fastest and slowest of the calls that count, exact.
+    pub min_ns: u64,
+    pub max_ns: u64,
+    /// Calls by gRPC status code.
+    pub codes: [u64; 17],
+    /// Failed calls by ghz-style error text.
+    pub errors: HashMap<String, u64>,
+}
+
+impl MethodStats {
+    pub fn new() -> MethodStats {
+        MethodStats {
+            // 1 µs to 60 s at 3 significant digits: ~150 KiB per histogram.
+            hist: Histogram::new_with_bounds(1_000, 60_000_000_000, 3).expect("valid histogram bounds"),
+            count: 0,
+            sum_ns: 0,
+            min_ns: u64::MAX,
+            max_ns: 0,
+            codes: [0; 17],
+            errors: HashMap::new(),
+        }
+    }
+
+    pub fn merge(&mut self, other: &MethodStats) {
+        self.hist.add(&other.hist).expect("histograms with the same bounds");
+        self.count += other.count;
+        self.sum_ns += other.sum_ns;
+        self.min_ns = self.min_ns.min(other.min_ns);
+        self.max_ns = self.max_ns.max(other.max_ns);
+        for (a, b) in self.codes.iter_mut().zip(other.codes) {
+            *a += b;
+        }
+        for (e, n) in &other.errors {
+            *self.errors.entry(e.clone()).or_default() += n;
+        }
+    }
+
+    pub fn ok(&self) -> u64 {
+        self.codes[0]
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.count - self.ok()
+    }
+
+    fn counted(&mut self, ns: u64) {
+        self.hist.saturating_record(ns);
+        self.min_ns = self.min_ns.min(ns);
+        self.max_ns = self.max_ns.max(ns);
+    }
+}
+
+impl Default for MethodStats {
+    fn default() -> Self {
+        MethodStats::new()
+    }
+}
+
+struct Shared {
+    next: AtomicU64,
+    calls_done: AtomicU64,
+    ops_done: AtomicU64,
+    stop: AtomicBool,
+    /// EndReason as u8 once decided by something other than the workers.
+    stop_reason: AtomicU8,
+    skip_first: u64,
+    count_errors: bool,
+    timeout: Duration,
+}
+
+/// Records each call of one worker.
+pub struct Recorder {
+    stats: Vec<Option<MethodStats>>,
+    shared: Arc<Shared>,
+    intended: Option<Instant>,
+}
+
+impl Recorder {
+    /// Times `call` as one `method` call. The first call of an open-loop operation is
+    /// timed from the operation's intended start.
+    pub async fn call<T>(
+        &mut self,
+        method: Method,
+        call: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let started = self.intended.take().unwrap_or_else(Instant::now);
+        let result = match tokio::time::timeout(self.shared.timeout, call).await {
+            Ok(r) => r,
+            Err(_) => Err(Status::deadline_exceeded("context deadline exceeded")),
+        };
+        self.record(method, started.elapsed(), &result);
+        result
+    }
+
+    fn record<T>(&mut self, method: Method, latency: Duration, result: &Result<T, Status>) {
+        let seq = self.shared.calls_done.fetch_add(1, Ordering::Relaxed);
+        if seq < self.shared.skip_first {
+            return;
+        }
+        let stats = self.stats[method as usize].get_or_insert_with(MethodStats::new);
+        let ns = latency.as_nanos().min(u64::MAX as u128) as u64;
+        stats.count += 1;
+        stats.sum_ns += u128::from(ns);
+        match result {
+            Ok(_) => {
+                stats.codes[0] += 1;
+                stats.counted(ns);
+            }
+            Err(status) => {
+                stats.codes[(status.code() as usize).min(16)] += 1;
+                *stats.errors.entry(rpc::error_text(status)).or_default() += 1;
+                if self.shared.count_errors {
+                    stats.counted(ns);
+                }
+            }
+        }
+    }
+}
+
+/// What a run measured.
+pub struct Outcome {
+    /// Per method (indexed by `Method as usize`), for the methods that were called.
+    pub methods: Vec<Option<MethodStats>>,
+    /// From the first operation's start to the last call's end.
+    pub total: Duration,
+    pub end_reason: EndReason,
+    /// Operations run.
+    pub operations: u64,
+}
+
+impl Outcome {
+    /// Every method's calls together.
+    pub fn overall(&self) -> MethodStats {
+        let mut all = MethodStats::new();
+        for s in self.methods.iter().flatten() {
+            all.merge(s);
+        }
+        all
+    }
+
+    pub fn method(&self, m: Method) -> Option<&MethodStats> {
+        self.methods[m as usize].as_ref()
+    }
+}
+
+/// Runs `load` according to `plan` and returns the merged statistics.
+pub async fn run<L: Load>(load: Arc<L>, plan: &Plan) -> Outcome {
+    let (total, duration) = match (plan.total, plan.duration) {
+        (None, None) => (None, Some(Duration::from_secs(10))),
+        other => other,
+    };
+    let shared = Arc::new(Shared {
+        next: AtomicU64::new(0),
+        calls_done: AtomicU64::new(0),
+        ops_done: AtomicU64::new(0),
+        stop: AtomicBool::new(false),
+        stop_reason: AtomicU8::new(0),
+        skip_first: plan.skip_first,
+        count_errors: plan.count_errors,
+        timeout: plan.timeout,
+    });
+    let start = Instant::now();
+    let deadline = duration.map(|d| start + d);
+    let interval = plan.rps.filter(|r| *r > 0.0).map(|r| 1.0 / r);
+
+    let interrupt = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                shared.stop_reason.store(EndReason::Cancel as u8 + 1, Ordering::Relaxed);
+                shared.stop.store(true, Ordering::Relaxed);
+            }
+        })
+    };
+    let progress = plan.progress.then(|| {
+        let shared = shared.clone();
+        tokio::spawn(progress_bar(shared, start, total, duration))
+    });
+
+    let mut workers = Vec::with_capacity(plan.concurrency);
+    for index in 0..plan.concurrency.max(1) {
+        let load = load.clone();
+        let shared = shared.clone();
+        workers.push(tokio::spawn(async move {
+            let mut state = load.worker(index);
+            let mut rec = Recorder {
+                stats: (0..METHODS).map(|_| None).collect(),
+                shared: shared.clone(),
+                intended: None,
+            };
+            loop {
+                if shared.stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let n = shared.next.fetch_add(1, Ordering::Relaxed);
+                if total.is_some_and(|t| n >= t) {
+                    break;
+                }
+                if let Some(interval) = interval {
+                    let intended = start + Duration::from_secs_f64(n as f64 * interval);
+                    if deadline.is_some_and(|d| intended >= d) {
+                        break;
+                    }
+                    pace_until(intended, &shared.stop).await;
+                    rec.intended = Some(intended);
+                } else if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                load.run(&mut state, n, &mut rec).await;
+                rec.intended = None;
+                shared.ops_done.fetch_add(1, Ordering::Relaxed);
+            }
+            rec.stats
+        }));
+    }
+    let mut methods: Vec<Option<MethodStats>> = (0..METHODS).map(|_| None).collect();
+    for w in workers {
+        if let Ok(stats) = w.await {
+            for (into, from) in methods.iter_mut().zip(stats) {
+                if let Some(from) = from {
+                    into.get_or_insert_with(MethodStats::new).merge(&from);
+                }
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    interrupt.abort();
+    shared.stop.store(true, Ordering::Relaxed);
+    if let Some(p) = progress {
+        let _ = p.await;
+    }
+    let operations = shared.ops_done.load(Ordering::Relaxed);
+    let end_reason = match shared.stop_reason.load(Ordering::Relaxed) {
+        r if r == EndReason::Cancel as u8 + 1 => EndReason::Cancel,
+        _ if total.is_some_and(|t| operations >= t) => EndReason::Normal,
+        _ if deadline.is_some() => EndReason::Timeout,
+        _ => EndReason::Normal,
+    };
+    Outcome {
+        methods,
+        total: elapsed,
+        end_reason,
+        operations,
+    }
+}
+
+/// Waits until `at` with better than the timer's 1 ms resolution: sleeps while more than
+/// 2 ms away, then yields until due (other tasks and I/O keep running meanwhile).
+async fn pace_until(at: Instant, stop: &AtomicBool) {
+    loop {
+        let now = Instant::now();
+        if now >= at || stop.load(Ordering::Relaxed) {
+            return;
+        }
+        let left = at - now;
+        if left > Duration::from_millis(2) {
+            tokio::time::sleep_until((at - Duration::from_millis(1)).into()).await;
+        } else {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+async fn progress_bar(shared: Arc<Shared>, start: Instant, total: Option<u64>, duration: Option<Duration>) {
+    const WIDTH: usize = 30;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut stderr = std::io::stderr();
+    loop {
+        tick.tick().await;
+        let done = shared.stop.load(Ordering::Relaxed);
+        let elapsed = start.elapsed();
+        let ops = shared.ops_done.load(Ordering::Relaxed);
+        let calls = shared.calls_done.load(Ordering::Relaxed);
+        let by_count = total.map_or(0.0, |t| ops as f64 / t.max(1) as f64);
+        let by_time = duration.map_or(0.0, |d| elapsed.as_secs_f64() / d.as_secs_f64().max(1e-9));
+        let fraction = by_count.max(by_time).clamp(0.0, 1.0);
+        let filled = (fraction * WIDTH as f64) as usize;
+        let bar: String = (0..WIDTH)
+            .map(|i| match i.cmp(&filled) {
+                std::cmp::Ordering::Less => '=',
+                std::cmp::Ordering::Equal => '>',
+                std::cmp::Ordering::Greater => ' ',
+            })
+            .collect();
+        let rate = calls as f64 / elapsed.as_secs_f64().max(1e-9);
+        let _ = write!(
+            stderr,
+            "\r[{bar}] {:>3.0}%  {:>6.1}s  {calls} calls  {rate:.0} calls/s ",
+            fraction * 100.0,
+            elapsed.as_secs_f64()
+        );
+        let _ = stderr.flush();
+        if done {
+            let _ = write!(stderr, "\r\x1b[2K");
+            let _ = stderr.flush();
+            return;
+        }
+    }
+}
