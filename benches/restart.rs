@@ -85,7 +85,7 @@ fn main() {
     let started = Instant::now();
     for (shard, engine) in engines.iter().enumerate() {
         let t = Instant::now();
-        let payload = record::encode(&engine.snapshot());
+        let payload = record::encode(&engine.compact());
         let encoded = t.elapsed();
         store.write_snapshot(0, shard as u32, 0, &payload).unwrap();
         println!(

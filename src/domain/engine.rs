@@ -54,7 +54,7 @@ impl Default for Settings {
 }
 
 /// A product's catalogue entry, interned.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct ProductEntry {
     pub category: Option<Sym>,
     pub ttl_seconds: Option<u32>,
@@ -1450,6 +1450,16 @@ impl Engine {
     /// Every hold part, for recovery's completeness check.
     pub fn hold_views(&self) -> Vec<HoldView> {
         self.holds.values().map(|p| self.view(p)).collect()
+    }
+
+    /// The hold parts that do not hold their whole request (the hold spans shards, or a
+    /// shard-count change split it): only these can be left half-written by a crash.
+    pub fn split_hold_views(&self) -> Vec<HoldView> {
+        self.holds
+            .values()
+            .filter(|p| p.answered_lines != p.total_lines)
+            .map(|p| self.view(p))
+            .collect()
     }
 
     /// Checks the counters against the ledger and the hold records; used by tests and after

@@ -31,7 +31,7 @@ impl HoldState {
 }
 
 /// One reserved line of a hold part.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct PartLine {
     pub product: Sym,
     pub location: Sym,
@@ -41,7 +41,7 @@ pub(crate) struct PartLine {
 }
 
 /// The part of a hold that lives on one engine.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct HoldPart {
     pub hold: Sym,
     pub channel: Sym,

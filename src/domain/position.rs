@@ -54,7 +54,7 @@ pub(crate) const NO_SYM: Sym = Sym(u32::MAX);
 
 /// One ACTIVE ledger record. `owner` is the hold (SOFT_RESERVE), order (RESERVED, SALE
 /// of an order) or adjustment (DELTA, CORRECTION, RETURNED) it belongs to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Iq {
     pub id: u64,
     pub kind: IqKind,
@@ -67,7 +67,7 @@ pub(crate) struct Iq {
 }
 
 /// Per-channel counters of a position.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ChannelCounters {
     pub channel: Sym,
     /// `held(c)`: −Σ of the channel's ACTIVE SOFT_RESERVE and RESERVED.
@@ -80,7 +80,7 @@ pub(crate) struct ChannelCounters {
 pub(crate) const NEVER_COUNTED: Millis = Millis::MIN;
 
 /// An Inventory Position.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Position {
     pub iqs: Vec<Iq>,
     pub counted_as_of: Millis,

@@ -32,7 +32,9 @@ pub fn check_ref(value: &str) -> Result<(), String> {
 }
 
 /// An interned ref: an index into the [`Interner`] of the engine that made it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct Sym(pub(crate) u32);
 
 /// Interns strings so each distinct ref is stored once per engine.
@@ -86,6 +88,37 @@ impl Interner {
             self.map.remove(&*text);
             self.free.push(sym.0);
         }
+    }
+
+    /// The slots, in symbol order (`None` for a released slot): a snapshot of the interner.
+    pub fn slots(&self) -> impl Iterator<Item = Option<&str>> + '_ {
+        self.strs.iter().map(|s| s.as_deref())
+    }
+
+    /// Rebuilds an interner from its slots, keeping every symbol's number.
+    pub fn from_slots(slots: Vec<Option<String>>) -> Result<Interner, String> {
+        let mut interner = Interner::default();
+        for (i, slot) in slots.into_iter().enumerate() {
+            match slot {
+                Some(text) => {
+                    let text: Arc<str> = Arc::from(text);
+                    if interner.map.insert(text.clone(), Sym(i as u32)).is_some() {
+                        return Err(format!("ref {text:?} is interned twice"));
+                    }
+                    interner.strs.push(Some(text));
+                }
+                None => {
+                    interner.strs.push(None);
+                    interner.free.push(i as u32);
+                }
+            }
+        }
+        Ok(interner)
+    }
+
+    /// Whether a symbol names a live ref.
+    pub fn is_live(&self, sym: Sym) -> bool {
+        self.strs.get(sym.0 as usize).is_some_and(Option::is_some)
     }
 
     /// Number of live interned refs.

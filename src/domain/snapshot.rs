@@ -273,6 +273,105 @@ impl Engine {
     }
 }
 
+/// The on-disk snapshot: the engine's own structures and its interner table, so that
+/// encoding and decoding copy no ref per record. Symbols keep their numbers.
+#[derive(Serialize)]
+pub struct CompactSnapshotRef<'a> {
+    strings: Vec<Option<&'a str>>,
+    channels: Vec<&'a ChannelConfig>,
+    products: Vec<(&'a Sym, &'a super::engine::ProductEntry)>,
+    categories: Vec<(&'a Sym, &'a u32)>,
+    positions: Vec<(&'a (Sym, Sym), &'a Position)>,
+    holds: Vec<&'a HoldPart>,
+    adjustments: Vec<&'a Sym>,
+    next_iq_id: u64,
+    next_event_seq: u64,
+}
+
+/// A decoded on-disk snapshot (the owned twin of [`CompactSnapshotRef`]).
+#[derive(Deserialize)]
+pub struct CompactSnapshot {
+    strings: Vec<Option<String>>,
+    channels: Vec<ChannelConfig>,
+    products: Vec<(Sym, super::engine::ProductEntry)>,
+    categories: Vec<(Sym, u32)>,
+    positions: Vec<((Sym, Sym), Position)>,
+    holds: Vec<HoldPart>,
+    adjustments: Vec<Sym>,
+    next_iq_id: u64,
+    next_event_seq: u64,
+}
+
+impl Engine {
+    /// The state as the on-disk snapshot encodes it, borrowed (no copy of the state).
+    pub fn compact(&self) -> CompactSnapshotRef<'_> {
+        CompactSnapshotRef {
+            strings: self.interner.slots().collect(),
+            channels: self.channels().collect(),
+            products: self.products.iter().collect(),
+            categories: self.categories.iter().collect(),
+            positions: self.positions.iter().collect(),
+            holds: self.holds.values().collect(),
+            adjustments: self.adjustments.iter().collect(),
+            next_iq_id: self.next_iq_id,
+            next_event_seq: self.next_event_seq,
+        }
+    }
+
+    /// Rebuilds an engine from an on-disk snapshot, and checks it.
+    pub fn from_compact(settings: Settings, snap: CompactSnapshot) -> Result<Engine, String> {
+        let mut engine = Engine::new(settings);
+        engine.interner = super::refs::Interner::from_slots(snap.strings)?;
+        let live = |s: Sym, engine: &Engine| -> Result<(), String> {
+            if s == NO_SYM || engine.interner.is_live(s) {
+                Ok(())
+            } else {
+                Err(format!("snapshot refers to unknown ref #{}", s.0))
+            }
+        };
+        for channel in snap.channels {
+            engine
+                .upsert_channel(channel)
+                .map_err(|e| format!("snapshot channel: {e}"))?;
+        }
+        engine.products = snap.products.into_iter().collect();
+        engine.categories = snap.categories.into_iter().collect();
+        engine.positions.reserve(snap.positions.len());
+        for (key, pos) in snap.positions {
+            live(key.0, &engine)?;
+            live(key.1, &engine)?;
+            engine.positions.insert(key, pos);
+        }
+        for part in snap.holds {
+            live(part.hold, &engine)?;
+            let hold = part.hold;
+            match part.state {
+                HoldState::Active => {
+                    engine.expiry.insert((part.expires_at, hold));
+                    if part.primary {
+                        *engine.active_holds.entry(part.channel).or_default() += 1;
+                    }
+                }
+                HoldState::Confirmed => {
+                    if let Some(order) = part.order {
+                        engine.orders.insert(order, hold);
+                    }
+                }
+                HoldState::Released | HoldState::Expired => {}
+            }
+            if let Some(t) = part.forget_at {
+                engine.forget.insert((t, hold));
+            }
+            engine.holds.insert(hold, part);
+        }
+        engine.adjustments = snap.adjustments.into_iter().collect();
+        engine.next_iq_id = snap.next_iq_id.max(1);
+        engine.next_event_seq = snap.next_event_seq.max(1);
+        engine.check_consistency()?;
+        Ok(engine)
+    }
+}
+
 impl EngineSnapshot {
     /// Joins the snapshots of several engines into one. Parts of the same hold join into one.
     pub fn merge(snaps: Vec<EngineSnapshot>) -> EngineSnapshot {

@@ -289,7 +289,7 @@ impl ShardActor {
             return;
         }
         let started = Instant::now();
-        let payload = record::encode(&self.engine.snapshot());
+        let payload = record::encode(&self.engine.compact());
         m::snapshot_taken(started.elapsed());
         self.records_since_snapshot = 0;
         self.last_snapshot = Instant::now();

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::record::{self, LogRecord};
 use super::store::{Meta, Store};
+use crate::domain::snapshot::CompactSnapshot;
 use crate::domain::{Command, Engine, EngineSnapshot, HoldState, HoldView, Millis, Settings};
 
 /// What recovery found and did, for the start-up log.
@@ -75,8 +76,27 @@ pub fn recover(
     report.shards_before = before;
     let mut engines = Vec::with_capacity(before as usize);
     let mut next_seq = Vec::with_capacity(before as usize);
-    for shard in 0..before {
-        let (engine, seq) = replay_shard(store, generation, shard, settings, &mut report)?;
+    // Shards are independent until the repairs: replay them side by side.
+    type Replayed = Result<(Engine, u64, RecoveryReport), String>;
+    let replayed: Vec<Replayed> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..before)
+            .map(|shard| {
+                scope.spawn(move || {
+                    let mut part = RecoveryReport::default();
+                    replay_shard(store, generation, shard, settings, &mut part)
+                        .map(|(engine, seq)| (engine, seq, part))
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or_else(|_| Err("shard replay panicked".into())))
+            .collect()
+    });
+    for result in replayed {
+        let (engine, seq, part) = result?;
+        report.records_replayed += part.records_replayed;
+        report.dropped_tail_records.extend(part.dropped_tail_records);
         engines.push(engine);
         next_seq.push(seq);
     }
@@ -89,10 +109,11 @@ pub fn recover(
         store.remove_generation(next)?;
         engines = Vec::with_capacity(shards as usize);
         for (shard, snap) in parts.into_iter().enumerate() {
+            let engine = Engine::restore(settings.clone(), snap)?;
             store
-                .write_snapshot(next, shard as u32, 0, &record::encode(&snap))
+                .write_snapshot(next, shard as u32, 0, &record::encode(&engine.compact()))
                 .map_err(|e| e.to_string())?;
-            engines.push(Engine::restore(settings.clone(), snap)?);
+            engines.push(engine);
         }
         store.db.flush().map_err(|e| e.to_string())?;
         store.set_meta(Meta {
@@ -137,9 +158,11 @@ fn replay_shard(
 ) -> Result<(Engine, u64), String> {
     let (mut engine, covers) = match store.read_snapshot(generation, shard)? {
         Some((header, bytes)) => {
-            let snap: EngineSnapshot = record::decode(&bytes)
+            let snap: CompactSnapshot = record::decode(&bytes)
                 .map_err(|e| format!("{}: snapshot of shard {shard}: {e}", store.path.display()))?;
-            (Engine::restore(settings.clone(), snap)?, header.covers_seq)
+            let engine = Engine::from_compact(settings.clone(), snap)
+                .map_err(|e| format!("{}: snapshot of shard {shard}: {e}", store.path.display()))?;
+            (engine, header.covers_seq)
         }
         None => (Engine::new(settings.clone()), 0),
     };
@@ -198,7 +221,7 @@ fn repair_split_holds(
 ) -> Result<(), String> {
     let mut by_hold: BTreeMap<String, Vec<(usize, HoldView)>> = BTreeMap::new();
     for (shard, engine) in engines.iter().enumerate() {
-        for view in engine.hold_views() {
+        for view in engine.split_hold_views() {
             by_hold
                 .entry(view.hold_ref.clone())
                 .or_default()

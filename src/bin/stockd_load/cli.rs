@@ -129,7 +129,12 @@ pub struct LoadArgs {
     #[arg(long, global = true)]
     pub rps: Option<f64>,
     /// Leave the first N calls out of the statistics (warm-up).
-    #[arg(long = "skipFirst", alias = "skip-first", global = true, default_value_t = 0)]
+    #[arg(
+        long = "skipFirst",
+        alias = "skip-first",
+        global = true,
+        default_value_t = 0
+    )]
     pub skip_first: u64,
     /// Count failed calls in the latency statistics too.
     #[arg(long, global = true)]
@@ -353,20 +358,31 @@ mod tests {
         assert!(cli.command.is_none());
         assert_eq!(cli.load.concurrency, 10);
         assert_eq!(cli.host.as_deref(), Some("127.0.0.1:1"));
-        let cli = Cli::try_parse_from(["stockd-load", "flash-sale", "--embedded", "-c", "7", "--units", "5"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "stockd-load",
+            "flash-sale",
+            "--embedded",
+            "-c",
+            "7",
+            "--units",
+            "5",
+        ])
+        .unwrap();
         assert!(cli.load.embedded);
         assert_eq!(cli.load.concurrency, 7);
         match cli.command {
             Some(Command::FlashSale(a)) => assert_eq!(a.units, 5),
             other => panic!("{other:?}"),
         }
-        let cli = Cli::try_parse_from(["stockd-load", "-z", "2s", "health", "127.0.0.1:9"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["stockd-load", "-z", "2s", "health", "127.0.0.1:9"]).unwrap();
         assert_eq!(cli.load.duration, Some(Duration::from_secs(2)));
         match cli.command {
             Some(Command::Health(a)) => assert_eq!(a.host.as_deref(), Some("127.0.0.1:9")),
             other => panic!("{other:?}"),
         }
-        let cli = Cli::try_parse_from(["stockd-load", "reserve", "--skipFirst", "10", "--hot"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["stockd-load", "reserve", "--skipFirst", "10", "--hot"]).unwrap();
         assert_eq!(cli.load.skip_first, 10);
     }
 }

@@ -73,7 +73,10 @@ pub fn start(durability: Durability, shards: Option<u32>) -> Result<Embedded, St
         }
         Ok(Err(e)) => Err(e),
         Err(_) => {
-            let why = server.join().err().unwrap_or_else(|| "stopped at start".into());
+            let why = server
+                .join()
+                .err()
+                .unwrap_or_else(|| "stopped at start".into());
             Err(format!("the embedded server failed to start: {why}"))
         }
     }

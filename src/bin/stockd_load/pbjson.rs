@@ -68,7 +68,10 @@ impl<'a> Obj<'a> {
         };
         if let Some(m) = map {
             for key in m.keys() {
-                if !fields.iter().any(|(json, proto)| key == json || key == proto) {
+                if !fields
+                    .iter()
+                    .any(|(json, proto)| key == json || key == proto)
+                {
                     let known: Vec<&str> = fields.iter().map(|(j, _)| *j).collect();
                     return Err(format!(
                         "{}: unknown field {key:?} in {type_name} (fields: {})",
@@ -117,9 +120,7 @@ impl<'a> Obj<'a> {
                 .trim()
                 .parse()
                 .map_err(|_| format!("{path}: {s:?} is not a 64-bit integer")),
-            (Some(other), path) => {
-                Err(format!("{path}: expected an integer, got {}", kind(other)))
-            }
+            (Some(other), path) => Err(format!("{path}: expected an integer, got {}", kind(other))),
         }
     }
 
@@ -127,7 +128,10 @@ impl<'a> Obj<'a> {
         match self.get(json, proto) {
             (None, _) => Ok(false),
             (Some(Value::Bool(b)), _) => Ok(*b),
-            (Some(other), path) => Err(format!("{path}: expected true or false, got {}", kind(other))),
+            (Some(other), path) => Err(format!(
+                "{path}: expected true or false, got {}",
+                kind(other)
+            )),
         }
     }
 
@@ -245,7 +249,12 @@ fn hold_ref_only(v: &Value, type_name: &str) -> Result<String, String> {
 
 fn order_lines(o: &Obj<'_>) -> Result<Vec<pb::OrderLine>, String> {
     o.list("lines", "lines", |v, path| {
-        let l = Obj::new(v, path, "inventory.v1.OrderLine", &[PRODUCT, LOCATION, QUANTITY])?;
+        let l = Obj::new(
+            v,
+            path,
+            "inventory.v1.OrderLine",
+            &[PRODUCT, LOCATION, QUANTITY],
+        )?;
         Ok(pb::OrderLine {
             product_ref: l.string(PRODUCT.0, PRODUCT.1)?,
             location_ref: l.string(LOCATION.0, LOCATION.1)?,
@@ -268,7 +277,12 @@ pub fn fulfil_order(v: &Value) -> Result<pb::FulfilOrderRequest, String> {
 }
 
 pub fn cancel_order(v: &Value) -> Result<pb::CancelOrderRequest, String> {
-    let o = Obj::new(v, String::new(), "inventory.v1.CancelOrderRequest", &[ORDER])?;
+    let o = Obj::new(
+        v,
+        String::new(),
+        "inventory.v1.CancelOrderRequest",
+        &[ORDER],
+    )?;
     Ok(pb::CancelOrderRequest {
         order_ref: o.string(ORDER.0, ORDER.1)?,
     })
@@ -344,6 +358,11 @@ mod tests {
             encode(input, &json!({})).unwrap();
         }
         let bytes = encode(Input::ReleaseHold, &json!({"holdRef": "abc"})).unwrap();
-        assert_eq!(pb::ReleaseHoldRequest::decode(bytes.as_slice()).unwrap().hold_ref, "abc");
+        assert_eq!(
+            pb::ReleaseHoldRequest::decode(bytes.as_slice())
+                .unwrap()
+                .hold_ref,
+            "abc"
+        );
     }
 }

@@ -81,10 +81,18 @@ fn figures(s: &MethodStats, total: Duration) -> Figures {
     Figures {
         count: s.count,
         total,
-        average: if s.count == 0 { 0 } else { (s.sum_ns / u128::from(s.count)) as u64 },
+        average: if s.count == 0 {
+            0
+        } else {
+            (s.sum_ns / u128::from(s.count)) as u64
+        },
         fastest: if counted { s.min_ns } else { 0 },
         slowest: if counted { s.max_ns } else { 0 },
-        rps: if total.is_zero() { 0.0 } else { s.count as f64 / total.as_secs_f64() },
+        rps: if total.is_zero() {
+            0.0
+        } else {
+            s.count as f64 / total.as_secs_f64()
+        },
     }
 }
 
@@ -94,7 +102,10 @@ fn quantile(s: &MethodStats, percent: f64) -> u64 {
     }
     // hdrhistogram answers the highest value equivalent to the bucket: clamp to the exact
     // slowest so p100-ish quantiles never exceed it.
-    s.hist.value_at_quantile(percent / 100.0).min(s.max_ns).max(s.min_ns)
+    s.hist
+        .value_at_quantile(percent / 100.0)
+        .min(s.max_ns)
+        .max(s.min_ns)
 }
 
 /// ghz's histogram: 10 equal-width buckets from fastest to slowest (11 marks); each
@@ -114,11 +125,18 @@ fn buckets(s: &MethodStats) -> Vec<Bucket> {
     let (fastest, slowest) = (s.min_ns as f64, s.max_ns as f64);
     let width = (slowest - fastest) / BARS as f64;
     let marks: Vec<f64> = (0..=BARS)
-        .map(|i| if i == BARS { slowest } else { fastest + width * i as f64 })
+        .map(|i| {
+            if i == BARS {
+                slowest
+            } else {
+                fastest + width * i as f64
+            }
+        })
         .collect();
     let mut counts = vec![0u64; marks.len()];
     for v in s.hist.iter_recorded() {
-        let value = (s.hist.lowest_equivalent(v.value_iterated_to()) as f64).clamp(fastest, slowest);
+        let value =
+            (s.hist.lowest_equivalent(v.value_iterated_to()) as f64).clamp(fastest, slowest);
         let i = marks.iter().position(|m| value <= *m).unwrap_or(BARS);
         counts[i] += v.count_at_value();
     }
@@ -227,7 +245,12 @@ impl Report<'_> {
             let _ = writeln!(out, "Scenario: {}", sc.name);
             let width = sc.lines.iter().map(|(l, _)| l.len()).max().unwrap_or(0) + 1;
             for (label, value) in &sc.lines {
-                let _ = writeln!(out, "  {:<width$} {value}", format!("{label}:"), width = width);
+                let _ = writeln!(
+                    out,
+                    "  {:<width$} {value}",
+                    format!("{label}:"),
+                    width = width
+                );
             }
             match &sc.check {
                 Some(Ok(why)) => {
@@ -288,6 +311,7 @@ impl Report<'_> {
             ),
         );
         report.insert("details".into(), json!([]));
+        report.insert("operations".into(), json!(self.outcome.operations));
         let mut methods = serde_json::Map::new();
         for m in Method::ALL {
             if let Some(s) = self.outcome.method(m) {
@@ -359,8 +383,10 @@ mod tests {
         let mut s = stats(&(1..=1000).collect::<Vec<_>>());
         s.count += 2;
         s.codes[14] += 2;
-        s.errors.insert("rpc error: code = Unavailable desc = x".into(), 2);
-        let mut methods: Vec<Option<MethodStats>> = (0..crate::rpc::METHODS).map(|_| None).collect();
+        s.errors
+            .insert("rpc error: code = Unavailable desc = x".into(), 2);
+        let mut methods: Vec<Option<MethodStats>> =
+            (0..crate::rpc::METHODS).map(|_| None).collect();
         methods[Method::Reserve as usize] = Some(s);
         let outcome = Outcome {
             methods,
@@ -402,7 +428,10 @@ mod tests {
         assert_eq!(j["latencyDistributionExtra"][0]["percentage"], 99.9);
         assert_eq!(j["statusCodeDistribution"]["OK"], 1000);
         assert_eq!(j["statusCodeDistribution"]["Unavailable"], 2);
-        assert_eq!(j["errorDistribution"]["rpc error: code = Unavailable desc = x"], 2);
+        assert_eq!(
+            j["errorDistribution"]["rpc error: code = Unavailable desc = x"],
+            2
+        );
         let hist = j["histogram"].as_array().unwrap();
         assert_eq!(hist.len(), 11);
         let total: u64 = hist.iter().map(|b| b["count"].as_u64().unwrap()).sum();

@@ -95,7 +95,10 @@ impl Method {
 
     fn message_prefix(self) -> (&'static str, &'static str) {
         match self {
-            Method::HealthCheck => ("grpc.health.v1.HealthCheckRequest", "grpc.health.v1.HealthCheckResponse"),
+            Method::HealthCheck => (
+                "grpc.health.v1.HealthCheckRequest",
+                "grpc.health.v1.HealthCheckResponse",
+            ),
             _ => ("", ""),
         }
     }
@@ -112,7 +115,12 @@ impl Method {
         MethodNames {
             fully_qualified: format!("{}.{}", self.service(), self.name()),
             method: self.name().to_string(),
-            service: self.service().rsplit('.').next().unwrap_or_default().to_string(),
+            service: self
+                .service()
+                .rsplit('.')
+                .next()
+                .unwrap_or_default()
+                .to_string(),
             input,
             output,
         }
@@ -134,7 +142,10 @@ impl Method {
                     .iter()
                     .map(|m| format!("{}.{}", m.service(), m.name()))
                     .collect();
-                format!("--call {call:?}: unknown method; stockd-load can call:\n  {}", known.join("\n  "))
+                format!(
+                    "--call {call:?}: unknown method; stockd-load can call:\n  {}",
+                    known.join("\n  ")
+                )
             })
     }
 }
@@ -214,13 +225,21 @@ pub async fn unary<D: prost::Message + Default + Send + 'static>(
         .await
         .map_err(|e| Status::unavailable(format!("connection not ready: {e}")))?;
     client
-        .unary(tonic::Request::new(body), method.path(), RawCodec::<D>::default())
+        .unary(
+            tonic::Request::new(body),
+            method.path(),
+            RawCodec::<D>::default(),
+        )
         .await
         .map(tonic::Response::into_inner)
 }
 
 /// Opens `n` HTTP/2 connections to `addr` (`host:port`).
-pub async fn connect(addr: &str, n: usize, connect_timeout: Duration) -> Result<Vec<Channel>, String> {
+pub async fn connect(
+    addr: &str,
+    n: usize,
+    connect_timeout: Duration,
+) -> Result<Vec<Channel>, String> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| format!("bad address {addr:?}: {e}"))?
         .connect_timeout(connect_timeout)
@@ -338,8 +357,14 @@ mod tests {
 
     #[test]
     fn only_loopback_without_allow_remote() {
-        assert_eq!(check_target("127.0.0.1:50051", false).unwrap(), "127.0.0.1:50051");
-        assert_eq!(check_target("http://localhost:1", false).unwrap(), "localhost:1");
+        assert_eq!(
+            check_target("127.0.0.1:50051", false).unwrap(),
+            "127.0.0.1:50051"
+        );
+        assert_eq!(
+            check_target("http://localhost:1", false).unwrap(),
+            "localhost:1"
+        );
         assert!(check_target("[::1]:50051", false).is_ok());
         assert!(check_target("127.3.4.5:50051", false).is_ok());
         assert!(check_target("10.0.0.1:50051", false).is_err());

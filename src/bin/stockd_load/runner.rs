@@ -69,7 +69,12 @@ pub trait Load: Send + Sync + 'static {
 
     /// Runs operation number `n` (0-based, unique within the run), timing each call with
     /// [`Recorder::call`].
-    fn run(&self, worker: &mut Self::Worker, n: u64, rec: &mut Recorder) -> impl Future<Output = ()> + Send;
+    fn run(
+        &self,
+        worker: &mut Self::Worker,
+        n: u64,
+        rec: &mut Recorder,
+    ) -> impl Future<Output = ()> + Send;
 }
 
 /// Latency and status statistics of one method.
@@ -94,7 +99,8 @@ impl MethodStats {
     pub fn new() -> MethodStats {
         MethodStats {
             // 1 µs to 60 s at 3 significant digits: ~150 KiB per histogram.
-            hist: Histogram::new_with_bounds(1_000, 60_000_000_000, 3).expect("valid histogram bounds"),
+            hist: Histogram::new_with_bounds(1_000, 60_000_000_000, 3)
+                .expect("valid histogram bounds"),
             count: 0,
             sum_ns: 0,
             min_ns: u64::MAX,
@@ -105,7 +111,9 @@ impl MethodStats {
     }
 
     pub fn merge(&mut self, other: &MethodStats) {
-        self.hist.add(&other.hist).expect("histograms with the same bounds");
+        self.hist
+            .add(&other.hist)
+            .expect("histograms with the same bounds");
         self.count += other.count;
         self.sum_ns += other.sum_ns;
         self.min_ns = self.min_ns.min(other.min_ns);
@@ -250,7 +258,9 @@ pub async fn run<L: Load>(load: Arc<L>, plan: &Plan) -> Outcome {
         let shared = shared.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
-                shared.stop_reason.store(EndReason::Cancel as u8 + 1, Ordering::Relaxed);
+                shared
+                    .stop_reason
+                    .store(EndReason::Cancel as u8 + 1, Ordering::Relaxed);
                 shared.stop.store(true, Ordering::Relaxed);
             }
         })
@@ -344,7 +354,12 @@ async fn pace_until(at: Instant, stop: &AtomicBool) {
     }
 }
 
-async fn progress_bar(shared: Arc<Shared>, start: Instant, total: Option<u64>, duration: Option<Duration>) {
+async fn progress_bar(
+    shared: Arc<Shared>,
+    start: Instant,
+    total: Option<u64>,
+    duration: Option<Duration>,
+) {
     const WIDTH: usize = 30;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut stderr = std::io::stderr();

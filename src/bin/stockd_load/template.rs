@@ -75,9 +75,9 @@ impl Template {
                 literal = literal.trim_start();
             }
             let after = &rest[open + 2..];
-            let close = after
-                .find("}}")
-                .ok_or_else(|| format!("template: unclosed action at {:?}", excerpt(&rest[open..])))?;
+            let close = after.find("}}").ok_or_else(|| {
+                format!("template: unclosed action at {:?}", excerpt(&rest[open..]))
+            })?;
             let mut action = &after[..close];
             if let Some(a) = action.strip_prefix('-') {
                 literal = literal.trim_end();
@@ -135,7 +135,11 @@ impl Template {
                     let _ = write!(out, "{}", unix(SystemTime::now()).as_nanos());
                 }
                 Piece::RandomInt(min, max) => {
-                    let v = if max > min { rng.random_range(*min..*max) } else { *min };
+                    let v = if max > min {
+                        rng.random_range(*min..*max)
+                    } else {
+                        *min
+                    };
                     let _ = write!(out, "{v}");
                 }
                 Piece::RandomString(n) => {
@@ -173,7 +177,9 @@ fn parse_action(action: &str) -> Result<Piece, String> {
             let min = int_arg(a, action)?;
             let max = int_arg(b, action)?;
             if max < min {
-                return Err(format!("template: {{{{{action}}}}}: max must not be below min"));
+                return Err(format!(
+                    "template: {{{{{action}}}}}: max must not be below min"
+                ));
             }
             Piece::RandomInt(min, max)
         }
@@ -249,21 +255,33 @@ mod tests {
         };
         let mut out = String::new();
         let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
-        Template::parse(text).unwrap().render(&ctx, &mut rng, &mut out);
+        Template::parse(text)
+            .unwrap()
+            .render(&ctx, &mut rng, &mut out);
         out
     }
 
     #[test]
     fn static_text_is_detected() {
         assert!(Template::parse(r#"{"a": "b"}"#).unwrap().is_static());
-        assert!(!Template::parse(r#"{"a": "{{.UUID}}"}"#).unwrap().is_static());
+        assert!(
+            !Template::parse(r#"{"a": "{{.UUID}}"}"#)
+                .unwrap()
+                .is_static()
+        );
     }
 
     #[test]
     fn variables() {
-        assert_eq!(render(r#"{"h":"h-{{.RequestNumber}}"}"#, 42), r#"{"h":"h-42"}"#);
+        assert_eq!(
+            render(r#"{"h":"h-{{.RequestNumber}}"}"#, 42),
+            r#"{"h":"h-42"}"#
+        );
         assert_eq!(render("{{ .WorkerID }}/{{.MethodName}}", 0), "g3c1/Reserve");
-        assert_eq!(render("{{.FullyQualifiedName}}", 0), "inventory.v1.InventoryService.Reserve");
+        assert_eq!(
+            render("{{.FullyQualifiedName}}", 0),
+            "inventory.v1.InventoryService.Reserve"
+        );
         assert_eq!(render("{{.UUID}}", 0).len(), 36);
         let r: i64 = render("{{randomInt 5 8}}", 0).parse().unwrap();
         assert!((5..8).contains(&r));
