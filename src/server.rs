@@ -46,6 +46,9 @@ pub async fn run(
     for dropped in &report.dropped_tail_records {
         tracing::warn!("{dropped}");
     }
+    for failure in &report.repair_failures {
+        tracing::warn!("recovery could not repair {failure}");
+    }
     tracing::info!(
         shards_before = report.shards_before,
         shards = report.shards_after,
@@ -86,7 +89,13 @@ pub async fn run(
     let mut handles = Vec::with_capacity(shards as usize);
     let mut tasks = Vec::with_capacity(shards as usize);
     for (id, engine) in recovered.engines.into_iter().enumerate() {
-        let (handle, task) = ShardActor::spawn(id, engine, wal.clone(), config.limits.clone());
+        let reload = crate::shard::actor::Reload {
+            store: store.clone(),
+            generation: recovered.generation,
+            settings: config.settings.clone(),
+        };
+        let (handle, task) =
+            ShardActor::spawn(id, engine, wal.clone(), config.limits.clone(), reload);
         handles.push(handle);
         tasks.push(task);
     }

@@ -11,7 +11,7 @@ use super::Millis;
 use super::channel::{CategoryConfig, ChannelConfig, ProductConfig};
 use super::engine::{AdjustStatus, CountStatus, Engine, ReserveKind, ReservePart, ReserveUndo};
 use super::error::Error;
-use super::hold::{HoldState, LineView};
+use super::hold::{FulfilOp, HoldState, LineView};
 use super::request::{Adjustment, OrderLine, ReserveRequest, StockCount};
 
 /// A mutating engine call.
@@ -43,6 +43,8 @@ pub enum Command {
     Fulfil {
         order_ref: String,
         lines: Option<Vec<OrderLine>>,
+        /// The whole fulfilment this shard's part belongs to.
+        op: Option<FulfilOp>,
     },
     CancelOrder {
         order_ref: String,
@@ -146,8 +148,16 @@ impl Engine {
                 order_ref,
             } => Outcome::Hold(self.confirm(now, hold_ref, order_ref)?),
             Command::Release { hold_ref } => Outcome::Hold(self.release(now, hold_ref)?),
-            Command::Fulfil { order_ref, lines } => {
-                Outcome::Lines(self.fulfil(now, order_ref, lines.as_deref(), false)?)
+            Command::Fulfil {
+                order_ref,
+                lines,
+                op,
+            } => {
+                let shipped = self.fulfil(now, order_ref, lines.as_deref(), false)?;
+                if let (Some(_), Some(op)) = (&shipped, op) {
+                    self.note_fulfil(order_ref, op);
+                }
+                Outcome::Lines(shipped)
             }
             Command::CancelOrder { order_ref } => {
                 Outcome::Lines(self.cancel_order(now, order_ref)?)

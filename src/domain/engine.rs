@@ -474,6 +474,9 @@ impl Engine {
             total_lines: part.total_lines,
             answered_lines: part.answered_lines,
             primary: part.primary,
+            last_fulfil: part.last_fulfil.clone(),
+            cancelled: part.cancelled,
+            open: part.lines.iter().map(|l| l.open).sum(),
         }
     }
 
@@ -906,6 +909,8 @@ impl Engine {
             answered_lines: mine.len() as u32,
             primary: mine.contains(&0),
             forget_at: None,
+            last_fulfil: None,
+            cancelled: false,
         };
         let total: i64 = part.lines.iter().map(|l| l.quantity).sum();
         let primary = part.primary;
@@ -1354,6 +1359,15 @@ impl Engine {
         Ok(Some(shipped))
     }
 
+    /// Records the whole fulfilment a `fulfil` on this engine was part of.
+    pub fn note_fulfil(&mut self, order_ref: &str, op: &super::hold::FulfilOp) {
+        if let Some(hold) = self.order_part(order_ref)
+            && let Some(part) = self.holds.get_mut(&hold)
+        {
+            part.last_fulfil = Some(op.clone());
+        }
+    }
+
     /// Cancels what an order still has reserved here: the stock is sellable again.
     /// Idempotent. `Ok(None)`: the order has no part here.
     pub fn cancel_order(
@@ -1389,6 +1403,7 @@ impl Engine {
             e.quantity = line.open;
             self.emit(e);
         }
+        self.holds.get_mut(&hold).expect("exists").cancelled = true;
         self.schedule_forget(now, hold);
         Ok(Some(cancelled))
     }

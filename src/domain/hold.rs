@@ -61,6 +61,21 @@ pub(crate) struct HoldPart {
     pub primary: bool,
     /// When a terminal hold is forgotten.
     pub forget_at: Option<Millis>,
+    /// The last fulfilment of the order, whole: lets recovery finish one a crash cut
+    /// between shards.
+    pub last_fulfil: Option<FulfilOp>,
+    /// Whether the order was cancelled (recovery finishes a cancel cut between shards).
+    pub cancelled: bool,
+}
+
+/// One fulfilment of an order, as the whole request asked for it (all shards).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FulfilOp {
+    /// Unique per fulfilment: a digest of the order, the time and the lines.
+    pub id: u64,
+    pub at: Millis,
+    /// The lines shipped; `None`: everything still reserved.
+    pub lines: Option<Vec<LineView>>,
 }
 
 /// A hold part as callers see it, refs resolved.
@@ -77,6 +92,10 @@ pub struct HoldView {
     pub total_lines: u32,
     pub answered_lines: u32,
     pub primary: bool,
+    pub last_fulfil: Option<FulfilOp>,
+    pub cancelled: bool,
+    /// What the order still has reserved on this part's lines.
+    pub open: i64,
 }
 
 /// A line of a hold or an order, refs resolved.

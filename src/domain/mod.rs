@@ -37,7 +37,7 @@ pub use engine::{
 };
 pub use error::Error;
 pub use event::{Event, EventKind};
-pub use hold::{HoldState, HoldView, LineView};
+pub use hold::{FulfilOp, HoldState, HoldView, LineView};
 pub use position::IqKind;
 pub use request::{Adjustment, AdjustmentKind, OrderLine, ReserveLine, ReserveRequest, StockCount};
 pub use snapshot::EngineSnapshot;

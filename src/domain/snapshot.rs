@@ -63,6 +63,8 @@ pub struct HoldSnap {
     pub answered_lines: u32,
     pub primary: bool,
     pub forget_at: Option<Millis>,
+    pub last_fulfil: Option<super::hold::FulfilOp>,
+    pub cancelled: bool,
 }
 
 /// An engine's whole state.
@@ -108,6 +110,8 @@ impl Engine {
             answered_lines: part.answered_lines,
             primary: part.primary,
             forget_at: part.forget_at,
+            last_fulfil: part.last_fulfil.clone(),
+            cancelled: part.cancelled,
         }
     }
 
@@ -136,6 +140,8 @@ impl Engine {
             answered_lines: snap.answered_lines,
             primary: snap.primary,
             forget_at: snap.forget_at,
+            last_fulfil: snap.last_fulfil.clone(),
+            cancelled: snap.cancelled,
         }
     }
 

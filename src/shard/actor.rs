@@ -14,11 +14,11 @@ use tokio::sync::mpsc;
 
 use super::handle::{Msg, ShardError, ShardHandle, WriteReply};
 use crate::clock;
-use crate::domain::{Command, Engine, EventKind, Millis};
+use crate::domain::{Command, Engine, EventKind, Millis, Settings};
 use crate::metrics as m;
 use crate::storage::record::{self, LogRecord};
 use crate::storage::wal::Ticket;
-use crate::storage::{StorageError, Wal};
+use crate::storage::{StorageError, Store, Wal};
 
 /// Most requests one wake-up handles. Bounds the latency a batch adds to its last member.
 pub const BATCH_MAX: usize = 256;
@@ -55,6 +55,15 @@ type Reply = Box<dyn FnOnce(Option<&StorageError>) + Send>;
 struct Group {
     ticket: Option<Ticket>,
     replies: Vec<Reply>,
+    /// Whether the batch ran on an engine reloaded from disk after a write failed.
+    reloaded: bool,
+}
+
+/// What the actor needs to reload its engine from disk after a failed write.
+pub struct Reload {
+    pub store: Store,
+    pub generation: u32,
+    pub settings: Settings,
 }
 
 /// The task that owns one engine.
@@ -69,6 +78,9 @@ pub struct ShardActor {
     failed: Arc<AtomicBool>,
     records_since_snapshot: u64,
     last_snapshot: Instant,
+    reload: Reload,
+    /// Set once the engine was rebuilt from disk after a failed write.
+    reloaded: bool,
 }
 
 impl ShardActor {
@@ -79,6 +91,7 @@ impl ShardActor {
         engine: Engine,
         wal: Wal,
         limits: ShardLimits,
+        reload: Reload,
     ) -> (ShardHandle, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(limits.mailbox_capacity);
         let (released, release_rx) = mpsc::unbounded_channel();
@@ -94,6 +107,8 @@ impl ShardActor {
             failed,
             records_since_snapshot: 0,
             last_snapshot: Instant::now(),
+            reload,
+            reloaded: false,
         };
         let task = tokio::spawn(async move {
             actor.run().await;
@@ -124,6 +139,9 @@ impl ShardActor {
                     Ok(msg) => batch.push(msg),
                     Err(_) => break,
                 }
+            }
+            if self.failed.load(Ordering::Relaxed) && !self.reloaded {
+                self.reload_from_disk();
             }
             let now = clock::now_millis();
             let mut records: Vec<Vec<u8>> = Vec::new();
@@ -208,8 +226,11 @@ impl ShardActor {
                     })
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(ShardError::Domain);
-                replies.push(Box::new(move |_| {
-                    let _ = respond.send(result);
+                replies.push(Box::new(move |failure| {
+                    let _ = respond.send(match failure {
+                        Some(e) => Err(ShardError::Unavailable(e.to_string())),
+                        None => result,
+                    });
                 }));
             }
             Msg::Position {
@@ -221,8 +242,11 @@ impl ShardActor {
                 let view = self
                     .engine
                     .position(&product_ref, &location_ref, include_ledger);
-                replies.push(Box::new(move |_| {
-                    let _ = respond.send(Ok(view));
+                replies.push(Box::new(move |failure| {
+                    let _ = respond.send(match failure {
+                        Some(e) => Err(ShardError::Unavailable(e.to_string())),
+                        None => Ok(view),
+                    });
                 }));
             }
             Msg::Hold {
@@ -231,8 +255,11 @@ impl ShardActor {
                 respond,
             } => {
                 let view = self.engine.hold(now, &hold_ref);
-                replies.push(Box::new(move |_| {
-                    let _ = respond.send(Ok(view));
+                replies.push(Box::new(move |failure| {
+                    let _ = respond.send(match failure {
+                        Some(e) => Err(ShardError::Unavailable(e.to_string())),
+                        None => Ok(view),
+                    });
                 }));
             }
             Msg::FulfilCheck {
@@ -245,14 +272,20 @@ impl ShardActor {
                     .engine
                     .fulfil(now, &order_ref, lines.as_deref(), true)
                     .map_err(ShardError::Domain);
-                replies.push(Box::new(move |_| {
-                    let _ = respond.send(result);
+                replies.push(Box::new(move |failure| {
+                    let _ = respond.send(match failure {
+                        Some(e) => Err(ShardError::Unavailable(e.to_string())),
+                        None => result,
+                    });
                 }));
             }
             Msg::Channels { respond } => {
                 let channels = self.engine.channels().cloned().collect();
-                replies.push(Box::new(move |_| {
-                    let _ = respond.send(Ok(channels));
+                replies.push(Box::new(move |failure| {
+                    let _ = respond.send(match failure {
+                        Some(e) => Err(ShardError::Unavailable(e.to_string())),
+                        None => Ok(channels),
+                    });
                 }));
             }
         }
@@ -276,7 +309,11 @@ impl ShardActor {
             self.records_since_snapshot += count;
         }
         if !replies.is_empty() || ticket.is_some() {
-            let _ = self.released.send(Group { ticket, replies });
+            let _ = self.released.send(Group {
+                ticket,
+                replies,
+                reloaded: self.reloaded,
+            });
         }
         self.maybe_snapshot().await;
     }
@@ -304,6 +341,34 @@ impl ShardActor {
             }
             Err(e) => tracing::warn!(shard = self.id, error = %e, "snapshot failed"),
         }
+    }
+
+    /// After a failed write, memory may hold changes the disk does not: rebuild the
+    /// engine from what is durable, so reads report nothing that was not acknowledged.
+    fn reload_from_disk(&mut self) {
+        let r = &self.reload;
+        let mut report = crate::storage::recovery::RecoveryReport::default();
+        match crate::storage::recovery::replay_shard(
+            &r.store,
+            r.generation,
+            self.id as u32,
+            &r.settings,
+            &mut report,
+        ) {
+            Ok((engine, _)) => {
+                self.engine = engine;
+                tracing::warn!(
+                    shard = self.id,
+                    "a write to disk failed: state reloaded from disk; writes answer UNAVAILABLE until restart"
+                );
+            }
+            Err(e) => tracing::error!(
+                shard = self.id,
+                error = %e,
+                "a write to disk failed and the state could not be reloaded; reads may show unacknowledged changes"
+            ),
+        }
+        self.reloaded = true;
     }
 
     /// Counts the hold lifecycle once per hold (on the shard of its first line).
@@ -345,9 +410,13 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 /// Sends each batch's replies once its records are durable, in order.
+///
+/// Once a write has failed, every batch that ran before the engine was reloaded from disk
+/// may reflect the failed change, so all its replies, reads included, answer UNAVAILABLE.
 async fn release(mut groups: mpsc::UnboundedReceiver<Group>, failed: Arc<AtomicBool>) {
+    let mut first_failure: Option<StorageError> = None;
     while let Some(group) = groups.recv().await {
-        let result = match group.ticket {
+        let mut result = match group.ticket {
             Some(ticket) => ticket.await.unwrap_or_else(|_| {
                 Err(StorageError::Io(
                     "the write-ahead log writer has stopped".into(),
@@ -355,8 +424,12 @@ async fn release(mut groups: mpsc::UnboundedReceiver<Group>, failed: Arc<AtomicB
             }),
             None => Ok(()),
         };
-        if result.is_err() {
+        if let Err(e) = &result {
             failed.store(true, Ordering::Relaxed);
+            first_failure.get_or_insert_with(|| e.clone());
+        }
+        if let (Ok(()), Some(e), false) = (&result, &first_failure, group.reloaded) {
+            result = Err(e.clone());
         }
         let failure = result.as_ref().err();
         for reply in group.replies {

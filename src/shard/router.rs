@@ -14,7 +14,7 @@ use super::handle::{ShardError, ShardHandle, WriteReply};
 use crate::domain::refs::fnv1a;
 use crate::domain::request::check_ref_field;
 use crate::domain::{
-    AdjustStatus, Adjustment, CategoryConfig, ChannelConfig, Command, CountStatus, Error,
+    AdjustStatus, Adjustment, CategoryConfig, ChannelConfig, Command, CountStatus, Error, FulfilOp,
     HoldState, HoldView, LineView, Millis, OrderLine, Outcome, PositionView, ProductConfig,
     ReserveKind, ReserveLine, ReserveRequest, ReserveUndo, StockCount,
 };
@@ -429,6 +429,24 @@ impl Router {
         if !found {
             return Err(Error::OrderNotFound(order_ref.to_string()).into());
         }
+        let op = FulfilOp {
+            id: fnv1a(&[
+                order_ref.as_bytes(),
+                &now.to_le_bytes(),
+                format!("{lines:?}").as_bytes(),
+            ]),
+            at: now,
+            lines: (!lines.is_empty()).then(|| {
+                lines
+                    .iter()
+                    .map(|l| LineView {
+                        product_ref: l.product_ref.clone(),
+                        location_ref: l.location_ref.clone(),
+                        quantity: l.quantity,
+                    })
+                    .collect()
+            }),
+        };
         let per_shard: Vec<Option<Vec<OrderLine>>> = if lines.is_empty() {
             vec![None; n]
         } else {
@@ -471,6 +489,7 @@ impl Router {
                         Command::Fulfil {
                             order_ref: order_ref.to_string(),
                             lines: l,
+                            op: Some(op.clone()),
                         },
                         None,
                     )

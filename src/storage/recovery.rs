@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 use super::record::{self, LogRecord};
 use super::store::{Meta, Store};
 use crate::domain::snapshot::CompactSnapshot;
-use crate::domain::{Command, Engine, EngineSnapshot, HoldState, HoldView, Millis, Settings};
+use crate::domain::{
+    Command, Engine, EngineSnapshot, HoldState, HoldView, Millis, OrderLine, Settings,
+};
 
 /// What recovery found and did, for the start-up log.
 #[derive(Debug, Default, Clone)]
@@ -28,6 +30,8 @@ pub struct RecoveryReport {
     pub dropped_tail_records: Vec<String>,
     pub holds_repaired: usize,
     pub holds_expired: usize,
+    /// Repairs that could not be applied (each is logged as a warning).
+    pub repair_failures: Vec<String>,
     pub positions: usize,
     pub holds: usize,
     pub duration: Duration,
@@ -90,13 +94,18 @@ pub fn recover(
             .collect();
         threads
             .into_iter()
-            .map(|t| t.join().unwrap_or_else(|_| Err("shard replay panicked".into())))
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err("shard replay panicked".into()))
+            })
             .collect()
     });
     for result in replayed {
         let (engine, seq, part) = result?;
         report.records_replayed += part.records_replayed;
-        report.dropped_tail_records.extend(part.dropped_tail_records);
+        report
+            .dropped_tail_records
+            .extend(part.dropped_tail_records);
         engines.push(engine);
         next_seq.push(seq);
     }
@@ -149,7 +158,8 @@ pub fn recover(
     })
 }
 
-fn replay_shard(
+/// Rebuilds one shard from its snapshot and log (also used after a failed write).
+pub fn replay_shard(
     store: &Store,
     generation: u32,
     shard: u32,
@@ -273,5 +283,100 @@ fn repair_split_holds(
             pending[*shard].push(record::encode(&LogRecord { now, command }));
         }
     }
+    repair_split_orders(engines, now, pending, report);
     Ok(())
+}
+
+/// Finishes a fulfilment or cancellation that a crash cut between shards: the router
+/// checked every shard before any wrote, so finishing is always allowed.
+fn repair_split_orders(
+    engines: &mut [Engine],
+    now: Millis,
+    pending: &mut [Vec<Vec<u8>>],
+    report: &mut RecoveryReport,
+) {
+    let mut orders: BTreeMap<String, Vec<(usize, HoldView)>> = BTreeMap::new();
+    for (shard, engine) in engines.iter().enumerate() {
+        for view in engine.split_hold_views() {
+            if view.state == HoldState::Confirmed {
+                orders
+                    .entry(view.hold_ref.clone())
+                    .or_default()
+                    .push((shard, view));
+            }
+        }
+    }
+    for (hold_ref, parts) in orders {
+        let Some(order_ref) = parts.iter().find_map(|(_, p)| p.order_ref.clone()) else {
+            continue;
+        };
+        let mut commands: Vec<(usize, Command)> = Vec::new();
+        if parts.iter().any(|(_, p)| p.cancelled) {
+            for (shard, p) in &parts {
+                if !p.cancelled {
+                    commands.push((
+                        *shard,
+                        Command::CancelOrder {
+                            order_ref: order_ref.clone(),
+                        },
+                    ));
+                }
+            }
+        } else if let Some(latest) = parts
+            .iter()
+            .filter_map(|(_, p)| p.last_fulfil.clone())
+            .max_by_key(|op| (op.at, op.id))
+        {
+            for (shard, p) in &parts {
+                if p.last_fulfil.as_ref().map(|o| o.id) == Some(latest.id) {
+                    continue;
+                }
+                let lines = match &latest.lines {
+                    None if p.open == 0 => continue,
+                    None => None,
+                    Some(all) => {
+                        let mine: Vec<OrderLine> = all
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, l)| {
+                                p.lines.iter().any(|pl| {
+                                    pl.product_ref == l.product_ref
+                                        && pl.location_ref == l.location_ref
+                                })
+                            })
+                            .map(|(i, l)| OrderLine {
+                                index: i as u32,
+                                product_ref: l.product_ref.clone(),
+                                location_ref: l.location_ref.clone(),
+                                quantity: l.quantity,
+                            })
+                            .collect();
+                        if mine.is_empty() {
+                            continue;
+                        }
+                        Some(mine)
+                    }
+                };
+                commands.push((
+                    *shard,
+                    Command::Fulfil {
+                        order_ref: order_ref.clone(),
+                        lines,
+                        op: Some(latest.clone()),
+                    },
+                ));
+            }
+        }
+        if !commands.is_empty() {
+            report.holds_repaired += 1;
+        }
+        for (shard, command) in commands {
+            match engines[shard].apply(now, &command) {
+                Ok(_) => pending[shard].push(record::encode(&LogRecord { now, command })),
+                Err(e) => report
+                    .repair_failures
+                    .push(format!("order {order_ref:?} of hold {hold_ref:?}: {e}")),
+            }
+        }
+    }
 }

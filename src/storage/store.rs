@@ -151,12 +151,8 @@ impl Store {
         generation: u32,
         shard: u32,
     ) -> Result<Option<(SnapshotHeader, Vec<u8>)>, String> {
-        let where_ = |what: &str| {
-            format!(
-                "{}: snapshot of shard {shard}: {what}",
-                self.path.display()
-            )
-        };
+        let where_ =
+            |what: &str| format!("{}: snapshot of shard {shard}: {what}", self.path.display());
         let Some(header) = self
             .snapshots
             .get(header_key(generation, shard))
@@ -218,7 +214,12 @@ impl Store {
     }
 
     /// Removes a shard's log records below `covers_seq` (a durable snapshot covers them).
-    pub fn trim_log(&self, generation: u32, shard: u32, covers_seq: u64) -> Result<(), StorageError> {
+    pub fn trim_log(
+        &self,
+        generation: u32,
+        shard: u32,
+        covers_seq: u64,
+    ) -> Result<(), StorageError> {
         let mut batch = sled::Batch::default();
         for key in self
             .log
@@ -239,7 +240,10 @@ impl Store {
     ) -> impl Iterator<Item = Result<(u64, sled::IVec), String>> + '_ {
         self.log
             .scan_prefix(log_prefix(generation, shard))
-            .map(|item| item.map(|(k, v)| (log_seq(&k), v)).map_err(|e| e.to_string()))
+            .map(|item| {
+                item.map(|(k, v)| (log_seq(&k), v))
+                    .map_err(|e| e.to_string())
+            })
     }
 
     /// Removes one log record (a damaged tail record that was never acknowledged).
