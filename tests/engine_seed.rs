@@ -108,7 +108,10 @@ fn seed_race_for_the_last_three_units() {
     e.confirm(T0 + MIN, "a", "order-a").unwrap();
     assert_eq!(e.expire_due(T0 + 15 * MIN - 1), 0);
     assert_eq!(e.expire_due(T0 + 15 * MIN), 2);
-    assert_eq!(e.hold(T0 + 15 * MIN, "b").unwrap().state, HoldState::Expired);
+    assert_eq!(
+        e.hold(T0 + 15 * MIN, "b").unwrap().state,
+        HoldState::Expired
+    );
     assert_eq!(ats(&e, "WEB", "SKU"), 2);
     assert_eq!(on_hand(&e, "SKU"), 2);
     assert_eq!(
@@ -148,10 +151,21 @@ fn ring_fence_and_rebalance_after_count() {
 
     count(&mut e, T0 + MIN, "SKU", 200, T0 + MIN);
     let pos = e.position("SKU", "DC1", false).unwrap();
-    let web = pos.channels.iter().find(|c| c.channel_ref == "WEB").unwrap();
-    let social = pos.channels.iter().find(|c| c.channel_ref == "SOCIAL").unwrap();
+    let web = pos
+        .channels
+        .iter()
+        .find(|c| c.channel_ref == "WEB")
+        .unwrap();
+    let social = pos
+        .channels
+        .iter()
+        .find(|c| c.channel_ref == "SOCIAL")
+        .unwrap();
     assert_eq!((web.entitlement, web.used, web.quantity), (140, 70, 70));
-    assert_eq!((social.entitlement, social.used, social.quantity), (60, 30, 30));
+    assert_eq!(
+        (social.entitlement, social.used, social.quantity),
+        (60, 30, 30)
+    );
 }
 
 /// A SALE after `as_of` survives the count, one before it goes INACTIVE, a stale count
@@ -167,7 +181,10 @@ fn count_cut_off_keeps_later_sales_and_rejects_stale_counts() {
     }
     assert_eq!(e.position("SKU", "DC1", false).unwrap().physical, 8);
     // The warehouse counted 9 at T0+2min: it saw the first sale, not the second.
-    assert_eq!(count(&mut e, T0 + 4 * MIN, "SKU", 9, T0 + 2 * MIN), CountStatus::Applied);
+    assert_eq!(
+        count(&mut e, T0 + 4 * MIN, "SKU", 9, T0 + 2 * MIN),
+        CountStatus::Applied
+    );
     let pos = e.position("SKU", "DC1", true).unwrap();
     assert_eq!(pos.physical, 8, "9 counted less the later sale");
     let sales = pos
@@ -176,7 +193,10 @@ fn count_cut_off_keeps_later_sales_and_rejects_stale_counts() {
         .filter(|iq| iq.kind == stockd::domain::IqKind::Sale)
         .count();
     assert_eq!(sales, 1, "only the sale after as_of stays ACTIVE");
-    assert_eq!(count(&mut e, T0 + 5 * MIN, "SKU", 100, T0 + MIN), CountStatus::Stale);
+    assert_eq!(
+        count(&mut e, T0 + 5 * MIN, "SKU", 100, T0 + MIN),
+        CountStatus::Stale
+    );
     assert_eq!(e.position("SKU", "DC1", false).unwrap().physical, 8);
 }
 
@@ -238,10 +258,14 @@ fn fulfil_part_then_cancel_the_rest() {
         location_ref: "DC1".into(),
         quantity: 1,
     };
-    e.fulfil(T0, "o", Some(&[line.clone()]), false).unwrap();
+    e.fulfil(T0, "o", Some(std::slice::from_ref(&line)), false)
+        .unwrap();
     let pos = e.position("SKU", "DC1", false).unwrap();
     assert_eq!((pos.physical, pos.on_hand), (9, 6));
-    let too_much = stockd::domain::OrderLine { quantity: 4, ..line };
+    let too_much = stockd::domain::OrderLine {
+        quantity: 4,
+        ..line
+    };
     assert!(matches!(
         e.fulfil(T0, "o", Some(&[too_much]), false),
         Err(Error::FulfilExceedsReserved { .. })

@@ -114,7 +114,7 @@ pub struct ReservePart {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReserveUndo {
     pub hold_ref: String,
-    pub previous: Option<super::snapshot::HoldSnap>,
+    pub previous: Option<Box<super::snapshot::HoldSnap>>,
 }
 
 /// A channel's view of a position.
@@ -872,7 +872,7 @@ impl Engine {
         }
         // Apply: take the old part out, put the new one in.
         let hold = self.interner.intern(&req.hold_ref);
-        let previous = self.holds.get(&hold).map(|p| self.snap_part(p));
+        let previous = self.holds.get(&hold).map(|p| Box::new(self.snap_part(p)));
         let created_at = match (existing_active, self.holds.get(&hold)) {
             (true, Some(p)) => p.created_at,
             _ => now,
