@@ -62,6 +62,11 @@ pub async fn run(
         "recovered"
     );
 
+    // The pending repair records below take sequence numbers too.
+    let mut next_seq = recovered.next_seq.clone();
+    for (shard, records) in recovered.pending.iter().enumerate() {
+        next_seq[shard] += records.len() as u64;
+    }
     let (wal, wal_thread) = Wal::start(
         store.clone(),
         recovered.generation,
@@ -94,8 +99,14 @@ pub async fn run(
             generation: recovered.generation,
             settings: config.settings.clone(),
         };
-        let (handle, task) =
-            ShardActor::spawn(id, engine, wal.clone(), config.limits.clone(), reload);
+        let (handle, task) = ShardActor::spawn(
+            id,
+            engine,
+            wal.clone(),
+            config.limits.clone(),
+            reload,
+            next_seq[id],
+        );
         handles.push(handle);
         tasks.push(task);
     }

@@ -804,7 +804,15 @@ async fn kill_cycles() {
     let dir = tempdir();
     let data = dir.path().join("data");
     let logs = dir.path().to_path_buf();
-    let args = ["--shards", "3"];
+    // Frequent snapshots, so kills also land while a snapshot is written and its log trimmed.
+    let args = [
+        "--shards",
+        "3",
+        "--snapshot-every-records",
+        "20",
+        "--snapshot-every-secs",
+        "1",
+    ];
 
     let world = World {
         counted: products_on_every_shard("K", LOC, 3, 2),

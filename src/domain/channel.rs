@@ -187,7 +187,7 @@ pub(crate) fn check_ttl(field: &str, value: u32) -> Result<(), ConfigError> {
 }
 
 /// A channel compiled for lookups: refs interned, rules indexed by what they match.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Channel {
     pub config: ChannelConfig,
     pub sym: Sym,

@@ -152,7 +152,8 @@ pub struct PositionView {
 }
 
 /// The inventory engine of one shard.
-#[derive(Debug)]
+/// Cloning copies the whole state: the shard actor clones to snapshot off its own task.
+#[derive(Clone, Debug)]
 pub struct Engine {
     pub(crate) settings: Settings,
     pub(crate) interner: Interner,

@@ -41,7 +41,7 @@ pub struct Sym(pub(crate) u32);
 ///
 /// Hold and order refs come and go with carts, so their entries can be released and
 /// their slots reused; catalogue refs (products, locations, channels) stay.
-#[derive(Default, Debug)]
+#[derive(Clone, Default, Debug)]
 pub struct Interner {
     map: FxHashMap<Arc<str>, Sym>,
     strs: Vec<Option<Arc<str>>>,

@@ -81,6 +81,18 @@ pub struct ShardActor {
     reload: Reload,
     /// Set once the engine was rebuilt from disk after a failed write.
     reloaded: bool,
+    /// The log sequence the next appended record gets (the writer numbers the same way).
+    next_seq: u64,
+    snapshot_in_flight: Arc<AtomicBool>,
+}
+
+/// Clears a flag when dropped, however the task that holds it ends.
+struct ClearOnDrop(Arc<AtomicBool>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl ShardActor {
@@ -92,6 +104,7 @@ impl ShardActor {
         wal: Wal,
         limits: ShardLimits,
         reload: Reload,
+        next_seq: u64,
     ) -> (ShardHandle, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(limits.mailbox_capacity);
         let (released, release_rx) = mpsc::unbounded_channel();
@@ -109,6 +122,8 @@ impl ShardActor {
             last_snapshot: Instant::now(),
             reload,
             reloaded: false,
+            next_seq,
+            snapshot_in_flight: Arc::new(AtomicBool::new(false)),
         };
         let task = tokio::spawn(async move {
             actor.run().await;
@@ -307,6 +322,7 @@ impl ShardActor {
                 }
             }
             self.records_since_snapshot += count;
+            self.next_seq += count;
         }
         if !replies.is_empty() || ticket.is_some() {
             let _ = self.released.send(Group {
@@ -319,28 +335,48 @@ impl ShardActor {
     }
 
     async fn maybe_snapshot(&mut self) {
-        let due = self.records_since_snapshot >= self.limits.snapshot_every_records
+        // Snapshot no more often than the state's size in records, so the copy's cost per
+        // record stays bounded however large the state grows.
+        let state = (self.engine.position_count() + self.engine.hold_count()) as u64;
+        let due = self.records_since_snapshot >= self.limits.snapshot_every_records.max(state)
             || (self.records_since_snapshot > 0
                 && self.last_snapshot.elapsed() >= self.limits.snapshot_every);
-        if !due || self.failed.load(Ordering::Relaxed) {
+        // One snapshot at a time: an older one written after a newer one would claim to
+        // cover less than the log the newer one already trimmed.
+        if !due
+            || self.failed.load(Ordering::Relaxed)
+            || self.snapshot_in_flight.swap(true, Ordering::AcqRel)
+        {
             return;
         }
+        // The copy is the only pause the shard takes; encoding and writing run elsewhere.
         let started = Instant::now();
-        let payload = record::encode(&self.engine.compact());
-        m::snapshot_taken(started.elapsed());
+        let mut copy = self.engine.clone();
+        copy.drain_events().for_each(drop);
+        let covers_seq = self.next_seq;
         self.records_since_snapshot = 0;
         self.last_snapshot = Instant::now();
-        match self.wal.snapshot(self.id as u32, payload).await {
-            Ok(ticket) => {
-                let id = self.id;
-                tokio::spawn(async move {
+        let wal = self.wal.clone();
+        let id = self.id;
+        let in_flight = self.snapshot_in_flight.clone();
+        tokio::spawn(async move {
+            let _done = ClearOnDrop(in_flight);
+            let payload =
+                tokio::task::spawn_blocking(move || record::encode(&copy.compact())).await;
+            m::snapshot_taken(started.elapsed());
+            let Ok(payload) = payload else {
+                tracing::warn!(shard = id, "snapshot encoding failed; the log is kept");
+                return;
+            };
+            match wal.snapshot(id as u32, covers_seq, payload).await {
+                Ok(ticket) => {
                     if let Ok(Err(e)) = ticket.await {
                         tracing::warn!(shard = id, error = %e, "snapshot failed; the log is kept");
                     }
-                });
+                }
+                Err(e) => tracing::warn!(shard = id, error = %e, "snapshot failed"),
             }
-            Err(e) => tracing::warn!(shard = self.id, error = %e, "snapshot failed"),
-        }
+        });
     }
 
     /// After a failed write, memory may hold changes the disk does not: rebuild the

@@ -41,6 +41,7 @@ enum Message {
     },
     Snapshot {
         shard: u32,
+        covers_seq: u64,
         payload: Vec<u8>,
         done: oneshot::Sender<Result<(), StorageError>>,
     },
@@ -132,12 +133,18 @@ impl Wal {
         Ok(ticket)
     }
 
-    /// Stores a snapshot covering everything the shard appended before it.
-    pub async fn snapshot(&self, shard: u32, payload: Vec<u8>) -> Result<Ticket, StorageError> {
+    /// Stores a snapshot covering the shard's log below `covers_seq`.
+    pub async fn snapshot(
+        &self,
+        shard: u32,
+        covers_seq: u64,
+        payload: Vec<u8>,
+    ) -> Result<Ticket, StorageError> {
         let (done, ticket) = oneshot::channel();
         self.tx
             .send(Message::Snapshot {
                 shard,
+                covers_seq,
                 payload,
                 done,
             })
@@ -255,12 +262,14 @@ impl Writer {
                 }
                 Message::Snapshot {
                     shard,
+                    covers_seq,
                     payload,
                     done,
                 } => {
                     if result.is_ok() {
                         // The snapshot must be durable before the log it covers goes.
-                        let covers = self.next_seq[shard as usize];
+                        let covers = covers_seq;
+                        debug_assert!(covers <= self.next_seq[shard as usize]);
                         bytes += payload.len();
                         result = self
                             .store
