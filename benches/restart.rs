@@ -7,14 +7,19 @@
 
 use std::time::Instant;
 
-use stockd::domain::{ChannelConfig, Command, Engine, ReserveLine, ReserveRequest, Settings, StockCount};
+use stockd::domain::{
+    ChannelConfig, Command, Engine, ReserveLine, ReserveRequest, Settings, StockCount,
+};
 use stockd::shard::shard_of;
 use stockd::storage::Store;
 use stockd::storage::record::{self, LogRecord};
 use stockd::storage::recovery;
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() {
@@ -89,7 +94,7 @@ fn main() {
         let encoded = t.elapsed();
         store.write_snapshot(0, shard as u32, 0, &payload).unwrap();
         println!(
-            "shard {shard}: snapshot of {:.0} MiB encoded in {:.2} s, stored in {:.2} s",
+            "shard {shard}: snapshot of {:.0} MiB encoded in {:.2} s (the shard's pause), stored in {:.2} s",
             payload.len() as f64 / (1 << 20) as f64,
             encoded.as_secs_f64(),
             (t.elapsed() - encoded).as_secs_f64()
@@ -124,7 +129,10 @@ fn main() {
         seqs[s as usize] += 1;
         store
             .log
-            .insert(stockd::storage::store::log_key(0, s, seq), record::encode(&rec))
+            .insert(
+                stockd::storage::store::log_key(0, s, seq),
+                record::encode(&rec),
+            )
             .unwrap();
     }
     println!("{tail} log records in {:.2} s", t.elapsed().as_secs_f64());

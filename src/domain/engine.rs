@@ -152,7 +152,6 @@ pub struct PositionView {
 }
 
 /// The inventory engine of one shard.
-/// Cloning copies the whole state: the shard actor clones to snapshot off its own task.
 #[derive(Clone, Debug)]
 pub struct Engine {
     pub(crate) settings: Settings,

