@@ -364,13 +364,6 @@ impl ShardActor {
         let in_flight = self.snapshot_in_flight.clone();
         tokio::spawn(async move {
             let _done = ClearOnDrop(in_flight);
-            let payload =
-                tokio::task::spawn_blocking(move || record::encode(&copy.compact())).await;
-            m::snapshot_taken(started.elapsed());
-            let Ok(payload) = payload else {
-                tracing::warn!(shard = id, "snapshot encoding failed; the log is kept");
-                return;
-            };
             match wal.snapshot(id as u32, covers_seq, payload).await {
                 Ok(ticket) => {
                     if let Ok(Err(e)) = ticket.await {
