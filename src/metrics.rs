@@ -24,7 +24,7 @@ pub const BATCH_SIZE: &str = "stockd_shard_batch_size";
 pub const REJECTED_OVERLOAD: &str = "stockd_shard_overloaded_total";
 pub const WAL_FLUSH_DURATION: &str = "stockd_wal_flush_duration_seconds";
 pub const WAL_CHANGES_PER_FLUSH: &str = "stockd_wal_changes_per_flush";
-pub const WAL_BYTES: &str = "stockd_wal_bytes_written_total";
+pub const WAL_BYTES: &str = "stockd_wal_written_bytes_total";
 pub const SNAPSHOT_DURATION: &str = "stockd_snapshot_duration_seconds";
 pub const RECOVERY_DURATION: &str = "stockd_recovery_duration_seconds";
 
@@ -59,72 +59,72 @@ pub fn describe() {
     describe_histogram!(
         RPC_DURATION,
         Unit::Seconds,
-        "Time to answer a gRPC call, by service, method and status code."
+        "Time to answer a gRPC call, in seconds, by service, method and status code."
     );
     describe_counter!(
         RESERVE_OUTCOMES,
         Unit::Count,
-        "Reserve calls by channel and outcome (reserved, partial, rejected)."
+        "Reserve calls (count) by channel and outcome (reserved, partial, rejected)."
     );
     describe_gauge!(
         ACTIVE_HOLDS,
         Unit::Count,
-        "Holds currently active, by channel."
+        "Holds currently active (count), by channel and shard."
     );
     describe_counter!(
         HOLD_EVENTS,
         Unit::Count,
-        "Hold lifecycle events by channel: created, updated, confirmed, released, expired."
+        "Hold lifecycle events (count) by channel: created, updated, confirmed, released, expired."
     );
     describe_counter!(
         STOCKOUTS,
         Unit::Count,
-        "Reserve calls rejected for lack of stock, by channel."
+        "Reserve calls rejected for lack of stock (count), by channel."
     );
     describe_gauge!(
         POSITIONS,
         Unit::Count,
-        "Inventory positions held in memory."
+        "Inventory positions held in memory (count), by shard."
     );
     describe_gauge!(
         MAILBOX_DEPTH,
         Unit::Count,
-        "Requests waiting in a shard's mailbox, by shard."
+        "Requests waiting in a shard's mailbox (count) when it wakes, by shard."
     );
     describe_histogram!(
         BATCH_SIZE,
         Unit::Count,
-        "Requests a shard handled per wake-up, by shard."
+        "Requests a shard handled per wake-up (count), by shard."
     );
     describe_counter!(
         REJECTED_OVERLOAD,
         Unit::Count,
-        "Requests refused with RESOURCE_EXHAUSTED because a shard's mailbox was full, by shard."
+        "Requests refused with RESOURCE_EXHAUSTED because a shard's mailbox was full (count), by shard."
     );
     describe_histogram!(
         WAL_FLUSH_DURATION,
         Unit::Seconds,
-        "Time of one write-ahead log flush to disk."
+        "Time of one write-ahead log flush to disk, in seconds."
     );
     describe_histogram!(
         WAL_CHANGES_PER_FLUSH,
         Unit::Count,
-        "Changes made durable by one group commit."
+        "Changes made durable by one group commit (count)."
     );
     describe_counter!(
         WAL_BYTES,
         Unit::Bytes,
-        "Bytes written to the write-ahead log and snapshots."
+        "Bytes written to the write-ahead log and snapshots, in bytes."
     );
     describe_histogram!(
         SNAPSHOT_DURATION,
         Unit::Seconds,
-        "Time to take and encode one shard snapshot."
+        "Time to encode one shard snapshot, in seconds (the shard pauses for it)."
     );
     describe_gauge!(
         RECOVERY_DURATION,
         Unit::Seconds,
-        "Time the last start spent recovering state from disk."
+        "Time the last start spent recovering state from disk, in seconds."
     );
 }
 

@@ -149,6 +149,8 @@ impl ShardActor {
                 _ = sleep_until(deadline) => None,
             };
             batch.extend(first);
+            // Depth as the shard found it on waking, before it drains the batch.
+            let depth = batch.len() + self.rx.len();
             while batch.len() < BATCH_MAX {
                 match self.rx.try_recv() {
                     Ok(msg) => batch.push(msg),
@@ -168,7 +170,7 @@ impl ShardActor {
             }
             self.publish_events();
             if size > 0 {
-                m::shard_batch(self.id, size, self.rx.len());
+                m::shard_batch(self.id, size, depth);
             }
             self.commit(records, replies).await;
             if last_gauges.elapsed() >= Duration::from_secs(1) {
