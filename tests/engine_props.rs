@@ -6,20 +6,35 @@
 //! contract writes them. After every step the engine's answers, the operation's outcome,
 //! the hold records and the invariants of domain.md are checked against the model.
 //!
-//! A second property checks that snapshots restore, and that merge ∘ split (a restart
-//! with another number of shards) keeps every answer.
+//! Checked after every step: every channel × position ATS; on_hand, physical, allocation
+//! base, used and entitlement; each operation's outcome (reserve kind and per-line
+//! results, count applied/stale, adjustment applied/duplicate, confirm/release/fulfil/
+//! cancel answers and errors, how many holds expired); each hold's state, lines, expiry,
+//! order and open quantity; invariants 1–4 (a reserve gets at most the ATS of that
+//! moment, with on_hand ≥ 0 and used ≤ entitlement after it; confirm and fulfil move no
+//! ATS; every hold is let go exactly once, by one HOLD_RELEASED or HOLD_EXPIRED event);
+//! OUT_OF_STOCK / BACK_IN_STOCK alternate and the last one matches the ATS; event
+//! sequence numbers increase; `check_consistency()`.
+//!
+//! A second property checks that the portable snapshot restores, that the on-disk
+//! (compact) snapshot reloads exactly, that merge ∘ split (a restart with another number
+//! of shards) keeps every answer, and that an engine restored midway goes on answering
+//! every call exactly as the original.
+//!
+//! At the end, minimal failing tests pin down the engine bugs these properties found.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-
+use stockd::domain::snapshot::CompactSnapshot;
 use stockd::domain::{
     AdjustStatus, Adjustment, AdjustmentKind, ChannelConfig, ChannelRule, Command, CountStatus,
     Engine, EngineSnapshot, Error, EventKind, HoldState, LineResult, LineView, Millis, OrderLine,
     Outcome, ProductConfig, RebalanceMode, ReserveKind, ReserveLine, ReserveRequest, Settings,
     StockCount,
 };
+use stockd::storage::record;
 
 // ----- the universe -----
 
@@ -36,7 +51,9 @@ const START: Millis = 1_700_000_000_000;
 
 /// Lets the model-based properties run past a known engine bug that a dedicated test
 /// below pins down; set it to `false` once the engine is fixed.
-const TOLERATE_BUG_UNCHANGED_REPORTS_REQUESTED: bool = true;
+const TOLERATE_BUG_UNCHANGED_REPORTS_REQUESTED: bool = false;
+/// Same, for `bug_fulfil_on_a_sold_out_position_emits_back_in_stock`.
+const TOLERATE_BUG_FULFIL_BACK_IN_STOCK: bool = false;
 
 fn settings() -> Settings {
     Settings {
@@ -56,8 +73,14 @@ fn location_of(pos: usize) -> &'static str {
 }
 
 fn pos_of(product: &str, location: &str) -> usize {
-    let p = PRODUCTS.iter().position(|x| *x == product).expect("product");
-    let l = LOCATIONS.iter().position(|x| *x == location).expect("location");
+    let p = PRODUCTS
+        .iter()
+        .position(|x| *x == product)
+        .expect("product");
+    let l = LOCATIONS
+        .iter()
+        .position(|x| *x == location)
+        .expect("location");
     p * 2 + l
 }
 
@@ -113,6 +136,8 @@ enum Op {
         lines: Vec<(usize, i64)>,
         partial: bool,
         ttl: Option<u32>,
+        /// Take the reserve back with `undo_reserve` (as when another shard rejected).
+        undo: bool,
     },
     /// Send a hold's last request again, unchanged or with one quantity bumped.
     Resend {
@@ -131,6 +156,12 @@ enum Op {
     },
     Advance {
         ms: Millis,
+        expire: bool,
+    },
+    /// Move the clock to just before or exactly at a hold's deadline or forget time.
+    ToDeadline {
+        sel: usize,
+        before: bool,
         expire: bool,
     },
     Fulfil {
@@ -154,6 +185,8 @@ struct Scenario {
     ops: Vec<Op>,
     /// The step after which a restored copy of the engine joins (snapshot property).
     fork: usize,
+    /// Whether that copy comes from the on-disk (compact) snapshot rather than the portable one.
+    compact_fork: bool,
 }
 
 fn bps() -> impl Strategy<Value = u32> {
@@ -248,13 +281,15 @@ fn op() -> impl Strategy<Value = Op> {
             lines(6),
             prop::bool::weighted(0.3),
             prop_oneof![3 => Just(None), 1 => (1u32..=700).prop_map(Some)],
+            prop::bool::weighted(0.1),
         )
-            .prop_map(|(hold, ch, lines, partial, ttl)| Op::Reserve {
+            .prop_map(|(hold, ch, lines, partial, ttl, undo)| Op::Reserve {
                 hold,
                 ch,
                 lines,
                 partial,
                 ttl,
+                undo,
             }),
         3 => (0usize..HOLDS.len(), prop_oneof![2 => Just(0i64), 1 => Just(1i64), 1 => Just(-1i64)])
             .prop_map(|(hold, bump)| Op::Resend { hold, bump }),
@@ -267,6 +302,8 @@ fn op() -> impl Strategy<Value = Op> {
             prop::bool::weighted(0.7),
         )
             .prop_map(|(ms, expire)| Op::Advance { ms, expire }),
+        2 => (any::<usize>(), prop::bool::weighted(0.3), prop::bool::weighted(0.6))
+            .prop_map(|(sel, before, expire)| Op::ToDeadline { sel, before, expire }),
         3 => (
             0usize..ORDERS.len(),
             prop::bool::weighted(0.15),
@@ -292,14 +329,18 @@ fn scenario(max_ops: usize) -> impl Strategy<Value = Scenario> {
         ),
         prop::collection::vec(op(), 1..=max_ops),
         any::<prop::sample::Index>(),
+        any::<bool>(),
     )
-        .prop_map(|(n, channels, p2_ttl, initial, ops, fork)| Scenario {
-            channels: channels.into_iter().take(n).collect(),
-            p2_ttl,
-            initial,
-            fork: fork.index(ops.len()),
-            ops,
-        })
+        .prop_map(
+            |(n, channels, p2_ttl, initial, ops, fork, compact_fork)| Scenario {
+                channels: channels.into_iter().take(n).collect(),
+                p2_ttl,
+                initial,
+                fork: fork.index(ops.len()),
+                compact_fork,
+                ops,
+            },
+        )
 }
 
 // ----- the reference model -----
@@ -407,6 +448,7 @@ struct MHold {
     /// What the digest covers: the channel and the requested lines, in order.
     key: (usize, Vec<(usize, i64)>),
     forget_at: Option<Millis>,
+    cancelled: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -601,7 +643,11 @@ impl Model {
     fn finish(&mut self, now: Millis, hold: &str, state: HoldState) {
         self.drop_soft(hold);
         let h = self.holds.get_mut(hold).expect("finished hold exists");
-        assert_eq!(h.state, HoldState::Active, "model: only active holds finish");
+        assert_eq!(
+            h.state,
+            HoldState::Active,
+            "model: only active holds finish"
+        );
         h.state = state;
         h.forget_at = Some(now + RETENTION_MS);
         let qty = h.lines.iter().map(|l| l.qty).sum();
@@ -611,6 +657,17 @@ impl Model {
             EventKind::HoldReleased
         };
         self.releases.push((kind, hold.to_string(), qty));
+    }
+
+    /// A due active hold is expired by the next call that touches it.
+    fn expire_if_due(&mut self, now: Millis, hold: &str) {
+        if self
+            .holds
+            .get(hold)
+            .is_some_and(|h| h.state == HoldState::Active && h.expires_at <= now)
+        {
+            self.finish(now, hold, HoldState::Expired);
+        }
     }
 
     fn expire_due(&mut self, now: Millis) -> usize {
@@ -683,7 +740,7 @@ impl Model {
                     });
                 }
                 HoldState::Active if h.expires_at <= now => {
-                    self.finish(now, hold, HoldState::Expired);
+                    self.expire_if_due(now, hold);
                 }
                 HoldState::Active => {
                     if h.channel != ch {
@@ -778,6 +835,7 @@ impl Model {
                 order: None,
                 key,
                 forget_at: None,
+                cancelled: false,
             },
         );
         let kind = if existing_active {
@@ -788,7 +846,12 @@ impl Model {
         Ok((kind, results))
     }
 
-    fn confirm(&mut self, now: Millis, hold: &str, order: &str) -> Result<Option<HoldState>, Error> {
+    fn confirm(
+        &mut self,
+        now: Millis,
+        hold: &str,
+        order: &str,
+    ) -> Result<Option<HoldState>, Error> {
         let Some(h) = self.holds.get(hold).cloned() else {
             return Ok(None);
         };
@@ -968,7 +1031,9 @@ impl Model {
                 quantity: line.open,
             });
         }
-        self.holds.get_mut(&hold).expect("exists").forget_at = Some(now + RETENTION_MS);
+        let h = self.holds.get_mut(&hold).expect("exists");
+        h.forget_at = Some(now + RETENTION_MS);
+        h.cancelled = true;
         Some(cancelled)
     }
 }
@@ -1046,6 +1111,11 @@ struct Harness {
     now: Millis,
     n: usize,
     last_seq: u64,
+    /// The hold every hold event of this step is about, when its symbol may be gone
+    /// (see `bug_undo_reserve_event_names_a_released_symbol`).
+    event_hold: Option<String>,
+    /// Per channel × position, whether the last OUT_OF_STOCK / BACK_IN_STOCK said "in stock".
+    signaled: Vec<bool>,
     /// The last request sent under each hold ref, for resends.
     last_request: BTreeMap<String, ReserveRequest>,
     /// A copy restored from a snapshot that follows the same calls (through `Engine::apply`).
@@ -1085,6 +1155,8 @@ impl Harness {
             now: START,
             n: s.channels.len(),
             last_seq: 0,
+            event_hold: None,
+            signaled: vec![false; CHANNELS.len() * NPOS],
             last_request: BTreeMap::new(),
             shadow: None,
         })
@@ -1107,7 +1179,11 @@ impl Harness {
         let m = &self.model;
         let active: Vec<&'static str> = HOLDS
             .into_iter()
-            .filter(|h| m.holds.get(*h).is_some_and(|x| x.state == HoldState::Active))
+            .filter(|h| {
+                m.holds
+                    .get(*h)
+                    .is_some_and(|x| x.state == HoldState::Active)
+            })
             .collect();
         let known: Vec<&'static str> = HOLDS
             .into_iter()
@@ -1155,7 +1231,12 @@ impl Harness {
     fn mirror(&mut self, command: Command, answer: &Answer) -> Result<(), TestCaseError> {
         if let Some(shadow) = &mut self.shadow {
             let got = shadow.apply(self.now, &command);
-            prop_assert_eq!(&got, answer, "restored engine answered {:?} differently", command);
+            prop_assert_eq!(
+                &got,
+                answer,
+                "restored engine answered {:?} differently",
+                command
+            );
         }
         Ok(())
     }
@@ -1230,9 +1311,9 @@ impl Harness {
                 };
                 let product_ref = product.map(|p| PRODUCTS[p].to_string());
                 let location_ref = location.map(|l| LOCATIONS[l].to_string());
-                let got = self
-                    .engine
-                    .rebalance(now, product_ref.as_deref(), location_ref.as_deref());
+                let got =
+                    self.engine
+                        .rebalance(now, product_ref.as_deref(), location_ref.as_deref());
                 let want = self.model.rebalance(product, location);
                 prop_assert_eq!(got, want, "rebalance count");
                 self.mirror(
@@ -1249,6 +1330,7 @@ impl Harness {
                 lines,
                 partial,
                 ttl,
+                undo,
             } => {
                 let req = ReserveRequest {
                     hold_ref: HOLDS[*hold].to_string(),
@@ -1265,7 +1347,7 @@ impl Harness {
                     ttl_seconds: *ttl,
                     allow_partial: *partial,
                 };
-                self.reserve(&req)?;
+                self.reserve(&req, *undo)?;
             }
             Op::Resend { hold, bump } => {
                 let sent: Vec<&ReserveRequest> = self.last_request.values().collect();
@@ -1275,7 +1357,7 @@ impl Harness {
                 let mut req = sent[hold % sent.len()].clone();
                 let q = &mut req.lines[0].quantity;
                 *q = (*q + bump).max(1);
-                self.reserve(&req)?;
+                self.reserve(&req, false)?;
             }
             Op::Confirm { hold, any, order } => {
                 let (h, o) = (self.pick_hold(*hold, *any), ORDERS[*order]);
@@ -1309,9 +1391,39 @@ impl Harness {
                     &answer,
                 )?;
             }
-            Op::Advance { ms, expire } => {
-                self.now += ms;
-                if *expire {
+            Op::Advance { .. } | Op::ToDeadline { .. } => {
+                let expire = match op {
+                    Op::Advance { ms, expire } => {
+                        self.now += ms;
+                        *expire
+                    }
+                    Op::ToDeadline {
+                        sel,
+                        before,
+                        expire,
+                    } => {
+                        let deadlines: Vec<Millis> = self
+                            .model
+                            .holds
+                            .values()
+                            .flat_map(|h| {
+                                [
+                                    (h.state == HoldState::Active).then_some(h.expires_at),
+                                    h.forget_at,
+                                ]
+                            })
+                            .flatten()
+                            .map(|t| if *before { t - 1 } else { t })
+                            .filter(|t| *t >= now)
+                            .collect();
+                        if !deadlines.is_empty() {
+                            self.now = deadlines[sel % deadlines.len()];
+                        }
+                        *expire
+                    }
+                    _ => unreachable!(),
+                };
+                if expire {
                     let got = self.engine.expire_due(self.now);
                     let want = self.model.expire_due(self.now);
                     prop_assert_eq!(got, want, "holds expired at {}", self.now);
@@ -1358,6 +1470,7 @@ impl Harness {
                     Command::Fulfil {
                         order_ref: o.to_string(),
                         lines,
+                        op: None,
                     },
                     &answer,
                 )?;
@@ -1379,10 +1492,12 @@ impl Harness {
         self.check_state(op)
     }
 
-    fn reserve(&mut self, req: &ReserveRequest) -> Result<(), TestCaseError> {
+    fn reserve(&mut self, req: &ReserveRequest, undo: bool) -> Result<(), TestCaseError> {
         let now = self.now;
-        self.last_request
-            .insert(req.hold_ref.clone(), req.clone());
+        // What an undo must come back to: the state after a due hold's lazy expiry.
+        self.model.expire_if_due(now, &req.hold_ref);
+        let saved = undo.then(|| self.model.clone());
+        self.last_request.insert(req.hold_ref.clone(), req.clone());
         // What the engine says before: ATS at each line, and the hold's own units there.
         let before: Vec<(i64, i64)> = req
             .lines
@@ -1474,32 +1589,51 @@ impl Harness {
                 }
             }
             (Err(a), Err(b)) => prop_assert_eq!(a, b),
-            _ => prop_assert!(false, "reserve {:?}: engine {:?}, model {:?}", req, got, want),
+            _ => prop_assert!(
+                false,
+                "reserve {:?}: engine {:?}, model {:?}",
+                req,
+                got,
+                want
+            ),
         }
-        let answer = got.map(Outcome::Reserved);
+        let answer = got.clone().map(Outcome::Reserved);
         self.mirror(
             Command::Reserve {
                 request: req.clone(),
                 mine: all,
             },
             &answer,
-        )
+        )?;
+        if let (Some(saved), Ok(part)) = (saved, got)
+            && let Some(undo) = part.undo
+        {
+            self.engine.undo_reserve(now, &undo);
+            self.event_hold = Some(req.hold_ref.clone());
+            let quantity = part.lines.iter().map(|l| l.reserved).sum();
+            let mut releases = self.model.releases.clone();
+            self.model = saved;
+            releases.push((EventKind::HoldReleased, req.hold_ref.clone(), quantity));
+            self.model.releases = releases;
+            self.mirror(Command::UndoReserve(undo), &Ok(Outcome::Done))?;
+        }
+        Ok(())
     }
 
     fn check_state(&mut self, op: &Op) -> Result<(), TestCaseError> {
         let now = self.now;
         let m = &self.model;
-        for ch in 0..self.n {
+        for (ch, name) in CHANNELS.iter().enumerate().take(self.n) {
             for pos in 0..NPOS {
                 let got = self
                     .engine
-                    .availability(CHANNELS[ch], product_of(pos), location_of(pos))
+                    .availability(name, product_of(pos), location_of(pos))
                     .expect("known channel");
                 prop_assert_eq!(
                     got,
                     m.ats(ch, pos, None),
                     "ATS of {} at {}:{} after {:?}",
-                    CHANNELS[ch],
+                    name,
                     product_of(pos),
                     location_of(pos),
                     op
@@ -1507,12 +1641,19 @@ impl Harness {
             }
         }
         for pos in 0..NPOS {
-            let view = self.engine.position(product_of(pos), location_of(pos), false);
+            let view = self
+                .engine
+                .position(product_of(pos), location_of(pos), false);
             prop_assert_eq!(view.is_some(), m.pos[pos].exists, "position {} exists", pos);
             if let Some(v) = view {
                 prop_assert_eq!(v.on_hand, m.on_hand(pos, None), "on_hand at {}", pos);
                 prop_assert_eq!(v.physical, m.physical(pos), "physical at {}", pos);
-                prop_assert_eq!(v.allocation_base, m.pos[pos].p0, "allocation base at {}", pos);
+                prop_assert_eq!(
+                    v.allocation_base,
+                    m.pos[pos].p0,
+                    "allocation base at {}",
+                    pos
+                );
                 for (ch, name) in CHANNELS.iter().enumerate().take(self.n) {
                     let cv = v
                         .channels
@@ -1544,6 +1685,9 @@ impl Harness {
                 prop_assert_eq!(&g.channel_ref, CHANNELS[w.channel]);
                 prop_assert_eq!(g.expires_at, w.expires_at, "expiry of hold {}", h);
                 prop_assert_eq!(&g.order_ref, &w.order, "order of hold {}", h);
+                prop_assert_eq!(g.cancelled, w.cancelled, "hold {} cancelled", h);
+                let open: i64 = w.lines.iter().map(|l| l.open).sum();
+                prop_assert_eq!(g.open, open, "open quantity of hold {}", h);
                 let lines: Vec<(String, String, i64)> = w
                     .lines
                     .iter()
@@ -1566,14 +1710,67 @@ impl Harness {
         // Invariant 4: each hold's quantity is let go exactly once, when the model says.
         let mut released: Vec<(EventKind, String, i64)> = Vec::new();
         let events: Vec<_> = self.engine.drain_events().collect();
+        // A fulfilment's stock events are wrong (see the tolerated bug); skip them.
+        let lenient = TOLERATE_BUG_FULFIL_BACK_IN_STOCK && matches!(op, Op::Fulfil { .. });
         for e in &events {
             prop_assert!(e.seq > self.last_seq, "event sequence went backwards");
             self.last_seq = e.seq;
             if matches!(e.kind, EventKind::HoldReleased | EventKind::HoldExpired) {
-                let hold = self.engine.resolve(e.hold.expect("hold event has a hold"));
-                released.push((e.kind, hold.to_string(), e.quantity));
+                let hold = match &self.event_hold {
+                    Some(h) => h.clone(),
+                    None => self
+                        .engine
+                        .resolve(e.hold.expect("hold event has a hold"))
+                        .to_string(),
+                };
+                released.push((e.kind, hold, e.quantity));
+            }
+            if matches!(e.kind, EventKind::OutOfStock | EventKind::BackInStock) {
+                let r = |s: Option<_>| self.engine.resolve(s.expect("stock event has refs"));
+                let ch = CHANNELS
+                    .iter()
+                    .position(|c| *c == r(e.channel))
+                    .expect("channel");
+                let key = ch * NPOS + pos_of(r(e.product), r(e.location));
+                let in_stock = e.kind == EventKind::BackInStock;
+                prop_assert!(
+                    lenient || self.signaled[key] != in_stock,
+                    "{:?} twice in a row for {:?} after {:?}",
+                    e.kind,
+                    (r(e.channel), r(e.product), r(e.location)),
+                    op
+                );
+                prop_assert_eq!(
+                    e.available > 0,
+                    in_stock,
+                    "{:?} with ATS {}",
+                    e.kind,
+                    e.available
+                );
+                self.signaled[key] = in_stock;
             }
         }
+        // OUT_OF_STOCK / BACK_IN_STOCK: the last one sent says where each VP now stands.
+        // (A channel rule change moves ATS without these events, so it resets the record.)
+        let resync = lenient || matches!(op, Op::Upsert { .. });
+        for (ch, name) in CHANNELS.iter().enumerate().take(self.n) {
+            for pos in 0..NPOS {
+                let in_stock = self.model.ats(ch, pos, None) > 0;
+                if resync {
+                    self.signaled[ch * NPOS + pos] = in_stock;
+                }
+                prop_assert_eq!(
+                    self.signaled[ch * NPOS + pos],
+                    in_stock,
+                    "stock events of {} at {}:{} after {:?}",
+                    name,
+                    product_of(pos),
+                    location_of(pos),
+                    op
+                );
+            }
+        }
+        self.event_hold = None;
         released.sort_by(|a, b| (a.1.as_str(), a.0.as_str()).cmp(&(b.1.as_str(), b.0.as_str())));
         let mut want = self.model.releases.clone();
         want.sort_by(|a, b| (a.1.as_str(), a.0.as_str()).cmp(&(b.1.as_str(), b.0.as_str())));
@@ -1597,12 +1794,25 @@ fn run(s: &Scenario, with_shadow: bool) -> Result<Harness, TestCaseError> {
     for (i, op) in s.ops.iter().enumerate() {
         h.step(op)?;
         if with_shadow && i == s.fork {
-            let restored = Engine::restore(settings(), h.engine.snapshot())
-                .map_err(|e| TestCaseError::fail(format!("restore failed: {e}")))?;
-            h.shadow = Some(restored);
+            h.shadow = Some(if s.compact_fork {
+                through_disk(&h.engine)?
+            } else {
+                Engine::restore(settings(), h.engine.snapshot())
+                    .map_err(|e| TestCaseError::fail(format!("restore failed: {e}")))?
+            });
         }
     }
     Ok(h)
+}
+
+/// The engine as the service stores and reloads it: `compact()`, encoded as a record,
+/// decoded and rebuilt with `from_compact`.
+fn through_disk(engine: &Engine) -> Result<Engine, TestCaseError> {
+    let bytes = record::encode(&engine.compact());
+    let snap: CompactSnapshot =
+        record::decode(&bytes).map_err(|e| TestCaseError::fail(format!("decode: {e}")))?;
+    Engine::from_compact(settings(), snap)
+        .map_err(|e| TestCaseError::fail(format!("from_compact failed: {e}")))
 }
 
 /// Every availability answer of `engine` equals `reference`'s.
@@ -1630,17 +1840,17 @@ fn route(n: usize) -> impl Fn(&str, &str) -> usize {
     }
 }
 
-/// Puts a snapshot in a canonical order (positions, hold lines and `sold` sorted).
+/// Puts a snapshot in a canonical order (positions, hold lines, `sold` and ledgers sorted).
 ///
-/// `sold` is sorted because the engine writes it in the order its per-channel counters
-/// were created, which a restore does not reproduce: see
-/// `bug_snapshot_sold_order_depends_on_history`.
+/// `sold` and `iqs` are sorted because the engine writes them in an order that depends on
+/// its history (counter creation order, `swap_remove`), which a restore does not
+/// reproduce: see `bug_snapshot_is_not_canonical`.
 fn canonical(mut s: EngineSnapshot) -> EngineSnapshot {
-    s.positions.sort_by(|a, b| {
-        (&a.product_ref, &a.location_ref).cmp(&(&b.product_ref, &b.location_ref))
-    });
+    s.positions
+        .sort_by(|a, b| (&a.product_ref, &a.location_ref).cmp(&(&b.product_ref, &b.location_ref)));
     for p in &mut s.positions {
         p.sold.sort();
+        p.iqs.sort_by_key(|iq| iq.id);
     }
     for h in &mut s.holds {
         h.lines.sort_by(|a, b| {
@@ -1652,7 +1862,7 @@ fn canonical(mut s: EngineSnapshot) -> EngineSnapshot {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 512,
+        cases: 2048,
         max_shrink_iters: 20_000,
         failure_persistence: None,
         ..ProptestConfig::default()
@@ -1667,7 +1877,7 @@ proptest! {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 160,
+        cases: 512,
         max_shrink_iters: 20_000,
         failure_persistence: None,
         ..ProptestConfig::default()
@@ -1679,6 +1889,10 @@ proptest! {
     fn snapshots_restore_and_reshard(s in scenario(60), shards in 1usize..=4) {
         let h = run(&s, true)?;
         let snap = h.engine.snapshot();
+        // The on-disk snapshot keeps symbols and structures: the state comes back exactly.
+        let reloaded = through_disk(&h.engine)?;
+        prop_assert!(reloaded.snapshot() == snap, "compact round trip changed the state");
+        same_answers(&reloaded, &h.engine, h.n)?;
         let restored = Engine::restore(settings(), snap.clone())
             .map_err(|e| TestCaseError::fail(format!("restore failed: {e}")))?;
         prop_assert!(
@@ -1713,4 +1927,185 @@ proptest! {
         same_answers(&remerged, &h.engine, h.n)?;
         prop_assert_eq!(canonical(remerged.snapshot()), canonical(snap));
     }
+}
+
+// ----- known engine bugs: minimal failing tests -----
+//
+// Each test below FAILS against the engine as it is, on purpose: it pins down one bug
+// found by the properties above (which tolerate it, see the TOLERATE_BUG_* constants).
+// Fix the engine, watch the test pass, then drop the tolerance.
+
+fn one_channel_engine() -> Engine {
+    let mut engine = Engine::new(settings());
+    engine
+        .upsert_channel(ChannelConfig {
+            channel_ref: "WEB".into(),
+            ..ChannelConfig::default()
+        })
+        .expect("valid channel");
+    engine
+}
+
+fn count(product: &str, quantity: i64, as_of: Millis) -> StockCount {
+    StockCount {
+        product_ref: product.into(),
+        location_ref: "L1".into(),
+        quantity,
+        as_of,
+    }
+}
+
+fn request(hold: &str, channel: &str, quantity: i64, allow_partial: bool) -> ReserveRequest {
+    ReserveRequest {
+        hold_ref: hold.into(),
+        channel_ref: channel.into(),
+        lines: vec![ReserveLine {
+            product_ref: "P1".into(),
+            location_ref: "L1".into(),
+            quantity,
+            category: None,
+        }],
+        ttl_seconds: None,
+        allow_partial,
+    }
+}
+
+/// Regression (found by the properties; fixed) — was, in engine.rs, `reserve`, the `part.digest == digest` branch): an idempotent
+/// resend answers `reserved = line.quantity` for every line, whatever the hold holds. A
+/// partial hold that got 2 of 5 units is reported, on a retry, as holding 5.
+#[test]
+fn resent_partial_hold_reports_what_it_holds() {
+    let mut engine = one_channel_engine();
+    engine.set_stock(START, &count("P1", 2, START)).unwrap();
+    let req = request("cart-1", "WEB", 5, true);
+    let first = engine.reserve(START, &req, &[0]).unwrap();
+    assert_eq!(first.kind, ReserveKind::Created);
+    assert_eq!(first.lines[0].reserved, 2);
+    let again = engine.reserve(START + 1, &req, &[0]).unwrap();
+    assert_eq!(again.kind, ReserveKind::Unchanged);
+    assert_eq!(
+        again.lines[0].reserved, 2,
+        "the resend must report what the hold holds"
+    );
+}
+
+/// Regression (found by the properties; fixed) — was, in engine.rs, `fulfil`): `take_reserved` runs inside `watching`, but the SALE
+/// and the rest of the RESERVED are pushed after it, outside. On a sold-out position the
+/// fulfilment emits BACK_IN_STOCK though ATS never moved (it stays 0), and nothing
+/// follows to say it is out of stock again.
+#[test]
+fn fulfil_on_a_sold_out_position_emits_no_back_in_stock() {
+    let mut engine = one_channel_engine();
+    engine.set_stock(START, &count("P1", 1, START)).unwrap();
+    let part = engine
+        .reserve(START, &request("cart-1", "WEB", 1, false), &[0])
+        .unwrap();
+    assert_eq!(part.kind, ReserveKind::Created);
+    engine.confirm(START, "cart-1", "ORD-1").unwrap();
+    assert_eq!(engine.availability("WEB", "P1", "L1"), Ok(0));
+    engine.drain_events().for_each(drop);
+    engine.fulfil(START, "ORD-1", None, false).unwrap();
+    assert_eq!(engine.availability("WEB", "P1", "L1"), Ok(0));
+    let kinds: Vec<EventKind> = engine.drain_events().map(|e| e.kind).collect();
+    assert!(
+        !kinds.contains(&EventKind::BackInStock),
+        "ATS stayed 0 but the fulfilment said BACK_IN_STOCK: {kinds:?}"
+    );
+}
+
+/// Regression (found by the properties; fixed) — was, in engine.rs, `forget_hold`): hold, order, adjustment and catalogue refs share
+/// one interner, so an order ref and an adjustment ref with the same text are one symbol.
+/// Here a customer return is recorded under the order's ref (a natural choice). When the
+/// order is forgotten, `forget_hold` takes every IQ owned by that symbol at the order's
+/// positions for the order's SALE and trips `assert_eq!(iq.kind, IqKind::Sale, "a
+/// forgotten order holds no RESERVED")`: `expire_due` panics. (With the return at another
+/// location there is no panic, but the symbol is released while the adjustment set still
+/// holds it: a retry of the return applies a second time and `snapshot()` panics with
+/// "resolve of a released symbol".)
+#[test]
+fn forgotten_order_keeps_a_ref_still_used_as_adjustment_ref() {
+    let mut engine = one_channel_engine();
+    engine.set_stock(START, &count("P1", 10, START)).unwrap();
+    engine
+        .reserve(START, &request("cart-1", "WEB", 1, false), &[0])
+        .unwrap();
+    engine.confirm(START, "cart-1", "ORD-1").unwrap();
+    engine.fulfil(START, "ORD-1", None, false).unwrap();
+    let ret = Adjustment {
+        adjustment_ref: "ORD-1".into(),
+        product_ref: "P1".into(),
+        location_ref: "L1".into(),
+        kind: AdjustmentKind::Returned,
+        quantity: 1,
+        occurred_at: None,
+    };
+    assert_eq!(engine.adjust_stock(START, &ret), Ok(AdjustStatus::Applied));
+    let later = START + RETENTION_MS + 1;
+    engine.expire_due(later);
+    assert_eq!(
+        engine.adjust_stock(later, &ret),
+        Ok(AdjustStatus::Duplicate),
+        "the same adjustment ref applied twice"
+    );
+    assert_eq!(engine.check_consistency(), Ok(()));
+    let _ = engine.snapshot();
+}
+
+/// Regression (found by the properties; fixed) — was, in engine.rs, `undo_reserve`): undoing a new hold emits HOLD_RELEASED carrying
+/// the hold's symbol and then releases that symbol (`release_if_unused`) in the same call,
+/// so whoever resolves the event (`Engine::resolve`) panics, or, once the slot is reused,
+/// reads another ref.
+#[test]
+fn undo_reserve_event_names_a_live_symbol() {
+    let mut engine = one_channel_engine();
+    engine.set_stock(START, &count("P1", 10, START)).unwrap();
+    let part = engine
+        .reserve(START, &request("cart-1", "WEB", 1, false), &[0])
+        .unwrap();
+    engine.drain_events().for_each(drop);
+    engine.undo_reserve(START, part.undo.as_ref().expect("created"));
+    let events: Vec<_> = engine.drain_events().collect();
+    let released = events
+        .iter()
+        .find(|e| e.kind == EventKind::HoldReleased)
+        .expect("undo emits HOLD_RELEASED");
+    let hold = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        engine
+            .resolve(released.hold.expect("a hold event names its hold"))
+            .to_string()
+    }));
+    assert_eq!(
+        hold.ok().as_deref(),
+        Some("cart-1"),
+        "the event's hold must still resolve"
+    );
+}
+
+/// Regression (found by the properties; fixed) — was, in snapshot.rs, `Engine::snapshot`): the snapshot is not canonical. `sold` is
+/// written in the order the position's per-channel counters were created and `iqs` in
+/// ledger order (which `swap_remove` shuffles); `restore` rebuilds both in another order,
+/// so `restore(s).snapshot() != s` for the same state.
+#[test]
+fn snapshot_is_canonical() {
+    let mut engine = one_channel_engine();
+    engine
+        .upsert_channel(ChannelConfig {
+            channel_ref: "MKT".into(),
+            ..ChannelConfig::default()
+        })
+        .unwrap();
+    engine.set_stock(START, &count("P1", 10, START)).unwrap();
+    for (hold, channel, order) in [("h-1", "MKT", "o-1"), ("h-2", "WEB", "o-2")] {
+        engine
+            .reserve(START, &request(hold, channel, 1, false), &[0])
+            .unwrap();
+        engine.confirm(START, hold, order).unwrap();
+        engine.fulfil(START, order, None, false).unwrap();
+    }
+    engine
+        .reserve(START, &request("h-3", "WEB", 1, false), &[0])
+        .unwrap();
+    let snap = engine.snapshot();
+    let restored = Engine::restore(settings(), snap.clone()).unwrap();
+    assert_eq!(restored.snapshot(), snap);
 }

@@ -52,7 +52,11 @@ const DEFAULT_TARGET: &str = "127.0.0.1:50051";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    let mut builder = if std::env::var("XLOAD_RT").is_ok_and(|v| v == "current") {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     builder.enable_all().thread_name("stockd-load");
     if let Some(n) = cli.load.cpus {
         builder.worker_threads(n.max(1));

@@ -19,7 +19,7 @@ use super::error::Error;
 use super::event::{Event, EventKind};
 use super::hold::{HoldPart, HoldState, HoldView, LineView, PartLine};
 use super::position::{Iq, IqKind, NO_SYM, Position};
-use super::refs::{Interner, Sym, fnv1a};
+use super::refs::{HOLD_NS, Interner, ORDER_NS, Sym, fnv1a};
 use super::request::{
     Adjustment, AdjustmentKind, OrderLine, ReserveRequest, StockCount, TTL_SECONDS_DEFAULT,
     TTL_SECONDS_MAX, TTL_SECONDS_MIN,
@@ -169,6 +169,9 @@ pub struct Engine {
     pub(crate) next_iq_id: u64,
     pub(crate) next_event_seq: u64,
     pub(crate) events: Vec<Event>,
+    /// Refs of forgotten holds and orders, released at the drain after next.
+    pub(crate) release_later: Vec<(Sym, u8)>,
+    pub(crate) release_ready: Vec<(Sym, u8)>,
 }
 
 impl Engine {
@@ -189,6 +192,8 @@ impl Engine {
             next_iq_id: 1,
             next_event_seq: 1,
             events: Vec::new(),
+            release_later: Vec::new(),
+            release_ready: Vec::new(),
         }
     }
 
@@ -444,7 +449,7 @@ impl Engine {
     /// This engine's part of a hold, as of `now` (an active part past its deadline reads
     /// as expired even before its timer runs).
     pub fn hold(&self, now: Millis, hold_ref: &str) -> Option<HoldView> {
-        let sym = self.interner.get(hold_ref)?;
+        let sym = self.interner.get_in(HOLD_NS, hold_ref)?;
         let part = self.holds.get(&sym)?;
         let mut view = self.view(part);
         if view.state == HoldState::Active && part.expires_at <= now {
@@ -492,6 +497,7 @@ impl Engine {
 
     /// Takes the events emitted since the last call.
     pub fn drain_events(&mut self) -> std::vec::Drain<'_, Event> {
+        self.release_scheduled();
         self.events.drain(..)
     }
 
@@ -763,7 +769,7 @@ impl Engine {
         let ci = self.channel_index(&req.channel_ref)?;
         let channel = self.channels[ci].sym;
         let digest = Self::request_digest(req);
-        let hold_sym = self.interner.get(&req.hold_ref);
+        let hold_sym = self.interner.get_in(HOLD_NS, &req.hold_ref);
         let mut existing_active = false;
         if let Some(part) = hold_sym.and_then(|s| self.holds.get(&s)) {
             match part.state {
@@ -788,6 +794,18 @@ impl Engine {
                         });
                     }
                     existing_active = true;
+                    let held_at = |line: &super::request::ReserveLine| -> i64 {
+                        part.lines
+                            .iter()
+                            .filter(|l| {
+                                self.interner.resolve(l.product) == line.product_ref
+                                    && self.interner.resolve(l.location) == line.location_ref
+                            })
+                            .map(|l| l.quantity)
+                            .sum()
+                    };
+                    // The same request again is idempotent: it reports what the hold holds
+                    // (a partial hold may hold less than asked) and changes nothing.
                     if part.digest == digest {
                         let lines = mine
                             .iter()
@@ -797,7 +815,7 @@ impl Engine {
                                 LineResult {
                                     index: i,
                                     requested: line.quantity,
-                                    reserved: line.quantity,
+                                    reserved: held_at(line),
                                     available,
                                 }
                             })
@@ -871,7 +889,7 @@ impl Engine {
             });
         }
         // Apply: take the old part out, put the new one in.
-        let hold = self.interner.intern(&req.hold_ref);
+        let hold = self.interner.intern_in(HOLD_NS, &req.hold_ref);
         let previous = self.holds.get(&hold).map(|p| Box::new(self.snap_part(p)));
         let created_at = match (existing_active, self.holds.get(&hold)) {
             (true, Some(p)) => p.created_at,
@@ -969,7 +987,7 @@ impl Engine {
 
     /// Puts back the part a reserve replaced (or removes the part if there was none).
     pub fn undo_reserve(&mut self, now: Millis, undo: &ReserveUndo) {
-        let Some(hold) = self.interner.get(&undo.hold_ref) else {
+        let Some(hold) = self.interner.get_in(HOLD_NS, &undo.hold_ref) else {
             return;
         };
         if let Some(part) = self.holds.get(&hold) {
@@ -1074,14 +1092,19 @@ impl Engine {
     fn take_reserved(&mut self, now: Millis, line: &PartLine, order: Sym) -> i64 {
         let key = (line.product, line.location);
         self.watching(now, key.0, key.1, |engine| {
-            let Some(pos) = engine.positions.get_mut(&key) else {
-                return 0;
-            };
-            pos.take_where(|iq| iq.kind == IqKind::Reserved && iq.owner == order)
-                .iter()
-                .map(|iq| -iq.quantity)
-                .sum()
+            engine.take_reserved_unwatched(line, order)
         })
+    }
+
+    fn take_reserved_unwatched(&mut self, line: &PartLine, order: Sym) -> i64 {
+        let key = (line.product, line.location);
+        let Some(pos) = self.positions.get_mut(&key) else {
+            return 0;
+        };
+        pos.take_where(|iq| iq.kind == IqKind::Reserved && iq.owner == order)
+            .iter()
+            .map(|iq| -iq.quantity)
+            .sum()
     }
 
     /// Turns an active part EXPIRED: its stock is sellable again.
@@ -1129,7 +1152,7 @@ impl Engine {
     ) -> Result<Option<HoldState>, Error> {
         super::request::check_ref_field("hold_ref", hold_ref)?;
         super::request::check_ref_field("order_ref", order_ref)?;
-        let Some(hold) = self.interner.get(hold_ref) else {
+        let Some(hold) = self.interner.get_in(HOLD_NS, hold_ref) else {
             return Ok(None);
         };
         let Some(part) = self.holds.get(&hold) else {
@@ -1158,7 +1181,7 @@ impl Engine {
         }
         if let Some(other) = self
             .interner
-            .get(order_ref)
+            .get_in(ORDER_NS, order_ref)
             .and_then(|o| self.orders.get(&o))
             && *other != hold
         {
@@ -1167,7 +1190,7 @@ impl Engine {
                 hold_ref: self.interner.resolve(*other).to_string(),
             });
         }
-        let order = self.interner.intern(order_ref);
+        let order = self.interner.intern_in(ORDER_NS, order_ref);
         let mut part = self.holds.remove(&hold).expect("checked above");
         self.expiry.remove(&(part.expires_at, hold));
         if part.primary {
@@ -1207,7 +1230,7 @@ impl Engine {
     /// Releases this engine's part of a hold. Idempotent. `Ok(None)`: no part here.
     pub fn release(&mut self, now: Millis, hold_ref: &str) -> Result<Option<HoldState>, Error> {
         super::request::check_ref_field("hold_ref", hold_ref)?;
-        let Some(hold) = self.interner.get(hold_ref) else {
+        let Some(hold) = self.interner.get_in(HOLD_NS, hold_ref) else {
             return Ok(None);
         };
         let Some(part) = self.holds.get(&hold) else {
@@ -1243,7 +1266,7 @@ impl Engine {
     }
 
     fn order_part(&self, order_ref: &str) -> Option<Sym> {
-        let order = self.interner.get(order_ref)?;
+        let order = self.interner.get_in(ORDER_NS, order_ref)?;
         self.orders.get(&order).copied()
     }
 
@@ -1324,25 +1347,28 @@ impl Engine {
         for (i, q) in plan {
             let line = self.holds[&hold].lines[i].clone();
             let key = (line.product, line.location);
-            let open_before = self.take_reserved(now, &line, order);
-            assert_eq!(
-                open_before, line.open,
-                "RESERVED IQs match the open quantity"
-            );
             let left = line.open - q;
-            let mut sale = self.new_iq(IqKind::Sale, channel, order, -q, now);
-            sale.occurred_at = now;
-            let rest =
-                (left > 0).then(|| self.new_iq(IqKind::Reserved, channel, order, -left, now));
-            let pos = self
-                .positions
-                .get_mut(&key)
-                .expect("order line has a position");
-            pos.push(sale);
-            if let Some(rest) = rest {
-                pos.push(rest);
-            }
-            pos.add_sold(channel, q);
+            // One crossing check around the whole change: ATS does not move, so no event.
+            self.watching(now, key.0, key.1, |engine| {
+                let open_before = engine.take_reserved_unwatched(&line, order);
+                assert_eq!(
+                    open_before, line.open,
+                    "RESERVED IQs match the open quantity"
+                );
+                let mut sale = engine.new_iq(IqKind::Sale, channel, order, -q, now);
+                sale.occurred_at = now;
+                let rest =
+                    (left > 0).then(|| engine.new_iq(IqKind::Reserved, channel, order, -left, now));
+                let pos = engine
+                    .positions
+                    .get_mut(&key)
+                    .expect("order line has a position");
+                pos.push(sale);
+                if let Some(rest) = rest {
+                    pos.push(rest);
+                }
+                pos.add_sold(channel, q);
+            });
             self.holds.get_mut(&hold).expect("exists").lines[i].open = left;
             let mut e = Event::new(EventKind::OrderFulfilled, now);
             e.channel = Some(channel);
@@ -1444,22 +1470,39 @@ impl Engine {
             // The order's SALE records may still be ACTIVE; they keep the quantity, not the ref.
             for line in &part.lines {
                 if let Some(pos) = self.positions.get_mut(&(line.product, line.location)) {
-                    for iq in pos.iqs.iter_mut().filter(|iq| iq.owner == order) {
-                        assert_eq!(iq.kind, IqKind::Sale, "a forgotten order holds no RESERVED");
+                    for iq in pos
+                        .iqs
+                        .iter_mut()
+                        .filter(|iq| iq.owner == order && iq.kind == IqKind::Sale)
+                    {
                         iq.owner = NO_SYM;
                     }
                 }
             }
-            self.interner.release(order);
+            self.release_later.push((order, ORDER_NS));
         }
-        self.interner.release(hold);
+        self.release_later.push((hold, HOLD_NS));
     }
 
     /// Releases a hold's ref if no part refers to it (after an undo of a new hold).
     fn release_if_unused(&mut self, hold: Sym) {
-        if !self.holds.contains_key(&hold) {
-            self.interner.release(hold);
+        self.release_later.push((hold, HOLD_NS));
+    }
+
+    /// Releases the refs of forgotten holds and orders, one drain after they were
+    /// scheduled: events already handed out may still name them until then.
+    fn release_scheduled(&mut self) {
+        for (sym, ns) in std::mem::take(&mut self.release_ready) {
+            let used = if ns == HOLD_NS {
+                self.holds.contains_key(&sym)
+            } else {
+                self.orders.contains_key(&sym)
+            };
+            if !used {
+                self.interner.release(sym);
+            }
         }
+        self.release_ready = std::mem::take(&mut self.release_later);
     }
 
     /// Every hold part, for recovery's completeness check.

@@ -31,6 +31,21 @@ pub fn check_ref(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Namespace of hold refs in the interner: a hold and an order or adjustment may share
+/// a ref's text without sharing its symbol (a hold's symbol is released when the hold is
+/// forgotten).
+pub const HOLD_NS: u8 = 1;
+/// Namespace of order refs in the interner.
+pub const ORDER_NS: u8 = 2;
+
+/// The interner key of a ref in a namespace: a control byte no ref can contain, then the ref.
+fn ns_key(ns: u8, value: &str) -> String {
+    let mut key = String::with_capacity(value.len() + 1);
+    key.push(char::from(ns));
+    key.push_str(value);
+    key
+}
+
 /// An interned ref: an index into the [`Interner`] of the engine that made it.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -75,11 +90,26 @@ impl Interner {
         self.map.get(value).copied()
     }
 
-    /// The text of a symbol. Panics on a released symbol: that is a programmer error.
+    /// Interns a ref in a namespace (`HOLD_NS`, `ORDER_NS`).
+    pub fn intern_in(&mut self, ns: u8, value: &str) -> Sym {
+        self.intern(&ns_key(ns, value))
+    }
+
+    /// The symbol of a ref in a namespace, without interning it.
+    pub fn get_in(&self, ns: u8, value: &str) -> Option<Sym> {
+        self.map.get(ns_key(ns, value).as_str()).copied()
+    }
+
+    /// The text of a symbol (without its namespace). Panics on a released symbol: that is
+    /// a programmer error.
     pub fn resolve(&self, sym: Sym) -> &str {
-        self.strs[sym.0 as usize]
+        let text = self.strs[sym.0 as usize]
             .as_deref()
-            .expect("resolve of a released symbol")
+            .expect("resolve of a released symbol");
+        match text.as_bytes().first() {
+            Some(b) if *b < b' ' => &text[1..],
+            _ => text,
+        }
     }
 
     /// Forgets a ref that nothing refers to any more (a forgotten hold or order).

@@ -11,7 +11,7 @@ use super::channel::{CategoryConfig, ChannelConfig, ProductConfig};
 use super::engine::{Engine, Settings};
 use super::hold::{HoldPart, HoldState, PartLine};
 use super::position::{Iq, IqKind, NO_SYM, Position};
-use super::refs::Sym;
+use super::refs::{HOLD_NS, ORDER_NS, Sym};
 
 /// One ledger record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,9 +116,14 @@ impl Engine {
     }
 
     pub(crate) fn unsnap_part(&mut self, snap: &HoldSnap) -> HoldPart {
+        let hold = self.interner.intern_in(HOLD_NS, &snap.hold_ref);
+        let order = snap
+            .order_ref
+            .as_deref()
+            .map(|o| self.interner.intern_in(ORDER_NS, o));
         let mut i = |s: &str| self.interner.intern(s);
         HoldPart {
-            hold: i(&snap.hold_ref),
+            hold,
             channel: i(&snap.channel_ref),
             state: snap.state,
             lines: snap
@@ -134,7 +139,7 @@ impl Engine {
             created_at: snap.created_at,
             updated_at: snap.updated_at,
             expires_at: snap.expires_at,
-            order: snap.order_ref.as_deref().map(&mut i),
+            order,
             digest: snap.digest,
             total_lines: snap.total_lines,
             answered_lines: snap.answered_lines,
@@ -156,26 +161,33 @@ impl Engine {
                 location_ref: r(*l),
                 counted_as_of: pos.counted_as_of,
                 allocation_base: pos.allocation_base,
-                sold: pos
-                    .channels
-                    .iter()
-                    .filter(|c| c.sold != 0)
-                    .map(|c| (r(c.channel), c.sold))
-                    .collect(),
-                iqs: pos
-                    .iqs
-                    .iter()
-                    .map(|iq| IqSnap {
-                        id: iq.id,
-                        kind: iq.kind,
-                        channel: self.opt_name(iq.channel),
-                        owner: self.opt_name(iq.owner),
-                        quantity: iq.quantity,
-                        created_at: iq.created_at,
-                        occurred_at: iq.occurred_at,
-                        expires_at: iq.expires_at,
-                    })
-                    .collect(),
+                sold: {
+                    let mut sold: Vec<(String, i64)> = pos
+                        .channels
+                        .iter()
+                        .filter(|c| c.sold != 0)
+                        .map(|c| (r(c.channel), c.sold))
+                        .collect();
+                    sold.sort();
+                    sold
+                },
+                iqs: {
+                    let mut iqs: Vec<&Iq> = pos.iqs.iter().collect();
+                    iqs.sort_by_key(|iq| iq.id);
+                    iqs
+                }
+                .into_iter()
+                .map(|iq| IqSnap {
+                    id: iq.id,
+                    kind: iq.kind,
+                    channel: self.opt_name(iq.channel),
+                    owner: self.opt_name(iq.owner),
+                    quantity: iq.quantity,
+                    created_at: iq.created_at,
+                    occurred_at: iq.occurred_at,
+                    expires_at: iq.expires_at,
+                })
+                .collect(),
             })
             .collect();
         positions.sort_by(|a, b| {
@@ -222,9 +234,13 @@ impl Engine {
                     Some(c) => engine.interner.intern(c),
                     None => NO_SYM,
                 };
-                let owner = match &iq.owner {
-                    Some(o) => engine.interner.intern(o),
-                    None => NO_SYM,
+                let owner = match (&iq.owner, iq.kind) {
+                    (Some(o), IqKind::SoftReserve) => engine.interner.intern_in(HOLD_NS, o),
+                    (Some(o), IqKind::Reserved | IqKind::Sale) => {
+                        engine.interner.intern_in(ORDER_NS, o)
+                    }
+                    (Some(o), _) => engine.interner.intern(o),
+                    (None, _) => NO_SYM,
                 };
                 pos.push(Iq {
                     id: iq.id,
