@@ -32,8 +32,9 @@ mod template;
 use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use clap::Parser as _;
 use serde_json::Value;
@@ -43,7 +44,7 @@ use tonic::transport::Channel;
 use cli::{CallArgs, Cli, Command, DurabilityArg, Format, LoadArgs};
 use report::{Report, ScenarioReport};
 use rpc::Method;
-use runner::{Outcome, Plan};
+use runner::{Outcome, Plan, Target};
 use scenarios::{Counts, Payload};
 use template::Template;
 
@@ -52,16 +53,12 @@ const DEFAULT_TARGET: &str = "127.0.0.1:50051";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut builder = if std::env::var("XLOAD_RT").is_ok_and(|v| v == "current") {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-    };
-    builder.enable_all().thread_name("stockd-load");
-    if let Some(n) = cli.load.cpus {
-        builder.worker_threads(n.max(1));
-    }
-    let runtime = match builder.build() {
+    // The main thread seeds, reports and draws the progress bar; the load itself runs on
+    // its own threads (see runner::run).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("stockd-load: cannot start the runtime: {e}");
@@ -216,21 +213,36 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
         None => rpc::check_target(host.as_deref().unwrap_or(DEFAULT_TARGET), load.allow_remote)?,
     };
 
-    let connections = load
-        .connections
-        .unwrap_or_else(|| load.concurrency.min(4))
-        .max(1) as usize;
+    let concurrency = load.concurrency as usize;
+    let threads = load
+        .cpus
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let target = Target {
+        addr: addr.clone(),
+        connections: load
+            .connections
+            .map_or_else(|| concurrency.min(4), |c| c as usize)
+            .max(1),
+        threads,
+        connect_timeout: load.connect_timeout,
+    };
+    let connections = target.connections_for(concurrency);
     let result = async {
-        let channels = rpc::connect(&addr, connections, load.connect_timeout).await?;
-        run_mode(mode, call_setup, &load, channels, tty).await
+        let seed = rpc::connect(&addr, 1, load.connect_timeout)
+            .await?
+            .remove(0);
+        run_mode(mode, call_setup, &load, &target, seed, tty).await
     }
     .await;
 
     if let Some(server) = server {
         say("stopping the embedded stockd");
-        tokio::task::spawn_blocking(move || server.stop())
+        let stopped = tokio::task::spawn_blocking(move || server.stop())
             .await
-            .map_err(|e| format!("embedded server: {e}"))??;
+            .map_err(|e| format!("embedded server: {e}"))?;
+        if let Err(e) = stopped {
+            eprintln!("stockd-load: warning: {e}");
+        }
     }
     let ran = result?;
 
@@ -343,7 +355,8 @@ async fn run_mode(
     mode: Mode,
     call_setup: Option<CallSetup>,
     load: &LoadArgs,
-    channels: Vec<Channel>,
+    target: &Target,
+    seed_channel: Channel,
     tty: bool,
 ) -> Result<Ran, String> {
     let say = |message: String| {
@@ -353,7 +366,7 @@ async fn run_mode(
     };
     let mut plan = plan(load, tty);
     let prefix = scenarios::run_prefix(load.prefix.as_deref());
-    let seed_channel = channels[0].clone();
+    let connections = target.connections_for(plan.concurrency);
     match mode {
         Mode::Call(_) => {
             let setup = call_setup.expect("parsed before connecting");
@@ -366,9 +379,9 @@ async fn run_mode(
                 method: setup.method,
                 payload,
                 names: setup.method.names(),
-                channels,
+                connections,
             });
-            let outcome = runner::run(call_load, &plan).await;
+            let outcome = runner::run(call_load, &plan, target).await?;
             Ok(Ran {
                 outcome,
                 scenario: None,
@@ -384,9 +397,9 @@ async fn run_mode(
                 method: Method::HealthCheck,
                 payload: Payload::Static(body),
                 names: Method::HealthCheck.names(),
-                channels,
+                connections,
             });
-            let outcome = runner::run(health, &plan).await;
+            let outcome = runner::run(health, &plan, target).await?;
             let mut report = ScenarioReport::named("health");
             report.line("Service", format!("{service:?}"));
             Ok(Ran {
@@ -413,8 +426,8 @@ async fn run_mode(
             )
             .await?;
             let pool = scenarios::browse_pool(&seeded, keys as usize);
-            let browse = Arc::new(scenarios::BrowseLoad { pool, channels });
-            let outcome = runner::run(browse, &plan).await;
+            let browse = Arc::new(scenarios::BrowseLoad { pool });
+            let outcome = runner::run(browse, &plan, target).await?;
             let mut report = ScenarioReport::named("browse");
             report.line(
                 "Products",
@@ -453,9 +466,8 @@ async fn run_mode(
                 seeded,
                 release,
                 counts: Counts::default(),
-                channels,
             });
-            let outcome = runner::run(reserve.clone(), &plan).await;
+            let outcome = runner::run(reserve.clone(), &plan, target).await?;
             Ok(Ran {
                 scenario: Some(reserve.report(&outcome, hot)),
                 outcome,
@@ -477,12 +489,11 @@ async fn run_mode(
                 seeded,
                 units,
                 counts: Counts::default(),
-                started: Instant::now(),
+                started: OnceLock::new(),
                 sold_out_ns: AtomicU64::new(0),
-                channels,
             });
-            let outcome = runner::run(sale.clone(), &plan).await;
-            let report = sale.verify(&outcome, buyers).await;
+            let outcome = runner::run(sale.clone(), &plan, target).await?;
+            let report = sale.verify(&seed_channel, &outcome, buyers).await;
             Ok(Ran {
                 outcome,
                 scenario: Some(report),
@@ -491,29 +502,63 @@ async fn run_mode(
             })
         }
         Mode::Checkout(opts) => {
-            checkout(opts, 0, 3, "checkout", &prefix, load, &plan, channels, say).await
+            let shape = Shape {
+                reads: 0,
+                keys: 3,
+                name: "checkout",
+            };
+            checkout(
+                opts,
+                shape,
+                &prefix,
+                load,
+                &plan,
+                target,
+                &seed_channel,
+                say,
+            )
+            .await
         }
         Mode::Mixed { opts, reads, keys } => {
+            let shape = Shape {
+                reads,
+                keys,
+                name: "mixed",
+            };
             checkout(
-                opts, reads, keys, "mixed", &prefix, load, &plan, channels, say,
+                opts,
+                shape,
+                &prefix,
+                load,
+                &plan,
+                target,
+                &seed_channel,
+                say,
             )
             .await
         }
     }
 }
 
+/// What distinguishes `mixed` from `checkout`.
+struct Shape {
+    reads: u8,
+    keys: u64,
+    name: &'static str,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn checkout(
     opts: cli::CheckoutOpts,
-    reads: u8,
-    keys: u64,
-    name: &str,
+    shape: Shape,
     prefix: &str,
     load: &LoadArgs,
     plan: &Plan,
-    channels: Vec<Channel>,
+    target: &Target,
+    seed_channel: &Channel,
     say: impl Fn(String),
 ) -> Result<Ran, String> {
+    let Shape { reads, keys, name } = shape;
     if u16::from(opts.confirm) + u16::from(opts.release) > 100 {
         return Err(
             "--confirm plus --release must be at most 100 (the rest are left to expire)".into(),
@@ -529,7 +574,7 @@ async fn checkout(
         opts.products, opts.stock
     ));
     let seeded = scenarios::seed(
-        &channels[0],
+        seed_channel,
         &load.channel,
         prefix,
         opts.products as usize,
@@ -549,9 +594,8 @@ async fn checkout(
         reads,
         pool,
         counts: Counts::default(),
-        channels,
     });
-    let outcome = runner::run(checkout.clone(), plan).await;
+    let outcome = runner::run(checkout.clone(), plan, target).await?;
     Ok(Ran {
         scenario: Some(checkout.report(name, &outcome)),
         outcome,

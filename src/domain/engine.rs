@@ -18,7 +18,7 @@ use super::channel::{
 use super::error::Error;
 use super::event::{Event, EventKind};
 use super::hold::{HoldPart, HoldState, HoldView, LineView, PartLine};
-use super::position::{Iq, IqKind, NO_SYM, Position};
+use super::position::{Iq, IqKind, NO_SYM, PositionTable};
 use super::refs::{HOLD_NS, Interner, ORDER_NS, Sym, fnv1a};
 use super::request::{
     Adjustment, AdjustmentKind, OrderLine, ReserveRequest, StockCount, TTL_SECONDS_DEFAULT,
@@ -156,7 +156,7 @@ pub struct PositionView {
 pub struct Engine {
     pub(crate) settings: Settings,
     pub(crate) interner: Interner,
-    pub(crate) positions: FxHashMap<(Sym, Sym), Position>,
+    pub(crate) positions: PositionTable,
     pub(crate) channels: Vec<Channel>,
     pub(crate) products: FxHashMap<Sym, ProductEntry>,
     pub(crate) categories: FxHashMap<Sym, u32>,
@@ -179,7 +179,7 @@ impl Engine {
         Engine {
             settings,
             interner: Interner::default(),
-            positions: FxHashMap::default(),
+            positions: PositionTable::default(),
             channels: Vec::new(),
             products: FxHashMap::default(),
             categories: FxHashMap::default(),

@@ -140,6 +140,11 @@ impl Position {
 
     /// Adds an ACTIVE IQ and moves the counters with it.
     pub fn push(&mut self, iq: Iq) {
+        // Most positions hold one record (their count): do not let the first push
+        // allocate room for four.
+        if self.iqs.capacity() == self.iqs.len() {
+            self.iqs.reserve_exact(self.iqs.len().max(1));
+        }
         self.account(&iq, 1);
         self.iqs.push(iq);
     }
@@ -206,5 +211,96 @@ impl Position {
             }
         }
         (physical, on_hand, held)
+    }
+}
+
+/// The positions of one engine: a dense `Vec` and a small index by (product, location).
+///
+/// Positions are never removed, so a `Vec` costs one slot per position where a hash map
+/// of whole positions would cost about twice the entry (its load factor) in every bucket.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct PositionTable {
+    index: rustc_hash::FxHashMap<(Sym, Sym), u32>,
+    slots: Vec<((Sym, Sym), Position)>,
+}
+
+/// The slot of a key, as `HashMap::entry` gives it.
+pub(crate) struct PositionEntry<'a> {
+    table: &'a mut PositionTable,
+    key: (Sym, Sym),
+}
+
+impl<'a> PositionEntry<'a> {
+    /// The position, created empty if the key is new.
+    pub fn or_default(self) -> &'a mut Position {
+        let table = self.table;
+        let slot = match table.index.get(&self.key) {
+            Some(i) => *i as usize,
+            None => {
+                let i = table.slots.len();
+                table.index.insert(
+                    self.key,
+                    u32::try_from(i).expect("at most 2^32 positions per shard"),
+                );
+                table.slots.push((self.key, Position::default()));
+                i
+            }
+        };
+        &mut table.slots[slot].1
+    }
+}
+
+impl PositionTable {
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn get(&self, key: &(Sym, Sym)) -> Option<&Position> {
+        self.index.get(key).map(|i| &self.slots[*i as usize].1)
+    }
+
+    pub fn get_mut(&mut self, key: &(Sym, Sym)) -> Option<&mut Position> {
+        self.index.get(key).map(|i| &mut self.slots[*i as usize].1)
+    }
+
+    pub fn entry(&mut self, key: (Sym, Sym)) -> PositionEntry<'_> {
+        PositionEntry { table: self, key }
+    }
+
+    pub fn insert(&mut self, key: (Sym, Sym), position: Position) {
+        *self.entry(key).or_default() = position;
+    }
+
+    pub fn reserve(&mut self, additional: usize) {
+        self.index.reserve(additional);
+        self.slots.reserve_exact(additional);
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &(Sym, Sym)> + '_ {
+        self.slots.iter().map(|(k, _)| k)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&(Sym, Sym), &Position)> + '_ {
+        self.slots.iter().map(|(k, p)| (k, p))
+    }
+}
+
+impl std::ops::Index<&(Sym, Sym)> for PositionTable {
+    type Output = Position;
+
+    fn index(&self, key: &(Sym, Sym)) -> &Position {
+        self.get(key).expect("indexed position exists")
+    }
+}
+
+impl<'a> IntoIterator for &'a PositionTable {
+    type Item = (&'a (Sym, Sym), &'a Position);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, ((Sym, Sym), Position)>,
+        fn(&'a ((Sym, Sym), Position)) -> (&'a (Sym, Sym), &'a Position),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.slots.iter().map(|(k, p)| (k, p))
     }
 }

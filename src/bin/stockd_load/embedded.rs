@@ -9,12 +9,17 @@ use stockd::config::ServerConfig;
 use stockd::storage::Durability;
 use tokio::sync::oneshot;
 
+/// How long a stop may take (drain, flush) before stockd-load gives up waiting.
+const STOP_WAIT: Duration = Duration::from_secs(8);
+
 /// A running embedded server.
 pub struct Embedded {
     pub addr: String,
     pub data_dir: PathBuf,
     stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+    /// Receives the server's result when `server::run` returns.
+    done: std_mpsc::Receiver<Result<(), String>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Starts the server and waits until it listens.
@@ -34,15 +39,23 @@ pub fn start(durability: Durability, shards: Option<u32>) -> Result<Embedded, St
     config.drain_timeout = Duration::from_secs(5);
     let (ready_tx, ready_rx) = std_mpsc::channel::<Result<String, String>>();
     let (stop, stopped) = oneshot::channel::<()>();
+    let (done_tx, done) = std_mpsc::channel::<Result<(), String>>();
     let thread = std::thread::Builder::new()
         .name("stockd-embedded".into())
-        .spawn(move || -> Result<(), String> {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("stockd")
                 .build()
-                .map_err(|e| format!("cannot start the server runtime: {e}"))?;
-            runtime.block_on(async move {
+                .map_err(|e| format!("cannot start the server runtime: {e}"));
+            let runtime = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = done_tx.send(Err(e));
+                    return;
+                }
+            };
+            let result = runtime.block_on(async move {
                 let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
                     Ok(l) => l,
                     Err(e) => {
@@ -57,13 +70,15 @@ pub fn start(durability: Durability, shards: Option<u32>) -> Result<Embedded, St
                 })
                 .await
                 .map(|_| ())
-            })
+            });
+            let _ = done_tx.send(result);
         })
         .map_err(|e| format!("cannot start the server thread: {e}"))?;
     let mut server = Embedded {
         addr: String::new(),
         data_dir,
         stop: Some(stop),
+        done,
         thread: Some(thread),
     };
     match ready_rx.recv() {
@@ -88,16 +103,27 @@ impl Embedded {
         self.join()
     }
 
+    /// Waits at most `STOP_WAIT`: a server that does not finish stopping is left to the
+    /// end of the process rather than hanging it.
     fn join(&mut self) -> Result<(), String> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        let result = match self.thread.take() {
-            Some(t) => t
-                .join()
-                .map_err(|_| "the embedded server panicked".to_string())
-                .and_then(|r| r),
-            None => Ok(()),
+        let result = match self.done.recv_timeout(STOP_WAIT) {
+            Ok(result) => {
+                let _ = thread.join();
+                result
+            }
+            Err(std_mpsc::RecvTimeoutError::Timeout) => Err(format!(
+                "the embedded stockd did not finish stopping within {} s; leaving it to process exit",
+                STOP_WAIT.as_secs()
+            )),
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                Err("the embedded server panicked".to_string())
+            }
         };
         let _ = std::fs::remove_dir_all(&self.data_dir);
         result

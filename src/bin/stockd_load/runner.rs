@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use tonic::Status;
+use tonic::transport::Channel;
 
 use crate::rpc::{self, METHODS, Method};
 
@@ -65,7 +66,11 @@ pub trait Load: Send + Sync + 'static {
     /// Per-worker state (a client, an RNG, buffers).
     type Worker: Send + 'static;
 
-    fn worker(&self, index: usize) -> Self::Worker;
+    /// The state of worker `index`, which calls over `channel`.
+    fn worker(&self, index: usize, channel: Channel) -> Self::Worker;
+
+    /// Called once, with the instant the first operation may start.
+    fn started(&self, _at: Instant) {}
 
     /// Runs operation number `n` (0-based, unique within the run), timing each call with
     /// [`Recorder::call`].
@@ -234,8 +239,39 @@ impl Outcome {
     }
 }
 
-/// Runs `load` according to `plan` and returns the merged statistics.
-pub async fn run<L: Load>(load: Arc<L>, plan: &Plan) -> Outcome {
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: String,
+    /// HTTP/2 connections in all (at least one per thread).
+    pub connections: usize,
+    /// Load threads, each with its own single-threaded runtime, its own connections and
+    /// its share of the workers.
+    pub threads: usize,
+    pub connect_timeout: Duration,
+}
+
+impl Target {
+    /// Threads actually used: no more than workers or connections would keep busy.
+    pub fn threads_for(&self, concurrency: usize) -> usize {
+        self.threads.clamp(1, concurrency.max(1))
+    }
+
+    /// Connections actually opened: at least one per thread.
+    pub fn connections_for(&self, concurrency: usize) -> usize {
+        self.connections.max(self.threads_for(concurrency))
+    }
+}
+
+/// Runs `load` according to `plan` against `target` and returns the merged statistics.
+///
+/// The load runs on `target.threads` OS threads, each driving a current-thread tokio
+/// runtime with its own connections (thread-per-core, like h2load's `-t`). On one core
+/// this matters: tokio's multi-thread scheduler runs a woken task at once (its LIFO
+/// slot), so each request reached the socket in its own write; a current-thread runtime
+/// lets every ready worker queue its request first and the connection writes them
+/// together, which halves the kernel time per call on both sides of the socket.
+pub async fn run<L: Load>(load: Arc<L>, plan: &Plan, target: &Target) -> Result<Outcome, String> {
     let (total, duration) = match (plan.total, plan.duration) {
         (None, None) => (None, Some(Duration::from_secs(10))),
         other => other,
@@ -250,10 +286,95 @@ pub async fn run<L: Load>(load: Arc<L>, plan: &Plan) -> Outcome {
         count_errors: plan.count_errors,
         timeout: plan.timeout,
     });
-    let start = Instant::now();
-    let deadline = duration.map(|d| start + d);
+    let concurrency = plan.concurrency.max(1);
+    let threads = target.threads_for(concurrency);
+    let connections = target.connections_for(concurrency);
     let interval = plan.rps.filter(|r| *r > 0.0).map(|r| 1.0 / r);
 
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
+    let (start_tx, start_rx) = tokio::sync::watch::channel::<Option<Instant>>(None);
+    let mut results = Vec::with_capacity(threads);
+    for t in 0..threads {
+        // Thread t takes connections t, t+threads, ... and workers t, t+threads, ...
+        let conns = (t..connections).step_by(threads).count();
+        let workers: Vec<usize> = (t..concurrency).step_by(threads).collect();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Vec<Option<MethodStats>>>();
+        results.push(done_rx);
+        let load = load.clone();
+        let shared = shared.clone();
+        let ready_tx = ready_tx.clone();
+        let mut start_rx = start_rx.clone();
+        let addr = target.addr.clone();
+        let connect_timeout = target.connect_timeout;
+        std::thread::Builder::new()
+            .name(format!("stockd-load-{t}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("cannot start a load thread: {e}")));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let channels = match rpc::connect(&addr, conns, connect_timeout).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    drop(ready_tx);
+                    let start = loop {
+                        if let Some(start) = *start_rx.borrow_and_update() {
+                            break start;
+                        }
+                        if start_rx.changed().await.is_err() {
+                            return;
+                        }
+                    };
+                    let deadline = duration.map(|d| start + d);
+                    let tasks: Vec<_> = workers
+                        .into_iter()
+                        .enumerate()
+                        .map(|(j, index)| {
+                            let channel = channels[j % channels.len()].clone();
+                            let state = load.worker(index, channel);
+                            let load = load.clone();
+                            let shared = shared.clone();
+                            tokio::spawn(worker_loop(
+                                load, state, shared, start, deadline, total, interval,
+                            ))
+                        })
+                        .collect();
+                    let mut methods: Vec<Option<MethodStats>> =
+                        (0..METHODS).map(|_| None).collect();
+                    for task in tasks {
+                        if let Ok(stats) = task.await {
+                            merge_into(&mut methods, stats);
+                        }
+                    }
+                    let _ = done_tx.send(methods);
+                });
+            })
+            .map_err(|e| format!("cannot start a load thread: {e}"))?;
+    }
+    drop(ready_tx);
+    for _ in 0..threads {
+        match ready_rx.recv().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(e),
+            None => return Err("a load thread stopped before it was ready".into()),
+        }
+    }
+
+    let start = Instant::now();
+    load.started(start);
+    let _ = start_tx.send(Some(start));
     let interrupt = {
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -270,50 +391,10 @@ pub async fn run<L: Load>(load: Arc<L>, plan: &Plan) -> Outcome {
         tokio::spawn(progress_bar(shared, start, total, duration))
     });
 
-    let mut workers = Vec::with_capacity(plan.concurrency);
-    for index in 0..plan.concurrency.max(1) {
-        let load = load.clone();
-        let shared = shared.clone();
-        workers.push(tokio::spawn(async move {
-            let mut state = load.worker(index);
-            let mut rec = Recorder {
-                stats: (0..METHODS).map(|_| None).collect(),
-                shared: shared.clone(),
-                intended: None,
-            };
-            loop {
-                if shared.stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let n = shared.next.fetch_add(1, Ordering::Relaxed);
-                if total.is_some_and(|t| n >= t) {
-                    break;
-                }
-                if let Some(interval) = interval {
-                    let intended = start + Duration::from_secs_f64(n as f64 * interval);
-                    if deadline.is_some_and(|d| intended >= d) {
-                        break;
-                    }
-                    pace_until(intended, &shared.stop).await;
-                    rec.intended = Some(intended);
-                } else if deadline.is_some_and(|d| Instant::now() >= d) {
-                    break;
-                }
-                load.run(&mut state, n, &mut rec).await;
-                rec.intended = None;
-                shared.ops_done.fetch_add(1, Ordering::Relaxed);
-            }
-            rec.stats
-        }));
-    }
     let mut methods: Vec<Option<MethodStats>> = (0..METHODS).map(|_| None).collect();
-    for w in workers {
-        if let Ok(stats) = w.await {
-            for (into, from) in methods.iter_mut().zip(stats) {
-                if let Some(from) = from {
-                    into.get_or_insert_with(MethodStats::new).merge(&from);
-                }
-            }
+    for done in results {
+        if let Ok(stats) = done.await {
+            merge_into(&mut methods, stats);
         }
     }
     let elapsed = start.elapsed();
@@ -326,15 +407,66 @@ pub async fn run<L: Load>(load: Arc<L>, plan: &Plan) -> Outcome {
     let end_reason = match shared.stop_reason.load(Ordering::Relaxed) {
         r if r == EndReason::Cancel as u8 + 1 => EndReason::Cancel,
         _ if total.is_some_and(|t| operations >= t) => EndReason::Normal,
-        _ if deadline.is_some() => EndReason::Timeout,
+        _ if duration.is_some() => EndReason::Timeout,
         _ => EndReason::Normal,
     };
-    Outcome {
+    Ok(Outcome {
         methods,
         total: elapsed,
         end_reason,
         operations,
+    })
+}
+
+fn merge_into(into: &mut [Option<MethodStats>], from: Vec<Option<MethodStats>>) {
+    for (into, from) in into.iter_mut().zip(from) {
+        if let Some(from) = from {
+            match into {
+                Some(s) => s.merge(&from),
+                None => *into = Some(from),
+            }
+        }
     }
+}
+
+/// One worker: takes the next operation number until the run is over.
+async fn worker_loop<L: Load>(
+    load: Arc<L>,
+    mut state: L::Worker,
+    shared: Arc<Shared>,
+    start: Instant,
+    deadline: Option<Instant>,
+    total: Option<u64>,
+    interval: Option<f64>,
+) -> Vec<Option<MethodStats>> {
+    let mut rec = Recorder {
+        stats: (0..METHODS).map(|_| None).collect(),
+        shared: shared.clone(),
+        intended: None,
+    };
+    loop {
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let n = shared.next.fetch_add(1, Ordering::Relaxed);
+        if total.is_some_and(|t| n >= t) {
+            break;
+        }
+        if let Some(interval) = interval {
+            let intended = start + Duration::from_secs_f64(n as f64 * interval);
+            if deadline.is_some_and(|d| intended >= d) {
+                break;
+            }
+            pace_until(intended, &shared.stop).await;
+            rec.intended = Some(intended);
+        } else if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        load.run(&mut state, n, &mut rec).await;
+        rec.intended = None;
+        shared.ops_done.fetch_add(1, Ordering::Relaxed);
+    }
+    rec.stats
 }
 
 /// Waits until `at` with better than the timer's 1 ms resolution: sleeps while more than

@@ -1,6 +1,7 @@
 //! The loads: the raw ghz-style call and the scenarios, each seeding what it needs
 //! through AdminService under a run-unique prefix.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -28,10 +29,6 @@ const BROWSE_POOL: usize = 4_096;
 
 pub fn encode<M: Message>(m: &M) -> Bytes {
     Bytes::from(m.encode_to_vec())
-}
-
-fn client_for(channels: &[Channel], worker: usize) -> Client {
-    Client::new(channels[worker % channels.len()].clone())
 }
 
 fn rng_for(worker: usize) -> SmallRng {
@@ -94,7 +91,8 @@ pub struct CallLoad {
     pub method: Method,
     pub payload: Payload,
     pub names: MethodNames,
-    pub channels: Vec<Channel>,
+    /// Connections in all, for ghz's worker ids (`g{worker}c{connection}`).
+    pub connections: usize,
 }
 
 pub struct CallWorker {
@@ -107,10 +105,10 @@ pub struct CallWorker {
 impl Load for CallLoad {
     type Worker = CallWorker;
 
-    fn worker(&self, index: usize) -> CallWorker {
+    fn worker(&self, index: usize, channel: Channel) -> CallWorker {
         CallWorker {
-            client: client_for(&self.channels, index),
-            id: format!("g{index}c{}", index % self.channels.len()),
+            client: Client::new(channel),
+            id: format!("g{index}c{}", index % self.connections.max(1)),
             rng: rng_for(index),
             text: String::new(),
         }
@@ -342,9 +340,9 @@ pub struct Worker {
     rng: SmallRng,
 }
 
-fn worker(channels: &[Channel], index: usize) -> Worker {
+fn worker(index: usize, channel: Channel) -> Worker {
     Worker {
-        client: client_for(channels, index),
+        client: Client::new(channel),
         rng: rng_for(index),
     }
 }
@@ -355,14 +353,13 @@ fn worker(channels: &[Channel], index: usize) -> Worker {
 
 pub struct BrowseLoad {
     pub pool: Vec<Bytes>,
-    pub channels: Vec<Channel>,
 }
 
 impl Load for BrowseLoad {
     type Worker = Worker;
 
-    fn worker(&self, index: usize) -> Worker {
-        worker(&self.channels, index)
+    fn worker(&self, index: usize, channel: Channel) -> Worker {
+        worker(index, channel)
     }
 
     async fn run(&self, w: &mut Worker, _n: u64, rec: &mut Recorder) {
@@ -384,14 +381,13 @@ pub struct ReserveLoad {
     pub seeded: Seeded,
     pub release: bool,
     pub counts: Counts,
-    pub channels: Vec<Channel>,
 }
 
 impl Load for ReserveLoad {
     type Worker = Worker;
 
-    fn worker(&self, index: usize) -> Worker {
-        worker(&self.channels, index)
+    fn worker(&self, index: usize, channel: Channel) -> Worker {
+        worker(index, channel)
     }
 
     async fn run(&self, w: &mut Worker, n: u64, rec: &mut Recorder) {
@@ -460,17 +456,20 @@ pub struct FlashSaleLoad {
     pub seeded: Seeded,
     pub units: i64,
     pub counts: Counts,
-    pub started: Instant,
+    pub started: OnceLock<Instant>,
     /// Nanoseconds from the start to the answer that took the last unit; 0 until then.
     pub sold_out_ns: AtomicU64,
-    pub channels: Vec<Channel>,
 }
 
 impl Load for FlashSaleLoad {
     type Worker = Worker;
 
-    fn worker(&self, index: usize) -> Worker {
-        worker(&self.channels, index)
+    fn started(&self, at: Instant) {
+        let _ = self.started.set(at);
+    }
+
+    fn worker(&self, index: usize, channel: Channel) -> Worker {
+        worker(index, channel)
     }
 
     async fn run(&self, w: &mut Worker, n: u64, rec: &mut Recorder) {
@@ -483,7 +482,10 @@ impl Load for FlashSaleLoad {
             )
             .await;
         if self.counts.reserve(&result) && Counts::get(&self.counts.reserved) >= self.units as u64 {
-            let ns = self.started.elapsed().as_nanos() as u64;
+            let ns = self
+                .started
+                .get()
+                .map_or(0, |t| t.elapsed().as_nanos() as u64);
             let _ = self.sold_out_ns.compare_exchange(
                 0,
                 ns.max(1),
@@ -496,7 +498,12 @@ impl Load for FlashSaleLoad {
 
 impl FlashSaleLoad {
     /// Checks the sale: exactly `units` holds placed, and nothing left to sell.
-    pub async fn verify(&self, outcome: &Outcome, buyers: u64) -> ScenarioReport {
+    pub async fn verify(
+        &self,
+        channel: &Channel,
+        outcome: &Outcome,
+        buyers: u64,
+    ) -> ScenarioReport {
         let s = &self.seeded;
         let mut r = ScenarioReport::named("flash-sale");
         let reserved = Counts::get(&self.counts.reserved);
@@ -525,7 +532,7 @@ impl FlashSaleLoad {
             r.line("Reserve throughput", format!("{rps:.1} calls/s"));
             r.json.insert("reserveRps".into(), json!(rps));
         }
-        let mut inventory = InventoryServiceClient::new(self.channels[0].clone());
+        let mut inventory = InventoryServiceClient::new(channel.clone());
         let ats = inventory
             .get_availability(pb::GetAvailabilityRequest {
                 channel_ref: s.channel_ref.clone(),
@@ -596,14 +603,13 @@ pub struct CheckoutLoad {
     pub reads: u8,
     pub pool: Vec<Bytes>,
     pub counts: Counts,
-    pub channels: Vec<Channel>,
 }
 
 impl Load for CheckoutLoad {
     type Worker = Worker;
 
-    fn worker(&self, index: usize) -> Worker {
-        worker(&self.channels, index)
+    fn worker(&self, index: usize, channel: Channel) -> Worker {
+        worker(index, channel)
     }
 
     async fn run(&self, w: &mut Worker, n: u64, rec: &mut Recorder) {
