@@ -36,7 +36,12 @@ impl Server {
         });
         // Wait until it answers.
         for _ in 0..200 {
-            if Channel::from_shared(addr.clone()).unwrap().connect().await.is_ok() {
+            if Channel::from_shared(addr.clone())
+                .unwrap()
+                .connect()
+                .await
+                .is_ok()
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -71,7 +76,12 @@ impl Server {
     }
 }
 
-async fn channel(admin: &mut AdminServiceClient<Channel>, name: &str, allocation: i32, buffer: i32) {
+async fn channel(
+    admin: &mut AdminServiceClient<Channel>,
+    name: &str,
+    allocation: i32,
+    buffer: i32,
+) {
     admin
         .upsert_channel(pb::UpsertChannelRequest {
             channel: Some(pb::Channel {
@@ -119,7 +129,12 @@ fn reserve_req(hold: &str, channel: &str, lines: &[(&str, &str, i64)]) -> pb::Re
     }
 }
 
-async fn ats(inv: &mut InventoryServiceClient<Channel>, channel: &str, product: &str, location: &str) -> i64 {
+async fn ats(
+    inv: &mut InventoryServiceClient<Channel>,
+    channel: &str,
+    product: &str,
+    location: &str,
+) -> i64 {
     inv.get_availability(pb::GetAvailabilityRequest {
         channel_ref: channel.into(),
         keys: vec![pb::PositionKey {
@@ -202,7 +217,11 @@ async fn flash_sale_sells_exactly_the_stock() {
         let mut client = clients[buyer % 50].clone();
         tasks.push(tokio::spawn(async move {
             let r = client
-                .reserve(reserve_req(&format!("buyer-{buyer}"), "WEB", &[("HOT", "DC1", 1)]))
+                .reserve(reserve_req(
+                    &format!("buyer-{buyer}"),
+                    "WEB",
+                    &[("HOT", "DC1", 1)],
+                ))
                 .await
                 .expect("out of stock is an OK answer")
                 .into_inner();
@@ -253,7 +272,10 @@ async fn multi_shard_hold_is_all_or_nothing() {
     for i in 0..1_000 {
         let p = format!("P{i}");
         let s = shard_of(&p, "DC1", SHARDS as usize);
-        if picked.iter().all(|q| shard_of(q, "DC1", SHARDS as usize) != s) {
+        if picked
+            .iter()
+            .all(|q| shard_of(q, "DC1", SHARDS as usize) != s)
+        {
             picked.push(p);
         }
         if picked.len() == 3 {
@@ -387,27 +409,93 @@ async fn bad_inputs_get_invalid_argument_naming_the_field() {
     let mut inv = server.inventory().await;
     channel(&mut admin, "WEB", 10_000, 0).await;
     let ok = || reserve_req("h", "WEB", &[("SKU", "DC1", 1)]);
-    let many_lines: Vec<(String, &str, i64)> = (0..101).map(|i| (format!("P{i}"), "DC1", 1)).collect();
-    let many_lines: Vec<(&str, &str, i64)> =
-        many_lines.iter().map(|(p, l, q)| (p.as_str(), *l, *q)).collect();
+    let many_lines: Vec<(String, &str, i64)> =
+        (0..101).map(|i| (format!("P{i}"), "DC1", 1)).collect();
+    let many_lines: Vec<(&str, &str, i64)> = many_lines
+        .iter()
+        .map(|(p, l, q)| (p.as_str(), *l, *q))
+        .collect();
     let cases: Vec<(pb::ReserveRequest, &str)> = vec![
-        (pb::ReserveRequest { hold_ref: String::new(), ..ok() }, "hold_ref"),
-        (pb::ReserveRequest { hold_ref: "a:b".into(), ..ok() }, "hold_ref"),
-        (pb::ReserveRequest { hold_ref: "x".repeat(129), ..ok() }, "hold_ref"),
-        (pb::ReserveRequest { channel_ref: "bad channel".into(), ..ok() }, "channel_ref"),
-        (pb::ReserveRequest { lines: vec![], ..ok() }, "lines"),
+        (
+            pb::ReserveRequest {
+                hold_ref: String::new(),
+                ..ok()
+            },
+            "hold_ref",
+        ),
+        (
+            pb::ReserveRequest {
+                hold_ref: "a:b".into(),
+                ..ok()
+            },
+            "hold_ref",
+        ),
+        (
+            pb::ReserveRequest {
+                hold_ref: "x".repeat(129),
+                ..ok()
+            },
+            "hold_ref",
+        ),
+        (
+            pb::ReserveRequest {
+                channel_ref: "bad channel".into(),
+                ..ok()
+            },
+            "channel_ref",
+        ),
+        (
+            pb::ReserveRequest {
+                lines: vec![],
+                ..ok()
+            },
+            "lines",
+        ),
         (reserve_req("h", "WEB", &many_lines), "lines"),
-        (reserve_req("h", "WEB", &[("SKU", "DC1", 0)]), "lines[0].quantity"),
-        (reserve_req("h", "WEB", &[("SKU", "DC1", 1_000_001)]), "lines[0].quantity"),
-        (reserve_req("h", "WEB", &[("SKU", "DC1", 1), ("S", "", 1)]), "lines[1].location_ref"),
-        (reserve_req("h", "WEB", &[("SKU", "DC1", 1), ("SKU", "DC1", 1)]), "lines[1]"),
-        (pb::ReserveRequest { ttl_seconds: 86_401, ..ok() }, "ttl_seconds"),
-        (pb::ReserveRequest { ttl_seconds: -1, ..ok() }, "ttl_seconds"),
+        (
+            reserve_req("h", "WEB", &[("SKU", "DC1", 0)]),
+            "lines[0].quantity",
+        ),
+        (
+            reserve_req("h", "WEB", &[("SKU", "DC1", 1_000_001)]),
+            "lines[0].quantity",
+        ),
+        (
+            reserve_req("h", "WEB", &[("SKU", "DC1", 1), ("S", "", 1)]),
+            "lines[1].location_ref",
+        ),
+        (
+            reserve_req("h", "WEB", &[("SKU", "DC1", 1), ("SKU", "DC1", 1)]),
+            "lines[1]",
+        ),
+        (
+            pb::ReserveRequest {
+                ttl_seconds: 86_401,
+                ..ok()
+            },
+            "ttl_seconds",
+        ),
+        (
+            pb::ReserveRequest {
+                ttl_seconds: -1,
+                ..ok()
+            },
+            "ttl_seconds",
+        ),
     ];
     for (req, field) in cases {
         let err = inv.reserve(req).await.unwrap_err();
-        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {}", err.message());
-        assert!(err.message().starts_with(field), "{field}: {}", err.message());
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "{field}: {}",
+            err.message()
+        );
+        assert!(
+            err.message().starts_with(field),
+            "{field}: {}",
+            err.message()
+        );
     }
     let keys: Vec<pb::PositionKey> = (0..1_001)
         .map(|i| pb::PositionKey {
@@ -432,7 +520,10 @@ async fn bad_inputs_get_invalid_argument_naming_the_field() {
             as_of: None,
         })
         .collect();
-    let err = admin.set_stock(pb::SetStockRequest { counts }).await.unwrap_err();
+    let err = admin
+        .set_stock(pb::SetStockRequest { counts })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     let err = admin
         .set_stock(pb::SetStockRequest {
@@ -446,7 +537,11 @@ async fn bad_inputs_get_invalid_argument_naming_the_field() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().starts_with("counts[0].quantity"), "{}", err.message());
+    assert!(
+        err.message().starts_with("counts[0].quantity"),
+        "{}",
+        err.message()
+    );
     let err = admin
         .adjust_stock(pb::AdjustStockRequest {
             adjustments: vec![pb::StockAdjustment {
@@ -461,7 +556,11 @@ async fn bad_inputs_get_invalid_argument_naming_the_field() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().starts_with("adjustments[0].type"), "{}", err.message());
+    assert!(
+        err.message().starts_with("adjustments[0].type"),
+        "{}",
+        err.message()
+    );
     let err = admin
         .upsert_channel(pb::UpsertChannelRequest {
             channel: Some(pb::Channel {
@@ -473,15 +572,24 @@ async fn bad_inputs_get_invalid_argument_naming_the_field() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().starts_with("channel.allocation_bps"), "{}", err.message());
+    assert!(
+        err.message().starts_with("channel.allocation_bps"),
+        "{}",
+        err.message()
+    );
     // Unknown things are NOT_FOUND, not errors of the input's shape.
     let err = inv
-        .reserve(pb::ReserveRequest { channel_ref: "NOPE".into(), ..ok() })
+        .reserve(pb::ReserveRequest {
+            channel_ref: "NOPE".into(),
+            ..ok()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     let err = inv
-        .get_hold(pb::GetHoldRequest { hold_ref: "nope".into() })
+        .get_hold(pb::GetHoldRequest {
+            hold_ref: "nope".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -508,14 +616,18 @@ async fn cart_update_through_the_api() {
     let mut inv = server.inventory().await;
     channel(&mut admin, "WEB", 10_000, 0).await;
     stock(&mut admin, "SKU", "DC1", 3).await;
-    inv.reserve(reserve_req("cart", "WEB", &[("SKU", "DC1", 2)])).await.unwrap();
+    inv.reserve(reserve_req("cart", "WEB", &[("SKU", "DC1", 2)]))
+        .await
+        .unwrap();
     let up = inv
         .reserve(reserve_req("cart", "WEB", &[("SKU", "DC1", 3)]))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(up.outcome, pb::ReserveOutcome::Reserved as i32);
-    inv.reserve(reserve_req("cart", "WEB", &[("SKU", "DC1", 2)])).await.unwrap();
+    inv.reserve(reserve_req("cart", "WEB", &[("SKU", "DC1", 2)]))
+        .await
+        .unwrap();
     let too_many = inv
         .reserve(reserve_req("cart", "WEB", &[("SKU", "DC1", 4)]))
         .await
@@ -531,10 +643,10 @@ async fn cart_update_through_the_api() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_reflection() {
     use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
     use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
 
     let server = Server::start().await;
     let mut health = HealthClient::new(server.channel().await);
@@ -546,7 +658,10 @@ async fn health_and_reflection() {
         .unwrap()
         .into_inner()
         .status;
-    assert_eq!(status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 
     let mut reflection = ServerReflectionClient::new(server.channel().await);
     let request = ServerReflectionRequest {
@@ -563,7 +678,13 @@ async fn health_and_reflection() {
         panic!("expected a service list");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(names.contains(&"inventory.v1.InventoryService".to_string()), "{names:?}");
-    assert!(names.contains(&"inventory.v1.AdminService".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"inventory.v1.InventoryService".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"inventory.v1.AdminService".to_string()),
+        "{names:?}"
+    );
     server.stop().await;
 }
