@@ -46,6 +46,7 @@ STOCKD=$ROOT/target/release/stockd
 LOAD=$ROOT/target/release/stockd-load
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/stockd-suite.XXXXXX")
 SERVER_PID=""
+SERVER_MODE=""
 DATA=""
 COMMANDS=$WORK/commands.txt
 : >"$COMMANDS"
@@ -101,6 +102,7 @@ free_port() {
 }
 
 start_server() { # durability
+    SERVER_MODE=$1
     DATA=$(mktemp -d "$WORK/data-$1.XXXXXX")
     PORT=$(free_port)
     local metrics
@@ -125,6 +127,14 @@ start_server() { # durability
 stop_server() {
     if [[ -n "$SERVER_PID" ]]; then
         kill -TERM "$SERVER_PID" 2>/dev/null || true
+        for _ in $(seq 1 100); do
+            kill -0 "$SERVER_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$SERVER_PID" 2>/dev/null; then
+            echo "stockd ($SERVER_MODE) did not exit within 10 s of SIGTERM: killed" >>"$WORK/warnings.txt"
+            kill -KILL "$SERVER_PID" 2>/dev/null || true
+        fi
         wait "$SERVER_PID" 2>/dev/null || true
         SERVER_PID=""
     fi
@@ -259,10 +269,10 @@ def row(label, d, rps=None):
     rps = d["rps"] if rps is None else rps
     err = errors(d)
     note = f"  ({err} errors)" if err else ""
-    print(f"  {label:<44} {rps:>10.0f} {pct(d, 50):>9.2f} {pct(d, 99):>9.2f} {pct(d, 99.9):>9.2f}{note}")
+    print(f"  {label:<50} {rps:>10.0f} {pct(d, 50):>9.2f} {pct(d, 99):>9.2f} {pct(d, 99.9):>9.2f}{note}")
 
 print(f"Throughput, closed loop, {conc} concurrent callers ({secs} s each)")
-print(f"  {'':<44} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'p99.9 ms':>9}")
+print(f"  {'':<50} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'p99.9 ms':>9}")
 row("health       grpc.health.v1.Health/Check", health)
 row("browse       GetAvailability, 3 of 1000 keys", browse)
 row("reserve      sync, 10,000 products", reserve)
@@ -270,8 +280,11 @@ row("reserve      sync, 1 hot product", hot)
 row("reserve      async, 10,000 products", reserve_async)
 fs = flash["scenario"]
 row(f"flash-sale   sync, {fs['units']} units, {fs['buyers']} buyers", flash)
-row("checkout     sync, calls (Reserve+Confirm/Release)", checkout)
-row("mixed        sync, calls (90% reads)", mixed)
+row("checkout     sync, all calls (Reserve, Confirm...)", checkout)
+row("mixed        sync, all calls (90% GetAvailability)", mixed)
+for method in ("GetAvailability", "Reserve"):
+    if method in mixed.get("methods", {}):
+        row(f"  mixed: {method} only", mixed["methods"][method])
 print()
 
 def ratio(a, b):
@@ -310,9 +323,18 @@ if have_h2 == "1":
         else:
             print(f"  {label:<16} stockd-load {ours['rps']:>9.0f} req/s   h2load {theirs:>9.0f} req/s   "
                   f"stockd-load ÷ h2load {ours['rps'] / theirs:5.2f}" + (f"  (h2load: {note})" if note else ""))
+    print("  (goal: stockd-load within 20% of h2load, i.e. ≥ 0.80; below that the load generator is what is measured)")
 else:
     print("  h2load not available (apt-get install nghttp2-client): comparison skipped")
 PY
+
+if [[ -s "$WORK/warnings.txt" ]]; then
+    echo
+    echo "Warnings:"
+    sed 's/^/  /' "$WORK/warnings.txt"
+fi
+echo
+echo "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown) (other work on the machine skews the figures)"
 
 echo
 echo "Commands:"

@@ -3,7 +3,8 @@
 //!
 //! See `stockd-load --help`. The modules live in `src/bin/stockd_load/`:
 //! - `cli`: the command line (ghz's options, one subcommand per scenario);
-//! - `runner`: workers, open and closed loop, per-worker HdrHistograms, progress bar;
+//! - `runner`: load threads (one single-threaded runtime each), workers, open and closed
+//!   loop, per-worker HdrHistograms, progress bar;
 //! - `rpc`: methods, the pre-encoded-bytes codec, connections, the loopback check;
 //! - `pbjson` and `template`: `-d` data (protobuf JSON mapping, ghz's template variables);
 //! - `scenarios`: the loads and their seeding and checks;

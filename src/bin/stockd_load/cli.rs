@@ -116,7 +116,8 @@ pub struct LoadArgs {
     /// Number of concurrent workers (callers).
     #[arg(short = 'c', long, global = true, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub concurrency: u64,
-    /// Number of HTTP/2 connections the workers share [default: min(concurrency, 4)].
+    /// Number of HTTP/2 connections the workers share, at least one per load thread
+    /// [default: min(concurrency, 4)].
     #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub connections: Option<u64>,
     /// Total operations to run (with -z, whichever comes first).
@@ -154,7 +155,8 @@ pub struct LoadArgs {
     /// Connection timeout.
     #[arg(long, global = true, value_parser = duration::parse, default_value = "10s")]
     pub connect_timeout: Duration,
-    /// Threads of the load generator's runtime [default: the cores it may run on].
+    /// Load threads, each a single-threaded runtime with its own connections and share of
+    /// the workers (like h2load -t) [default: the cores stockd-load may run on].
     #[arg(long, global = true)]
     pub cpus: Option<usize>,
     /// Name of the run, shown in the report.
