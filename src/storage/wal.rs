@@ -72,13 +72,16 @@ impl Wal {
     ) -> (Wal, std::thread::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(WAL_INBOX_CAPACITY);
         if let Durability::Async { flush_interval } = durability {
-            let ticks = tx.clone();
+            // A weak sender: the clock must not keep the writer alive once every shard
+            // and the server have dropped theirs, or shutdown would wait forever.
+            let ticks = tx.downgrade();
             std::thread::Builder::new()
                 .name("stockd-wal-clock".into())
                 .spawn(move || {
                     loop {
                         std::thread::sleep(flush_interval);
-                        if ticks.blocking_send(Message::Tick).is_err() {
+                        let Some(tx) = ticks.upgrade() else { return };
+                        if tx.blocking_send(Message::Tick).is_err() {
                             return;
                         }
                     }
@@ -233,6 +236,9 @@ impl Writer {
         let mut bytes = 0usize;
         let mut needs_flush = false;
         let mut tick = false;
+        // Every append of the group goes into one sled batch: one write, not one per shard.
+        let mut log_batch = sled::Batch::default();
+        let mut log_pending = false;
         for message in group.drain(..) {
             match message {
                 Message::Append {
@@ -241,19 +247,16 @@ impl Writer {
                     done,
                 } => {
                     if result.is_ok() {
-                        let mut batch = sled::Batch::default();
                         let seq = &mut self.next_seq[shard as usize];
                         for r in &records {
                             record::check(r)
                                 .expect("a record is checked right before it is written");
-                            batch.insert(&log_key(self.generation, shard, *seq), r.as_slice());
+                            log_batch.insert(&log_key(self.generation, shard, *seq), r.as_slice());
                             *seq += 1;
                             bytes += r.len();
                         }
                         changes += records.len();
-                        if let Err(e) = self.store.log.apply_batch(batch) {
-                            result = Err(e.into());
-                        }
+                        log_pending = true;
                     }
                     needs_flush = true;
                     if let Some(done) = done {
@@ -266,6 +269,15 @@ impl Writer {
                     payload,
                     done,
                 } => {
+                    // The appends before it first, in order.
+                    if log_pending && result.is_ok() {
+                        result = self
+                            .store
+                            .log
+                            .apply_batch(std::mem::take(&mut log_batch))
+                            .map_err(Into::into);
+                    }
+                    log_pending = false;
                     if result.is_ok() {
                         // The snapshot must be durable before the log it covers goes.
                         let covers = covers_seq;
@@ -289,6 +301,9 @@ impl Writer {
                     tick = true;
                 }
             }
+        }
+        if log_pending && result.is_ok() {
+            result = self.store.log.apply_batch(log_batch).map_err(Into::into);
         }
         if needs_flush {
             self.dirty = true;
