@@ -175,6 +175,10 @@ pub fn snapshot_taken(elapsed: Duration) {
     histogram!(SNAPSHOT_DURATION).record(elapsed.as_secs_f64());
 }
 
+pub fn snapshot_written(bytes: usize) {
+    counter!(WAL_BYTES).increment(bytes as u64);
+}
+
 pub fn recovered(elapsed: Duration) {
     gauge!(RECOVERY_DURATION).set(elapsed.as_secs_f64());
 }

@@ -366,18 +366,21 @@ impl ShardActor {
         let covers_seq = self.next_seq;
         self.records_since_snapshot = 0;
         self.last_snapshot = Instant::now();
-        let wal = self.wal.clone();
+        let store = self.reload.store.clone();
+        let generation = self.reload.generation;
         let id = self.id;
         let in_flight = self.snapshot_in_flight.clone();
-        tokio::spawn(async move {
+        // The file write and the log trim run off the shard and off the log writer, so
+        // neither requests nor group commits wait for them.
+        tokio::task::spawn_blocking(move || {
             let _done = ClearOnDrop(in_flight);
-            match wal.snapshot(id as u32, covers_seq, payload).await {
-                Ok(ticket) => {
-                    if let Ok(Err(e)) = ticket.await {
-                        tracing::warn!(shard = id, error = %e, "snapshot failed; the log is kept");
-                    }
+            let written = store.write_snapshot(generation, id as u32, covers_seq, &payload);
+            m::snapshot_written(payload.len());
+            match written.and_then(|()| store.trim_log(generation, id as u32, covers_seq)) {
+                Ok(()) => tracing::debug!(shard = id, covers_seq, "snapshot written"),
+                Err(e) => {
+                    tracing::warn!(shard = id, error = %e, "snapshot failed; the log is kept")
                 }
-                Err(e) => tracing::warn!(shard = id, error = %e, "snapshot failed"),
             }
         });
     }

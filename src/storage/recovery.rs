@@ -4,7 +4,7 @@
 //!    A damaged record at the very end of a shard's log was never acknowledged (its flush
 //!    did not finish): it is reported and dropped. Damage anywhere else stops the start.
 //! 2. If the shard count changed, the states are merged and split by the new routing and
-//!    stored as fresh snapshots in one atomic batch.
+//!    stored as the snapshots of the next generation, which then replaces the old one.
 //! 3. A hold whose parts on different shards disagree (a crash between them) is made
 //!    whole: rolled forward if a part was confirmed, otherwise rolled back everywhere.
 //! 4. Holds whose deadline passed while stockd was down are expired, with their events.
@@ -124,7 +124,6 @@ pub fn recover(
                 .map_err(|e| e.to_string())?;
             engines.push(engine);
         }
-        store.db.flush().map_err(|e| e.to_string())?;
         store.set_meta(Meta {
             generation: next,
             shards,

@@ -1,12 +1,12 @@
-//! The sled database behind every shard: key layout and the operations on it.
+//! The data folder: the write-ahead log in sled, snapshots as files, and their layout.
 //!
-//! Two trees keep small hot records apart from large cold ones: sled rewrites a leaf page
-//! whole, so a log record inserted beside megabyte snapshot chunks would copy them.
-//! - `log`: `generation(u32) shard(u32) seq(u64)` → a write-ahead record of one shard;
-//! - `snapshots`: `generation(u32) 'T' shard(u32)` → the snapshot header (which log
-//!   sequence it covers, how many chunks), and `generation(u32) 'S' shard(u32) chunk(u32)`
-//!   → a chunk of the snapshot;
-//! - `snapshots` also holds `meta`: the current generation and its shard count.
+//! - sled tree `log`: `generation(u32) shard(u32) seq(u64)` → a write-ahead record of one
+//!   shard;
+//! - sled tree `meta`: the current generation and its shard count;
+//! - `snapshots/g{generation}-s{shard}.snapshot`: a shard's snapshot, written to a
+//!   temporary file, synced and renamed into place, so it is whole or absent. Snapshots
+//!   are files rather than sled values so that writing megabytes of them never delays the
+//!   log's group commit.
 //!
 //! A generation is one shard layout. Changing the shard count writes the new layout under
 //! the next generation, then flips `meta` with one insert, then removes the old one, so a
@@ -17,9 +17,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::record;
-
-/// Largest snapshot chunk stored as one sled value.
-pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
 const META: &[u8] = b"meta";
 
@@ -43,7 +40,7 @@ impl From<sled::Error> for StorageError {
 pub struct SnapshotHeader {
     /// Every log record of the shard with a lower sequence number is in the snapshot.
     pub covers_seq: u64,
-    pub chunks: u32,
+    /// Length of the snapshot record after the header.
     pub bytes: u64,
 }
 
@@ -73,34 +70,16 @@ fn log_seq(key: &[u8]) -> u64 {
     u64::from_be_bytes(key[8..16].try_into().expect("log keys are 16 bytes"))
 }
 
-fn header_key(generation: u32, shard: u32) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0..4].copy_from_slice(&generation.to_be_bytes());
-    k[4] = b'T';
-    k[5..9].copy_from_slice(&shard.to_be_bytes());
-    k
-}
-
-fn chunk_prefix(generation: u32, shard: u32) -> [u8; 9] {
-    let mut k = header_key(generation, shard);
-    k[4] = b'S';
-    k
-}
-
-fn chunk_key(generation: u32, shard: u32, chunk: u32) -> [u8; 13] {
-    let mut k = [0u8; 13];
-    k[0..9].copy_from_slice(&chunk_prefix(generation, shard));
-    k[9..13].copy_from_slice(&chunk.to_be_bytes());
-    k
-}
-
 /// The opened database.
 #[derive(Clone)]
 pub struct Store {
     pub db: sled::Db,
     pub log: sled::Tree,
-    pub snapshots: sled::Tree,
+    pub meta: sled::Tree,
+    /// The sled folder (named in error messages).
     pub path: PathBuf,
+    /// The folder of snapshot files.
+    pub snapshot_dir: PathBuf,
 }
 
 impl Store {
@@ -118,17 +97,21 @@ impl Store {
             db.open_tree(name)
                 .map_err(|e| format!("cannot open tree {name} in {}: {e}", path.display()))
         };
+        let snapshot_dir = data_dir.join("snapshots");
+        std::fs::create_dir_all(&snapshot_dir)
+            .map_err(|e| format!("cannot create {}: {e}", snapshot_dir.display()))?;
         Ok(Store {
             log: open("log")?,
-            snapshots: open("snapshots")?,
+            meta: open("meta")?,
             db: db.clone(),
             path,
+            snapshot_dir,
         })
     }
 
     /// The layout in use, if anything was ever written.
     pub fn meta(&self) -> Result<Option<Meta>, String> {
-        let Some(v) = self.snapshots.get(META).map_err(|e| e.to_string())? else {
+        let Some(v) = self.meta.get(META).map_err(|e| e.to_string())? else {
             return Ok(None);
         };
         record::decode(&v)
@@ -138,11 +121,17 @@ impl Store {
 
     /// Records the layout in use and makes it durable.
     pub fn set_meta(&self, meta: Meta) -> Result<(), String> {
-        self.snapshots
+        self.meta
             .insert(META, record::encode(&meta))
             .map_err(|e| e.to_string())?;
         self.db.flush().map_err(|e| e.to_string())?;
         Ok(())
+    }
+
+    /// The file of a shard's snapshot.
+    pub fn snapshot_file(&self, generation: u32, shard: u32) -> PathBuf {
+        self.snapshot_dir
+            .join(format!("g{generation}-s{shard}.snapshot"))
     }
 
     /// Reads a shard's snapshot, checked. `Ok(None)`: the shard has none.
@@ -151,33 +140,36 @@ impl Store {
         generation: u32,
         shard: u32,
     ) -> Result<Option<(SnapshotHeader, Vec<u8>)>, String> {
-        let where_ =
-            |what: &str| format!("{}: snapshot of shard {shard}: {what}", self.path.display());
-        let Some(header) = self
-            .snapshots
-            .get(header_key(generation, shard))
-            .map_err(|e| where_(&e.to_string()))?
-        else {
-            return Ok(None);
+        let file = self.snapshot_file(generation, shard);
+        let where_ = |what: &str| format!("{}: {what}", file.display());
+        let bytes = match std::fs::read(&file) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(where_(&e.to_string())),
         };
-        let header: SnapshotHeader =
-            record::decode(&header).map_err(|e| where_(&format!("header: {e}")))?;
-        let mut bytes = Vec::with_capacity(header.bytes as usize);
-        for chunk in 0..header.chunks {
-            let part = self
-                .snapshots
-                .get(chunk_key(generation, shard, chunk))
-                .map_err(|e| where_(&e.to_string()))?
-                .ok_or_else(|| where_(&format!("chunk {chunk} is missing")))?;
-            bytes.extend_from_slice(&part);
+        if bytes.len() < 4 {
+            return Err(where_("shorter than its header"));
         }
-        record::check(&bytes).map_err(|e| where_(&e.to_string()))?;
-        Ok(Some((header, bytes)))
+        let header_len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")) as usize;
+        let body = bytes
+            .get(4 + header_len..)
+            .ok_or_else(|| where_("shorter than its header"))?;
+        let header: SnapshotHeader = record::decode(&bytes[4..4 + header_len])
+            .map_err(|e| where_(&format!("header: {e}")))?;
+        if body.len() as u64 != header.bytes {
+            return Err(where_(&format!(
+                "holds {} bytes where its header says {}",
+                body.len(),
+                header.bytes
+            )));
+        }
+        record::check(body).map_err(|e| where_(&e.to_string()))?;
+        Ok(Some((header, body.to_vec())))
     }
 
     /// Stores `payload` (an encoded record) as the snapshot of `shard` covering the log
-    /// below `covers_seq`, replacing any older one in one batch. The log it covers is
-    /// removed separately by `trim_log`, after this is durable.
+    /// below `covers_seq`: written to a temporary file, synced, renamed over the old one.
+    /// The log it covers is removed separately by `trim_log`, once this returned.
     pub fn write_snapshot(
         &self,
         generation: u32,
@@ -185,31 +177,26 @@ impl Store {
         covers_seq: u64,
         payload: &[u8],
     ) -> Result<(), StorageError> {
+        use std::io::Write;
         record::check(payload).expect("a snapshot is checked right before it is written");
-        let mut batch = sled::Batch::default();
-        let mut chunks = 0u32;
-        for (i, chunk) in payload.chunks(SNAPSHOT_CHUNK_BYTES).enumerate() {
-            batch.insert(&chunk_key(generation, shard, i as u32), chunk);
-            chunks += 1;
-        }
-        for key in self
-            .snapshots
-            .scan_prefix(chunk_prefix(generation, shard))
-            .keys()
-        {
-            let key = key?;
-            let index = u32::from_be_bytes(key[9..13].try_into().expect("chunk keys are 13 bytes"));
-            if index >= chunks {
-                batch.remove(key);
-            }
-        }
-        let header = SnapshotHeader {
+        let header = record::encode(&SnapshotHeader {
             covers_seq,
-            chunks,
             bytes: payload.len() as u64,
-        };
-        batch.insert(&header_key(generation, shard), record::encode(&header));
-        self.snapshots.apply_batch(batch)?;
+        });
+        let file = self.snapshot_file(generation, shard);
+        let tmp = file.with_extension("snapshot.tmp");
+        let io = |e: std::io::Error| StorageError::Io(format!("{}: {e}", tmp.display()));
+        let mut out = std::fs::File::create(&tmp).map_err(io)?;
+        out.write_all(&(header.len() as u32).to_le_bytes())
+            .map_err(io)?;
+        out.write_all(&header).map_err(io)?;
+        out.write_all(payload).map_err(io)?;
+        out.sync_all().map_err(io)?;
+        drop(out);
+        std::fs::rename(&tmp, &file).map_err(io)?;
+        std::fs::File::open(&self.snapshot_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
         Ok(())
     }
 
@@ -256,13 +243,19 @@ impl Store {
 
     /// Removes everything of a generation (after a newer one replaced it).
     pub fn remove_generation(&self, generation: u32) -> Result<(), String> {
-        let prefix = generation.to_be_bytes();
-        for tree in [&self.log, &self.snapshots] {
-            let mut batch = sled::Batch::default();
-            for key in tree.scan_prefix(prefix).keys() {
-                batch.remove(key.map_err(|e| e.to_string())?);
+        let mut batch = sled::Batch::default();
+        for key in self.log.scan_prefix(generation.to_be_bytes()).keys() {
+            batch.remove(key.map_err(|e| e.to_string())?);
+        }
+        self.log.apply_batch(batch).map_err(|e| e.to_string())?;
+        let prefix = format!("g{generation}-");
+        let entries = std::fs::read_dir(&self.snapshot_dir)
+            .map_err(|e| format!("{}: {e}", self.snapshot_dir.display()))?;
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                std::fs::remove_file(entry.path())
+                    .map_err(|e| format!("{}: {e}", entry.path().display()))?;
             }
-            tree.apply_batch(batch).map_err(|e| e.to_string())?;
         }
         Ok(())
     }

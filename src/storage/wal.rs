@@ -39,12 +39,6 @@ enum Message {
         records: Vec<Vec<u8>>,
         done: Option<oneshot::Sender<Result<(), StorageError>>>,
     },
-    Snapshot {
-        shard: u32,
-        covers_seq: u64,
-        payload: Vec<u8>,
-        done: oneshot::Sender<Result<(), StorageError>>,
-    },
     Flush {
         done: oneshot::Sender<Result<(), StorageError>>,
     },
@@ -129,26 +123,6 @@ impl Wal {
             .send(Message::Append {
                 shard,
                 records,
-                done,
-            })
-            .await
-            .map_err(|_| StorageError::Io("the write-ahead log writer has stopped".into()))?;
-        Ok(ticket)
-    }
-
-    /// Stores a snapshot covering the shard's log below `covers_seq`.
-    pub async fn snapshot(
-        &self,
-        shard: u32,
-        covers_seq: u64,
-        payload: Vec<u8>,
-    ) -> Result<Ticket, StorageError> {
-        let (done, ticket) = oneshot::channel();
-        self.tx
-            .send(Message::Snapshot {
-                shard,
-                covers_seq,
-                payload,
                 done,
             })
             .await
@@ -262,35 +236,6 @@ impl Writer {
                     if let Some(done) = done {
                         waiting.push(done);
                     }
-                }
-                Message::Snapshot {
-                    shard,
-                    covers_seq,
-                    payload,
-                    done,
-                } => {
-                    // The appends before it first, in order.
-                    if log_pending && result.is_ok() {
-                        result = self
-                            .store
-                            .log
-                            .apply_batch(std::mem::take(&mut log_batch))
-                            .map_err(Into::into);
-                    }
-                    log_pending = false;
-                    if result.is_ok() {
-                        // The snapshot must be durable before the log it covers goes.
-                        let covers = covers_seq;
-                        debug_assert!(covers <= self.next_seq[shard as usize]);
-                        bytes += payload.len();
-                        result = self
-                            .store
-                            .write_snapshot(self.generation, shard, covers, &payload)
-                            .and_then(|()| self.flush())
-                            .and_then(|()| self.store.trim_log(self.generation, shard, covers));
-                    }
-                    needs_flush = true;
-                    waiting.push(done);
                 }
                 Message::Flush { done } => {
                     needs_flush = true;
