@@ -150,6 +150,30 @@ impl Engine {
         }
     }
 
+    /// Inserts a restored part with its timers and indexes, as it was (its IQs are
+    /// restored with the positions).
+    fn index_restored_part(&mut self, part: HoldPart) {
+        let hold = part.hold;
+        match part.state {
+            HoldState::Active => {
+                self.expiry.insert((part.expires_at, hold));
+                if part.primary {
+                    *self.active_holds.entry(part.channel).or_default() += 1;
+                }
+            }
+            HoldState::Confirmed => {
+                if let Some(order) = part.order {
+                    self.orders.insert(order, hold);
+                }
+            }
+            HoldState::Released | HoldState::Expired => {}
+        }
+        if let Some(t) = part.forget_at {
+            self.forget.insert((t, hold));
+        }
+        self.holds.insert(hold, part);
+    }
+
     /// The engine's whole state. Events not yet drained are not part of it.
     pub fn snapshot(&self) -> EngineSnapshot {
         let r = |s: Sym| self.interner.resolve(s).to_string();
@@ -265,24 +289,7 @@ impl Engine {
             if engine.holds.contains_key(&hold) {
                 return Err(format!("snapshot holds hold {:?} twice", hs.hold_ref));
             }
-            match part.state {
-                HoldState::Active => {
-                    engine.expiry.insert((part.expires_at, hold));
-                    if part.primary {
-                        *engine.active_holds.entry(part.channel).or_default() += 1;
-                    }
-                }
-                HoldState::Confirmed => {
-                    if let Some(order) = part.order {
-                        engine.orders.insert(order, hold);
-                    }
-                }
-                HoldState::Released | HoldState::Expired => {}
-            }
-            if let Some(t) = part.forget_at {
-                engine.forget.insert((t, hold));
-            }
-            engine.holds.insert(hold, part);
+            engine.index_restored_part(part);
         }
         for a in snap.adjustments {
             let sym = engine.interner.intern(&a);
@@ -366,25 +373,7 @@ impl Engine {
         }
         for part in snap.holds {
             live(part.hold, &engine)?;
-            let hold = part.hold;
-            match part.state {
-                HoldState::Active => {
-                    engine.expiry.insert((part.expires_at, hold));
-                    if part.primary {
-                        *engine.active_holds.entry(part.channel).or_default() += 1;
-                    }
-                }
-                HoldState::Confirmed => {
-                    if let Some(order) = part.order {
-                        engine.orders.insert(order, hold);
-                    }
-                }
-                HoldState::Released | HoldState::Expired => {}
-            }
-            if let Some(t) = part.forget_at {
-                engine.forget.insert((t, hold));
-            }
-            engine.holds.insert(hold, part);
+            engine.index_restored_part(part);
         }
         engine.adjustments = snap.adjustments.into_iter().collect();
         engine.next_iq_id = snap.next_iq_id.max(1);
