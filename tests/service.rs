@@ -686,5 +686,34 @@ async fn health_and_reflection() {
         names.contains(&"inventory.v1.AdminService".to_string()),
         "{names:?}"
     );
+
+    // Reflection v1 answers too.
+    use tonic_reflection::pb::v1 as r1;
+    let mut reflection =
+        r1::server_reflection_client::ServerReflectionClient::new(server.channel().await);
+    let request = r1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(r1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut stream = reflection
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = stream.message().await.unwrap().unwrap();
+    let Some(r1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        response.message_response
+    else {
+        panic!("expected a service list from reflection v1");
+    };
+    assert!(
+        list.service
+            .iter()
+            .any(|s| s.name == "inventory.v1.InventoryService"),
+        "{:?}",
+        list.service
+    );
     server.stop().await;
 }
