@@ -441,6 +441,20 @@ impl Engine {
         (sym != NO_SYM).then(|| self.interner.resolve(sym).to_string())
     }
 
+    /// Moves the keys of the positions changed since the last call into `out` (possibly
+    /// repeated). The shard uses them to know which reads must wait for durability.
+    pub fn take_touched(&mut self, out: &mut Vec<(Sym, Sym)>) {
+        self.positions.take_touched(out);
+    }
+
+    /// The symbols of a position key, if both refs are known.
+    pub fn position_key(&self, product_ref: &str, location_ref: &str) -> Option<(Sym, Sym)> {
+        Some((
+            self.interner.get(product_ref)?,
+            self.interner.get(location_ref)?,
+        ))
+    }
+
     /// The text of a symbol carried by an event.
     pub fn resolve(&self, sym: Sym) -> &str {
         self.interner.resolve(sym)

@@ -222,6 +222,9 @@ impl Position {
 pub(crate) struct PositionTable {
     index: rustc_hash::FxHashMap<(Sym, Sym), u32>,
     slots: Vec<((Sym, Sym), Position)>,
+    /// Keys handed out for change since the last `take_touched`: lets the shard know which
+    /// positions a write changed without the engine knowing why it is asked.
+    touched: Vec<(Sym, Sym)>,
 }
 
 /// The slot of a key, as `HashMap::entry` gives it.
@@ -234,6 +237,7 @@ impl<'a> PositionEntry<'a> {
     /// The position, created empty if the key is new.
     pub fn or_default(self) -> &'a mut Position {
         let table = self.table;
+        table.touched.push(self.key);
         let slot = match table.index.get(&self.key) {
             Some(i) => *i as usize,
             None => {
@@ -260,7 +264,14 @@ impl PositionTable {
     }
 
     pub fn get_mut(&mut self, key: &(Sym, Sym)) -> Option<&mut Position> {
-        self.index.get(key).map(|i| &mut self.slots[*i as usize].1)
+        let i = *self.index.get(key)?;
+        self.touched.push(*key);
+        Some(&mut self.slots[i as usize].1)
+    }
+
+    /// Moves the keys changed since the last call into `out`.
+    pub fn take_touched(&mut self, out: &mut Vec<(Sym, Sym)>) {
+        out.append(&mut self.touched);
     }
 
     pub fn entry(&mut self, key: (Sym, Sym)) -> PositionEntry<'_> {

@@ -14,6 +14,11 @@ use tokio::sync::mpsc;
 
 use super::handle::{Msg, ShardError, ShardHandle, WriteReply};
 use crate::clock;
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
+
+use crate::domain::refs::Sym;
 use crate::domain::{Command, Engine, EventKind, Millis, Settings};
 use crate::metrics as m;
 use crate::storage::record::{self, LogRecord};
@@ -54,9 +59,18 @@ type Reply = Box<dyn FnOnce(Option<&StorageError>) + Send>;
 
 struct Group {
     ticket: Option<Ticket>,
+    /// Set by the releaser once the ticket completed: the batch's keys are clean again.
+    durable: Option<Arc<AtomicBool>>,
     replies: Vec<Reply>,
     /// Whether the batch ran on an engine reloaded from disk after a write failed.
     reloaded: bool,
+}
+
+/// A batch written to the log whose durability is not yet known, and what it changed.
+struct Inflight {
+    durable: Arc<AtomicBool>,
+    keys: Vec<(Sym, Sym)>,
+    all: bool,
 }
 
 /// What the actor needs to reload its engine from disk after a failed write.
@@ -84,6 +98,17 @@ pub struct ShardActor {
     /// The log sequence the next appended record gets (the writer numbers the same way).
     next_seq: u64,
     snapshot_in_flight: Arc<AtomicBool>,
+    /// Positions changed by a batch that is not yet durable, with how many such batches.
+    /// A read of clean positions answers at once; a read of dirty ones waits its turn, so
+    /// no reply reveals a change that is not yet durable.
+    dirty: FxHashMap<(Sym, Sym), u32>,
+    /// Pending batches that change every position's ATS (channel or catalogue changes).
+    dirty_all: u32,
+    inflight: VecDeque<Inflight>,
+    /// What the batch being built changed.
+    batch_keys: Vec<(Sym, Sym)>,
+    batch_all: bool,
+    touched: Vec<(Sym, Sym)>,
 }
 
 /// Clears a flag when dropped, however the task that holds it ends.
@@ -124,6 +149,12 @@ impl ShardActor {
             reloaded: false,
             next_seq,
             snapshot_in_flight: Arc::new(AtomicBool::new(false)),
+            dirty: FxHashMap::default(),
+            dirty_all: 0,
+            inflight: VecDeque::new(),
+            batch_keys: Vec::new(),
+            batch_all: false,
+            touched: Vec::new(),
         };
         let task = tokio::spawn(async move {
             actor.run().await;
@@ -133,6 +164,8 @@ impl ShardActor {
     }
 
     async fn run(mut self) {
+        // Restoring the engine touched every position; none is pending.
+        self.forget_touched();
         self.publish_gauges();
         let mut last_gauges = Instant::now();
         let mut batch: Vec<Msg> = Vec::with_capacity(BATCH_MAX);
@@ -165,6 +198,7 @@ impl ShardActor {
             if self.failed.load(Ordering::Relaxed) && !self.reloaded {
                 self.reload_from_disk();
             }
+            self.settle();
             let now = clock::now_millis();
             let mut records: Vec<Vec<u8>> = Vec::new();
             let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
@@ -196,6 +230,7 @@ impl ShardActor {
             let command = Command::Expire;
             if self.engine.apply(due, &command).is_ok() {
                 records.push(record::encode(&LogRecord { now: due, command }));
+                self.mark_dirty(false);
             }
         }
     }
@@ -215,16 +250,29 @@ impl ShardActor {
                     )));
                     return;
                 }
+                let everything = matches!(
+                    command,
+                    Command::UpsertChannel(_)
+                        | Command::DeleteChannel(_)
+                        | Command::UpsertProducts(_)
+                        | Command::UpsertCategories(_)
+                );
                 let result = self.engine.apply(now, &command);
                 let result = match result {
                     Ok(outcome) => {
                         if outcome.changed() {
                             records.push(record::encode(&LogRecord { now, command }));
+                            self.mark_dirty(everything);
+                        } else {
+                            self.forget_touched();
                         }
                         let hold = hold_ref.and_then(|h| self.engine.hold(now, &h));
                         Ok(WriteReply { outcome, hold })
                     }
-                    Err(e) => Err(ShardError::Domain(e)),
+                    Err(e) => {
+                        self.forget_touched();
+                        Err(ShardError::Domain(e))
+                    }
                 };
                 replies.push(Box::new(move |failure| {
                     let answer = match failure {
@@ -239,6 +287,12 @@ impl ShardActor {
                 keys,
                 respond,
             } => {
+                let clean = self.dirty_all == 0
+                    && keys.iter().all(|(_, p, l)| {
+                        self.engine
+                            .position_key(p, l)
+                            .is_none_or(|k| !self.dirty.contains_key(&k))
+                    });
                 let result = keys
                     .into_iter()
                     .map(|(i, p, l)| {
@@ -248,6 +302,12 @@ impl ShardActor {
                     })
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(ShardError::Domain);
+                if clean && !self.failed.load(Ordering::Relaxed) {
+                    // Nothing pending touches these positions: what the engine holds for
+                    // them is durable, so the answer need not wait for anyone's flush.
+                    let _ = respond.send(result);
+                    return;
+                }
                 replies.push(Box::new(move |failure| {
                     let _ = respond.send(match failure {
                         Some(e) => Err(ShardError::Unavailable(e.to_string())),
@@ -313,8 +373,56 @@ impl ShardActor {
         }
     }
 
+    /// Counts the positions the last change touched as dirty until its batch is durable.
+    fn mark_dirty(&mut self, everything: bool) {
+        self.engine.take_touched(&mut self.touched);
+        self.touched.sort_unstable();
+        self.touched.dedup();
+        for key in self.touched.drain(..) {
+            *self.dirty.entry(key).or_default() += 1;
+            self.batch_keys.push(key);
+        }
+        if everything {
+            self.dirty_all += 1;
+            self.batch_all = true;
+        }
+    }
+
+    fn forget_touched(&mut self) {
+        self.engine.take_touched(&mut self.touched);
+        self.touched.clear();
+    }
+
+    /// Cleans the positions of batches that became durable, oldest first.
+    fn settle(&mut self) {
+        while self
+            .inflight
+            .front()
+            .is_some_and(|f| f.durable.load(Ordering::Acquire))
+        {
+            let done = self.inflight.pop_front().expect("front exists");
+            self.clean(done.keys, done.all);
+        }
+    }
+
+    fn clean(&mut self, keys: Vec<(Sym, Sym)>, all: bool) {
+        for key in keys {
+            if let Some(n) = self.dirty.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    self.dirty.remove(&key);
+                }
+            }
+        }
+        if all {
+            self.dirty_all -= 1;
+        }
+    }
+
     /// Sends the batch's records to the log and its replies to the releaser.
     async fn commit(&mut self, records: Vec<Vec<u8>>, replies: Vec<Reply>) {
+        let keys = std::mem::take(&mut self.batch_keys);
+        let all = std::mem::take(&mut self.batch_all);
         let mut ticket = None;
         let count = records.len() as u64;
         if !records.is_empty() {
@@ -331,9 +439,23 @@ impl ShardActor {
             self.records_since_snapshot += count;
             self.next_seq += count;
         }
+        let durable = if ticket.is_some() {
+            let flag = Arc::new(AtomicBool::new(false));
+            self.inflight.push_back(Inflight {
+                durable: flag.clone(),
+                keys,
+                all,
+            });
+            Some(flag)
+        } else {
+            // Acknowledged without waiting (async durability) or nothing changed.
+            self.clean(keys, all);
+            None
+        };
         if !replies.is_empty() || ticket.is_some() {
             let _ = self.released.send(Group {
                 ticket,
+                durable,
                 replies,
                 reloaded: self.reloaded,
             });
@@ -399,6 +521,11 @@ impl ShardActor {
         ) {
             Ok((engine, _)) => {
                 self.engine = engine;
+                // Symbols of the old engine mean nothing to the new one.
+                self.dirty.clear();
+                self.dirty_all = 0;
+                self.inflight.clear();
+                self.forget_touched();
                 tracing::warn!(
                     shard = self.id,
                     "a write to disk failed: state reloaded from disk; writes answer UNAVAILABLE until restart"
@@ -472,6 +599,9 @@ async fn release(mut groups: mpsc::UnboundedReceiver<Group>, failed: Arc<AtomicB
         }
         if let (Ok(()), Some(e), false) = (&result, &first_failure, group.reloaded) {
             result = Err(e.clone());
+        }
+        if let Some(flag) = &group.durable {
+            flag.store(true, Ordering::Release);
         }
         let failure = result.as_ref().err();
         for reply in group.replies {
