@@ -3,7 +3,8 @@
 //! It drains its mailbox in batches, applies each request to its engine, sends the
 //! changes of the whole batch to the write-ahead log at once, and hands the replies to a
 //! releaser task that sends them when the batch is durable. Replies leave in mailbox
-//! order, so a read never reports a change that is not yet durable. The actor also runs
+//! order, except reads of positions no pending batch changed, which answer at once: either
+//! way a read never reports a change that is not yet durable. The actor also runs
 //! the hold timers (no scan: the engine keeps them ordered) and takes snapshots.
 
 use std::sync::Arc;
