@@ -151,6 +151,38 @@ impl ChannelConfig {
     }
 }
 
+impl ProductConfig {
+    /// Checks every field; the error names the field (`products[i].…`) and the rule.
+    pub fn validate_all(products: &[ProductConfig]) -> Result<(), super::error::Error> {
+        use super::request::check_ref_field;
+        for (i, p) in products.iter().enumerate() {
+            check_ref_field(&format!("products[{i}].product_ref"), &p.product_ref)?;
+            if let Some(c) = &p.category {
+                check_ref_field(&format!("products[{i}].category"), c)?;
+            }
+            if let Some(ttl) = p.hold_ttl_seconds {
+                check_ttl(&format!("products[{i}].hold_ttl_seconds"), ttl)
+                    .map_err(|(f, r)| super::error::Error::invalid(f, r))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl CategoryConfig {
+    /// Checks every field; the error names the field (`categories[i].…`) and the rule.
+    pub fn validate_all(categories: &[CategoryConfig]) -> Result<(), super::error::Error> {
+        for (i, c) in categories.iter().enumerate() {
+            super::request::check_ref_field(&format!("categories[{i}].category"), &c.category)?;
+            if let Some(ttl) = c.hold_ttl_seconds {
+                check_ttl(&format!("categories[{i}].hold_ttl_seconds"), ttl)
+                    .map_err(|(f, r)| super::error::Error::invalid(f, r))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Longest hold timer any rule may configure: one day.
 pub const TTL_SECONDS_MAX: u32 = 86_400;
 /// Largest absolute buffer: far above any real stock, far below overflow.

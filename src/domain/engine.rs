@@ -237,16 +237,7 @@ impl Engine {
 
     /// Creates or replaces catalogue entries.
     pub fn upsert_products(&mut self, products: &[ProductConfig]) -> Result<(), Error> {
-        for (i, p) in products.iter().enumerate() {
-            super::request::check_ref_field(&format!("products[{i}].product_ref"), &p.product_ref)?;
-            if let Some(c) = &p.category {
-                super::request::check_ref_field(&format!("products[{i}].category"), c)?;
-            }
-            if let Some(ttl) = p.hold_ttl_seconds {
-                super::channel::check_ttl(&format!("products[{i}].hold_ttl_seconds"), ttl)
-                    .map_err(|(f, r)| Error::invalid(f, r))?;
-            }
-        }
+        ProductConfig::validate_all(products)?;
         for p in products {
             let sym = self.interner.intern(&p.product_ref);
             let category = p.category.as_deref().map(|c| self.interner.intern(c));
@@ -263,13 +254,7 @@ impl Engine {
 
     /// Creates or replaces category timers.
     pub fn upsert_categories(&mut self, categories: &[CategoryConfig]) -> Result<(), Error> {
-        for (i, c) in categories.iter().enumerate() {
-            super::request::check_ref_field(&format!("categories[{i}].category"), &c.category)?;
-            if let Some(ttl) = c.hold_ttl_seconds {
-                super::channel::check_ttl(&format!("categories[{i}].hold_ttl_seconds"), ttl)
-                    .map_err(|(f, r)| Error::invalid(f, r))?;
-            }
-        }
+        CategoryConfig::validate_all(categories)?;
         for c in categories {
             let sym = self.interner.intern(&c.category);
             match c.hold_ttl_seconds {

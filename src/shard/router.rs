@@ -553,36 +553,18 @@ impl Router {
         for (i, c) in counts.iter().enumerate() {
             c.validate(&format!("counts[{i}]"))?;
         }
-        let n = self.shards.len();
-        let mut split: Vec<(Vec<usize>, Vec<StockCount>)> = vec![(Vec::new(), Vec::new()); n];
-        for (i, c) in counts.into_iter().enumerate() {
-            let s = shard_of(&c.product_ref, &c.location_ref, n);
-            split[s].0.push(i);
-            split[s].1.push(c);
-        }
-        let total: usize = split.iter().map(|s| s.0.len()).sum();
-        let mut out = vec![CountStatus::Stale; total];
-        let answers = join_all(
-            split
-                .into_iter()
-                .enumerate()
-                .filter(|(_, s)| !s.0.is_empty())
-                .map(|(s, (idx, counts))| async move {
-                    let reply = self.shards[s]
-                        .write(now, Command::SetStock(counts), None)
-                        .await;
-                    (idx, reply)
-                }),
+        self.scatter(
+            now,
+            counts,
+            |c| (&c.product_ref, &c.location_ref),
+            Command::SetStock,
+            |outcome| match outcome {
+                Outcome::Counts(statuses) => statuses,
+                _ => Vec::new(),
+            },
+            CountStatus::Stale,
         )
-        .await;
-        for (idx, reply) in answers {
-            if let Outcome::Counts(statuses) = reply?.outcome {
-                for (i, st) in idx.into_iter().zip(statuses) {
-                    out[i] = st;
-                }
-            }
-        }
-        Ok(out)
+        .await
     }
 
     /// Applies adjustments; one status per adjustment, in request order.
@@ -595,33 +577,56 @@ impl Router {
         for (i, a) in adjustments.iter().enumerate() {
             a.validate(&format!("adjustments[{i}]"))?;
         }
+        self.scatter(
+            now,
+            adjustments,
+            |a| (&a.product_ref, &a.location_ref),
+            Command::AdjustStock,
+            |outcome| match outcome {
+                Outcome::Adjustments(statuses) => statuses,
+                _ => Vec::new(),
+            },
+            AdjustStatus::Duplicate,
+        )
+        .await
+    }
+
+    /// Sends each item to the shard of its position, one command per shard, all shards at
+    /// once, and puts the per-item answers back in request order.
+    async fn scatter<T, S: Copy>(
+        &self,
+        now: Millis,
+        items: Vec<T>,
+        key: impl Fn(&T) -> (&String, &String),
+        command: impl Fn(Vec<T>) -> Command,
+        answers: impl Fn(Outcome) -> Vec<S>,
+        filler: S,
+    ) -> Result<Vec<S>, ShardError> {
         let n = self.shards.len();
-        let mut split: Vec<(Vec<usize>, Vec<Adjustment>)> = vec![(Vec::new(), Vec::new()); n];
-        for (i, a) in adjustments.into_iter().enumerate() {
-            let s = shard_of(&a.product_ref, &a.location_ref, n);
+        let total = items.len();
+        let mut split: Vec<(Vec<usize>, Vec<T>)> =
+            (0..n).map(|_| (Vec::new(), Vec::new())).collect();
+        for (i, item) in items.into_iter().enumerate() {
+            let (p, l) = key(&item);
+            let s = shard_of(p, l, n);
             split[s].0.push(i);
-            split[s].1.push(a);
+            split[s].1.push(item);
         }
-        let total: usize = split.iter().map(|s| s.0.len()).sum();
-        let mut out = vec![AdjustStatus::Duplicate; total];
-        let answers = join_all(
+        let replies = join_all(
             split
                 .into_iter()
                 .enumerate()
                 .filter(|(_, s)| !s.0.is_empty())
-                .map(|(s, (idx, adjustments))| async move {
-                    let reply = self.shards[s]
-                        .write(now, Command::AdjustStock(adjustments), None)
-                        .await;
-                    (idx, reply)
+                .map(|(s, (idx, items))| {
+                    let write = self.shards[s].write(now, command(items), None);
+                    async move { (idx, write.await) }
                 }),
         )
         .await;
-        for (idx, reply) in answers {
-            if let Outcome::Adjustments(statuses) = reply?.outcome {
-                for (i, st) in idx.into_iter().zip(statuses) {
-                    out[i] = st;
-                }
+        let mut out = vec![filler; total];
+        for (idx, reply) in replies {
+            for (i, st) in idx.into_iter().zip(answers(reply?.outcome)) {
+                out[i] = st;
             }
         }
         Ok(out)
@@ -689,7 +694,7 @@ impl Router {
         products: Vec<ProductConfig>,
     ) -> Result<(), ShardError> {
         Self::check_batch(products.len(), "products")?;
-        crate::domain::Engine::new(Default::default()).upsert_products(&products)?;
+        ProductConfig::validate_all(&products)?;
         self.configure(now, Command::UpsertProducts(products)).await
     }
 
@@ -699,7 +704,7 @@ impl Router {
         categories: Vec<CategoryConfig>,
     ) -> Result<(), ShardError> {
         Self::check_batch(categories.len(), "categories")?;
-        crate::domain::Engine::new(Default::default()).upsert_categories(&categories)?;
+        CategoryConfig::validate_all(&categories)?;
         self.configure(now, Command::UpsertCategories(categories))
             .await
     }
