@@ -1,0 +1,201 @@
+//! Configuration: the command line (with `STOCKD_*` environment equivalents) and the
+//! optional TOML file of channels and products loaded at start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+use crate::shard::ShardLimits;
+use crate::storage::Durability;
+use stockd_domain::{CategoryConfig, ChannelConfig, ProductConfig, Settings};
+
+/// stockd: inventory reservation over gRPC. Tells each sales channel how many units it may
+/// sell and holds units for carts, without ever overselling.
+#[derive(Parser, Debug)]
+#[command(name = "stockd", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Flags of `serve`, also accepted without the subcommand.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+}
+
+/// When a change is on disk.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DurabilityArg {
+    /// Flush to disk before every reply (group commit): nothing acknowledged is ever lost.
+    Sync,
+    /// Reply once applied in memory; flush every --flush-interval-ms. A crash loses what
+    /// was acknowledged in the last interval.
+    Async,
+}
+
+/// Log line format.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address the gRPC services listen on.
+    #[arg(long, env = "STOCKD_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    pub grpc_addr: SocketAddr,
+    /// Address of the Prometheus endpoint (GET /metrics).
+    #[arg(long, env = "STOCKD_METRICS_ADDR", default_value = "0.0.0.0:9464")]
+    pub metrics_addr: SocketAddr,
+    /// Folder of the write-ahead log and snapshots (created if missing).
+    #[arg(long, env = "STOCKD_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Number of shard actors (single writers); default: the number of cores. May change
+    /// between runs: state is re-split at start.
+    #[arg(long, env = "STOCKD_SHARDS")]
+    pub shards: Option<u32>,
+    /// TOML file with [[channels]], [[products]] and [[categories]] applied at start.
+    #[arg(long, env = "STOCKD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// When an acknowledged change is on disk.
+    #[arg(long, env = "STOCKD_DURABILITY", value_enum, default_value = "sync")]
+    pub durability: DurabilityArg,
+    /// Flush interval of --durability async, in milliseconds.
+    #[arg(long, env = "STOCKD_FLUSH_INTERVAL_MS", default_value_t = 5)]
+    pub flush_interval_ms: u64,
+    /// Log format; the level comes from RUST_LOG (default "info").
+    #[arg(long, env = "STOCKD_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    #[arg(long, env = "STOCKD_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
+    pub drain_timeout_secs: u64,
+    /// Capacity of each shard's mailbox; when full, calls answer RESOURCE_EXHAUSTED.
+    #[arg(long, env = "STOCKD_MAILBOX_CAPACITY", default_value_t = 8192)]
+    pub mailbox_capacity: usize,
+    /// Snapshot a shard after this many log records.
+    #[arg(long, env = "STOCKD_SNAPSHOT_EVERY_RECORDS", default_value_t = 100_000)]
+    pub snapshot_every_records: u64,
+    /// Snapshot a shard after this many seconds with at least one record.
+    #[arg(long, env = "STOCKD_SNAPSHOT_EVERY_SECS", default_value_t = 300)]
+    pub snapshot_every_secs: u64,
+    /// Hold timer when no request, product, category or channel sets one.
+    #[arg(long, env = "STOCKD_HOLD_TTL_DEFAULT_SECS", default_value_t = 900)]
+    pub hold_ttl_default_secs: u32,
+    /// Shortest hold timer; shorter requests are raised to it.
+    #[arg(long, env = "STOCKD_HOLD_TTL_MIN_SECS", default_value_t = 1)]
+    pub hold_ttl_min_secs: u32,
+    /// Longest hold timer; longer requests are lowered to it.
+    #[arg(long, env = "STOCKD_HOLD_TTL_MAX_SECS", default_value_t = 86_400)]
+    pub hold_ttl_max_secs: u32,
+    /// How long a finished hold stays queryable (GetHold, idempotent retries).
+    #[arg(long, env = "STOCKD_HOLD_RETENTION_SECS", default_value_t = 86_400)]
+    pub hold_retention_secs: u64,
+    /// Testing only: when this file exists, every write to disk fails.
+    #[arg(long, env = "STOCKD_FAULT_FAIL_WRITES_FILE", hide = true)]
+    pub fault_fail_writes_file: Option<PathBuf>,
+}
+
+/// The TOML file of `--config`.
+#[derive(Debug, Default, Deserialize, Clone, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BootConfig {
+    pub channels: Vec<ChannelConfig>,
+    pub products: Vec<ProductConfig>,
+    pub categories: Vec<CategoryConfig>,
+}
+
+impl BootConfig {
+    pub fn load(path: &std::path::Path) -> Result<BootConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        let config: BootConfig =
+            toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))?;
+        for (i, c) in config.channels.iter().enumerate() {
+            c.validate().map_err(|(field, reason)| {
+                format!("config {}: channels[{i}].{field} {reason}", path.display())
+            })?;
+        }
+        Ok(config)
+    }
+}
+
+/// Everything `server::run` needs, resolved from the flags.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub shards: u32,
+    pub durability: Durability,
+    pub settings: Settings,
+    pub limits: ShardLimits,
+    pub drain_timeout: Duration,
+    pub boot: BootConfig,
+    pub fault_file: Option<PathBuf>,
+}
+
+impl ServerConfig {
+    /// A configuration for tests and embedding: sync durability, defaults elsewhere.
+    pub fn new(data_dir: PathBuf) -> Self {
+        ServerConfig {
+            data_dir,
+            shards: std::thread::available_parallelism().map_or(2, |n| n.get() as u32),
+            durability: Durability::Sync,
+            settings: Settings::default(),
+            limits: ShardLimits::default(),
+            drain_timeout: Duration::from_secs(10),
+            boot: BootConfig::default(),
+            fault_file: None,
+        }
+    }
+}
+
+impl ServeArgs {
+    /// Resolves the flags into a server configuration, reading the config file.
+    pub fn server_config(&self) -> Result<ServerConfig, String> {
+        if self.shards == Some(0) {
+            return Err("--shards must be at least 1".into());
+        }
+        if self.hold_ttl_min_secs == 0 || self.hold_ttl_min_secs > self.hold_ttl_max_secs {
+            return Err(
+                "--hold-ttl-min-secs must be at least 1 and at most --hold-ttl-max-secs".into(),
+            );
+        }
+        if self.mailbox_capacity == 0 {
+            return Err("--mailbox-capacity must be at least 1".into());
+        }
+        let mut config = ServerConfig::new(self.data_dir.clone());
+        if let Some(shards) = self.shards {
+            config.shards = shards;
+        }
+        config.durability = match self.durability {
+            DurabilityArg::Sync => Durability::Sync,
+            DurabilityArg::Async => Durability::Async {
+                flush_interval: Duration::from_millis(self.flush_interval_ms.max(1)),
+            },
+        };
+        config.settings = Settings {
+            ttl_default_seconds: self.hold_ttl_default_secs,
+            ttl_min_seconds: self.hold_ttl_min_secs,
+            ttl_max_seconds: self.hold_ttl_max_secs,
+            hold_retention_ms: self.hold_retention_secs as i64 * 1000,
+        };
+        config.limits = ShardLimits {
+            mailbox_capacity: self.mailbox_capacity,
+            snapshot_every_records: self.snapshot_every_records.max(1),
+            snapshot_every: Duration::from_secs(self.snapshot_every_secs.max(1)),
+        };
+        config.drain_timeout = Duration::from_secs(self.drain_timeout_secs);
+        if let Some(path) = &self.config {
+            config.boot = BootConfig::load(path)?;
+        }
+        config.fault_file = self.fault_fail_writes_file.clone();
+        Ok(config)
+    }
+}

@@ -1,0 +1,204 @@
+//! `inventory.v1.InventoryService`: storefront, cart and order traffic.
+//!
+//! Each handler has the same shape: convert the request (naming a bad field), call the
+//! router, map the answer back. No rule of the domain lives here.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::observe::observe;
+use super::status::to_status;
+use crate::clock::now_millis;
+use crate::metrics;
+use crate::proto::inventory::v1 as pb;
+use crate::proto::inventory::v1::inventory_service_server::InventoryService;
+use crate::shard::Router;
+use crate::shard::router::ReserveOutcome;
+use stockd_domain::OrderLine;
+
+const SERVICE: &str = "inventory.v1.InventoryService";
+
+/// The InventoryService implementation.
+pub struct InventoryApi {
+    pub router: Arc<Router>,
+}
+
+#[tonic::async_trait]
+impl InventoryService for InventoryApi {
+    async fn get_availability(
+        &self,
+        request: Request<pb::GetAvailabilityRequest>,
+    ) -> Result<Response<pb::GetAvailabilityResponse>, Status> {
+        let r = request.into_inner();
+        observe(SERVICE, "GetAvailability", &r.channel_ref, "", async {
+            let keys: Vec<(String, String)> = r
+                .keys
+                .into_iter()
+                .map(|k| (k.product_ref, k.location_ref))
+                .collect();
+            let quantities = self
+                .router
+                .availability(&r.channel_ref, &keys)
+                .await
+                .map_err(to_status)?;
+            let positions = keys
+                .into_iter()
+                .zip(quantities)
+                .map(
+                    |((product_ref, location_ref), quantity)| pb::VirtualPosition {
+                        r#ref: format!("{product_ref}:{location_ref}:{}", r.channel_ref),
+                        product_ref,
+                        location_ref,
+                        channel_ref: r.channel_ref.clone(),
+                        quantity,
+                    },
+                )
+                .collect();
+            Ok(pb::GetAvailabilityResponse { positions })
+        })
+        .await
+    }
+
+    async fn reserve(
+        &self,
+        request: Request<pb::ReserveRequest>,
+    ) -> Result<Response<pb::ReserveResponse>, Status> {
+        let r = request.into_inner();
+        let channel = r.channel_ref.clone();
+        let hold = r.hold_ref.clone();
+        observe(SERVICE, "Reserve", &channel, &hold, async {
+            let req = convert::reserve_request(r)?;
+            let result = self
+                .router
+                .reserve(now_millis(), req)
+                .await
+                .map_err(to_status)?;
+            metrics::reserve_outcome(&channel, result.outcome.as_str());
+            Ok(pb::ReserveResponse {
+                outcome: match result.outcome {
+                    ReserveOutcome::Reserved => pb::ReserveOutcome::Reserved,
+                    ReserveOutcome::Partial => pb::ReserveOutcome::Partial,
+                    ReserveOutcome::Rejected => pb::ReserveOutcome::Rejected,
+                } as i32,
+                hold: result.hold.map(convert::hold),
+                lines: result
+                    .lines
+                    .into_iter()
+                    .map(|l| pb::ReserveLineResult {
+                        product_ref: l.product_ref,
+                        location_ref: l.location_ref,
+                        requested: l.requested,
+                        reserved: l.reserved,
+                        available: l.available,
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn confirm_hold(
+        &self,
+        request: Request<pb::ConfirmHoldRequest>,
+    ) -> Result<Response<pb::ConfirmHoldResponse>, Status> {
+        let r = request.into_inner();
+        observe(SERVICE, "ConfirmHold", "", &r.hold_ref, async {
+            let hold = self
+                .router
+                .confirm(now_millis(), &r.hold_ref, &r.order_ref, r.reacquire)
+                .await
+                .map_err(to_status)?;
+            Ok(pb::ConfirmHoldResponse {
+                hold: Some(convert::hold(hold)),
+            })
+        })
+        .await
+    }
+
+    async fn release_hold(
+        &self,
+        request: Request<pb::ReleaseHoldRequest>,
+    ) -> Result<Response<pb::ReleaseHoldResponse>, Status> {
+        let r = request.into_inner();
+        observe(SERVICE, "ReleaseHold", "", &r.hold_ref, async {
+            let hold = self
+                .router
+                .release(now_millis(), &r.hold_ref)
+                .await
+                .map_err(to_status)?;
+            Ok(pb::ReleaseHoldResponse {
+                hold: Some(convert::hold(hold)),
+            })
+        })
+        .await
+    }
+
+    async fn get_hold(
+        &self,
+        request: Request<pb::GetHoldRequest>,
+    ) -> Result<Response<pb::GetHoldResponse>, Status> {
+        let r = request.into_inner();
+        observe(SERVICE, "GetHold", "", &r.hold_ref, async {
+            let hold = self
+                .router
+                .hold(now_millis(), &r.hold_ref)
+                .await
+                .map_err(to_status)?;
+            Ok(pb::GetHoldResponse {
+                hold: Some(convert::hold(hold)),
+            })
+        })
+        .await
+    }
+
+    async fn fulfil_order(
+        &self,
+        request: Request<pb::FulfilOrderRequest>,
+    ) -> Result<Response<pb::FulfilOrderResponse>, Status> {
+        let r = request.into_inner();
+        observe(SERVICE, "FulfilOrder", "", "", async {
+            let lines = r
+                .lines
+                .into_iter()
+                .enumerate()
+                .map(|(i, l)| OrderLine {
+                    index: i as u32,
+                    product_ref: l.product_ref,
+                    location_ref: l.location_ref,
+                    quantity: l.quantity,
+                })
+                .collect();
+            let shipped = self
+                .router
+                .fulfil(now_millis(), &r.order_ref, lines)
+                .await
+                .map_err(to_status)?;
+            Ok(pb::FulfilOrderResponse {
+                order_ref: r.order_ref,
+                lines: convert::order_lines(shipped),
+            })
+        })
+        .await
+    }
+
+    async fn cancel_order(
+        &self,
+        request: Request<pb::CancelOrderRequest>,
+    ) -> Result<Response<pb::CancelOrderResponse>, Status> {
+        let r = request.into_inner();
+        observe(SERVICE, "CancelOrder", "", "", async {
+            let cancelled = self
+                .router
+                .cancel_order(now_millis(), &r.order_ref)
+                .await
+                .map_err(to_status)?;
+            Ok(pb::CancelOrderResponse {
+                order_ref: r.order_ref,
+                lines: convert::order_lines(cancelled),
+            })
+        })
+        .await
+    }
+}
