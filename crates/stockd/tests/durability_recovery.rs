@@ -11,7 +11,7 @@ use stockd::proto::inventory::v1 as pb;
 use stockd_domain::Command;
 
 use common::calls::{
-    availability, confirm_ok, fulfil_ok, get_hold, get_position, hold_lines, release_ok,
+    availability, cancel_ok, confirm_ok, fulfil_ok, get_hold, get_position, hold_lines, release_ok,
     reserve_ok, set_stock_ok, upsert_channel,
 };
 use common::fixtures::{LOC, WEB, hold_mix, products_on_every_shard, standard_channels};
@@ -268,7 +268,7 @@ async fn corrupted_middle_record_refuses_to_start_and_names_the_record() {
 }
 
 // =====================================================================================
-// 7. A crash between the shards of one change (deterministic)
+// A crash between the shards of one change (deterministic)
 // =====================================================================================
 //
 // A change that spans shards (a multi-line reserve, confirm, release, fulfil or cancel)
@@ -335,13 +335,7 @@ async fn torn_between_shards(op: Op) {
         Op::Confirm => confirm_ok(&mut inv, "h", "o").await,
         Op::Release => release_ok(&mut inv, "h").await,
         Op::Fulfil => fulfil_ok(&mut inv, "o", &[]).await,
-        Op::Cancel => {
-            inv.cancel_order(pb::CancelOrderRequest {
-                order_ref: "o".into(),
-            })
-            .await
-            .expect("CancelOrder");
-        }
+        Op::Cancel => cancel_ok(&mut inv, "o").await,
     }
     drop((admin, inv));
     server.kill();

@@ -27,6 +27,7 @@ pub fn log_seqs(store: &Store, generation: u32, shard: u32) -> Vec<u64> {
         .collect()
 }
 
+/// The stored bytes of one log record (its checksum and encoding included).
 pub fn log_bytes(store: &Store, generation: u32, shard: u32, seq: u64) -> Vec<u8> {
     store
         .log
@@ -36,6 +37,7 @@ pub fn log_bytes(store: &Store, generation: u32, shard: u32, seq: u64) -> Vec<u8
         .to_vec()
 }
 
+/// Writes the bytes of one log record as they are, checksum or not, and flushes.
 pub fn put_log_bytes(store: &Store, generation: u32, shard: u32, seq: u64, bytes: Vec<u8>) {
     store
         .log

@@ -42,7 +42,8 @@ enum St {
     Confirmed,
     Fulfilled,
     /// Some of the order's lines shipped, others still reserved: an unanswered fulfil
-    /// applied on some shards only (see `fulfil_cut_between_shards_is_whole_or_absent`).
+    /// applied on some shards only (see `fulfil_cut_between_shards_is_whole_or_absent` in
+    /// `durability_recovery.rs`).
     HalfFulfilled,
 }
 
@@ -306,7 +307,8 @@ async fn kill_cycles() {
     );
     assert!(total_acked > 0, "no call was ever acknowledged");
     // Checked last so that one known bug does not hide the others (every other check ran
-    // on every cycle). Pinned deterministically by fulfil_cut_between_shards_is_whole_or_absent.
+    // on every cycle). Pinned deterministically by
+    // fulfil_cut_between_shards_is_whole_or_absent (durability_recovery.rs).
     assert!(
         half_fulfilled.is_empty(),
         "{} orders were left half fulfilled by a crash during a multi-shard FulfilOrder \
