@@ -1,181 +1,37 @@
 //! The service through its public boundary: a real server on 127.0.0.1, real tonic clients.
 
+mod common;
+
 use std::time::Duration;
 
-use stockd::config::ServerConfig;
 use stockd::proto::inventory::v1 as pb;
-use stockd::proto::inventory::v1::admin_service_client::AdminServiceClient;
-use stockd::proto::inventory::v1::inventory_service_client::InventoryServiceClient;
-use stockd::shard::shard_of;
 use tonic::Code;
-use tonic::transport::Channel;
 
+use common::calls::{ats, on_hand, stock, upsert_channel};
+use common::fixtures::products_on_every_shard;
+use common::requests::{channel_bps, reserve_request};
+use common::server::InProcessServer;
+
+/// Shards of every test server: enough for a hold to span three of them.
 const SHARDS: u32 = 3;
-
-struct Server {
-    addr: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), String>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    async fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = ServerConfig::new(dir.path().join("data"));
-        config.shards = SHARDS;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            stockd::server::run(config, listener, async {
-                let _ = stopped.await;
-            })
-            .await
-            .map(|_| ())
-        });
-        // Wait until it answers.
-        for _ in 0..200 {
-            if Channel::from_shared(addr.clone())
-                .unwrap()
-                .connect()
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        Server {
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-            _dir: dir,
-        }
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(self.addr.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    }
-
-    async fn inventory(&self) -> InventoryServiceClient<Channel> {
-        InventoryServiceClient::new(self.channel().await)
-    }
-
-    async fn admin(&self) -> AdminServiceClient<Channel> {
-        AdminServiceClient::new(self.channel().await)
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        self.task.take().unwrap().await.unwrap().unwrap();
-    }
-}
-
-async fn channel(
-    admin: &mut AdminServiceClient<Channel>,
-    name: &str,
-    allocation: i32,
-    buffer: i32,
-) {
-    admin
-        .upsert_channel(pb::UpsertChannelRequest {
-            channel: Some(pb::Channel {
-                channel_ref: name.into(),
-                allocation_bps: Some(allocation),
-                buffer_bps: buffer,
-                ..Default::default()
-            }),
-        })
-        .await
-        .unwrap();
-}
-
-async fn stock(admin: &mut AdminServiceClient<Channel>, product: &str, location: &str, qty: i64) {
-    let r = admin
-        .set_stock(pb::SetStockRequest {
-            counts: vec![pb::StockCount {
-                product_ref: product.into(),
-                location_ref: location.into(),
-                quantity: qty,
-                as_of: None,
-            }],
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.results[0].status, pb::StockCountStatus::Applied as i32);
-}
-
-fn reserve_req(hold: &str, channel: &str, lines: &[(&str, &str, i64)]) -> pb::ReserveRequest {
-    pb::ReserveRequest {
-        hold_ref: hold.into(),
-        channel_ref: channel.into(),
-        lines: lines
-            .iter()
-            .map(|(p, l, q)| pb::ReserveLine {
-                product_ref: p.to_string(),
-                location_ref: l.to_string(),
-                quantity: *q,
-                category: String::new(),
-            })
-            .collect(),
-        ttl_seconds: 0,
-        allow_partial: false,
-    }
-}
-
-async fn ats(
-    inv: &mut InventoryServiceClient<Channel>,
-    channel: &str,
-    product: &str,
-    location: &str,
-) -> i64 {
-    inv.get_availability(pb::GetAvailabilityRequest {
-        channel_ref: channel.into(),
-        keys: vec![pb::PositionKey {
-            product_ref: product.into(),
-            location_ref: location.into(),
-        }],
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .positions[0]
-        .quantity
-}
-
-async fn on_hand(admin: &mut AdminServiceClient<Channel>, product: &str, location: &str) -> i64 {
-    admin
-        .get_position(pb::GetPositionRequest {
-            product_ref: product.into(),
-            location_ref: location.into(),
-            include_ledger: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .position
-        .unwrap()
-        .on_hand
-}
 
 /// domain.md's seed: IP 45 / VP 40 with a 10% buffer; a cart of 2 gives 43 / 38;
 /// its confirmation leaves 43 / 38.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_example_through_the_api() {
-    let server = Server::start().await;
-    let mut admin = server.admin().await;
-    let mut inv = server.inventory().await;
-    channel(&mut admin, "ECOMMERCE", 10_000, 1_000).await;
+    let server = InProcessServer::start(SHARDS).await;
+    let mut admin = server.admin();
+    let mut inv = server.inventory();
+    upsert_channel(&mut admin, channel_bps("ECOMMERCE", 10_000, 1_000)).await;
     stock(&mut admin, "SKU", "DC1", 45).await;
     assert_eq!(ats(&mut inv, "ECOMMERCE", "SKU", "DC1").await, 40);
     let r = inv
-        .reserve(reserve_req("cart-1", "ECOMMERCE", &[("SKU", "DC1", 2)]))
+        .reserve(reserve_request(
+            "cart-1",
+            "ECOMMERCE",
+            &[("SKU", "DC1", 2)],
+            0,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -204,23 +60,24 @@ async fn seed_example_through_the_api() {
 /// REJECTED (an OK answer), nothing is oversold; releasing 10 holds makes 10 sellable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flash_sale_sells_exactly_the_stock() {
-    let server = Server::start().await;
-    let mut admin = server.admin().await;
-    channel(&mut admin, "WEB", 10_000, 0).await;
+    let server = InProcessServer::start(SHARDS).await;
+    let mut admin = server.admin();
+    upsert_channel(&mut admin, channel_bps("WEB", 10_000, 0)).await;
     stock(&mut admin, "HOT", "DC1", 100).await;
     let mut clients = Vec::new();
     for _ in 0..50 {
-        clients.push(server.inventory().await);
+        clients.push(server.inventory());
     }
     let mut tasks = Vec::new();
     for buyer in 0..2_000 {
         let mut client = clients[buyer % 50].clone();
         tasks.push(tokio::spawn(async move {
             let r = client
-                .reserve(reserve_req(
+                .reserve(reserve_request(
                     &format!("buyer-{buyer}"),
                     "WEB",
                     &[("HOT", "DC1", 1)],
+                    0,
                 ))
                 .await
                 .expect("out of stock is an OK answer")
@@ -241,7 +98,7 @@ async fn flash_sale_sells_exactly_the_stock() {
     }
     assert_eq!(winners.len(), 100);
     assert_eq!(rejected, 1_900);
-    let mut inv = server.inventory().await;
+    let mut inv = server.inventory();
     assert_eq!(ats(&mut inv, "WEB", "HOT", "DC1").await, 0);
     assert_eq!(on_hand(&mut admin, "HOT", "DC1").await, 0);
     for buyer in &winners[..10] {
@@ -263,25 +120,12 @@ async fn flash_sale_sells_exactly_the_stock() {
 /// Three products on three different shards; the third lacks stock: nothing stays held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_shard_hold_is_all_or_nothing() {
-    let server = Server::start().await;
-    let mut admin = server.admin().await;
-    let mut inv = server.inventory().await;
-    channel(&mut admin, "WEB", 10_000, 0).await;
-    // Find three products that land on three different shards.
-    let mut picked: Vec<String> = Vec::new();
-    for i in 0..1_000 {
-        let p = format!("P{i}");
-        let s = shard_of(&p, "DC1", SHARDS as usize);
-        if picked
-            .iter()
-            .all(|q| shard_of(q, "DC1", SHARDS as usize) != s)
-        {
-            picked.push(p);
-        }
-        if picked.len() == 3 {
-            break;
-        }
-    }
+    let server = InProcessServer::start(SHARDS).await;
+    let mut admin = server.admin();
+    let mut inv = server.inventory();
+    upsert_channel(&mut admin, channel_bps("WEB", 10_000, 0)).await;
+    // Three products that land on three different shards.
+    let picked = products_on_every_shard("P", "DC1", SHARDS as usize, 1);
     assert_eq!(picked.len(), 3);
     stock(&mut admin, &picked[0], "DC1", 5).await;
     stock(&mut admin, &picked[1], "DC1", 5).await;
@@ -292,7 +136,7 @@ async fn multi_shard_hold_is_all_or_nothing() {
         (picked[2].as_str(), "DC1", 2),
     ];
     let r = inv
-        .reserve(reserve_req("cart-x", "WEB", &lines))
+        .reserve(reserve_request("cart-x", "WEB", &lines, 0))
         .await
         .unwrap()
         .into_inner();
@@ -313,7 +157,7 @@ async fn multi_shard_hold_is_all_or_nothing() {
     // With enough stock the same hold spans the three shards, and confirms whole.
     stock(&mut admin, &picked[2], "DC1", 5).await;
     let r = inv
-        .reserve(reserve_req("cart-x", "WEB", &lines))
+        .reserve(reserve_request("cart-x", "WEB", &lines, 0))
         .await
         .unwrap()
         .into_inner();
@@ -348,12 +192,12 @@ async fn multi_shard_hold_is_all_or_nothing() {
 /// with FAILED_PRECONDITION unless it asks to reacquire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holds_expire_and_can_be_reacquired() {
-    let server = Server::start().await;
-    let mut admin = server.admin().await;
-    let mut inv = server.inventory().await;
-    channel(&mut admin, "WEB", 10_000, 0).await;
+    let server = InProcessServer::start(SHARDS).await;
+    let mut admin = server.admin();
+    let mut inv = server.inventory();
+    upsert_channel(&mut admin, channel_bps("WEB", 10_000, 0)).await;
     stock(&mut admin, "SKU", "DC1", 3).await;
-    let mut req = reserve_req("short", "WEB", &[("SKU", "DC1", 2)]);
+    let mut req = reserve_request("short", "WEB", &[("SKU", "DC1", 2)], 0);
     req.ttl_seconds = 1;
     inv.reserve(req).await.unwrap();
     assert_eq!(ats(&mut inv, "WEB", "SKU", "DC1").await, 1);
@@ -404,17 +248,13 @@ async fn holds_expire_and_can_be_reacquired() {
 /// Every limit violated once: INVALID_ARGUMENT naming the field, and the server still answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_get_invalid_argument_naming_the_field() {
-    let server = Server::start().await;
-    let mut admin = server.admin().await;
-    let mut inv = server.inventory().await;
-    channel(&mut admin, "WEB", 10_000, 0).await;
-    let ok = || reserve_req("h", "WEB", &[("SKU", "DC1", 1)]);
+    let server = InProcessServer::start(SHARDS).await;
+    let mut admin = server.admin();
+    let mut inv = server.inventory();
+    upsert_channel(&mut admin, channel_bps("WEB", 10_000, 0)).await;
+    let ok = || reserve_request("h", "WEB", &[("SKU", "DC1", 1)], 0);
     let many_lines: Vec<(String, &str, i64)> =
         (0..101).map(|i| (format!("P{i}"), "DC1", 1)).collect();
-    let many_lines: Vec<(&str, &str, i64)> = many_lines
-        .iter()
-        .map(|(p, l, q)| (p.as_str(), *l, *q))
-        .collect();
     let cases: Vec<(pb::ReserveRequest, &str)> = vec![
         (
             pb::ReserveRequest {
@@ -451,21 +291,21 @@ async fn bad_inputs_get_invalid_argument_naming_the_field() {
             },
             "lines",
         ),
-        (reserve_req("h", "WEB", &many_lines), "lines"),
+        (reserve_request("h", "WEB", &many_lines, 0), "lines"),
         (
-            reserve_req("h", "WEB", &[("SKU", "DC1", 0)]),
+            reserve_request("h", "WEB", &[("SKU", "DC1", 0)], 0),
             "lines[0].quantity",
         ),
         (
-            reserve_req("h", "WEB", &[("SKU", "DC1", 1_000_001)]),
+            reserve_request("h", "WEB", &[("SKU", "DC1", 1_000_001)], 0),
             "lines[0].quantity",
         ),
         (
-            reserve_req("h", "WEB", &[("SKU", "DC1", 1), ("S", "", 1)]),
+            reserve_request("h", "WEB", &[("SKU", "DC1", 1), ("S", "", 1)], 0),
             "lines[1].location_ref",
         ),
         (
-            reserve_req("h", "WEB", &[("SKU", "DC1", 1), ("SKU", "DC1", 1)]),
+            reserve_request("h", "WEB", &[("SKU", "DC1", 1), ("SKU", "DC1", 1)], 0),
             "lines[1]",
         ),
         (
@@ -611,25 +451,25 @@ async fn bad_inputs_get_invalid_argument_naming_the_field() {
 /// A cart going from 2 to 3 with 1 more unit free succeeds; to 4 is rejected and stays at 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cart_update_through_the_api() {
-    let server = Server::start().await;
-    let mut admin = server.admin().await;
-    let mut inv = server.inventory().await;
-    channel(&mut admin, "WEB", 10_000, 0).await;
+    let server = InProcessServer::start(SHARDS).await;
+    let mut admin = server.admin();
+    let mut inv = server.inventory();
+    upsert_channel(&mut admin, channel_bps("WEB", 10_000, 0)).await;
     stock(&mut admin, "SKU", "DC1", 3).await;
-    inv.reserve(reserve_req("cart", "WEB", &[("SKU", "DC1", 2)]))
+    inv.reserve(reserve_request("cart", "WEB", &[("SKU", "DC1", 2)], 0))
         .await
         .unwrap();
     let up = inv
-        .reserve(reserve_req("cart", "WEB", &[("SKU", "DC1", 3)]))
+        .reserve(reserve_request("cart", "WEB", &[("SKU", "DC1", 3)], 0))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(up.outcome, pb::ReserveOutcome::Reserved as i32);
-    inv.reserve(reserve_req("cart", "WEB", &[("SKU", "DC1", 2)]))
+    inv.reserve(reserve_request("cart", "WEB", &[("SKU", "DC1", 2)], 0))
         .await
         .unwrap();
     let too_many = inv
-        .reserve(reserve_req("cart", "WEB", &[("SKU", "DC1", 4)]))
+        .reserve(reserve_request("cart", "WEB", &[("SKU", "DC1", 4)], 0))
         .await
         .unwrap()
         .into_inner();
@@ -648,8 +488,8 @@ async fn health_and_reflection() {
     use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
 
-    let server = Server::start().await;
-    let mut health = HealthClient::new(server.channel().await);
+    let server = InProcessServer::start(SHARDS).await;
+    let mut health = HealthClient::new(server.channel());
     let status = health
         .check(tonic_health::pb::HealthCheckRequest {
             service: String::new(),
@@ -663,7 +503,7 @@ async fn health_and_reflection() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 
-    let mut reflection = ServerReflectionClient::new(server.channel().await);
+    let mut reflection = ServerReflectionClient::new(server.channel());
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
@@ -690,7 +530,7 @@ async fn health_and_reflection() {
     // Reflection v1 answers too.
     use tonic_reflection::pb::v1 as r1;
     let mut reflection =
-        r1::server_reflection_client::ServerReflectionClient::new(server.channel().await);
+        r1::server_reflection_client::ServerReflectionClient::new(server.channel());
     let request = r1::ServerReflectionRequest {
         host: String::new(),
         message_request: Some(r1::server_reflection_request::MessageRequest::ListServices(

@@ -1,0 +1,207 @@
+//! A failing disk under the real `stockd` binary (`--fault-fail-writes-file`): writes
+//! answer UNAVAILABLE, reads go on and show only what is durable, and a restart on a
+//! healthy disk shows nothing that answered UNAVAILABLE.
+
+mod common;
+
+use tonic::Code;
+
+use stockd::proto::inventory::v1 as pb;
+
+use common::calls::{get_hold, get_position, reserve_ok, set_stock_ok, upsert_channel};
+use common::fixtures::{LOC, WEB, products_on_every_shard, standard_channels};
+use common::requests::{channel, count, keys_at, next_as_of, position_keys, reserve_request};
+use common::server::{ServerProcess, fail, tempdir};
+use common::visible::{assert_same, visible};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_errors_answer_unavailable_and_reads_go_on() {
+    let dir = tempdir();
+    let data = dir.path().join("data");
+    let logs = dir.path();
+    let fault = dir.path().join("fail");
+    let fault_arg = fault.display().to_string();
+    let args = [
+        "--shards",
+        "2",
+        "--fault-fail-writes-file",
+        fault_arg.as_str(),
+    ];
+    let products = products_on_every_shard("W", LOC, 2, 2);
+    let keys = keys_at(&products, LOC);
+    let line = |i: usize, q: i64| (products[i].clone(), LOC.to_string(), q);
+
+    let mut server = ServerProcess::start(&data, logs, &args).await;
+    let mut admin = server.admin();
+    let mut inv = server.inventory();
+    standard_channels(&mut admin).await;
+    let t = next_as_of();
+    set_stock_ok(
+        &mut admin,
+        keys.iter().map(|(p, l)| count(p, l, 20, t)).collect(),
+    )
+    .await;
+    reserve_ok(&mut inv, "ok-hold", WEB, &[line(0, 2), line(1, 3)], 3600).await;
+    reserve_ok(&mut inv, "ok-confirm", WEB, &[line(2, 1), line(3, 1)], 3600).await;
+    let known = [
+        "ok-hold".to_string(),
+        "ok-confirm".to_string(),
+        "bad-hold".into(),
+        "bad-hold-2".into(),
+    ];
+    let before = visible(&server, &keys, &known).await;
+
+    std::fs::write(&fault, b"").unwrap();
+    let expect_unavailable = |what: &str, r: Result<(), tonic::Status>, log: &str| match r {
+        Err(s) if s.code() == Code::Unavailable => {}
+        other => fail(
+            log,
+            format!("{what} with a failing disk answered {other:?}, expected UNAVAILABLE"),
+        ),
+    };
+    let r = inv
+        .reserve(reserve_request(
+            "bad-hold",
+            WEB,
+            &[line(0, 1), line(1, 1)],
+            3600,
+        ))
+        .await
+        .map(drop);
+    expect_unavailable("Reserve", r, &server.log());
+    let r = admin
+        .set_stock(pb::SetStockRequest {
+            counts: vec![count(&products[0], LOC, 99, next_as_of())],
+        })
+        .await
+        .map(drop);
+    expect_unavailable("SetStock", r, &server.log());
+    let r = inv
+        .reserve(reserve_request("bad-hold-2", WEB, &[line(3, 1)], 3600))
+        .await
+        .map(drop);
+    expect_unavailable("a second Reserve", r, &server.log());
+    let r = inv
+        .confirm_hold(pb::ConfirmHoldRequest {
+            hold_ref: "ok-confirm".into(),
+            order_ref: "bad-order".into(),
+            reacquire: false,
+        })
+        .await
+        .map(drop);
+    expect_unavailable("ConfirmHold", r, &server.log());
+    let r = inv
+        .release_hold(pb::ReleaseHoldRequest {
+            hold_ref: "ok-hold".into(),
+        })
+        .await
+        .map(drop);
+    expect_unavailable("ReleaseHold", r, &server.log());
+
+    // Reads go on.
+    let mut reads_ok = true;
+    for _ in 0..3 {
+        reads_ok &= inv
+            .get_availability(pb::GetAvailabilityRequest {
+                channel_ref: WEB.into(),
+                keys: position_keys(&keys),
+            })
+            .await
+            .is_ok();
+        reads_ok &= get_hold(&mut inv, "ok-hold")
+            .await
+            .is_ok_and(|h| h.is_some());
+        reads_ok &= get_position(&mut admin, &products[0], LOC, true)
+            .await
+            .is_ok_and(|p| p.is_some());
+    }
+    if !reads_ok {
+        fail(&server.log(), "reads failed with a failing disk");
+    }
+    if !server.log().contains("UNAVAILABLE") && !server.log().contains("write failed") {
+        fail(
+            &server.log(),
+            "the failing write is not in the server's log",
+        );
+    }
+
+    server.kill();
+    std::fs::remove_file(&fault).unwrap();
+    let server = ServerProcess::start(&data, logs, &args).await;
+    let after = visible(&server, &keys, &known).await;
+    assert_same(
+        &before,
+        &after,
+        "after a restart on a healthy disk (nothing that answered UNAVAILABLE may be there)",
+        &server.log(),
+    );
+}
+
+/// A write that answered UNAVAILABLE was never acknowledged, so no read may show it
+/// either: until the restart, reads must show what is durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_after_a_failed_write_show_only_durable_state() {
+    let dir = tempdir();
+    let data = dir.path().join("data");
+    let logs = dir.path();
+    let fault = dir.path().join("fail");
+    let fault_arg = fault.display().to_string();
+    let args = [
+        "--shards",
+        "2",
+        "--fault-fail-writes-file",
+        fault_arg.as_str(),
+    ];
+    let products = products_on_every_shard("R", LOC, 2, 1);
+    let keys = keys_at(&products, LOC);
+    let line = |i: usize, q: i64| (products[i].clone(), LOC.to_string(), q);
+
+    let server = ServerProcess::start(&data, logs, &args).await;
+    let mut admin = server.admin();
+    let mut inv = server.inventory();
+    upsert_channel(&mut admin, channel(WEB)).await;
+    let t = next_as_of();
+    set_stock_ok(
+        &mut admin,
+        keys.iter().map(|(p, l)| count(p, l, 10, t)).collect(),
+    )
+    .await;
+    let known = ["bad-hold".to_string()];
+    let before = visible(&server, &keys, &known).await;
+
+    std::fs::write(&fault, b"").unwrap();
+    let r = inv
+        .reserve(reserve_request(
+            "bad-hold",
+            WEB,
+            &[line(0, 4), line(1, 5)],
+            3600,
+        ))
+        .await;
+    match r {
+        Err(s) if s.code() == Code::Unavailable => {}
+        other => fail(
+            &server.log(),
+            format!("Reserve with a failing disk answered {other:?}"),
+        ),
+    }
+    let r = admin
+        .set_stock(pb::SetStockRequest {
+            counts: vec![count(&products[0], LOC, 1, next_as_of())],
+        })
+        .await;
+    match r {
+        Err(s) if s.code() == Code::Unavailable => {}
+        other => fail(
+            &server.log(),
+            format!("SetStock with a failing disk answered {other:?}"),
+        ),
+    }
+    let during = visible(&server, &keys, &known).await;
+    assert_same(
+        &before,
+        &during,
+        "reads after writes that answered UNAVAILABLE (they show changes that were never acknowledged and vanish at the restart)",
+        &server.log(),
+    );
+}
