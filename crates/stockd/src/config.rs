@@ -105,6 +105,37 @@ pub struct ServeArgs {
     pub fault_fail_writes_file: Option<PathBuf>,
 }
 
+/// Why the flags or the `--config` file cannot be used; the binary exits with status 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A flag's value breaks its rule.
+    #[error("{flag} {rule}")]
+    Flag {
+        flag: &'static str,
+        rule: &'static str,
+    },
+    /// The `--config` file cannot be read.
+    #[error("cannot read config {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The `--config` file is not valid TOML of the expected shape.
+    #[error("config {}: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    /// A channel of the `--config` file breaks a rule.
+    #[error("config {}: channels[{index}].{field} {reason}", path.display())]
+    Channel {
+        path: PathBuf,
+        index: usize,
+        field: String,
+        reason: String,
+    },
+}
+
 /// The TOML file of `--config`.
 #[derive(Debug, Default, Deserialize, Clone, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -115,15 +146,23 @@ pub struct BootConfig {
 }
 
 impl BootConfig {
-    pub fn load(path: &std::path::Path) -> Result<BootConfig, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
-        let config: BootConfig =
-            toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))?;
-        for (i, c) in config.channels.iter().enumerate() {
-            c.validate().map_err(|(field, reason)| {
-                format!("config {}: channels[{i}].{field} {reason}", path.display())
-            })?;
+    pub fn load(path: &std::path::Path) -> Result<BootConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: BootConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        for (index, c) in config.channels.iter().enumerate() {
+            c.validate()
+                .map_err(|(field, reason)| ConfigError::Channel {
+                    path: path.to_path_buf(),
+                    index,
+                    field,
+                    reason,
+                })?;
         }
         Ok(config)
     }
@@ -147,7 +186,8 @@ impl ServerConfig {
     pub fn new(data_dir: PathBuf) -> Self {
         ServerConfig {
             data_dir,
-            shards: std::thread::available_parallelism().map_or(limits::SHARDS_FALLBACK, |n| n.get() as u32),
+            shards: std::thread::available_parallelism()
+                .map_or(limits::SHARDS_FALLBACK, |n| n.get() as u32),
             durability: Durability::Sync,
             settings: Settings::default(),
             limits: ShardLimits::default(),
@@ -160,17 +200,24 @@ impl ServerConfig {
 
 impl ServeArgs {
     /// Resolves the flags into a server configuration, reading the config file.
-    pub fn server_config(&self) -> Result<ServerConfig, String> {
+    pub fn server_config(&self) -> Result<ServerConfig, ConfigError> {
         if self.shards == Some(0) {
-            return Err("--shards must be at least 1".into());
+            return Err(ConfigError::Flag {
+                flag: "--shards",
+                rule: "must be at least 1",
+            });
         }
         if self.hold_ttl_min_secs == 0 || self.hold_ttl_min_secs > self.hold_ttl_max_secs {
-            return Err(
-                "--hold-ttl-min-secs must be at least 1 and at most --hold-ttl-max-secs".into(),
-            );
+            return Err(ConfigError::Flag {
+                flag: "--hold-ttl-min-secs",
+                rule: "must be at least 1 and at most --hold-ttl-max-secs",
+            });
         }
         if self.mailbox_capacity == 0 {
-            return Err("--mailbox-capacity must be at least 1".into());
+            return Err(ConfigError::Flag {
+                flag: "--mailbox-capacity",
+                rule: "must be at least 1",
+            });
         }
         let mut config = ServerConfig::new(self.data_dir.clone());
         if let Some(shards) = self.shards {

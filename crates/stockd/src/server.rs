@@ -4,6 +4,7 @@
 //! `127.0.0.1:0` and call the same function. Serving itself (tonic) is `grpc::serve`.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -14,6 +15,7 @@ use tokio::task::JoinHandle as TaskHandle;
 use crate::clock::now_millis;
 use crate::config::ServerConfig;
 use crate::grpc::{self, ServeError};
+use crate::metrics::MetricsError;
 use crate::shard::actor::Reload;
 use crate::shard::{Router, ShardActor, ShardError, ShardHandle, shard_of};
 use crate::storage::recovery::{self, Recovered, RecoveryReport};
@@ -42,6 +44,15 @@ pub enum StartError {
     /// The gRPC server failed to start or stopped before shutdown.
     #[error(transparent)]
     Serve(#[from] ServeError),
+    /// The metrics endpoint cannot start (the binary starts it before `run`).
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    /// The gRPC address cannot be bound (the binary binds it before `run`).
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Serves on `listener` until `shutdown` completes, then drains and flushes.
@@ -70,8 +81,14 @@ pub async fn try_run(
     log_recovery(&report);
     let (wal, wal_thread, next_seq) = start_wal(&store, &config, &mut recovered).await?;
     let generation = recovered.generation;
-    let (handles, tasks) =
-        start_shards(&store, &config, &wal, generation, recovered.engines, &next_seq);
+    let (handles, tasks) = start_shards(
+        &store,
+        &config,
+        &wal,
+        generation,
+        recovered.engines,
+        &next_seq,
+    );
     let router = Arc::new(Router::new(handles));
     apply_boot_config(&router, &config).await?;
 
@@ -153,12 +170,12 @@ async fn start_wal(
         path: store.path.clone(),
         source,
     };
-    for (shard, records) in std::mem::take(&mut recovered.pending).into_iter().enumerate() {
+    for (shard, records) in std::mem::take(&mut recovered.pending)
+        .into_iter()
+        .enumerate()
+    {
         if !records.is_empty()
-            && let Some(ticket) = wal
-                .append(shard as u32, records)
-                .await
-                .map_err(write_err)?
+            && let Some(ticket) = wal.append(shard as u32, records).await.map_err(write_err)?
         {
             ticket
                 .await

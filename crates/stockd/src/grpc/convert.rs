@@ -124,7 +124,11 @@ pub fn order_lines(lines: Vec<LineView>) -> Vec<pb::OrderLine> {
         .collect()
 }
 
-pub fn stock_count(i: usize, c: pb::StockCount, now: Millis) -> Result<domain::StockCount, domain::Error> {
+pub fn stock_count(
+    i: usize,
+    c: pb::StockCount,
+    now: Millis,
+) -> Result<domain::StockCount, domain::Error> {
     let as_of = millis(&format!("counts[{i}].as_of"), c.as_of.as_ref())?.unwrap_or(now);
     Ok(domain::StockCount {
         product_ref: c.product_ref,

@@ -441,11 +441,13 @@ impl ShardActor {
         if !replies.is_empty() || ticket.is_some() {
             // Waits only if the releaser is `RELEASER_CAPACITY` batches behind; the releaser
             // waits only on the WAL writer, never on this shard, so this always finishes.
-            let _ = self.released.send(Group {
-                ticket,
-                durable,
-                replies,
-                reloaded: self.reloaded,
+            let _ = self
+                .released
+                .send(Group {
+                    ticket,
+                    durable,
+                    replies,
+                    reloaded: self.reloaded,
                 })
                 .await;
         }
@@ -590,9 +592,9 @@ async fn release(mut groups: mpsc::Receiver<Group>, failed: Arc<AtomicBool>) {
     let mut first_failure: Option<StorageError> = None;
     while let Some(group) = groups.recv().await {
         let mut result = match group.ticket {
-            Some(ticket) => ticket.await.unwrap_or_else(|_| {
-                Err(StorageError::WriterStopped)
-            }),
+            Some(ticket) => ticket
+                .await
+                .unwrap_or_else(|_| Err(StorageError::WriterStopped)),
             None => Ok(()),
         };
         if let Err(e) = &result {

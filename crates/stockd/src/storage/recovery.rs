@@ -157,13 +157,12 @@ fn reshard(
     let mut engines = Vec::with_capacity(shards as usize);
     for (shard, snap) in parts.into_iter().enumerate() {
         let shard = shard as u32;
-        let engine = Engine::restore(settings.clone(), snap).map_err(|reason| {
-            RecoveryError::Split {
+        let engine =
+            Engine::restore(settings.clone(), snap).map_err(|reason| RecoveryError::Split {
                 shards,
                 shard,
                 reason,
-            }
-        })?;
+            })?;
         store.write_snapshot(next, shard, 0, &record::encode(&engine.compact()))?;
         engines.push(engine);
     }
@@ -212,20 +211,7 @@ pub fn replay_shard(
     settings: &Settings,
     report: &mut RecoveryReport,
 ) -> Result<(Engine, u64), RecoveryError> {
-    let snapshot_err = |reason: String| RecoveryError::Snapshot {
-        path: store.path.clone(),
-        shard,
-        reason,
-    };
-    let (mut engine, covers) = match store.read_snapshot(generation, shard)? {
-        Some((header, bytes)) => {
-            let snap: CompactSnapshot =
-                record::decode(&bytes).map_err(|e| snapshot_err(e.to_string()))?;
-            let engine = Engine::from_compact(settings.clone(), snap).map_err(snapshot_err)?;
-            (engine, header.covers_seq)
-        }
-        None => (Engine::new(settings.clone()), 0),
-    };
+    let (mut engine, covers) = load_snapshot(store, generation, shard, settings)?;
     let mut next = covers;
     let mut log = store.read_log(generation, shard).peekable();
     while let Some(item) = log.next() {
@@ -275,6 +261,30 @@ pub fn replay_shard(
         next = seq + 1;
     }
     Ok((engine, next))
+}
+
+/// A shard's engine from its snapshot (empty without one), and the log sequence the
+/// snapshot covers.
+fn load_snapshot(
+    store: &Store,
+    generation: u32,
+    shard: u32,
+    settings: &Settings,
+) -> Result<(Engine, u64), RecoveryError> {
+    let snapshot_err = |reason: String| RecoveryError::Snapshot {
+        path: store.path.clone(),
+        shard,
+        reason,
+    };
+    match store.read_snapshot(generation, shard)? {
+        Some((header, bytes)) => {
+            let snap: CompactSnapshot =
+                record::decode(&bytes).map_err(|e| snapshot_err(e.to_string()))?;
+            let engine = Engine::from_compact(settings.clone(), snap).map_err(snapshot_err)?;
+            Ok((engine, header.covers_seq))
+        }
+        None => Ok((Engine::new(settings.clone()), 0)),
+    }
 }
 
 /// Makes every hold whole again after a crash between its shards.
@@ -436,9 +446,9 @@ fn lines_on_part(all: &[LineView], part: &HoldView) -> Option<Vec<OrderLine>> {
         .iter()
         .enumerate()
         .filter(|(_, l)| {
-            part.lines.iter().any(|pl| {
-                pl.product_ref == l.product_ref && pl.location_ref == l.location_ref
-            })
+            part.lines
+                .iter()
+                .any(|pl| pl.product_ref == l.product_ref && pl.location_ref == l.location_ref)
         })
         .map(|(i, l)| OrderLine {
             index: i as u32,

@@ -133,9 +133,7 @@ impl Wal {
             .send(Message::Flush { done })
             .await
             .map_err(|_| StorageError::WriterStopped)?;
-        ticket
-            .await
-            .map_err(|_| StorageError::WriterStopped)?
+        ticket.await.map_err(|_| StorageError::WriterStopped)?
     }
 }
 
