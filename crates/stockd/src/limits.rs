@@ -60,14 +60,18 @@ pub const EXPIRY_GRACE_MS: Millis = 250;
 pub const GAUGES_EVERY_MS: u64 = 1_000;
 
 /// Capacity of the channel from a shard to its releaser (the task that sends a batch's
-/// replies once the batch is durable), in batches. A batch with records waits in the WAL
-/// pipeline, which holds at most `WAL_INBOX_CAPACITY` messages queued plus
-/// `GROUP_MESSAGES_MAX` being committed, so with this capacity a shard waits on its
-/// releaser only when the releaser itself falls behind (or when read-only batches pile up
-/// behind a slow flush). Waiting is backpressure: the shard stops draining its mailbox,
-/// which fills and answers RESOURCE_EXHAUSTED. It cannot deadlock: the releaser waits only
-/// on the WAL writer's tickets, and the writer never waits on a shard or a releaser. Memory:
-/// about 64 bytes per queued batch plus its replies (at most `BATCH_MAX` each).
+/// replies once the batch is durable), in batches. What bounds it naturally is the number
+/// of batches in flight: a batch with records waits in the WAL pipeline, which holds at
+/// most `WAL_INBOX_CAPACITY` messages queued plus `GROUP_MESSAGES_MAX` being committed. With
+/// this capacity a shard waits on its releaser only when the releaser itself falls behind,
+/// or when read-only batches pile up behind a slow flush. Waiting is backpressure: the
+/// shard stops draining its mailbox, which fills and answers RESOURCE_EXHAUSTED.
+///
+/// The shard's send cannot deadlock: the releaser waits only for tickets, and every ticket
+/// belongs to a message the shard put in the WAL writer's inbox *before* it sent the
+/// batch to the releaser; the writer answers it without waiting on any shard or releaser.
+/// Memory: about 64 bytes per queued batch plus its replies (at most `BATCH_MAX` each);
+/// tokio allocates the queue as it fills, not up front.
 pub const RELEASER_CAPACITY: usize = WAL_INBOX_CAPACITY + GROUP_MESSAGES_MAX;
 
 // ---- Write-ahead log ---------------------------------------------------------------------
