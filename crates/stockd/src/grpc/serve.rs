@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::server::HealthReporter;
@@ -28,9 +30,15 @@ pub enum ServeError {
     /// The listener has no local address.
     #[error("the gRPC listener has no address: {0}")]
     Listener(#[source] std::io::Error),
-    /// The server stopped on its own; it runs until shutdown.
+    /// The server failed; it runs until shutdown.
     #[error("gRPC server stopped: {0}")]
-    Stopped(String),
+    Transport(#[from] tonic::transport::Error),
+    /// The server ended without an error before shutdown.
+    #[error("gRPC server stopped before shutdown")]
+    Ended,
+    /// The server's task panicked or was cancelled.
+    #[error("gRPC server task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then drains: health answers
@@ -69,7 +77,7 @@ pub async fn serve(
         }
         conn
     });
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop, stopped) = oneshot::channel::<()>();
     let mut server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(health_service)
@@ -85,13 +93,29 @@ pub async fn serve(
 
     tokio::select! {
         result = &mut server => {
-            return Err(ServeError::Stopped(format!("{result:?}")));
+            return Err(match result {
+                Ok(Ok(())) => ServeError::Ended,
+                Ok(Err(e)) => e.into(),
+                Err(e) => e.into(),
+            });
         }
         _ = shutdown => {}
     }
     let draining = Instant::now();
+    drain(&health, stop, server, drain_timeout).await;
+    Ok(draining)
+}
+
+/// Health NOT_SERVING, stop accepting, give in-flight calls `drain_timeout`, then close
+/// the remaining connections.
+async fn drain(
+    health: &HealthReporter,
+    stop: oneshot::Sender<()>,
+    mut server: JoinHandle<Result<(), tonic::transport::Error>>,
+    drain_timeout: Duration,
+) {
     tracing::info!("shutting down: draining in-flight requests");
-    set_health(&health, false).await;
+    set_health(health, false).await;
     let _ = stop.send(());
     if tokio::time::timeout(drain_timeout, &mut server)
         .await
@@ -104,7 +128,6 @@ pub async fn serve(
         server.abort();
         let _ = server.await;
     }
-    Ok(draining)
 }
 
 /// Sets both services SERVING or NOT_SERVING for `grpc.health.v1` (Kubernetes' probes).
