@@ -92,7 +92,7 @@ pub const FLUSH_INTERVAL_MS_DEFAULT: u64 = 5;
 // ---- Snapshots ---------------------------------------------------------------------------
 
 /// Snapshot a shard after this many log records by default (`--snapshot-every-records`).
-/// Bounds the log a restart replays (replay runs at about 1 µs per record, so 0.1 s) and
+/// Bounds the log a restart replays (a few microseconds per record: well under a second) and
 /// the disk the log takes. A larger state raises it to the state's size (see the actor).
 pub const SNAPSHOT_EVERY_RECORDS_DEFAULT: u64 = 100_000;
 
