@@ -8,8 +8,10 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
+use crate::limits;
 use crate::shard::ShardLimits;
 use crate::storage::Durability;
+use stockd_domain::request::{TTL_SECONDS_DEFAULT, TTL_SECONDS_MAX, TTL_SECONDS_MIN};
 use stockd_domain::{CategoryConfig, ChannelConfig, ProductConfig, Settings};
 
 /// stockd: inventory reservation over gRPC. Tells each sales channel how many units it may
@@ -50,13 +52,13 @@ pub enum LogFormat {
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
     /// Address the gRPC services listen on.
-    #[arg(long, env = "STOCKD_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    #[arg(long, env = "STOCKD_GRPC_ADDR", default_value_t = limits::GRPC_ADDR_DEFAULT)]
     pub grpc_addr: SocketAddr,
     /// Address of the Prometheus endpoint (GET /metrics).
-    #[arg(long, env = "STOCKD_METRICS_ADDR", default_value = "0.0.0.0:9464")]
+    #[arg(long, env = "STOCKD_METRICS_ADDR", default_value_t = limits::METRICS_ADDR_DEFAULT)]
     pub metrics_addr: SocketAddr,
     /// Folder of the write-ahead log and snapshots (created if missing).
-    #[arg(long, env = "STOCKD_DATA_DIR", default_value = "./data")]
+    #[arg(long, env = "STOCKD_DATA_DIR", default_value = limits::DATA_DIR_DEFAULT)]
     pub data_dir: PathBuf,
     /// Number of shard actors (single writers); default: the number of cores. May change
     /// between runs: state is re-split at start.
@@ -69,38 +71,69 @@ pub struct ServeArgs {
     #[arg(long, env = "STOCKD_DURABILITY", value_enum, default_value = "sync")]
     pub durability: DurabilityArg,
     /// Flush interval of --durability async, in milliseconds.
-    #[arg(long, env = "STOCKD_FLUSH_INTERVAL_MS", default_value_t = 5)]
+    #[arg(long, env = "STOCKD_FLUSH_INTERVAL_MS", default_value_t = limits::FLUSH_INTERVAL_MS_DEFAULT)]
     pub flush_interval_ms: u64,
     /// Log format; the level comes from RUST_LOG (default "info").
     #[arg(long, env = "STOCKD_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
-    #[arg(long, env = "STOCKD_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
+    #[arg(long, env = "STOCKD_DRAIN_TIMEOUT_SECS", default_value_t = limits::DRAIN_TIMEOUT_SECS_DEFAULT)]
     pub drain_timeout_secs: u64,
     /// Capacity of each shard's mailbox; when full, calls answer RESOURCE_EXHAUSTED.
-    #[arg(long, env = "STOCKD_MAILBOX_CAPACITY", default_value_t = 8192)]
+    #[arg(long, env = "STOCKD_MAILBOX_CAPACITY", default_value_t = limits::MAILBOX_CAPACITY_DEFAULT)]
     pub mailbox_capacity: usize,
     /// Snapshot a shard after this many log records.
-    #[arg(long, env = "STOCKD_SNAPSHOT_EVERY_RECORDS", default_value_t = 100_000)]
+    #[arg(long, env = "STOCKD_SNAPSHOT_EVERY_RECORDS", default_value_t = limits::SNAPSHOT_EVERY_RECORDS_DEFAULT)]
     pub snapshot_every_records: u64,
     /// Snapshot a shard after this many seconds with at least one record.
-    #[arg(long, env = "STOCKD_SNAPSHOT_EVERY_SECS", default_value_t = 300)]
+    #[arg(long, env = "STOCKD_SNAPSHOT_EVERY_SECS", default_value_t = limits::SNAPSHOT_EVERY_SECS_DEFAULT)]
     pub snapshot_every_secs: u64,
     /// Hold timer when no request, product, category or channel sets one.
-    #[arg(long, env = "STOCKD_HOLD_TTL_DEFAULT_SECS", default_value_t = 900)]
+    #[arg(long, env = "STOCKD_HOLD_TTL_DEFAULT_SECS", default_value_t = TTL_SECONDS_DEFAULT)]
     pub hold_ttl_default_secs: u32,
     /// Shortest hold timer; shorter requests are raised to it.
-    #[arg(long, env = "STOCKD_HOLD_TTL_MIN_SECS", default_value_t = 1)]
+    #[arg(long, env = "STOCKD_HOLD_TTL_MIN_SECS", default_value_t = TTL_SECONDS_MIN)]
     pub hold_ttl_min_secs: u32,
     /// Longest hold timer; longer requests are lowered to it.
-    #[arg(long, env = "STOCKD_HOLD_TTL_MAX_SECS", default_value_t = 86_400)]
+    #[arg(long, env = "STOCKD_HOLD_TTL_MAX_SECS", default_value_t = TTL_SECONDS_MAX)]
     pub hold_ttl_max_secs: u32,
     /// How long a finished hold stays queryable (GetHold, idempotent retries).
-    #[arg(long, env = "STOCKD_HOLD_RETENTION_SECS", default_value_t = 86_400)]
+    #[arg(long, env = "STOCKD_HOLD_RETENTION_SECS", default_value_t = limits::HOLD_RETENTION_SECS_DEFAULT)]
     pub hold_retention_secs: u64,
     /// Testing only: when this file exists, every write to disk fails.
     #[arg(long, env = "STOCKD_FAULT_FAIL_WRITES_FILE", hide = true)]
     pub fault_fail_writes_file: Option<PathBuf>,
+}
+
+/// Why the flags or the `--config` file cannot be used; the binary exits with status 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A flag's value breaks its rule.
+    #[error("{flag} {rule}")]
+    Flag {
+        flag: &'static str,
+        rule: &'static str,
+    },
+    /// The `--config` file cannot be read.
+    #[error("cannot read config {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The `--config` file is not valid TOML of the expected shape.
+    #[error("config {}: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    /// A channel of the `--config` file breaks a rule.
+    #[error("config {}: channels[{index}].{field} {reason}", path.display())]
+    Channel {
+        path: PathBuf,
+        index: usize,
+        field: String,
+        reason: String,
+    },
 }
 
 /// The TOML file of `--config`.
@@ -113,15 +146,23 @@ pub struct BootConfig {
 }
 
 impl BootConfig {
-    pub fn load(path: &std::path::Path) -> Result<BootConfig, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
-        let config: BootConfig =
-            toml::from_str(&text).map_err(|e| format!("config {}: {e}", path.display()))?;
-        for (i, c) in config.channels.iter().enumerate() {
-            c.validate().map_err(|(field, reason)| {
-                format!("config {}: channels[{i}].{field} {reason}", path.display())
-            })?;
+    pub fn load(path: &std::path::Path) -> Result<BootConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: BootConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        for (index, c) in config.channels.iter().enumerate() {
+            c.validate()
+                .map_err(|(field, reason)| ConfigError::Channel {
+                    path: path.to_path_buf(),
+                    index,
+                    field,
+                    reason,
+                })?;
         }
         Ok(config)
     }
@@ -145,11 +186,12 @@ impl ServerConfig {
     pub fn new(data_dir: PathBuf) -> Self {
         ServerConfig {
             data_dir,
-            shards: std::thread::available_parallelism().map_or(2, |n| n.get() as u32),
+            shards: std::thread::available_parallelism()
+                .map_or(limits::SHARDS_FALLBACK, |n| n.get() as u32),
             durability: Durability::Sync,
             settings: Settings::default(),
             limits: ShardLimits::default(),
-            drain_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(limits::DRAIN_TIMEOUT_SECS_DEFAULT),
             boot: BootConfig::default(),
             fault_file: None,
         }
@@ -158,17 +200,24 @@ impl ServerConfig {
 
 impl ServeArgs {
     /// Resolves the flags into a server configuration, reading the config file.
-    pub fn server_config(&self) -> Result<ServerConfig, String> {
+    pub fn server_config(&self) -> Result<ServerConfig, ConfigError> {
         if self.shards == Some(0) {
-            return Err("--shards must be at least 1".into());
+            return Err(ConfigError::Flag {
+                flag: "--shards",
+                rule: "must be at least 1",
+            });
         }
         if self.hold_ttl_min_secs == 0 || self.hold_ttl_min_secs > self.hold_ttl_max_secs {
-            return Err(
-                "--hold-ttl-min-secs must be at least 1 and at most --hold-ttl-max-secs".into(),
-            );
+            return Err(ConfigError::Flag {
+                flag: "--hold-ttl-min-secs",
+                rule: "must be at least 1 and at most --hold-ttl-max-secs",
+            });
         }
         if self.mailbox_capacity == 0 {
-            return Err("--mailbox-capacity must be at least 1".into());
+            return Err(ConfigError::Flag {
+                flag: "--mailbox-capacity",
+                rule: "must be at least 1",
+            });
         }
         let mut config = ServerConfig::new(self.data_dir.clone());
         if let Some(shards) = self.shards {

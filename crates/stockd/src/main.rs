@@ -4,6 +4,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use stockd::config::{Cli, Command, LogFormat};
+use stockd::server::StartError;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -45,8 +46,11 @@ fn main() -> std::process::ExitCode {
         stockd::metrics::install(args.metrics_addr)?;
         let listener = tokio::net::TcpListener::bind(args.grpc_addr)
             .await
-            .map_err(|e| format!("cannot listen on {}: {e}", args.grpc_addr))?;
-        stockd::server::run(config, listener, shutdown_signal()).await
+            .map_err(|source| StartError::Listen {
+                addr: args.grpc_addr,
+                source,
+            })?;
+        stockd::server::try_run(config, listener, shutdown_signal()).await
     });
     match result {
         Ok(_) => std::process::ExitCode::SUCCESS,

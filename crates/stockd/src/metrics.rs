@@ -39,8 +39,16 @@ pub const COUNT_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
 ];
 
+/// The Prometheus endpoint cannot start (the address is taken, or a recorder exists).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve metrics on {addr}: {source}")]
+pub struct MetricsError {
+    pub addr: SocketAddr,
+    pub source: metrics_exporter_prometheus::BuildError,
+}
+
 /// Installs the Prometheus recorder and its HTTP listener on `addr` (`/metrics`).
-pub fn install(addr: SocketAddr) -> Result<(), String> {
+pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
     PrometheusBuilder::new()
         .with_http_listener(addr)
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS_SECONDS)
@@ -49,13 +57,20 @@ pub fn install(addr: SocketAddr) -> Result<(), String> {
             b.set_buckets_for_metric(Matcher::Full(WAL_CHANGES_PER_FLUSH.into()), COUNT_BUCKETS)
         })
         .and_then(|b| b.install())
-        .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+        .map_err(|source| MetricsError { addr, source })?;
     describe();
     Ok(())
 }
 
 /// HELP texts and units for every metric.
 pub fn describe() {
+    describe_service();
+    describe_shards();
+    describe_storage();
+}
+
+/// The metrics of the gRPC layer and of holds.
+fn describe_service() {
     describe_histogram!(
         RPC_DURATION,
         Unit::Seconds,
@@ -81,6 +96,10 @@ pub fn describe() {
         Unit::Count,
         "Reserve calls rejected for lack of stock (count), by channel."
     );
+}
+
+/// The metrics of the shard actors.
+fn describe_shards() {
     describe_gauge!(
         POSITIONS,
         Unit::Count,
@@ -101,6 +120,10 @@ pub fn describe() {
         Unit::Count,
         "Requests refused with RESOURCE_EXHAUSTED because a shard's mailbox was full (count), by shard."
     );
+}
+
+/// The metrics of the write-ahead log, snapshots and recovery.
+fn describe_storage() {
     describe_histogram!(
         WAL_FLUSH_DURATION,
         Unit::Seconds,

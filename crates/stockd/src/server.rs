@@ -1,48 +1,132 @@
 //! The server as a library function: recover, start the shards, serve, drain, flush.
 //!
 //! The binary only parses flags, starts logging, binds and calls [`run`]; tests bind
-//! `127.0.0.1:0` and call the same function.
+//! `127.0.0.1:0` and call the same function. Serving itself (tonic) is `grpc::serve`.
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::thread::JoinHandle;
 
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::task::JoinHandle as TaskHandle;
 
 use crate::clock::now_millis;
 use crate::config::ServerConfig;
-use crate::grpc::{AdminApi, InventoryApi};
-use crate::proto::inventory::v1::admin_service_server::AdminServiceServer;
-use crate::proto::inventory::v1::inventory_service_server::InventoryServiceServer;
-use crate::shard::{Router, ShardActor, shard_of};
-use crate::storage::recovery::{self, RecoveryReport};
-use crate::storage::{Store, Wal};
+use crate::grpc::{self, ServeError};
+use crate::metrics::MetricsError;
+use crate::shard::actor::Reload;
+use crate::shard::{Router, ShardActor, ShardError, ShardHandle, shard_of};
+use crate::storage::recovery::{self, Recovered, RecoveryReport};
+use crate::storage::{RecoveryError, StorageError, Store, Wal};
 
-/// Largest decoded request: bounds the memory one call can make the server allocate.
-pub const DECODED_MESSAGE_BYTES_MAX: usize = 4 << 20;
+pub use crate::limits::DECODED_MESSAGE_BYTES_MAX;
+
+/// Why the server could not start, or stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data folder cannot be opened.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The state on disk cannot be rebuilt (the message names folder, shard and record).
+    #[error(transparent)]
+    Recovery(#[from] RecoveryError),
+    /// Recovery's thread panicked.
+    #[error("recovery panicked: {0}")]
+    RecoveryPanicked(String),
+    /// The repairs and expiries recovery found cannot be written.
+    #[error("cannot write to {}: {source}", path.display())]
+    Write { path: PathBuf, source: StorageError },
+    /// An entry of the `--config` file is refused.
+    #[error("config {what}: {source}")]
+    BootConfig { what: String, source: ShardError },
+    /// The gRPC server failed to start or stopped before shutdown.
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    /// The metrics endpoint cannot start (the binary starts it before `run`).
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    /// The gRPC address cannot be bound (the binary binds it before `run`).
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
 
 /// Serves on `listener` until `shutdown` completes, then drains and flushes.
+///
+/// The error is the start-up failure's message (`StartError`'s Display): its callers (the
+/// binary, the tests, `stockd-load --embedded`) print it.
 pub async fn run(
     config: ServerConfig,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RecoveryReport, String> {
-    let shards = config.shards;
-    let store = Store::open(&config.data_dir)?;
-    let recovered = {
-        let store = store.clone();
-        let settings = config.settings.clone();
-        tokio::task::spawn_blocking(move || {
-            let route = move |p: &str, l: &str| shard_of(p, l, shards as usize);
-            recovery::recover(&store, shards, &settings, now_millis(), &route)
-        })
+    try_run(config, listener, shutdown)
         .await
-        .map_err(|e| format!("recovery panicked: {e}"))??
-    };
+        .map_err(|e| e.to_string())
+}
+
+/// [`run`] with its typed error.
+pub async fn try_run(
+    config: ServerConfig,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RecoveryReport, StartError> {
+    let store = Store::open(&config.data_dir)?;
+    let mut recovered = recover(&store, &config).await?;
     let report = recovered.report.clone();
-    crate::metrics::recovered(report.duration);
+    log_recovery(&report);
+    let (wal, wal_thread, next_seq) = start_wal(&store, &config, &mut recovered).await?;
+    let generation = recovered.generation;
+    let (handles, tasks) = start_shards(
+        &store,
+        &config,
+        &wal,
+        generation,
+        recovered.engines,
+        &next_seq,
+    );
+    let router = Arc::new(Router::new(handles));
+    apply_boot_config(&router, &config).await?;
+
+    // The services own the last router: once `serve` returns, the shards see their
+    // mailboxes close, finish their batches and flush.
+    let draining = grpc::serve(router, listener, shutdown, config.drain_timeout).await?;
+    for task in tasks {
+        let _ = task.await;
+    }
+    let flushed = wal.flush().await;
+    drop(wal);
+    let _ = tokio::task::spawn_blocking(move || wal_thread.join()).await;
+    match flushed {
+        Ok(()) => tracing::info!(
+            drain_ms = draining.elapsed().as_millis() as u64,
+            "shut down: write-ahead log flushed"
+        ),
+        Err(e) => tracing::error!(error = %e, "shut down: final flush failed"),
+    }
+    Ok(report)
+}
+
+/// Rebuilds the state on a blocking thread (it reads the whole data folder).
+async fn recover(store: &Store, config: &ServerConfig) -> Result<Recovered, StartError> {
+    let shards = config.shards;
+    let store = store.clone();
+    let settings = config.settings.clone();
+    let recovered = tokio::task::spawn_blocking(move || {
+        let route = move |p: &str, l: &str| shard_of(p, l, shards as usize);
+        recovery::recover(&store, shards, &settings, now_millis(), &route)
+    })
+    .await
+    .map_err(|e| StartError::RecoveryPanicked(e.to_string()))??;
+    crate::metrics::recovered(recovered.report.duration);
+    Ok(recovered)
+}
+
+fn log_recovery(report: &RecoveryReport) {
     for dropped in &report.dropped_tail_records {
         tracing::warn!("{dropped}");
     }
@@ -61,7 +145,15 @@ pub async fn run(
         duration_ms = report.duration.as_millis() as u64,
         "recovered"
     );
+}
 
+/// Starts the WAL writer and makes recovery's repairs and expiries durable before anything
+/// is served. Returns the writer, its thread and each shard's next log sequence.
+async fn start_wal(
+    store: &Store,
+    config: &ServerConfig,
+    recovered: &mut Recovered,
+) -> Result<(Wal, JoinHandle<()>, Vec<u64>), StartError> {
     // The pending repair records below take sequence numbers too.
     let mut next_seq = recovered.next_seq.clone();
     for (shard, records) in recovered.pending.iter().enumerate() {
@@ -70,158 +162,82 @@ pub async fn run(
     let (wal, wal_thread) = Wal::start(
         store.clone(),
         recovered.generation,
-        recovered.next_seq,
+        recovered.next_seq.clone(),
         config.durability,
         config.fault_file.clone(),
     );
-    for (shard, records) in recovered.pending.into_iter().enumerate() {
+    let write_err = |source| StartError::Write {
+        path: store.path.clone(),
+        source,
+    };
+    for (shard, records) in std::mem::take(&mut recovered.pending)
+        .into_iter()
+        .enumerate()
+    {
         if !records.is_empty()
-            && let Some(ticket) = wal
-                .append(shard as u32, records)
-                .await
-                .map_err(|e| e.to_string())?
+            && let Some(ticket) = wal.append(shard as u32, records).await.map_err(write_err)?
         {
             ticket
                 .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+                .map_err(|_| write_err(StorageError::WriterStopped))?
+                .map_err(write_err)?;
         }
     }
-    wal.flush()
-        .await
-        .map_err(|e| format!("cannot write to {}: {e}", store.path.display()))?;
-
-    let mut handles = Vec::with_capacity(shards as usize);
-    let mut tasks = Vec::with_capacity(shards as usize);
-    for (id, engine) in recovered.engines.into_iter().enumerate() {
-        let reload = crate::shard::actor::Reload {
-            store: store.clone(),
-            generation: recovered.generation,
-            settings: config.settings.clone(),
-        };
-        let (handle, task) = ShardActor::spawn(
-            id,
-            engine,
-            wal.clone(),
-            config.limits.clone(),
-            reload,
-            next_seq[id],
-        );
-        handles.push(handle);
-        tasks.push(task);
-    }
-    let router = Arc::new(Router::new(handles));
-    apply_boot_config(&router, &config).await?;
-
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<InventoryServiceServer<InventoryApi>>()
-        .await;
-    health.set_serving::<AdminServiceServer<AdminApi>>().await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| format!("reflection: {e}"))?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(|e| format!("reflection: {e}"))?;
-
-    let inventory = InventoryServiceServer::new(InventoryApi {
-        router: router.clone(),
-    })
-    .max_decoding_message_size(DECODED_MESSAGE_BYTES_MAX);
-    let admin = AdminServiceServer::new(AdminApi { router })
-        .max_decoding_message_size(DECODED_MESSAGE_BYTES_MAX);
-
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        if let Ok(stream) = &conn {
-            // Replies are small and latency-bound: never wait to coalesce them.
-            let _ = stream.set_nodelay(true);
-        }
-        conn
-    });
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(inventory)
-            .add_service(admin)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stopped.await;
-            }),
-    );
-    tracing::info!(grpc_addr = %addr, "serving");
-
-    tokio::select! {
-        result = &mut server => {
-            return Err(format!("gRPC server stopped: {:?}", result));
-        }
-        _ = shutdown => {}
-    }
-    let draining = Instant::now();
-    tracing::info!("shutting down: draining in-flight requests");
-    health
-        .set_not_serving::<InventoryServiceServer<InventoryApi>>()
-        .await;
-    health
-        .set_not_serving::<AdminServiceServer<AdminApi>>()
-        .await;
-    let _ = stop.send(());
-    if tokio::time::timeout(config.drain_timeout, &mut server)
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            drain_timeout_secs = config.drain_timeout.as_secs(),
-            "drain timeout reached; closing the remaining connections"
-        );
-        server.abort();
-        let _ = server.await;
-    }
-    // The services held the last router: the shards now see their mailboxes close,
-    // finish their batches and flush.
-    for task in tasks {
-        let _ = task.await;
-    }
-    let flushed = wal.flush().await;
-    drop(wal);
-    let _ = tokio::task::spawn_blocking(move || wal_thread.join()).await;
-    match flushed {
-        Ok(()) => tracing::info!(
-            drain_ms = draining.elapsed().as_millis() as u64,
-            "shut down: write-ahead log flushed"
-        ),
-        Err(e) => tracing::error!(error = %e, "shut down: final flush failed"),
-    }
-    Ok(report)
+    wal.flush().await.map_err(write_err)?;
+    Ok((wal, wal_thread, next_seq))
 }
 
-async fn apply_boot_config(router: &Router, config: &ServerConfig) -> Result<(), String> {
+/// Spawns one actor per recovered engine.
+fn start_shards(
+    store: &Store,
+    config: &ServerConfig,
+    wal: &Wal,
+    generation: u32,
+    engines: Vec<stockd_domain::Engine>,
+    next_seq: &[u64],
+) -> (Vec<ShardHandle>, Vec<TaskHandle<()>>) {
+    engines
+        .into_iter()
+        .enumerate()
+        .map(|(id, engine)| {
+            let reload = Reload {
+                store: store.clone(),
+                generation,
+                settings: config.settings.clone(),
+            };
+            ShardActor::spawn(
+                id,
+                engine,
+                wal.clone(),
+                config.limits.clone(),
+                reload,
+                next_seq[id],
+            )
+        })
+        .unzip()
+}
+
+async fn apply_boot_config(router: &Router, config: &ServerConfig) -> Result<(), StartError> {
     let now = now_millis();
     let boot = &config.boot;
+    let refused = |what: String| move |source| StartError::BootConfig { what, source };
     for channel in &boot.channels {
         router
             .upsert_channel(now, channel.clone())
             .await
-            .map_err(|e| format!("config channel {:?}: {e}", channel.channel_ref))?;
+            .map_err(refused(format!("channel {:?}", channel.channel_ref)))?;
     }
     if !boot.categories.is_empty() {
         router
             .upsert_categories(now, boot.categories.clone())
             .await
-            .map_err(|e| format!("config categories: {e}"))?;
+            .map_err(refused("categories".into()))?;
     }
-    for chunk in boot.products.chunks(crate::shard::router::STOCK_BATCH_MAX) {
+    for chunk in boot.products.chunks(crate::limits::STOCK_BATCH_MAX) {
         router
             .upsert_products(now, chunk.to_vec())
             .await
-            .map_err(|e| format!("config products: {e}"))?;
+            .map_err(refused("products".into()))?;
     }
     if !boot.channels.is_empty() || !boot.products.is_empty() {
         tracing::info!(

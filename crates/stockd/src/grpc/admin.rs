@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::observe::observe;
-use super::status::to_status;
+use super::status::{ApiError, to_status};
 use crate::clock::now_millis;
 use crate::proto::inventory::v1 as pb;
 use crate::proto::inventory::v1::admin_service_server::AdminService;
@@ -38,7 +38,8 @@ impl AdminService for AdminApi {
                 .into_iter()
                 .enumerate()
                 .map(|(i, c)| convert::stock_count(i, c, now))
-                .collect::<Result<Vec<_>, _>>()?;
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(to_status)?;
             let keys: Vec<(String, String)> = counts
                 .iter()
                 .map(|c| (c.product_ref.clone(), c.location_ref.clone()))
@@ -77,7 +78,8 @@ impl AdminService for AdminApi {
                 .into_iter()
                 .enumerate()
                 .map(|(i, a)| convert::adjustment(i, a))
-                .collect::<Result<Vec<_>, _>>()?;
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(to_status)?;
             let refs: Vec<String> = adjustments
                 .iter()
                 .map(|a| a.adjustment_ref.clone())
@@ -116,10 +118,10 @@ impl AdminService for AdminApi {
                 .await
                 .map_err(to_status)?
                 .ok_or_else(|| {
-                    Status::not_found(format!(
-                        "no position for product {:?} at location {:?}",
-                        r.product_ref, r.location_ref
-                    ))
+                    to_status(ApiError::PositionNotFound {
+                        product_ref: r.product_ref.clone(),
+                        location_ref: r.location_ref.clone(),
+                    })
                 })?;
             Ok(pb::GetPositionResponse {
                 position: Some(convert::position(view)),
@@ -136,8 +138,8 @@ impl AdminService for AdminApi {
         observe(SERVICE, "UpsertChannel", "", "", async {
             let channel = r
                 .channel
-                .ok_or_else(|| convert::invalid("channel", "is required"))?;
-            let config = convert::channel_in(channel)?;
+                .ok_or_else(|| to_status(convert::invalid("channel", "is required")))?;
+            let config = convert::channel_in(channel).map_err(to_status)?;
             self.router
                 .upsert_channel(now_millis(), config.clone())
                 .await
@@ -191,7 +193,8 @@ impl AdminService for AdminApi {
                 .into_iter()
                 .enumerate()
                 .map(|(i, p)| convert::product_in(i, p))
-                .collect::<Result<Vec<_>, _>>()?;
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(to_status)?;
             self.router
                 .upsert_products(now_millis(), products)
                 .await
@@ -215,7 +218,8 @@ impl AdminService for AdminApi {
                 .into_iter()
                 .enumerate()
                 .map(|(i, c)| convert::category_in(i, c))
-                .collect::<Result<Vec<_>, _>>()?;
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(to_status)?;
             self.router
                 .upsert_categories(now_millis(), categories)
                 .await

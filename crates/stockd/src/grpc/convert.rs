@@ -1,10 +1,10 @@
 //! Protobuf messages to domain requests and back.
 //!
 //! Every conversion from the wire checks what the types alone cannot (ranges, enum values,
-//! required fields) and names the field in its INVALID_ARGUMENT.
+//! required fields) and names the field in the domain's `Error::InvalidArgument`, which
+//! `status::to_status` answers as INVALID_ARGUMENT.
 
 use prost_types::Timestamp;
-use tonic::Status;
 
 use crate::proto::inventory::v1 as pb;
 use stockd_domain::{
@@ -12,8 +12,9 @@ use stockd_domain::{
     HoldView, IqKind, LineView, Millis, PositionView, ProductConfig, RebalanceMode,
 };
 
-pub fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
-    Status::invalid_argument(format!("{field} {reason}"))
+/// A bad field: INVALID_ARGUMENT with the message "{field} {reason}".
+pub fn invalid(field: &str, reason: impl std::fmt::Display) -> domain::Error {
+    domain::Error::invalid(field, reason.to_string())
 }
 
 pub fn timestamp(ms: Millis) -> Timestamp {
@@ -24,7 +25,7 @@ pub fn timestamp(ms: Millis) -> Timestamp {
 }
 
 /// A wire timestamp as milliseconds; `None` when unset.
-pub fn millis(field: &str, ts: Option<&Timestamp>) -> Result<Option<Millis>, Status> {
+pub fn millis(field: &str, ts: Option<&Timestamp>) -> Result<Option<Millis>, domain::Error> {
     let Some(ts) = ts else { return Ok(None) };
     if !(0..1_000_000_000).contains(&ts.nanos) || !(0..=253_402_300_799).contains(&ts.seconds) {
         return Err(invalid(
@@ -40,7 +41,7 @@ fn opt(s: &str) -> Option<String> {
 }
 
 /// A wire ttl (0 = unset) as bounded seconds.
-pub fn ttl(field: &str, seconds: i64) -> Result<Option<u32>, Status> {
+pub fn ttl(field: &str, seconds: i64) -> Result<Option<u32>, domain::Error> {
     use domain::request::{TTL_SECONDS_MAX, TTL_SECONDS_MIN};
     if seconds == 0 {
         return Ok(None);
@@ -56,7 +57,7 @@ pub fn ttl(field: &str, seconds: i64) -> Result<Option<u32>, Status> {
     Ok(Some(seconds as u32))
 }
 
-fn bps(field: &str, value: i32) -> Result<u32, Status> {
+fn bps(field: &str, value: i32) -> Result<u32, domain::Error> {
     u32::try_from(value)
         .ok()
         .filter(|v| *v <= domain::channel::BPS_FULL)
@@ -68,7 +69,7 @@ fn bps(field: &str, value: i32) -> Result<u32, Status> {
         })
 }
 
-pub fn reserve_request(r: pb::ReserveRequest) -> Result<domain::ReserveRequest, Status> {
+pub fn reserve_request(r: pb::ReserveRequest) -> Result<domain::ReserveRequest, domain::Error> {
     Ok(domain::ReserveRequest {
         ttl_seconds: ttl("ttl_seconds", r.ttl_seconds)?,
         hold_ref: r.hold_ref,
@@ -123,7 +124,11 @@ pub fn order_lines(lines: Vec<LineView>) -> Vec<pb::OrderLine> {
         .collect()
 }
 
-pub fn stock_count(i: usize, c: pb::StockCount, now: Millis) -> Result<domain::StockCount, Status> {
+pub fn stock_count(
+    i: usize,
+    c: pb::StockCount,
+    now: Millis,
+) -> Result<domain::StockCount, domain::Error> {
     let as_of = millis(&format!("counts[{i}].as_of"), c.as_of.as_ref())?.unwrap_or(now);
     Ok(domain::StockCount {
         product_ref: c.product_ref,
@@ -133,7 +138,7 @@ pub fn stock_count(i: usize, c: pb::StockCount, now: Millis) -> Result<domain::S
     })
 }
 
-pub fn adjustment(i: usize, a: pb::StockAdjustment) -> Result<domain::Adjustment, Status> {
+pub fn adjustment(i: usize, a: pb::StockAdjustment) -> Result<domain::Adjustment, domain::Error> {
     let kind = match pb::AdjustmentType::try_from(a.r#type) {
         Ok(pb::AdjustmentType::Delta) => AdjustmentKind::Delta,
         Ok(pb::AdjustmentType::Correction) => AdjustmentKind::Correction,
@@ -158,7 +163,7 @@ pub fn adjustment(i: usize, a: pb::StockAdjustment) -> Result<domain::Adjustment
     })
 }
 
-pub fn channel_in(c: pb::Channel) -> Result<ChannelConfig, Status> {
+pub fn channel_in(c: pb::Channel) -> Result<ChannelConfig, domain::Error> {
     let mut rules = Vec::with_capacity(c.rules.len());
     for (i, r) in c.rules.into_iter().enumerate() {
         rules.push(ChannelRule {
@@ -230,7 +235,7 @@ pub fn channel_out(c: ChannelConfig) -> pb::Channel {
     }
 }
 
-pub fn product_in(i: usize, p: pb::Product) -> Result<ProductConfig, Status> {
+pub fn product_in(i: usize, p: pb::Product) -> Result<ProductConfig, domain::Error> {
     Ok(ProductConfig {
         hold_ttl_seconds: ttl(
             &format!("products[{i}].hold_ttl_seconds"),
@@ -241,7 +246,7 @@ pub fn product_in(i: usize, p: pb::Product) -> Result<ProductConfig, Status> {
     })
 }
 
-pub fn category_in(i: usize, c: pb::Category) -> Result<CategoryConfig, Status> {
+pub fn category_in(i: usize, c: pb::Category) -> Result<CategoryConfig, domain::Error> {
     Ok(CategoryConfig {
         hold_ttl_seconds: ttl(
             &format!("categories[{i}].hold_ttl_seconds"),

@@ -69,7 +69,7 @@ impl InventoryService for InventoryApi {
         let channel = r.channel_ref.clone();
         let hold = r.hold_ref.clone();
         observe(SERVICE, "Reserve", &channel, &hold, async {
-            let req = convert::reserve_request(r)?;
+            let req = convert::reserve_request(r).map_err(to_status)?;
             let result = self
                 .router
                 .reserve(now_millis(), req)

@@ -4,12 +4,15 @@
 //! - `convert`: protobuf ↔ domain, naming the field of every bad input.
 //! - `status`: errors → `tonic::Status`, one exhaustive mapping.
 //! - `observe`: the span and latency histogram around every RPC.
+//! - `serve`: the tonic server (health, reflection, services, message limits) and its drain.
 
 pub mod admin;
 pub mod convert;
 pub mod inventory;
 pub mod observe;
+pub mod serve;
 pub mod status;
 
 pub use admin::AdminApi;
 pub use inventory::InventoryApi;
+pub use serve::{ServeError, serve};

@@ -1,21 +1,51 @@
-//! Domain and shard errors to gRPC statuses, in one exhaustive place.
+//! Every error a handler answers with, to its gRPC status, in one exhaustive place.
 //!
-//! No wildcard arm: a new error variant cannot go unmapped.
+//! Handlers never build a `Status` themselves: conversions return the domain's
+//! `Error::InvalidArgument` (naming the field), the router returns `ShardError`, and the
+//! few answers of the transport itself are `ApiError` variants. No wildcard arm: a new
+//! error variant cannot go unmapped.
 
 use tonic::{Code, Status};
 
 use crate::shard::ShardError;
 use stockd_domain::Error;
 
+/// An error a handler answers with.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    /// The router, a shard or the domain refused.
+    #[error(transparent)]
+    Shard(#[from] ShardError),
+    /// GetPosition of a position that was never counted, adjusted or reserved.
+    #[error("no position for product {product_ref:?} at location {location_ref:?}")]
+    PositionNotFound {
+        product_ref: String,
+        location_ref: String,
+    },
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError::Shard(ShardError::Domain(e))
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Self {
+        to_status(e)
+    }
+}
+
 /// The status a client sees for an error.
-pub fn to_status(error: ShardError) -> Status {
-    match error {
-        ShardError::Domain(e) => domain_status(e),
-        ShardError::Unavailable(reason) => Status::unavailable(reason),
-        ShardError::Overloaded(shard) => {
+pub fn to_status(error: impl Into<ApiError>) -> Status {
+    match error.into() {
+        ApiError::Shard(ShardError::Domain(e)) => domain_status(e),
+        ApiError::Shard(ShardError::Unavailable(reason)) => Status::unavailable(reason),
+        ApiError::Shard(ShardError::Overloaded(shard)) => {
             Status::resource_exhausted(format!("shard {shard} is overloaded; retry with backoff"))
         }
-        ShardError::Stopped(_) => Status::unavailable("stockd is shutting down"),
+        ApiError::Shard(ShardError::Stopped(_)) => Status::unavailable("stockd is shutting down"),
+        e @ ApiError::PositionNotFound { .. } => Status::not_found(e.to_string()),
     }
 }
 

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::handle::{Msg, ShardError, ShardHandle, WriteReply};
+use super::handle::{Msg, Respond, ShardError, ShardHandle, WriteReply};
 use crate::clock;
+use crate::limits;
 use std::collections::VecDeque;
 
 use rustc_hash::FxHashMap;
@@ -26,14 +27,7 @@ use crate::storage::{StorageError, Store, Wal};
 use stockd_domain::refs::Sym;
 use stockd_domain::{Command, Engine, EventKind, Millis, Settings};
 
-/// Most requests one wake-up handles. Bounds the latency a batch adds to its last member.
-pub const BATCH_MAX: usize = 256;
-
-/// A hold expires this long after its deadline on the timer. A confirm or reserve that
-/// arrives with a `now` past the deadline already treats it as expired; the grace keeps
-/// every shard of a multi-shard hold agreeing on what a request just before the deadline
-/// saw. Well inside domain.md's "within one second".
-pub const EXPIRY_GRACE_MS: Millis = 250;
+pub use crate::limits::{BATCH_MAX, EXPIRY_GRACE_MS};
 
 /// Limits of one shard.
 #[derive(Clone, Debug)]
@@ -49,9 +43,9 @@ pub struct ShardLimits {
 impl Default for ShardLimits {
     fn default() -> Self {
         ShardLimits {
-            mailbox_capacity: 8_192,
-            snapshot_every_records: 100_000,
-            snapshot_every: Duration::from_secs(300),
+            mailbox_capacity: limits::MAILBOX_CAPACITY_DEFAULT,
+            snapshot_every_records: limits::SNAPSHOT_EVERY_RECORDS_DEFAULT,
+            snapshot_every: Duration::from_secs(limits::SNAPSHOT_EVERY_SECS_DEFAULT),
         }
     }
 }
@@ -88,7 +82,9 @@ pub struct ShardActor {
     rx: mpsc::Receiver<Msg>,
     wal: Wal,
     limits: ShardLimits,
-    released: mpsc::UnboundedSender<Group>,
+    /// To the releaser; bounded by `RELEASER_CAPACITY` (its comment says why that cannot
+    /// deadlock).
+    released: mpsc::Sender<Group>,
     /// Set once a write failed to become durable: from then on writes answer UNAVAILABLE.
     failed: Arc<AtomicBool>,
     records_since_snapshot: u64,
@@ -133,7 +129,7 @@ impl ShardActor {
         next_seq: u64,
     ) -> (ShardHandle, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(limits.mailbox_capacity);
-        let (released, release_rx) = mpsc::unbounded_channel();
+        let (released, release_rx) = mpsc::channel(limits::RELEASER_CAPACITY);
         let failed = Arc::new(AtomicBool::new(false));
         let releaser = tokio::spawn(release(release_rx, failed.clone()));
         let actor = ShardActor {
@@ -213,7 +209,7 @@ impl ShardActor {
                 m::shard_batch(self.id, size, depth);
             }
             self.commit(records, replies).await;
-            if last_gauges.elapsed() >= Duration::from_secs(1) {
+            if last_gauges.elapsed() >= Duration::from_millis(limits::GAUGES_EVERY_MS) {
                 self.publish_gauges();
                 last_gauges = Instant::now();
             }
@@ -236,6 +232,8 @@ impl ShardActor {
         }
     }
 
+    /// Handles one request. A write is applied now and logged with the batch; every answer
+    /// except a read of clean positions leaves with the batch (see `defer`).
     fn handle(&mut self, msg: Msg, records: &mut Vec<Vec<u8>>, replies: &mut Vec<Reply>) {
         match msg {
             Msg::Write {
@@ -251,71 +249,14 @@ impl ShardActor {
                     )));
                     return;
                 }
-                let everything = matches!(
-                    command,
-                    Command::UpsertChannel(_)
-                        | Command::DeleteChannel(_)
-                        | Command::UpsertProducts(_)
-                        | Command::UpsertCategories(_)
-                );
-                let result = self.engine.apply(now, &command);
-                let result = match result {
-                    Ok(outcome) => {
-                        if outcome.changed() {
-                            records.push(record::encode(&LogRecord { now, command }));
-                            self.mark_dirty(everything);
-                        } else {
-                            self.forget_touched();
-                        }
-                        let hold = hold_ref.and_then(|h| self.engine.hold(now, &h));
-                        Ok(WriteReply { outcome, hold })
-                    }
-                    Err(e) => {
-                        self.forget_touched();
-                        Err(ShardError::Domain(e))
-                    }
-                };
-                replies.push(Box::new(move |failure| {
-                    let answer = match failure {
-                        Some(e) => Err(ShardError::Unavailable(e.to_string())),
-                        None => result,
-                    };
-                    let _ = respond.send(answer);
-                }));
+                let result = self.write(now, command, hold_ref, records);
+                defer(replies, respond, result);
             }
             Msg::Availability {
                 channel_ref,
                 keys,
                 respond,
-            } => {
-                let clean = self.dirty_all == 0
-                    && keys.iter().all(|(_, p, l)| {
-                        self.engine
-                            .position_key(p, l)
-                            .is_none_or(|k| !self.dirty.contains_key(&k))
-                    });
-                let result = keys
-                    .into_iter()
-                    .map(|(i, p, l)| {
-                        self.engine
-                            .availability(&channel_ref, &p, &l)
-                            .map(|q| (i, q))
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(ShardError::Domain);
-                if clean && !self.failed.load(Ordering::Relaxed) {
-                    // Nothing pending touches these positions: what the engine holds for
-                    // them is durable, so the answer need not wait for anyone's flush.
-                    let _ = respond.send(result);
-                    return;
-                }
-                replies.push(Box::new(move |failure| {
-                    let _ = respond.send(match failure {
-                        Some(e) => Err(ShardError::Unavailable(e.to_string())),
-                        None => result,
-                    });
-                }));
-            }
+            } => self.availability(&channel_ref, keys, respond, replies),
             Msg::Position {
                 product_ref,
                 location_ref,
@@ -325,26 +266,13 @@ impl ShardActor {
                 let view = self
                     .engine
                     .position(&product_ref, &location_ref, include_ledger);
-                replies.push(Box::new(move |failure| {
-                    let _ = respond.send(match failure {
-                        Some(e) => Err(ShardError::Unavailable(e.to_string())),
-                        None => Ok(view),
-                    });
-                }));
+                defer(replies, respond, Ok(view));
             }
             Msg::Hold {
                 now,
                 hold_ref,
                 respond,
-            } => {
-                let view = self.engine.hold(now, &hold_ref);
-                replies.push(Box::new(move |failure| {
-                    let _ = respond.send(match failure {
-                        Some(e) => Err(ShardError::Unavailable(e.to_string())),
-                        None => Ok(view),
-                    });
-                }));
-            }
+            } => defer(replies, respond, Ok(self.engine.hold(now, &hold_ref))),
             Msg::FulfilCheck {
                 now,
                 order_ref,
@@ -355,23 +283,80 @@ impl ShardActor {
                     .engine
                     .fulfil(now, &order_ref, lines.as_deref(), true)
                     .map_err(ShardError::Domain);
-                replies.push(Box::new(move |failure| {
-                    let _ = respond.send(match failure {
-                        Some(e) => Err(ShardError::Unavailable(e.to_string())),
-                        None => result,
-                    });
-                }));
+                defer(replies, respond, result);
             }
             Msg::Channels { respond } => {
                 let channels = self.engine.channels().cloned().collect();
-                replies.push(Box::new(move |failure| {
-                    let _ = respond.send(match failure {
-                        Some(e) => Err(ShardError::Unavailable(e.to_string())),
-                        None => Ok(channels),
-                    });
-                }));
+                defer(replies, respond, Ok(channels));
             }
         }
+    }
+
+    /// Applies a write; a change is logged with the batch and marks its positions dirty.
+    fn write(
+        &mut self,
+        now: Millis,
+        command: Command,
+        hold_ref: Option<String>,
+        records: &mut Vec<Vec<u8>>,
+    ) -> Result<WriteReply, ShardError> {
+        // Channel and catalogue changes move every position's ATS.
+        let everything = matches!(
+            command,
+            Command::UpsertChannel(_)
+                | Command::DeleteChannel(_)
+                | Command::UpsertProducts(_)
+                | Command::UpsertCategories(_)
+        );
+        match self.engine.apply(now, &command) {
+            Ok(outcome) => {
+                if outcome.changed() {
+                    records.push(record::encode(&LogRecord { now, command }));
+                    self.mark_dirty(everything);
+                } else {
+                    self.forget_touched();
+                }
+                let hold = hold_ref.and_then(|h| self.engine.hold(now, &h));
+                Ok(WriteReply { outcome, hold })
+            }
+            Err(e) => {
+                self.forget_touched();
+                Err(ShardError::Domain(e))
+            }
+        }
+    }
+
+    /// Answers an availability read: at once if no pending batch changed its positions,
+    /// otherwise with the batch, so it never reveals a change that is not yet durable.
+    fn availability(
+        &mut self,
+        channel_ref: &str,
+        keys: Vec<(usize, String, String)>,
+        respond: Respond<Vec<(usize, i64)>>,
+        replies: &mut Vec<Reply>,
+    ) {
+        let clean = self.dirty_all == 0
+            && keys.iter().all(|(_, p, l)| {
+                self.engine
+                    .position_key(p, l)
+                    .is_none_or(|k| !self.dirty.contains_key(&k))
+            });
+        let result = keys
+            .into_iter()
+            .map(|(i, p, l)| {
+                self.engine
+                    .availability(channel_ref, &p, &l)
+                    .map(|q| (i, q))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ShardError::Domain);
+        if clean && !self.failed.load(Ordering::Relaxed) {
+            // Nothing pending touches these positions: what the engine holds for
+            // them is durable, so the answer need not wait for anyone's flush.
+            let _ = respond.send(result);
+            return;
+        }
+        defer(replies, respond, result);
     }
 
     /// Counts the positions the last change touched as dirty until its batch is durable.
@@ -454,12 +439,17 @@ impl ShardActor {
             None
         };
         if !replies.is_empty() || ticket.is_some() {
-            let _ = self.released.send(Group {
-                ticket,
-                durable,
-                replies,
-                reloaded: self.reloaded,
-            });
+            // Waits only if the releaser is `RELEASER_CAPACITY` batches behind; the releaser
+            // waits only on the WAL writer, never on this shard, so this always finishes.
+            let _ = self
+                .released
+                .send(Group {
+                    ticket,
+                    durable,
+                    replies,
+                    reloaded: self.reloaded,
+                })
+                .await;
         }
         self.maybe_snapshot().await;
     }
@@ -579,19 +569,32 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// Queues an answer to leave with its batch: `result` once the batch is durable, or
+/// UNAVAILABLE if its write failed.
+fn defer<T: Send + 'static>(
+    replies: &mut Vec<Reply>,
+    respond: Respond<T>,
+    result: Result<T, ShardError>,
+) {
+    replies.push(Box::new(move |failure| {
+        let _ = respond.send(match failure {
+            Some(e) => Err(ShardError::Unavailable(e.to_string())),
+            None => result,
+        });
+    }));
+}
+
 /// Sends each batch's replies once its records are durable, in order.
 ///
 /// Once a write has failed, every batch that ran before the engine was reloaded from disk
 /// may reflect the failed change, so all its replies, reads included, answer UNAVAILABLE.
-async fn release(mut groups: mpsc::UnboundedReceiver<Group>, failed: Arc<AtomicBool>) {
+async fn release(mut groups: mpsc::Receiver<Group>, failed: Arc<AtomicBool>) {
     let mut first_failure: Option<StorageError> = None;
     while let Some(group) = groups.recv().await {
         let mut result = match group.ticket {
-            Some(ticket) => ticket.await.unwrap_or_else(|_| {
-                Err(StorageError::Io(
-                    "the write-ahead log writer has stopped".into(),
-                ))
-            }),
+            Some(ticket) => ticket
+                .await
+                .unwrap_or_else(|_| Err(StorageError::WriterStopped)),
             None => Ok(()),
         };
         if let Err(e) = &result {

@@ -1,14 +1,17 @@
 //! Durability: the write-ahead log in sled, snapshots, and recovery at start.
 //!
+//! - `error`: `StorageError` and `RecoveryError`, typed and named by folder, shard, record.
 //! - `record`: the checksummed, versioned record format.
 //! - `store`: the sled key layout.
 //! - `wal`: the writer thread and its group commit.
 //! - `recovery`: snapshot + replay, shard-count changes, repairs after a crash.
 
+pub mod error;
 pub mod record;
 pub mod recovery;
 pub mod store;
 pub mod wal;
 
-pub use store::{StorageError, Store};
+pub use error::{RecoveryError, StorageError};
+pub use store::Store;
 pub use wal::{Durability, Wal};

@@ -14,11 +14,12 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use super::error::RecoveryError;
 use super::record::{self, LogRecord};
 use super::store::{Meta, Store};
 use stockd_domain::snapshot::CompactSnapshot;
 use stockd_domain::{
-    Command, Engine, EngineSnapshot, HoldState, HoldView, Millis, OrderLine, Settings,
+    Command, Engine, EngineSnapshot, HoldState, HoldView, LineView, Millis, OrderLine, Settings,
 };
 
 /// What recovery found and did, for the start-up log.
@@ -55,7 +56,7 @@ pub fn recover(
     settings: &Settings,
     now: Millis,
     route: &dyn Fn(&str, &str) -> usize,
-) -> Result<Recovered, String> {
+) -> Result<Recovered, RecoveryError> {
     let started = Instant::now();
     let mut report = RecoveryReport {
         shards_after: shards,
@@ -75,31 +76,56 @@ pub fn recover(
             report,
         });
     };
-    let before = meta.shards;
+    report.shards_before = meta.shards;
+    let (mut engines, mut next_seq) = replay_all(store, meta, settings, &mut report)?;
     let mut generation = meta.generation;
-    report.shards_before = before;
-    let mut engines = Vec::with_capacity(before as usize);
-    let mut next_seq = Vec::with_capacity(before as usize);
-    // Shards are independent until the repairs: replay them side by side.
-    type Replayed = Result<(Engine, u64, RecoveryReport), String>;
+    if meta.shards != shards {
+        engines = reshard(store, meta, engines, shards, settings, route)?;
+        generation = meta.generation + 1;
+        next_seq = vec![0; shards as usize];
+    }
+    let mut pending: Vec<Vec<Vec<u8>>> = vec![Vec::new(); shards as usize];
+    repair_split_holds(&mut engines, now, &mut pending, &mut report)?;
+    expire_and_check(&mut engines, now, &mut pending, &mut report)?;
+    report.duration = started.elapsed();
+    Ok(Recovered {
+        engines,
+        generation,
+        next_seq,
+        pending,
+        report,
+    })
+}
+
+/// Replays every shard of the layout `meta`, side by side: shards are independent until
+/// the repairs. Returns the engines and each shard's next log sequence.
+fn replay_all(
+    store: &Store,
+    meta: Meta,
+    settings: &Settings,
+    report: &mut RecoveryReport,
+) -> Result<(Vec<Engine>, Vec<u64>), RecoveryError> {
+    type Replayed = Result<(Engine, u64, RecoveryReport), RecoveryError>;
     let replayed: Vec<Replayed> = std::thread::scope(|scope| {
-        let threads: Vec<_> = (0..before)
+        let threads: Vec<_> = (0..meta.shards)
             .map(|shard| {
                 scope.spawn(move || {
                     let mut part = RecoveryReport::default();
-                    replay_shard(store, generation, shard, settings, &mut part)
+                    replay_shard(store, meta.generation, shard, settings, &mut part)
                         .map(|(engine, seq)| (engine, seq, part))
                 })
             })
             .collect();
-        threads
-            .into_iter()
-            .map(|t| {
+        (0..meta.shards)
+            .zip(threads)
+            .map(|(shard, t)| {
                 t.join()
-                    .unwrap_or_else(|_| Err("shard replay panicked".into()))
+                    .unwrap_or_else(|_| Err(RecoveryError::Panicked { shard }))
             })
             .collect()
     });
+    let mut engines = Vec::with_capacity(meta.shards as usize);
+    let mut next_seq = Vec::with_capacity(meta.shards as usize);
     for result in replayed {
         let (engine, seq, part) = result?;
         report.records_replayed += part.records_replayed;
@@ -109,31 +135,53 @@ pub fn recover(
         engines.push(engine);
         next_seq.push(seq);
     }
-    if before != shards {
-        // Write the new layout under the next generation, flip the layout record, then
-        // remove the old generation: a crash anywhere leaves one whole layout.
-        let merged = EngineSnapshot::merge(engines.iter().map(Engine::snapshot).collect());
-        let parts = merged.split(shards as usize, route);
-        let next = generation + 1;
-        store.remove_generation(next)?;
-        engines = Vec::with_capacity(shards as usize);
-        for (shard, snap) in parts.into_iter().enumerate() {
-            let engine = Engine::restore(settings.clone(), snap)?;
-            store
-                .write_snapshot(next, shard as u32, 0, &record::encode(&engine.compact()))
-                .map_err(|e| e.to_string())?;
-            engines.push(engine);
-        }
-        store.set_meta(Meta {
-            generation: next,
-            shards,
-        })?;
-        store.remove_generation(generation)?;
-        generation = next;
-        next_seq = vec![0; shards as usize];
+    Ok((engines, next_seq))
+}
+
+/// Merges the state of the layout `old` and splits it for `shards` shards, stored as the
+/// next generation. It writes the new layout, flips the layout record, then removes the
+/// old generation: a crash anywhere leaves one whole layout.
+fn reshard(
+    store: &Store,
+    old: Meta,
+    engines: Vec<Engine>,
+    shards: u32,
+    settings: &Settings,
+    route: &dyn Fn(&str, &str) -> usize,
+) -> Result<Vec<Engine>, RecoveryError> {
+    let merged = EngineSnapshot::merge(engines.iter().map(Engine::snapshot).collect());
+    drop(engines);
+    let parts = merged.split(shards as usize, route);
+    let next = old.generation + 1;
+    store.remove_generation(next)?;
+    let mut engines = Vec::with_capacity(shards as usize);
+    for (shard, snap) in parts.into_iter().enumerate() {
+        let shard = shard as u32;
+        let engine =
+            Engine::restore(settings.clone(), snap).map_err(|reason| RecoveryError::Split {
+                shards,
+                shard,
+                reason,
+            })?;
+        store.write_snapshot(next, shard, 0, &record::encode(&engine.compact()))?;
+        engines.push(engine);
     }
-    let mut pending: Vec<Vec<Vec<u8>>> = vec![Vec::new(); shards as usize];
-    repair_split_holds(&mut engines, now, &mut pending, &mut report)?;
+    store.set_meta(Meta {
+        generation: next,
+        shards,
+    })?;
+    store.remove_generation(old.generation)?;
+    Ok(engines)
+}
+
+/// Expires the holds whose deadline passed while stockd was down (their records join
+/// `pending`), counts the state, and checks every engine's invariants.
+fn expire_and_check(
+    engines: &mut [Engine],
+    now: Millis,
+    pending: &mut [Vec<Vec<u8>>],
+    report: &mut RecoveryReport,
+) -> Result<(), RecoveryError> {
     for (shard, engine) in engines.iter_mut().enumerate() {
         let expired = engine.expire_due(now);
         if expired > 0 {
@@ -145,16 +193,14 @@ pub fn recover(
         }
         report.positions += engine.position_count();
         report.holds += engine.hold_count();
-        engine.check_consistency()?;
+        engine
+            .check_consistency()
+            .map_err(|reason| RecoveryError::Inconsistent {
+                shard: shard as u32,
+                reason,
+            })?;
     }
-    report.duration = started.elapsed();
-    Ok(Recovered {
-        engines,
-        generation,
-        next_seq,
-        pending,
-        report,
-    })
+    Ok(())
 }
 
 /// Rebuilds one shard from its snapshot and log (also used after a failed write).
@@ -164,17 +210,8 @@ pub fn replay_shard(
     shard: u32,
     settings: &Settings,
     report: &mut RecoveryReport,
-) -> Result<(Engine, u64), String> {
-    let (mut engine, covers) = match store.read_snapshot(generation, shard)? {
-        Some((header, bytes)) => {
-            let snap: CompactSnapshot = record::decode(&bytes)
-                .map_err(|e| format!("{}: snapshot of shard {shard}: {e}", store.path.display()))?;
-            let engine = Engine::from_compact(settings.clone(), snap)
-                .map_err(|e| format!("{}: snapshot of shard {shard}: {e}", store.path.display()))?;
-            (engine, header.covers_seq)
-        }
-        None => (Engine::new(settings.clone()), 0),
-    };
+) -> Result<(Engine, u64), RecoveryError> {
+    let (mut engine, covers) = load_snapshot(store, generation, shard, settings)?;
     let mut next = covers;
     let mut log = store.read_log(generation, shard).peekable();
     while let Some(item) = log.next() {
@@ -194,31 +231,60 @@ pub fn replay_shard(
                 report.dropped_tail_records.push(what);
                 break;
             }
-            Err(e) => {
-                return Err(format!(
-                    "{}: shard {shard} log record {seq} is damaged ({e}) and later records depend on it; \
-                     refusing to start rather than lose acknowledged changes",
-                    store.path.display()
-                ));
+            Err(source) => {
+                return Err(RecoveryError::DamagedRecord {
+                    path: store.path.clone(),
+                    shard,
+                    record: seq,
+                    source,
+                });
             }
         };
         if seq != next {
-            return Err(format!(
-                "{}: shard {shard} log jumps from record {next} to {seq}",
-                store.path.display()
-            ));
+            return Err(RecoveryError::Gap {
+                path: store.path.clone(),
+                shard,
+                expected: next,
+                found: seq,
+            });
         }
-        engine.apply(rec.now, &rec.command).map_err(|e| {
-            format!(
-                "{}: shard {shard} log record {seq} does not replay: {e}",
-                store.path.display()
-            )
-        })?;
+        engine
+            .apply(rec.now, &rec.command)
+            .map_err(|source| RecoveryError::Replay {
+                path: store.path.clone(),
+                shard,
+                record: seq,
+                source,
+            })?;
         engine.drain_events().for_each(drop);
         report.records_replayed += 1;
         next = seq + 1;
     }
     Ok((engine, next))
+}
+
+/// A shard's engine from its snapshot (empty without one), and the log sequence the
+/// snapshot covers.
+fn load_snapshot(
+    store: &Store,
+    generation: u32,
+    shard: u32,
+    settings: &Settings,
+) -> Result<(Engine, u64), RecoveryError> {
+    let snapshot_err = |reason: String| RecoveryError::Snapshot {
+        path: store.path.clone(),
+        shard,
+        reason,
+    };
+    match store.read_snapshot(generation, shard)? {
+        Some((header, bytes)) => {
+            let snap: CompactSnapshot =
+                record::decode(&bytes).map_err(|e| snapshot_err(e.to_string()))?;
+            let engine = Engine::from_compact(settings.clone(), snap).map_err(snapshot_err)?;
+            Ok((engine, header.covers_seq))
+        }
+        None => Ok((Engine::new(settings.clone()), 0)),
+    }
 }
 
 /// Makes every hold whole again after a crash between its shards.
@@ -227,7 +293,7 @@ fn repair_split_holds(
     now: Millis,
     pending: &mut [Vec<Vec<u8>>],
     report: &mut RecoveryReport,
-) -> Result<(), String> {
+) -> Result<(), RecoveryError> {
     let mut by_hold: BTreeMap<String, Vec<(usize, HoldView)>> = BTreeMap::new();
     for (shard, engine) in engines.iter().enumerate() {
         for view in engine.split_hold_views() {
@@ -272,7 +338,10 @@ fn repair_split_holds(
                 };
                 engines[*shard]
                     .apply(now, &release)
-                    .map_err(|e| format!("repair of hold {hold_ref:?}: {e}"))?;
+                    .map_err(|source| RecoveryError::Repair {
+                        hold_ref: hold_ref.clone(),
+                        source,
+                    })?;
                 pending[*shard].push(record::encode(&LogRecord {
                     now,
                     command: release,
@@ -309,63 +378,7 @@ fn repair_split_orders(
         let Some(order_ref) = parts.iter().find_map(|(_, p)| p.order_ref.clone()) else {
             continue;
         };
-        let mut commands: Vec<(usize, Command)> = Vec::new();
-        if parts.iter().any(|(_, p)| p.cancelled) {
-            for (shard, p) in &parts {
-                if !p.cancelled {
-                    commands.push((
-                        *shard,
-                        Command::CancelOrder {
-                            order_ref: order_ref.clone(),
-                        },
-                    ));
-                }
-            }
-        } else if let Some(latest) = parts
-            .iter()
-            .filter_map(|(_, p)| p.last_fulfil.clone())
-            .max_by_key(|op| (op.at, op.id))
-        {
-            for (shard, p) in &parts {
-                if p.last_fulfil.as_ref().map(|o| o.id) == Some(latest.id) {
-                    continue;
-                }
-                let lines = match &latest.lines {
-                    None if p.open == 0 => continue,
-                    None => None,
-                    Some(all) => {
-                        let mine: Vec<OrderLine> = all
-                            .iter()
-                            .enumerate()
-                            .filter(|(_, l)| {
-                                p.lines.iter().any(|pl| {
-                                    pl.product_ref == l.product_ref
-                                        && pl.location_ref == l.location_ref
-                                })
-                            })
-                            .map(|(i, l)| OrderLine {
-                                index: i as u32,
-                                product_ref: l.product_ref.clone(),
-                                location_ref: l.location_ref.clone(),
-                                quantity: l.quantity,
-                            })
-                            .collect();
-                        if mine.is_empty() {
-                            continue;
-                        }
-                        Some(mine)
-                    }
-                };
-                commands.push((
-                    *shard,
-                    Command::Fulfil {
-                        order_ref: order_ref.clone(),
-                        lines,
-                        op: Some(latest.clone()),
-                    },
-                ));
-            }
-        }
+        let commands = order_repairs(&order_ref, &parts);
         if !commands.is_empty() {
             report.holds_repaired += 1;
         }
@@ -378,4 +391,71 @@ fn repair_split_orders(
             }
         }
     }
+}
+
+/// The commands that make an order's parts agree: a cancellation seen on one part is
+/// finished on the others; otherwise the latest fulfilment is finished on every part that
+/// missed it.
+fn order_repairs(order_ref: &str, parts: &[(usize, HoldView)]) -> Vec<(usize, Command)> {
+    if parts.iter().any(|(_, p)| p.cancelled) {
+        return parts
+            .iter()
+            .filter(|(_, p)| !p.cancelled)
+            .map(|(shard, _)| {
+                let order_ref = order_ref.to_string();
+                (*shard, Command::CancelOrder { order_ref })
+            })
+            .collect();
+    }
+    let Some(latest) = parts
+        .iter()
+        .filter_map(|(_, p)| p.last_fulfil.as_ref())
+        .max_by_key(|op| (op.at, op.id))
+    else {
+        return Vec::new();
+    };
+    let mut commands = Vec::new();
+    for (shard, p) in parts {
+        if p.last_fulfil.as_ref().map(|o| o.id) == Some(latest.id) {
+            continue;
+        }
+        let lines = match &latest.lines {
+            None if p.open == 0 => continue,
+            None => None,
+            Some(all) => match lines_on_part(all, p) {
+                Some(mine) => Some(mine),
+                None => continue,
+            },
+        };
+        commands.push((
+            *shard,
+            Command::Fulfil {
+                order_ref: order_ref.to_string(),
+                lines,
+                op: Some(latest.clone()),
+            },
+        ));
+    }
+    commands
+}
+
+/// The lines of a partial fulfilment that fall on this part, with their request index;
+/// `None` when none does.
+fn lines_on_part(all: &[LineView], part: &HoldView) -> Option<Vec<OrderLine>> {
+    let mine: Vec<OrderLine> = all
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| {
+            part.lines
+                .iter()
+                .any(|pl| pl.product_ref == l.product_ref && pl.location_ref == l.location_ref)
+        })
+        .map(|(i, l)| OrderLine {
+            index: i as u32,
+            product_ref: l.product_ref.clone(),
+            location_ref: l.location_ref.clone(),
+            quantity: l.quantity,
+        })
+        .collect();
+    (!mine.is_empty()).then_some(mine)
 }

@@ -13,27 +13,14 @@
 //! crash at any point leaves one whole layout.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::error::StorageError;
 use super::record;
 
 const META: &[u8] = b"meta";
-
-/// A storage failure; the service answers UNAVAILABLE for it.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StorageError {
-    #[error("storage I/O failed: {0}")]
-    Io(String),
-    #[error("storage write failed: injected fault ({0} exists)")]
-    Injected(PathBuf),
-}
-
-impl From<sled::Error> for StorageError {
-    fn from(e: sled::Error) -> Self {
-        StorageError::Io(e.to_string())
-    }
-}
 
 /// Header of a stored snapshot.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -84,22 +71,32 @@ pub struct Store {
 
 impl Store {
     /// Opens (or creates) the database under `data_dir`.
-    pub fn open(data_dir: &Path) -> Result<Store, String> {
+    pub fn open(data_dir: &Path) -> Result<Store, StorageError> {
+        let open_err = |action, path: &Path, source: Arc<dyn std::error::Error + Send + Sync>| {
+            StorageError::Open {
+                action,
+                path: path.to_path_buf(),
+                source,
+            }
+        };
         std::fs::create_dir_all(data_dir)
-            .map_err(|e| format!("cannot create data folder {}: {e}", data_dir.display()))?;
+            .map_err(|e| open_err("create data folder", data_dir, Arc::new(e)))?;
         let path = data_dir.join("sled");
         let db = sled::Config::new()
             .path(&path)
             .mode(sled::Mode::HighThroughput)
             .open()
-            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        let open = |name: &str| {
-            db.open_tree(name)
-                .map_err(|e| format!("cannot open tree {name} in {}: {e}", path.display()))
+            .map_err(|e| open_err("open", &path, Arc::new(e)))?;
+        let open = |tree: &'static str| {
+            db.open_tree(tree).map_err(|e| StorageError::OpenTree {
+                tree,
+                path: path.clone(),
+                source: Arc::new(e),
+            })
         };
         let snapshot_dir = data_dir.join("snapshots");
         std::fs::create_dir_all(&snapshot_dir)
-            .map_err(|e| format!("cannot create {}: {e}", snapshot_dir.display()))?;
+            .map_err(|e| open_err("create", &snapshot_dir, Arc::new(e)))?;
         Ok(Store {
             log: open("log")?,
             meta: open("meta")?,
@@ -110,21 +107,23 @@ impl Store {
     }
 
     /// The layout in use, if anything was ever written.
-    pub fn meta(&self) -> Result<Option<Meta>, String> {
-        let Some(v) = self.meta.get(META).map_err(|e| e.to_string())? else {
+    pub fn meta(&self) -> Result<Option<Meta>, StorageError> {
+        let Some(v) = self.meta.get(META)? else {
             return Ok(None);
         };
         record::decode(&v)
             .map(Some)
-            .map_err(|e| format!("{}: layout record: {e}", self.path.display()))
+            .map_err(|e| StorageError::Corrupt {
+                path: self.path.clone(),
+                what: "layout record",
+                reason: e.to_string(),
+            })
     }
 
     /// Records the layout in use and makes it durable.
-    pub fn set_meta(&self, meta: Meta) -> Result<(), String> {
-        self.meta
-            .insert(META, record::encode(&meta))
-            .map_err(|e| e.to_string())?;
-        self.db.flush().map_err(|e| e.to_string())?;
+    pub fn set_meta(&self, meta: Meta) -> Result<(), StorageError> {
+        self.meta.insert(META, record::encode(&meta))?;
+        self.db.flush()?;
         Ok(())
     }
 
@@ -139,31 +138,34 @@ impl Store {
         &self,
         generation: u32,
         shard: u32,
-    ) -> Result<Option<(SnapshotHeader, Vec<u8>)>, String> {
+    ) -> Result<Option<(SnapshotHeader, Vec<u8>)>, StorageError> {
         let file = self.snapshot_file(generation, shard);
-        let where_ = |what: &str| format!("{}: {what}", file.display());
+        let damaged = |reason: String| StorageError::Corrupt {
+            path: file.clone(),
+            what: "snapshot",
+            reason,
+        };
         let bytes = match std::fs::read(&file) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(where_(&e.to_string())),
+            Err(e) => return Err(StorageError::file(&file, e)),
         };
+        let short = || damaged("shorter than its header".into());
         if bytes.len() < 4 {
-            return Err(where_("shorter than its header"));
+            return Err(short());
         }
         let header_len = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes")) as usize;
-        let body = bytes
-            .get(4 + header_len..)
-            .ok_or_else(|| where_("shorter than its header"))?;
+        let body = bytes.get(4 + header_len..).ok_or_else(short)?;
         let header: SnapshotHeader = record::decode(&bytes[4..4 + header_len])
-            .map_err(|e| where_(&format!("header: {e}")))?;
+            .map_err(|e| damaged(format!("header: {e}")))?;
         if body.len() as u64 != header.bytes {
-            return Err(where_(&format!(
+            return Err(damaged(format!(
                 "holds {} bytes where its header says {}",
                 body.len(),
                 header.bytes
             )));
         }
-        record::check(body).map_err(|e| where_(&e.to_string()))?;
+        record::check(body).map_err(|e| damaged(e.to_string()))?;
         Ok(Some((header, body.to_vec())))
     }
 
@@ -185,7 +187,7 @@ impl Store {
         });
         let file = self.snapshot_file(generation, shard);
         let tmp = file.with_extension("snapshot.tmp");
-        let io = |e: std::io::Error| StorageError::Io(format!("{}: {e}", tmp.display()));
+        let io = |e: std::io::Error| StorageError::file(&tmp, e);
         let mut out = std::fs::File::create(&tmp).map_err(io)?;
         out.write_all(&(header.len() as u32).to_le_bytes())
             .map_err(io)?;
@@ -224,37 +226,37 @@ impl Store {
         &self,
         generation: u32,
         shard: u32,
-    ) -> impl Iterator<Item = Result<(u64, sled::IVec), String>> + '_ {
+    ) -> impl Iterator<Item = Result<(u64, sled::IVec), StorageError>> + '_ {
         self.log
             .scan_prefix(log_prefix(generation, shard))
-            .map(|item| {
-                item.map(|(k, v)| (log_seq(&k), v))
-                    .map_err(|e| e.to_string())
-            })
+            .map(|item| item.map(|(k, v)| (log_seq(&k), v)).map_err(Into::into))
     }
 
     /// Removes one log record (a damaged tail record that was never acknowledged).
-    pub fn remove_log_record(&self, generation: u32, shard: u32, seq: u64) -> Result<(), String> {
-        self.log
-            .remove(log_key(generation, shard, seq))
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+    pub fn remove_log_record(
+        &self,
+        generation: u32,
+        shard: u32,
+        seq: u64,
+    ) -> Result<(), StorageError> {
+        self.log.remove(log_key(generation, shard, seq))?;
+        Ok(())
     }
 
     /// Removes everything of a generation (after a newer one replaced it).
-    pub fn remove_generation(&self, generation: u32) -> Result<(), String> {
+    pub fn remove_generation(&self, generation: u32) -> Result<(), StorageError> {
         let mut batch = sled::Batch::default();
         for key in self.log.scan_prefix(generation.to_be_bytes()).keys() {
-            batch.remove(key.map_err(|e| e.to_string())?);
+            batch.remove(key?);
         }
-        self.log.apply_batch(batch).map_err(|e| e.to_string())?;
+        self.log.apply_batch(batch)?;
         let prefix = format!("g{generation}-");
         let entries = std::fs::read_dir(&self.snapshot_dir)
-            .map_err(|e| format!("{}: {e}", self.snapshot_dir.display()))?;
+            .map_err(|e| StorageError::file(&self.snapshot_dir, e))?;
         for entry in entries.flatten() {
             if entry.file_name().to_string_lossy().starts_with(&prefix) {
                 std::fs::remove_file(entry.path())
-                    .map_err(|e| format!("{}: {e}", entry.path().display()))?;
+                    .map_err(|e| StorageError::file(entry.path(), e))?;
             }
         }
         Ok(())

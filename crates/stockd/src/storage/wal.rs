@@ -14,11 +14,7 @@ use super::record;
 use super::store::{StorageError, Store, log_key};
 use crate::metrics as m;
 
-/// Most messages the writer takes into one group commit. Bounds the latency a group adds
-/// to its first member and the memory of one sled batch.
-pub const GROUP_MESSAGES_MAX: usize = 4_096;
-/// Capacity of the writer's inbox. When full, shards wait: backpressure, not memory growth.
-pub const WAL_INBOX_CAPACITY: usize = 1_024;
+pub use crate::limits::{GROUP_MESSAGES_MAX, WAL_INBOX_CAPACITY};
 
 /// When an acknowledged change is on disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,7 +122,7 @@ impl Wal {
                 done,
             })
             .await
-            .map_err(|_| StorageError::Io("the write-ahead log writer has stopped".into()))?;
+            .map_err(|_| StorageError::WriterStopped)?;
         Ok(ticket)
     }
 
@@ -136,10 +132,8 @@ impl Wal {
         self.tx
             .send(Message::Flush { done })
             .await
-            .map_err(|_| StorageError::Io("the write-ahead log writer has stopped".into()))?;
-        ticket
-            .await
-            .map_err(|_| StorageError::Io("the write-ahead log writer has stopped".into()))?
+            .map_err(|_| StorageError::WriterStopped)?;
+        ticket.await.map_err(|_| StorageError::WriterStopped)?
     }
 }
 
@@ -261,6 +255,15 @@ impl Writer {
         if changes > 0 {
             m::wal_group(changes, bytes);
         }
+        self.answer(waiting, result);
+    }
+
+    /// Tells every waiter of a group how it went; the first failure sticks.
+    fn answer(
+        &mut self,
+        waiting: Vec<oneshot::Sender<Result<(), StorageError>>>,
+        result: Result<(), StorageError>,
+    ) {
         if let Err(e) = &result
             && self.failed.is_none()
         {

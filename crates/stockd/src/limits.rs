@@ -1,0 +1,150 @@
+//! Every bound and default of the server, in one place, each with its cost or its reason.
+//!
+//! The flags of `config.rs` take their defaults from here, and so does
+//! `ShardLimits::default`. The relations between the bounds are checked at compile time
+//! at the bottom of this file. Request limits that the engine enforces (`HOLD_LINES_MAX`,
+//! `HOLD_QUANTITY_MAX`, the TTL bounds, `REF_LEN_MAX`) live in the domain crate, beside the
+//! validation that uses them; the router's own bounds (`LOCK_STRIPES`, `READ_KEYS_MAX`,
+//! `STOCK_BATCH_MAX`) live in `shard/router.rs` and are re-exported here so this file
+//! lists every bound the server has.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use stockd_domain::Millis;
+use stockd_domain::refs::REF_LEN_MAX;
+use stockd_domain::request::{
+    HOLD_LINES_MAX, TTL_SECONDS_DEFAULT, TTL_SECONDS_MAX, TTL_SECONDS_MIN,
+};
+
+pub use crate::shard::router::{LOCK_STRIPES, READ_KEYS_MAX, STOCK_BATCH_MAX};
+
+// ---- Addresses and folders -------------------------------------------------------------
+
+/// Where the gRPC services listen by default (`--grpc-addr`): every interface, the port the
+/// Kubernetes manifests name `grpc`.
+pub const GRPC_ADDR_DEFAULT: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 50051));
+
+/// Where Prometheus scrapes `/metrics` by default (`--metrics-addr`): the port the
+/// manifests name `metrics`.
+pub const METRICS_ADDR_DEFAULT: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 9464));
+
+/// The data folder by default (`--data-dir`): relative, so `cargo run` works anywhere.
+pub const DATA_DIR_DEFAULT: &str = "./data";
+
+/// Shards when the number of cores cannot be read: two keeps a cross-shard hold possible
+/// without assuming a large machine.
+pub const SHARDS_FALLBACK: u32 = 2;
+
+// ---- Shards ------------------------------------------------------------------------------
+
+/// Capacity of each shard's mailbox by default (`--mailbox-capacity`). A message is about
+/// 100 bytes plus its request, so a full mailbox holds about 1 MiB per shard; at a shard's
+/// measured 20,000 requests/s it is 0.4 s of queueing, after which callers get
+/// RESOURCE_EXHAUSTED instead of a longer wait.
+pub const MAILBOX_CAPACITY_DEFAULT: usize = 8_192;
+
+/// Most requests one wake-up of a shard handles. Bounds the latency a batch adds to its
+/// last member (256 × about 1 µs of engine work) and the replies a batch keeps.
+pub const BATCH_MAX: usize = 256;
+
+/// A hold expires this long after its deadline on the timer. A confirm or reserve that
+/// arrives with a `now` past the deadline already treats it as expired; the grace keeps
+/// every shard of a multi-shard hold agreeing on what a request just before the deadline
+/// saw. Well inside domain.md's "within one second".
+pub const EXPIRY_GRACE_MS: Millis = 250;
+
+/// How often a shard publishes its gauges (positions, active holds per channel). Counting
+/// active holds walks the channels, so it runs once a second, not once per batch.
+pub const GAUGES_EVERY_MS: u64 = 1_000;
+
+/// Capacity of the channel from a shard to its releaser (the task that sends a batch's
+/// replies once the batch is durable), in batches. What bounds it naturally is the number
+/// of batches in flight: a batch with records waits in the WAL pipeline, which holds at
+/// most `WAL_INBOX_CAPACITY` messages queued plus `GROUP_MESSAGES_MAX` being committed. With
+/// this capacity a shard waits on its releaser only when the releaser itself falls behind,
+/// or when read-only batches pile up behind a slow flush. Waiting is backpressure: the
+/// shard stops draining its mailbox, which fills and answers RESOURCE_EXHAUSTED.
+///
+/// The shard's send cannot deadlock: the releaser waits only for tickets, and every ticket
+/// belongs to a message the shard put in the WAL writer's inbox *before* it sent the
+/// batch to the releaser; the writer answers it without waiting on any shard or releaser.
+/// Memory: about 64 bytes per queued batch plus its replies (at most `BATCH_MAX` each);
+/// tokio allocates the queue as it fills, not up front.
+pub const RELEASER_CAPACITY: usize = WAL_INBOX_CAPACITY + GROUP_MESSAGES_MAX;
+
+// ---- Write-ahead log ---------------------------------------------------------------------
+
+/// Most messages (one shard's batch each) the WAL writer takes into one group commit.
+/// Bounds the latency a group adds to its first member and the memory of one sled batch
+/// (at most 4,096 × `BATCH_MAX` records).
+pub const GROUP_MESSAGES_MAX: usize = 4_096;
+
+/// Capacity of the WAL writer's inbox, in messages. When full, shards wait: backpressure,
+/// not memory growth (1,024 batches of at most `BATCH_MAX` records).
+pub const WAL_INBOX_CAPACITY: usize = 1_024;
+
+/// Flush period of `--durability async` by default (`--flush-interval-ms`): a crash loses
+/// at most this long of acknowledged changes; shorter flushes cost more disk syncs.
+pub const FLUSH_INTERVAL_MS_DEFAULT: u64 = 5;
+
+// ---- Snapshots ---------------------------------------------------------------------------
+
+/// Snapshot a shard after this many log records by default (`--snapshot-every-records`).
+/// Bounds the log a restart replays (a few microseconds per record: well under a second) and
+/// the disk the log takes. A larger state raises it to the state's size (see the actor).
+pub const SNAPSHOT_EVERY_RECORDS_DEFAULT: u64 = 100_000;
+
+/// Snapshot a shard after this many seconds with at least one record by default
+/// (`--snapshot-every-secs`), so a quiet shard's log is trimmed too.
+pub const SNAPSHOT_EVERY_SECS_DEFAULT: u64 = 300;
+
+// ---- gRPC --------------------------------------------------------------------------------
+
+/// Largest decoded request, in bytes: bounds the memory one call can make the server
+/// allocate. The largest valid request (a stock batch of `STOCK_BATCH_MAX` items of three
+/// refs each) is well below it.
+pub const DECODED_MESSAGE_BYTES_MAX: usize = 4 << 20;
+
+/// How long in-flight calls may take to finish after SIGTERM by default
+/// (`--drain-timeout-secs`). Kubernetes' default grace period is 30 s, so 10 s leaves time
+/// for the shards' final flush.
+pub const DRAIN_TIMEOUT_SECS_DEFAULT: u64 = 10;
+
+// ---- Holds (the hold timer defaults and bounds are the domain's TTL_SECONDS_*) ----------
+
+/// How long a finished hold stays queryable by default (`--hold-retention-secs`): one day.
+/// Bounds the memory of finished holds (about 650 bytes each) under churn.
+pub const HOLD_RETENTION_SECS_DEFAULT: u64 = 86_400;
+
+// ---- Relations, checked at compile time -------------------------------------------------
+
+// A batch can always be filled from a default mailbox.
+const _: () = assert!(BATCH_MAX <= MAILBOX_CAPACITY_DEFAULT);
+// A group commit takes at least as many messages as a shard batches requests, so the
+// log never funnels tighter than the shards…
+const _: () = assert!(GROUP_MESSAGES_MAX >= BATCH_MAX);
+// …and can drain the whole inbox, so a message waits for at most one group after the
+// one being written.
+const _: () = assert!(GROUP_MESSAGES_MAX >= WAL_INBOX_CAPACITY);
+// The releaser holds at least every batch the WAL pipeline can hold (see its comment).
+const _: () = assert!(RELEASER_CAPACITY >= WAL_INBOX_CAPACITY + GROUP_MESSAGES_MAX);
+// A hold expires within the second domain.md promises.
+const _: () = assert!(EXPIRY_GRACE_MS > 0 && EXPIRY_GRACE_MS < 1_000);
+// The largest valid request fits: a stock batch of three refs per item (plus the item's
+// numbers and protobuf framing, 64 bytes), and a hold of HOLD_LINES_MAX lines.
+const _: () = assert!(STOCK_BATCH_MAX * (3 * REF_LEN_MAX + 64) <= DECODED_MESSAGE_BYTES_MAX);
+const _: () = assert!(HOLD_LINES_MAX * (3 * REF_LEN_MAX + 64) <= DECODED_MESSAGE_BYTES_MAX);
+const _: () = assert!(READ_KEYS_MAX * (2 * REF_LEN_MAX + 16) <= DECODED_MESSAGE_BYTES_MAX);
+// The defaults are valid values of their flags.
+const _: () = assert!(MAILBOX_CAPACITY_DEFAULT >= 1 && FLUSH_INTERVAL_MS_DEFAULT >= 1);
+const _: () = assert!(SNAPSHOT_EVERY_RECORDS_DEFAULT >= 1 && SNAPSHOT_EVERY_SECS_DEFAULT >= 1);
+const _: () = assert!(
+    TTL_SECONDS_MIN >= 1
+        && TTL_SECONDS_MIN <= TTL_SECONDS_DEFAULT
+        && TTL_SECONDS_DEFAULT <= TTL_SECONDS_MAX
+);
+// Finished holds outlive the longest timer, so a retry of a just-expired hold still
+// finds it.
+const _: () = assert!(HOLD_RETENTION_SECS_DEFAULT >= TTL_SECONDS_MAX as u64);
