@@ -264,23 +264,7 @@ impl Report<'_> {
             "date".into(),
             json!(humantime::format_rfc3339_seconds(self.date.max(UNIX_EPOCH)).to_string()),
         );
-        report.insert(
-            "options".into(),
-            json!({
-                "call": self.call,
-                "host": self.host,
-                "insecure": true,
-                "total": self.plan.total.unwrap_or(0),
-                "concurrency": self.plan.concurrency,
-                "connections": self.connections,
-                "rps": self.plan.rps.map_or(0, |r| r.round() as u64),
-                "duration": self.plan.duration.map_or(0, |d| d.as_nanos() as u64),
-                "timeout": self.plan.timeout.as_nanos() as u64,
-                "data": self.data.clone().unwrap_or(Value::Null),
-                "skipFirst": self.plan.skip_first,
-                "countErrors": self.plan.count_errors,
-            }),
-        );
+        report.insert("options".into(), self.options_json());
         report.insert(
             "histogram".into(),
             Value::Array(
@@ -320,6 +304,24 @@ impl Report<'_> {
             report.insert("scenario".into(), Value::Object(s));
         }
         Value::Object(report)
+    }
+
+    /// ghz's `options`: what was asked for.
+    fn options_json(&self) -> Value {
+        json!({
+            "call": self.call,
+            "host": self.host,
+            "insecure": true,
+            "total": self.plan.total.unwrap_or(0),
+            "concurrency": self.plan.concurrency,
+            "connections": self.connections,
+            "rps": self.plan.rps.map_or(0, |r| r.round() as u64),
+            "duration": self.plan.duration.map_or(0, |d| d.as_nanos() as u64),
+            "timeout": self.plan.timeout.as_nanos() as u64,
+            "data": self.data.clone().unwrap_or(Value::Null),
+            "skipFirst": self.plan.skip_first,
+            "countErrors": self.plan.count_errors,
+        })
     }
 }
 

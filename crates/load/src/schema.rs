@@ -221,11 +221,12 @@ fn explain(input: &MessageDescriptor, path: &Path, error: &serde_json::Error) ->
             .fields()
             .map(|f| f.json_name().to_string())
             .collect();
-        text.push_str(&format!(
-            " (fields of {}: {})",
-            message.full_name(),
-            fields.join(", ")
-        ));
+        let of = if message == *input {
+            String::new()
+        } else {
+            format!(" of {}", message.full_name())
+        };
+        text.push_str(&format!(" (fields{of}: {})", fields.join(", ")));
     }
     text
 }
