@@ -44,7 +44,16 @@ struct Entry {
 /// Every callable method, in the order of `CALLABLE_SERVICES` and then of the proto.
 struct Catalog {
     entries: Vec<Entry>,
-    known: [Method; 5],
+    known: Known,
+}
+
+/// The methods the scenarios call.
+struct Known {
+    get_availability: Method,
+    reserve: Method,
+    confirm_hold: Method,
+    release_hold: Method,
+    health_check: Method,
 }
 
 /// Built on first use from descriptor sets compiled into the binary: failing to decode
@@ -75,13 +84,13 @@ impl Catalog {
                 .map(Method)
                 .unwrap_or_else(|| panic!("{full_name} is a callable method"))
         };
-        let known = [
-            find(GET_AVAILABILITY),
-            find(RESERVE),
-            find(CONFIRM_HOLD),
-            find(RELEASE_HOLD),
-            find(HEALTH_CHECK),
-        ];
+        let known = Known {
+            get_availability: find(GET_AVAILABILITY),
+            reserve: find(RESERVE),
+            confirm_hold: find(CONFIRM_HOLD),
+            release_hold: find(RELEASE_HOLD),
+            health_check: find(HEALTH_CHECK),
+        };
         Catalog { entries, known }
     }
 }
@@ -107,23 +116,23 @@ impl Entry {
 
 impl Method {
     pub fn get_availability() -> Method {
-        CATALOG.known[0]
+        CATALOG.known.get_availability
     }
 
     pub fn reserve() -> Method {
-        CATALOG.known[1]
+        CATALOG.known.reserve
     }
 
     pub fn confirm_hold() -> Method {
-        CATALOG.known[2]
+        CATALOG.known.confirm_hold
     }
 
     pub fn release_hold() -> Method {
-        CATALOG.known[3]
+        CATALOG.known.release_hold
     }
 
     pub fn health_check() -> Method {
-        CATALOG.known[4]
+        CATALOG.known.health_check
     }
 
     /// How many methods are callable: the number of statistics slots.
