@@ -110,7 +110,50 @@ pub enum Command {
     Reserve(ReserveArgs),
 }
 
-/// The options every mode shares (accepted before or after the subcommand).
+impl Cli {
+    /// The subcommand to run, the target and the shared options. A ghz-style command
+    /// line (`--call` with no subcommand) is the `call` subcommand.
+    pub fn into_parts(self) -> Result<(Command, Option<String>, LoadArgs), String> {
+        let Cli {
+            command,
+            call,
+            load,
+            host,
+        } = self;
+        let command = match command {
+            Some(command) => command,
+            None if call.call.is_some() || call.dump_request.is_some() => {
+                Command::Call(CallCommand { call, host: None })
+            }
+            None => {
+                return Err(
+                    "nothing to run: give --call (ghz style) or a scenario: flash-sale, browse, \
+                     checkout, mixed, health, reserve, call (see stockd-load --help)"
+                        .into(),
+                );
+            }
+        };
+        let host = command.host().or(host);
+        Ok((command, host, load))
+    }
+}
+
+impl Command {
+    /// The HOST:PORT given after the subcommand.
+    fn host(&self) -> Option<String> {
+        match self {
+            Command::Call(a) => a.host.clone(),
+            Command::FlashSale(a) => a.host.clone(),
+            Command::Browse(a) => a.host.clone(),
+            Command::Checkout(a) => a.host.clone(),
+            Command::Mixed(a) => a.host.clone(),
+            Command::Health(a) => a.host.clone(),
+            Command::Reserve(a) => a.host.clone(),
+        }
+    }
+}
+
+/// The options every subcommand shares (accepted before or after the subcommand).
 #[derive(Args, Debug, Clone)]
 pub struct LoadArgs {
     /// Number of concurrent workers (callers).

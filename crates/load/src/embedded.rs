@@ -12,6 +12,11 @@ use tokio::sync::oneshot;
 /// How long a stop may take (drain, flush) before stockd-load gives up waiting.
 const STOP_WAIT: Duration = Duration::from_secs(8);
 
+/// How long in-flight calls may finish after the stop: shorter than `STOP_WAIT`, so a
+/// drain that runs its full course is still waited for.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+const _: () = assert!(DRAIN_TIMEOUT.as_secs() < STOP_WAIT.as_secs());
+
 /// A running embedded server.
 pub struct Embedded {
     pub addr: String,
@@ -36,42 +41,14 @@ pub fn start(durability: Durability, shards: Option<u32>) -> Result<Embedded, St
     if let Some(s) = shards {
         config.shards = s.max(1);
     }
-    config.drain_timeout = Duration::from_secs(5);
+    config.drain_timeout = DRAIN_TIMEOUT;
     let (ready_tx, ready_rx) = std_mpsc::channel::<Result<String, String>>();
     let (stop, stopped) = oneshot::channel::<()>();
     let (done_tx, done) = std_mpsc::channel::<Result<(), String>>();
     let thread = std::thread::Builder::new()
         .name("stockd-embedded".into())
         .spawn(move || {
-            let result = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .thread_name("stockd")
-                .build()
-                .map_err(|e| format!("cannot start the server runtime: {e}"));
-            let runtime = match result {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = done_tx.send(Err(e));
-                    return;
-                }
-            };
-            let result = runtime.block_on(async move {
-                let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(format!("cannot listen on 127.0.0.1:0: {e}")));
-                        return Err(e.to_string());
-                    }
-                };
-                let addr = listener.local_addr().map_err(|e| e.to_string())?;
-                let _ = ready_tx.send(Ok(addr.to_string()));
-                stockd::server::run(config, listener, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .map(|_| ())
-            });
-            let _ = done_tx.send(result);
+            let _ = done_tx.send(serve(config, ready_tx, stopped));
         })
         .map_err(|e| format!("cannot start the server thread: {e}"))?;
     let mut server = Embedded {
@@ -95,6 +72,36 @@ pub fn start(durability: Durability, shards: Option<u32>) -> Result<Embedded, St
             Err(format!("the embedded server failed to start: {why}"))
         }
     }
+}
+
+/// The server thread: its own multi-thread runtime, a listener on 127.0.0.1:0 whose
+/// address goes to `ready`, and `server::run` until `stopped` fires.
+fn serve(
+    config: ServerConfig,
+    ready: std_mpsc::Sender<Result<String, String>>,
+    stopped: oneshot::Receiver<()>,
+) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("stockd")
+        .build()
+        .map_err(|e| format!("cannot start the server runtime: {e}"))?;
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = ready.send(Err(format!("cannot listen on 127.0.0.1:0: {e}")));
+                return Err(e.to_string());
+            }
+        };
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let _ = ready.send(Ok(addr.to_string()));
+        stockd::server::run(config, listener, async {
+            let _ = stopped.await;
+        })
+        .await
+        .map(|_| ())
+    })
 }
 
 impl Embedded {

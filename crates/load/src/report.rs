@@ -8,13 +8,17 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::{Duration, SystemTime};
+use std::io::Write as _;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+use crate::cli::Format;
 use crate::duration::ms;
-use crate::rpc::{Method, code_name};
+use crate::rpc::code_name;
 use crate::runner::{MethodStats, Outcome, Plan};
+use crate::schema::Method;
 
 /// ghz's percentiles.
 pub const PERCENTILES: [u32; 7] = [10, 25, 50, 75, 90, 95, 99];
@@ -51,6 +55,29 @@ pub struct ScenarioReport {
     pub json: serde_json::Map<String, Value>,
     /// `Some(Err(why))` when the scenario's check failed.
     pub check: Option<Result<String, String>>,
+}
+
+impl ScenarioReport {
+    pub fn named(name: &str) -> ScenarioReport {
+        ScenarioReport {
+            name: name.to_string(),
+            ..Default::default()
+        }
+    }
+
+    pub fn line(&mut self, label: &str, value: impl Into<String>) {
+        self.lines.push((label.to_string(), value.into()));
+    }
+}
+
+/// A finished run, ready to report.
+pub struct Ran {
+    pub outcome: Outcome,
+    pub scenario: Option<ScenarioReport>,
+    /// What was called, for `options.call`.
+    pub call: String,
+    /// The request data, for `options.data`.
+    pub data: Option<Value>,
 }
 
 /// Everything a report shows.
@@ -164,8 +191,19 @@ impl Report<'_> {
     /// ghz's text summary, then the per-method table and the scenario section.
     pub fn summary(&self) -> String {
         let all = self.outcome.overall();
-        let f = figures(&all, self.outcome.total);
         let mut out = String::new();
+        self.summary_figures(&all, &mut out);
+        histogram_text(&all, &mut out);
+        distributions_text(&all, &mut out);
+        self.per_method_text(&mut out);
+        if let Some(sc) = &self.scenario {
+            scenario_text(sc, &mut out);
+        }
+        out
+    }
+
+    fn summary_figures(&self, all: &MethodStats, out: &mut String) {
+        let f = figures(all, self.outcome.total);
         out.push('\n');
         out.push_str("Summary:\n");
         if let Some(name) = self.name {
@@ -177,93 +215,38 @@ impl Report<'_> {
         let _ = writeln!(out, "  Fastest:\t{}", ms(f.fastest));
         let _ = writeln!(out, "  Average:\t{}", ms(f.average));
         let _ = writeln!(out, "  Requests/sec:\t{:.2}", f.rps);
-        out.push_str("\nResponse time histogram:\n");
-        let bars = buckets(&all);
-        let max = bars.iter().map(|b| b.count).max().unwrap_or(0).max(1);
-        for b in &bars {
-            let len = (b.count * 40 / max) as usize;
-            let _ = writeln!(
-                out,
-                "  {:.3} [{}]\t|{}",
-                b.mark_ns / 1e6,
-                b.count,
-                "∎".repeat(len)
-            );
-        }
-        out.push_str("\nLatency distribution:");
-        for p in PERCENTILES {
-            let _ = write!(out, "\n  {p} % in {} ", ms(quantile(&all, f64::from(p))));
-        }
-        let _ = write!(out, "\n  99.9 % in {} ", ms(quantile(&all, 99.9)));
-        out.push_str("\n\n");
-        let codes = status_distribution(&all);
-        if !codes.is_empty() {
-            out.push_str("Status code distribution:");
-            for (code, n) in &codes {
-                let _ = write!(out, "\n  [{code}]\t{n} responses");
-            }
-            out.push_str("\n\n");
-        }
-        if !all.errors.is_empty() {
-            out.push_str("Error distribution:");
-            let mut errors: Vec<_> = all.errors.iter().collect();
-            errors.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-            for (e, n) in errors {
-                let _ = write!(out, "\n  [{n}]\t{e}");
-            }
-            out.push_str("\n\n");
-        }
-        let called: Vec<(Method, &MethodStats)> = Method::ALL
-            .iter()
-            .filter_map(|m| self.outcome.method(*m).map(|s| (*m, s)))
+    }
+
+    /// One line per method called, when there is more than one or a scenario ran.
+    fn per_method_text(&self, out: &mut String) {
+        let called: Vec<(Method, &MethodStats)> = Method::all()
+            .filter_map(|m| self.outcome.method(m).map(|s| (m, s)))
             .collect();
-        if called.len() > 1 || self.scenario.is_some() {
-            out.push_str("Per method:\n");
+        if called.len() <= 1 && self.scenario.is_none() {
+            return;
+        }
+        out.push_str("Per method:\n");
+        let _ = writeln!(
+            out,
+            "  {:<16} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}",
+            "method", "count", "req/s", "average", "p50", "p99", "p99.9", "errors"
+        );
+        for (m, s) in called {
+            let f = figures(s, self.outcome.total);
             let _ = writeln!(
                 out,
-                "  {:<16} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}",
-                "method", "count", "req/s", "average", "p50", "p99", "p99.9", "errors"
+                "  {:<16} {:>9} {:>10.1} {:>10} {:>10} {:>10} {:>10} {:>8}",
+                m.name(),
+                s.count,
+                f.rps,
+                ms(f.average),
+                ms(quantile(s, 50.0)),
+                ms(quantile(s, 99.0)),
+                ms(quantile(s, 99.9)),
+                s.failed()
             );
-            for (m, s) in called {
-                let f = figures(s, self.outcome.total);
-                let _ = writeln!(
-                    out,
-                    "  {:<16} {:>9} {:>10.1} {:>10} {:>10} {:>10} {:>10} {:>8}",
-                    m.name(),
-                    s.count,
-                    f.rps,
-                    ms(f.average),
-                    ms(quantile(s, 50.0)),
-                    ms(quantile(s, 99.0)),
-                    ms(quantile(s, 99.9)),
-                    s.failed()
-                );
-            }
-            out.push('\n');
         }
-        if let Some(sc) = &self.scenario {
-            let _ = writeln!(out, "Scenario: {}", sc.name);
-            let width = sc.lines.iter().map(|(l, _)| l.len()).max().unwrap_or(0) + 1;
-            for (label, value) in &sc.lines {
-                let _ = writeln!(
-                    out,
-                    "  {:<width$} {value}",
-                    format!("{label}:"),
-                    width = width
-                );
-            }
-            match &sc.check {
-                Some(Ok(why)) => {
-                    let _ = writeln!(out, "  PASS: {why}");
-                }
-                Some(Err(why)) => {
-                    let _ = writeln!(out, "  FAIL: {why}");
-                }
-                None => {}
-            }
-            out.push('\n');
-        }
-        out
+        out.push('\n');
     }
 
     /// ghz's JSON report.
@@ -277,24 +260,11 @@ impl Report<'_> {
             report.insert("name".into(), json!(name));
         }
         report.insert("endReason".into(), json!(self.outcome.end_reason.as_str()));
-        report.insert("date".into(), json!(crate::template::rfc3339(self.date)));
         report.insert(
-            "options".into(),
-            json!({
-                "call": self.call,
-                "host": self.host,
-                "insecure": true,
-                "total": self.plan.total.unwrap_or(0),
-                "concurrency": self.plan.concurrency,
-                "connections": self.connections,
-                "rps": self.plan.rps.map_or(0, |r| r.round() as u64),
-                "duration": self.plan.duration.map_or(0, |d| d.as_nanos() as u64),
-                "timeout": self.plan.timeout.as_nanos() as u64,
-                "data": self.data.clone().unwrap_or(Value::Null),
-                "skipFirst": self.plan.skip_first,
-                "countErrors": self.plan.count_errors,
-            }),
+            "date".into(),
+            json!(humantime::format_rfc3339_seconds(self.date.max(UNIX_EPOCH)).to_string()),
         );
+        report.insert("options".into(), self.options_json());
         report.insert(
             "histogram".into(),
             Value::Array(
@@ -313,7 +283,7 @@ impl Report<'_> {
         report.insert("details".into(), json!([]));
         report.insert("operations".into(), json!(self.outcome.operations));
         let mut methods = serde_json::Map::new();
-        for m in Method::ALL {
+        for m in Method::all() {
             if let Some(s) = self.outcome.method(m) {
                 methods.insert(m.name().into(), stats_json(s, self.outcome.total));
             }
@@ -334,6 +304,113 @@ impl Report<'_> {
             report.insert("scenario".into(), Value::Object(s));
         }
         Value::Object(report)
+    }
+
+    /// ghz's `options`: what was asked for.
+    fn options_json(&self) -> Value {
+        json!({
+            "call": self.call,
+            "host": self.host,
+            "insecure": true,
+            "total": self.plan.total.unwrap_or(0),
+            "concurrency": self.plan.concurrency,
+            "connections": self.connections,
+            "rps": self.plan.rps.map_or(0, |r| r.round() as u64),
+            "duration": self.plan.duration.map_or(0, |d| d.as_nanos() as u64),
+            "timeout": self.plan.timeout.as_nanos() as u64,
+            "data": self.data.clone().unwrap_or(Value::Null),
+            "skipFirst": self.plan.skip_first,
+            "countErrors": self.plan.count_errors,
+        })
+    }
+}
+
+fn histogram_text(all: &MethodStats, out: &mut String) {
+    out.push_str("\nResponse time histogram:\n");
+    let bars = buckets(all);
+    let max = bars.iter().map(|b| b.count).max().unwrap_or(0).max(1);
+    for b in &bars {
+        let len = (b.count * 40 / max) as usize;
+        let _ = writeln!(
+            out,
+            "  {:.3} [{}]\t|{}",
+            b.mark_ns / 1e6,
+            b.count,
+            "∎".repeat(len)
+        );
+    }
+}
+
+/// Latency percentiles, then status codes and errors when there are any.
+fn distributions_text(all: &MethodStats, out: &mut String) {
+    out.push_str("\nLatency distribution:");
+    for p in PERCENTILES {
+        let _ = write!(out, "\n  {p} % in {} ", ms(quantile(all, f64::from(p))));
+    }
+    let _ = write!(out, "\n  99.9 % in {} ", ms(quantile(all, 99.9)));
+    out.push_str("\n\n");
+    let codes = status_distribution(all);
+    if !codes.is_empty() {
+        out.push_str("Status code distribution:");
+        for (code, n) in &codes {
+            let _ = write!(out, "\n  [{code}]\t{n} responses");
+        }
+        out.push_str("\n\n");
+    }
+    if !all.errors.is_empty() {
+        out.push_str("Error distribution:");
+        let mut errors: Vec<_> = all.errors.iter().collect();
+        errors.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        for (e, n) in errors {
+            let _ = write!(out, "\n  [{n}]\t{e}");
+        }
+        out.push_str("\n\n");
+    }
+}
+
+fn scenario_text(sc: &ScenarioReport, out: &mut String) {
+    let _ = writeln!(out, "Scenario: {}", sc.name);
+    let width = sc.lines.iter().map(|(l, _)| l.len()).max().unwrap_or(0) + 1;
+    for (label, value) in &sc.lines {
+        let _ = writeln!(
+            out,
+            "  {:<width$} {value}",
+            format!("{label}:"),
+            width = width
+        );
+    }
+    match &sc.check {
+        Some(Ok(why)) => {
+            let _ = writeln!(out, "  PASS: {why}");
+        }
+        Some(Err(why)) => {
+            let _ = writeln!(out, "  FAIL: {why}");
+        }
+        None => {}
+    }
+    out.push('\n');
+}
+
+/// Writes the report in `format` to `output`, or to stdout.
+pub fn write(report: &Report<'_>, format: Format, output: Option<&Path>) -> Result<(), String> {
+    let text = match format {
+        Format::Summary => report.summary(),
+        Format::Json => format!("{}\n", report.json()),
+        Format::Pretty => format!(
+            "{}\n",
+            serde_json::to_string_pretty(&report.json()).map_err(|e| e.to_string())?
+        ),
+    };
+    match output {
+        Some(path) => {
+            std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(text.as_bytes());
+            let _ = out.flush();
+            Ok(())
+        }
     }
 }
 
@@ -385,9 +462,8 @@ mod tests {
         s.codes[14] += 2;
         s.errors
             .insert("rpc error: code = Unavailable desc = x".into(), 2);
-        let mut methods: Vec<Option<MethodStats>> =
-            (0..crate::rpc::METHODS).map(|_| None).collect();
-        methods[Method::Reserve as usize] = Some(s);
+        let mut methods: Vec<Option<MethodStats>> = (0..Method::count()).map(|_| None).collect();
+        methods[Method::reserve().slot()] = Some(s);
         let outcome = Outcome {
             methods,
             total: Duration::from_secs(2),

@@ -1,5 +1,5 @@
-//! The client side: the methods stockd-load can call, a codec that sends pre-encoded
-//! request bytes, connections, and the loopback-only safety check.
+//! The client side: a codec that sends pre-encoded request bytes, connections, ghz's
+//! names for status codes, and the loopback-only safety check.
 
 use std::marker::PhantomData;
 use std::net::IpAddr;
@@ -8,147 +8,9 @@ use std::time::Duration;
 use prost::bytes::{BufMut, Bytes};
 use tonic::Status;
 use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::pbjson::Input;
-use crate::template::MethodNames;
-
-/// A unary method stockd-load can call. The discriminant indexes per-method statistics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Method {
-    GetAvailability = 0,
-    Reserve = 1,
-    ConfirmHold = 2,
-    ReleaseHold = 3,
-    GetHold = 4,
-    FulfilOrder = 5,
-    CancelOrder = 6,
-    HealthCheck = 7,
-}
-
-pub const METHODS: usize = 8;
-
-const INVENTORY: &str = "inventory.v1.InventoryService";
-const HEALTH: &str = "grpc.health.v1.Health";
-
-impl Method {
-    pub const ALL: [Method; METHODS] = [
-        Method::GetAvailability,
-        Method::Reserve,
-        Method::ConfirmHold,
-        Method::ReleaseHold,
-        Method::GetHold,
-        Method::FulfilOrder,
-        Method::CancelOrder,
-        Method::HealthCheck,
-    ];
-
-    /// The method's own name (`Reserve`, `Check`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::GetAvailability => "GetAvailability",
-            Method::Reserve => "Reserve",
-            Method::ConfirmHold => "ConfirmHold",
-            Method::ReleaseHold => "ReleaseHold",
-            Method::GetHold => "GetHold",
-            Method::FulfilOrder => "FulfilOrder",
-            Method::CancelOrder => "CancelOrder",
-            Method::HealthCheck => "Check",
-        }
-    }
-
-    /// The fully qualified service name.
-    pub fn service(self) -> &'static str {
-        match self {
-            Method::HealthCheck => HEALTH,
-            _ => INVENTORY,
-        }
-    }
-
-    /// The HTTP/2 path: `/inventory.v1.InventoryService/Reserve`.
-    pub fn path(self) -> PathAndQuery {
-        PathAndQuery::from_static(match self {
-            Method::GetAvailability => "/inventory.v1.InventoryService/GetAvailability",
-            Method::Reserve => "/inventory.v1.InventoryService/Reserve",
-            Method::ConfirmHold => "/inventory.v1.InventoryService/ConfirmHold",
-            Method::ReleaseHold => "/inventory.v1.InventoryService/ReleaseHold",
-            Method::GetHold => "/inventory.v1.InventoryService/GetHold",
-            Method::FulfilOrder => "/inventory.v1.InventoryService/FulfilOrder",
-            Method::CancelOrder => "/inventory.v1.InventoryService/CancelOrder",
-            Method::HealthCheck => "/grpc.health.v1.Health/Check",
-        })
-    }
-
-    pub fn input(self) -> Input {
-        match self {
-            Method::GetAvailability => Input::GetAvailability,
-            Method::Reserve => Input::Reserve,
-            Method::ConfirmHold => Input::ConfirmHold,
-            Method::ReleaseHold => Input::ReleaseHold,
-            Method::GetHold => Input::GetHold,
-            Method::FulfilOrder => Input::FulfilOrder,
-            Method::CancelOrder => Input::CancelOrder,
-            Method::HealthCheck => Input::HealthCheck,
-        }
-    }
-
-    fn message_prefix(self) -> (&'static str, &'static str) {
-        match self {
-            Method::HealthCheck => (
-                "grpc.health.v1.HealthCheckRequest",
-                "grpc.health.v1.HealthCheckResponse",
-            ),
-            _ => ("", ""),
-        }
-    }
-
-    /// The names ghz's templates can refer to.
-    pub fn names(self) -> MethodNames {
-        let (input, output) = match self.message_prefix() {
-            ("", "") => (
-                format!("inventory.v1.{}Request", self.name()),
-                format!("inventory.v1.{}Response", self.name()),
-            ),
-            (i, o) => (i.to_string(), o.to_string()),
-        };
-        MethodNames {
-            fully_qualified: format!("{}.{}", self.service(), self.name()),
-            method: self.name().to_string(),
-            service: self
-                .service()
-                .rsplit('.')
-                .next()
-                .unwrap_or_default()
-                .to_string(),
-            input,
-            output,
-        }
-    }
-
-    /// Parses ghz's `--call`: `package.Service.Method` or `package.Service/Method`
-    /// (a leading `/` is accepted too).
-    pub fn parse(call: &str) -> Result<Method, String> {
-        let call = call.trim().trim_start_matches('/');
-        let (service, method) = call
-            .rsplit_once('/')
-            .or_else(|| call.rsplit_once('.'))
-            .ok_or_else(|| format!("--call {call:?}: expected package.Service.Method"))?;
-        Method::ALL
-            .into_iter()
-            .find(|m| m.service() == service && m.name() == method)
-            .ok_or_else(|| {
-                let known: Vec<String> = Method::ALL
-                    .iter()
-                    .map(|m| format!("{}.{}", m.service(), m.name()))
-                    .collect();
-                format!(
-                    "--call {call:?}: unknown method; stockd-load can call:\n  {}",
-                    known.join("\n  ")
-                )
-            })
-    }
-}
+use crate::schema::Method;
 
 /// A codec whose requests are already-encoded protobuf bytes, and whose responses are
 /// decoded as `D` (`()` skips every field: the cheapest way to check a response).
@@ -328,32 +190,6 @@ pub fn check_target(target: &str, allow_remote: bool) -> Result<String, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn call_names() {
-        assert_eq!(
-            Method::parse("inventory.v1.InventoryService.Reserve").unwrap(),
-            Method::Reserve
-        );
-        assert_eq!(
-            Method::parse("inventory.v1.InventoryService/GetAvailability").unwrap(),
-            Method::GetAvailability
-        );
-        assert_eq!(
-            Method::parse("/grpc.health.v1.Health/Check").unwrap(),
-            Method::HealthCheck
-        );
-        assert!(Method::parse("inventory.v1.InventoryService.Nope").is_err());
-        assert!(Method::parse("Reserve").is_err());
-        for m in Method::ALL {
-            assert_eq!(m.path().as_str(), format!("/{}/{}", m.service(), m.name()));
-            assert_eq!(Method::ALL[m as usize], m);
-        }
-        let n = Method::Reserve.names();
-        assert_eq!(n.fully_qualified, "inventory.v1.InventoryService.Reserve");
-        assert_eq!(n.service, "InventoryService");
-        assert_eq!(n.input, "inventory.v1.ReserveRequest");
-    }
 
     #[test]
     fn only_loopback_without_allow_remote() {

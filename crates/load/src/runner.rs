@@ -18,7 +18,8 @@ use hdrhistogram::Histogram;
 use tonic::Status;
 use tonic::transport::Channel;
 
-use crate::rpc::{self, METHODS, Method};
+use crate::rpc;
+use crate::schema::Method;
 
 /// How much load, for how long.
 #[derive(Debug, Clone)]
@@ -193,7 +194,7 @@ impl Recorder {
         if seq < self.shared.skip_first {
             return;
         }
-        let stats = self.stats[method as usize].get_or_insert_with(MethodStats::new);
+        let stats = self.stats[method.slot()].get_or_insert_with(MethodStats::new);
         let ns = latency.as_nanos().min(u64::MAX as u128) as u64;
         stats.count += 1;
         stats.sum_ns += u128::from(ns);
@@ -215,7 +216,7 @@ impl Recorder {
 
 /// What a run measured.
 pub struct Outcome {
-    /// Per method (indexed by `Method as usize`), for the methods that were called.
+    /// Per method (indexed by `Method::slot`), for the methods that were called.
     pub methods: Vec<Option<MethodStats>>,
     /// From the first operation's start to the last call's end.
     pub total: Duration,
@@ -235,7 +236,7 @@ impl Outcome {
     }
 
     pub fn method(&self, m: Method) -> Option<&MethodStats> {
-        self.methods[m as usize].as_ref()
+        self.methods[m.slot()].as_ref()
     }
 }
 
@@ -272,10 +273,7 @@ impl Target {
 /// lets every ready worker queue its request first and the connection writes them
 /// together, which halves the kernel time per call on both sides of the socket.
 pub async fn run<L: Load>(load: Arc<L>, plan: &Plan, target: &Target) -> Result<Outcome, String> {
-    let (total, duration) = match (plan.total, plan.duration) {
-        (None, None) => (None, Some(Duration::from_secs(10))),
-        other => other,
-    };
+    let bounds = Bounds::of(plan);
     let shared = Arc::new(Shared {
         next: AtomicU64::new(0),
         calls_done: AtomicU64::new(0),
@@ -289,79 +287,23 @@ pub async fn run<L: Load>(load: Arc<L>, plan: &Plan, target: &Target) -> Result<
     let concurrency = plan.concurrency.max(1);
     let threads = target.threads_for(concurrency);
     let connections = target.connections_for(concurrency);
-    let interval = plan.rps.filter(|r| *r > 0.0).map(|r| 1.0 / r);
 
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
     let (start_tx, start_rx) = tokio::sync::watch::channel::<Option<Instant>>(None);
     let mut results = Vec::with_capacity(threads);
     for t in 0..threads {
         // Thread t takes connections t, t+threads, ... and workers t, t+threads, ...
-        let conns = (t..connections).step_by(threads).count();
-        let workers: Vec<usize> = (t..concurrency).step_by(threads).collect();
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Vec<Option<MethodStats>>>();
-        results.push(done_rx);
-        let load = load.clone();
-        let shared = shared.clone();
-        let ready_tx = ready_tx.clone();
-        let mut start_rx = start_rx.clone();
-        let addr = target.addr.clone();
-        let connect_timeout = target.connect_timeout;
-        std::thread::Builder::new()
-            .name(format!("stockd-load-{t}"))
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(format!("cannot start a load thread: {e}")));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let channels = match rpc::connect(&addr, conns, connect_timeout).await {
-                        Ok(c) => c,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    let _ = ready_tx.send(Ok(()));
-                    drop(ready_tx);
-                    let start = loop {
-                        if let Some(start) = *start_rx.borrow_and_update() {
-                            break start;
-                        }
-                        if start_rx.changed().await.is_err() {
-                            return;
-                        }
-                    };
-                    let deadline = duration.map(|d| start + d);
-                    let tasks: Vec<_> = workers
-                        .into_iter()
-                        .enumerate()
-                        .map(|(j, index)| {
-                            let channel = channels[j % channels.len()].clone();
-                            let state = load.worker(index, channel);
-                            let load = load.clone();
-                            let shared = shared.clone();
-                            tokio::spawn(worker_loop(
-                                load, state, shared, start, deadline, total, interval,
-                            ))
-                        })
-                        .collect();
-                    let mut methods: Vec<Option<MethodStats>> =
-                        (0..METHODS).map(|_| None).collect();
-                    for task in tasks {
-                        if let Ok(stats) = task.await {
-                            merge_into(&mut methods, stats);
-                        }
-                    }
-                    let _ = done_tx.send(methods);
-                });
-            })
-            .map_err(|e| format!("cannot start a load thread: {e}"))?;
+        let share = Share {
+            index: t,
+            connections: (t..connections).step_by(threads).count(),
+            workers: (t..concurrency).step_by(threads).collect(),
+        };
+        let starter = Starter {
+            ready: ready_tx.clone(),
+            start: start_rx.clone(),
+        };
+        let thread = spawn_thread(load.clone(), shared.clone(), share, starter, target, bounds)?;
+        results.push(thread);
     }
     drop(ready_tx);
     for _ in 0..threads {
@@ -375,23 +317,12 @@ pub async fn run<L: Load>(load: Arc<L>, plan: &Plan, target: &Target) -> Result<
     let start = Instant::now();
     load.started(start);
     let _ = start_tx.send(Some(start));
-    let interrupt = {
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                shared
-                    .stop_reason
-                    .store(EndReason::Cancel as u8 + 1, Ordering::Relaxed);
-                shared.stop.store(true, Ordering::Relaxed);
-            }
-        })
-    };
-    let progress = plan.progress.then(|| {
-        let shared = shared.clone();
-        tokio::spawn(progress_bar(shared, start, total, duration))
-    });
+    let interrupt = tokio::spawn(stop_on_ctrl_c(shared.clone()));
+    let progress = plan
+        .progress
+        .then(|| tokio::spawn(progress_bar(shared.clone(), start, bounds)));
 
-    let mut methods: Vec<Option<MethodStats>> = (0..METHODS).map(|_| None).collect();
+    let mut methods: Vec<Option<MethodStats>> = (0..Method::count()).map(|_| None).collect();
     for done in results {
         if let Ok(stats) = done.await {
             merge_into(&mut methods, stats);
@@ -404,18 +335,163 @@ pub async fn run<L: Load>(load: Arc<L>, plan: &Plan, target: &Target) -> Result<
         let _ = p.await;
     }
     let operations = shared.ops_done.load(Ordering::Relaxed);
-    let end_reason = match shared.stop_reason.load(Ordering::Relaxed) {
-        r if r == EndReason::Cancel as u8 + 1 => EndReason::Cancel,
-        _ if total.is_some_and(|t| operations >= t) => EndReason::Normal,
-        _ if duration.is_some() => EndReason::Timeout,
-        _ => EndReason::Normal,
-    };
     Ok(Outcome {
         methods,
         total: elapsed,
-        end_reason,
+        end_reason: bounds.end_reason(&shared, operations),
         operations,
     })
+}
+
+/// When the run ends: `-n` operations, `-z` elapsed, and the open loop's pace.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    total: Option<u64>,
+    duration: Option<Duration>,
+    /// Seconds between intended starts (open loop).
+    interval: Option<f64>,
+}
+
+impl Bounds {
+    /// 10 s when neither -n nor -z is given, as ghz does.
+    fn of(plan: &Plan) -> Bounds {
+        let (total, duration) = match (plan.total, plan.duration) {
+            (None, None) => (None, Some(Duration::from_secs(10))),
+            other => other,
+        };
+        Bounds {
+            total,
+            duration,
+            interval: plan.rps.filter(|r| *r > 0.0).map(|r| 1.0 / r),
+        }
+    }
+
+    fn end_reason(&self, shared: &Shared, operations: u64) -> EndReason {
+        match shared.stop_reason.load(Ordering::Relaxed) {
+            r if r == EndReason::Cancel as u8 + 1 => EndReason::Cancel,
+            _ if self.total.is_some_and(|t| operations >= t) => EndReason::Normal,
+            _ if self.duration.is_some() => EndReason::Timeout,
+            _ => EndReason::Normal,
+        }
+    }
+}
+
+/// A load thread's share of the connections and workers.
+struct Share {
+    index: usize,
+    connections: usize,
+    workers: Vec<usize>,
+}
+
+/// How a load thread says it is connected, and learns when to start.
+struct Starter {
+    ready: tokio::sync::mpsc::UnboundedSender<Result<(), String>>,
+    start: tokio::sync::watch::Receiver<Option<Instant>>,
+}
+
+type ThreadStats = tokio::sync::oneshot::Receiver<Vec<Option<MethodStats>>>;
+
+/// Starts one load thread; its statistics arrive on the returned channel.
+fn spawn_thread<L: Load>(
+    load: Arc<L>,
+    shared: Arc<Shared>,
+    share: Share,
+    starter: Starter,
+    target: &Target,
+    bounds: Bounds,
+) -> Result<ThreadStats, String> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let addr = target.addr.clone();
+    let connect_timeout = target.connect_timeout;
+    std::thread::Builder::new()
+        .name(format!("stockd-load-{}", share.index))
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = starter
+                        .ready
+                        .send(Err(format!("cannot start a load thread: {e}")));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let conns = rpc::connect(&addr, share.connections, connect_timeout).await;
+                if let Some(stats) = thread_load(load, shared, share, starter, conns, bounds).await
+                {
+                    let _ = done_tx.send(stats);
+                }
+            });
+        })
+        .map_err(|e| format!("cannot start a load thread: {e}"))?;
+    Ok(done_rx)
+}
+
+/// A load thread's work once connected: wait for the start, run its workers, merge
+/// their statistics. `None` when it could not connect or the run was abandoned.
+async fn thread_load<L: Load>(
+    load: Arc<L>,
+    shared: Arc<Shared>,
+    share: Share,
+    starter: Starter,
+    channels: Result<Vec<Channel>, String>,
+    bounds: Bounds,
+) -> Option<Vec<Option<MethodStats>>> {
+    let Starter { ready, mut start } = starter;
+    let channels = match channels {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return None;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    drop(ready);
+    let start = loop {
+        if let Some(start) = *start.borrow_and_update() {
+            break start;
+        }
+        if start.changed().await.is_err() {
+            return None;
+        }
+    };
+    let deadline = bounds.duration.map(|d| start + d);
+    let tasks: Vec<_> = share
+        .workers
+        .into_iter()
+        .enumerate()
+        .map(|(j, index)| {
+            let channel = channels[j % channels.len()].clone();
+            let state = load.worker(index, channel);
+            let pace = Pace {
+                start,
+                deadline,
+                total: bounds.total,
+                interval: bounds.interval,
+            };
+            tokio::spawn(worker_loop(load.clone(), state, shared.clone(), pace))
+        })
+        .collect();
+    let mut methods: Vec<Option<MethodStats>> = (0..Method::count()).map(|_| None).collect();
+    for task in tasks {
+        if let Ok(stats) = task.await {
+            merge_into(&mut methods, stats);
+        }
+    }
+    Some(methods)
+}
+
+/// Marks the run cancelled on Ctrl-C.
+async fn stop_on_ctrl_c(shared: Arc<Shared>) {
+    if tokio::signal::ctrl_c().await.is_ok() {
+        shared
+            .stop_reason
+            .store(EndReason::Cancel as u8 + 1, Ordering::Relaxed);
+        shared.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 fn merge_into(into: &mut [Option<MethodStats>], from: Vec<Option<MethodStats>>) {
@@ -429,18 +505,29 @@ fn merge_into(into: &mut [Option<MethodStats>], from: Vec<Option<MethodStats>>) 
     }
 }
 
+/// A worker's clock: when the run started and ends, and the open loop's pace.
+struct Pace {
+    start: Instant,
+    deadline: Option<Instant>,
+    total: Option<u64>,
+    interval: Option<f64>,
+}
+
 /// One worker: takes the next operation number until the run is over.
 async fn worker_loop<L: Load>(
     load: Arc<L>,
     mut state: L::Worker,
     shared: Arc<Shared>,
-    start: Instant,
-    deadline: Option<Instant>,
-    total: Option<u64>,
-    interval: Option<f64>,
+    pace: Pace,
 ) -> Vec<Option<MethodStats>> {
+    let Pace {
+        start,
+        deadline,
+        total,
+        interval,
+    } = pace;
     let mut rec = Recorder {
-        stats: (0..METHODS).map(|_| None).collect(),
+        stats: (0..Method::count()).map(|_| None).collect(),
         shared: shared.clone(),
         intended: None,
     };
@@ -486,12 +573,10 @@ async fn pace_until(at: Instant, stop: &AtomicBool) {
     }
 }
 
-async fn progress_bar(
-    shared: Arc<Shared>,
-    start: Instant,
-    total: Option<u64>,
-    duration: Option<Duration>,
-) {
+async fn progress_bar(shared: Arc<Shared>, start: Instant, bounds: Bounds) {
+    let Bounds {
+        total, duration, ..
+    } = bounds;
     const WIDTH: usize = 30;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut stderr = std::io::stderr();

@@ -124,15 +124,18 @@ impl Template {
                 Piece::ServiceName => out.push_str(&ctx.method.service),
                 Piece::InputName => out.push_str(&ctx.method.input),
                 Piece::OutputName => out.push_str(&ctx.method.output),
-                Piece::Timestamp => out.push_str(&rfc3339(SystemTime::now())),
+                Piece::Timestamp => {
+                    // Go's `time.RFC3339` in UTC: `2006-01-02T15:04:05Z`.
+                    let _ = write!(out, "{}", humantime::format_rfc3339_seconds(now()));
+                }
                 Piece::TimestampUnix => {
-                    let _ = write!(out, "{}", unix(SystemTime::now()).as_secs());
+                    let _ = write!(out, "{}", unix(now()).as_secs());
                 }
                 Piece::TimestampUnixMilli => {
-                    let _ = write!(out, "{}", unix(SystemTime::now()).as_millis());
+                    let _ = write!(out, "{}", unix(now()).as_millis());
                 }
                 Piece::TimestampUnixNano => {
-                    let _ = write!(out, "{}", unix(SystemTime::now()).as_nanos());
+                    let _ = write!(out, "{}", unix(now()).as_nanos());
                 }
                 Piece::RandomInt(min, max) => {
                     let v = if max > min {
@@ -208,31 +211,9 @@ fn unix(t: SystemTime) -> std::time::Duration {
     t.duration_since(UNIX_EPOCH).unwrap_or_default()
 }
 
-/// `2006-01-02T15:04:05Z`, Go's `time.RFC3339` in UTC.
-pub fn rfc3339(t: SystemTime) -> String {
-    let secs = unix(t).as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Howard Hinnant's days-to-civil algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+/// The wall clock, never before 1970 (humantime formats only times after the epoch).
+pub fn now() -> SystemTime {
+    SystemTime::now().max(UNIX_EPOCH)
 }
 
 #[cfg(test)]
@@ -298,9 +279,18 @@ mod tests {
     }
 
     #[test]
-    fn rfc3339_dates() {
-        let t = UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
-        assert_eq!(rfc3339(t), "2023-11-14T22:13:20Z");
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+    fn timestamps() {
+        let t = render("{{.Timestamp}}", 0);
+        assert_eq!(t.len(), "2023-11-14T22:13:20Z".len(), "{t}");
+        assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
+        let secs: u64 = render("{{.TimestampUnix}}", 0).parse().unwrap();
+        assert!(secs > 1_700_000_000);
+        assert_eq!(
+            humantime::format_rfc3339_seconds(
+                UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000)
+            )
+            .to_string(),
+            "2023-11-14T22:13:20Z"
+        );
     }
 }

@@ -1,0 +1,67 @@
+//! `browse`: GetAvailability of a few random keys over K seeded products, the read path
+//! a storefront takes.
+
+use std::sync::Arc;
+
+use prost::bytes::Bytes;
+use rand::Rng as _;
+use tonic::transport::Channel;
+
+use super::{Worker, browse_pool, seed_for, worker};
+use crate::cli::BrowseArgs;
+use crate::report::{Ran, ScenarioReport};
+use crate::rpc;
+use crate::runner::{self, Load, Recorder};
+use crate::schema::Method;
+use crate::session::Session;
+
+pub async fn run(args: &BrowseArgs, session: &Session) -> Result<Ran, String> {
+    let BrowseArgs {
+        products,
+        keys,
+        stock,
+        ..
+    } = *args;
+    let seeded = seed_for(session, products, stock).await?;
+    let pool = browse_pool(&seeded, keys as usize);
+    let browse = Arc::new(BrowseLoad { pool });
+    let outcome = runner::run(browse, &session.plan(), &session.target).await?;
+    let mut report = ScenarioReport::named("browse");
+    report.line(
+        "Products",
+        format!(
+            "{products} at {}, {keys} random keys per request",
+            seeded.location
+        ),
+    );
+    report.json.insert("products".into(), products.into());
+    report.json.insert("keys".into(), keys.into());
+    Ok(Ran {
+        outcome,
+        scenario: Some(report),
+        call: Method::get_availability().names().fully_qualified.clone(),
+        data: None,
+    })
+}
+
+pub struct BrowseLoad {
+    pub pool: Vec<Bytes>,
+}
+
+impl Load for BrowseLoad {
+    type Worker = Worker;
+
+    fn worker(&self, index: usize, channel: Channel) -> Worker {
+        worker(index, channel)
+    }
+
+    async fn run(&self, w: &mut Worker, _n: u64, rec: &mut Recorder) {
+        let body = self.pool[w.rng.random_range(0..self.pool.len())].clone();
+        let _ = rec
+            .call(
+                Method::get_availability(),
+                rpc::unary::<()>(&mut w.client, Method::get_availability(), body),
+            )
+            .await;
+    }
+}
