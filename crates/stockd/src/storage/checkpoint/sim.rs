@@ -108,10 +108,10 @@ impl SimStore {
         let mut state = lock(&self.state);
         state.crashed = true;
         let mut durable = state.durable.clone();
-        if let Some(batch) = state.unsynced.take() {
-            if next_random(&mut state.rng) & 1 == 1 {
-                write(&mut durable, &batch);
-            }
+        if let Some(batch) = state.unsynced.take()
+            && next_random(&mut state.rng) & 1 == 1
+        {
+            write(&mut durable, &batch);
         }
         let seed = next_random(&mut state.rng);
         SimStore::over(
