@@ -18,6 +18,8 @@
 //! - `sim`: a simulated store for power-cut tests.
 
 pub mod entry;
+#[cfg(test)]
+mod kill_tests;
 pub mod layout;
 pub mod sim;
 pub mod sled_store;

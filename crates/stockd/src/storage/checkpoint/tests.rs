@@ -655,6 +655,36 @@ fn sled_alone_refuses_a_torn_conf() {
     assert!(sled::Config::new().path(&folder).open().is_err());
 }
 
+#[test]
+fn shards_checkpoint_from_their_own_threads() {
+    let (_dir, store) = sled_store();
+    let store: std::sync::Arc<dyn CheckpointStore> = std::sync::Arc::new(store);
+    let writers: Vec<_> = (0..4u32)
+        .map(|shard| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let scope = Scope {
+                    generation: 1,
+                    shard,
+                };
+                for lsn in 1..=5u64 {
+                    let key = format!("k{lsn}");
+                    let b = batch(scope, lsn, vec![put(Namespace::POSITIONS, &key, "v")]);
+                    store.apply(&b).unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    assert_eq!(store.scopes().unwrap().len(), 4);
+    for scope in store.scopes().unwrap() {
+        let loaded = store.load(scope).unwrap().unwrap();
+        assert_eq!((loaded.lsn_covered, loaded.entries.len()), (5, 5));
+    }
+}
+
 /// Entries of the timing test: about the size of the real state's positions and holds.
 const TIMING_ENTRIES: usize = 100_000;
 
