@@ -179,6 +179,20 @@ fn stored_hash(
     Ok(Some(entry::entry_hash(scope, namespace, key, value)))
 }
 
+/// The record a checkpoint extends: the stored one, or an empty one for a new scope. A
+/// scope with entries but no record is damage, not a new scope.
+fn record_to_extend(kv: &impl RawKv, scope: Scope) -> Result<ScopeRecord, CheckpointError> {
+    match read_scope_record(kv, scope)? {
+        Some(record) => Ok(record),
+        None if has_entries(kv, scope)? => Err(CheckpointError::RecordMissing {
+            folder: kv.folder().to_path_buf(),
+            scope,
+            entries: 1,
+        }),
+        None => Ok(ScopeRecord::default()),
+    }
+}
+
 /// Builds the raw batch of a checkpoint: the changed entries, each old value XORed out of
 /// its namespace's digest and the new one XORed in, the layout records and the new scope
 /// record. Reads every old value it replaces or deletes, and checks it.
@@ -189,17 +203,7 @@ pub fn plan_apply(
     let started = Instant::now();
     assert_bounds(batch);
     let scope = batch.scope;
-    let mut record = match read_scope_record(kv, scope)? {
-        Some(record) => record,
-        None if has_entries(kv, scope)? => {
-            return Err(CheckpointError::RecordMissing {
-                folder: kv.folder().to_path_buf(),
-                scope,
-                entries: 1,
-            });
-        }
-        None => ScopeRecord::default(),
-    };
+    let mut record = record_to_extend(kv, scope)?;
     assert!(
         batch.lsn_covered >= record.lsn_covered,
         "{scope}: checkpoint LSN went backwards from {} to {}",
