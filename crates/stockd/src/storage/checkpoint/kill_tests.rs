@@ -1,6 +1,6 @@
 //! A real killed process: a child applies checkpoints to a sled folder in a loop and is
-//! killed with SIGKILL at a random moment; the folder must then load as exactly one of
-//! the checkpoints, whole.
+//! killed with SIGKILL at a different moment each round; the folder must then load as one of
+//! the checkpoints, whole, and no older than the last one the child reported durable.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -22,9 +22,11 @@ const DONE_LINE: &str = "checkpoint done";
 /// Checkpoints the child must report in a round before it may be killed.
 const CHECKPOINTS_BEFORE_KILL: usize = 2;
 
-/// Keys the checkpoints draw from, and puts and deletes per checkpoint.
+/// Keys the checkpoints draw from.
 const KEY_SPACE: u64 = 2000;
+/// Puts per checkpoint: enough that one batch spans many sled log writes.
 const PUTS_PER_CHECKPOINT: u64 = 400;
+/// Deletes per checkpoint (of keys it does not put).
 const DELETES_PER_CHECKPOINT: u64 = 40;
 
 const SCOPE: Scope = Scope {
