@@ -1,11 +1,13 @@
 //! Durability: the write-ahead log in sled, snapshots, and recovery at start.
 //!
+//! - `checkpoint`: the durable state store (sled, fsynced) behind `CheckpointStore`.
 //! - `error`: `StorageError` and `RecoveryError`, typed and named by folder, shard, record.
 //! - `record`: the checksummed, versioned record format.
 //! - `store`: the sled key layout.
 //! - `wal`: the writer thread and its group commit.
 //! - `recovery`: snapshot + replay, shard-count changes, repairs after a crash.
 
+pub mod checkpoint;
 pub mod error;
 pub mod record;
 pub mod recovery;
