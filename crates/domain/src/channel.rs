@@ -95,6 +95,13 @@ pub struct Numbers {
 pub type ConfigError = (String, String);
 
 impl ChannelConfig {
+    /// Checks the channel of an UpsertChannel request: the error names `channel.<field>`.
+    pub fn validate_request(&self) -> Result<(), super::error::Error> {
+        self.validate().map_err(|(field, reason)| {
+            super::error::Error::invalid(format!("channel.{field}"), reason)
+        })
+    }
+
     /// Checks every field; the error names the field and the rule.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let refs = super::refs::check_ref;

@@ -47,9 +47,7 @@ pub(crate) struct ProductEntry {
 impl Engine {
     /// Creates or replaces a channel.
     pub fn upsert_channel(&mut self, config: ChannelConfig) -> Result<(), Error> {
-        config
-            .validate()
-            .map_err(|(field, reason)| Error::invalid(format!("channel.{field}"), reason))?;
+        config.validate_request()?;
         let interner = &mut self.interner;
         let channel = Channel::compile(config, &mut |s| interner.intern(s));
         match self.channels.iter_mut().find(|c| c.sym == channel.sym) {

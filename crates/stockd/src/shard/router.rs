@@ -488,9 +488,7 @@ impl Router {
         now: Millis,
         channel: ChannelConfig,
     ) -> Result<(), ShardError> {
-        channel
-            .validate()
-            .map_err(|(field, reason)| Error::invalid(format!("channel.{field}"), reason))?;
+        channel.validate_request()?;
         self.configure(now, Command::UpsertChannel(channel)).await
     }
 
