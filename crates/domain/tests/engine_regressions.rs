@@ -44,7 +44,7 @@ fn request(hold: &str, channel: &str, quantity: i64, allow_partial: bool) -> Res
     }
 }
 
-/// Regression (found by the properties; fixed) — was, in engine.rs, `reserve`, the `part.digest == digest` branch): an idempotent
+/// Regression (found by the properties; fixed) — was, in engine.rs (now engine/reserve.rs), `reserve`, the `part.digest == digest` branch): an idempotent
 /// resend answers `reserved = line.quantity` for every line, whatever the hold holds. A
 /// partial hold that got 2 of 5 units is reported, on a retry, as holding 5.
 #[test]
@@ -63,7 +63,7 @@ fn resent_partial_hold_reports_what_it_holds() {
     );
 }
 
-/// Regression (found by the properties; fixed) — was, in engine.rs, `fulfil`): `take_reserved` runs inside `watching`, but the SALE
+/// Regression (found by the properties; fixed) — was, in engine.rs (now engine/fulfil.rs), `fulfil`): `take_reserved` runs inside `watching`, but the SALE
 /// and the rest of the RESERVED are pushed after it, outside. On a sold-out position the
 /// fulfilment emits BACK_IN_STOCK though ATS never moved (it stays 0), and nothing
 /// follows to say it is out of stock again.
@@ -87,7 +87,7 @@ fn fulfil_on_a_sold_out_position_emits_no_back_in_stock() {
     );
 }
 
-/// Regression (found by the properties; fixed) — was, in engine.rs, `forget_hold`): hold, order, adjustment and catalogue refs share
+/// Regression (found by the properties; fixed) — was, in engine.rs (now engine/expire.rs), `forget_hold`): hold, order, adjustment and catalogue refs share
 /// one interner, so an order ref and an adjustment ref with the same text are one symbol.
 /// Here a customer return is recorded under the order's ref (a natural choice). When the
 /// order is forgotten, `forget_hold` takes every IQ owned by that symbol at the order's
@@ -125,7 +125,7 @@ fn forgotten_order_keeps_a_ref_still_used_as_adjustment_ref() {
     let _ = engine.snapshot();
 }
 
-/// Regression (found by the properties; fixed) — was, in engine.rs, `undo_reserve`): undoing a new hold emits HOLD_RELEASED carrying
+/// Regression (found by the properties; fixed) — was, in engine.rs (now engine/reserve.rs), `undo_reserve`): undoing a new hold emits HOLD_RELEASED carrying
 /// the hold's symbol and then releases that symbol (`release_if_unused`) in the same call,
 /// so whoever resolves the event (`Engine::resolve`) panics, or, once the slot is reused,
 /// reads another ref.

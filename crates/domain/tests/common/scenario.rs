@@ -18,7 +18,7 @@ pub const RETENTION_MS: Millis = 120_000;
 pub const START: Millis = 1_700_000_000_000;
 
 /// Lets the model-based properties run past a known engine bug that a dedicated test
-/// below pins down; set it to `false` once the engine is fixed.
+/// in `engine_regressions.rs` pins down; set it to `false` once the engine is fixed.
 pub const TOLERATE_BUG_UNCHANGED_REPORTS_REQUESTED: bool = false;
 /// Same, for `bug_fulfil_on_a_sold_out_position_emits_back_in_stock`.
 pub const TOLERATE_BUG_FULFIL_BACK_IN_STOCK: bool = false;

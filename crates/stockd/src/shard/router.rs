@@ -6,6 +6,11 @@
 //! shards that changed are told to undo, so no line stays held anywhere. Requests on the
 //! same hold or order are serialised by a striped lock taken in a fixed order, so two
 //! concurrent carts never deadlock and never interleave their halves.
+//!
+//! The router keeps routing, locking, scatter/gather and undo messages only. Every
+//! request is validated once, here, by the domain's `validate` functions (the shards'
+//! engines rely on it), and the per-shard answers are merged by the domain's
+//! `stockd_domain::outcome` functions.
 
 use futures::future::join_all;
 use tokio::sync::{Mutex, MutexGuard};
