@@ -255,6 +255,8 @@ impl Router {
             ConfirmStep::Done(hold) => return Ok(hold),
             ConfirmStep::Confirm => {}
             ConfirmStep::Reacquire(request) => {
+                // Built from the stored hold, so valid; checked like any reserve all the same.
+                request.validate()?;
                 let again = self.reserve_locked(now, request).await?;
                 outcome::check_reacquired(hold_ref, &again)?;
             }
