@@ -27,7 +27,7 @@ use proptest::test_runner::FileFailurePersistence;
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 2048,
+        cases: cases(2048),
         max_shrink_iters: 20_000,
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
             "proptest-regressions/props_model.txt",

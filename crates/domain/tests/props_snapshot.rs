@@ -16,7 +16,7 @@ use stockd_domain::{Engine, EngineSnapshot};
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 512,
+        cases: cases(512),
         max_shrink_iters: 20_000,
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
             "proptest-regressions/props_snapshot.txt",

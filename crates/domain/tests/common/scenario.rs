@@ -310,3 +310,12 @@ pub fn scenario(max_ops: usize) -> impl Strategy<Value = Scenario> {
             },
         )
 }
+
+/// The number of cases a property runs: `PROPTEST_CASES` when set (to hunt a rare
+/// failure, e.g. `PROPTEST_CASES=20000`), else the property's own default.
+pub fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
