@@ -95,6 +95,13 @@ pub struct Numbers {
 pub type ConfigError = (String, String);
 
 impl ChannelConfig {
+    /// Checks the channel of an UpsertChannel request: the error names `channel.<field>`.
+    pub fn validate_request(&self) -> Result<(), super::error::Error> {
+        self.validate().map_err(|(field, reason)| {
+            super::error::Error::invalid(format!("channel.{field}"), reason)
+        })
+    }
+
     /// Checks every field; the error names the field and the rule.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let refs = super::refs::check_ref;
@@ -183,10 +190,7 @@ impl CategoryConfig {
     }
 }
 
-/// Longest hold timer any rule may configure: one day.
-pub const TTL_SECONDS_MAX: u32 = 86_400;
-/// Largest absolute buffer: far above any real stock, far below overflow.
-pub const BUFFER_UNITS_MAX: i64 = 1_000_000_000_000;
+pub use super::limits::{BUFFER_UNITS_MAX, TTL_SECONDS_MAX, TTL_SECONDS_MIN};
 
 fn check_bps(field: &str, value: u32) -> Result<(), ConfigError> {
     if value > BPS_FULL {
@@ -209,10 +213,12 @@ fn check_units(field: &str, value: i64) -> Result<(), ConfigError> {
 }
 
 pub(crate) fn check_ttl(field: &str, value: u32) -> Result<(), ConfigError> {
-    if !(1..=TTL_SECONDS_MAX).contains(&value) {
+    if !(TTL_SECONDS_MIN..=TTL_SECONDS_MAX).contains(&value) {
         return Err((
             field.into(),
-            format!("must be between 1 and {TTL_SECONDS_MAX} seconds (got {value})"),
+            format!(
+                "must be between {TTL_SECONDS_MIN} and {TTL_SECONDS_MAX} seconds (got {value})"
+            ),
         ));
     }
     Ok(())

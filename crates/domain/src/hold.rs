@@ -8,7 +8,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::Millis;
-use super::refs::Sym;
+use super::refs::{Sym, fnv1a};
+use super::request::OrderLine;
 
 /// The life of a hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +77,45 @@ pub struct FulfilOp {
     pub at: Millis,
     /// The lines shipped; `None`: everything still reserved.
     pub lines: Option<Vec<LineView>>,
+}
+
+impl FulfilOp {
+    /// The fulfilment of `order_ref` at `at` with `lines` (empty: everything still reserved).
+    pub fn new(order_ref: &str, at: Millis, lines: &[OrderLine]) -> FulfilOp {
+        FulfilOp {
+            id: fulfilment_id(order_ref, at, lines),
+            at,
+            lines: (!lines.is_empty()).then(|| {
+                lines
+                    .iter()
+                    .map(|l| LineView {
+                        product_ref: l.product_ref.clone(),
+                        location_ref: l.location_ref.clone(),
+                        quantity: l.quantity,
+                    })
+                    .collect()
+            }),
+        }
+    }
+}
+
+/// A fulfilment's persisted id: FNV-1a over the order ref, the time, then each line's
+/// product, location and quantity (little-endian), every field a separate part so that
+/// `fnv1a`'s separators keep ("ab", "c") and ("a", "bc") apart. Deterministic across
+/// builds and platforms (it never hashes a `Debug` rendering), so every shard and every
+/// replay computes the same id.
+pub fn fulfilment_id(order_ref: &str, at: Millis, lines: &[OrderLine]) -> u64 {
+    let at = at.to_le_bytes();
+    let quantities: Vec<[u8; 8]> = lines.iter().map(|l| l.quantity.to_le_bytes()).collect();
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(2 + 3 * lines.len());
+    parts.push(order_ref.as_bytes());
+    parts.push(&at);
+    for (line, quantity) in lines.iter().zip(&quantities) {
+        parts.push(line.product_ref.as_bytes());
+        parts.push(line.location_ref.as_bytes());
+        parts.push(quantity);
+    }
+    fnv1a(&parts)
 }
 
 /// A hold part as callers see it, refs resolved.

@@ -4,12 +4,19 @@
 //! or sled. The service runs one [`Engine`] per shard actor; tests and benchmarks drive it
 //! directly.
 //!
-//! - `refs`: ref validation and interning.
-//! - `channel`: channel rules, overrides and the ATS formula.
-//! - `position`: Inventory Positions and their ACTIVE ledger.
-//! - `hold`: hold parts and their views.
-//! - `request`: request types and their validation limits.
-//! - `engine`: the operations.
+//! # Layout
+//!
+//! - `limits`: every bound and default of the domain, with its cost, checked at compile time.
+//! - `refs`: ref validation, the interner (`Interner`, `Sym`) and the stable `fnv1a` hash.
+//! - `channel`: channel rules, overrides and the ATS formula in basis points.
+//! - `position`: Inventory Positions, their ACTIVE ledger and counters.
+//! - `hold`: hold parts, their views, and fulfilments (`FulfilOp`).
+//! - `request`: request types and their validation, run once at the boundary.
+//! - `engine`: the operations, one file each: `config` (settings, channels, catalogue),
+//!   `reads`, `stock` (counts, adjustments, rebalancing), `reserve`, `confirm` (and
+//!   release), `fulfil` (and cancel), `expire` (timers and refs' lifetime), `parts`
+//!   (hold parts in and out of the ledger).
+//! - `outcome`: the outcomes of operations that span shards, and the merging of parts.
 //! - `event`: what every change emits.
 //! - `snapshot`: the engine's state in a form that can be stored, merged and split.
 //! - `command`: the mutating operations as data, for the write-ahead log and replay.
@@ -21,6 +28,8 @@ pub mod engine;
 pub mod error;
 pub mod event;
 pub mod hold;
+pub mod limits;
+pub mod outcome;
 pub mod position;
 pub mod refs;
 pub mod request;
@@ -38,6 +47,7 @@ pub use engine::{
 pub use error::Error;
 pub use event::{Event, EventKind};
 pub use hold::{FulfilOp, HoldState, HoldView, LineView};
+pub use outcome::{LineOutcome, ReserveOutcome, ReserveResult};
 pub use position::IqKind;
 pub use request::{Adjustment, AdjustmentKind, OrderLine, ReserveLine, ReserveRequest, StockCount};
 pub use snapshot::EngineSnapshot;

@@ -8,8 +8,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-/// Longest ref accepted, in bytes. Bounds the interner's memory per entry.
-pub const REF_LEN_MAX: usize = 128;
+pub use super::limits::REF_LEN_MAX;
 
 /// Checks a ref against the naming rule of domain.md. The colon is reserved for
 /// composite refs, so it is rejected here.

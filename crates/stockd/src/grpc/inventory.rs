@@ -15,8 +15,8 @@ use crate::metrics;
 use crate::proto::inventory::v1 as pb;
 use crate::proto::inventory::v1::inventory_service_server::InventoryService;
 use crate::shard::Router;
-use crate::shard::router::ReserveOutcome;
 use stockd_domain::OrderLine;
+use stockd_domain::ReserveOutcome;
 
 const SERVICE: &str = "inventory.v1.InventoryService";
 

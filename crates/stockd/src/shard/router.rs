@@ -6,66 +6,37 @@
 //! shards that changed are told to undo, so no line stays held anywhere. Requests on the
 //! same hold or order are serialised by a striped lock taken in a fixed order, so two
 //! concurrent carts never deadlock and never interleave their halves.
+//!
+//! The router keeps routing, locking, scatter/gather and undo messages only. Every
+//! request is validated once, here, by the domain's `validate` functions (the shards'
+//! engines rely on it), and the per-shard answers are merged by the domain's
+//! `stockd_domain::outcome` functions.
 
 use futures::future::join_all;
 use tokio::sync::{Mutex, MutexGuard};
 
 use super::handle::{ShardError, ShardHandle, WriteReply};
+use stockd_domain::outcome::{self, ConfirmStep, ReserveMerge};
 use stockd_domain::refs::fnv1a;
-use stockd_domain::request::check_ref_field;
+use stockd_domain::request::{check_batch, check_ref_field, validate_read};
 use stockd_domain::{
     AdjustStatus, Adjustment, CategoryConfig, ChannelConfig, Command, CountStatus, Error, FulfilOp,
-    HoldState, HoldView, LineView, Millis, OrderLine, Outcome, PositionView, ProductConfig,
-    ReserveKind, ReserveLine, ReserveRequest, ReserveUndo, StockCount,
+    HoldView, LineView, Millis, OrderLine, Outcome, PositionView, ProductConfig, ReserveRequest,
+    ReserveUndo, StockCount,
 };
+
+/// The domain's batch limits, under their old path.
+pub use stockd_domain::limits::{READ_KEYS_MAX, STOCK_BATCH_MAX};
+/// The reserve outcome types now live in the domain (`stockd_domain::outcome`).
+pub use stockd_domain::outcome::{LineOutcome, ReserveOutcome, ReserveResult};
 
 /// Number of lock stripes for holds and orders. Two refs share a stripe with probability
 /// 1/4096; sharing costs only waiting, never correctness.
 pub const LOCK_STRIPES: usize = 4_096;
-/// Most keys in one availability read.
-pub const READ_KEYS_MAX: usize = 1_000;
-/// Most items in one SetStock, AdjustStock or UpsertProducts.
-pub const STOCK_BATCH_MAX: usize = 1_000;
 
 /// The shard that owns (product, location): a stable hash, the same on every start.
 pub fn shard_of(product_ref: &str, location_ref: &str, shards: usize) -> usize {
     (fnv1a(&[product_ref.as_bytes(), location_ref.as_bytes()]) % shards as u64) as usize
-}
-
-/// A reserve's outcome for the whole hold.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReserveOutcome {
-    Reserved,
-    Partial,
-    Rejected,
-}
-
-impl ReserveOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReserveOutcome::Reserved => "reserved",
-            ReserveOutcome::Partial => "partial",
-            ReserveOutcome::Rejected => "rejected",
-        }
-    }
-}
-
-/// One request line's result.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LineOutcome {
-    pub product_ref: String,
-    pub location_ref: String,
-    pub requested: i64,
-    pub reserved: i64,
-    pub available: i64,
-}
-
-/// A reserve's answer.
-#[derive(Clone, Debug)]
-pub struct ReserveResult {
-    pub outcome: ReserveOutcome,
-    pub hold: Option<HoldView>,
-    pub lines: Vec<LineOutcome>,
 }
 
 /// Routes requests to shards.
@@ -132,19 +103,10 @@ impl Router {
         channel_ref: &str,
         keys: &[(String, String)],
     ) -> Result<Vec<i64>, ShardError> {
-        check_ref_field("channel_ref", channel_ref)?;
-        if keys.is_empty() || keys.len() > READ_KEYS_MAX {
-            return Err(Error::invalid(
-                "keys",
-                format!("must hold 1 to {READ_KEYS_MAX} keys (got {})", keys.len()),
-            )
-            .into());
-        }
+        validate_read(channel_ref, keys)?;
         let n = self.shards.len();
         let mut by_shard: Vec<Vec<(usize, String, String)>> = vec![Vec::new(); n];
         for (i, (p, l)) in keys.iter().enumerate() {
-            check_ref_field(&format!("keys[{i}].product_ref"), p)?;
-            check_ref_field(&format!("keys[{i}].location_ref"), l)?;
             by_shard[shard_of(p, l, n)].push((i, p.clone(), l.clone()));
         }
         let calls = by_shard
@@ -172,6 +134,8 @@ impl Router {
         self.reserve_locked(now, req).await
     }
 
+    /// Sends the (validated) request to every shard, each with the lines it owns, merges
+    /// the answers in the domain, and undoes the shards that changed if the hold failed.
     async fn reserve_locked(
         &self,
         now: Millis,
@@ -194,69 +158,32 @@ impl Router {
         }))
         .await;
         let mut parts = Vec::with_capacity(n);
+        let mut undos: Vec<(usize, ReserveUndo)> = Vec::new();
         let mut error = None;
         for (shard, answer) in answers.into_iter().enumerate() {
             match answer {
                 Ok(WriteReply {
                     outcome: Outcome::Reserved(part),
                     hold,
-                }) => parts.push((shard, part, hold)),
+                }) => {
+                    undos.extend(part.undo.clone().map(|u| (shard, u)));
+                    parts.push((part, hold));
+                }
                 Ok(other) => unreachable!("a reserve answers Reserved, got {:?}", other.outcome),
                 Err(e) => error = error.or(Some(e)),
             }
         }
-        let undos: Vec<(usize, ReserveUndo)> = parts
-            .iter()
-            .filter_map(|(s, p, _)| p.undo.clone().map(|u| (*s, u)))
-            .collect();
         if let Some(e) = error {
             self.undo(now, undos, &req.hold_ref).await?;
             return Err(e);
         }
-        let mut lines: Vec<LineOutcome> = req
-            .lines
-            .iter()
-            .map(|l| LineOutcome {
-                product_ref: l.product_ref.clone(),
-                location_ref: l.location_ref.clone(),
-                requested: l.quantity,
-                reserved: 0,
-                available: 0,
-            })
-            .collect();
-        for (_, part, _) in &parts {
-            for r in &part.lines {
-                let line = &mut lines[r.index as usize];
-                line.reserved = r.reserved;
-                line.available = r.available;
+        match outcome::merge_reserve(&req, parts) {
+            ReserveMerge::Accepted(result) => Ok(result),
+            ReserveMerge::Rejected(lines) => {
+                let hold = self.undo(now, undos, &req.hold_ref).await?;
+                Ok(ReserveResult::rejected(lines, hold))
             }
         }
-        let rejected = parts
-            .iter()
-            .any(|(_, p, _)| p.kind == ReserveKind::Rejected);
-        let nothing = lines.iter().all(|l| l.reserved == 0);
-        if rejected || nothing {
-            let views = self.undo(now, undos, &req.hold_ref).await?;
-            for l in &mut lines {
-                l.reserved = 0;
-            }
-            return Ok(ReserveResult {
-                outcome: ReserveOutcome::Rejected,
-                hold: views.filter(|h| h.state == HoldState::Active),
-                lines,
-            });
-        }
-        let outcome = if lines.iter().all(|l| l.reserved == l.requested) {
-            ReserveOutcome::Reserved
-        } else {
-            ReserveOutcome::Partial
-        };
-        let hold = HoldView::merge(parts.into_iter().filter_map(|(_, _, h)| h).collect());
-        Ok(ReserveResult {
-            outcome,
-            hold,
-            lines,
-        })
     }
 
     /// Takes back the parts a failed reserve changed; returns the hold as it is after.
@@ -297,17 +224,19 @@ impl Router {
         for a in answers {
             parts.extend(a?);
         }
-        HoldView::merge(parts).ok_or_else(|| Error::HoldNotFound(hold_ref.to_string()).into())
+        Ok(outcome::whole_hold(hold_ref, parts)?)
     }
 
+    /// The whole hold from the hold parts a broadcast's replies carry.
     fn merge_replies(
+        hold_ref: &str,
         answers: Vec<Result<WriteReply, ShardError>>,
-    ) -> Result<Option<HoldView>, ShardError> {
+    ) -> Result<HoldView, ShardError> {
         let mut parts = Vec::new();
         for a in answers {
             parts.extend(a?.hold);
         }
-        Ok(HoldView::merge(parts))
+        Ok(outcome::whole_hold(hold_ref, parts)?)
     }
 
     /// Confirms a hold into an order; with `reacquire`, an ended hold reserves again first.
@@ -322,51 +251,22 @@ impl Router {
         check_ref_field("order_ref", order_ref)?;
         let _guards = self.lock(&[hold_ref, order_ref]).await;
         let hold = self.hold(now, hold_ref).await?;
-        match hold.state {
-            HoldState::Confirmed => {
-                return if hold.order_ref.as_deref() == Some(order_ref) {
-                    Ok(hold)
-                } else {
-                    Err(Error::HoldConfirmed {
-                        hold_ref: hold_ref.to_string(),
-                        order_ref: hold.order_ref.unwrap_or_default(),
-                    }
-                    .into())
-                };
-            }
-            HoldState::Active => {}
-            HoldState::Expired | HoldState::Released if reacquire => {
-                let request = ReserveRequest {
-                    hold_ref: hold_ref.to_string(),
-                    channel_ref: hold.channel_ref.clone(),
-                    lines: hold
-                        .lines
-                        .iter()
-                        .map(|l| ReserveLine {
-                            product_ref: l.product_ref.clone(),
-                            location_ref: l.location_ref.clone(),
-                            quantity: l.quantity,
-                            category: None,
-                        })
-                        .collect(),
-                    ttl_seconds: None,
-                    allow_partial: false,
-                };
+        match outcome::confirm_step(hold, order_ref, reacquire)? {
+            ConfirmStep::Done(hold) => return Ok(hold),
+            ConfirmStep::Confirm => {}
+            ConfirmStep::Reacquire(request) => {
+                // Built from the stored hold, so valid; checked like any reserve all the same.
+                request.validate()?;
                 let again = self.reserve_locked(now, request).await?;
-                if again.outcome != ReserveOutcome::Reserved {
-                    return Err(Error::ReacquireFailed(hold_ref.to_string()).into());
-                }
+                outcome::check_reacquired(hold_ref, &again)?;
             }
-            HoldState::Expired => return Err(Error::HoldExpired(hold_ref.to_string()).into()),
-            HoldState::Released => return Err(Error::HoldReleased(hold_ref.to_string()).into()),
         }
         let command = Command::Confirm {
             hold_ref: hold_ref.to_string(),
             order_ref: order_ref.to_string(),
         };
         let answers = self.broadcast(now, &command, Some(hold_ref)).await;
-        Self::merge_replies(answers)?
-            .ok_or_else(|| Error::HoldNotFound(hold_ref.to_string()).into())
+        Self::merge_replies(hold_ref, answers)
     }
 
     /// Releases a hold. Idempotent.
@@ -377,8 +277,7 @@ impl Router {
             hold_ref: hold_ref.to_string(),
         };
         let answers = self.broadcast(now, &command, Some(hold_ref)).await;
-        Self::merge_replies(answers)?
-            .ok_or_else(|| Error::HoldNotFound(hold_ref.to_string()).into())
+        Self::merge_replies(hold_ref, answers)
     }
 
     /// Ships an order, whole (`lines` empty) or in part. Checked on every shard first.
@@ -388,83 +287,21 @@ impl Router {
         order_ref: &str,
         lines: Vec<OrderLine>,
     ) -> Result<Vec<LineView>, ShardError> {
-        check_ref_field("order_ref", order_ref)?;
-        for l in &lines {
-            check_ref_field(&format!("lines[{}].product_ref", l.index), &l.product_ref)?;
-            check_ref_field(&format!("lines[{}].location_ref", l.index), &l.location_ref)?;
-            if !(1..=stockd_domain::request::HOLD_QUANTITY_MAX).contains(&l.quantity) {
-                return Err(Error::invalid(
-                    format!("lines[{}].quantity", l.index),
-                    format!(
-                        "must be between 1 and {} (got {})",
-                        stockd_domain::request::HOLD_QUANTITY_MAX,
-                        l.quantity
-                    ),
-                )
-                .into());
-            }
-        }
-        if lines.len() > stockd_domain::request::HOLD_LINES_MAX {
-            return Err(Error::invalid(
-                "lines",
-                format!(
-                    "must hold at most {} lines",
-                    stockd_domain::request::HOLD_LINES_MAX
-                ),
-            )
-            .into());
-        }
+        OrderLine::validate_fulfil(order_ref, &lines)?;
         let _guards = self.lock(&[order_ref]).await;
-        let n = self.shards.len();
         let exists = join_all(
             self.shards
                 .iter()
                 .map(|s| s.fulfil_check(now, order_ref.to_string(), None)),
         )
         .await;
-        let mut found = false;
+        let mut parts = Vec::with_capacity(exists.len());
         for e in exists {
-            found |= e?.is_some();
+            parts.push(e?);
         }
-        if !found {
-            return Err(Error::OrderNotFound(order_ref.to_string()).into());
-        }
-        let op = FulfilOp {
-            id: fnv1a(&[
-                order_ref.as_bytes(),
-                &now.to_le_bytes(),
-                format!("{lines:?}").as_bytes(),
-            ]),
-            at: now,
-            lines: (!lines.is_empty()).then(|| {
-                lines
-                    .iter()
-                    .map(|l| LineView {
-                        product_ref: l.product_ref.clone(),
-                        location_ref: l.location_ref.clone(),
-                        quantity: l.quantity,
-                    })
-                    .collect()
-            }),
-        };
-        let per_shard: Vec<Option<Vec<OrderLine>>> = if lines.is_empty() {
-            vec![None; n]
-        } else {
-            let mut split: Vec<Vec<OrderLine>> = vec![Vec::new(); n];
-            for l in lines {
-                split[shard_of(&l.product_ref, &l.location_ref, n)].push(l);
-            }
-            split
-                .into_iter()
-                .map(|l| {
-                    if l.is_empty() {
-                        Some(Vec::new())
-                    } else {
-                        Some(l)
-                    }
-                })
-                .collect()
-        };
+        outcome::merge_order_lines(order_ref, parts)?;
+        let op = FulfilOp::new(order_ref, now, &lines);
+        let per_shard = self.split_order_lines(lines);
         // Check every shard's part before any shard changes.
         let involved = |l: &Option<Vec<OrderLine>>| l.as_ref().is_none_or(|l| !l.is_empty());
         let checks = join_all(
@@ -496,13 +333,28 @@ impl Router {
                 }),
         )
         .await;
-        let mut shipped = Vec::new();
+        let mut shipped = Vec::with_capacity(answers.len());
         for a in answers {
-            if let Outcome::Lines(Some(lines)) = a?.outcome {
-                shipped.extend(lines);
-            }
+            shipped.push(match a?.outcome {
+                Outcome::Lines(lines) => lines,
+                _ => None,
+            });
         }
-        Ok(shipped)
+        Ok(outcome::merge_shipped(shipped))
+    }
+
+    /// Each shard's lines of a fulfilment: `None` (everything) for every shard when the
+    /// request names no line, else the lines the shard owns (empty: not involved).
+    fn split_order_lines(&self, lines: Vec<OrderLine>) -> Vec<Option<Vec<OrderLine>>> {
+        let n = self.shards.len();
+        if lines.is_empty() {
+            return vec![None; n];
+        }
+        let mut split: Vec<Vec<OrderLine>> = vec![Vec::new(); n];
+        for l in lines {
+            split[shard_of(&l.product_ref, &l.location_ref, n)].push(l);
+        }
+        split.into_iter().map(Some).collect()
     }
 
     /// Cancels what an order still has reserved. Idempotent.
@@ -516,32 +368,17 @@ impl Router {
         let command = Command::CancelOrder {
             order_ref: order_ref.to_string(),
         };
-        let mut found = false;
-        let mut cancelled = Vec::new();
+        let mut parts = Vec::with_capacity(self.shards.len());
         for a in self.broadcast(now, &command, None).await {
-            if let Outcome::Lines(Some(lines)) = a?.outcome {
-                found = true;
-                cancelled.extend(lines);
-            }
+            parts.push(match a?.outcome {
+                Outcome::Lines(lines) => lines,
+                _ => None,
+            });
         }
-        if !found {
-            return Err(Error::OrderNotFound(order_ref.to_string()).into());
-        }
-        Ok(cancelled)
+        Ok(outcome::merge_order_lines(order_ref, parts)?)
     }
 
     // ----- AdminService -----
-
-    fn check_batch(len: usize, field: &str) -> Result<(), ShardError> {
-        if len == 0 || len > STOCK_BATCH_MAX {
-            return Err(Error::invalid(
-                field,
-                format!("must hold 1 to {STOCK_BATCH_MAX} items (got {len})"),
-            )
-            .into());
-        }
-        Ok(())
-    }
 
     /// Applies counts; one status per count, in request order.
     pub async fn set_stock(
@@ -549,10 +386,7 @@ impl Router {
         now: Millis,
         counts: Vec<StockCount>,
     ) -> Result<Vec<CountStatus>, ShardError> {
-        Self::check_batch(counts.len(), "counts")?;
-        for (i, c) in counts.iter().enumerate() {
-            c.validate(&format!("counts[{i}]"))?;
-        }
+        StockCount::validate_batch(&counts, now)?;
         self.scatter(
             now,
             counts,
@@ -573,10 +407,7 @@ impl Router {
         now: Millis,
         adjustments: Vec<Adjustment>,
     ) -> Result<Vec<AdjustStatus>, ShardError> {
-        Self::check_batch(adjustments.len(), "adjustments")?;
-        for (i, a) in adjustments.iter().enumerate() {
-            a.validate(&format!("adjustments[{i}]"))?;
-        }
+        Adjustment::validate_batch(&adjustments, now)?;
         self.scatter(
             now,
             adjustments,
@@ -664,9 +495,7 @@ impl Router {
         now: Millis,
         channel: ChannelConfig,
     ) -> Result<(), ShardError> {
-        channel
-            .validate()
-            .map_err(|(field, reason)| Error::invalid(format!("channel.{field}"), reason))?;
+        channel.validate_request()?;
         self.configure(now, Command::UpsertChannel(channel)).await
     }
 
@@ -693,7 +522,7 @@ impl Router {
         now: Millis,
         products: Vec<ProductConfig>,
     ) -> Result<(), ShardError> {
-        Self::check_batch(products.len(), "products")?;
+        check_batch("products", products.len())?;
         ProductConfig::validate_all(&products)?;
         self.configure(now, Command::UpsertProducts(products)).await
     }
@@ -703,7 +532,7 @@ impl Router {
         now: Millis,
         categories: Vec<CategoryConfig>,
     ) -> Result<(), ShardError> {
-        Self::check_batch(categories.len(), "categories")?;
+        check_batch("categories", categories.len())?;
         CategoryConfig::validate_all(&categories)?;
         self.configure(now, Command::UpsertCategories(categories))
             .await
