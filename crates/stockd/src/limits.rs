@@ -10,7 +10,6 @@
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
-use stockd_domain::Millis;
 use stockd_domain::refs::REF_LEN_MAX;
 use stockd_domain::request::{
     HOLD_LINES_MAX, TTL_SECONDS_DEFAULT, TTL_SECONDS_MAX, TTL_SECONDS_MIN,
@@ -49,11 +48,8 @@ pub const MAILBOX_CAPACITY_DEFAULT: usize = 8_192;
 /// last member (256 × about 1 µs of engine work) and the replies a batch keeps.
 pub const BATCH_MAX: usize = 256;
 
-/// A hold expires this long after its deadline on the timer. A confirm or reserve that
-/// arrives with a `now` past the deadline already treats it as expired; the grace keeps
-/// every shard of a multi-shard hold agreeing on what a request just before the deadline
-/// saw. Well inside domain.md's "within one second".
-pub const EXPIRY_GRACE_MS: Millis = 250;
+/// How long after its deadline a hold's timer fires: the domain's bound (one place).
+pub use stockd_domain::limits::EXPIRY_GRACE_MS;
 
 /// How often a shard publishes its gauges (positions, active holds per channel). Counting
 /// active holds walks the channels, so it runs once a second, not once per batch.
@@ -114,9 +110,11 @@ pub const DRAIN_TIMEOUT_SECS_DEFAULT: u64 = 10;
 
 // ---- Holds (the hold timer defaults and bounds are the domain's TTL_SECONDS_*) ----------
 
-/// How long a finished hold stays queryable by default (`--hold-retention-secs`): one day.
-/// Bounds the memory of finished holds (about 650 bytes each) under churn.
-pub const HOLD_RETENTION_SECS_DEFAULT: u64 = 86_400;
+/// How long a finished hold stays queryable by default (`--hold-retention-secs`): the
+/// domain's default (one day). Bounds the memory of finished holds (about 650 bytes each)
+/// under churn.
+pub const HOLD_RETENTION_SECS_DEFAULT: u64 = (stockd_domain::limits::HOLD_RETENTION_MS_DEFAULT
+    / stockd_domain::limits::MS_PER_SECOND) as u64;
 
 // ---- Relations, checked at compile time -------------------------------------------------
 

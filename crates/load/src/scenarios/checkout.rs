@@ -17,8 +17,8 @@ use crate::runner::{self, Load, Outcome, Recorder};
 use crate::schema::Method;
 use crate::session::Session;
 
-/// Longest hold timer a checkout may ask for: the server's default maximum, one day.
-const HOLD_TTL_MAX_SECONDS: i64 = 86_400;
+/// Longest hold timer a checkout may ask for: the server's default maximum.
+const HOLD_TTL_MAX_SECONDS: i64 = stockd_domain::limits::TTL_SECONDS_MAX as i64;
 
 /// What distinguishes `mixed` from `checkout`.
 struct Shape {
