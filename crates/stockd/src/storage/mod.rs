@@ -5,6 +5,7 @@
 //! - `wal`: the writer thread and its group commit.
 //! - `recovery`: snapshot + replay, shard-count changes, repairs after a crash.
 
+pub mod log;
 pub mod record;
 pub mod recovery;
 pub mod store;
