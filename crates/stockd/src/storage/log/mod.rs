@@ -97,9 +97,9 @@ impl LogConfig {
                 "group_bytes_max must fit in a segment after its header and an end marker",
             ));
         }
-        if self.group_bytes_max < frame::frame_len(frame::RECORD_BYTES_MAX) {
+        if self.group_bytes_max < frame::frame_len(0) {
             return Err(LogError::Config(
-                "group_bytes_max must hold one largest record",
+                "group_bytes_max must hold at least one frame",
             ));
         }
         if self.segment_bytes % frame::FRAME_ALIGN as u64 != 0 {
@@ -113,6 +113,13 @@ impl LogConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The largest payload one record may have: `RECORD_BYTES_MAX`, or less when a
+    /// group is smaller than a frame of that size.
+    pub fn record_bytes_max(&self) -> usize {
+        let room = self.group_bytes_max - frame::FRAME_HEADER_LEN;
+        frame::RECORD_BYTES_MAX.min(room / frame::FRAME_ALIGN * frame::FRAME_ALIGN)
     }
 }
 
@@ -134,8 +141,8 @@ pub enum LogError {
     },
     #[error("the log refuses appends after an earlier failure ({0}); reopen it to recover")]
     Poisoned(Arc<LogError>),
-    #[error("record of {len} bytes exceeds RECORD_BYTES_MAX ({max})", max = frame::RECORD_BYTES_MAX)]
-    RecordTooLarge { len: usize },
+    #[error("record of {len} bytes exceeds the most a record may have ({max})")]
+    RecordTooLarge { len: usize, max: usize },
     #[error("group is full ({bytes} of {max} bytes); commit first")]
     GroupFull { bytes: usize, max: usize },
     #[error("log damaged: {file} at offset {offset}: {reason}")]

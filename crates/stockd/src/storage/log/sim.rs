@@ -25,6 +25,9 @@ pub enum CrashMode {
     TornBytes,
     /// As `TornBytes`, but the cut falls on a `SECTOR_BYTES` boundary of the file.
     TornSectors,
+    /// Exactly this many bytes of each file's unsynced writes survive (for tests that
+    /// need one particular cut); unsynced directory operations are lost.
+    KeepBytes(u64),
 }
 
 /// Which operations fail, and with what.
@@ -67,6 +70,8 @@ struct State {
     dirs: BTreeMap<String, Dir>,
     faults: Faults,
     syncs: u64,
+    /// Mutating operations left before the power goes (every later one fails).
+    ops_left: Option<u64>,
 }
 
 /// A simulated disk holding any number of log directories. Cheap to clone: clones share it.
@@ -118,6 +123,7 @@ impl SimDisk {
             dirs: BTreeMap::new(),
             faults: Faults::default(),
             syncs: 0,
+            ops_left: None,
         };
         SimDisk {
             state: Arc::new(Mutex::new(state)),
@@ -150,6 +156,13 @@ impl SimDisk {
         self.lock().faults = faults;
     }
 
+    /// Lets `ops` more mutating operations (writes, syncs, creates, renames, removes)
+    /// succeed, then fails every one with EIO until `crash`: a power cut at any point,
+    /// even inside a rollover or a recycling.
+    pub fn power_off_after(&self, ops: u64) {
+        self.lock().ops_left = Some(ops);
+    }
+
     /// How many `sync_data` and `sync_dir` calls succeeded so far.
     pub fn syncs(&self) -> u64 {
         self.lock().syncs
@@ -162,11 +175,13 @@ impl SimDisk {
         let state = &mut *guard;
         state.boot += 1;
         state.faults = Faults::default();
+        state.ops_left = None;
         for inode in &mut state.inodes {
             let pending = std::mem::take(&mut inode.pending);
             let total: u64 = pending.iter().map(|(_, b)| b.len() as u64).sum();
             let keep = match mode {
                 CrashMode::DropUnsynced => 0,
+                CrashMode::KeepBytes(n) => n.min(total),
                 _ => splitmix64(&mut state.rng) % (total + 1),
             };
             let mut left = keep;
@@ -187,7 +202,7 @@ impl SimDisk {
         for dir in state.dirs.values_mut() {
             let pending = std::mem::take(&mut dir.pending);
             let keep = match mode {
-                CrashMode::DropUnsynced => 0,
+                CrashMode::DropUnsynced | CrashMode::KeepBytes(_) => 0,
                 _ => splitmix64(&mut state.rng) % (pending.len() as u64 + 1),
             };
             for op in pending.into_iter().take(keep as usize) {
@@ -225,7 +240,19 @@ impl SimDisk {
 }
 
 impl State {
+    fn tick(&mut self) -> io::Result<()> {
+        match &mut self.ops_left {
+            Some(0) => Err(io::Error::other("simulated power cut")),
+            Some(n) => {
+                *n -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
     fn check_write(&mut self) -> io::Result<()> {
+        self.tick()?;
         match self.faults.write {
             Some(kind) if self.faults.writes_before_fault == 0 => {
                 Err(io::Error::new(kind, "simulated write fault"))
@@ -239,6 +266,7 @@ impl State {
     }
 
     fn check_sync(&mut self) -> io::Result<()> {
+        self.tick()?;
         match self.faults.sync {
             Some(kind) => Err(io::Error::new(kind, "simulated sync fault")),
             None => {
@@ -306,6 +334,7 @@ impl LogDir for SimDir {
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
         self.with(|state, dir| {
+            state.tick()?;
             let d = state.dirs.get_mut(dir).expect("dir exists");
             if d.current.contains_key(to) {
                 return Err(io::Error::new(io::ErrorKind::AlreadyExists, to.to_owned()));
@@ -322,6 +351,7 @@ impl LogDir for SimDir {
 
     fn remove(&self, name: &str) -> io::Result<()> {
         self.with(|state, dir| {
+            state.tick()?;
             let d = state.dirs.get_mut(dir).expect("dir exists");
             d.current.remove(name).ok_or_else(|| not_found(name))?;
             d.pending.push(DirOp::Unlink(name.to_owned()));

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::file::{LogDir, LogFile};
-use super::frame::{self, FRAME_HEADER_LEN, RECORD_BYTES_MAX};
+use super::frame::{self, FRAME_HEADER_LEN};
 use super::reader::{self, Recovered};
 use super::segment::{self, SEGMENT_HEADER_LEN, SegmentHeader};
 use super::{LogConfig, LogError, Lsn};
@@ -198,10 +198,11 @@ impl<D: LogDir> Log<D> {
             "terms never go backwards within a log"
         );
         let mut bytes = 0;
+        let max = self.config.record_bytes_max();
         for p in payloads {
             let len = p.as_ref().len();
-            if len > RECORD_BYTES_MAX {
-                return Err(LogError::RecordTooLarge { len });
+            if len > max {
+                return Err(LogError::RecordTooLarge { len, max });
             }
             bytes += frame::frame_len(len);
         }
