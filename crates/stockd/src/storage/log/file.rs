@@ -23,6 +23,10 @@ pub trait LogFile: Send {
     fn sync_data(&mut self) -> io::Result<()>;
     /// The file's length in bytes.
     fn len(&self) -> io::Result<u64>;
+    /// Whether the file has no bytes yet.
+    fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
     /// Writes zeros from the current end up to `len`, so the blocks are allocated and a
     /// later `fdatasync` of a write into them needs no metadata update. Not synced.
     fn allocate(&mut self, len: u64) -> io::Result<()>;

@@ -20,7 +20,7 @@ pub const FRAME_ALIGN: usize = 8;
 /// make recovery consider, and keeps one record well inside a group and a segment.
 pub const RECORD_BYTES_MAX: usize = 1 << 20;
 
-const _: () = assert!(FRAME_HEADER_LEN % FRAME_ALIGN == 0);
+const _: () = assert!(FRAME_HEADER_LEN.is_multiple_of(FRAME_ALIGN));
 const _: () = assert!(FRAME_ALIGN.is_power_of_two());
 const _: () = assert!(RECORD_BYTES_MAX <= u32::MAX as usize);
 

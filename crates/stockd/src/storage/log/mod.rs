@@ -102,7 +102,7 @@ impl LogConfig {
                 "group_bytes_max must hold at least one frame",
             ));
         }
-        if self.segment_bytes % frame::FRAME_ALIGN as u64 != 0 {
+        if !self.segment_bytes.is_multiple_of(frame::FRAME_ALIGN as u64) {
             return Err(LogError::Config(
                 "segment_bytes must be a multiple of FRAME_ALIGN",
             ));

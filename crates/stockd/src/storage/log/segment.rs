@@ -31,7 +31,7 @@ pub const SEGMENT_FORMAT_VERSION: u32 = 1;
 const HEADER_USED_LEN: usize = 48;
 
 const _: () = assert!(HEADER_USED_LEN <= SEGMENT_HEADER_LEN);
-const _: () = assert!(SEGMENT_HEADER_LEN % super::frame::FRAME_ALIGN == 0);
+const _: () = assert!(SEGMENT_HEADER_LEN.is_multiple_of(super::frame::FRAME_ALIGN));
 
 /// The header at the start of a live segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

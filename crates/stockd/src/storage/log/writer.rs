@@ -50,7 +50,7 @@ pub struct LogStats {
     pub segments_live: usize,
     /// Free segments ready for reuse.
     pub segments_free: usize,
-    /// Segment files created since open.
+    /// Segment files created since open (at open, to preallocate, included).
     pub segments_created: u64,
     /// Segments recycled since open.
     pub segments_recycled: u64,
@@ -75,15 +75,87 @@ struct Sealed {
     segment_bytes: u64,
 }
 
+/// The free segments of a log.
+struct Pool {
+    /// Free segment names, reused last-in first-out.
+    free: Vec<String>,
+    next_free_id: u64,
+    /// Segment files created since open.
+    created: u64,
+}
+
+impl Pool {
+    /// Creates a zero-filled free segment (not yet in `free`).
+    fn create<D: LogDir>(&mut self, dir: &D, config: &LogConfig) -> Result<String, LogError> {
+        let name = segment::create_free(dir, self.next_free_id, config.segment_bytes)?;
+        self.next_free_id += 1;
+        self.created += 1;
+        Ok(name)
+    }
+
+    /// A free segment to activate: a recycled one if any, else a new one.
+    fn take<D: LogDir>(&mut self, dir: &D, config: &LogConfig) -> Result<String, LogError> {
+        match self.free.pop() {
+            Some(name) => Ok(name),
+            None => self.create(dir, config),
+        }
+    }
+}
+
+/// Reopens the last live segment to append at `offset`. What recovery read from it may
+/// have come from the page cache: it is made durable before anything is built on it.
+fn resume<D: LogDir>(
+    dir: &D,
+    name: String,
+    header: SegmentHeader,
+    offset: u64,
+) -> Result<Active<D::File>, LogError> {
+    let describe = dir.describe(&name);
+    let err = |op| {
+        let describe = describe.clone();
+        move |e| LogError::io(op, describe, e)
+    };
+    let mut file = dir.open(&name).map_err(err("open"))?;
+    file.sync_data().map_err(err("sync"))?;
+    dir.sync_dir().map_err(err("sync directory"))?;
+    Ok(Active {
+        file,
+        name,
+        header,
+        offset,
+    })
+}
+
+/// Activates a free segment as segment `epoch`, its first record `first_lsn`.
+fn activate<D: LogDir>(
+    dir: &D,
+    config: &LogConfig,
+    pool: &mut Pool,
+    epoch: u64,
+    first_lsn: Lsn,
+) -> Result<Active<D::File>, LogError> {
+    let free = pool.take(dir, config)?;
+    let header = SegmentHeader {
+        epoch,
+        first_lsn,
+        segment_bytes: config.segment_bytes,
+    };
+    let (name, file) = segment::activate(dir, &free, header)?;
+    Ok(Active {
+        file,
+        name,
+        header,
+        offset: SEGMENT_HEADER_LEN as u64,
+    })
+}
+
 /// One append-only log in one directory.
 pub struct Log<D: LogDir> {
     dir: D,
     config: LogConfig,
     active: Active<D::File>,
     sealed: VecDeque<Sealed>,
-    /// Free segment names, reused last-in first-out.
-    free: Vec<String>,
-    next_free_id: u64,
+    pool: Pool,
     /// Encoded frames of the group not yet committed.
     group: Vec<u8>,
     group_records: usize,
@@ -102,7 +174,7 @@ impl<D: LogDir> Log<D> {
     pub fn open(dir: D, config: LogConfig, after: Lsn) -> Result<(Log<D>, Recovered), LogError> {
         config.validate()?;
         let scan = reader::scan(&dir, after)?;
-        let mut next_free_id = scan.free.iter().map(|(id, _, _)| id + 1).max().unwrap_or(1);
+        let next_free_id = scan.free.iter().map(|(id, _, _)| id + 1).max().unwrap_or(1);
         let mut free = Vec::new();
         for (_, name, len) in scan.free {
             if len == config.segment_bytes {
@@ -112,7 +184,6 @@ impl<D: LogDir> Log<D> {
                 segment::remove(&dir, &name)?;
             }
         }
-        let recovered = scan.recovered;
         let mut sealed: VecDeque<Sealed> = scan
             .live
             .iter()
@@ -122,54 +193,23 @@ impl<D: LogDir> Log<D> {
                 segment_bytes: f.header.segment_bytes,
             })
             .collect();
+        let recovered = scan.recovered;
+        let mut pool = Pool {
+            free,
+            next_free_id,
+            created: 0,
+        };
         let active = match (sealed.pop_back(), scan.live.last()) {
-            (Some(last), Some(found)) => {
-                let describe = dir.describe(&last.name);
-                let mut file = dir
-                    .open(&last.name)
-                    .map_err(|e| LogError::io("open", describe.clone(), e))?;
-                // What recovery read may have come from the page cache: make it durable
-                // before anything is built on it.
-                file.sync_data()
-                    .map_err(|e| LogError::io("sync", describe.clone(), e))?;
-                dir.sync_dir()
-                    .map_err(|e| LogError::io("sync directory", describe, e))?;
-                Active {
-                    file,
-                    name: last.name,
-                    header: found.header,
-                    offset: scan.end_offset,
-                }
-            }
-            _ => {
-                let name = match free.pop() {
-                    Some(name) => name,
-                    None => {
-                        next_free_id += 1;
-                        segment::create_free(&dir, next_free_id - 1, config.segment_bytes)?
-                    }
-                };
-                let header = SegmentHeader {
-                    epoch: 1,
-                    first_lsn: after + 1,
-                    segment_bytes: config.segment_bytes,
-                };
-                let (name, file) = segment::activate(&dir, &name, header)?;
-                Active {
-                    file,
-                    name,
-                    header,
-                    offset: SEGMENT_HEADER_LEN as u64,
-                }
-            }
+            (Some(last), Some(found)) => resume(&dir, last.name, found.header, scan.end_offset)?,
+            // A fresh log: its first segment starts right after the checkpoint.
+            _ => activate(&dir, &config, &mut pool, 1, after + 1)?,
         };
         let mut log = Log {
             dir,
             config,
             active,
             sealed,
-            free,
-            next_free_id,
+            pool,
             group: Vec::with_capacity(config.group_bytes_max + FRAME_HEADER_LEN),
             group_records: 0,
             next_lsn: recovered.last_lsn + 1,
@@ -178,9 +218,9 @@ impl<D: LogDir> Log<D> {
             poisoned: None,
             stats: LogStats::default(),
         };
-        while log.free.len() < config.segments_preallocated {
-            let name = log.create_free()?;
-            log.free.push(name);
+        while log.pool.free.len() < config.segments_preallocated {
+            let name = log.pool.create(&log.dir, &config)?;
+            log.pool.free.push(name);
         }
         Ok((log, recovered))
     }
@@ -286,38 +326,15 @@ impl<D: LogDir> Log<D> {
 
     /// Seals the active segment and activates a free (or new) one starting at `first_lsn`.
     fn roll(&mut self, first_lsn: Lsn) -> Result<(), LogError> {
-        let free = match self.free.pop() {
-            Some(name) => name,
-            None => self.create_free()?,
-        };
-        let header = SegmentHeader {
-            epoch: self.active.header.epoch + 1,
-            first_lsn,
-            segment_bytes: self.config.segment_bytes,
-        };
-        let (name, file) = segment::activate(&self.dir, &free, header)?;
-        let old = std::mem::replace(
-            &mut self.active,
-            Active {
-                file,
-                name,
-                header,
-                offset: SEGMENT_HEADER_LEN as u64,
-            },
-        );
+        let epoch = self.active.header.epoch + 1;
+        let active = activate(&self.dir, &self.config, &mut self.pool, epoch, first_lsn)?;
+        let old = std::mem::replace(&mut self.active, active);
         self.sealed.push_back(Sealed {
             name: old.name,
             first_lsn: old.header.first_lsn,
             segment_bytes: old.header.segment_bytes,
         });
         Ok(())
-    }
-
-    fn create_free(&mut self) -> Result<String, LogError> {
-        let name = segment::create_free(&self.dir, self.next_free_id, self.config.segment_bytes)?;
-        self.next_free_id += 1;
-        self.stats.segments_created += 1;
-        Ok(name)
     }
 
     /// Recycles every sealed segment whose records all have LSNs below `lsn` (a
@@ -346,12 +363,12 @@ impl<D: LogDir> Log<D> {
                 break;
             }
             debug_assert!(oldest.first_lsn < next_first);
-            let keep = self.free.len() < self.config.segments_free_max
+            let keep = self.pool.free.len() < self.config.segments_free_max
                 && oldest.segment_bytes == self.config.segment_bytes;
             if keep {
-                let name = segment::recycle(&self.dir, &oldest.name, self.next_free_id)?;
-                self.next_free_id += 1;
-                self.free.push(name);
+                let name = segment::recycle(&self.dir, &oldest.name, self.pool.next_free_id)?;
+                self.pool.next_free_id += 1;
+                self.pool.free.push(name);
                 stats.recycled += 1;
                 self.stats.segments_recycled += 1;
             } else {
@@ -411,7 +428,8 @@ impl<D: LogDir> Log<D> {
             durable_lsn: self.durable_lsn,
             next_lsn: self.next_lsn,
             segments_live: self.sealed.len() + 1,
-            segments_free: self.free.len(),
+            segments_free: self.pool.free.len(),
+            segments_created: self.pool.created,
             ..self.stats
         }
     }
