@@ -162,7 +162,9 @@ fn commit<D: LogDir>(
         return;
     }
     let result = log.commit();
-    if let Ok(stats) = &result {
+    if let Ok(stats) = &result
+        && stats.records > 0
+    {
         on_commit(stats);
     }
     for (lsns, done) in waiting.drain(..) {

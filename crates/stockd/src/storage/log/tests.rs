@@ -154,6 +154,34 @@ fn truncate_below_recycles_and_reopen_ignores_stale_frames() {
 }
 
 #[test]
+fn a_recycled_segments_old_frames_are_not_read_as_new() {
+    let disk = SimDisk::new(16);
+    let (mut log, _) = open(&disk, small(), 0);
+    while log.stats().segments_live < 3 {
+        write(&mut log, 10, 300, 10);
+    }
+    log.truncate_below(log.durable_lsn() + 1).unwrap();
+    assert_eq!(log.stats().segments_live, 1);
+    let created = log.stats().segments_created;
+    let first_new = log.next_lsn();
+    while log.stats().segments_live < 2 {
+        write(&mut log, 1, 300, 1);
+    }
+    write(&mut log, 3, 300, 1);
+    assert_eq!(
+        log.stats().segments_created,
+        created,
+        "the new segment is a recycled one"
+    );
+    let last = log.durable_lsn();
+    drop(log);
+    // The recycled segment still holds old frames after the 4 new ones.
+    let (_, recovered) = open(&disk, small(), first_new - 1);
+    check_records(&recovered.records, first_new, last, 300);
+    assert!(recovered.dropped.is_none(), "{:?}", recovered.dropped);
+}
+
+#[test]
 fn regular_truncation_keeps_the_log_bounded() {
     let disk = SimDisk::new(6);
     let (mut log, _) = open(&disk, small(), 0);
@@ -515,6 +543,27 @@ fn the_real_filesystem_round_trips() {
             .iter()
             .all(|r| r.payload == payload(r.lsn, 700))
     );
+}
+
+#[test]
+fn the_real_filesystem_refuses_damage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = Log::open(FsDir::open(tmp.path()).unwrap(), small(), 0).unwrap();
+    for i in 1..=20 {
+        log.append(1, &[payload(i, 100)]).unwrap();
+        log.commit().unwrap();
+    }
+    drop(log);
+    let path = tmp.path().join(segment::live_name(1));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let offset = segment::SEGMENT_HEADER_LEN + 5 * frame::frame_len(100);
+    bytes[offset + 30] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let e = Log::open(FsDir::open(tmp.path()).unwrap(), small(), 0)
+        .err()
+        .unwrap();
+    let (file, at, _) = damaged(e);
+    assert_eq!((file, at), (path.display().to_string(), offset as u64));
 }
 
 /// fdatasync latency on the real disk: 1,000 groups of 16 records of 200 bytes.
