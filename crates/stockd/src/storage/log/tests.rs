@@ -301,8 +301,15 @@ fn power_cuts_lose_nothing_acknowledged() {
             run_until_power_cut(&mut log, &disk, &mut model);
             recycled += (log.stats().segments_recycled > 0) as u32;
             drop(log);
-            disk.crash(modes[(seed as usize + round) % modes.len()]);
+            let mode = modes[(seed as usize + round) % modes.len()];
+            disk.crash(mode);
             let after = model.checkpoint_below.saturating_sub(1).max(model.base - 1);
+            if disk.random() % 4 == 0 {
+                // The power goes again while recovery runs (it syncs, and may create).
+                disk.power_off_after(disk.random() % 8);
+                drop(Log::open(disk.dir("log"), small(), after));
+                disk.crash(mode);
+            }
             let (reopened, recovered) = Log::open(disk.dir("log"), small(), after)
                 .unwrap_or_else(|e| panic!("seed {seed} round {round}: {e}"));
             check_after_power_cut(seed, &recovered, &model);
@@ -422,6 +429,32 @@ fn a_full_disk_fails_appends_with_a_typed_error_until_reopened() {
     let (mut log, recovered) = open(&disk, small(), 0);
     check_records(&recovered.records, 1, 10, 100);
     write(&mut log, 1, 100, 1);
+}
+
+#[test]
+fn a_full_disk_at_rollover_is_a_typed_error() {
+    let disk = SimDisk::new(17);
+    let config = LogConfig {
+        segments_preallocated: 0,
+        ..small()
+    };
+    let (mut log, _) = open(&disk, config, 0);
+    // Exactly fills the first segment: (64 KiB - 4 KiB header - end marker) / 328 bytes.
+    write(&mut log, 187, 300, 1);
+    assert_eq!(log.stats().segments_live, 1);
+    disk.set_faults(Faults {
+        write: Some(io::ErrorKind::StorageFull),
+        ..Faults::default()
+    });
+    log.append(1, &[payload(188, 300)]).unwrap();
+    let e = log.commit().unwrap_err();
+    assert!(matches!(e, LogError::NoSpace { op: "create", .. }), "{e}");
+    assert!(matches!(log.append(1, &[b"x"]), Err(LogError::Poisoned(_))));
+    let acked = log.durable_lsn();
+    drop(log);
+    disk.set_faults(Faults::default());
+    let (_, recovered) = open(&disk, config, 0);
+    check_records(&recovered.records, 1, acked, 300);
 }
 
 #[test]
