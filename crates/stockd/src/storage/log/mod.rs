@@ -13,6 +13,13 @@
 //! - `writer`: the `Log` itself: open, append, commit (group commit), truncate_below.
 //! - `group`: a thin thread that owns a `Log` and commits what arrived while it synced.
 //!
+//! # On disk
+//! A log directory holds `seg-{epoch:016x}.log` (live, contiguous epochs) and
+//! `free-{id:016x}.log` (ready for reuse). Each segment: a 4 KiB header (magic, version,
+//! epoch, first LSN, size, CRC32C), then frames `[len u32 | crc32c u32 | lsn u64 | term
+//! u64] payload` padded to 8 bytes, then an all-zero end marker written with every group.
+//! See `segment` and `frame`; recovery's rules are in `reader`.
+//!
 //! # Invariants
 //! - A log is one directory; N logs (one per shard) are N directories side by side. Nothing
 //!   here is shared between logs.

@@ -304,7 +304,7 @@ fn power_cuts_lose_nothing_acknowledged() {
             let mode = modes[(seed as usize + round) % modes.len()];
             disk.crash(mode);
             let after = model.checkpoint_below.saturating_sub(1).max(model.base - 1);
-            if disk.random() % 4 == 0 {
+            if disk.random().is_multiple_of(4) {
                 // The power goes again while recovery runs (it syncs, and may create).
                 disk.power_off_after(disk.random() % 8);
                 drop(Log::open(disk.dir("log"), small(), after));
