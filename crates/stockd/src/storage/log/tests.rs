@@ -388,6 +388,33 @@ fn a_truncated_tail_is_dropped_and_reported() {
 }
 
 #[test]
+fn a_dropped_tail_then_a_rollover_is_not_damage() {
+    let disk = SimDisk::new(18);
+    let (mut log, _) = open(&disk, small(), 0);
+    // 180 of the 187 frames of 328 bytes a segment holds, then a torn group of 5.
+    write(&mut log, 180, 300, 10);
+    let batch: Vec<_> = (181..186).map(|lsn| payload(lsn, 300)).collect();
+    log.append(1, &batch).unwrap();
+    disk.set_faults(Faults {
+        sync: Some(io::ErrorKind::Other),
+        ..Faults::default()
+    });
+    assert!(log.commit().is_err());
+    drop(log);
+    disk.crash(CrashMode::KeepBytes(1000));
+    let (mut log, recovered) = open(&disk, small(), 0);
+    check_records(&recovered.records, 1, 183, 300);
+    assert!(recovered.dropped.is_some());
+    // A group that does not fit after LSN 183 opens the next segment.
+    write(&mut log, 20, 300, 20);
+    assert_eq!(log.stats().segments_live, 2);
+    drop(log);
+    let (_, recovered) = open(&disk, small(), 0);
+    check_records(&recovered.records, 1, 203, 300);
+    assert!(recovered.dropped.is_none());
+}
+
+#[test]
 fn a_torn_last_record_is_dropped_and_reported() {
     let disk = SimDisk::new(10);
     let (mut log, _) = open(&disk, small(), 0);

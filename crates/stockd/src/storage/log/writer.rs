@@ -102,8 +102,10 @@ impl Pool {
     }
 }
 
-/// Reopens the last live segment to append at `offset`. What recovery read from it may
-/// have come from the page cache: it is made durable before anything is built on it.
+/// Reopens the last live segment to append at `offset`. An end marker goes at `offset`
+/// first: a dropped torn tail there must not stay as a bad frame before the next segment
+/// if the next group rolls over. What recovery read may have come from the page cache:
+/// the sync makes it durable before anything is built on it.
 fn resume<D: LogDir>(
     dir: &D,
     name: String,
@@ -116,6 +118,11 @@ fn resume<D: LogDir>(
         move |e| LogError::io(op, describe, e)
     };
     let mut file = dir.open(&name).map_err(err("open"))?;
+    if offset + FRAME_HEADER_LEN as u64 <= header.segment_bytes {
+        let marker = [0u8; FRAME_HEADER_LEN];
+        file.write_at(offset, &marker)
+            .map_err(err("write end marker"))?;
+    }
     file.sync_data().map_err(err("sync"))?;
     dir.sync_dir().map_err(err("sync directory"))?;
     Ok(Active {
