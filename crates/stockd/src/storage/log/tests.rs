@@ -636,6 +636,8 @@ fn the_real_filesystem_refuses_damage() {
 
 /// fdatasync latency on the real disk: 1,000 groups of 16 records of 200 bytes.
 /// `STOCKD_LOG_BENCH_DIR` picks the directory (default: the system temp dir).
+/// Run: `cargo test -p stockd --release --lib storage::log::tests::fdatasync_latency -- \
+/// --ignored --nocapture`.
 #[test]
 #[ignore]
 fn fdatasync_latency_on_the_real_disk() {
