@@ -2,6 +2,7 @@
 //!
 //! - `checkpoint`: the durable state store (sled, fsynced) behind `CheckpointStore`.
 //! - `error`: `StorageError` and `RecoveryError`, typed and named by folder, shard, record.
+//! - `log`: the segment write-ahead log with real fdatasync group commit, behind `LogDir`.
 //! - `record`: the checksummed, versioned record format.
 //! - `store`: the sled key layout.
 //! - `wal`: the writer thread and its group commit.
@@ -9,6 +10,7 @@
 
 pub mod checkpoint;
 pub mod error;
+pub mod log;
 pub mod record;
 pub mod recovery;
 pub mod store;

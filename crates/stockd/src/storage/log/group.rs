@@ -1,0 +1,183 @@
+//! The group-commit thread: owns one `Log`, takes every batch that arrived while the
+//! previous `fdatasync` ran, commits them as one group, and completes each batch with
+//! "durable up to LSN N" only after that sync has returned.
+//!
+//! Thin on purpose: every decision about bytes on disk is in `Log`, tested without threads.
+
+use std::ops::Range;
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::file::LogDir;
+use super::writer::{CommitStats, Log, TruncateStats};
+use super::{LogError, Lsn};
+
+/// Capacity of the writer's inbox (batches). When full, senders wait: backpressure,
+/// not memory growth. At most this many batches wait behind one sync.
+pub const WRITER_INBOX_CAPACITY: usize = 1_024;
+
+/// Most batches taken into one group; with the group's byte bound it bounds the latency
+/// a group adds to its first member.
+pub const GROUP_BATCHES_MAX: usize = 4_096;
+
+const _: () = assert!(WRITER_INBOX_CAPACITY <= GROUP_BATCHES_MAX);
+
+/// The completion of one batch: its LSNs, and the durable LSN, at least its last.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub lsns: Range<Lsn>,
+    pub durable_lsn: Lsn,
+}
+
+type Done<T> = oneshot::Sender<Result<T, LogError>>;
+
+enum Message {
+    Append {
+        term: u64,
+        payloads: Vec<Vec<u8>>,
+        done: Done<Appended>,
+    },
+    TruncateBelow {
+        lsn: Lsn,
+        done: Done<TruncateStats>,
+    },
+}
+
+/// A cheap handle to the thread that owns one log.
+#[derive(Clone)]
+pub struct LogWriter {
+    tx: mpsc::Sender<Message>,
+}
+
+impl LogWriter {
+    /// Starts the thread. `on_commit` sees every group's stats (for metrics). The thread
+    /// stops when every handle is dropped, and hands the log back through its join handle.
+    pub fn spawn<D, F>(log: Log<D>, on_commit: F) -> (LogWriter, JoinHandle<Log<D>>)
+    where
+        D: LogDir + 'static,
+        F: FnMut(&CommitStats) + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(WRITER_INBOX_CAPACITY);
+        let thread = std::thread::Builder::new()
+            .name("stockd-log".into())
+            .spawn(move || run(log, rx, on_commit))
+            .expect("spawn the log writer thread");
+        (LogWriter { tx }, thread)
+    }
+
+    /// Appends a batch and waits until it is durable.
+    pub async fn append(&self, term: u64, payloads: Vec<Vec<u8>>) -> Result<Appended, LogError> {
+        let (done, rx) = oneshot::channel();
+        let message = Message::Append {
+            term,
+            payloads,
+            done,
+        };
+        self.tx
+            .send(message)
+            .await
+            .map_err(|_| LogError::WriterStopped)?;
+        rx.await.map_err(|_| LogError::WriterStopped)?
+    }
+
+    /// `append` for callers outside the runtime (tests, tools).
+    pub fn blocking_append(&self, term: u64, payloads: Vec<Vec<u8>>) -> Result<Appended, LogError> {
+        let (done, rx) = oneshot::channel();
+        let message = Message::Append {
+            term,
+            payloads,
+            done,
+        };
+        self.tx
+            .blocking_send(message)
+            .map_err(|_| LogError::WriterStopped)?;
+        rx.blocking_recv().map_err(|_| LogError::WriterStopped)?
+    }
+
+    /// Recycles the segments below `lsn`, after committing what is pending.
+    pub async fn truncate_below(&self, lsn: Lsn) -> Result<TruncateStats, LogError> {
+        let (done, rx) = oneshot::channel();
+        let message = Message::TruncateBelow { lsn, done };
+        self.tx
+            .send(message)
+            .await
+            .map_err(|_| LogError::WriterStopped)?;
+        rx.await.map_err(|_| LogError::WriterStopped)?
+    }
+}
+
+fn run<D: LogDir>(
+    mut log: Log<D>,
+    mut rx: mpsc::Receiver<Message>,
+    mut on_commit: impl FnMut(&CommitStats),
+) -> Log<D> {
+    let mut waiting: Vec<(Range<Lsn>, Done<Appended>)> = Vec::with_capacity(64);
+    while let Some(first) = rx.blocking_recv() {
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(message) = next.take() {
+            taken += 1;
+            match message {
+                Message::Append {
+                    term,
+                    payloads,
+                    done,
+                } => {
+                    let appended = match log.append(term, &payloads) {
+                        Err(LogError::GroupFull { .. }) if log.pending_records() > 0 => {
+                            commit(&mut log, &mut waiting, &mut on_commit);
+                            log.append(term, &payloads)
+                        }
+                        other => other,
+                    };
+                    match appended {
+                        Ok(lsns) => waiting.push((lsns, done)),
+                        Err(e) => {
+                            let _ = done.send(Err(e));
+                        }
+                    }
+                }
+                Message::TruncateBelow { lsn, done } => {
+                    commit(&mut log, &mut waiting, &mut on_commit);
+                    let _ = done.send(log.truncate_below(lsn));
+                }
+            }
+            if taken < GROUP_BATCHES_MAX {
+                next = rx.try_recv().ok();
+            }
+        }
+        commit(&mut log, &mut waiting, &mut on_commit);
+    }
+    log
+}
+
+/// Commits the group and completes its batches, each only after the sync returned.
+fn commit<D: LogDir>(
+    log: &mut Log<D>,
+    waiting: &mut Vec<(Range<Lsn>, Done<Appended>)>,
+    on_commit: &mut impl FnMut(&CommitStats),
+) {
+    if waiting.is_empty() && log.pending_records() == 0 {
+        return;
+    }
+    let result = log.commit();
+    if let Ok(stats) = &result
+        && stats.records > 0
+    {
+        on_commit(stats);
+    }
+    for (lsns, done) in waiting.drain(..) {
+        let reply = match &result {
+            Ok(stats) => {
+                debug_assert!(lsns.end <= stats.durable_lsn + 1);
+                Ok(Appended {
+                    lsns,
+                    durable_lsn: stats.durable_lsn,
+                })
+            }
+            Err(e) => Err(e.clone()),
+        };
+        let _ = done.send(reply);
+    }
+}

@@ -1,0 +1,317 @@
+//! The recovery scan: reads every live segment back, checks every frame, and tells a torn
+//! tail (a write that was never acknowledged: dropped and reported) from damage (refused).
+//!
+//! The rule: the log ends at the first position that does not hold the next expected
+//! frame. An all-zero header there is the normal end (every group write ends with one).
+//! A bad frame or a stale one (left from an earlier use of a recycled segment) is a torn
+//! tail, but only in the last segment, and only if no valid frame with a higher LSN lies
+//! anywhere after it: a valid later record means what came before it had been synced, so
+//! the bad frame is damage. A valid frame with an LSN beyond the expected one is a gap:
+//! damage too.
+
+use super::file::{LogDir, LogFile};
+use super::frame::{self, Decoded, FRAME_ALIGN, FRAME_HEADER_LEN};
+use super::segment::{self, SEGMENT_HEADER_LEN, SegmentHeader, SegmentName};
+use super::{LogError, Lsn};
+
+/// One record read back, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub lsn: Lsn,
+    pub term: u64,
+    pub payload: Vec<u8>,
+}
+
+/// The report of a torn tail that recovery dropped: a write that was never acknowledged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DroppedTail {
+    /// The segment file, as `LogDir::describe` names it.
+    pub file: String,
+    /// Where the first frame that failed its check starts; appends resume there.
+    pub offset: u64,
+    /// Why the frame there was not taken.
+    pub reason: &'static str,
+    /// Frames dropped: a torn write leaves at most one partial frame on disk; whatever of
+    /// the group came after it never reached the disk and cannot be counted.
+    pub frames: u64,
+}
+
+/// What `Log::open` found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Every record with an LSN above the checkpoint's, in LSN order, contiguous.
+    pub records: Vec<Record>,
+    /// The oldest LSN the log still holds (the first LSN of its oldest segment).
+    pub first_lsn: Lsn,
+    /// The last LSN in the log; `first_lsn - 1` when it holds no record.
+    pub last_lsn: Lsn,
+    /// The term of the last record, 0 when there is none.
+    pub last_term: u64,
+    /// The torn tail dropped, if there was one.
+    pub dropped: Option<DroppedTail>,
+    /// Live segments found.
+    pub segments: usize,
+}
+
+/// A live segment as the scan found it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Found {
+    pub name: String,
+    pub header: SegmentHeader,
+}
+
+/// Everything the writer needs to resume after the scan.
+pub(crate) struct Scan {
+    pub live: Vec<Found>,
+    /// Free segments: (id, name, length).
+    pub free: Vec<(u64, String, u64)>,
+    /// Where the next frame goes in the last live segment.
+    pub end_offset: u64,
+    pub recovered: Recovered,
+}
+
+/// Where a segment's frames ended.
+struct End {
+    offset: u64,
+    next_lsn: Lsn,
+    last_term: u64,
+    /// Why the frame at `offset` was not taken, when it was not the end marker.
+    torn: Option<&'static str>,
+}
+
+fn damaged(file: String, offset: u64, reason: String) -> LogError {
+    LogError::Damaged {
+        file,
+        offset,
+        reason,
+    }
+}
+
+/// Scans the directory. `after`: the last LSN the checkpoint covers.
+pub(crate) fn scan<D: LogDir>(dir: &D, after: Lsn) -> Result<Scan, LogError> {
+    let (live, free) = list(dir)?;
+    let mut recovered = Recovered {
+        first_lsn: after + 1,
+        last_lsn: after,
+        segments: live.len(),
+        ..Recovered::default()
+    };
+    let mut found = Vec::with_capacity(live.len());
+    let mut next_lsn = None;
+    let mut last_term = 0;
+    let mut end_offset = SEGMENT_HEADER_LEN as u64;
+    for (i, (epoch, name)) in live.iter().enumerate() {
+        let file = dir.describe(name);
+        let bytes = read_all(dir, name)?;
+        let header =
+            SegmentHeader::decode(&bytes).map_err(|r| damaged(file.clone(), 0, r.into()))?;
+        check_header(&file, &header, *epoch, bytes.len() as u64, next_lsn)?;
+        if i == 0 {
+            recovered.first_lsn = header.first_lsn;
+        }
+        let end = scan_segment(
+            &bytes,
+            &file,
+            header.first_lsn,
+            last_term,
+            after,
+            &mut recovered,
+        )?;
+        let last = i + 1 == live.len();
+        check_end(&bytes, &file, &end, last)?;
+        if let (Some(reason), true) = (end.torn, last) {
+            recovered.dropped = Some(DroppedTail {
+                file: file.clone(),
+                offset: end.offset,
+                reason,
+                frames: 1,
+            });
+        }
+        next_lsn = Some(end.next_lsn);
+        last_term = end.last_term;
+        end_offset = end.offset;
+        found.push(Found {
+            name: name.clone(),
+            header,
+        });
+    }
+    if let Some(next) = next_lsn {
+        recovered.last_lsn = next - 1;
+        recovered.last_term = last_term;
+        if after + 1 < recovered.first_lsn {
+            return Err(LogError::Missing {
+                wanted: after + 1,
+                first: recovered.first_lsn,
+            });
+        }
+        if after > recovered.last_lsn {
+            return Err(LogError::CheckpointAhead {
+                after,
+                last: recovered.last_lsn,
+            });
+        }
+    }
+    Ok(Scan {
+        live: found,
+        free,
+        end_offset,
+        recovered,
+    })
+}
+
+type Listing = (Vec<(u64, String)>, Vec<(u64, String, u64)>);
+
+/// The live segments sorted by epoch (checked contiguous) and the free ones.
+fn list<D: LogDir>(dir: &D) -> Result<Listing, LogError> {
+    let names = dir
+        .list()
+        .map_err(|e| LogError::io("list", dir.describe(""), e))?;
+    let mut live = Vec::new();
+    let mut free = Vec::new();
+    for name in names {
+        match segment::parse_name(&name) {
+            Some(SegmentName::Live { epoch }) => live.push((epoch, name)),
+            Some(SegmentName::Free { id }) => {
+                let len = dir
+                    .open(&name)
+                    .and_then(|f| f.len())
+                    .map_err(|e| LogError::io("open", dir.describe(&name), e))?;
+                free.push((id, name, len));
+            }
+            None => {}
+        }
+    }
+    live.sort();
+    for pair in live.windows(2) {
+        if pair[1].0 != pair[0].0 + 1 {
+            let missing = segment::live_name(pair[0].0 + 1);
+            return Err(damaged(
+                dir.describe(&missing),
+                0,
+                format!("segment missing between {} and {}", pair[0].1, pair[1].1),
+            ));
+        }
+    }
+    Ok((live, free))
+}
+
+fn read_all<D: LogDir>(dir: &D, name: &str) -> Result<Vec<u8>, LogError> {
+    let err = |op| move |e| LogError::io(op, dir.describe(name), e);
+    let file = dir.open(name).map_err(err("open"))?;
+    let len = file.len().map_err(err("stat"))?;
+    let mut bytes = vec![0u8; len as usize];
+    file.read_at(0, &mut bytes).map_err(err("read"))?;
+    Ok(bytes)
+}
+
+fn check_header(
+    file: &str,
+    header: &SegmentHeader,
+    epoch: u64,
+    len: u64,
+    expected_lsn: Option<Lsn>,
+) -> Result<(), LogError> {
+    if header.epoch != epoch {
+        let reason = format!("header says epoch {}, name says {epoch}", header.epoch);
+        return Err(damaged(file.into(), 0, reason));
+    }
+    if header.segment_bytes != len || len < (SEGMENT_HEADER_LEN + FRAME_HEADER_LEN) as u64 {
+        let reason = format!(
+            "segment is {len} bytes, its header says {}",
+            header.segment_bytes
+        );
+        return Err(damaged(file.into(), len, reason));
+    }
+    if let Some(expected) = expected_lsn
+        && header.first_lsn != expected
+    {
+        let reason = format!(
+            "segment starts at LSN {}, the previous one ends before LSN {expected}",
+            header.first_lsn
+        );
+        return Err(damaged(file.into(), 0, reason));
+    }
+    Ok(())
+}
+
+/// Reads the frames of one segment, pushing those above `after` into `out.records`.
+fn scan_segment(
+    bytes: &[u8],
+    file: &str,
+    first_lsn: Lsn,
+    mut term: u64,
+    after: Lsn,
+    out: &mut Recovered,
+) -> Result<End, LogError> {
+    let mut at = SEGMENT_HEADER_LEN;
+    let mut lsn = first_lsn;
+    let end = |at: usize, lsn, term, torn| End {
+        offset: at as u64,
+        next_lsn: lsn,
+        last_term: term,
+        torn,
+    };
+    while at + FRAME_HEADER_LEN <= bytes.len() {
+        let (frame, len) = match frame::decode(&bytes[at..]) {
+            Decoded::End => return Ok(end(at, lsn, term, None)),
+            Decoded::Invalid(reason) => return Ok(end(at, lsn, term, Some(reason))),
+            Decoded::Valid { frame, len } => (frame, len),
+        };
+        if frame.lsn < lsn {
+            let stale = "stale frame from an earlier use of the segment";
+            return Ok(end(at, lsn, term, Some(stale)));
+        }
+        if frame.lsn > lsn {
+            let reason = format!("record with LSN {} where LSN {lsn} belongs", frame.lsn);
+            return Err(damaged(file.into(), at as u64, reason));
+        }
+        if frame.term < term {
+            let reason = format!("record LSN {lsn} has term {} after term {term}", frame.term);
+            return Err(damaged(file.into(), at as u64, reason));
+        }
+        if lsn > after {
+            out.records.push(Record {
+                lsn,
+                term: frame.term,
+                payload: frame.payload.to_vec(),
+            });
+        }
+        term = frame.term;
+        lsn += 1;
+        at += len;
+    }
+    Ok(end(at, lsn, term, None))
+}
+
+/// Refuses a segment whose end is not a clean end or a torn tail of the last segment.
+fn check_end(bytes: &[u8], file: &str, end: &End, last: bool) -> Result<(), LogError> {
+    let what = match end.torn {
+        Some(reason) => format!("bad frame ({reason})"),
+        None => "end of the log".to_owned(),
+    };
+    if let Some((offset, lsn)) = find_stray(bytes, end.offset + FRAME_ALIGN as u64, end.next_lsn) {
+        let reason =
+            format!("{what}, yet a valid record with LSN {lsn} follows at offset {offset}");
+        return Err(damaged(file.into(), end.offset, reason));
+    }
+    if end.torn.is_some() && !last {
+        let reason = format!("{what} in a segment that later segments follow");
+        return Err(damaged(file.into(), end.offset, reason));
+    }
+    Ok(())
+}
+
+/// The first valid frame at or after `from` with an LSN of at least `lsn_min`.
+fn find_stray(bytes: &[u8], from: u64, lsn_min: Lsn) -> Option<(u64, Lsn)> {
+    let mut at = from as usize;
+    while at + FRAME_HEADER_LEN <= bytes.len() {
+        // Cheap test first: most positions hold zeros or stale frames with lower LSNs.
+        if frame::peek_lsn(&bytes[at..]).is_some_and(|l| l >= lsn_min)
+            && let Decoded::Valid { frame, .. } = frame::decode(&bytes[at..])
+        {
+            return Some((at as u64, frame.lsn));
+        }
+        at += FRAME_ALIGN;
+    }
+    None
+}
