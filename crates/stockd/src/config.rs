@@ -179,6 +179,8 @@ pub struct ServerConfig {
     pub drain_timeout: Duration,
     pub boot: BootConfig,
     pub fault_file: Option<PathBuf>,
+    /// Where the logs and checkpoints live: the data folder, or a simulation (tests).
+    pub storage: crate::storage::StorageBackend,
 }
 
 impl ServerConfig {
@@ -194,6 +196,7 @@ impl ServerConfig {
             drain_timeout: Duration::from_secs(limits::DRAIN_TIMEOUT_SECS_DEFAULT),
             boot: BootConfig::default(),
             fault_file: None,
+            storage: crate::storage::StorageBackend::Real,
         }
     }
 }

@@ -57,44 +57,47 @@ pub const GAUGES_EVERY_MS: u64 = 1_000;
 
 /// Capacity of the channel from a shard to its releaser (the task that sends a batch's
 /// replies once the batch is durable), in batches. What bounds it naturally is the number
-/// of batches in flight: a batch with records waits in the WAL pipeline, which holds at
-/// most `WAL_INBOX_CAPACITY` messages queued plus `GROUP_MESSAGES_MAX` being committed. With
-/// this capacity a shard waits on its releaser only when the releaser itself falls behind,
-/// or when read-only batches pile up behind a slow flush. Waiting is backpressure: the
-/// shard stops draining its mailbox, which fills and answers RESOURCE_EXHAUSTED.
+/// of batches in flight: a batch with records waits in its log writer, whose inbox holds at
+/// most `WRITER_INBOX_CAPACITY` batches queued plus `GROUP_BATCHES_MAX` being committed.
+/// With this capacity a shard waits on its releaser only when the releaser itself falls
+/// behind, or when read-only batches pile up behind a slow sync. Waiting is backpressure:
+/// the shard stops draining its mailbox, which fills and answers RESOURCE_EXHAUSTED.
 ///
 /// The shard's send cannot deadlock: the releaser waits only for tickets, and every ticket
-/// belongs to a message the shard put in the WAL writer's inbox *before* it sent the
-/// batch to the releaser; the writer answers it without waiting on any shard or releaser.
+/// belongs to a batch the shard put in its log writer's inbox *before* it sent the batch
+/// to the releaser; the writer answers it without waiting on any shard or releaser.
 /// Memory: about 64 bytes per queued batch plus its replies (at most `BATCH_MAX` each);
 /// tokio allocates the queue as it fills, not up front.
-pub const RELEASER_CAPACITY: usize = WAL_INBOX_CAPACITY + GROUP_MESSAGES_MAX;
+pub const RELEASER_CAPACITY: usize = WRITER_INBOX_CAPACITY + GROUP_BATCHES_MAX;
 
 // ---- Write-ahead log ---------------------------------------------------------------------
 
-/// Most messages (one shard's batch each) the WAL writer takes into one group commit.
-/// Bounds the latency a group adds to its first member and the memory of one sled batch
-/// (at most 4,096 × `BATCH_MAX` records).
-pub const GROUP_MESSAGES_MAX: usize = 4_096;
+pub use crate::storage::log::WRITER_INBOX_CAPACITY;
+pub use crate::storage::log::group::GROUP_BATCHES_MAX;
 
-/// Capacity of the WAL writer's inbox, in messages. When full, shards wait: backpressure,
-/// not memory growth (1,024 batches of at most `BATCH_MAX` records).
-pub const WAL_INBOX_CAPACITY: usize = 1_024;
-
-/// Flush period of `--durability async` by default (`--flush-interval-ms`): a crash loses
-/// at most this long of acknowledged changes; shorter flushes cost more disk syncs.
+/// Flush period of `--durability async` by default (`--flush-interval-ms`). The log writer
+/// syncs each group as soon as the previous sync returned, so a crash loses what was
+/// acknowledged during the last sync, well under this period on a healthy disk.
 pub const FLUSH_INTERVAL_MS_DEFAULT: u64 = 5;
 
-// ---- Snapshots ---------------------------------------------------------------------------
+// ---- Checkpoints -------------------------------------------------------------------------
 
-/// Snapshot a shard after this many log records by default (`--snapshot-every-records`).
+/// Checkpoint a shard after this many log records by default (`--snapshot-every-records`).
 /// Bounds the log a restart replays (a few microseconds per record: well under a second) and
-/// the disk the log takes. A larger state raises it to the state's size (see the actor).
+/// the disk the log takes (about 100 bytes a record).
 pub const SNAPSHOT_EVERY_RECORDS_DEFAULT: u64 = 100_000;
 
-/// Snapshot a shard after this many seconds with at least one record by default
-/// (`--snapshot-every-secs`), so a quiet shard's log is trimmed too.
+/// Checkpoint a shard after this many seconds with at least one record by default
+/// (`--snapshot-every-secs`), so a quiet shard's log is recycled too.
 pub const SNAPSHOT_EVERY_SECS_DEFAULT: u64 = 300;
+
+/// Longest a checkpoint waits for the log to be durable up to the LSN it covers before it
+/// gives up (and the next one is whole). A healthy sync takes milliseconds.
+pub const CHECKPOINT_DURABLE_WAIT_MS: u64 = 10_000;
+
+/// How often a waiting checkpoint looks at the log's durable LSN; the wait costs at most
+/// `CHECKPOINT_DURABLE_WAIT_MS / CHECKPOINT_DURABLE_POLL_MS` wake-ups.
+pub const CHECKPOINT_DURABLE_POLL_MS: u64 = 1;
 
 // ---- gRPC --------------------------------------------------------------------------------
 
@@ -120,14 +123,11 @@ pub const HOLD_RETENTION_SECS_DEFAULT: u64 = (stockd_domain::limits::HOLD_RETENT
 
 // A batch can always be filled from a default mailbox.
 const _: () = assert!(BATCH_MAX <= MAILBOX_CAPACITY_DEFAULT);
-// A group commit takes at least as many messages as a shard batches requests, so the
-// log never funnels tighter than the shards…
-const _: () = assert!(GROUP_MESSAGES_MAX >= BATCH_MAX);
-// …and can drain the whole inbox, so a message waits for at most one group after the
-// one being written.
-const _: () = assert!(GROUP_MESSAGES_MAX >= WAL_INBOX_CAPACITY);
-// The releaser holds at least every batch the WAL pipeline can hold (see its comment).
-const _: () = assert!(RELEASER_CAPACITY >= WAL_INBOX_CAPACITY + GROUP_MESSAGES_MAX);
+// A group commit can drain a log writer's whole inbox, so a batch waits for at most one
+// group after the one being written.
+const _: () = assert!(GROUP_BATCHES_MAX >= WRITER_INBOX_CAPACITY);
+// The releaser holds at least every batch the log pipeline can hold (see its comment).
+const _: () = assert!(RELEASER_CAPACITY >= WRITER_INBOX_CAPACITY + GROUP_BATCHES_MAX);
 // A hold expires within the second domain.md promises.
 const _: () = assert!(EXPIRY_GRACE_MS > 0 && EXPIRY_GRACE_MS < 1_000);
 // The largest valid request fits: a stock batch of three refs per item (plus the item's

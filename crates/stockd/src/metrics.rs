@@ -26,6 +26,10 @@ pub const WAL_FLUSH_DURATION: &str = "stockd_wal_flush_duration_seconds";
 pub const WAL_CHANGES_PER_FLUSH: &str = "stockd_wal_changes_per_flush";
 pub const WAL_BYTES: &str = "stockd_wal_written_bytes_total";
 pub const SNAPSHOT_DURATION: &str = "stockd_snapshot_duration_seconds";
+pub const WAL_FSYNC_DURATION: &str = "stockd_wal_fsync_duration_seconds";
+pub const WAL_SEGMENTS: &str = "stockd_wal_segments";
+pub const CHECKPOINT_DURATION: &str = "stockd_checkpoint_duration_seconds";
+pub const CHECKPOINT_ENTRIES: &str = "stockd_checkpoint_entries";
 pub const RECOVERY_DURATION: &str = "stockd_recovery_duration_seconds";
 
 /// Latency buckets in seconds: dense below 1 ms, where a reserve should land.
@@ -55,6 +59,9 @@ pub fn install(addr: SocketAddr) -> Result<(), MetricsError> {
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), COUNT_BUCKETS))
         .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full(WAL_CHANGES_PER_FLUSH.into()), COUNT_BUCKETS)
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(CHECKPOINT_ENTRIES.into()), COUNT_BUCKETS)
         })
         .and_then(|b| b.install())
         .map_err(|source| MetricsError { addr, source })?;
@@ -127,7 +134,7 @@ fn describe_storage() {
     describe_histogram!(
         WAL_FLUSH_DURATION,
         Unit::Seconds,
-        "Time of one write-ahead log flush to disk, in seconds."
+        "Time of one group commit of a shard's log (write and fdatasync), in seconds."
     );
     describe_histogram!(
         WAL_CHANGES_PER_FLUSH,
@@ -137,12 +144,32 @@ fn describe_storage() {
     describe_counter!(
         WAL_BYTES,
         Unit::Bytes,
-        "Bytes written to the write-ahead log and snapshots, in bytes."
+        "Bytes of records written to the write-ahead logs, in bytes."
+    );
+    describe_histogram!(
+        WAL_FSYNC_DURATION,
+        Unit::Seconds,
+        "Time of one fdatasync of a shard's log segment, in seconds."
+    );
+    describe_gauge!(
+        WAL_SEGMENTS,
+        Unit::Count,
+        "Live segment files of a shard's log (count), by shard."
+    );
+    describe_histogram!(
+        CHECKPOINT_DURATION,
+        Unit::Seconds,
+        "Time of one checkpoint off the shard (wait for the log, encode, sled batch, fsyncs, log recycling), in seconds."
+    );
+    describe_histogram!(
+        CHECKPOINT_ENTRIES,
+        Unit::Count,
+        "Entries (puts and deletes) written by one checkpoint (count)."
     );
     describe_histogram!(
         SNAPSHOT_DURATION,
         Unit::Seconds,
-        "Time to encode one shard snapshot, in seconds (the shard pauses for it)."
+        "Time a shard spends copying its changed entries for a checkpoint, in seconds (the shard pauses for it)."
     );
     describe_gauge!(
         RECOVERY_DURATION,
@@ -185,21 +212,27 @@ pub fn overloaded(shard: usize) {
     counter!(REJECTED_OVERLOAD, "shard" => shard.to_string()).increment(1);
 }
 
-pub fn wal_flushed(elapsed: Duration) {
-    histogram!(WAL_FLUSH_DURATION).record(elapsed.as_secs_f64());
+/// One group commit of a shard's log.
+pub fn wal_committed(shard: usize, stats: &crate::storage::log::CommitStats) {
+    histogram!(WAL_FLUSH_DURATION).record((stats.write_duration + stats.sync_duration).as_secs_f64());
+    histogram!(WAL_FSYNC_DURATION).record(stats.sync_duration.as_secs_f64());
+    histogram!(WAL_CHANGES_PER_FLUSH).record(stats.records as f64);
+    counter!(WAL_BYTES).increment(stats.bytes as u64);
+    let _ = shard;
 }
 
-pub fn wal_group(changes: usize, bytes: usize) {
-    histogram!(WAL_CHANGES_PER_FLUSH).record(changes as f64);
-    counter!(WAL_BYTES).increment(bytes as u64);
+/// Live segments of a shard's log.
+pub fn wal_segments(shard: usize, segments: usize) {
+    gauge!(WAL_SEGMENTS, "shard" => shard.to_string()).set(segments as f64);
 }
 
 pub fn snapshot_taken(elapsed: Duration) {
     histogram!(SNAPSHOT_DURATION).record(elapsed.as_secs_f64());
 }
 
-pub fn snapshot_written(bytes: usize) {
-    counter!(WAL_BYTES).increment(bytes as u64);
+pub fn checkpoint_written(elapsed: Duration, entries: usize) {
+    histogram!(CHECKPOINT_DURATION).record(elapsed.as_secs_f64());
+    histogram!(CHECKPOINT_ENTRIES).record(entries as f64);
 }
 
 pub fn recovered(elapsed: Duration) {

@@ -18,15 +18,18 @@ use crate::grpc::{self, ServeError};
 use crate::metrics::MetricsError;
 use crate::shard::actor::Reload;
 use crate::shard::{Router, ShardActor, ShardError, ShardHandle, shard_of};
+use crate::storage::checkpointer::ConfigKeys;
 use crate::storage::recovery::{self, Recovered, RecoveryReport};
-use crate::storage::{RecoveryError, StorageError, Store, Wal};
+use crate::storage::log::Log;
+use crate::storage::backend::AnyDir;
+use crate::storage::{RecoveryError, ShardLog, Storage, StorageError};
 
 pub use crate::limits::DECODED_MESSAGE_BYTES_MAX;
 
 /// Why the server could not start, or stopped on its own.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The data folder cannot be opened.
+    /// The data folder (log or checkpoint store) cannot be opened.
     #[error(transparent)]
     Storage(#[from] StorageError),
     /// The state on disk cannot be rebuilt (the message names folder, shard and record).
@@ -75,50 +78,45 @@ pub async fn try_run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RecoveryReport, StartError> {
-    let store = Store::open(&config.data_dir)?;
-    let mut recovered = recover(&store, &config).await?;
+    let storage = Storage::open(&config.storage, &config.data_dir)?;
+    let recovered = recover(&storage, &config).await?;
     let report = recovered.report.clone();
     log_recovery(&report);
-    let (wal, wal_thread, next_seq) = start_wal(&store, &config, &mut recovered).await?;
     let generation = recovered.generation;
-    let (handles, tasks) = start_shards(
-        &store,
-        &config,
-        &wal,
-        generation,
-        recovered.engines,
-        &next_seq,
-    );
+    let (logs, threads, next_lsn, engines, keys) = start_logs(&config, recovered).await?;
+    let (handles, tasks) = start_shards(&storage, &config, &logs, generation, engines, keys, &next_lsn);
+    drop(logs);
     let router = Arc::new(Router::new(handles));
     apply_boot_config(&router, &config).await?;
 
     // The services own the last router: once `serve` returns, the shards see their
-    // mailboxes close, finish their batches and flush.
+    // mailboxes close and finish their batches; each log writer then syncs what it was
+    // given and stops.
     let draining = grpc::serve(router, listener, shutdown, config.drain_timeout).await?;
     for task in tasks {
         let _ = task.await;
     }
-    let flushed = wal.flush().await;
-    drop(wal);
-    let _ = tokio::task::spawn_blocking(move || wal_thread.join()).await;
-    match flushed {
-        Ok(()) => tracing::info!(
-            drain_ms = draining.elapsed().as_millis() as u64,
-            "shut down: write-ahead log flushed"
-        ),
-        Err(e) => tracing::error!(error = %e, "shut down: final flush failed"),
-    }
+    let joined = tokio::task::spawn_blocking(move || {
+        threads.into_iter().map(|t| t.join().is_ok()).all(|ok| ok)
+    })
+    .await
+    .unwrap_or(false);
+    tracing::info!(
+        drain_ms = draining.elapsed().as_millis() as u64,
+        log_writers_stopped_cleanly = joined,
+        "shut down: write-ahead logs synced"
+    );
     Ok(report)
 }
 
 /// Rebuilds the state on a blocking thread (it reads the whole data folder).
-async fn recover(store: &Store, config: &ServerConfig) -> Result<Recovered, StartError> {
+async fn recover(storage: &Storage, config: &ServerConfig) -> Result<Recovered, StartError> {
     let shards = config.shards;
-    let store = store.clone();
+    let storage = storage.clone();
     let settings = config.settings.clone();
     let recovered = tokio::task::spawn_blocking(move || {
         let route = move |p: &str, l: &str| shard_of(p, l, shards as usize);
-        recovery::recover(&store, shards, &settings, now_millis(), &route)
+        recovery::recover(&storage, shards, &settings, now_millis(), &route)
     })
     .await
     .map_err(|e| StartError::RecoveryPanicked(e.to_string()))??;
@@ -147,71 +145,70 @@ fn log_recovery(report: &RecoveryReport) {
     );
 }
 
-/// Starts the WAL writer and makes recovery's repairs and expiries durable before anything
-/// is served. Returns the writer, its thread and each shard's next log sequence.
-async fn start_wal(
-    store: &Store,
-    config: &ServerConfig,
-    recovered: &mut Recovered,
-) -> Result<(Wal, JoinHandle<()>, Vec<u64>), StartError> {
-    // The pending repair records below take sequence numbers too.
-    let mut next_seq = recovered.next_seq.clone();
-    for (shard, records) in recovered.pending.iter().enumerate() {
-        next_seq[shard] += records.len() as u64;
-    }
-    let (wal, wal_thread) = Wal::start(
-        store.clone(),
-        recovered.generation,
-        recovered.next_seq.clone(),
-        config.durability,
-        config.fault_file.clone(),
-    );
-    let write_err = |source| StartError::Write {
-        path: store.path.clone(),
-        source,
-    };
-    for (shard, records) in std::mem::take(&mut recovered.pending)
-        .into_iter()
-        .enumerate()
-    {
-        if !records.is_empty()
-            && let Some(ticket) = wal.append(shard as u32, records).await.map_err(write_err)?
-        {
-            ticket
+type Started = (
+    Vec<ShardLog>,
+    Vec<JoinHandle<Log<AnyDir>>>,
+    Vec<u64>,
+    Vec<stockd_domain::Engine>,
+    Vec<ConfigKeys>,
+);
+
+/// Starts each shard's log writer and makes recovery's repairs and expiries durable before
+/// anything is served. Returns the logs, their threads, each shard's next LSN, the engines
+/// and the checkpoint configuration keys.
+async fn start_logs(config: &ServerConfig, recovered: Recovered) -> Result<Started, StartError> {
+    let mut started: Started = Default::default();
+    let pending = recovered.pending;
+    for (id, (state, records)) in recovered.shards.into_iter().zip(pending).enumerate() {
+        let mut next = state.log.next_lsn();
+        let (log, thread) =
+            ShardLog::start(id, state.log, config.durability, config.fault_file.clone());
+        if !records.is_empty() {
+            next += records.len() as u64;
+            log.append_durable(records)
                 .await
-                .map_err(|_| write_err(StorageError::WriterStopped))?
-                .map_err(write_err)?;
+                .map_err(|source| StartError::Write {
+                    path: config.data_dir.join("log"),
+                    source,
+                })?;
         }
+        started.0.push(log);
+        started.1.push(thread);
+        started.2.push(next);
+        started.3.push(state.engine);
+        started.4.push(state.config_keys);
     }
-    wal.flush().await.map_err(write_err)?;
-    Ok((wal, wal_thread, next_seq))
+    Ok(started)
 }
 
 /// Spawns one actor per recovered engine.
 fn start_shards(
-    store: &Store,
+    storage: &Storage,
     config: &ServerConfig,
-    wal: &Wal,
+    logs: &[ShardLog],
     generation: u32,
     engines: Vec<stockd_domain::Engine>,
-    next_seq: &[u64],
+    keys: Vec<ConfigKeys>,
+    next_lsn: &[u64],
 ) -> (Vec<ShardHandle>, Vec<TaskHandle<()>>) {
     engines
         .into_iter()
+        .zip(keys)
         .enumerate()
-        .map(|(id, engine)| {
+        .map(|(id, (engine, config_keys))| {
             let reload = Reload {
-                store: store.clone(),
+                storage: storage.clone(),
                 generation,
                 settings: config.settings.clone(),
+                config_keys,
             };
             ShardActor::spawn(
                 id,
                 engine,
-                wal.clone(),
+                logs[id].clone(),
                 config.limits.clone(),
                 reload,
-                next_seq[id],
+                next_lsn[id],
             )
         })
         .unzip()

@@ -5,7 +5,8 @@
 //! releaser task that sends them when the batch is durable. Replies leave in mailbox
 //! order, except reads of positions no pending batch changed, which answer at once: either
 //! way a read never reports a change that is not yet durable. The actor also runs
-//! the hold timers (no scan: the engine keeps them ordered) and takes snapshots.
+//! the hold timers (no scan: the engine keeps them ordered) and starts checkpoints, which
+//! run off its task (`storage::checkpointer`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,9 +22,11 @@ use std::collections::VecDeque;
 use rustc_hash::FxHashMap;
 
 use crate::metrics as m;
+use crate::storage::checkpoint::Scope;
+use crate::storage::checkpointer::{self, ConfigKeys, Delta};
 use crate::storage::record::{self, LogRecord};
 use crate::storage::wal::Ticket;
-use crate::storage::{StorageError, Store, Wal};
+use crate::storage::{Durability, ShardLog, Storage, StorageError};
 use stockd_domain::refs::Sym;
 use stockd_domain::{Command, Engine, EventKind, Millis, Settings};
 
@@ -34,7 +37,7 @@ pub use crate::limits::{BATCH_MAX, EXPIRY_GRACE_MS};
 pub struct ShardLimits {
     /// Mailbox capacity; a full mailbox answers RESOURCE_EXHAUSTED.
     pub mailbox_capacity: usize,
-    /// Take a snapshot after this many log records…
+    /// Take a checkpoint after this many log records…
     pub snapshot_every_records: u64,
     /// …or after this long with at least one record.
     pub snapshot_every: Duration,
@@ -68,11 +71,14 @@ struct Inflight {
     all: bool,
 }
 
-/// What the actor needs to reload its engine from disk after a failed write.
+/// What the actor needs to checkpoint, and to reload its engine from disk after a
+/// failed write.
 pub struct Reload {
-    pub store: Store,
+    pub storage: Storage,
     pub generation: u32,
     pub settings: Settings,
+    /// The configuration keys its checkpoint scope holds.
+    pub config_keys: ConfigKeys,
 }
 
 /// The task that owns one engine.
@@ -80,21 +86,24 @@ pub struct ShardActor {
     id: usize,
     engine: Engine,
     rx: mpsc::Receiver<Msg>,
-    wal: Wal,
+    wal: ShardLog,
     limits: ShardLimits,
     /// To the releaser; bounded by `RELEASER_CAPACITY` (its comment says why that cannot
     /// deadlock).
     released: mpsc::Sender<Group>,
     /// Set once a write failed to become durable: from then on writes answer UNAVAILABLE.
     failed: Arc<AtomicBool>,
-    records_since_snapshot: u64,
-    last_snapshot: Instant,
+    records_since_checkpoint: u64,
+    last_checkpoint: Instant,
     reload: Reload,
     /// Set once the engine was rebuilt from disk after a failed write.
     reloaded: bool,
-    /// The log sequence the next appended record gets (the writer numbers the same way).
-    next_seq: u64,
-    snapshot_in_flight: Arc<AtomicBool>,
+    /// The LSN the next appended record gets (the log numbers records the same way, in
+    /// the order this shard queues them).
+    next_lsn: u64,
+    checkpoint_in_flight: Arc<AtomicBool>,
+    /// Set by a checkpoint that failed: the next one writes the whole state.
+    checkpoint_failed: Arc<AtomicBool>,
     /// Positions changed by a batch that is not yet durable, with how many such batches.
     /// A read of clean positions answers at once; a read of dirty ones waits its turn, so
     /// no reply reveals a change that is not yet durable.
@@ -123,10 +132,10 @@ impl ShardActor {
     pub fn spawn(
         id: usize,
         engine: Engine,
-        wal: Wal,
+        wal: ShardLog,
         limits: ShardLimits,
         reload: Reload,
-        next_seq: u64,
+        next_lsn: u64,
     ) -> (ShardHandle, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(limits.mailbox_capacity);
         let (released, release_rx) = mpsc::channel(limits::RELEASER_CAPACITY);
@@ -140,12 +149,13 @@ impl ShardActor {
             limits,
             released,
             failed,
-            records_since_snapshot: 0,
-            last_snapshot: Instant::now(),
+            records_since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
             reload,
             reloaded: false,
-            next_seq,
-            snapshot_in_flight: Arc::new(AtomicBool::new(false)),
+            next_lsn,
+            checkpoint_in_flight: Arc::new(AtomicBool::new(false)),
+            checkpoint_failed: Arc::new(AtomicBool::new(false)),
             dirty: FxHashMap::default(),
             dirty_all: 0,
             inflight: VecDeque::new(),
@@ -214,8 +224,8 @@ impl ShardActor {
                 last_gauges = Instant::now();
             }
         }
-        // Every handle is gone: make the tail durable before the releaser finishes.
-        let _ = self.wal.flush().await;
+        // Every handle is gone. The log writer syncs everything queued before it stops,
+        // and the releaser sends the last replies once it has.
     }
 
     fn run_timers(&mut self, now: Millis, records: &mut Vec<Vec<u8>>) {
@@ -412,8 +422,8 @@ impl ShardActor {
         let mut ticket = None;
         let count = records.len() as u64;
         if !records.is_empty() {
-            match self.wal.append(self.id as u32, records).await {
-                Ok(t) => ticket = t,
+            match self.wal.append(records).await {
+                Ok(t) => ticket = Some(t),
                 Err(e) => {
                     self.failed.store(true, Ordering::Relaxed);
                     for reply in replies {
@@ -422,8 +432,17 @@ impl ShardActor {
                     return;
                 }
             }
-            self.records_since_snapshot += count;
-            self.next_seq += count;
+            self.records_since_checkpoint += count;
+            self.next_lsn += count;
+        }
+        if let (Durability::Async { .. }, Some(t)) = (self.wal.durability(), ticket.take()) {
+            // Acknowledged without waiting; a failure still stops later writes.
+            let failed = self.failed.clone();
+            tokio::spawn(async move {
+                if !matches!(t.await, Ok(Ok(_))) {
+                    failed.store(true, Ordering::Relaxed);
+                }
+            });
         }
         let durable = if ticket.is_some() {
             let flag = Arc::new(AtomicBool::new(false));
@@ -440,7 +459,7 @@ impl ShardActor {
         };
         if !replies.is_empty() || ticket.is_some() {
             // Waits only if the releaser is `RELEASER_CAPACITY` batches behind; the releaser
-            // waits only on the WAL writer, never on this shard, so this always finishes.
+            // waits only on the log writer, never on this shard, so this always finishes.
             let _ = self
                 .released
                 .send(Group {
@@ -451,66 +470,66 @@ impl ShardActor {
                 })
                 .await;
         }
-        self.maybe_snapshot().await;
+        self.maybe_checkpoint();
     }
 
-    async fn maybe_snapshot(&mut self) {
-        // Snapshot no more often than the state's size in records, so the copy's cost per
-        // record stays bounded however large the state grows.
-        let state = (self.engine.position_count() + self.engine.hold_count()) as u64;
-        let due = self.records_since_snapshot >= self.limits.snapshot_every_records.max(state)
-            || (self.records_since_snapshot > 0
-                && self.last_snapshot.elapsed() >= self.limits.snapshot_every);
-        // One snapshot at a time: an older one written after a newer one would claim to
-        // cover less than the log the newer one already trimmed.
+    fn maybe_checkpoint(&mut self) {
+        let due = self.records_since_checkpoint >= self.limits.snapshot_every_records
+            || (self.records_since_checkpoint > 0
+                && self.last_checkpoint.elapsed() >= self.limits.snapshot_every);
+        // One checkpoint at a time: each writes what changed since the one before, and the
+        // log may only be recycled below what a finished checkpoint covers.
         if !due
             || self.failed.load(Ordering::Relaxed)
-            || self.snapshot_in_flight.swap(true, Ordering::AcqRel)
+            || self.checkpoint_in_flight.swap(true, Ordering::AcqRel)
         {
             return;
         }
-        // Encoding borrows the engine, so the shard pauses for it (measured: about 0.6 s per
-        // 500,000 positions and 500,000 holds; a copy to encode elsewhere costs more). The
-        // state-size rule above keeps that pause rare as the state grows. The write runs
-        // elsewhere.
         let started = Instant::now();
-        let payload = record::encode(&self.engine.compact());
+        let delta = self.take_delta();
         m::snapshot_taken(started.elapsed());
-        let covers_seq = self.next_seq;
-        self.records_since_snapshot = 0;
-        self.last_snapshot = Instant::now();
-        let store = self.reload.store.clone();
-        let generation = self.reload.generation;
-        let id = self.id;
-        let in_flight = self.snapshot_in_flight.clone();
-        // The file write and the log trim run off the shard and off the log writer, so
-        // neither requests nor group commits wait for them.
+        self.records_since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        let job = checkpointer::Job {
+            shard: self.id,
+            scope: Scope {
+                generation: self.reload.generation,
+                shard: self.id as u32,
+            },
+            lsn_covered: self.next_lsn - 1,
+            delta,
+            store: self.reload.storage.checkpoints.clone(),
+            writer: self.wal.writer().clone(),
+            durable_lsn: self.wal.durable_lsn().clone(),
+            config_keys: self.reload.config_keys.clone(),
+            failed: self.checkpoint_failed.clone(),
+        };
+        let in_flight = self.checkpoint_in_flight.clone();
+        // Encoding, the sled write and the log recycling run off the shard and off the
+        // log writer, so neither requests nor group commits wait for them.
         tokio::task::spawn_blocking(move || {
             let _done = ClearOnDrop(in_flight);
-            let written = store.write_snapshot(generation, id as u32, covers_seq, &payload);
-            m::snapshot_written(payload.len());
-            match written.and_then(|()| store.trim_log(generation, id as u32, covers_seq)) {
-                Ok(()) => tracing::debug!(shard = id, covers_seq, "snapshot written"),
-                Err(e) => {
-                    tracing::warn!(shard = id, error = %e, "snapshot failed; the log is kept")
-                }
-            }
+            checkpointer::run(job);
         });
+    }
+
+    /// Copies of what changed since the last checkpoint (all of it after a failed one).
+    fn take_delta(&mut self) -> Delta {
+        self.checkpoint_failed.swap(false, Ordering::AcqRel);
+        Delta::whole(self.engine.snapshot())
     }
 
     /// After a failed write, memory may hold changes the disk does not: rebuild the
     /// engine from what is durable, so reads report nothing that was not acknowledged.
     fn reload_from_disk(&mut self) {
         let r = &self.reload;
-        let mut report = crate::storage::recovery::RecoveryReport::default();
-        match crate::storage::recovery::replay_shard(
-            &r.store,
+        match crate::storage::recovery::reload_shard(
+            &r.storage,
             r.generation,
             self.id as u32,
             &r.settings,
-            &mut report,
         ) {
-            Ok((engine, _)) => {
+            Ok(engine) => {
                 self.engine = engine;
                 // Symbols of the old engine mean nothing to the new one.
                 self.dirty.clear();
@@ -592,9 +611,11 @@ async fn release(mut groups: mpsc::Receiver<Group>, failed: Arc<AtomicBool>) {
     let mut first_failure: Option<StorageError> = None;
     while let Some(group) = groups.recv().await {
         let mut result = match group.ticket {
-            Some(ticket) => ticket
-                .await
-                .unwrap_or_else(|_| Err(StorageError::WriterStopped)),
+            Some(ticket) => match ticket.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(StorageError::Log(e)),
+                Err(_) => Err(StorageError::WriterStopped),
+            },
             None => Ok(()),
         };
         if let Err(e) = &result {

@@ -10,55 +10,48 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::record::RecordError;
+use super::checkpoint::CheckpointError;
+use super::log::LogError;
 
 /// A storage failure. At run time the service answers UNAVAILABLE for it.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StorageError {
-    /// The data folder, the database or its snapshot folder cannot be created or opened.
-    #[error("cannot {action} {}: {source}", path.display())]
-    Open {
-        /// What was tried, e.g. "create data folder" or "open".
-        action: &'static str,
-        path: PathBuf,
-        source: Arc<dyn std::error::Error + Send + Sync>,
-    },
-    /// A sled tree cannot be opened.
-    #[error("cannot open tree {tree} in {}: {source}", path.display())]
-    OpenTree {
-        tree: &'static str,
-        path: PathBuf,
-        source: Arc<sled::Error>,
-    },
     /// A file or folder cannot be read, written, synced, renamed or removed.
     #[error("{}: {source}", path.display())]
     File {
         path: PathBuf,
         source: Arc<std::io::Error>,
     },
-    /// sled failed to read, write or flush.
-    #[error("storage I/O failed: {0}")]
-    Io(Arc<sled::Error>),
-    /// A stored file or layout record is damaged: it does not check or decode.
+    /// The segment log refused or failed (full disk, I/O error, damage).
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The checkpoint store refused or failed; its message names the folder.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// A stored layout record is damaged: it does not check or decode.
     #[error("{}: {what} is damaged: {reason}", path.display())]
     Corrupt {
         path: PathBuf,
-        /// What is damaged, e.g. "layout record" or "snapshot".
+        /// What is damaged, e.g. "layout record".
         what: &'static str,
         reason: String,
     },
+    /// The data folder was written by a stockd before the segment log (sled `log` tree).
+    #[error(
+        "{} holds data of an older stockd format (sled write-ahead log), which this \
+         version does not read; move it away to start empty",
+        .0.display()
+    )]
+    OldFormat(PathBuf),
+    /// A checkpoint waited too long for the log to be durable up to the LSN it covers.
+    #[error("the log did not become durable up to LSN {0} in time for a checkpoint")]
+    NotDurable(u64),
     /// The write-ahead log writer thread is gone (it only stops at shutdown).
     #[error("storage I/O failed: the write-ahead log writer has stopped")]
     WriterStopped,
     /// A test's fault file exists: every write fails.
     #[error("storage write failed: injected fault ({} exists)", .0.display())]
     Injected(PathBuf),
-}
-
-impl From<sled::Error> for StorageError {
-    fn from(e: sled::Error) -> Self {
-        StorageError::Io(Arc::new(e))
-    }
 }
 
 impl StorageError {
@@ -77,39 +70,37 @@ impl StorageError {
 pub enum RecoveryError {
     #[error(transparent)]
     Storage(#[from] StorageError),
-    /// A shard's snapshot does not decode or does not restore into an engine.
-    #[error("{}: snapshot of shard {shard}: {reason}", path.display())]
-    Snapshot {
+    /// A shard's checkpoint entries do not decode or do not restore into an engine.
+    #[error("{}: checkpoint of shard {shard}: {reason}", path.display())]
+    Checkpoint {
         path: PathBuf,
         shard: u32,
         reason: String,
     },
-    /// A record before the end of a shard's log is damaged; later records depend on it.
+    /// A shard's log cannot be read back: damage before its end names the file and offset.
     #[error(
-        "{}: shard {shard} log record {record} is damaged ({source}) and later records depend on it; \
-         refusing to start rather than lose acknowledged changes",
+        "{}: shard {shard}: {source}; refusing to start rather than lose acknowledged changes",
         path.display()
     )]
+    Log {
+        path: PathBuf,
+        shard: u32,
+        source: LogError,
+    },
+    /// A log record passed the log's checksum but does not decode.
+    #[error("{}: shard {shard} log record {lsn} does not decode: {reason}", path.display())]
     DamagedRecord {
         path: PathBuf,
         shard: u32,
-        record: u64,
-        source: RecordError,
-    },
-    /// A shard's log misses records between its snapshot and its end.
-    #[error("{}: shard {shard} log jumps from record {expected} to {found}", path.display())]
-    Gap {
-        path: PathBuf,
-        shard: u32,
-        expected: u64,
-        found: u64,
+        lsn: u64,
+        reason: String,
     },
     /// A record decodes but the engine refuses it: the log and the code disagree.
-    #[error("{}: shard {shard} log record {record} does not replay: {source}", path.display())]
+    #[error("{}: shard {shard} log record {lsn} does not replay: {source}", path.display())]
     Replay {
         path: PathBuf,
         shard: u32,
-        record: u64,
+        lsn: u64,
         source: stockd_domain::Error,
     },
     /// The state, merged and split for a new shard count, does not restore.

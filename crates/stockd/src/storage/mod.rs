@@ -1,21 +1,23 @@
-//! Durability: the write-ahead log in sled, snapshots, and recovery at start.
+//! Durability: per-shard segment logs, checkpoints into sled, and recovery at start.
 //!
+//! - `backend`: `StorageBackend` (real data folder or simulation) and the opened `Storage`.
 //! - `checkpoint`: the durable state store (sled, fsynced) behind `CheckpointStore`.
+//! - `checkpointer`: a shard's changed entries as a checkpoint batch, written off the shard.
 //! - `error`: `StorageError` and `RecoveryError`, typed and named by folder, shard, record.
 //! - `log`: the segment write-ahead log with real fdatasync group commit, behind `LogDir`.
 //! - `record`: the checksummed, versioned record format.
-//! - `store`: the sled key layout.
-//! - `wal`: the writer thread and its group commit.
-//! - `recovery`: snapshot + replay, shard-count changes, repairs after a crash.
+//! - `wal`: a shard's handle to its log writer (`ShardLog`) and `Durability`.
+//! - `recovery`: checkpoint + replay, shard-count changes, repairs after a crash.
 
+pub mod backend;
 pub mod checkpoint;
+pub mod checkpointer;
 pub mod error;
 pub mod log;
 pub mod record;
 pub mod recovery;
-pub mod store;
 pub mod wal;
 
+pub use backend::{Storage, StorageBackend};
 pub use error::{RecoveryError, StorageError};
-pub use store::Store;
-pub use wal::{Durability, Wal};
+pub use wal::{Durability, ShardLog};

@@ -1,10 +1,13 @@
-//! Recovery at start: snapshot plus log replay per shard, then the repairs a crash needs.
+//! Recovery at start: checkpoint plus log replay per shard, then the repairs a crash needs.
 //!
-//! 1. Each shard that wrote the folder is rebuilt from its snapshot and the log after it.
-//!    A damaged record at the very end of a shard's log was never acknowledged (its flush
-//!    did not finish): it is reported and dropped. Damage anywhere else stops the start.
+//! 1. Each shard of the current generation is rebuilt from its checkpoint (entries verified
+//!    by the checkpoint store) and the records of its segment log after the LSN the
+//!    checkpoint covers. A torn tail (a group write that never finished, so was never
+//!    acknowledged) is dropped by the log and reported; damage anywhere else stops the
+//!    start, naming the file and offset.
 //! 2. If the shard count changed, the states are merged and split by the new routing and
-//!    stored as the snapshots of the next generation, which then replaces the old one.
+//!    written as whole checkpoints of the next generation with fresh empty logs; the layout
+//!    record is flipped (one durable write), then the old generation is removed.
 //! 3. A hold whose parts on different shards disagree (a crash between them) is made
 //!    whole: rolled forward if a part was confirmed, otherwise rolled back everywhere.
 //! 4. Holds whose deadline passed while stockd was down are expired, with their events.
@@ -14,13 +17,27 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::error::RecoveryError;
+use serde::{Deserialize, Serialize};
+
+use super::backend::{AnyDir, Storage};
+use super::checkpoint::Scope;
+use super::checkpointer::{self, ConfigKeys, Delta};
+use super::error::{RecoveryError, StorageError};
+use super::log::{self, Log, LogConfig, Lsn};
 use super::record::{self, LogRecord};
-use super::store::{Meta, Store};
-use stockd_domain::snapshot::CompactSnapshot;
 use stockd_domain::{
     Command, Engine, EngineSnapshot, HoldState, HoldView, LineView, Millis, OrderLine, Settings,
 };
+
+/// The name of the layout record in the checkpoint store.
+const LAYOUT: &str = "layout";
+
+/// The layout in use: which generation, how many shards.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Meta {
+    pub generation: u32,
+    pub shards: u32,
+}
 
 /// What recovery found and did, for the start-up log.
 #[derive(Debug, Default, Clone)]
@@ -28,6 +45,7 @@ pub struct RecoveryReport {
     pub shards_before: u32,
     pub shards_after: u32,
     pub records_replayed: u64,
+    /// Torn tails dropped, each naming the segment file and offset.
     pub dropped_tail_records: Vec<String>,
     pub holds_repaired: usize,
     pub holds_expired: usize,
@@ -38,20 +56,48 @@ pub struct RecoveryReport {
     pub duration: Duration,
 }
 
+/// One shard ready to serve.
+pub struct ShardState {
+    pub engine: Engine,
+    /// Its log, opened for appending.
+    pub log: Log<AnyDir>,
+    pub config_keys: ConfigKeys,
+}
+
 /// Engines ready to serve, and what must be logged before serving.
 pub struct Recovered {
-    pub engines: Vec<Engine>,
+    pub shards: Vec<ShardState>,
     /// The storage generation (shard layout) to append to.
     pub generation: u32,
-    pub next_seq: Vec<u64>,
     /// Per shard: records (repairs and expiries) to append before serving.
     pub pending: Vec<Vec<Vec<u8>>>,
     pub report: RecoveryReport,
 }
 
-/// Rebuilds the state in `store` for `shards` shards routed by `route`.
+/// The layout record, if anything was ever written.
+pub fn read_meta(storage: &Storage) -> Result<Option<Meta>, StorageError> {
+    let Some(bytes) = storage.checkpoints.get_meta(LAYOUT)? else {
+        return Ok(None);
+    };
+    record::decode(&bytes)
+        .map(Some)
+        .map_err(|e| StorageError::Corrupt {
+            path: storage.data_dir.clone(),
+            what: "layout record",
+            reason: e.to_string(),
+        })
+}
+
+fn write_meta(storage: &Storage, meta: Meta) -> Result<(), StorageError> {
+    storage
+        .checkpoints
+        .put_meta(LAYOUT, &record::encode(&meta))?;
+    Ok(())
+}
+
+/// Rebuilds the state in `storage` for `shards` shards routed by `route`.
 pub fn recover(
-    store: &Store,
+    storage: &Storage,
     shards: u32,
     settings: &Settings,
     now: Millis,
@@ -62,57 +108,67 @@ pub fn recover(
         shards_after: shards,
         ..Default::default()
     };
-    let Some(meta) = store.meta()? else {
-        store.set_meta(Meta {
-            generation: 0,
-            shards,
-        })?;
-        report.duration = started.elapsed();
-        return Ok(Recovered {
-            generation: 0,
-            engines: (0..shards).map(|_| Engine::new(settings.clone())).collect(),
-            next_seq: vec![0; shards as usize],
-            pending: vec![Vec::new(); shards as usize],
-            report,
-        });
+    let meta = match read_meta(storage)? {
+        Some(meta) => meta,
+        None => {
+            let meta = Meta {
+                generation: 0,
+                shards,
+            };
+            write_meta(storage, meta)?;
+            meta
+        }
     };
     report.shards_before = meta.shards;
-    let (mut engines, mut next_seq) = replay_all(store, meta, settings, &mut report)?;
+    let mut states = load_all(storage, meta, settings, &mut report)?;
     let mut generation = meta.generation;
     if meta.shards != shards {
-        engines = reshard(store, meta, engines, shards, settings, route)?;
+        states = reshard(storage, meta, states, shards, settings, route)?;
         generation = meta.generation + 1;
-        next_seq = vec![0; shards as usize];
+    }
+    let mut engines: Vec<Engine> = Vec::with_capacity(states.len());
+    let mut rest = Vec::with_capacity(states.len());
+    for s in states {
+        engines.push(s.engine);
+        rest.push((s.log, s.config_keys));
     }
     let mut pending: Vec<Vec<Vec<u8>>> = vec![Vec::new(); shards as usize];
     repair_split_holds(&mut engines, now, &mut pending, &mut report)?;
     expire_and_check(&mut engines, now, &mut pending, &mut report)?;
     report.duration = started.elapsed();
+    let shards = engines
+        .into_iter()
+        .zip(rest)
+        .map(|(engine, (log, config_keys))| ShardState {
+            engine,
+            log,
+            config_keys,
+        })
+        .collect();
     Ok(Recovered {
-        engines,
+        shards,
         generation,
-        next_seq,
         pending,
         report,
     })
 }
 
-/// Replays every shard of the layout `meta`, side by side: shards are independent until
-/// the repairs. Returns the engines and each shard's next log sequence.
-fn replay_all(
-    store: &Store,
+/// Rebuilds every shard of the layout `meta`, side by side: shards are independent until
+/// the repairs.
+fn load_all(
+    storage: &Storage,
     meta: Meta,
     settings: &Settings,
     report: &mut RecoveryReport,
-) -> Result<(Vec<Engine>, Vec<u64>), RecoveryError> {
-    type Replayed = Result<(Engine, u64, RecoveryReport), RecoveryError>;
-    let replayed: Vec<Replayed> = std::thread::scope(|scope| {
+) -> Result<Vec<ShardState>, RecoveryError> {
+    type Loaded = Result<(ShardState, RecoveryReport), RecoveryError>;
+    let loaded: Vec<Loaded> = std::thread::scope(|scope| {
         let threads: Vec<_> = (0..meta.shards)
             .map(|shard| {
                 scope.spawn(move || {
                     let mut part = RecoveryReport::default();
-                    replay_shard(store, meta.generation, shard, settings, &mut part)
-                        .map(|(engine, seq)| (engine, seq, part))
+                    open_shard(storage, meta.generation, shard, settings, &mut part)
+                        .map(|state| (state, part))
                 })
             })
             .collect();
@@ -124,54 +180,190 @@ fn replay_all(
             })
             .collect()
     });
-    let mut engines = Vec::with_capacity(meta.shards as usize);
-    let mut next_seq = Vec::with_capacity(meta.shards as usize);
-    for result in replayed {
-        let (engine, seq, part) = result?;
+    let mut states = Vec::with_capacity(meta.shards as usize);
+    for result in loaded {
+        let (state, part) = result?;
         report.records_replayed += part.records_replayed;
         report
             .dropped_tail_records
             .extend(part.dropped_tail_records);
-        engines.push(engine);
-        next_seq.push(seq);
+        states.push(state);
     }
-    Ok((engines, next_seq))
+    Ok(states)
 }
 
-/// Merges the state of the layout `old` and splits it for `shards` shards, stored as the
-/// next generation. It writes the new layout, flips the layout record, then removes the
-/// old generation: a crash anywhere leaves one whole layout.
+/// A shard's engine from its checkpoint (empty without one), the LSN it covers, and the
+/// configuration keys it holds.
+fn load_checkpoint(
+    storage: &Storage,
+    generation: u32,
+    shard: u32,
+    settings: &Settings,
+) -> Result<(Engine, Lsn, ConfigKeys), RecoveryError> {
+    let config_keys = ConfigKeys::default();
+    let scope = Scope { generation, shard };
+    let Some(loaded) = storage
+        .checkpoints
+        .load(scope)
+        .map_err(StorageError::from)?
+    else {
+        return Ok((Engine::new(settings.clone()), 0, config_keys));
+    };
+    let bad = |reason: String| RecoveryError::Checkpoint {
+        path: storage.data_dir.join("checkpoints"),
+        shard,
+        reason,
+    };
+    let snap = checkpointer::decode(&loaded, &config_keys).map_err(bad)?;
+    let engine = Engine::restore(settings.clone(), snap).map_err(bad)?;
+    Ok((engine, loaded.lsn_covered, config_keys))
+}
+
+/// Applies a shard's log records, in LSN order, to its engine.
+fn replay(
+    storage: &Storage,
+    shard: u32,
+    engine: &mut Engine,
+    records: &[log::Record],
+    report: &mut RecoveryReport,
+) -> Result<(), RecoveryError> {
+    let path = || storage.data_dir.join("log");
+    for r in records {
+        let rec: LogRecord =
+            record::decode(&r.payload).map_err(|e| RecoveryError::DamagedRecord {
+                path: path(),
+                shard,
+                lsn: r.lsn,
+                reason: e.to_string(),
+            })?;
+        engine
+            .apply(rec.now, &rec.command)
+            .map_err(|source| RecoveryError::Replay {
+                path: path(),
+                shard,
+                lsn: r.lsn,
+                source,
+            })?;
+        engine.drain_events().for_each(drop);
+        report.records_replayed += 1;
+    }
+    Ok(())
+}
+
+fn log_error(storage: &Storage, shard: u32) -> impl Fn(log::LogError) -> RecoveryError + '_ {
+    move |source| RecoveryError::Log {
+        path: storage.data_dir.clone(),
+        shard,
+        source,
+    }
+}
+
+/// Opens one shard: checkpoint, then its log after the covered LSN, replayed.
+fn open_shard(
+    storage: &Storage,
+    generation: u32,
+    shard: u32,
+    settings: &Settings,
+    report: &mut RecoveryReport,
+) -> Result<ShardState, RecoveryError> {
+    let (mut engine, covered, config_keys) = load_checkpoint(storage, generation, shard, settings)?;
+    let dir = storage.log_dir(generation, shard)?;
+    let (log, found) =
+        Log::open(dir, LogConfig::default(), covered).map_err(log_error(storage, shard))?;
+    if let Some(tail) = &found.dropped {
+        report.dropped_tail_records.push(format!(
+            "shard {shard}: torn tail of the log dropped: {} at offset {} ({}); it was never acknowledged",
+            tail.file, tail.offset, tail.reason
+        ));
+    }
+    replay(storage, shard, &mut engine, &found.records, report)?;
+    Ok(ShardState {
+        engine,
+        log,
+        config_keys,
+    })
+}
+
+/// Rebuilds one shard from what is durable, without taking its log over (after a failed
+/// write, while the writer still owns the directory).
+pub fn reload_shard(
+    storage: &Storage,
+    generation: u32,
+    shard: u32,
+    settings: &Settings,
+) -> Result<Engine, RecoveryError> {
+    let (mut engine, covered, _) = load_checkpoint(storage, generation, shard, settings)?;
+    let dir = storage.log_dir(generation, shard)?;
+    let found = log::read_records(&dir, covered).map_err(log_error(storage, shard))?;
+    replay(storage, shard, &mut engine, &found.records, &mut RecoveryReport::default())?;
+    Ok(engine)
+}
+
+/// Merges the state of the layout `old` and splits it for `shards` shards, stored as whole
+/// checkpoints of the next generation with fresh logs. It writes the new layout, flips the
+/// layout record, then removes the old generation: a crash anywhere leaves one whole
+/// layout.
 fn reshard(
-    store: &Store,
+    storage: &Storage,
     old: Meta,
-    engines: Vec<Engine>,
+    states: Vec<ShardState>,
     shards: u32,
     settings: &Settings,
     route: &dyn Fn(&str, &str) -> usize,
-) -> Result<Vec<Engine>, RecoveryError> {
-    let merged = EngineSnapshot::merge(engines.iter().map(Engine::snapshot).collect());
-    drop(engines);
+) -> Result<Vec<ShardState>, RecoveryError> {
+    let merged = EngineSnapshot::merge(states.iter().map(|s| s.engine.snapshot()).collect());
+    drop(states);
     let parts = merged.split(shards as usize, route);
     let next = old.generation + 1;
-    store.remove_generation(next)?;
-    let mut engines = Vec::with_capacity(shards as usize);
+    storage
+        .checkpoints
+        .remove_generation(next)
+        .map_err(StorageError::from)?;
+    let mut out = Vec::with_capacity(shards as usize);
     for (shard, snap) in parts.into_iter().enumerate() {
         let shard = shard as u32;
-        let engine =
-            Engine::restore(settings.clone(), snap).map_err(|reason| RecoveryError::Split {
+        storage.remove_log(next, shard)?;
+        let engine = Engine::restore(settings.clone(), snap.clone()).map_err(|reason| {
+            RecoveryError::Split {
                 shards,
                 shard,
                 reason,
-            })?;
-        store.write_snapshot(next, shard, 0, &record::encode(&engine.compact()))?;
-        engines.push(engine);
+            }
+        })?;
+        let config_keys = ConfigKeys::default();
+        let scope = Scope {
+            generation: next,
+            shard,
+        };
+        let batch = checkpointer::encode(scope, 0, Delta::whole(snap), &config_keys);
+        storage
+            .checkpoints
+            .apply(&batch)
+            .map_err(StorageError::from)?;
+        let dir = storage.log_dir(next, shard)?;
+        let (log, _) =
+            Log::open(dir, LogConfig::default(), 0).map_err(log_error(storage, shard))?;
+        out.push(ShardState {
+            engine,
+            log,
+            config_keys,
+        });
     }
-    store.set_meta(Meta {
-        generation: next,
-        shards,
-    })?;
-    store.remove_generation(old.generation)?;
-    Ok(engines)
+    write_meta(
+        storage,
+        Meta {
+            generation: next,
+            shards,
+        },
+    )?;
+    storage
+        .checkpoints
+        .remove_generation(old.generation)
+        .map_err(StorageError::from)?;
+    for shard in 0..old.shards {
+        storage.remove_log(old.generation, shard)?;
+    }
+    Ok(out)
 }
 
 /// Expires the holds whose deadline passed while stockd was down (their records join
@@ -201,90 +393,6 @@ fn expire_and_check(
             })?;
     }
     Ok(())
-}
-
-/// Rebuilds one shard from its snapshot and log (also used after a failed write).
-pub fn replay_shard(
-    store: &Store,
-    generation: u32,
-    shard: u32,
-    settings: &Settings,
-    report: &mut RecoveryReport,
-) -> Result<(Engine, u64), RecoveryError> {
-    let (mut engine, covers) = load_snapshot(store, generation, shard, settings)?;
-    let mut next = covers;
-    let mut log = store.read_log(generation, shard).peekable();
-    while let Some(item) = log.next() {
-        let (seq, bytes) = item?;
-        if seq < covers {
-            continue;
-        }
-        let decoded: Result<LogRecord, _> = record::decode(&bytes);
-        let rec = match decoded {
-            Ok(rec) => rec,
-            Err(e) if log.peek().is_none() => {
-                let what = format!(
-                    "{}: shard {shard} log record {seq}: {e}; it was never acknowledged and is dropped",
-                    store.path.display()
-                );
-                store.remove_log_record(generation, shard, seq)?;
-                report.dropped_tail_records.push(what);
-                break;
-            }
-            Err(source) => {
-                return Err(RecoveryError::DamagedRecord {
-                    path: store.path.clone(),
-                    shard,
-                    record: seq,
-                    source,
-                });
-            }
-        };
-        if seq != next {
-            return Err(RecoveryError::Gap {
-                path: store.path.clone(),
-                shard,
-                expected: next,
-                found: seq,
-            });
-        }
-        engine
-            .apply(rec.now, &rec.command)
-            .map_err(|source| RecoveryError::Replay {
-                path: store.path.clone(),
-                shard,
-                record: seq,
-                source,
-            })?;
-        engine.drain_events().for_each(drop);
-        report.records_replayed += 1;
-        next = seq + 1;
-    }
-    Ok((engine, next))
-}
-
-/// A shard's engine from its snapshot (empty without one), and the log sequence the
-/// snapshot covers.
-fn load_snapshot(
-    store: &Store,
-    generation: u32,
-    shard: u32,
-    settings: &Settings,
-) -> Result<(Engine, u64), RecoveryError> {
-    let snapshot_err = |reason: String| RecoveryError::Snapshot {
-        path: store.path.clone(),
-        shard,
-        reason,
-    };
-    match store.read_snapshot(generation, shard)? {
-        Some((header, bytes)) => {
-            let snap: CompactSnapshot =
-                record::decode(&bytes).map_err(|e| snapshot_err(e.to_string()))?;
-            let engine = Engine::from_compact(settings.clone(), snap).map_err(snapshot_err)?;
-            Ok((engine, header.covers_seq))
-        }
-        None => Ok((Engine::new(settings.clone()), 0)),
-    }
 }
 
 /// Makes every hold whole again after a crash between its shards.

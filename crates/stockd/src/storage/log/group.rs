@@ -81,6 +81,37 @@ impl LogWriter {
         rx.await.map_err(|_| LogError::WriterStopped)?
     }
 
+    /// Queues a batch and returns at once with the receiver of its completion. Batches
+    /// queued by one caller get their LSNs in the order of the calls, so a shard can keep
+    /// applying while its earlier batches sync.
+    pub async fn submit(
+        &self,
+        term: u64,
+        payloads: Vec<Vec<u8>>,
+    ) -> Result<oneshot::Receiver<Result<Appended, LogError>>, LogError> {
+        let (done, rx) = oneshot::channel();
+        let message = Message::Append {
+            term,
+            payloads,
+            done,
+        };
+        self.tx
+            .send(message)
+            .await
+            .map_err(|_| LogError::WriterStopped)?;
+        Ok(rx)
+    }
+
+    /// `truncate_below` for callers outside the runtime (the checkpointer).
+    pub fn blocking_truncate_below(&self, lsn: Lsn) -> Result<TruncateStats, LogError> {
+        let (done, rx) = oneshot::channel();
+        let message = Message::TruncateBelow { lsn, done };
+        self.tx
+            .blocking_send(message)
+            .map_err(|_| LogError::WriterStopped)?;
+        rx.blocking_recv().map_err(|_| LogError::WriterStopped)?
+    }
+
     /// `append` for callers outside the runtime (tests, tools).
     pub fn blocking_append(&self, term: u64, payloads: Vec<Vec<u8>>) -> Result<Appended, LogError> {
         let (done, rx) = oneshot::channel();

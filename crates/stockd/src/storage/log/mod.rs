@@ -130,6 +130,13 @@ impl LogConfig {
     }
 }
 
+/// Reads a log's records above `after` without opening it for writing: the same scan and
+/// checks as `Log::open`, but nothing is created, repaired or removed. Used to rebuild a
+/// shard's state from disk while its writer still owns the directory.
+pub fn read_records<D: LogDir>(dir: &D, after: Lsn) -> Result<Recovered, LogError> {
+    reader::scan(dir, after).map(|scan| scan.recovered)
+}
+
 /// Why the log refused or failed. Operating errors are values; the service maps them
 /// to UNAVAILABLE (I/O, poisoned, damaged) or RESOURCE_EXHAUSTED (no space, group full).
 #[derive(Debug, Clone, thiserror::Error)]

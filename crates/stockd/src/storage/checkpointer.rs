@@ -1,0 +1,216 @@
+//! A shard's checkpoints: its changed entries, encoded and written to the checkpoint store
+//! off the shard's task, then the log below the covered LSN recycled.
+//!
+//! Entry layout (namespace → key → value, every value a `record` with version and CRC):
+//! - POSITIONS: `{product}:{location}` → `PositionSnap`;
+//! - HOLDS: hold ref → `HoldSnap`;
+//! - IDEMPOTENCY: adjustment ref → empty record (the ref was applied);
+//! - CHANNELS: channel ref → `ChannelConfig`;
+//! - CATALOGUE: `p:{product}` → `ProductConfig`, `c:{category}` → `CategoryConfig`,
+//!   `n:counters` → `(next_iq_id, next_event_seq)`.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use stockd_domain::channel::{CategoryConfig, ChannelConfig, ProductConfig};
+use stockd_domain::snapshot::{HoldSnap, PositionSnap};
+use stockd_domain::EngineSnapshot;
+
+use super::checkpoint::{CheckpointBatch, CheckpointStore, Entry, Loaded, Namespace, Scope};
+use super::log::LogWriter;
+use super::record;
+use crate::limits::{CHECKPOINT_DURABLE_POLL_MS, CHECKPOINT_DURABLE_WAIT_MS};
+use crate::metrics as m;
+
+const COUNTERS_KEY: &[u8] = b"n:counters";
+
+/// What a shard hands over for one checkpoint: copies of only what changed.
+#[derive(Debug, Default)]
+pub struct Delta {
+    pub positions: Vec<PositionSnap>,
+    pub holds: Vec<HoldSnap>,
+    pub holds_removed: Vec<String>,
+    pub adjustments: Vec<String>,
+    /// The whole configuration, when it changed.
+    pub config: Option<(Vec<ChannelConfig>, Vec<ProductConfig>, Vec<CategoryConfig>)>,
+    pub counters: (u64, u64),
+}
+
+impl Delta {
+    /// A whole state as a delta (a first checkpoint, or one after a failure).
+    pub fn whole(snap: EngineSnapshot) -> Delta {
+        Delta {
+            positions: snap.positions,
+            holds: snap.holds,
+            holds_removed: Vec::new(),
+            adjustments: snap.adjustments,
+            config: Some((snap.channels, snap.products, snap.categories)),
+            counters: (snap.next_iq_id, snap.next_event_seq),
+        }
+    }
+
+    /// How many entries it writes.
+    pub fn len(&self) -> usize {
+        let config = self
+            .config
+            .as_ref()
+            .map_or(0, |(c, p, k)| c.len() + p.len() + k.len());
+        self.positions.len() + self.holds.len() + self.holds_removed.len() + self.adjustments.len()
+            + config
+            + 1
+    }
+}
+
+fn put(namespace: Namespace, key: impl Into<Vec<u8>>, value: Vec<u8>) -> Entry {
+    Entry {
+        namespace,
+        key: key.into(),
+        value,
+    }
+}
+
+/// The configuration keys a scope holds, so a new whole configuration deletes the ones
+/// it no longer has.
+pub type ConfigKeys = Arc<Mutex<BTreeSet<(Namespace, Vec<u8>)>>>;
+
+/// Encodes a delta as one checkpoint batch.
+pub fn encode(scope: Scope, lsn_covered: u64, delta: Delta, config_keys: &ConfigKeys) -> CheckpointBatch {
+    let mut puts = Vec::with_capacity(delta.len());
+    let mut deletes = Vec::new();
+    for p in &delta.positions {
+        let key = format!("{}:{}", p.product_ref, p.location_ref);
+        puts.push(put(Namespace::POSITIONS, key, record::encode(p)));
+    }
+    for h in &delta.holds {
+        puts.push(put(Namespace::HOLDS, h.hold_ref.clone(), record::encode(h)));
+    }
+    let written: BTreeSet<&str> = delta.holds.iter().map(|h| h.hold_ref.as_str()).collect();
+    for r in &delta.holds_removed {
+        if !written.contains(r.as_str()) {
+            deletes.push((Namespace::HOLDS, r.clone().into_bytes()));
+        }
+    }
+    for a in &delta.adjustments {
+        puts.push(put(Namespace::IDEMPOTENCY, a.clone(), record::encode(&())));
+    }
+    if let Some((channels, products, categories)) = &delta.config {
+        let mut keys = config_keys.lock().expect("config keys lock");
+        let mut now = BTreeSet::new();
+        for c in channels {
+            now.insert((Namespace::CHANNELS, c.channel_ref.clone().into_bytes()));
+            puts.push(put(Namespace::CHANNELS, c.channel_ref.clone(), record::encode(c)));
+        }
+        for p in products {
+            let key = format!("p:{}", p.product_ref);
+            now.insert((Namespace::CATALOGUE, key.clone().into_bytes()));
+            puts.push(put(Namespace::CATALOGUE, key, record::encode(p)));
+        }
+        for c in categories {
+            let key = format!("c:{}", c.category);
+            now.insert((Namespace::CATALOGUE, key.clone().into_bytes()));
+            puts.push(put(Namespace::CATALOGUE, key, record::encode(c)));
+        }
+        deletes.extend(keys.difference(&now).cloned());
+        *keys = now;
+    }
+    puts.push(put(Namespace::CATALOGUE, COUNTERS_KEY, record::encode(&delta.counters)));
+    CheckpointBatch {
+        scope,
+        lsn_covered,
+        puts,
+        deletes,
+        meta: Vec::new(),
+    }
+}
+
+/// Rebuilds a whole snapshot from a scope's loaded entries; also fills `config_keys`.
+pub fn decode(loaded: &Loaded, config_keys: &ConfigKeys) -> Result<EngineSnapshot, String> {
+    let mut snap = EngineSnapshot::default();
+    let mut keys = config_keys.lock().expect("config keys lock");
+    keys.clear();
+    for e in &loaded.entries {
+        let bad = |err: record::RecordError| {
+            format!("{} key {}: {err}", e.namespace, super::checkpoint::show_key(&e.key))
+        };
+        match e.namespace {
+            Namespace::POSITIONS => snap.positions.push(record::decode(&e.value).map_err(bad)?),
+            Namespace::HOLDS => snap.holds.push(record::decode(&e.value).map_err(bad)?),
+            Namespace::IDEMPOTENCY => {
+                record::decode::<()>(&e.value).map_err(bad)?;
+                snap.adjustments.push(String::from_utf8_lossy(&e.key).into_owned());
+            }
+            Namespace::CHANNELS => {
+                snap.channels.push(record::decode(&e.value).map_err(bad)?);
+                keys.insert((e.namespace, e.key.clone()));
+            }
+            Namespace::CATALOGUE if e.key == COUNTERS_KEY => {
+                (snap.next_iq_id, snap.next_event_seq) = record::decode(&e.value).map_err(bad)?;
+            }
+            Namespace::CATALOGUE if e.key.starts_with(b"p:") => {
+                snap.products.push(record::decode(&e.value).map_err(bad)?);
+                keys.insert((e.namespace, e.key.clone()));
+            }
+            Namespace::CATALOGUE if e.key.starts_with(b"c:") => {
+                snap.categories.push(record::decode(&e.value).map_err(bad)?);
+                keys.insert((e.namespace, e.key.clone()));
+            }
+            other => {
+                return Err(format!(
+                    "{other} key {} belongs to no known kind",
+                    super::checkpoint::show_key(&e.key)
+                ));
+            }
+        }
+    }
+    Ok(snap)
+}
+
+/// One checkpoint, ready to run off the shard.
+pub struct Job {
+    pub shard: usize,
+    pub scope: Scope,
+    pub lsn_covered: u64,
+    pub delta: Delta,
+    pub store: Arc<dyn CheckpointStore>,
+    pub writer: LogWriter,
+    /// The log's durable LSN, published by its commit hook.
+    pub durable_lsn: Arc<AtomicU64>,
+    pub config_keys: ConfigKeys,
+    /// Set when this checkpoint failed: the shard's next one must be whole.
+    pub failed: Arc<AtomicBool>,
+}
+
+/// Runs a checkpoint on a blocking thread: waits until the log is durable up to the LSN
+/// it covers, writes the batch, then recycles the log below it. A failure keeps the log.
+pub fn run(mut job: Job) {
+    let started = Instant::now();
+    let shard = job.shard;
+    let delta = std::mem::take(&mut job.delta);
+    match write(&job, delta) {
+        Ok(entries) => {
+            m::checkpoint_written(started.elapsed(), entries);
+            tracing::debug!(shard, lsn_covered = job.lsn_covered, entries, "checkpoint written");
+        }
+        Err(e) => {
+            job.failed.store(true, Ordering::Release);
+            tracing::warn!(shard, error = %e, "checkpoint failed; the log is kept, the next checkpoint is whole");
+        }
+    }
+}
+
+fn write(job: &Job, delta: Delta) -> Result<usize, super::StorageError> {
+    let deadline = Instant::now() + Duration::from_millis(CHECKPOINT_DURABLE_WAIT_MS);
+    while job.durable_lsn.load(Ordering::Acquire) < job.lsn_covered {
+        if Instant::now() >= deadline {
+            return Err(super::StorageError::NotDurable(job.lsn_covered));
+        }
+        std::thread::sleep(Duration::from_millis(CHECKPOINT_DURABLE_POLL_MS));
+    }
+    let batch = encode(job.scope, job.lsn_covered, delta, &job.config_keys);
+    let entries = batch.puts.len() + batch.deletes.len();
+    job.store.apply(&batch)?;
+    job.writer.blocking_truncate_below(job.lsn_covered + 1)?;
+    Ok(entries)
+}
