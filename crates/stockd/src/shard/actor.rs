@@ -501,6 +501,7 @@ impl ShardActor {
             store: self.reload.storage.checkpoints.clone(),
             writer: self.wal.writer().clone(),
             durable_lsn: self.wal.durable_lsn().clone(),
+            segments: self.wal.segments().clone(),
             config_keys: self.reload.config_keys.clone(),
             failed: self.checkpoint_failed.clone(),
         };
@@ -515,8 +516,10 @@ impl ShardActor {
 
     /// Copies of what changed since the last checkpoint (all of it after a failed one).
     fn take_delta(&mut self) -> Delta {
-        self.checkpoint_failed.swap(false, Ordering::AcqRel);
-        Delta::whole(self.engine.snapshot())
+        if self.checkpoint_failed.swap(false, Ordering::AcqRel) {
+            self.engine.mark_all_for_checkpoint();
+        }
+        self.engine.take_checkpoint_delta()
     }
 
     /// After a failed write, memory may hold changes the disk does not: rebuild the

@@ -10,15 +10,15 @@
 //!   `n:counters` → `(next_iq_id, next_event_seq)`.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use stockd_domain::channel::{CategoryConfig, ChannelConfig, ProductConfig};
-use stockd_domain::snapshot::{HoldSnap, PositionSnap};
-use stockd_domain::EngineSnapshot;
+use stockd_domain::{CheckpointDelta, ConfigSnap, Counters, EngineSnapshot};
 
-use super::checkpoint::{CheckpointBatch, CheckpointStore, Entry, Loaded, Namespace, Scope};
+use super::checkpoint::{
+    CheckpointBatch, CheckpointStore, Entry, Loaded, Namespace, Scope, show_key,
+};
 use super::log::LogWriter;
 use super::record;
 use crate::limits::{CHECKPOINT_DURABLE_POLL_MS, CHECKPOINT_DURABLE_WAIT_MS};
@@ -27,41 +27,7 @@ use crate::metrics as m;
 const COUNTERS_KEY: &[u8] = b"n:counters";
 
 /// What a shard hands over for one checkpoint: copies of only what changed.
-#[derive(Debug, Default)]
-pub struct Delta {
-    pub positions: Vec<PositionSnap>,
-    pub holds: Vec<HoldSnap>,
-    pub holds_removed: Vec<String>,
-    pub adjustments: Vec<String>,
-    /// The whole configuration, when it changed.
-    pub config: Option<(Vec<ChannelConfig>, Vec<ProductConfig>, Vec<CategoryConfig>)>,
-    pub counters: (u64, u64),
-}
-
-impl Delta {
-    /// A whole state as a delta (a first checkpoint, or one after a failure).
-    pub fn whole(snap: EngineSnapshot) -> Delta {
-        Delta {
-            positions: snap.positions,
-            holds: snap.holds,
-            holds_removed: Vec::new(),
-            adjustments: snap.adjustments,
-            config: Some((snap.channels, snap.products, snap.categories)),
-            counters: (snap.next_iq_id, snap.next_event_seq),
-        }
-    }
-
-    /// How many entries it writes.
-    pub fn len(&self) -> usize {
-        let config = self
-            .config
-            .as_ref()
-            .map_or(0, |(c, p, k)| c.len() + p.len() + k.len());
-        self.positions.len() + self.holds.len() + self.holds_removed.len() + self.adjustments.len()
-            + config
-            + 1
-    }
-}
+pub type Delta = CheckpointDelta;
 
 fn put(namespace: Namespace, key: impl Into<Vec<u8>>, value: Vec<u8>) -> Entry {
     Entry {
@@ -77,7 +43,7 @@ pub type ConfigKeys = Arc<Mutex<BTreeSet<(Namespace, Vec<u8>)>>>;
 
 /// Encodes a delta as one checkpoint batch.
 pub fn encode(scope: Scope, lsn_covered: u64, delta: Delta, config_keys: &ConfigKeys) -> CheckpointBatch {
-    let mut puts = Vec::with_capacity(delta.len());
+    let mut puts = Vec::with_capacity(delta.entries() + 1);
     let mut deletes = Vec::new();
     for p in &delta.positions {
         let key = format!("{}:{}", p.product_ref, p.location_ref);
@@ -95,7 +61,12 @@ pub fn encode(scope: Scope, lsn_covered: u64, delta: Delta, config_keys: &Config
     for a in &delta.adjustments {
         puts.push(put(Namespace::IDEMPOTENCY, a.clone(), record::encode(&())));
     }
-    if let Some((channels, products, categories)) = &delta.config {
+    if let Some(ConfigSnap {
+        channels,
+        products,
+        categories,
+    }) = &delta.config
+    {
         let mut keys = config_keys.lock().expect("config keys lock");
         let mut now = BTreeSet::new();
         for c in channels {
@@ -115,7 +86,11 @@ pub fn encode(scope: Scope, lsn_covered: u64, delta: Delta, config_keys: &Config
         deletes.extend(keys.difference(&now).cloned());
         *keys = now;
     }
-    puts.push(put(Namespace::CATALOGUE, COUNTERS_KEY, record::encode(&delta.counters)));
+    puts.push(put(
+        Namespace::CATALOGUE,
+        COUNTERS_KEY,
+        record::encode(&delta.counters),
+    ));
     CheckpointBatch {
         scope,
         lsn_covered,
@@ -127,44 +102,60 @@ pub fn encode(scope: Scope, lsn_covered: u64, delta: Delta, config_keys: &Config
 
 /// Rebuilds a whole snapshot from a scope's loaded entries; also fills `config_keys`.
 pub fn decode(loaded: &Loaded, config_keys: &ConfigKeys) -> Result<EngineSnapshot, String> {
-    let mut snap = EngineSnapshot::default();
+    let mut config = ConfigSnap::default();
+    let (mut positions, mut holds, mut adjustments) = (Vec::new(), Vec::new(), Vec::new());
+    let mut counters = Counters::default();
     let mut keys = config_keys.lock().expect("config keys lock");
     keys.clear();
     for e in &loaded.entries {
         let bad = |err: record::RecordError| {
-            format!("{} key {}: {err}", e.namespace, super::checkpoint::show_key(&e.key))
+            format!("{} key {}: {err}", e.namespace, show_key(&e.key))
         };
-        match e.namespace {
-            Namespace::POSITIONS => snap.positions.push(record::decode(&e.value).map_err(bad)?),
-            Namespace::HOLDS => snap.holds.push(record::decode(&e.value).map_err(bad)?),
+        let is_config = match e.namespace {
+            Namespace::POSITIONS => {
+                positions.push(record::decode(&e.value).map_err(bad)?);
+                false
+            }
+            Namespace::HOLDS => {
+                holds.push(record::decode(&e.value).map_err(bad)?);
+                false
+            }
             Namespace::IDEMPOTENCY => {
                 record::decode::<()>(&e.value).map_err(bad)?;
-                snap.adjustments.push(String::from_utf8_lossy(&e.key).into_owned());
+                adjustments.push(String::from_utf8_lossy(&e.key).into_owned());
+                false
             }
             Namespace::CHANNELS => {
-                snap.channels.push(record::decode(&e.value).map_err(bad)?);
-                keys.insert((e.namespace, e.key.clone()));
+                config.channels.push(record::decode(&e.value).map_err(bad)?);
+                true
             }
             Namespace::CATALOGUE if e.key == COUNTERS_KEY => {
-                (snap.next_iq_id, snap.next_event_seq) = record::decode(&e.value).map_err(bad)?;
+                counters = record::decode(&e.value).map_err(bad)?;
+                false
             }
             Namespace::CATALOGUE if e.key.starts_with(b"p:") => {
-                snap.products.push(record::decode(&e.value).map_err(bad)?);
-                keys.insert((e.namespace, e.key.clone()));
+                config.products.push(record::decode(&e.value).map_err(bad)?);
+                true
             }
             Namespace::CATALOGUE if e.key.starts_with(b"c:") => {
-                snap.categories.push(record::decode(&e.value).map_err(bad)?);
-                keys.insert((e.namespace, e.key.clone()));
+                config.categories.push(record::decode(&e.value).map_err(bad)?);
+                true
             }
             other => {
-                return Err(format!(
-                    "{other} key {} belongs to no known kind",
-                    super::checkpoint::show_key(&e.key)
-                ));
+                return Err(format!("{other} key {} belongs to no known kind", show_key(&e.key)));
             }
+        };
+        if is_config {
+            keys.insert((e.namespace, e.key.clone()));
         }
     }
-    Ok(snap)
+    Ok(EngineSnapshot::from_entries(
+        config,
+        positions,
+        holds,
+        adjustments,
+        counters,
+    ))
 }
 
 /// One checkpoint, ready to run off the shard.
@@ -177,6 +168,8 @@ pub struct Job {
     pub writer: LogWriter,
     /// The log's durable LSN, published by its commit hook.
     pub durable_lsn: Arc<AtomicU64>,
+    /// The log's live segment count (see `ShardLog`).
+    pub segments: Arc<AtomicI64>,
     pub config_keys: ConfigKeys,
     /// Set when this checkpoint failed: the shard's next one must be whole.
     pub failed: Arc<AtomicBool>,
@@ -211,6 +204,8 @@ fn write(job: &Job, delta: Delta) -> Result<usize, super::StorageError> {
     let batch = encode(job.scope, job.lsn_covered, delta, &job.config_keys);
     let entries = batch.puts.len() + batch.deletes.len();
     job.store.apply(&batch)?;
-    job.writer.blocking_truncate_below(job.lsn_covered + 1)?;
+    let truncated = job.writer.blocking_truncate_below(job.lsn_covered + 1)?;
+    let gone = (truncated.recycled + truncated.removed) as i64;
+    m::wal_segments(job.shard, job.segments.fetch_sub(gone, Ordering::Relaxed) - gone);
     Ok(entries)
 }

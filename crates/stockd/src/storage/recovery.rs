@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::backend::{AnyDir, Storage};
 use super::checkpoint::Scope;
-use super::checkpointer::{self, ConfigKeys, Delta};
+use super::checkpointer::{self, ConfigKeys};
 use super::error::{RecoveryError, StorageError};
 use super::log::{self, Log, LogConfig, Lsn};
 use super::record::{self, LogRecord};
@@ -335,7 +335,7 @@ fn reshard(
             generation: next,
             shard,
         };
-        let batch = checkpointer::encode(scope, 0, Delta::whole(snap), &config_keys);
+        let batch = checkpointer::encode(scope, 0, snap.into_delta(), &config_keys);
         storage
             .checkpoints
             .apply(&batch)

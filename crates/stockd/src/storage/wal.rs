@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -43,6 +43,9 @@ pub struct ShardLog {
     fault_file: Option<PathBuf>,
     /// The log's durable LSN, published by the writer after each sync.
     durable_lsn: Arc<AtomicU64>,
+    /// Live segments of the log, for `stockd_wal_segments`: +1 per rollover, minus what a
+    /// checkpoint recycled.
+    segments: Arc<AtomicI64>,
 }
 
 impl ShardLog {
@@ -55,15 +58,22 @@ impl ShardLog {
     ) -> (ShardLog, JoinHandle<Log<AnyDir>>) {
         let durable_lsn = Arc::new(AtomicU64::new(log.durable_lsn()));
         let published = durable_lsn.clone();
+        let segments = Arc::new(AtomicI64::new(log.stats().segments_live as i64));
+        m::wal_segments(shard, segments.load(Ordering::Relaxed));
+        let live = segments.clone();
         let (writer, thread) = LogWriter::spawn(log, move |stats: &CommitStats| {
             published.store(stats.durable_lsn, Ordering::Release);
-            m::wal_committed(shard, stats);
+            m::wal_committed(stats);
+            if stats.rolled {
+                m::wal_segments(shard, live.fetch_add(1, Ordering::Relaxed) + 1);
+            }
         });
         let log = ShardLog {
             writer,
             durability,
             fault_file,
             durable_lsn,
+            segments,
         };
         (log, thread)
     }
@@ -78,6 +88,10 @@ impl ShardLog {
 
     pub fn durable_lsn(&self) -> &Arc<AtomicU64> {
         &self.durable_lsn
+    }
+
+    pub fn segments(&self) -> &Arc<AtomicI64> {
+        &self.segments
     }
 
     /// Queues a batch of records, in order; the ticket completes once they are durable.

@@ -1,79 +1,157 @@
 //! The data folder of a stopped server, read and damaged as a crash or a bad disk would.
 //!
-//! These go through the crate's own `Store` (its trees and key layout), so the tests
-//! follow the layout when it changes. The server must be stopped: sled locks the folder.
+//! The logs are segment files (`data/log/g{generation}-s{shard}/seg-*.log`), read here
+//! with the crate's own frame decoder so the tests follow the format when it changes; the
+//! layout record comes from the checkpoint store. The server must be stopped: sled locks
+//! the checkpoint folder.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use stockd::storage::Store;
+use stockd::storage::log::frame::{self, Decoded};
+use stockd::storage::log::segment::{SEGMENT_HEADER_LEN, SegmentName, parse_name};
 use stockd::storage::record::{self, LogRecord};
+use stockd::storage::{Storage, StorageBackend, backend, recovery};
 use stockd_domain::Command as DomainCommand;
 
-/// Opens a stopped server's store; returns it with the generation in use.
-pub fn open_store(data: &Path) -> (Store, u32) {
-    let store = Store::open(data).expect("open the data folder");
-    let meta = store
-        .meta()
-        .expect("read the layout record")
-        .expect("the folder has a layout");
-    (store, meta.generation)
+/// One record of a shard's log as it lies on disk.
+#[derive(Clone, Debug)]
+pub struct LogFrame {
+    pub lsn: u64,
+    /// The segment file that holds it.
+    pub file: PathBuf,
+    /// Where the frame starts in that file.
+    pub offset: u64,
+    /// Its size on disk, padding included.
+    pub len: usize,
+    pub payload: Vec<u8>,
 }
 
-/// The sequence numbers of one shard's log, in order.
-pub fn log_seqs(store: &Store, generation: u32, shard: u32) -> Vec<u64> {
-    store
-        .read_log(generation, shard)
-        .map(|r| r.expect("read a log record").0)
+/// The generation (shard layout) a stopped server's folder uses.
+pub fn generation(data: &Path) -> u32 {
+    let storage = Storage::open(&StorageBackend::Real, data).expect("open the data folder");
+    recovery::read_meta(&storage)
+        .expect("read the layout record")
+        .expect("the folder has a layout")
+        .generation
+}
+
+/// The log folder of one shard.
+pub fn log_dir(data: &Path, generation: u32, shard: u32) -> PathBuf {
+    data.join("log").join(backend::log_dir_name(generation, shard))
+}
+
+/// Every record of a shard's log, in LSN order, read from its live segments.
+pub fn log_frames(data: &Path, generation: u32, shard: u32) -> Vec<LogFrame> {
+    let dir = log_dir(data, generation, shard);
+    let mut segments: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
+        .expect("list the log folder")
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            match parse_name(&name)? {
+                SegmentName::Live { epoch } => Some((epoch, e.path())),
+                SegmentName::Free { .. } => None,
+            }
+        })
+        .collect();
+    segments.sort();
+    let mut frames: Vec<LogFrame> = Vec::new();
+    for (_, file) in segments {
+        let bytes = std::fs::read(&file).expect("read a segment");
+        let mut at = SEGMENT_HEADER_LEN;
+        while let Decoded::Valid { frame, len } = frame::decode(&bytes[at..]) {
+            if frames.last().is_some_and(|f| frame.lsn != f.lsn + 1) {
+                break; // a stale frame from an earlier use of a recycled segment
+            }
+            frames.push(LogFrame {
+                lsn: frame.lsn,
+                file: file.clone(),
+                offset: at as u64,
+                len,
+                payload: frame.payload.to_vec(),
+            });
+            at += len;
+        }
+    }
+    frames
+}
+
+/// The LSNs of one shard's log, in order.
+pub fn log_seqs(data: &Path, generation: u32, shard: u32) -> Vec<u64> {
+    log_frames(data, generation, shard)
+        .iter()
+        .map(|f| f.lsn)
         .collect()
 }
 
-/// The stored bytes of one log record (its checksum and encoding included).
-pub fn log_bytes(store: &Store, generation: u32, shard: u32, seq: u64) -> Vec<u8> {
-    store
-        .log
-        .get(stockd::storage::store::log_key(generation, shard, seq))
-        .expect("read a log record")
-        .expect("the record exists")
-        .to_vec()
-}
-
-/// Writes the bytes of one log record as they are, checksum or not, and flushes.
-pub fn put_log_bytes(store: &Store, generation: u32, shard: u32, seq: u64, bytes: Vec<u8>) {
-    store
-        .log
-        .insert(
-            stockd::storage::store::log_key(generation, shard, seq),
-            bytes,
-        )
-        .expect("write a log record");
-    store.db.flush().expect("flush");
-}
-
-/// The decoded command of a log record.
-pub fn log_command(store: &Store, generation: u32, shard: u32, seq: u64) -> DomainCommand {
-    record::decode::<LogRecord>(&log_bytes(store, generation, shard, seq))
+/// The decoded command of a log frame.
+pub fn frame_command(frame: &LogFrame) -> DomainCommand {
+    record::decode::<LogRecord>(&frame.payload)
         .expect("decode a log record")
         .command
 }
 
-/// Removes the last record of a shard's log, as if the crash came before it was durable,
+/// Writes bytes into a file at an offset, in place.
+pub fn write_at(file: &Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(file)
+        .expect("open a segment");
+    f.write_all_at(bytes, offset).expect("write a segment");
+    f.sync_all().expect("sync a segment");
+}
+
+/// Flips bits of one byte of a file; returns the byte as it was.
+pub fn flip_byte(file: &Path, offset: u64, mask: u8) -> u8 {
+    let bytes = std::fs::read(file).expect("read a file");
+    let old = bytes[offset as usize];
+    write_at(file, offset, &[old ^ mask]);
+    old
+}
+
+/// Zeroes the last frame of a shard's log, as if the crash came before it was written,
 /// after checking it is the one the test means. Returns its command.
 pub fn drop_last_log_record(
-    store: &Store,
+    data: &Path,
     generation: u32,
     shard: u32,
     is_it: impl Fn(&DomainCommand) -> bool,
 ) -> DomainCommand {
-    let seqs = log_seqs(store, generation, shard);
-    let last = *seqs.last().expect("the shard has log records");
-    let command = log_command(store, generation, shard, last);
-    assert!(
-        is_it(&command),
-        "shard {shard}'s last record is {command:?}"
-    );
-    store
-        .remove_log_record(generation, shard, last)
-        .expect("remove a log record");
-    store.db.flush().expect("flush");
+    let frames = log_frames(data, generation, shard);
+    let last = frames.last().expect("the shard has log records");
+    let command = frame_command(last);
+    assert!(is_it(&command), "shard {shard}'s last record is {command:?}");
+    write_at(&last.file, last.offset, &vec![0u8; last.len]);
     command
+}
+
+/// Tears the last frame of a shard's log: its second half is zeroed, as a write cut short
+/// by a power loss leaves it. Returns the frame.
+pub fn tear_last_log_record(data: &Path, generation: u32, shard: u32) -> LogFrame {
+    let frames = log_frames(data, generation, shard);
+    let last = frames.last().expect("the shard has log records").clone();
+    let half = last.len / 2;
+    write_at(
+        &last.file,
+        last.offset + half as u64,
+        &vec![0u8; last.len - half],
+    );
+    last
+}
+
+/// Writes a garbage frame after the last one of a shard's log (a torn write of a group
+/// that was never acknowledged). Returns the file and offset it starts at.
+pub fn append_garbage_frame(data: &Path, generation: u32, shard: u32) -> (PathBuf, u64) {
+    let frames = log_frames(data, generation, shard);
+    let last = frames.last().expect("the shard has log records");
+    let offset = last.offset + last.len as u64;
+    let mut garbage = Vec::new();
+    garbage.extend_from_slice(&24u32.to_le_bytes());
+    garbage.extend_from_slice(&0xdead_beefu32.to_le_bytes());
+    garbage.extend_from_slice(&(last.lsn + 1).to_le_bytes());
+    garbage.extend_from_slice(&0u64.to_le_bytes());
+    garbage.extend_from_slice(b"torn record payload, 24b");
+    write_at(&last.file, offset, &garbage);
+    (last.file.clone(), offset)
 }
