@@ -181,6 +181,8 @@ pub struct ServerConfig {
     pub fault_file: Option<PathBuf>,
     /// Where the logs and checkpoints live: the data folder, or a simulation (tests).
     pub storage: crate::storage::StorageBackend,
+    /// The sizes of each shard's segment log (segment size, preallocation, group bytes).
+    pub log: crate::storage::log::LogConfig,
 }
 
 impl ServerConfig {
@@ -197,6 +199,7 @@ impl ServerConfig {
             boot: BootConfig::default(),
             fault_file: None,
             storage: crate::storage::StorageBackend::Real,
+            log: crate::storage::log::LogConfig::default(),
         }
     }
 }

@@ -214,7 +214,8 @@ pub fn overloaded(shard: usize) {
 
 /// One group commit of a shard's log.
 pub fn wal_committed(stats: &crate::storage::log::CommitStats) {
-    histogram!(WAL_FLUSH_DURATION).record((stats.write_duration + stats.sync_duration).as_secs_f64());
+    histogram!(WAL_FLUSH_DURATION)
+        .record((stats.write_duration + stats.sync_duration).as_secs_f64());
     histogram!(WAL_FSYNC_DURATION).record(stats.sync_duration.as_secs_f64());
     histogram!(WAL_CHANGES_PER_FLUSH).record(stats.records as f64);
     counter!(WAL_BYTES).increment(stats.bytes as u64);

@@ -18,10 +18,10 @@ use crate::grpc::{self, ServeError};
 use crate::metrics::MetricsError;
 use crate::shard::actor::Reload;
 use crate::shard::{Router, ShardActor, ShardError, ShardHandle, shard_of};
-use crate::storage::checkpointer::ConfigKeys;
-use crate::storage::recovery::{self, Recovered, RecoveryReport};
-use crate::storage::log::Log;
 use crate::storage::backend::AnyDir;
+use crate::storage::checkpointer::ConfigKeys;
+use crate::storage::log::Log;
+use crate::storage::recovery::{self, Recovered, RecoveryReport};
 use crate::storage::{RecoveryError, ShardLog, Storage, StorageError};
 
 pub use crate::limits::DECODED_MESSAGE_BYTES_MAX;
@@ -78,13 +78,15 @@ pub async fn try_run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RecoveryReport, StartError> {
-    let storage = Storage::open(&config.storage, &config.data_dir)?;
+    let storage = Storage::open(&config.storage, &config.data_dir, config.log)?;
     let recovered = recover(&storage, &config).await?;
     let report = recovered.report.clone();
     log_recovery(&report);
     let generation = recovered.generation;
     let (logs, threads, next_lsn, engines, keys) = start_logs(&config, recovered).await?;
-    let (handles, tasks) = start_shards(&storage, &config, &logs, generation, engines, keys, &next_lsn);
+    let (handles, tasks) = start_shards(
+        &storage, &config, &logs, generation, engines, keys, &next_lsn,
+    );
     drop(logs);
     let router = Arc::new(Router::new(handles));
     apply_boot_config(&router, &config).await?;

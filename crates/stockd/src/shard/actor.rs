@@ -435,7 +435,8 @@ impl ShardActor {
             self.records_since_checkpoint += count;
             self.next_lsn += count;
         }
-        if let (Durability::Async { .. }, Some(t)) = (self.wal.durability(), ticket.take()) {
+        let is_async = matches!(self.wal.durability(), Durability::Async { .. });
+        if let Some(t) = ticket.take_if(|_| is_async) {
             // Acknowledged without waiting; a failure still stops later writes.
             let failed = self.failed.clone();
             tokio::spawn(async move {

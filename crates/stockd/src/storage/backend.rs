@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::checkpoint::{CheckpointStore, SimStore, SledCheckpointStore};
 use super::error::StorageError;
 use super::log::sim::{SimDir, SimFile};
-use super::log::{FsDir, FsFile, LogDir, LogFile};
+use super::log::{FsDir, FsFile, LogConfig, LogDir, LogFile};
 
 /// Which storage a server uses.
 #[derive(Clone, Default)]
@@ -42,6 +42,8 @@ pub struct Storage {
     logs: Logs,
     /// The data folder (named in messages; unused by the simulation).
     pub data_dir: PathBuf,
+    /// The sizes of every shard's log.
+    pub log_config: LogConfig,
 }
 
 #[derive(Clone)]
@@ -57,7 +59,11 @@ pub fn log_dir_name(generation: u32, shard: u32) -> String {
 
 impl Storage {
     /// Opens the backend. The real one refuses a data folder of the older format.
-    pub fn open(backend: &StorageBackend, data_dir: &Path) -> Result<Storage, StorageError> {
+    pub fn open(
+        backend: &StorageBackend,
+        data_dir: &Path,
+        log_config: LogConfig,
+    ) -> Result<Storage, StorageError> {
         match backend {
             StorageBackend::Real => {
                 let old = data_dir.join("sled");
@@ -70,12 +76,14 @@ impl Storage {
                     checkpoints: Arc::new(store),
                     logs: Logs::Fs(data_dir.join("log")),
                     data_dir: data_dir.to_path_buf(),
+                    log_config,
                 })
             }
             StorageBackend::Sim { disk, store } => Ok(Storage {
                 checkpoints: store.clone(),
                 logs: Logs::Sim(disk.clone()),
                 data_dir: data_dir.to_path_buf(),
+                log_config,
             }),
         }
     }

@@ -42,7 +42,12 @@ fn put(namespace: Namespace, key: impl Into<Vec<u8>>, value: Vec<u8>) -> Entry {
 pub type ConfigKeys = Arc<Mutex<BTreeSet<(Namespace, Vec<u8>)>>>;
 
 /// Encodes a delta as one checkpoint batch.
-pub fn encode(scope: Scope, lsn_covered: u64, delta: Delta, config_keys: &ConfigKeys) -> CheckpointBatch {
+pub fn encode(
+    scope: Scope,
+    lsn_covered: u64,
+    delta: Delta,
+    config_keys: &ConfigKeys,
+) -> CheckpointBatch {
     let mut puts = Vec::with_capacity(delta.entries() + 1);
     let mut deletes = Vec::new();
     for p in &delta.positions {
@@ -71,7 +76,11 @@ pub fn encode(scope: Scope, lsn_covered: u64, delta: Delta, config_keys: &Config
         let mut now = BTreeSet::new();
         for c in channels {
             now.insert((Namespace::CHANNELS, c.channel_ref.clone().into_bytes()));
-            puts.push(put(Namespace::CHANNELS, c.channel_ref.clone(), record::encode(c)));
+            puts.push(put(
+                Namespace::CHANNELS,
+                c.channel_ref.clone(),
+                record::encode(c),
+            ));
         }
         for p in products {
             let key = format!("p:{}", p.product_ref);
@@ -108,9 +117,8 @@ pub fn decode(loaded: &Loaded, config_keys: &ConfigKeys) -> Result<EngineSnapsho
     let mut keys = config_keys.lock().expect("config keys lock");
     keys.clear();
     for e in &loaded.entries {
-        let bad = |err: record::RecordError| {
-            format!("{} key {}: {err}", e.namespace, show_key(&e.key))
-        };
+        let bad =
+            |err: record::RecordError| format!("{} key {}: {err}", e.namespace, show_key(&e.key));
         let is_config = match e.namespace {
             Namespace::POSITIONS => {
                 positions.push(record::decode(&e.value).map_err(bad)?);
@@ -138,11 +146,16 @@ pub fn decode(loaded: &Loaded, config_keys: &ConfigKeys) -> Result<EngineSnapsho
                 true
             }
             Namespace::CATALOGUE if e.key.starts_with(b"c:") => {
-                config.categories.push(record::decode(&e.value).map_err(bad)?);
+                config
+                    .categories
+                    .push(record::decode(&e.value).map_err(bad)?);
                 true
             }
             other => {
-                return Err(format!("{other} key {} belongs to no known kind", show_key(&e.key)));
+                return Err(format!(
+                    "{other} key {} belongs to no known kind",
+                    show_key(&e.key)
+                ));
             }
         };
         if is_config {
@@ -184,7 +197,12 @@ pub fn run(mut job: Job) {
     match write(&job, delta) {
         Ok(entries) => {
             m::checkpoint_written(started.elapsed(), entries);
-            tracing::debug!(shard, lsn_covered = job.lsn_covered, entries, "checkpoint written");
+            tracing::debug!(
+                shard,
+                lsn_covered = job.lsn_covered,
+                entries,
+                "checkpoint written"
+            );
         }
         Err(e) => {
             job.failed.store(true, Ordering::Release);
@@ -206,6 +224,9 @@ fn write(job: &Job, delta: Delta) -> Result<usize, super::StorageError> {
     job.store.apply(&batch)?;
     let truncated = job.writer.blocking_truncate_below(job.lsn_covered + 1)?;
     let gone = (truncated.recycled + truncated.removed) as i64;
-    m::wal_segments(job.shard, job.segments.fetch_sub(gone, Ordering::Relaxed) - gone);
+    m::wal_segments(
+        job.shard,
+        job.segments.fetch_sub(gone, Ordering::Relaxed) - gone,
+    );
     Ok(entries)
 }

@@ -23,7 +23,7 @@ use super::backend::{AnyDir, Storage};
 use super::checkpoint::Scope;
 use super::checkpointer::{self, ConfigKeys};
 use super::error::{RecoveryError, StorageError};
-use super::log::{self, Log, LogConfig, Lsn};
+use super::log::{self, Log, Lsn};
 use super::record::{self, LogRecord};
 use stockd_domain::{
     Command, Engine, EngineSnapshot, HoldState, HoldView, LineView, Millis, OrderLine, Settings,
@@ -269,7 +269,7 @@ fn open_shard(
     let (mut engine, covered, config_keys) = load_checkpoint(storage, generation, shard, settings)?;
     let dir = storage.log_dir(generation, shard)?;
     let (log, found) =
-        Log::open(dir, LogConfig::default(), covered).map_err(log_error(storage, shard))?;
+        Log::open(dir, storage.log_config, covered).map_err(log_error(storage, shard))?;
     if let Some(tail) = &found.dropped {
         report.dropped_tail_records.push(format!(
             "shard {shard}: torn tail of the log dropped: {} at offset {} ({}); it was never acknowledged",
@@ -295,7 +295,13 @@ pub fn reload_shard(
     let (mut engine, covered, _) = load_checkpoint(storage, generation, shard, settings)?;
     let dir = storage.log_dir(generation, shard)?;
     let found = log::read_records(&dir, covered).map_err(log_error(storage, shard))?;
-    replay(storage, shard, &mut engine, &found.records, &mut RecoveryReport::default())?;
+    replay(
+        storage,
+        shard,
+        &mut engine,
+        &found.records,
+        &mut RecoveryReport::default(),
+    )?;
     Ok(engine)
 }
 
@@ -341,8 +347,7 @@ fn reshard(
             .apply(&batch)
             .map_err(StorageError::from)?;
         let dir = storage.log_dir(next, shard)?;
-        let (log, _) =
-            Log::open(dir, LogConfig::default(), 0).map_err(log_error(storage, shard))?;
+        let (log, _) = Log::open(dir, storage.log_config, 0).map_err(log_error(storage, shard))?;
         out.push(ShardState {
             engine,
             log,

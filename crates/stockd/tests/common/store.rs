@@ -28,7 +28,8 @@ pub struct LogFrame {
 
 /// The generation (shard layout) a stopped server's folder uses.
 pub fn generation(data: &Path) -> u32 {
-    let storage = Storage::open(&StorageBackend::Real, data).expect("open the data folder");
+    let storage = Storage::open(&StorageBackend::Real, data, Default::default())
+        .expect("open the data folder");
     recovery::read_meta(&storage)
         .expect("read the layout record")
         .expect("the folder has a layout")
@@ -37,7 +38,8 @@ pub fn generation(data: &Path) -> u32 {
 
 /// The log folder of one shard.
 pub fn log_dir(data: &Path, generation: u32, shard: u32) -> PathBuf {
-    data.join("log").join(backend::log_dir_name(generation, shard))
+    data.join("log")
+        .join(backend::log_dir_name(generation, shard))
 }
 
 /// Every record of a shard's log, in LSN order, read from its live segments.
@@ -121,7 +123,10 @@ pub fn drop_last_log_record(
     let frames = log_frames(data, generation, shard);
     let last = frames.last().expect("the shard has log records");
     let command = frame_command(last);
-    assert!(is_it(&command), "shard {shard}'s last record is {command:?}");
+    assert!(
+        is_it(&command),
+        "shard {shard}'s last record is {command:?}"
+    );
     write_at(&last.file, last.offset, &vec![0u8; last.len]);
     command
 }
