@@ -11,6 +11,7 @@
 //!   a mix of holds in every state.
 //! - `visible`: everything a client can see of a set of positions and holds, to compare
 //!   before and after a restart.
+//! - `sim`: `server::run` over a simulated disk and checkpoint store, and its segments.
 //! - `store`: the data folder of a stopped server, read and damaged through the crate's
 //!   own `Store`.
 //! - `yaml`, `manifests`: the deployment files under `k8s/` as the manifest tests read them.
@@ -26,6 +27,7 @@ pub mod fixtures;
 pub mod manifests;
 pub mod requests;
 pub mod server;
+pub mod sim;
 pub mod store;
 pub mod visible;
 pub mod yaml;
