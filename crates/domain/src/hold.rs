@@ -5,6 +5,7 @@
 //! answered for, so that after a crash the parts of a hold can be checked for
 //! completeness without any shard knowing the others.
 
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
 use super::Millis;
@@ -67,6 +68,70 @@ pub(crate) struct HoldPart {
     pub last_fulfil: Option<FulfilOp>,
     /// Whether the order was cancelled (recovery finishes a cancel cut between shards).
     pub cancelled: bool,
+}
+
+/// The hold parts of one engine, by hold symbol, with the set of holds changed since the
+/// last checkpoint delta.
+///
+/// Reads go through `Deref` to the map; every change goes through `insert`, `remove` or
+/// `get_mut`, which record the hold, so no operation can change a part without the next
+/// checkpoint knowing (the hold files need no bookkeeping of their own).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct HoldTable {
+    parts: FxHashMap<Sym, HoldPart>,
+    /// Holds inserted, changed or removed since the last `take_changed`. Every symbol here
+    /// is live: the engine calls `untrack` before it releases a hold's symbol.
+    changed: FxHashSet<Sym>,
+}
+
+impl std::ops::Deref for HoldTable {
+    type Target = FxHashMap<Sym, HoldPart>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.parts
+    }
+}
+
+impl HoldTable {
+    pub fn insert(&mut self, hold: Sym, part: HoldPart) -> Option<HoldPart> {
+        self.changed.insert(hold);
+        self.parts.insert(hold, part)
+    }
+
+    pub fn remove(&mut self, hold: &Sym) -> Option<HoldPart> {
+        let part = self.parts.remove(hold)?;
+        self.changed.insert(*hold);
+        Some(part)
+    }
+
+    pub fn get_mut(&mut self, hold: &Sym) -> Option<&mut HoldPart> {
+        let part = self.parts.get_mut(hold)?;
+        self.changed.insert(*hold);
+        Some(part)
+    }
+
+    /// The holds changed since the last call, and a clean slate.
+    pub fn take_changed(&mut self) -> FxHashSet<Sym> {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// Stops tracking a hold whose symbol is about to be released; says whether it was tracked.
+    pub fn untrack(&mut self, hold: Sym) -> bool {
+        self.changed.remove(&hold)
+    }
+
+    pub fn changed_len(&self) -> usize {
+        self.changed.len()
+    }
+
+    /// Marks every part changed (the next delta carries them all).
+    pub fn mark_all(&mut self) {
+        self.changed.extend(self.parts.keys().copied());
+    }
+
+    pub fn clear_changed(&mut self) {
+        self.changed.clear();
+    }
 }
 
 /// One fulfilment of an order, as the whole request asked for it (all shards).

@@ -19,10 +19,13 @@
 //! - `outcome`: the outcomes of operations that span shards, and the merging of parts.
 //! - `event`: what every change emits.
 //! - `snapshot`: the engine's state in a form that can be stored, merged and split.
+//! - `checkpoint`: incremental checkpoints, the entries changed since the last one
+//!   (`CheckpointDelta`), and the snapshot rebuilt from a store's entries.
 //! - `command`: the mutating operations as data, for the write-ahead log and replay.
 //! - `error`: the operating errors.
 
 pub mod channel;
+pub mod checkpoint;
 pub mod command;
 pub mod engine;
 pub mod error;
@@ -39,6 +42,7 @@ pub mod snapshot;
 pub type Millis = i64;
 
 pub use channel::{CategoryConfig, ChannelConfig, ChannelRule, ProductConfig, RebalanceMode};
+pub use checkpoint::{CheckpointDelta, ConfigSnap, Counters};
 pub use command::{Command, Outcome};
 pub use engine::{
     AdjustStatus, ChannelPositionView, CountStatus, Engine, IqView, LineResult, PositionView,
@@ -50,4 +54,4 @@ pub use hold::{FulfilOp, HoldState, HoldView, LineView};
 pub use outcome::{LineOutcome, ReserveOutcome, ReserveResult};
 pub use position::IqKind;
 pub use request::{Adjustment, AdjustmentKind, OrderLine, ReserveLine, ReserveRequest, StockCount};
-pub use snapshot::EngineSnapshot;
+pub use snapshot::{EngineSnapshot, HoldSnap, PositionSnap};

@@ -225,6 +225,9 @@ pub(crate) struct PositionTable {
     /// Keys handed out for change since the last `take_touched`: lets the shard know which
     /// positions a write changed without the engine knowing why it is asked.
     touched: Vec<(Sym, Sym)>,
+    /// Keys handed out for change since the last checkpoint delta (`take_changed`): kept
+    /// apart from `touched`, which the shard drains on its own schedule for reads.
+    changed: rustc_hash::FxHashSet<(Sym, Sym)>,
 }
 
 /// The slot of a key, as `HashMap::entry` gives it.
@@ -238,6 +241,7 @@ impl<'a> PositionEntry<'a> {
     pub fn or_default(self) -> &'a mut Position {
         let table = self.table;
         table.touched.push(self.key);
+        table.changed.insert(self.key);
         let slot = match table.index.get(&self.key) {
             Some(i) => *i as usize,
             None => {
@@ -266,7 +270,27 @@ impl PositionTable {
     pub fn get_mut(&mut self, key: &(Sym, Sym)) -> Option<&mut Position> {
         let i = *self.index.get(key)?;
         self.touched.push(*key);
+        self.changed.insert(*key);
         Some(&mut self.slots[i as usize].1)
+    }
+
+    /// The keys changed since the last call (for a checkpoint delta), and a clean slate.
+    pub fn take_changed(&mut self) -> rustc_hash::FxHashSet<(Sym, Sym)> {
+        std::mem::take(&mut self.changed)
+    }
+
+    pub fn changed_len(&self) -> usize {
+        self.changed.len()
+    }
+
+    /// Marks every position changed (the next delta carries them all).
+    pub fn mark_all_changed(&mut self) {
+        let keys = self.slots.iter().map(|(k, _)| *k);
+        self.changed.extend(keys);
+    }
+
+    pub fn clear_changed(&mut self) {
+        self.changed.clear();
     }
 
     /// Moves the keys changed since the last call into `out`.

@@ -174,45 +174,55 @@ impl Engine {
         self.holds.insert(hold, part);
     }
 
+    /// One position as a snapshot holds it: refs spelt out, its ledger in id order.
+    pub(crate) fn snap_position(
+        &self,
+        (product, location): (Sym, Sym),
+        pos: &Position,
+    ) -> PositionSnap {
+        let r = |s: Sym| self.interner.resolve(s).to_string();
+        PositionSnap {
+            product_ref: r(product),
+            location_ref: r(location),
+            counted_as_of: pos.counted_as_of,
+            allocation_base: pos.allocation_base,
+            sold: {
+                let mut sold: Vec<(String, i64)> = pos
+                    .channels
+                    .iter()
+                    .filter(|c| c.sold != 0)
+                    .map(|c| (r(c.channel), c.sold))
+                    .collect();
+                sold.sort();
+                sold
+            },
+            iqs: {
+                let mut iqs: Vec<&Iq> = pos.iqs.iter().collect();
+                iqs.sort_by_key(|iq| iq.id);
+                iqs
+            }
+            .into_iter()
+            .map(|iq| IqSnap {
+                id: iq.id,
+                kind: iq.kind,
+                channel: self.opt_name(iq.channel),
+                owner: self.opt_name(iq.owner),
+                quantity: iq.quantity,
+                created_at: iq.created_at,
+                occurred_at: iq.occurred_at,
+                expires_at: iq.expires_at,
+            })
+            .collect(),
+        }
+    }
+
     /// The engine's whole state. Events not yet drained are not part of it.
     pub fn snapshot(&self) -> EngineSnapshot {
         let r = |s: Sym| self.interner.resolve(s).to_string();
         let mut positions: Vec<PositionSnap> = self
             .positions
             .iter()
-            .map(|((p, l), pos)| PositionSnap {
-                product_ref: r(*p),
-                location_ref: r(*l),
-                counted_as_of: pos.counted_as_of,
-                allocation_base: pos.allocation_base,
-                sold: {
-                    let mut sold: Vec<(String, i64)> = pos
-                        .channels
-                        .iter()
-                        .filter(|c| c.sold != 0)
-                        .map(|c| (r(c.channel), c.sold))
-                        .collect();
-                    sold.sort();
-                    sold
-                },
-                iqs: {
-                    let mut iqs: Vec<&Iq> = pos.iqs.iter().collect();
-                    iqs.sort_by_key(|iq| iq.id);
-                    iqs
-                }
-                .into_iter()
-                .map(|iq| IqSnap {
-                    id: iq.id,
-                    kind: iq.kind,
-                    channel: self.opt_name(iq.channel),
-                    owner: self.opt_name(iq.owner),
-                    quantity: iq.quantity,
-                    created_at: iq.created_at,
-                    occurred_at: iq.occurred_at,
-                    expires_at: iq.expires_at,
-                })
-                .collect(),
-            })
+            .map(|(key, pos)| self.snap_position(*key, pos))
             .collect();
         positions.sort_by(|a, b| {
             (&a.product_ref, &a.location_ref).cmp(&(&b.product_ref, &b.location_ref))
@@ -298,6 +308,7 @@ impl Engine {
         engine.next_iq_id = snap.next_iq_id.max(1);
         engine.next_event_seq = snap.next_event_seq.max(1);
         engine.check_consistency()?;
+        engine.clear_checkpoint_tracking();
         Ok(engine)
     }
 }
@@ -379,6 +390,7 @@ impl Engine {
         engine.next_iq_id = snap.next_iq_id.max(1);
         engine.next_event_seq = snap.next_event_seq.max(1);
         engine.check_consistency()?;
+        engine.clear_checkpoint_tracking();
         Ok(engine)
     }
 }

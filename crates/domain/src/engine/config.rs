@@ -54,6 +54,7 @@ impl Engine {
             Some(slot) => *slot = channel,
             None => self.channels.push(channel),
         }
+        self.checkpoint.config = true;
         self.channels
             .sort_by(|a, b| a.config.channel_ref.cmp(&b.config.channel_ref));
         Ok(())
@@ -67,6 +68,7 @@ impl Engine {
         if self.channels.len() == before {
             return Err(Error::UnknownChannel(channel_ref.to_string()));
         }
+        self.checkpoint.config = true;
         Ok(())
     }
 
@@ -78,6 +80,7 @@ impl Engine {
     /// Creates or replaces catalogue entries.
     pub fn upsert_products(&mut self, products: &[ProductConfig]) -> Result<(), Error> {
         ProductConfig::validate_all(products)?;
+        self.checkpoint.config = true;
         for p in products {
             let sym = self.interner.intern(&p.product_ref);
             let category = p.category.as_deref().map(|c| self.interner.intern(c));
@@ -95,6 +98,7 @@ impl Engine {
     /// Creates or replaces category timers.
     pub fn upsert_categories(&mut self, categories: &[CategoryConfig]) -> Result<(), Error> {
         CategoryConfig::validate_all(categories)?;
+        self.checkpoint.config = true;
         for c in categories {
             let sym = self.interner.intern(&c.category);
             match c.hold_ttl_seconds {

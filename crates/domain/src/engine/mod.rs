@@ -27,8 +27,9 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::Millis;
 use crate::channel::Channel;
+use crate::checkpoint::CheckpointTracker;
 use crate::event::{Event, EventKind};
-use crate::hold::HoldPart;
+use crate::hold::HoldTable;
 use crate::position::{Iq, IqKind, PositionTable};
 use crate::refs::{Interner, Sym};
 
@@ -47,7 +48,7 @@ pub struct Engine {
     pub(crate) channels: Vec<Channel>,
     pub(crate) products: FxHashMap<Sym, ProductEntry>,
     pub(crate) categories: FxHashMap<Sym, u32>,
-    pub(crate) holds: FxHashMap<Sym, HoldPart>,
+    pub(crate) holds: HoldTable,
     pub(crate) orders: FxHashMap<Sym, Sym>,
     pub(crate) adjustments: FxHashSet<Sym>,
     pub(crate) expiry: BTreeSet<(Millis, Sym)>,
@@ -59,6 +60,9 @@ pub struct Engine {
     /// Refs of forgotten holds and orders, released at the drain after next.
     pub(crate) release_later: Vec<(Sym, u8)>,
     pub(crate) release_ready: Vec<(Sym, u8)>,
+    /// What changed since the last checkpoint delta, beyond what the position and hold
+    /// tables track themselves (see `crate::checkpoint`).
+    pub(crate) checkpoint: CheckpointTracker,
 }
 
 impl Engine {
@@ -70,7 +74,7 @@ impl Engine {
             channels: Vec::new(),
             products: FxHashMap::default(),
             categories: FxHashMap::default(),
-            holds: FxHashMap::default(),
+            holds: HoldTable::default(),
             orders: FxHashMap::default(),
             adjustments: FxHashSet::default(),
             expiry: BTreeSet::new(),
@@ -81,6 +85,7 @@ impl Engine {
             events: Vec::new(),
             release_later: Vec::new(),
             release_ready: Vec::new(),
+            checkpoint: CheckpointTracker::default(),
         }
     }
 

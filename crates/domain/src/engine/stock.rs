@@ -108,6 +108,7 @@ impl Engine {
         if !self.adjustments.insert(owner) {
             return Ok(AdjustStatus::Duplicate);
         }
+        self.checkpoint.adjustments.push(owner);
         let product = self.interner.intern(&adj.product_ref);
         let location = self.interner.intern(&adj.location_ref);
         let key = (product, location);
