@@ -26,8 +26,8 @@ use rand::{Rng, SeedableRng};
 
 use stockd::proto::inventory::v1 as pb;
 
-use common::calls::{fulfil_ok, upsert_channel};
-use common::fixtures::{LOC, WEB, products_on_every_shard};
+use common::calls::fulfil_ok;
+use common::fixtures::{LOC, products_on_every_shard, web_and_social_channels};
 use common::requests::{count, next_as_of};
 use common::server::{ServerProcess, fail, tail, tempdir};
 use traffic::traffic_task;
@@ -142,25 +142,7 @@ async fn kill_cycles() {
     };
     let mut server = ServerProcess::start(&data, &logs, &args).await;
     let mut admin = server.admin();
-    upsert_channel(
-        &mut admin,
-        pb::Channel {
-            channel_ref: WEB.into(),
-            buffer_units: 1,
-            ..Default::default()
-        },
-    )
-    .await;
-    upsert_channel(
-        &mut admin,
-        pb::Channel {
-            channel_ref: "SOCIAL".into(),
-            allocation_bps: Some(3000),
-            buffer_bps: 1000,
-            ..Default::default()
-        },
-    )
-    .await;
+    web_and_social_channels(&mut admin, &[]).await;
     let mut counts: BTreeMap<String, CountM> = BTreeMap::new();
     let mut initial = Vec::new();
     for p in world.all() {
