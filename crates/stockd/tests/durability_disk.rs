@@ -72,6 +72,37 @@ fn expect_unavailable(what: &str, r: Result<(), tonic::Status>, log: &str) {
     }
 }
 
+/// Reserves `lines` on WEB for an hour; panics unless the answer is UNAVAILABLE.
+async fn reserve_unavailable(
+    inv: &mut Inv,
+    server: &ServerProcess,
+    what: &str,
+    hold_ref: &str,
+    lines: &[(String, String, i64)],
+) {
+    let r = inv
+        .reserve(reserve_request(hold_ref, WEB, lines, 3600))
+        .await
+        .map(drop);
+    expect_unavailable(what, r, &server.log());
+}
+
+/// Counts `quantity` units of `product` at LOC; panics unless the answer is UNAVAILABLE.
+async fn set_stock_unavailable(
+    admin: &mut Adm,
+    server: &ServerProcess,
+    product: &str,
+    quantity: i64,
+) {
+    let r = admin
+        .set_stock(pb::SetStockRequest {
+            counts: vec![count(product, LOC, quantity, next_as_of())],
+        })
+        .await
+        .map(drop);
+    expect_unavailable("SetStock", r, &server.log());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_errors_answer_unavailable_and_reads_go_on() {
     let disk = FailingDisk::new();
@@ -90,28 +121,17 @@ async fn disk_errors_answer_unavailable_and_reads_go_on() {
     let before = visible(&server, &keys, &known).await;
 
     disk.fail_writes();
-    let r = inv
-        .reserve(reserve_request(
-            "bad-hold",
-            WEB,
-            &[line(0, 1), line(1, 1)],
-            3600,
-        ))
-        .await
-        .map(drop);
-    expect_unavailable("Reserve", r, &server.log());
-    let r = admin
-        .set_stock(pb::SetStockRequest {
-            counts: vec![count(&products[0], LOC, 99, next_as_of())],
-        })
-        .await
-        .map(drop);
-    expect_unavailable("SetStock", r, &server.log());
-    let r = inv
-        .reserve(reserve_request("bad-hold-2", WEB, &[line(3, 1)], 3600))
-        .await
-        .map(drop);
-    expect_unavailable("a second Reserve", r, &server.log());
+    let bad = [line(0, 1), line(1, 1)];
+    reserve_unavailable(&mut inv, &server, "Reserve", "bad-hold", &bad).await;
+    set_stock_unavailable(&mut admin, &server, &products[0], 99).await;
+    reserve_unavailable(
+        &mut inv,
+        &server,
+        "a second Reserve",
+        "bad-hold-2",
+        &[line(3, 1)],
+    )
+    .await;
     let r = inv
         .confirm_hold(pb::ConfirmHoldRequest {
             hold_ref: "ok-confirm".into(),
@@ -181,23 +201,9 @@ async fn reads_after_a_failed_write_show_only_durable_state() {
 
     disk.fail_writes();
     let line = |i: usize, q: i64| (products[i].clone(), LOC.to_string(), q);
-    let r = inv
-        .reserve(reserve_request(
-            "bad-hold",
-            WEB,
-            &[line(0, 4), line(1, 5)],
-            3600,
-        ))
-        .await
-        .map(drop);
-    expect_unavailable("Reserve", r, &server.log());
-    let r = admin
-        .set_stock(pb::SetStockRequest {
-            counts: vec![count(&products[0], LOC, 1, next_as_of())],
-        })
-        .await
-        .map(drop);
-    expect_unavailable("SetStock", r, &server.log());
+    let bad = [line(0, 4), line(1, 5)];
+    reserve_unavailable(&mut inv, &server, "Reserve", "bad-hold", &bad).await;
+    set_stock_unavailable(&mut admin, &server, &products[0], 1).await;
     let during = visible(&server, &keys, &known).await;
     assert_same(
         &before,
