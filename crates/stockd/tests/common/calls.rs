@@ -121,14 +121,41 @@ pub async fn reserve_ok(
     r.hold.expect("a reserved hold")
 }
 
-pub async fn confirm_ok(inv: &mut Inv, hold_ref: &str, order_ref: &str) {
+/// Sends a reserve of (product, location, quantity) lines and returns the answer; panics
+/// if the call fails (a REJECTED answer is a success).
+pub async fn reserve_reply<P: AsRef<str>, L: AsRef<str>>(
+    inv: &mut Inv,
+    hold_ref: &str,
+    channel_ref: &str,
+    lines: &[(P, L, i64)],
+    ttl_seconds: i64,
+) -> pb::ReserveResponse {
+    inv.reserve(reserve_request(hold_ref, channel_ref, lines, ttl_seconds))
+        .await
+        .unwrap_or_else(|s| panic!("Reserve {hold_ref}: {s}"))
+        .into_inner()
+}
+
+/// ConfirmHold: the hold in the answer, or the call's error.
+pub async fn confirm(
+    inv: &mut Inv,
+    hold_ref: &str,
+    order_ref: &str,
+    reacquire: bool,
+) -> Result<Option<pb::Hold>, tonic::Status> {
     inv.confirm_hold(pb::ConfirmHoldRequest {
         hold_ref: hold_ref.into(),
         order_ref: order_ref.into(),
-        reacquire: false,
+        reacquire,
     })
     .await
-    .unwrap_or_else(|s| panic!("ConfirmHold {hold_ref}: {s}"));
+    .map(|r| r.into_inner().hold)
+}
+
+pub async fn confirm_ok(inv: &mut Inv, hold_ref: &str, order_ref: &str) {
+    confirm(inv, hold_ref, order_ref, false)
+        .await
+        .unwrap_or_else(|s| panic!("ConfirmHold {hold_ref}: {s}"));
 }
 
 pub async fn release_ok(inv: &mut Inv, hold_ref: &str) {
