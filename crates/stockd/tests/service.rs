@@ -8,7 +8,7 @@ use stockd::proto::inventory::v1 as pb;
 use tonic::Code;
 
 use common::calls::{
-    ats, confirm, get_hold, get_position, on_hand, reserve_reply, stock, upsert_channel,
+    ats, confirm, get_hold, get_position, on_hand, release, reserve_reply, stock, upsert_channel,
 };
 use common::client::{Adm, Inv};
 use common::fixtures::products_on_every_shard;
@@ -25,6 +25,13 @@ async fn start_with_web_channel() -> (InProcessServer, Adm, Inv) {
     let mut admin = server.admin();
     let inv = server.inventory();
     upsert_channel(&mut admin, channel_bps("WEB", 10_000, 0)).await;
+    (server, admin, inv)
+}
+
+/// `start_with_web_channel`, with `quantity` units of `product` counted at DC1.
+async fn start_with_web_stock(product: &str, quantity: i64) -> (InProcessServer, Adm, Inv) {
+    let (server, mut admin, inv) = start_with_web_channel().await;
+    stock(&mut admin, product, "DC1", quantity).await;
     (server, admin, inv)
 }
 
@@ -75,8 +82,7 @@ async fn seed_example_through_the_api() {
 /// REJECTED (an OK answer), nothing is oversold; releasing 10 holds makes 10 sellable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flash_sale_sells_exactly_the_stock() {
-    let (server, mut admin, mut inv) = start_with_web_channel().await;
-    stock(&mut admin, "HOT", "DC1", 100).await;
+    let (server, mut admin, mut inv) = start_with_web_stock("HOT", 100).await;
     let mut clients = Vec::new();
     for _ in 0..50 {
         clients.push(server.inventory());
@@ -114,16 +120,9 @@ async fn flash_sale_sells_exactly_the_stock() {
     assert_eq!(ats(&mut inv, "WEB", "HOT", "DC1").await, 0);
     assert_eq!(on_hand(&mut admin, "HOT", "DC1").await, 0);
     for buyer in &winners[..10] {
-        let released = inv
-            .release_hold(pb::ReleaseHoldRequest {
-                hold_ref: format!("buyer-{buyer}"),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .hold
-            .unwrap();
-        assert_eq!(released.state, pb::HoldState::Released as i32);
+        let released = release(&mut inv, &format!("buyer-{buyer}")).await.unwrap();
+        let state = released.expect("a released hold").state;
+        assert_eq!(state, pb::HoldState::Released as i32);
     }
     assert_eq!(ats(&mut inv, "WEB", "HOT", "DC1").await, 10);
     server.stop().await;
@@ -184,8 +183,7 @@ async fn multi_shard_hold_is_all_or_nothing() {
 /// with FAILED_PRECONDITION unless it asks to reacquire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holds_expire_and_can_be_reacquired() {
-    let (server, mut admin, mut inv) = start_with_web_channel().await;
-    stock(&mut admin, "SKU", "DC1", 3).await;
+    let (server, _admin, mut inv) = start_with_web_stock("SKU", 3).await;
     let mut req = reserve_request("short", "WEB", &[("SKU", "DC1", 2)], 0);
     req.ttl_seconds = 1;
     inv.reserve(req).await.unwrap();
@@ -368,8 +366,7 @@ async fn bad_inputs_get_invalid_argument_naming_the_field() {
 /// A cart going from 2 to 3 with 1 more unit free succeeds; to 4 is rejected and stays at 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cart_update_through_the_api() {
-    let (server, mut admin, mut inv) = start_with_web_channel().await;
-    stock(&mut admin, "SKU", "DC1", 3).await;
+    let (server, _admin, mut inv) = start_with_web_stock("SKU", 3).await;
     reserve_reply(&mut inv, "cart", "WEB", &[("SKU", "DC1", 2)], 0).await;
     let up = reserve_reply(&mut inv, "cart", "WEB", &[("SKU", "DC1", 3)], 0).await;
     assert_eq!(up.outcome, pb::ReserveOutcome::Reserved as i32);

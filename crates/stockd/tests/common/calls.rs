@@ -108,11 +108,7 @@ pub async fn reserve_ok(
     lines: &[(String, String, i64)],
     ttl_seconds: i64,
 ) -> pb::Hold {
-    let r = inv
-        .reserve(reserve_request(hold_ref, channel_ref, lines, ttl_seconds))
-        .await
-        .unwrap_or_else(|s| panic!("Reserve {hold_ref}: {s}"))
-        .into_inner();
+    let r = reserve_reply(inv, hold_ref, channel_ref, lines, ttl_seconds).await;
     assert_eq!(
         r.outcome,
         pb::ReserveOutcome::Reserved as i32,
@@ -158,12 +154,19 @@ pub async fn confirm_ok(inv: &mut Inv, hold_ref: &str, order_ref: &str) {
         .unwrap_or_else(|s| panic!("ConfirmHold {hold_ref}: {s}"));
 }
 
-pub async fn release_ok(inv: &mut Inv, hold_ref: &str) {
+/// ReleaseHold: the hold in the answer, or the call's error.
+pub async fn release(inv: &mut Inv, hold_ref: &str) -> Result<Option<pb::Hold>, tonic::Status> {
     inv.release_hold(pb::ReleaseHoldRequest {
         hold_ref: hold_ref.into(),
     })
     .await
-    .unwrap_or_else(|s| panic!("ReleaseHold {hold_ref}: {s}"));
+    .map(|r| r.into_inner().hold)
+}
+
+pub async fn release_ok(inv: &mut Inv, hold_ref: &str) {
+    release(inv, hold_ref)
+        .await
+        .unwrap_or_else(|s| panic!("ReleaseHold {hold_ref}: {s}"));
 }
 
 /// Ships `lines` of the order; none ships everything still reserved.
