@@ -378,14 +378,41 @@ async fn cart_update_through_the_api() {
     server.stop().await;
 }
 
+/// The service names a server reflection of one version (`v1alpha` or `v1` of
+/// `tonic_reflection::pb`) lists over `channel`.
+macro_rules! reflected_services {
+    ($version:ident, $channel:expr) => {{
+        use r::server_reflection_request::MessageRequest;
+        use r::server_reflection_response::MessageResponse;
+        use tonic_reflection::pb::$version as r;
+        let mut reflection = r::server_reflection_client::ServerReflectionClient::new($channel);
+        let request = r::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = reflection
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let response = stream.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!(
+                "expected a service list from reflection {}",
+                stringify!($version)
+            );
+        };
+        list.service
+            .into_iter()
+            .map(|s| s.name)
+            .collect::<Vec<String>>()
+    }};
+}
+
 /// Health answers SERVING; reflection (v1alpha, what grpcurl and ghz use) lists both services.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_reflection() {
     use tonic_health::pb::health_client::HealthClient;
-    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
 
     let server = InProcessServer::start(SHARDS).await;
     let mut health = HealthClient::new(server.channel());
@@ -402,21 +429,7 @@ async fn health_and_reflection() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 
-    let mut reflection = ServerReflectionClient::new(server.channel());
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = reflection
-        .server_reflection_info(tokio_stream::iter(vec![request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let response = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-        panic!("expected a service list");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    let names = reflected_services!(v1alpha, server.channel());
     assert!(
         names.contains(&"inventory.v1.InventoryService".to_string()),
         "{names:?}"
@@ -427,32 +440,10 @@ async fn health_and_reflection() {
     );
 
     // Reflection v1 answers too.
-    use tonic_reflection::pb::v1 as r1;
-    let mut reflection =
-        r1::server_reflection_client::ServerReflectionClient::new(server.channel());
-    let request = r1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(r1::server_reflection_request::MessageRequest::ListServices(
-            String::new(),
-        )),
-    };
-    let mut stream = reflection
-        .server_reflection_info(tokio_stream::iter(vec![request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let response = stream.message().await.unwrap().unwrap();
-    let Some(r1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
-        response.message_response
-    else {
-        panic!("expected a service list from reflection v1");
-    };
+    let names = reflected_services!(v1, server.channel());
     assert!(
-        list.service
-            .iter()
-            .any(|s| s.name == "inventory.v1.InventoryService"),
-        "{:?}",
-        list.service
+        names.iter().any(|s| s == "inventory.v1.InventoryService"),
+        "{names:?}"
     );
     server.stop().await;
 }
