@@ -63,7 +63,11 @@ async fn seed_example_through_the_api() {
     upsert_channel(&mut admin, channel_bps("ECOMMERCE", 10_000, 1_000)).await;
     stock(&mut admin, "SKU", "DC1", 45).await;
     assert_eq!(ats(&mut inv, "ECOMMERCE", "SKU", "DC1").await, 40);
-    let r = reserve_reply(&mut inv, "cart-1", "ECOMMERCE", &[("SKU", "DC1", 2)], 0).await;
+    let r = reserve_reply(
+        &mut inv,
+        reserve_request("cart-1", "ECOMMERCE", &[("SKU", "DC1", 2)], 0),
+    )
+    .await;
     assert_eq!(r.outcome, pb::ReserveOutcome::Reserved as i32);
     assert_eq!(on_hand(&mut admin, "SKU", "DC1").await, 43);
     assert_eq!(ats(&mut inv, "ECOMMERCE", "SKU", "DC1").await, 38);
@@ -143,7 +147,7 @@ async fn multi_shard_hold_is_all_or_nothing() {
         (picked[1].as_str(), "DC1", 2),
         (picked[2].as_str(), "DC1", 2),
     ];
-    let r = reserve_reply(&mut inv, "cart-x", "WEB", &lines, 0).await;
+    let r = reserve_reply(&mut inv, reserve_request("cart-x", "WEB", &lines, 0)).await;
     assert_eq!(r.outcome, pb::ReserveOutcome::Rejected as i32);
     assert_eq!(r.lines[2].available, 1);
     assert!(r.lines.iter().all(|l| l.reserved == 0));
@@ -158,7 +162,7 @@ async fn multi_shard_hold_is_all_or_nothing() {
 
     // With enough stock the same hold spans the three shards, and confirms whole.
     stock(&mut admin, &picked[2], "DC1", 5).await;
-    let r = reserve_reply(&mut inv, "cart-x", "WEB", &lines, 0).await;
+    let r = reserve_reply(&mut inv, reserve_request("cart-x", "WEB", &lines, 0)).await;
     assert_eq!(r.outcome, pb::ReserveOutcome::Reserved as i32);
     assert_eq!(r.hold.unwrap().lines.len(), 3);
     let hold = confirm(&mut inv, "cart-x", "order-x", false)
@@ -367,11 +371,12 @@ async fn bad_inputs_get_invalid_argument_naming_the_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cart_update_through_the_api() {
     let (server, _admin, mut inv) = start_with_web_stock("SKU", 3).await;
-    reserve_reply(&mut inv, "cart", "WEB", &[("SKU", "DC1", 2)], 0).await;
-    let up = reserve_reply(&mut inv, "cart", "WEB", &[("SKU", "DC1", 3)], 0).await;
+    let cart = |quantity: i64| reserve_request("cart", "WEB", &[("SKU", "DC1", quantity)], 0);
+    reserve_reply(&mut inv, cart(2)).await;
+    let up = reserve_reply(&mut inv, cart(3)).await;
     assert_eq!(up.outcome, pb::ReserveOutcome::Reserved as i32);
-    reserve_reply(&mut inv, "cart", "WEB", &[("SKU", "DC1", 2)], 0).await;
-    let too_many = reserve_reply(&mut inv, "cart", "WEB", &[("SKU", "DC1", 4)], 0).await;
+    reserve_reply(&mut inv, cart(2)).await;
+    let too_many = reserve_reply(&mut inv, cart(4)).await;
     assert_eq!(too_many.outcome, pb::ReserveOutcome::Rejected as i32);
     assert_eq!(too_many.hold.unwrap().lines[0].quantity, 2);
     assert_eq!(ats(&mut inv, "WEB", "SKU", "DC1").await, 1);

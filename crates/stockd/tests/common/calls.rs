@@ -108,7 +108,8 @@ pub async fn reserve_ok(
     lines: &[(String, String, i64)],
     ttl_seconds: i64,
 ) -> pb::Hold {
-    let r = reserve_reply(inv, hold_ref, channel_ref, lines, ttl_seconds).await;
+    let request = reserve_request(hold_ref, channel_ref, lines, ttl_seconds);
+    let r = reserve_reply(inv, request).await;
     assert_eq!(
         r.outcome,
         pb::ReserveOutcome::Reserved as i32,
@@ -117,16 +118,11 @@ pub async fn reserve_ok(
     r.hold.expect("a reserved hold")
 }
 
-/// Sends a reserve of (product, location, quantity) lines and returns the answer; panics
-/// if the call fails (a REJECTED answer is a success).
-pub async fn reserve_reply<P: AsRef<str>, L: AsRef<str>>(
-    inv: &mut Inv,
-    hold_ref: &str,
-    channel_ref: &str,
-    lines: &[(P, L, i64)],
-    ttl_seconds: i64,
-) -> pb::ReserveResponse {
-    inv.reserve(reserve_request(hold_ref, channel_ref, lines, ttl_seconds))
+/// Sends a reserve and returns the answer; panics if the call fails (a REJECTED answer
+/// is a success).
+pub async fn reserve_reply(inv: &mut Inv, request: pb::ReserveRequest) -> pb::ReserveResponse {
+    let hold_ref = request.hold_ref.clone();
+    inv.reserve(request)
         .await
         .unwrap_or_else(|s| panic!("Reserve {hold_ref}: {s}"))
         .into_inner()

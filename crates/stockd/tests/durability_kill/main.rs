@@ -68,6 +68,27 @@ impl HoldM {
     fn certain(&self) -> Option<St> {
         (self.possible.len() == 1).then(|| *self.possible.iter().next().unwrap())
     }
+
+    /// A call that moves the hold to `state` was answered: it is in `state` now.
+    fn acked(&mut self, state: St) {
+        self.possible = BTreeSet::from([state]);
+        self.history.push("  acked".into());
+    }
+
+    /// A call that moves the hold to `state` was not answered (`error`): it may be in
+    /// `state` now or still where it was.
+    fn unanswered(&mut self, state: St, error: &tonic::Status) {
+        self.possible.insert(state);
+        self.note_unanswered(error);
+    }
+
+    fn note_unanswered(&mut self, error: &tonic::Status) {
+        self.history.push(format!(
+            "  unanswered: {:?} {}",
+            error.code(),
+            error.message()
+        ));
+    }
 }
 
 /// A count the test sent to one position.

@@ -111,8 +111,7 @@ pub async fn traffic_task(
                 Err(s) => {
                     h.possible = BTreeSet::from([St::Absent, St::Active, St::Released]);
                     h.reserve_uncertain = true;
-                    h.history
-                        .push(format!("  unanswered: {:?} {}", s.code(), s.message()));
+                    h.note_unanswered(&s);
                     done.push(h);
                     failed = Some(s);
                 }
@@ -143,15 +142,12 @@ pub async fn traffic_task(
                             .violations
                             .push(format!("{}: ConfirmHold answered {other:?}", h.hold_ref)),
                     }
-                    h.possible = BTreeSet::from([St::Confirmed]);
-                    h.history.push("  acked".into());
+                    h.acked(St::Confirmed);
                     confirmed.push(h);
                     failed = None;
                 }
                 Err(s) => {
-                    h.possible.insert(St::Confirmed);
-                    h.history
-                        .push(format!("  unanswered: {:?} {}", s.code(), s.message()));
+                    h.unanswered(St::Confirmed, &s);
                     done.push(h);
                     failed = Some(s);
                 }
@@ -176,15 +172,12 @@ pub async fn traffic_task(
                             .violations
                             .push(format!("{}: ReleaseHold answered {hold:?}", h.hold_ref));
                     }
-                    h.possible = BTreeSet::from([St::Released]);
-                    h.history.push("  acked".into());
+                    h.acked(St::Released);
                     done.push(h);
                     failed = None;
                 }
                 Err(s) => {
-                    h.possible.insert(St::Released);
-                    h.history
-                        .push(format!("  unanswered: {:?} {}", s.code(), s.message()));
+                    h.unanswered(St::Released, &s);
                     done.push(h);
                     failed = Some(s);
                 }
@@ -217,15 +210,12 @@ pub async fn traffic_task(
                             h.hold_ref, h.lines
                         ));
                     }
-                    h.possible = BTreeSet::from([St::Fulfilled]);
-                    h.history.push("  acked".into());
+                    h.acked(St::Fulfilled);
                     done.push(h);
                     failed = None;
                 }
                 Err(s) => {
-                    h.possible.insert(St::Fulfilled);
-                    h.history
-                        .push(format!("  unanswered: {:?} {}", s.code(), s.message()));
+                    h.unanswered(St::Fulfilled, &s);
                     done.push(h);
                     failed = Some(s);
                 }
