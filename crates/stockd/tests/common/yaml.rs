@@ -269,18 +269,19 @@ fn unquote(s: &str) -> String {
 
 /// Parses a single-line scalar or flow collection (`[a, "b"]`, `{k: v}`).
 fn parse_flow(text: &str, file: &str) -> Yaml {
-    fn value(chars: &[char], i: &mut usize, file: &str) -> Yaml {
+    fn skip_spaces(chars: &[char], i: &mut usize) {
         while *i < chars.len() && chars[*i] == ' ' {
             *i += 1;
         }
+    }
+    fn value(chars: &[char], i: &mut usize, file: &str) -> Yaml {
+        skip_spaces(chars, i);
         match chars.get(*i) {
             Some('[') => {
                 *i += 1;
                 let mut items = Vec::new();
                 loop {
-                    while *i < chars.len() && chars[*i] == ' ' {
-                        *i += 1;
-                    }
+                    skip_spaces(chars, i);
                     match chars.get(*i) {
                         Some(']') => {
                             *i += 1;
@@ -296,9 +297,7 @@ fn parse_flow(text: &str, file: &str) -> Yaml {
                 *i += 1;
                 let mut entries = Vec::new();
                 loop {
-                    while *i < chars.len() && chars[*i] == ' ' {
-                        *i += 1;
-                    }
+                    skip_spaces(chars, i);
                     match chars.get(*i) {
                         Some('}') => {
                             *i += 1;
@@ -310,9 +309,7 @@ fn parse_flow(text: &str, file: &str) -> Yaml {
                                 Yaml::Str(k) => k,
                                 other => panic!("{file}: bad flow map key {other:?}"),
                             };
-                            while *i < chars.len() && chars[*i] == ' ' {
-                                *i += 1;
-                            }
+                            skip_spaces(chars, i);
                             if chars.get(*i) == Some(&':') {
                                 *i += 1;
                                 let v = value(chars, i, file);
