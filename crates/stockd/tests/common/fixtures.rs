@@ -1,6 +1,6 @@
-//! The durability tests' world: a data folder, products spread over every shard, the
-//! standard channels, a server started on them with stock counted, and a mix of holds in
-//! every state.
+//! The durability tests' world: products spread over every shard, the standard channels,
+//! and a mix of holds in every state; and the data folder and the seeded start
+//! (`TestFolder`, `start_seeded`) that most of them begin with.
 
 use stockd::proto::inventory::v1 as pb;
 
