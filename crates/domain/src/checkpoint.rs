@@ -15,7 +15,7 @@
 //! into its ref's text before its symbol is released (`Engine::release_scheduled`), and
 //! a symbol is never resolved after that.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +73,42 @@ impl CheckpointDelta {
     /// Whether nothing but the counters is in it.
     pub fn is_empty(&self) -> bool {
         self.entries() == 0
+    }
+
+    /// This delta followed by a `later` one, as one delta: writing it has the effect of
+    /// writing both in order. Lets a checkpointer whose write failed keep the delta and
+    /// write it with the next one, instead of marking the whole state.
+    pub fn merge(self, later: CheckpointDelta) -> CheckpointDelta {
+        let mut positions: BTreeMap<(String, String), PositionSnap> = BTreeMap::new();
+        for p in self.positions.into_iter().chain(later.positions) {
+            positions.insert((p.product_ref.clone(), p.location_ref.clone()), p);
+        }
+        let mut holds: BTreeMap<String, HoldSnap> = BTreeMap::new();
+        let mut removed: BTreeSet<String> = self.holds_removed.into_iter().collect();
+        for h in self.holds {
+            holds.insert(h.hold_ref.clone(), h);
+        }
+        for r in later.holds_removed {
+            holds.remove(&r);
+            removed.insert(r);
+        }
+        for h in later.holds {
+            removed.remove(&h.hold_ref);
+            holds.insert(h.hold_ref.clone(), h);
+        }
+        let adjustments: BTreeSet<String> = self
+            .adjustments
+            .into_iter()
+            .chain(later.adjustments)
+            .collect();
+        CheckpointDelta {
+            positions: positions.into_values().collect(),
+            holds: holds.into_values().collect(),
+            holds_removed: removed.into_iter().collect(),
+            adjustments: adjustments.into_iter().collect(),
+            config: later.config.or(self.config),
+            counters: later.counters,
+        }
     }
 }
 

@@ -81,30 +81,54 @@ proptest! {
         ..ProptestConfig::default()
     })]
 
-    /// Deltas taken at random points, folded in order, rebuild the engine's state; so do
-    /// they when the engine is swapped midway for one restored from the store (a
-    /// recovery), whose own deltas then carry on.
+    /// Deltas taken at random points, folded in order, rebuild the engine's state: also
+    /// when some writes "fail" and their delta is merged into the next, and when the
+    /// engine is swapped midway for one restored from the store (a recovery), whose own
+    /// deltas then carry on.
     #[test]
     fn folded_deltas_rebuild_the_state(
         s in scenario(60),
-        takes in prop::collection::vec(prop::bool::weighted(0.3), 60),
+        takes in prop::collection::vec(0u8..10, 60),
         recover in any::<bool>(),
     ) {
         let mut h = Harness::new(&s)?;
         let mut store = Store::default();
         store.apply(h.engine.take_checkpoint_delta())?;
+        // A delta whose write "failed": kept and merged with the next one.
+        let mut failed: Option<CheckpointDelta> = None;
         for (i, op) in s.ops.iter().enumerate() {
             h.step(op)?;
-            if takes[i] {
-                store.apply(h.engine.take_checkpoint_delta())?;
+            match takes[i] {
+                0..=1 => {
+                    let delta = h.engine.take_checkpoint_delta();
+                    let delta = match failed.take() {
+                        Some(earlier) => earlier.merge(delta),
+                        None => delta,
+                    };
+                    store.apply(delta)?;
+                }
+                2 => {
+                    let delta = h.engine.take_checkpoint_delta();
+                    failed = Some(match failed.take() {
+                        Some(earlier) => earlier.merge(delta),
+                        None => delta,
+                    });
+                }
+                _ => {}
             }
             if recover && i == s.fork {
+                if let Some(delta) = failed.take() {
+                    store.apply(delta)?;
+                }
                 store.apply(h.engine.take_checkpoint_delta())?;
                 let restored = store.restore()?;
                 prop_assert!(restored.snapshot() == h.engine.snapshot(), "recovery at step {}", i);
                 h.engine = restored;
                 prop_assert_eq!(h.engine.checkpoint_pending(), 0, "a restored engine starts clean");
             }
+        }
+        if let Some(delta) = failed.take() {
+            store.apply(delta)?;
         }
         store.apply(h.engine.take_checkpoint_delta())?;
         let rebuilt = store.restore()?;

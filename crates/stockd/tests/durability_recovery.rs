@@ -12,13 +12,18 @@ use stockd_domain::Command;
 
 use common::calls::{
     availability, cancel_ok, confirm_ok, fulfil_ok, get_hold, get_position, hold_lines, release_ok,
-    reserve_ok, set_stock_ok, upsert_channel,
+    reserve_ok,
 };
-use common::fixtures::{LOC, WEB, hold_mix, products_on_every_shard, standard_channels};
-use common::requests::{channel, count, keys_at, next_as_of};
-use common::server::{ServerProcess, fail, tempdir};
+use common::fixtures::{
+    Channels, LOC, TestFolder, WEB, hold_mix, products_on_every_shard, start_seeded,
+};
+use common::requests::keys_at;
+use common::server::{ServerProcess, fail};
 use common::store::{drop_last_log_record, log_bytes, log_seqs, open_store, put_log_bytes};
 use common::visible::{Visible, assert_same, visible};
+
+/// The extra arguments of every server here: two shards.
+const TWO_SHARDS: &[&str] = &["--shards", "2"];
 
 // =====================================================================================
 // Expiry while down
@@ -26,21 +31,11 @@ use common::visible::{Visible, assert_same, visible};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holds_expiring_while_down_are_expired_after_restart() {
-    let dir = tempdir();
-    let data = dir.path().join("data");
-    let logs = dir.path();
+    let folder = TestFolder::new();
     let products = products_on_every_shard("E", LOC, 2, 1);
     let keys = keys_at(&products, LOC);
-    let mut server = ServerProcess::start(&data, logs, &["--shards", "2"]).await;
-    let mut admin = server.admin();
-    let mut inv = server.inventory();
-    upsert_channel(&mut admin, channel(WEB)).await;
-    let t = next_as_of();
-    set_stock_ok(
-        &mut admin,
-        keys.iter().map(|(p, l)| count(p, l, 10, t)).collect(),
-    )
-    .await;
+    let (mut server, _admin, mut inv) =
+        start_seeded(&folder, TWO_SHARDS, Channels::PlainWeb, &keys, |_| 10).await;
     let line = |i: usize, q: i64| (products[i].clone(), LOC.to_string(), q);
     reserve_ok(&mut inv, "short-2-lines", WEB, &[line(0, 3), line(1, 4)], 2).await;
     reserve_ok(&mut inv, "short-1-line", WEB, &[line(1, 2)], 2).await;
@@ -49,7 +44,7 @@ async fn holds_expiring_while_down_are_expired_after_restart() {
     server.kill();
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let mut server = ServerProcess::start(&data, logs, &["--shards", "2"]).await;
+    let mut server = folder.start(TWO_SHARDS).await;
     for round in ["after the restart", "after a second restart"] {
         let mut inv = server.inventory();
         let mut admin = server.admin();
@@ -102,7 +97,7 @@ async fn holds_expiring_while_down_are_expired_after_restart() {
             drop((inv, admin));
             let status = server.terminate().await;
             assert!(status.success(), "SIGTERM: exit {status}\n{}", server.log());
-            server = ServerProcess::start(&data, logs, &["--shards", "2"]).await;
+            server = folder.start(TWO_SHARDS).await;
         }
     }
 }
@@ -112,22 +107,11 @@ async fn holds_expiring_while_down_are_expired_after_restart() {
 // =====================================================================================
 
 /// A server with acknowledged changes on every shard, stopped with SIGKILL.
-async fn damaged_setup(
-    data: &std::path::Path,
-    logs: &std::path::Path,
-) -> (Vec<(String, String)>, Vec<String>, Visible) {
+async fn damaged_setup(folder: &TestFolder) -> (Vec<(String, String)>, Vec<String>, Visible) {
     let products = products_on_every_shard("D", LOC, 2, 3);
     let keys = keys_at(&products, LOC);
-    let mut server = ServerProcess::start(data, logs, &["--shards", "2"]).await;
-    let mut admin = server.admin();
-    let mut inv = server.inventory();
-    standard_channels(&mut admin).await;
-    let t = next_as_of();
-    set_stock_ok(
-        &mut admin,
-        keys.iter().map(|(p, l)| count(p, l, 30, t)).collect(),
-    )
-    .await;
+    let (mut server, _admin, mut inv) =
+        start_seeded(folder, TWO_SHARDS, Channels::Standard, &keys, |_| 30).await;
     let holds = hold_mix(&mut inv, &products, "dmg").await;
     let before = visible(&server, &keys, &holds).await;
     server.kill();
@@ -136,14 +120,13 @@ async fn damaged_setup(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupted_tail_record_is_dropped_and_nothing_acknowledged_is_lost() {
-    let dir = tempdir();
-    let data = dir.path().join("data");
-    let logs = dir.path();
-    let (keys, holds, before) = damaged_setup(&data, logs).await;
+    let folder = TestFolder::new();
+    let data = &folder.data;
+    let (keys, holds, before) = damaged_setup(&folder).await;
 
     // A torn write: a record after the last one of shard 1, with a bad checksum.
     let torn_seq = {
-        let (store, generation) = open_store(&data);
+        let (store, generation) = open_store(data);
         let last = *log_seqs(&store, generation, 1)
             .last()
             .expect("shard 1 has log records");
@@ -153,7 +136,7 @@ async fn corrupted_tail_record_is_dropped_and_nothing_acknowledged_is_lost() {
         last + 1
     };
 
-    let mut server = ServerProcess::start(&data, logs, &["--shards", "2"]).await;
+    let mut server = folder.start(TWO_SHARDS).await;
     let log = server.log();
     let reported = log.lines().any(|l| {
         l.contains(&format!("log record {torn_seq}"))
@@ -183,7 +166,7 @@ async fn corrupted_tail_record_is_dropped_and_nothing_acknowledged_is_lost() {
     )
     .await;
     server.kill();
-    let server = ServerProcess::start(&data, logs, &["--shards", "2"]).await;
+    let server = folder.start(TWO_SHARDS).await;
     let mut inv = server.inventory();
     let h = get_hold(&mut inv, "after-torn").await.unwrap();
     if h.as_ref().map(|h| (h.state, h.lines.len())) != Some((pb::HoldState::Active as i32, 3)) {
@@ -205,13 +188,12 @@ async fn corrupted_tail_record_is_dropped_and_nothing_acknowledged_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupted_middle_record_refuses_to_start_and_names_the_record() {
-    let dir = tempdir();
-    let data = dir.path().join("data");
-    let logs = dir.path();
-    let (keys, holds, before) = damaged_setup(&data, logs).await;
+    let folder = TestFolder::new();
+    let data = &folder.data;
+    let (keys, holds, before) = damaged_setup(&folder).await;
 
     let (damaged_seq, original) = {
-        let (store, generation) = open_store(&data);
+        let (store, generation) = open_store(data);
         let seqs = log_seqs(&store, generation, 0);
         assert!(seqs.len() >= 3, "shard 0 needs a few records: {seqs:?}");
         let seq = seqs[seqs.len() / 2];
@@ -223,7 +205,7 @@ async fn corrupted_middle_record_refuses_to_start_and_names_the_record() {
         (seq, original)
     };
 
-    let mut server = ServerProcess::spawn(&data, logs, &["--shards", "2"]);
+    let mut server = ServerProcess::spawn(data, folder.logs(), TWO_SHARDS);
     let status = server.wait_exit(Duration::from_secs(30)).await;
     let log = server.log();
     match status {
@@ -254,10 +236,10 @@ async fn corrupted_middle_record_refuses_to_start_and_names_the_record() {
 
     // Nothing was lost or rewritten: with the byte repaired, everything is back.
     {
-        let (store, generation) = open_store(&data);
+        let (store, generation) = open_store(data);
         put_log_bytes(&store, generation, 0, damaged_seq, original);
     }
-    let server = ServerProcess::start(&data, logs, &["--shards", "2"]).await;
+    let server = folder.start(TWO_SHARDS).await;
     let after = visible(&server, &keys, &holds).await;
     assert_same(
         &before,
@@ -302,9 +284,7 @@ fn signature(pos: &pb::Position, stock: i64) -> (bool, bool, bool) {
 }
 
 async fn torn_between_shards(op: Op) {
-    let dir = tempdir();
-    let data = dir.path().join("data");
-    let logs = dir.path();
+    let folder = TestFolder::new();
     let products = products_on_every_shard("T", LOC, 2, 1);
     let keys = keys_at(&products, LOC);
     let mut lines = vec![
@@ -314,16 +294,8 @@ async fn torn_between_shards(op: Op) {
     lines.sort();
     const STOCK: i64 = 10;
 
-    let mut server = ServerProcess::start(&data, logs, &["--shards", "2"]).await;
-    let mut admin = server.admin();
-    let mut inv = server.inventory();
-    upsert_channel(&mut admin, channel(WEB)).await;
-    let t = next_as_of();
-    set_stock_ok(
-        &mut admin,
-        keys.iter().map(|(p, l)| count(p, l, STOCK, t)).collect(),
-    )
-    .await;
+    let (mut server, admin, mut inv) =
+        start_seeded(&folder, TWO_SHARDS, Channels::PlainWeb, &keys, |_| STOCK).await;
     if op != Op::Reserve {
         reserve_ok(&mut inv, "h", WEB, &lines, 3600).await;
     }
@@ -340,7 +312,7 @@ async fn torn_between_shards(op: Op) {
     drop((admin, inv));
     server.kill();
     {
-        let (store, generation) = open_store(&data);
+        let (store, generation) = open_store(&folder.data);
         drop_last_log_record(&store, generation, 1, |c| match op {
             Op::Reserve => matches!(c, Command::Reserve { .. }),
             Op::Confirm => matches!(c, Command::Confirm { .. }),
@@ -352,7 +324,7 @@ async fn torn_between_shards(op: Op) {
 
     let mut first: Option<Visible> = None;
     for round in ["after the restart", "after a second restart"] {
-        let mut server = ServerProcess::start(&data, logs, &["--shards", "2"]).await;
+        let mut server = folder.start(TWO_SHARDS).await;
         let seen = visible(&server, &keys, &["h".to_string()]).await;
         let sig: Vec<(bool, bool, bool)> = keys
             .iter()
@@ -399,27 +371,20 @@ async fn torn_between_shards(op: Op) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reserve_cut_between_shards_is_whole_or_absent() {
-    torn_between_shards(Op::Reserve).await;
+/// A test of `torn_between_shards` for each change that spans shards.
+macro_rules! cut_between_shards_tests {
+    ($($name:ident: $op:expr;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            torn_between_shards($op).await;
+        }
+    )*};
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn confirm_cut_between_shards_is_whole_or_absent() {
-    torn_between_shards(Op::Confirm).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn release_cut_between_shards_is_whole_or_absent() {
-    torn_between_shards(Op::Release).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fulfil_cut_between_shards_is_whole_or_absent() {
-    torn_between_shards(Op::Fulfil).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancel_cut_between_shards_is_whole_or_absent() {
-    torn_between_shards(Op::Cancel).await;
+cut_between_shards_tests! {
+    reserve_cut_between_shards_is_whole_or_absent: Op::Reserve;
+    confirm_cut_between_shards_is_whole_or_absent: Op::Confirm;
+    release_cut_between_shards_is_whole_or_absent: Op::Release;
+    fulfil_cut_between_shards_is_whole_or_absent: Op::Fulfil;
+    cancel_cut_between_shards_is_whole_or_absent: Op::Cancel;
 }

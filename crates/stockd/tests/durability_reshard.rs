@@ -5,17 +5,14 @@ mod common;
 
 use stockd::proto::inventory::v1 as pb;
 
-use common::calls::set_stock_ok;
-use common::fixtures::{LOC, hold_mix, products_on_every_shard, standard_channels};
-use common::requests::{count, next_as_of};
-use common::server::{ServerProcess, tempdir};
+use common::fixtures::{
+    Channels, LOC, TestFolder, hold_mix, products_on_every_shard, start_seeded,
+};
 use common::visible::{assert_same, visible};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_with_different_shard_count_keeps_everything() {
-    let dir = tempdir();
-    let data = dir.path().join("data");
-    let logs = dir.path();
+    let folder = TestFolder::new();
     let products = products_on_every_shard("S", LOC, 5, 2);
     let mut keys: Vec<(String, String)> = Vec::new();
     for p in &products {
@@ -23,17 +20,12 @@ async fn restart_with_different_shard_count_keeps_everything() {
         keys.push((p.clone(), "DC2".into()));
     }
 
-    let mut server = ServerProcess::start(&data, logs, &["--shards", "2"]).await;
-    let mut admin = server.admin();
-    let mut inv = server.inventory();
-    standard_channels(&mut admin).await;
-    let t = next_as_of();
-    set_stock_ok(
-        &mut admin,
-        keys.iter()
-            .enumerate()
-            .map(|(i, (p, l))| count(p, l, 20 + i as i64, t))
-            .collect(),
+    let (mut server, mut admin, mut inv) = start_seeded(
+        &folder,
+        &["--shards", "2"],
+        Channels::Standard,
+        &keys,
+        |i| 20 + i as i64,
     )
     .await;
     admin
@@ -61,7 +53,7 @@ async fn restart_with_different_shard_count_keeps_everything() {
     );
 
     for shards in ["5", "1", "2"] {
-        let mut server = ServerProcess::start(&data, logs, &["--shards", shards]).await;
+        let mut server = folder.start(&["--shards", shards]).await;
         let after = visible(&server, &keys, &holds).await;
         assert_same(
             &before,

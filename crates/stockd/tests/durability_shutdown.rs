@@ -13,10 +13,12 @@ use rand::seq::IndexedRandom;
 
 use stockd::proto::inventory::v1 as pb;
 
-use common::calls::{get_hold, hold_lines, set_stock_ok};
-use common::fixtures::{LOC, WEB, hold_mix, products_on_every_shard, standard_channels};
-use common::requests::{count, keys_at, next_as_of, reserve_request};
-use common::server::{ServerProcess, fail, tempdir};
+use common::calls::{get_hold, hold_lines};
+use common::fixtures::{
+    Channels, LOC, TestFolder, WEB, hold_mix, products_on_every_shard, start_seeded,
+};
+use common::requests::{keys_at, reserve_request};
+use common::server::fail;
 use common::visible::visible;
 
 /// Hold or order lines: (product, location, quantity).
@@ -24,19 +26,15 @@ type Lines = Vec<(String, String, i64)>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_exits_zero_and_keeps_acknowledged_changes() {
-    let dir = tempdir();
-    let data = dir.path().join("data");
-    let logs = dir.path();
+    let folder = TestFolder::new();
     let products = products_on_every_shard("G", LOC, 3, 2);
     let keys = keys_at(&products, LOC);
-    let mut server = ServerProcess::start(&data, logs, &["--shards", "3"]).await;
-    let mut admin = server.admin();
-    let mut inv = server.inventory();
-    standard_channels(&mut admin).await;
-    let t = next_as_of();
-    set_stock_ok(
-        &mut admin,
-        keys.iter().map(|(p, l)| count(p, l, 100_000, t)).collect(),
+    let (mut server, _admin, mut inv) = start_seeded(
+        &folder,
+        &["--shards", "3"],
+        Channels::Standard,
+        &keys,
+        |_| 100_000,
     )
     .await;
     let mixed = hold_mix(&mut inv, &products, "gs").await;
@@ -102,7 +100,7 @@ async fn graceful_shutdown_exits_zero_and_keeps_acknowledged_changes() {
         "no reserve was acknowledged before SIGTERM"
     );
 
-    let server = ServerProcess::start(&data, logs, &["--shards", "3"]).await;
+    let server = folder.start(&["--shards", "3"]).await;
     let mut inv = server.inventory();
     for (r, lines) in &acked {
         let h = get_hold(&mut inv, r).await.unwrap();

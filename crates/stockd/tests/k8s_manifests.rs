@@ -438,23 +438,9 @@ fn registered_metrics() -> BTreeSet<String> {
 /// Metric names referenced by a PromQL expression (identifiers that are not
 /// functions, aggregations, keywords, label names, numbers or durations).
 fn promql_metric_names(expr: &str) -> Vec<String> {
+    // Keywords other than the label-list ones (`LABEL_LIST`, checked first).
     const KEYWORDS: &[&str] = &[
-        "and",
-        "or",
-        "unless",
-        "bool",
-        "offset",
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
-        "atan2",
-        "inf",
-        "nan",
-        "start",
-        "end",
+        "and", "or", "unless", "bool", "offset", "atan2", "inf", "nan", "start", "end",
     ];
     const LABEL_LIST: &[&str] = &[
         "by",

@@ -7,13 +7,51 @@ use std::time::Duration;
 use stockd::proto::inventory::v1 as pb;
 use tonic::Code;
 
-use common::calls::{ats, on_hand, stock, upsert_channel};
+use common::calls::{
+    ats, confirm, get_hold, get_position, on_hand, release, reserve_reply, stock, upsert_channel,
+};
+use common::client::{Adm, Inv};
 use common::fixtures::products_on_every_shard;
-use common::requests::{channel_bps, reserve_request};
+use common::requests::{channel_bps, count_now, reserve_request};
 use common::server::InProcessServer;
 
 /// Shards of every test server: enough for a hold to span three of them.
 const SHARDS: u32 = 3;
+
+/// A server on `SHARDS` shards with channel WEB (all the stock, no buffer), and a client
+/// of each service.
+async fn start_with_web_channel() -> (InProcessServer, Adm, Inv) {
+    let server = InProcessServer::start(SHARDS).await;
+    let mut admin = server.admin();
+    let inv = server.inventory();
+    upsert_channel(&mut admin, channel_bps("WEB", 10_000, 0)).await;
+    (server, admin, inv)
+}
+
+/// `start_with_web_channel`, with `quantity` units of `product` counted at DC1.
+async fn start_with_web_stock(product: &str, quantity: i64) -> (InProcessServer, Adm, Inv) {
+    let (server, mut admin, inv) = start_with_web_channel().await;
+    stock(&mut admin, product, "DC1", quantity).await;
+    (server, admin, inv)
+}
+
+/// Panics unless the call failed with INVALID_ARGUMENT and a message that starts with
+/// `field` (the field it names).
+#[track_caller]
+fn assert_invalid_argument<T: std::fmt::Debug>(r: Result<T, tonic::Status>, field: &str) {
+    let err = r.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Code::InvalidArgument,
+        "{field}: {}",
+        err.message()
+    );
+    assert!(
+        err.message().starts_with(field),
+        "{field}: {}",
+        err.message()
+    );
+}
 
 /// domain.md's seed: IP 45 / VP 40 with a 10% buffer; a cart of 2 gives 43 / 38;
 /// its confirmation leaves 43 / 38.
@@ -25,29 +63,17 @@ async fn seed_example_through_the_api() {
     upsert_channel(&mut admin, channel_bps("ECOMMERCE", 10_000, 1_000)).await;
     stock(&mut admin, "SKU", "DC1", 45).await;
     assert_eq!(ats(&mut inv, "ECOMMERCE", "SKU", "DC1").await, 40);
-    let r = inv
-        .reserve(reserve_request(
-            "cart-1",
-            "ECOMMERCE",
-            &[("SKU", "DC1", 2)],
-            0,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = reserve_reply(
+        &mut inv,
+        reserve_request("cart-1", "ECOMMERCE", &[("SKU", "DC1", 2)], 0),
+    )
+    .await;
     assert_eq!(r.outcome, pb::ReserveOutcome::Reserved as i32);
     assert_eq!(on_hand(&mut admin, "SKU", "DC1").await, 43);
     assert_eq!(ats(&mut inv, "ECOMMERCE", "SKU", "DC1").await, 38);
-    let confirmed = inv
-        .confirm_hold(pb::ConfirmHoldRequest {
-            hold_ref: "cart-1".into(),
-            order_ref: "order-1".into(),
-            reacquire: false,
-        })
+    let confirmed = confirm(&mut inv, "cart-1", "order-1", false)
         .await
         .unwrap()
-        .into_inner()
-        .hold
         .unwrap();
     assert_eq!(confirmed.state, pb::HoldState::Confirmed as i32);
     assert_eq!(confirmed.order_ref, "order-1");
@@ -60,10 +86,7 @@ async fn seed_example_through_the_api() {
 /// REJECTED (an OK answer), nothing is oversold; releasing 10 holds makes 10 sellable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flash_sale_sells_exactly_the_stock() {
-    let server = InProcessServer::start(SHARDS).await;
-    let mut admin = server.admin();
-    upsert_channel(&mut admin, channel_bps("WEB", 10_000, 0)).await;
-    stock(&mut admin, "HOT", "DC1", 100).await;
+    let (server, mut admin, mut inv) = start_with_web_stock("HOT", 100).await;
     let mut clients = Vec::new();
     for _ in 0..50 {
         clients.push(server.inventory());
@@ -98,20 +121,12 @@ async fn flash_sale_sells_exactly_the_stock() {
     }
     assert_eq!(winners.len(), 100);
     assert_eq!(rejected, 1_900);
-    let mut inv = server.inventory();
     assert_eq!(ats(&mut inv, "WEB", "HOT", "DC1").await, 0);
     assert_eq!(on_hand(&mut admin, "HOT", "DC1").await, 0);
     for buyer in &winners[..10] {
-        let released = inv
-            .release_hold(pb::ReleaseHoldRequest {
-                hold_ref: format!("buyer-{buyer}"),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .hold
-            .unwrap();
-        assert_eq!(released.state, pb::HoldState::Released as i32);
+        let released = release(&mut inv, &format!("buyer-{buyer}")).await.unwrap();
+        let state = released.expect("a released hold").state;
+        assert_eq!(state, pb::HoldState::Released as i32);
     }
     assert_eq!(ats(&mut inv, "WEB", "HOT", "DC1").await, 10);
     server.stop().await;
@@ -120,10 +135,7 @@ async fn flash_sale_sells_exactly_the_stock() {
 /// Three products on three different shards; the third lacks stock: nothing stays held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_shard_hold_is_all_or_nothing() {
-    let server = InProcessServer::start(SHARDS).await;
-    let mut admin = server.admin();
-    let mut inv = server.inventory();
-    upsert_channel(&mut admin, channel_bps("WEB", 10_000, 0)).await;
+    let (server, mut admin, mut inv) = start_with_web_channel().await;
     // Three products that land on three different shards.
     let picked = products_on_every_shard("P", "DC1", SHARDS as usize, 1);
     assert_eq!(picked.len(), 3);
@@ -135,44 +147,27 @@ async fn multi_shard_hold_is_all_or_nothing() {
         (picked[1].as_str(), "DC1", 2),
         (picked[2].as_str(), "DC1", 2),
     ];
-    let r = inv
-        .reserve(reserve_request("cart-x", "WEB", &lines, 0))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = reserve_reply(&mut inv, reserve_request("cart-x", "WEB", &lines, 0)).await;
     assert_eq!(r.outcome, pb::ReserveOutcome::Rejected as i32);
     assert_eq!(r.lines[2].available, 1);
     assert!(r.lines.iter().all(|l| l.reserved == 0));
     for (p, want) in [(&picked[0], 5), (&picked[1], 5), (&picked[2], 1)] {
         assert_eq!(ats(&mut inv, "WEB", p, "DC1").await, want, "{p} still held");
     }
-    let missing = inv
-        .get_hold(pb::GetHoldRequest {
-            hold_ref: "cart-x".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(missing.code(), Code::NotFound);
+    let missing = get_hold(&mut inv, "cart-x").await;
+    assert!(
+        matches!(missing, Ok(None)),
+        "cart-x is not NOT_FOUND: {missing:?}"
+    );
 
     // With enough stock the same hold spans the three shards, and confirms whole.
     stock(&mut admin, &picked[2], "DC1", 5).await;
-    let r = inv
-        .reserve(reserve_request("cart-x", "WEB", &lines, 0))
-        .await
-        .unwrap()
-        .into_inner();
+    let r = reserve_reply(&mut inv, reserve_request("cart-x", "WEB", &lines, 0)).await;
     assert_eq!(r.outcome, pb::ReserveOutcome::Reserved as i32);
     assert_eq!(r.hold.unwrap().lines.len(), 3);
-    let hold = inv
-        .confirm_hold(pb::ConfirmHoldRequest {
-            hold_ref: "cart-x".into(),
-            order_ref: "order-x".into(),
-            reacquire: false,
-        })
+    let hold = confirm(&mut inv, "cart-x", "order-x", false)
         .await
         .unwrap()
-        .into_inner()
-        .hold
         .unwrap();
     assert_eq!(hold.lines.len(), 3);
     assert_eq!(hold.state, pb::HoldState::Confirmed as i32);
@@ -192,11 +187,7 @@ async fn multi_shard_hold_is_all_or_nothing() {
 /// with FAILED_PRECONDITION unless it asks to reacquire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn holds_expire_and_can_be_reacquired() {
-    let server = InProcessServer::start(SHARDS).await;
-    let mut admin = server.admin();
-    let mut inv = server.inventory();
-    upsert_channel(&mut admin, channel_bps("WEB", 10_000, 0)).await;
-    stock(&mut admin, "SKU", "DC1", 3).await;
+    let (server, _admin, mut inv) = start_with_web_stock("SKU", 3).await;
     let mut req = reserve_request("short", "WEB", &[("SKU", "DC1", 2)], 0);
     req.ttl_seconds = 1;
     inv.reserve(req).await.unwrap();
@@ -204,41 +195,18 @@ async fn holds_expire_and_can_be_reacquired() {
     let mut state = 0;
     for _ in 0..40 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        state = inv
-            .get_hold(pb::GetHoldRequest {
-                hold_ref: "short".into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .hold
-            .unwrap()
-            .state;
+        state = get_hold(&mut inv, "short").await.unwrap().unwrap().state;
         if state == pb::HoldState::Expired as i32 && ats(&mut inv, "WEB", "SKU", "DC1").await == 3 {
             break;
         }
     }
     assert_eq!(state, pb::HoldState::Expired as i32);
     assert_eq!(ats(&mut inv, "WEB", "SKU", "DC1").await, 3);
-    let err = inv
-        .confirm_hold(pb::ConfirmHoldRequest {
-            hold_ref: "short".into(),
-            order_ref: "o".into(),
-            reacquire: false,
-        })
-        .await
-        .unwrap_err();
+    let err = confirm(&mut inv, "short", "o", false).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
-    let hold = inv
-        .confirm_hold(pb::ConfirmHoldRequest {
-            hold_ref: "short".into(),
-            order_ref: "o".into(),
-            reacquire: true,
-        })
+    let hold = confirm(&mut inv, "short", "o", true)
         .await
         .unwrap()
-        .into_inner()
-        .hold
         .unwrap();
     assert_eq!(hold.state, pb::HoldState::Confirmed as i32);
     assert_eq!(ats(&mut inv, "WEB", "SKU", "DC1").await, 1);
@@ -248,10 +216,7 @@ async fn holds_expire_and_can_be_reacquired() {
 /// Every limit violated once: INVALID_ARGUMENT naming the field, and the server still answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_get_invalid_argument_naming_the_field() {
-    let server = InProcessServer::start(SHARDS).await;
-    let mut admin = server.admin();
-    let mut inv = server.inventory();
-    upsert_channel(&mut admin, channel_bps("WEB", 10_000, 0)).await;
+    let (server, mut admin, mut inv) = start_with_web_channel().await;
     let ok = || reserve_request("h", "WEB", &[("SKU", "DC1", 1)], 0);
     let many_lines: Vec<(String, &str, i64)> =
         (0..101).map(|i| (format!("P{i}"), "DC1", 1)).collect();
@@ -324,18 +289,7 @@ async fn bad_inputs_get_invalid_argument_naming_the_field() {
         ),
     ];
     for (req, field) in cases {
-        let err = inv.reserve(req).await.unwrap_err();
-        assert_eq!(
-            err.code(),
-            Code::InvalidArgument,
-            "{field}: {}",
-            err.message()
-        );
-        assert!(
-            err.message().starts_with(field),
-            "{field}: {}",
-            err.message()
-        );
+        assert_invalid_argument(inv.reserve(req).await, field);
     }
     let keys: Vec<pb::PositionKey> = (0..1_001)
         .map(|i| pb::PositionKey {
@@ -343,15 +297,13 @@ async fn bad_inputs_get_invalid_argument_naming_the_field() {
             location_ref: "DC1".into(),
         })
         .collect();
-    let err = inv
+    let r = inv
         .get_availability(pb::GetAvailabilityRequest {
             channel_ref: "WEB".into(),
             keys,
         })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().starts_with("keys"), "{}", err.message());
+        .await;
+    assert_invalid_argument(r, "keys");
     let counts: Vec<pb::StockCount> = (0..1_001)
         .map(|i| pb::StockCount {
             product_ref: format!("P{i}"),
@@ -360,29 +312,14 @@ async fn bad_inputs_get_invalid_argument_naming_the_field() {
             as_of: None,
         })
         .collect();
-    let err = admin
-        .set_stock(pb::SetStockRequest { counts })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-    let err = admin
+    assert_invalid_argument(admin.set_stock(pb::SetStockRequest { counts }).await, "");
+    let r = admin
         .set_stock(pb::SetStockRequest {
-            counts: vec![pb::StockCount {
-                product_ref: "SKU".into(),
-                location_ref: "DC1".into(),
-                quantity: -1,
-                as_of: None,
-            }],
+            counts: vec![count_now("SKU", "DC1", -1)],
         })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(
-        err.message().starts_with("counts[0].quantity"),
-        "{}",
-        err.message()
-    );
-    let err = admin
+        .await;
+    assert_invalid_argument(r, "counts[0].quantity");
+    let r = admin
         .adjust_stock(pb::AdjustStockRequest {
             adjustments: vec![pb::StockAdjustment {
                 adjustment_ref: "a1".into(),
@@ -393,15 +330,9 @@ async fn bad_inputs_get_invalid_argument_naming_the_field() {
                 occurred_at: None,
             }],
         })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(
-        err.message().starts_with("adjustments[0].type"),
-        "{}",
-        err.message()
-    );
-    let err = admin
+        .await;
+    assert_invalid_argument(r, "adjustments[0].type");
+    let r = admin
         .upsert_channel(pb::UpsertChannelRequest {
             channel: Some(pb::Channel {
                 channel_ref: "X".into(),
@@ -409,14 +340,8 @@ async fn bad_inputs_get_invalid_argument_naming_the_field() {
                 ..Default::default()
             }),
         })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(
-        err.message().starts_with("channel.allocation_bps"),
-        "{}",
-        err.message()
-    );
+        .await;
+    assert_invalid_argument(r, "channel.allocation_bps");
     // Unknown things are NOT_FOUND, not errors of the input's shape.
     let err = inv
         .reserve(pb::ReserveRequest {
@@ -426,23 +351,17 @@ async fn bad_inputs_get_invalid_argument_naming_the_field() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let err = inv
-        .get_hold(pb::GetHoldRequest {
-            hold_ref: "nope".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+    let missing = get_hold(&mut inv, "nope").await;
+    assert!(
+        matches!(missing, Ok(None)),
+        "nope is not NOT_FOUND: {missing:?}"
+    );
     // Nothing was written, and the server still answers.
-    let err = admin
-        .get_position(pb::GetPositionRequest {
-            product_ref: "SKU".into(),
-            location_ref: "DC1".into(),
-            include_ledger: false,
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+    let missing = get_position(&mut admin, "SKU", "DC1", false).await;
+    assert!(
+        matches!(missing, Ok(None)),
+        "SKU at DC1 is not NOT_FOUND: {missing:?}"
+    );
     stock(&mut admin, "SKU", "DC1", 1).await;
     assert_eq!(ats(&mut inv, "WEB", "SKU", "DC1").await, 1);
     server.stop().await;
@@ -451,42 +370,54 @@ async fn bad_inputs_get_invalid_argument_naming_the_field() {
 /// A cart going from 2 to 3 with 1 more unit free succeeds; to 4 is rejected and stays at 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cart_update_through_the_api() {
-    let server = InProcessServer::start(SHARDS).await;
-    let mut admin = server.admin();
-    let mut inv = server.inventory();
-    upsert_channel(&mut admin, channel_bps("WEB", 10_000, 0)).await;
-    stock(&mut admin, "SKU", "DC1", 3).await;
-    inv.reserve(reserve_request("cart", "WEB", &[("SKU", "DC1", 2)], 0))
-        .await
-        .unwrap();
-    let up = inv
-        .reserve(reserve_request("cart", "WEB", &[("SKU", "DC1", 3)], 0))
-        .await
-        .unwrap()
-        .into_inner();
+    let (server, _admin, mut inv) = start_with_web_stock("SKU", 3).await;
+    let cart = |quantity: i64| reserve_request("cart", "WEB", &[("SKU", "DC1", quantity)], 0);
+    reserve_reply(&mut inv, cart(2)).await;
+    let up = reserve_reply(&mut inv, cart(3)).await;
     assert_eq!(up.outcome, pb::ReserveOutcome::Reserved as i32);
-    inv.reserve(reserve_request("cart", "WEB", &[("SKU", "DC1", 2)], 0))
-        .await
-        .unwrap();
-    let too_many = inv
-        .reserve(reserve_request("cart", "WEB", &[("SKU", "DC1", 4)], 0))
-        .await
-        .unwrap()
-        .into_inner();
+    reserve_reply(&mut inv, cart(2)).await;
+    let too_many = reserve_reply(&mut inv, cart(4)).await;
     assert_eq!(too_many.outcome, pb::ReserveOutcome::Rejected as i32);
     assert_eq!(too_many.hold.unwrap().lines[0].quantity, 2);
     assert_eq!(ats(&mut inv, "WEB", "SKU", "DC1").await, 1);
     server.stop().await;
 }
 
+/// The service names a server reflection of one version (`v1alpha` or `v1` of
+/// `tonic_reflection::pb`) lists over `channel`.
+macro_rules! reflected_services {
+    ($version:ident, $channel:expr) => {{
+        use r::server_reflection_request::MessageRequest;
+        use r::server_reflection_response::MessageResponse;
+        use tonic_reflection::pb::$version as r;
+        let mut reflection = r::server_reflection_client::ServerReflectionClient::new($channel);
+        let request = r::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = reflection
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let response = stream.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!(
+                "expected a service list from reflection {}",
+                stringify!($version)
+            );
+        };
+        list.service
+            .into_iter()
+            .map(|s| s.name)
+            .collect::<Vec<String>>()
+    }};
+}
+
 /// Health answers SERVING; reflection (v1alpha, what grpcurl and ghz use) lists both services.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_reflection() {
     use tonic_health::pb::health_client::HealthClient;
-    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
 
     let server = InProcessServer::start(SHARDS).await;
     let mut health = HealthClient::new(server.channel());
@@ -503,21 +434,7 @@ async fn health_and_reflection() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 
-    let mut reflection = ServerReflectionClient::new(server.channel());
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut stream = reflection
-        .server_reflection_info(tokio_stream::iter(vec![request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let response = stream.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-        panic!("expected a service list");
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    let names = reflected_services!(v1alpha, server.channel());
     assert!(
         names.contains(&"inventory.v1.InventoryService".to_string()),
         "{names:?}"
@@ -528,32 +445,10 @@ async fn health_and_reflection() {
     );
 
     // Reflection v1 answers too.
-    use tonic_reflection::pb::v1 as r1;
-    let mut reflection =
-        r1::server_reflection_client::ServerReflectionClient::new(server.channel());
-    let request = r1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(r1::server_reflection_request::MessageRequest::ListServices(
-            String::new(),
-        )),
-    };
-    let mut stream = reflection
-        .server_reflection_info(tokio_stream::iter(vec![request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let response = stream.message().await.unwrap().unwrap();
-    let Some(r1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
-        response.message_response
-    else {
-        panic!("expected a service list from reflection v1");
-    };
+    let names = reflected_services!(v1, server.channel());
     assert!(
-        list.service
-            .iter()
-            .any(|s| s.name == "inventory.v1.InventoryService"),
-        "{:?}",
-        list.service
+        names.iter().any(|s| s == "inventory.v1.InventoryService"),
+        "{names:?}"
     );
     server.stop().await;
 }

@@ -86,13 +86,7 @@ impl Engine {
             });
             pos.push(iq);
             pos.counted_as_of = as_of;
-            let mut e = Event::new(EventKind::StockCounted, now);
-            e.product = Some(product);
-            e.location = Some(location);
-            e.quantity = count.quantity;
-            e.available = pos.on_hand;
-            engine.emit(e);
-            engine.after_stock_change(now, key);
+            engine.stock_changed(EventKind::StockCounted, now, key, count.quantity);
         });
         Ok(CountStatus::Applied)
     }
@@ -122,15 +116,21 @@ impl Engine {
         self.watching(now, product, location, |engine| {
             let pos = engine.positions.entry(key).or_default();
             pos.push(iq);
-            let mut e = Event::new(EventKind::StockAdjusted, now);
-            e.product = Some(product);
-            e.location = Some(location);
-            e.quantity = adj.quantity;
-            e.available = pos.on_hand;
-            engine.emit(e);
-            engine.after_stock_change(now, key);
+            engine.stock_changed(EventKind::StockAdjusted, now, key, adj.quantity);
         });
         Ok(AdjustStatus::Applied)
+    }
+
+    /// Emits a count's or an adjustment's event at `key` (with the position's new
+    /// on_hand) and runs what follows every stock change.
+    fn stock_changed(&mut self, kind: EventKind, now: Millis, key: (Sym, Sym), quantity: i64) {
+        let mut e = Event::new(kind, now);
+        e.product = Some(key.0);
+        e.location = Some(key.1);
+        e.quantity = quantity;
+        e.available = self.positions.get(&key).map_or(0, |p| p.on_hand);
+        self.emit(e);
+        self.after_stock_change(now, key);
     }
 
     /// Re-applies the allocation split (`P0 = physical`, `sold = 0`) at every position

@@ -4,13 +4,11 @@
 use std::sync::Arc;
 
 use prost::bytes::Bytes;
-use rand::Rng as _;
 use tonic::transport::Channel;
 
-use super::{Worker, browse_pool, seed_for, worker};
+use super::{Worker, browse_pool, read_from_pool, seed_for, worker};
 use crate::cli::BrowseArgs;
 use crate::report::{Ran, ScenarioReport};
-use crate::rpc;
 use crate::runner::{self, Load, Recorder};
 use crate::schema::Method;
 use crate::session::Session;
@@ -56,12 +54,6 @@ impl Load for BrowseLoad {
     }
 
     async fn run(&self, w: &mut Worker, _n: u64, rec: &mut Recorder) {
-        let body = self.pool[w.rng.random_range(0..self.pool.len())].clone();
-        let _ = rec
-            .call(
-                Method::get_availability(),
-                rpc::unary::<()>(&mut w.client, Method::get_availability(), body),
-            )
-            .await;
+        read_from_pool(&self.pool, w, rec).await;
     }
 }

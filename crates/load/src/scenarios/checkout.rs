@@ -9,7 +9,9 @@ use serde_json::json;
 use stockd::proto::inventory::v1 as pb;
 use tonic::transport::Channel;
 
-use super::{Counts, Seeded, Worker, browse_pool, encode, reserve_request, seed_for, worker};
+use super::{
+    Counts, Seeded, Worker, browse_pool, encode, read_from_pool, reserve_request, seed_for, worker,
+};
 use crate::cli::{CheckoutArgs, CheckoutOpts, MixedArgs};
 use crate::report::{Ran, ScenarioReport};
 use crate::rpc::{self, ReserveOutcomeOnly};
@@ -125,13 +127,7 @@ impl Load for CheckoutLoad {
 impl CheckoutLoad {
     /// One GetAvailability from the pre-encoded pool.
     async fn read(&self, w: &mut Worker, rec: &mut Recorder) {
-        let body = self.pool[w.rng.random_range(0..self.pool.len())].clone();
-        let _ = rec
-            .call(
-                Method::get_availability(),
-                rpc::unary::<()>(&mut w.client, Method::get_availability(), body),
-            )
-            .await;
+        read_from_pool(&self.pool, w, rec).await;
         Counts::bump(&self.counts.reads);
     }
 

@@ -22,6 +22,8 @@ use tonic::transport::Channel;
 
 use crate::report::ScenarioReport;
 use crate::rpc::{self, Client, ReserveOutcomeOnly};
+use crate::runner::Recorder;
+use crate::schema::Method;
 use crate::session::Session;
 
 /// Most items in one SetStock (the server's STOCK_BATCH_MAX).
@@ -143,6 +145,18 @@ pub fn browse_pool(seeded: &Seeded, keys: usize) -> Vec<Bytes> {
             })
         })
         .collect()
+}
+
+/// Sends one GetAvailability picked at random from a pool of `browse_pool`'s, recording
+/// it; its answer is not needed.
+pub async fn read_from_pool(pool: &[Bytes], w: &mut Worker, rec: &mut Recorder) {
+    let body = pool[w.rng.random_range(0..pool.len())].clone();
+    let _ = rec
+        .call(
+            Method::get_availability(),
+            rpc::unary::<()>(&mut w.client, Method::get_availability(), body),
+        )
+        .await;
 }
 
 /// Hold outcomes and follow-ups counted across workers.

@@ -108,11 +108,8 @@ pub async fn reserve_ok(
     lines: &[(String, String, i64)],
     ttl_seconds: i64,
 ) -> pb::Hold {
-    let r = inv
-        .reserve(reserve_request(hold_ref, channel_ref, lines, ttl_seconds))
-        .await
-        .unwrap_or_else(|s| panic!("Reserve {hold_ref}: {s}"))
-        .into_inner();
+    let request = reserve_request(hold_ref, channel_ref, lines, ttl_seconds);
+    let r = reserve_reply(inv, request).await;
     assert_eq!(
         r.outcome,
         pb::ReserveOutcome::Reserved as i32,
@@ -121,22 +118,51 @@ pub async fn reserve_ok(
     r.hold.expect("a reserved hold")
 }
 
-pub async fn confirm_ok(inv: &mut Inv, hold_ref: &str, order_ref: &str) {
+/// Sends a reserve and returns the answer; panics if the call fails (a REJECTED answer
+/// is a success).
+pub async fn reserve_reply(inv: &mut Inv, request: pb::ReserveRequest) -> pb::ReserveResponse {
+    let hold_ref = request.hold_ref.clone();
+    inv.reserve(request)
+        .await
+        .unwrap_or_else(|s| panic!("Reserve {hold_ref}: {s}"))
+        .into_inner()
+}
+
+/// ConfirmHold: the hold in the answer, or the call's error.
+pub async fn confirm(
+    inv: &mut Inv,
+    hold_ref: &str,
+    order_ref: &str,
+    reacquire: bool,
+) -> Result<Option<pb::Hold>, tonic::Status> {
     inv.confirm_hold(pb::ConfirmHoldRequest {
         hold_ref: hold_ref.into(),
         order_ref: order_ref.into(),
-        reacquire: false,
+        reacquire,
     })
     .await
-    .unwrap_or_else(|s| panic!("ConfirmHold {hold_ref}: {s}"));
+    .map(|r| r.into_inner().hold)
 }
 
-pub async fn release_ok(inv: &mut Inv, hold_ref: &str) {
+pub async fn confirm_ok(inv: &mut Inv, hold_ref: &str, order_ref: &str) {
+    confirm(inv, hold_ref, order_ref, false)
+        .await
+        .unwrap_or_else(|s| panic!("ConfirmHold {hold_ref}: {s}"));
+}
+
+/// ReleaseHold: the hold in the answer, or the call's error.
+pub async fn release(inv: &mut Inv, hold_ref: &str) -> Result<Option<pb::Hold>, tonic::Status> {
     inv.release_hold(pb::ReleaseHoldRequest {
         hold_ref: hold_ref.into(),
     })
     .await
-    .unwrap_or_else(|s| panic!("ReleaseHold {hold_ref}: {s}"));
+    .map(|r| r.into_inner().hold)
+}
+
+pub async fn release_ok(inv: &mut Inv, hold_ref: &str) {
+    release(inv, hold_ref)
+        .await
+        .unwrap_or_else(|s| panic!("ReleaseHold {hold_ref}: {s}"));
 }
 
 /// Ships `lines` of the order; none ships everything still reserved.

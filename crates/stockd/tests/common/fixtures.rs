@@ -1,10 +1,19 @@
 //! The durability tests' world: products spread over every shard, the standard channels,
-//! and a mix of holds in every state.
+//! and a mix of holds in every state; and the data folder and the seeded start
+//! (`TestFolder`, `start_seeded`) that most of them begin with.
 
 use stockd::proto::inventory::v1 as pb;
 
-use super::calls::{cancel_ok, confirm_ok, fulfil_ok, release_ok, reserve_ok, upsert_channel};
+use std::path::{Path, PathBuf};
+
+use tempfile::TempDir;
+
+use super::calls::{
+    cancel_ok, confirm_ok, fulfil_ok, release_ok, reserve_ok, set_stock_ok, upsert_channel,
+};
 use super::client::{Adm, Inv};
+use super::requests::{channel, count, next_as_of};
+use super::server::{ServerProcess, tempdir};
 
 /// The location of every position the durability tests use (DC2 only as a second one).
 pub const LOC: &str = "DC1";
@@ -42,6 +51,12 @@ pub fn products_on_every_shard(
 
 /// WEB (a buffer of one unit) and SOCIAL (30% of the stock, a 10% buffer, not DC2).
 pub async fn standard_channels(admin: &mut Adm) {
+    web_and_social_channels(admin, &["DC2"]).await;
+}
+
+/// WEB (a buffer of one unit) and SOCIAL (30% of the stock, a 10% buffer, not at
+/// `social_excluded`).
+pub async fn web_and_social_channels(admin: &mut Adm, social_excluded: &[&str]) {
     upsert_channel(
         admin,
         pb::Channel {
@@ -57,11 +72,70 @@ pub async fn standard_channels(admin: &mut Adm) {
             channel_ref: "SOCIAL".into(),
             allocation_bps: Some(3000),
             buffer_bps: 1000,
-            excluded_locations: vec!["DC2".into()],
+            excluded_locations: social_excluded.iter().map(|l| l.to_string()).collect(),
             ..Default::default()
         },
     )
     .await;
+}
+
+/// A data folder for one test, removed when dropped: `data` for the server's store and
+/// `logs` (the folder itself) for its log files.
+pub struct TestFolder {
+    dir: TempDir,
+    pub data: PathBuf,
+}
+
+impl TestFolder {
+    pub fn new() -> TestFolder {
+        let dir = tempdir();
+        let data = dir.path().join("data");
+        TestFolder { dir, data }
+    }
+
+    pub fn logs(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts the real binary on this folder with the extra arguments.
+    pub async fn start(&self, args: &[&str]) -> ServerProcess {
+        ServerProcess::start(&self.data, self.logs(), args).await
+    }
+}
+
+/// The channels a seeded server starts with.
+pub enum Channels {
+    /// WEB with every setting at its default.
+    PlainWeb,
+    /// `standard_channels`: WEB and SOCIAL.
+    Standard,
+}
+
+/// Starts the real binary on `folder` with `args`, upserts `channels`, and counts
+/// `quantity(i)` units at the i-th of `keys` (one count time for all). Returns the server
+/// and a client of each service.
+pub async fn start_seeded(
+    folder: &TestFolder,
+    args: &[&str],
+    channels: Channels,
+    keys: &[(String, String)],
+    quantity: impl Fn(usize) -> i64,
+) -> (ServerProcess, Adm, Inv) {
+    let server = folder.start(args).await;
+    let mut admin = server.admin();
+    let inv = server.inventory();
+    match channels {
+        Channels::PlainWeb => upsert_channel(&mut admin, channel(WEB)).await,
+        Channels::Standard => standard_channels(&mut admin).await,
+    }
+    let t = next_as_of();
+    let counts = keys
+        .iter()
+        .enumerate()
+        .map(|(i, (p, l))| count(p, l, quantity(i), t))
+        .collect();
+    set_stock_ok(&mut admin, counts).await;
+    (server, admin, inv)
 }
 
 /// A mix of holds over `products` (at least 6): active, multi-line, confirmed, partly

@@ -7,8 +7,9 @@
 //! - `client`: tonic clients to either, with bounded connect and call times.
 //! - `requests`: request builders (a channel, a stock count, a reserve of lines) and times.
 //! - `calls`: one RPC each, its answer checked or made plain (`Ok(None)` for NOT_FOUND).
-//! - `fixtures`: the durability tests' world: products on every shard, standard channels,
-//!   a mix of holds in every state.
+//! - `fixtures`: the durability tests' world: a data folder (`TestFolder`), products on
+//!   every shard, standard channels, a server started on them with stock counted
+//!   (`start_seeded`), a mix of holds in every state.
 //! - `visible`: everything a client can see of a set of positions and holds, to compare
 //!   before and after a restart.
 //! - `sim`: `server::run` over a simulated disk and checkpoint store, and its segments.

@@ -59,6 +59,23 @@ pub fn log_of(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// The `channel`, `inventory` and `admin` clients of a server type with a `grpc` address.
+macro_rules! grpc_clients {
+    () => {
+        pub fn channel(&self) -> Channel {
+            client::channel(self.grpc)
+        }
+
+        pub fn inventory(&self) -> Inv {
+            client::inventory(self.grpc)
+        }
+
+        pub fn admin(&self) -> Adm {
+            client::admin(self.grpc)
+        }
+    };
+}
+
 // ----- in process -----
 
 /// `stockd::server::run` on 127.0.0.1:0 in the test's runtime, with its own data folder.
@@ -110,17 +127,7 @@ impl InProcessServer {
         }
     }
 
-    pub fn channel(&self) -> Channel {
-        client::channel(self.grpc)
-    }
-
-    pub fn inventory(&self) -> Inv {
-        client::inventory(self.grpc)
-    }
-
-    pub fn admin(&self) -> Adm {
-        client::admin(self.grpc)
-    }
+    grpc_clients!();
 
     /// Asks the server to stop and waits until `run` returned Ok.
     pub async fn stop(mut self) {
@@ -275,17 +282,7 @@ impl ServerProcess {
         log_of(&self.log_path)
     }
 
-    pub fn channel(&self) -> Channel {
-        client::channel(self.grpc)
-    }
-
-    pub fn inventory(&self) -> Inv {
-        client::inventory(self.grpc)
-    }
-
-    pub fn admin(&self) -> Adm {
-        client::admin(self.grpc)
-    }
+    grpc_clients!();
 }
 
 impl Drop for ServerProcess {

@@ -269,62 +269,54 @@ fn unquote(s: &str) -> String {
 
 /// Parses a single-line scalar or flow collection (`[a, "b"]`, `{k: v}`).
 fn parse_flow(text: &str, file: &str) -> Yaml {
-    fn value(chars: &[char], i: &mut usize, file: &str) -> Yaml {
+    fn skip_spaces(chars: &[char], i: &mut usize) {
         while *i < chars.len() && chars[*i] == ' ' {
             *i += 1;
         }
+    }
+    /// The comma-separated items of a flow collection opened at `i`, up to `close`.
+    fn flow_items<T>(
+        chars: &[char],
+        i: &mut usize,
+        close: char,
+        kind: &str,
+        file: &str,
+        mut item: impl FnMut(&[char], &mut usize) -> T,
+    ) -> Vec<T> {
+        *i += 1;
+        let mut items = Vec::new();
+        loop {
+            skip_spaces(chars, i);
+            match chars.get(*i) {
+                Some(&c) if c == close => {
+                    *i += 1;
+                    return items;
+                }
+                Some(',') => *i += 1,
+                Some(_) => items.push(item(chars, i)),
+                None => panic!("{file}: unterminated flow {kind}"),
+            }
+        }
+    }
+    fn value(chars: &[char], i: &mut usize, file: &str) -> Yaml {
+        skip_spaces(chars, i);
         match chars.get(*i) {
-            Some('[') => {
-                *i += 1;
-                let mut items = Vec::new();
-                loop {
-                    while *i < chars.len() && chars[*i] == ' ' {
-                        *i += 1;
-                    }
-                    match chars.get(*i) {
-                        Some(']') => {
-                            *i += 1;
-                            return Yaml::Seq(items);
-                        }
-                        Some(',') => *i += 1,
-                        Some(_) => items.push(value(chars, i, file)),
-                        None => panic!("{file}: unterminated flow sequence"),
-                    }
+            Some('[') => Yaml::Seq(flow_items(chars, i, ']', "sequence", file, |chars, i| {
+                value(chars, i, file)
+            })),
+            Some('{') => Yaml::Map(flow_items(chars, i, '}', "map", file, |chars, i| {
+                let key = match value(chars, i, file) {
+                    Yaml::Str(k) => k,
+                    other => panic!("{file}: bad flow map key {other:?}"),
+                };
+                skip_spaces(chars, i);
+                if chars.get(*i) == Some(&':') {
+                    *i += 1;
+                    (key, value(chars, i, file))
+                } else {
+                    (key, Yaml::Null)
                 }
-            }
-            Some('{') => {
-                *i += 1;
-                let mut entries = Vec::new();
-                loop {
-                    while *i < chars.len() && chars[*i] == ' ' {
-                        *i += 1;
-                    }
-                    match chars.get(*i) {
-                        Some('}') => {
-                            *i += 1;
-                            return Yaml::Map(entries);
-                        }
-                        Some(',') => *i += 1,
-                        Some(_) => {
-                            let key = match value(chars, i, file) {
-                                Yaml::Str(k) => k,
-                                other => panic!("{file}: bad flow map key {other:?}"),
-                            };
-                            while *i < chars.len() && chars[*i] == ' ' {
-                                *i += 1;
-                            }
-                            if chars.get(*i) == Some(&':') {
-                                *i += 1;
-                                let v = value(chars, i, file);
-                                entries.push((key, v));
-                            } else {
-                                entries.push((key, Yaml::Null));
-                            }
-                        }
-                        None => panic!("{file}: unterminated flow map"),
-                    }
-                }
-            }
+            })),
             Some(&q) if q == '"' || q == '\'' => {
                 let start = *i;
                 *i += 1;

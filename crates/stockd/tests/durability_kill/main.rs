@@ -26,8 +26,8 @@ use rand::{Rng, SeedableRng};
 
 use stockd::proto::inventory::v1 as pb;
 
-use common::calls::{fulfil_ok, upsert_channel};
-use common::fixtures::{LOC, WEB, products_on_every_shard};
+use common::calls::fulfil_ok;
+use common::fixtures::{LOC, products_on_every_shard, web_and_social_channels};
 use common::requests::{count, next_as_of};
 use common::server::{ServerProcess, fail, tail, tempdir};
 use traffic::traffic_task;
@@ -67,6 +67,27 @@ struct HoldM {
 impl HoldM {
     fn certain(&self) -> Option<St> {
         (self.possible.len() == 1).then(|| *self.possible.iter().next().unwrap())
+    }
+
+    /// A call that moves the hold to `state` was answered: it is in `state` now.
+    fn acked(&mut self, state: St) {
+        self.possible = BTreeSet::from([state]);
+        self.history.push("  acked".into());
+    }
+
+    /// A call that moves the hold to `state` was not answered (`error`): it may be in
+    /// `state` now or still where it was.
+    fn unanswered(&mut self, state: St, error: &tonic::Status) {
+        self.possible.insert(state);
+        self.note_unanswered(error);
+    }
+
+    fn note_unanswered(&mut self, error: &tonic::Status) {
+        self.history.push(format!(
+            "  unanswered: {:?} {}",
+            error.code(),
+            error.message()
+        ));
     }
 }
 
@@ -142,25 +163,7 @@ async fn kill_cycles() {
     };
     let mut server = ServerProcess::start(&data, &logs, &args).await;
     let mut admin = server.admin();
-    upsert_channel(
-        &mut admin,
-        pb::Channel {
-            channel_ref: WEB.into(),
-            buffer_units: 1,
-            ..Default::default()
-        },
-    )
-    .await;
-    upsert_channel(
-        &mut admin,
-        pb::Channel {
-            channel_ref: "SOCIAL".into(),
-            allocation_bps: Some(3000),
-            buffer_bps: 1000,
-            ..Default::default()
-        },
-    )
-    .await;
+    web_and_social_channels(&mut admin, &[]).await;
     let mut counts: BTreeMap<String, CountM> = BTreeMap::new();
     let mut initial = Vec::new();
     for p in world.all() {

@@ -31,6 +31,47 @@ fn is_failure_of_a_killed_server(code: Code) -> bool {
     )
 }
 
+/// Takes a random hold out of `holds` for a call in `cycle`, noting `what` in its history.
+fn take_one(
+    holds: &mut Vec<HoldM>,
+    rng: &mut StdRng,
+    cycle: u32,
+    what: impl FnOnce(&HoldM) -> String,
+) -> HoldM {
+    let i = rng.random_range(0..holds.len());
+    let mut h = holds.swap_remove(i);
+    h.touched_in_cycle = cycle;
+    let what = what(&h);
+    h.history.push(format!("c{cycle}: {what}"));
+    h
+}
+
+/// Records the answer to a call that moves `h` to `state`: an answer is acknowledged (and
+/// `check` names what is wrong with it, a violation), a lost one leaves `state` possible.
+/// Returns the hold and the call's error.
+fn follow_up<T>(
+    report: &mut TaskReport,
+    mut h: HoldM,
+    state: St,
+    answer: Result<T, tonic::Status>,
+    check: impl FnOnce(&HoldM, T) -> Option<String>,
+) -> (HoldM, Option<tonic::Status>) {
+    match answer {
+        Ok(r) => {
+            report.acked += 1;
+            if let Some(violation) = check(&h, r) {
+                report.violations.push(violation);
+            }
+            h.acked(state);
+            (h, None)
+        }
+        Err(s) => {
+            h.unanswered(state, &s);
+            (h, Some(s))
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub async fn traffic_task(
     id: usize,
@@ -111,125 +152,84 @@ pub async fn traffic_task(
                 Err(s) => {
                     h.possible = BTreeSet::from([St::Absent, St::Active, St::Released]);
                     h.reserve_uncertain = true;
-                    h.history
-                        .push(format!("  unanswered: {:?} {}", s.code(), s.message()));
+                    h.note_unanswered(&s);
                     done.push(h);
                     failed = Some(s);
                 }
             }
         } else if roll < 55 && !active.is_empty() {
             // Confirm one of this task's active holds.
-            let i = rng.random_range(0..active.len());
-            let mut h = active.swap_remove(i);
-            h.touched_in_cycle = cycle;
-            h.history.push(format!("c{cycle}: confirm {}", h.order_ref));
-            match inv
+            let h = take_one(&mut active, &mut rng, cycle, |h| {
+                format!("confirm {}", h.order_ref)
+            });
+            let answer = inv
                 .confirm_hold(pb::ConfirmHoldRequest {
                     hold_ref: h.hold_ref.clone(),
                     order_ref: h.order_ref.clone(),
                     reacquire: false,
                 })
-                .await
-            {
-                Ok(r) => {
-                    report.acked += 1;
-                    let hold = r.into_inner().hold;
-                    match &hold {
-                        Some(x)
-                            if x.state == pb::HoldState::Confirmed as i32
-                                && x.order_ref == h.order_ref
-                                && hold_lines(x) == h.lines => {}
-                        other => report
-                            .violations
-                            .push(format!("{}: ConfirmHold answered {other:?}", h.hold_ref)),
+                .await;
+            let (h, error) = follow_up(&mut report, h, St::Confirmed, answer, |h, r| {
+                match r.into_inner().hold {
+                    Some(x)
+                        if x.state == pb::HoldState::Confirmed as i32
+                            && x.order_ref == h.order_ref
+                            && hold_lines(&x) == h.lines =>
+                    {
+                        None
                     }
-                    h.possible = BTreeSet::from([St::Confirmed]);
-                    h.history.push("  acked".into());
-                    confirmed.push(h);
-                    failed = None;
+                    other => Some(format!("{}: ConfirmHold answered {other:?}", h.hold_ref)),
                 }
-                Err(s) => {
-                    h.possible.insert(St::Confirmed);
-                    h.history
-                        .push(format!("  unanswered: {:?} {}", s.code(), s.message()));
-                    done.push(h);
-                    failed = Some(s);
-                }
+            });
+            if error.is_none() {
+                confirmed.push(h);
+            } else {
+                done.push(h);
             }
+            failed = error;
         } else if roll < 75 && !active.is_empty() {
             // Release one of this task's active holds.
-            let i = rng.random_range(0..active.len());
-            let mut h = active.swap_remove(i);
-            h.touched_in_cycle = cycle;
-            h.history.push(format!("c{cycle}: release"));
-            match inv
+            let h = take_one(&mut active, &mut rng, cycle, |_| "release".into());
+            let answer = inv
                 .release_hold(pb::ReleaseHoldRequest {
                     hold_ref: h.hold_ref.clone(),
                 })
-                .await
-            {
-                Ok(r) => {
-                    report.acked += 1;
-                    let hold = r.into_inner().hold;
-                    if hold.as_ref().map(|x| x.state) != Some(pb::HoldState::Released as i32) {
-                        report
-                            .violations
-                            .push(format!("{}: ReleaseHold answered {hold:?}", h.hold_ref));
-                    }
-                    h.possible = BTreeSet::from([St::Released]);
-                    h.history.push("  acked".into());
-                    done.push(h);
-                    failed = None;
-                }
-                Err(s) => {
-                    h.possible.insert(St::Released);
-                    h.history
-                        .push(format!("  unanswered: {:?} {}", s.code(), s.message()));
-                    done.push(h);
-                    failed = Some(s);
-                }
-            }
+                .await;
+            let (h, error) = follow_up(&mut report, h, St::Released, answer, |h, r| {
+                let hold = r.into_inner().hold;
+                (hold.as_ref().map(|x| x.state) != Some(pb::HoldState::Released as i32))
+                    .then(|| format!("{}: ReleaseHold answered {hold:?}", h.hold_ref))
+            });
+            done.push(h);
+            failed = error;
         } else if roll < 85 && !confirmed.is_empty() {
             // Fulfil one of this task's confirmed orders (everything still reserved).
-            let i = rng.random_range(0..confirmed.len());
-            let mut h = confirmed.swap_remove(i);
-            h.touched_in_cycle = cycle;
-            h.history.push(format!("c{cycle}: fulfil {}", h.order_ref));
-            match inv
+            let h = take_one(&mut confirmed, &mut rng, cycle, |h| {
+                format!("fulfil {}", h.order_ref)
+            });
+            let answer = inv
                 .fulfil_order(pb::FulfilOrderRequest {
                     order_ref: h.order_ref.clone(),
                     lines: vec![],
                 })
-                .await
-            {
-                Ok(r) => {
-                    report.acked += 1;
-                    let mut shipped: Vec<(String, String, i64)> = r
-                        .into_inner()
-                        .lines
-                        .into_iter()
-                        .map(|l| (l.product_ref, l.location_ref, l.quantity))
-                        .collect();
-                    shipped.sort();
-                    if shipped != h.lines {
-                        report.violations.push(format!(
-                            "{}: FulfilOrder shipped {shipped:?}, expected {:?}",
-                            h.hold_ref, h.lines
-                        ));
-                    }
-                    h.possible = BTreeSet::from([St::Fulfilled]);
-                    h.history.push("  acked".into());
-                    done.push(h);
-                    failed = None;
-                }
-                Err(s) => {
-                    h.possible.insert(St::Fulfilled);
-                    h.history
-                        .push(format!("  unanswered: {:?} {}", s.code(), s.message()));
-                    done.push(h);
-                    failed = Some(s);
-                }
-            }
+                .await;
+            let (h, error) = follow_up(&mut report, h, St::Fulfilled, answer, |h, r| {
+                let mut shipped: Vec<(String, String, i64)> = r
+                    .into_inner()
+                    .lines
+                    .into_iter()
+                    .map(|l| (l.product_ref, l.location_ref, l.quantity))
+                    .collect();
+                shipped.sort();
+                (shipped != h.lines).then(|| {
+                    format!(
+                        "{}: FulfilOrder shipped {shipped:?}, expected {:?}",
+                        h.hold_ref, h.lines
+                    )
+                })
+            });
+            done.push(h);
+            failed = error;
         } else if roll < 95 {
             // A warehouse count on one or two positions that take counts.
             let k = rng.random_range(1..=2);

@@ -68,12 +68,7 @@ impl LogWriter {
 
     /// Appends a batch and waits until it is durable.
     pub async fn append(&self, term: u64, payloads: Vec<Vec<u8>>) -> Result<Appended, LogError> {
-        let (done, rx) = oneshot::channel();
-        let message = Message::Append {
-            term,
-            payloads,
-            done,
-        };
+        let (message, rx) = append_message(term, payloads);
         self.tx
             .send(message)
             .await
@@ -114,12 +109,7 @@ impl LogWriter {
 
     /// `append` for callers outside the runtime (tests, tools).
     pub fn blocking_append(&self, term: u64, payloads: Vec<Vec<u8>>) -> Result<Appended, LogError> {
-        let (done, rx) = oneshot::channel();
-        let message = Message::Append {
-            term,
-            payloads,
-            done,
-        };
+        let (message, rx) = append_message(term, payloads);
         self.tx
             .blocking_send(message)
             .map_err(|_| LogError::WriterStopped)?;
@@ -211,4 +201,18 @@ fn commit<D: LogDir>(
         };
         let _ = done.send(reply);
     }
+}
+
+/// An append message and the receiver its completion arrives on.
+fn append_message(
+    term: u64,
+    payloads: Vec<Vec<u8>>,
+) -> (Message, oneshot::Receiver<Result<Appended, LogError>>) {
+    let (done, rx) = oneshot::channel();
+    let message = Message::Append {
+        term,
+        payloads,
+        done,
+    };
+    (message, rx)
 }

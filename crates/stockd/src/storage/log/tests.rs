@@ -346,11 +346,7 @@ fn a_flipped_byte_followed_by_good_records_is_refused() {
     let (mut log, _) = open(&disk, small(), 0);
     write(&mut log, 100, 100, 10);
     drop(log);
-    let name = disk
-        .names("log")
-        .into_iter()
-        .find(|n| n.starts_with("seg-"))
-        .unwrap();
+    let name = first_segment(&disk);
     // The 11th record's frame: header + 10 frames of 128 bytes in.
     let offset = (segment::SEGMENT_HEADER_LEN + 10 * frame::frame_len(100)) as u64;
     disk.flip("log", &name, offset + 40, 0x04);
@@ -373,14 +369,8 @@ fn a_truncated_tail_is_dropped_and_reported() {
     let end = (segment::SEGMENT_HEADER_LEN + 20 * frame::frame_len(100)) as u64;
     log.append(1, &[payload(21, 100), payload(22, 100)])
         .unwrap();
-    disk.set_faults(Faults {
-        sync: Some(io::ErrorKind::Other),
-        ..Faults::default()
-    });
-    assert!(log.commit().is_err());
-    drop(log);
     // The whole first frame and half of the second reach the disk.
-    disk.crash(CrashMode::KeepBytes(frame::frame_len(100) as u64 + 60));
+    fail_commit_then_crash(&disk, log, frame::frame_len(100) as u64 + 60);
     let (mut log, recovered) = open(&disk, small(), 0);
     check_records(&recovered.records, 1, 21, 100);
     let dropped = recovered.dropped.expect("reported");
@@ -403,13 +393,7 @@ fn a_dropped_tail_then_a_rollover_is_not_damage() {
     write(&mut log, 180, 300, 10);
     let batch: Vec<_> = (181..186).map(|lsn| payload(lsn, 300)).collect();
     log.append(1, &batch).unwrap();
-    disk.set_faults(Faults {
-        sync: Some(io::ErrorKind::Other),
-        ..Faults::default()
-    });
-    assert!(log.commit().is_err());
-    drop(log);
-    disk.crash(CrashMode::KeepBytes(1000));
+    fail_commit_then_crash(&disk, log, 1000);
     let (mut log, recovered) = open(&disk, small(), 0);
     check_records(&recovered.records, 1, 183, 300);
     assert!(recovered.dropped.is_some());
@@ -428,11 +412,7 @@ fn a_torn_last_record_is_dropped_and_reported() {
     let (mut log, _) = open(&disk, small(), 0);
     write(&mut log, 20, 100, 5);
     drop(log);
-    let name = disk
-        .names("log")
-        .into_iter()
-        .find(|n| n.starts_with("seg-"))
-        .unwrap();
+    let name = first_segment(&disk);
     let last = (segment::SEGMENT_HEADER_LEN + 19 * frame::frame_len(100)) as u64;
     disk.flip("log", &name, last + 70, 0xff);
     let (_, recovered) = open(&disk, small(), 0);
@@ -661,4 +641,24 @@ fn fdatasync_latency_on_the_real_disk() {
         us(0.99),
         us(1.0)
     );
+}
+
+/// The name of the first live segment of the sim disk's `log` directory.
+fn first_segment(disk: &SimDisk) -> String {
+    disk.names("log")
+        .into_iter()
+        .find(|n| n.starts_with("seg-"))
+        .expect("a live segment")
+}
+
+/// Makes the pending group's sync fail (so it is never acknowledged), then cuts power
+/// keeping `keep` bytes of what was written but not synced.
+fn fail_commit_then_crash(disk: &SimDisk, mut log: Log<SimDir>, keep: u64) {
+    disk.set_faults(Faults {
+        sync: Some(io::ErrorKind::Other),
+        ..Faults::default()
+    });
+    assert!(log.commit().is_err());
+    drop(log);
+    disk.crash(CrashMode::KeepBytes(keep));
 }
