@@ -19,7 +19,9 @@ use common::fixtures::{
 };
 use common::requests::keys_at;
 use common::server::{ServerProcess, fail};
-use common::store::{drop_last_log_record, log_bytes, log_seqs, open_store, put_log_bytes};
+use common::store::{
+    append_garbage_frame, drop_last_log_record, flip_byte, generation, log_frames,
+};
 use common::visible::{Visible, assert_same, visible};
 
 /// The extra arguments of every server here: two shards.
@@ -124,22 +126,15 @@ async fn corrupted_tail_record_is_dropped_and_nothing_acknowledged_is_lost() {
     let data = &folder.data;
     let (keys, holds, before) = damaged_setup(&folder).await;
 
-    // A torn write: a record after the last one of shard 1, with a bad checksum.
-    let torn_seq = {
-        let (store, generation) = open_store(data);
-        let last = *log_seqs(&store, generation, 1)
-            .last()
-            .expect("shard 1 has log records");
-        let mut garbage = vec![1u8, 0xde, 0xad, 0xbe, 0xef];
-        garbage.extend_from_slice(b"torn record payload");
-        put_log_bytes(&store, generation, 1, last + 1, garbage);
-        last + 1
-    };
+    // A torn write: a frame after the last one of shard 1, with a bad checksum.
+    let (torn_file, torn_offset) = append_garbage_frame(data, generation(data), 1);
 
     let mut server = folder.start(TWO_SHARDS).await;
     let log = server.log();
+    let torn_file = torn_file.display().to_string();
     let reported = log.lines().any(|l| {
-        l.contains(&format!("log record {torn_seq}"))
+        l.contains(&torn_file)
+            && l.contains(&format!("offset {torn_offset}"))
             && l.contains("shard 1")
             && l.contains("dropped")
     });
@@ -147,7 +142,7 @@ async fn corrupted_tail_record_is_dropped_and_nothing_acknowledged_is_lost() {
         fail(
             &log,
             format!(
-                "the dropped tail record (shard 1, record {torn_seq}) is not reported in the log"
+                "the dropped tail (shard 1, {torn_file} at offset {torn_offset}) is not reported in the log"
             ),
         );
     }
@@ -192,17 +187,13 @@ async fn corrupted_middle_record_refuses_to_start_and_names_the_record() {
     let data = &folder.data;
     let (keys, holds, before) = damaged_setup(&folder).await;
 
-    let (damaged_seq, original) = {
-        let (store, generation) = open_store(data);
-        let seqs = log_seqs(&store, generation, 0);
-        assert!(seqs.len() >= 3, "shard 0 needs a few records: {seqs:?}");
-        let seq = seqs[seqs.len() / 2];
-        let original = log_bytes(&store, generation, 0, seq);
-        let mut bad = original.clone();
-        let last = bad.len() - 1;
-        bad[last] ^= 0x5a;
-        put_log_bytes(&store, generation, 0, seq, bad);
-        (seq, original)
+    // A flipped payload byte of a frame in the middle of shard 0's log.
+    let damaged = {
+        let frames = log_frames(data, generation(data), 0);
+        assert!(frames.len() >= 3, "shard 0 needs a few records: {frames:?}");
+        let frame = frames[frames.len() / 2].clone();
+        flip_byte(&frame.file, frame.offset + 24, 0x5a);
+        frame
     };
 
     let mut server = ServerProcess::spawn(data, folder.logs(), TWO_SHARDS);
@@ -219,26 +210,24 @@ async fn corrupted_middle_record_refuses_to_start_and_names_the_record() {
             "stockd kept running on a log damaged in the middle; it must refuse to start",
         ),
     }
-    let data_shown = data.display().to_string();
+    let file_shown = damaged.file.display().to_string();
     let named = log.lines().any(|l| {
-        l.contains(&data_shown)
-            && l.contains(&format!("record {damaged_seq}"))
+        l.contains(&file_shown)
+            && l.contains(&format!("offset {}", damaged.offset))
             && l.contains("shard 0")
     });
     if !named {
         fail(
             &log,
             format!(
-                "the error must name the data folder {data_shown} and shard 0 record {damaged_seq}"
+                "the error must name shard 0's segment {file_shown} and offset {} (record {})",
+                damaged.offset, damaged.lsn
             ),
         );
     }
 
     // Nothing was lost or rewritten: with the byte repaired, everything is back.
-    {
-        let (store, generation) = open_store(data);
-        put_log_bytes(&store, generation, 0, damaged_seq, original);
-    }
+    flip_byte(&damaged.file, damaged.offset + 24, 0x5a);
     let server = folder.start(TWO_SHARDS).await;
     let after = visible(&server, &keys, &holds).await;
     assert_same(
@@ -312,8 +301,8 @@ async fn torn_between_shards(op: Op) {
     drop((admin, inv));
     server.kill();
     {
-        let (store, generation) = open_store(&folder.data);
-        drop_last_log_record(&store, generation, 1, |c| match op {
+        let data = &folder.data;
+        drop_last_log_record(data, generation(data), 1, |c| match op {
             Op::Reserve => matches!(c, Command::Reserve { .. }),
             Op::Confirm => matches!(c, Command::Confirm { .. }),
             Op::Release => matches!(c, Command::Release { .. }),

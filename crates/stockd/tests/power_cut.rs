@@ -383,7 +383,18 @@ async fn check_ledgers(addr: std::net::SocketAddr, seed: u64, holds: &[State]) {
         assert_eq!(
             (ledger_soft, ledger_firm),
             (soft, firm),
-            "seed {seed}: {product}: ledger (soft, reserved+sold) differs from the holds found"
+            "seed {seed}: {product}: ledger (soft, reserved+sold) differs from the holds found; \
+             active ledger {:?}; holds {:?}",
+            position
+                .quantities
+                .iter()
+                .filter(|q| q.status == pb::QuantityStatus::Active as i32)
+                .map(|q| (q.r#type, q.hold_ref.clone(), q.order_ref.clone(), q.quantity))
+                .collect::<Vec<_>>(),
+            holds
+                .iter()
+                .filter(|h| matches!(h, State::Active(l) | State::Confirmed(l) if l.iter().any(|x| x.0 == product)))
+                .collect::<Vec<_>>()
         );
     }
 }
