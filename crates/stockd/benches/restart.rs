@@ -1,16 +1,20 @@
 //! Restart time: how long recovery takes for a data folder with 1,000,000 positions and
-//! 1,000,000 active holds (goal: at most 5 s on a 2-core machine).
+//! 1,000,000 active holds (goal: at most 2 s on a 2-core machine).
 //!
-//! Builds the state through the engine, stores it the way stockd does (one snapshot per
-//! shard, plus a tail of log records to replay), then times `storage::recovery::recover`.
-//! `RESTART_POSITIONS` and `RESTART_HOLDS` change the sizes.
+//! Builds the state through the engine, stores it the way stockd does (one whole
+//! checkpoint per shard in sled, plus a tail of records in each shard's segment log),
+//! then times `storage::recovery::recover`. `RESTART_POSITIONS` and `RESTART_HOLDS`
+//! change the sizes.
 
 use std::time::Instant;
 
 use stockd::shard::shard_of;
-use stockd::storage::Store;
+use stockd::storage::checkpoint::Scope;
+use stockd::storage::checkpointer::{self, ConfigKeys};
+use stockd::storage::log::{Log, LogError};
 use stockd::storage::record::{self, LogRecord};
-use stockd::storage::recovery;
+use stockd::storage::recovery::{self, Meta};
+use stockd::storage::{Storage, StorageBackend};
 use stockd_domain::{
     ChannelConfig, Command, Engine, ReserveLine, ReserveRequest, Settings, StockCount,
 };
@@ -49,13 +53,15 @@ fn main() {
     let shards = 2u32;
     let now = 1_800_000_000_000i64;
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    store
-        .set_meta(stockd::storage::store::Meta {
+    let storage = Storage::open(&StorageBackend::Real, dir.path(), Default::default()).unwrap();
+    recovery::write_meta(
+        &storage,
+        Meta {
             generation: 0,
             shards,
-        })
-        .unwrap();
+        },
+    )
+    .unwrap();
 
     let started = Instant::now();
     let settings = Settings::default();
@@ -66,21 +72,18 @@ fn main() {
     );
 
     let started = Instant::now();
-    store_snapshots(&store, &engines);
+    store_checkpoints(&storage, &engines);
     let t = Instant::now();
-    // A tail of log records to replay, as after a crash between snapshots.
+    // A tail of log records to replay, as after a crash between checkpoints.
     let tail = 10_000usize;
-    store_log_tail(&store, shards, now, positions, tail);
+    store_log_tail(&storage, shards, now, positions, tail);
     println!("{tail} log records in {:.2} s", t.elapsed().as_secs_f64());
-    let t = Instant::now();
-    store.db.flush().unwrap();
-    println!("flush in {:.2} s", t.elapsed().as_secs_f64());
     println!("stored in {:.1} s", started.elapsed().as_secs_f64());
     drop(engines);
 
     let started = Instant::now();
     let route = |p: &str, l: &str| shard_of(p, l, shards as usize);
-    let recovered = recovery::recover(&store, shards, &settings, now + 1_000, &route)
+    let recovered = recovery::recover(&storage, shards, &settings, now + 1_000, &route)
         .unwrap_or_else(|e| panic!("recovery failed: {e}"));
     let elapsed = started.elapsed();
     let size: u64 = walk(dir.path());
@@ -138,29 +141,44 @@ fn build(
     engines
 }
 
-/// One snapshot per shard, as stockd stores them, timing each shard's encoding.
-fn store_snapshots(store: &Store, engines: &[Engine]) {
+/// One whole checkpoint per shard, as stockd writes a first one, timing the copy (the
+/// shard's pause, here of everything), the encoding and the sled write with its fsyncs.
+fn store_checkpoints(storage: &Storage, engines: &[Engine]) {
     for (shard, engine) in engines.iter().enumerate() {
         let t = Instant::now();
-        let payload = record::encode(&engine.compact());
-        let encoded = t.elapsed();
-        store.write_snapshot(0, shard as u32, 0, &payload).unwrap();
+        let delta = engine.snapshot().into_delta();
+        let copied = t.elapsed();
+        let scope = Scope {
+            generation: 0,
+            shard: shard as u32,
+        };
+        let batch = checkpointer::encode(scope, 0, delta, &ConfigKeys::default());
+        let encoded = t.elapsed() - copied;
+        let stats = storage.checkpoints.apply(&batch).unwrap();
         println!(
-            "shard {shard}: snapshot of {:.0} MiB encoded in {:.2} s (the shard's pause), stored in {:.2} s",
-            payload.len() as f64 / (1 << 20) as f64,
+            "shard {shard}: checkpoint of {} entries ({:.0} MiB): copied in {:.2} s, encoded in {:.2} s, written in {:.2} s (sync {:.2} s)",
+            batch.puts.len(),
+            stats.bytes_written as f64 / (1 << 20) as f64,
+            copied.as_secs_f64(),
             encoded.as_secs_f64(),
-            (t.elapsed() - encoded).as_secs_f64()
+            stats.total.as_secs_f64(),
+            stats.sync.as_secs_f64()
         );
     }
 }
 
-/// `tail` log records of one-unit holds after the snapshots, as after a crash between
-/// snapshots.
-fn store_log_tail(store: &Store, shards: u32, now: i64, positions: usize, tail: usize) {
-    let mut seqs = vec![0u64; shards as usize];
+/// `tail` records of one-unit holds in the shards' logs after the checkpoints, as after a
+/// crash between checkpoints.
+fn store_log_tail(storage: &Storage, shards: u32, now: i64, positions: usize, tail: usize) {
+    let mut logs: Vec<_> = (0..shards)
+        .map(|s| {
+            let dir = storage.log_dir(0, s).unwrap();
+            Log::open(dir, storage.log_config, 0).unwrap().0
+        })
+        .collect();
     for i in 0..tail {
         let p = product(i % positions.max(1));
-        let s = shard_of(&p, "DC1", shards as usize) as u32;
+        let s = shard_of(&p, "DC1", shards as usize);
         let rec = LogRecord {
             now,
             command: Command::Reserve {
@@ -168,15 +186,19 @@ fn store_log_tail(store: &Store, shards: u32, now: i64, positions: usize, tail: 
                 mine: vec![0],
             },
         };
-        let seq = seqs[s as usize];
-        seqs[s as usize] += 1;
-        store
-            .log
-            .insert(
-                stockd::storage::store::log_key(0, s, seq),
-                record::encode(&rec),
-            )
-            .unwrap();
+        let payload = [record::encode(&rec)];
+        match logs[s].append(0, &payload) {
+            Err(LogError::GroupFull { .. }) => {
+                logs[s].commit().unwrap();
+                logs[s].append(0, &payload).unwrap();
+            }
+            other => {
+                other.unwrap();
+            }
+        }
+    }
+    for log in &mut logs {
+        log.commit().unwrap();
     }
 }
 

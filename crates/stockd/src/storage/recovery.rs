@@ -88,7 +88,8 @@ pub fn read_meta(storage: &Storage) -> Result<Option<Meta>, StorageError> {
         })
 }
 
-fn write_meta(storage: &Storage, meta: Meta) -> Result<(), StorageError> {
+/// Records the layout in use, durably (one atomic write).
+pub fn write_meta(storage: &Storage, meta: Meta) -> Result<(), StorageError> {
     storage
         .checkpoints
         .put_meta(LAYOUT, &record::encode(&meta))?;
