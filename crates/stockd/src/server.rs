@@ -84,9 +84,13 @@ pub async fn try_run(
     log_recovery(&report);
     let generation = recovered.generation;
     let (logs, threads, next_lsn, engines, keys) = start_logs(&config, recovered).await?;
-    let (handles, tasks) = start_shards(
-        &storage, &config, &logs, generation, engines, keys, &next_lsn,
-    );
+    let storage_failed = Arc::new(tokio::sync::Notify::new());
+    let shared = Shards {
+        storage: &storage,
+        generation,
+        storage_failed: &storage_failed,
+    };
+    let (handles, tasks) = start_shards(shared, &config, &logs, engines, keys, &next_lsn);
     drop(logs);
     let router = Arc::new(Router::new(handles));
     apply_boot_config(&router, &config).await?;
@@ -94,7 +98,14 @@ pub async fn try_run(
     // The services own the last router: once `serve` returns, the shards see their
     // mailboxes close and finish their batches; each log writer then syncs what it was
     // given and stops.
-    let draining = grpc::serve(router, listener, shutdown, config.drain_timeout).await?;
+    let draining = grpc::serve(
+        router,
+        listener,
+        shutdown,
+        config.drain_timeout,
+        storage_failed,
+    )
+    .await?;
     for task in tasks {
         let _ = task.await;
     }
@@ -183,12 +194,18 @@ async fn start_logs(config: &ServerConfig, recovered: Recovered) -> Result<Start
     Ok(started)
 }
 
+/// What every shard shares: the storage, its generation, the failure signal.
+struct Shards<'a> {
+    storage: &'a Storage,
+    generation: u32,
+    storage_failed: &'a Arc<tokio::sync::Notify>,
+}
+
 /// Spawns one actor per recovered engine.
 fn start_shards(
-    storage: &Storage,
+    shared: Shards<'_>,
     config: &ServerConfig,
     logs: &[ShardLog],
-    generation: u32,
     engines: Vec<stockd_domain::Engine>,
     keys: Vec<ConfigKeys>,
     next_lsn: &[u64],
@@ -199,10 +216,11 @@ fn start_shards(
         .enumerate()
         .map(|(id, (engine, config_keys))| {
             let reload = Reload {
-                storage: storage.clone(),
-                generation,
+                storage: shared.storage.clone(),
+                generation: shared.generation,
                 settings: config.settings.clone(),
                 config_keys,
+                storage_failed: shared.storage_failed.clone(),
             };
             ShardActor::spawn(
                 id,

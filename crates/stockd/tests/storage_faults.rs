@@ -6,7 +6,8 @@
 //!   a last record that never reached the disk leaves a clean end.
 //! - A flipped byte in a checkpoint entry refuses the start, naming the key.
 //! - A full disk: writes answer UNAVAILABLE, reads show only what is durable, and after a
-//!   restart on a healthy disk the state is what was acknowledged.
+//!   restart on a healthy disk the state is what was acknowledged; health reports the
+//!   InventoryService NOT_SERVING meanwhile.
 
 mod common;
 
@@ -25,6 +26,8 @@ const LOC: &str = "DC1";
 const WEB: &str = "WEB";
 /// A product of shard 0 (of two), where the damage goes.
 const P: &str = "P1";
+/// Health checks polled at most, 20 ms apart, after a failed write.
+const HEALTH_POLLS_MAX: usize = 100;
 /// Holds placed on shard 0 before the damage.
 const HOLDS: usize = 10;
 
@@ -234,6 +237,18 @@ async fn a_full_disk_answers_unavailable_and_reads_show_only_durable_state() {
         "reads after the failed writes"
     );
     assert_eq!(get_hold(&mut inv, "full-1").await.expect("GetHold"), None);
+    // The InventoryService reports NOT_SERVING (bounded wait: the shard notices on its
+    // next batch, which the reads above already were).
+    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+    let mut status = client::health_status(server.grpc).await;
+    for _ in 0..HEALTH_POLLS_MAX {
+        if status == Ok(not_serving) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        status = client::health_status(server.grpc).await;
+    }
+    assert_eq!(status, Ok(not_serving), "health after a failed write");
     // Writes stay refused until a restart, even once the disk has room again.
     world.disk.set_faults(Faults::default());
     let r = inv

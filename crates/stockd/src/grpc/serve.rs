@@ -45,15 +45,24 @@ pub enum ServeError {
 /// NOT_SERVING, no new connection is accepted, and in-flight calls get `drain_timeout` to
 /// finish before the remaining connections are closed. Returns once the server has
 /// stopped (the services, and with them their routers, are dropped), with the moment the
-/// drain began.
+/// drain began. Once `storage_failed` is notified (a shard's log write failed, so writes
+/// answer UNAVAILABLE until a restart), the InventoryService reports NOT_SERVING.
 pub async fn serve(
     router: Arc<Router>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
     drain_timeout: Duration,
+    storage_failed: Arc<tokio::sync::Notify>,
 ) -> Result<Instant, ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, true).await;
+    let reporter = health.clone();
+    let watch_storage = tokio::spawn(async move {
+        storage_failed.notified().await;
+        reporter
+            .set_not_serving::<InventoryServiceServer<InventoryApi>>()
+            .await;
+    });
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -93,6 +102,7 @@ pub async fn serve(
 
     tokio::select! {
         result = &mut server => {
+            watch_storage.abort();
             return Err(match result {
                 Ok(Ok(())) => ServeError::Ended,
                 Ok(Err(e)) => e.into(),
@@ -102,6 +112,7 @@ pub async fn serve(
         _ = shutdown => {}
     }
     let draining = Instant::now();
+    watch_storage.abort();
     drain(&health, stop, server, drain_timeout).await;
     Ok(draining)
 }

@@ -79,6 +79,8 @@ pub struct Reload {
     pub settings: Settings,
     /// The configuration keys its checkpoint scope holds.
     pub config_keys: ConfigKeys,
+    /// Notified once a write failed: health reports the InventoryService NOT_SERVING.
+    pub storage_failed: Arc<tokio::sync::Notify>,
 }
 
 /// The task that owns one engine.
@@ -527,6 +529,7 @@ impl ShardActor {
     /// engine from what is durable, so reads report nothing that was not acknowledged.
     fn reload_from_disk(&mut self) {
         let r = &self.reload;
+        r.storage_failed.notify_one();
         match crate::storage::recovery::reload_shard(
             &r.storage,
             r.generation,

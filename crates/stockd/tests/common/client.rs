@@ -47,7 +47,7 @@ pub fn admin(addr: SocketAddr) -> Adm {
 }
 
 /// One health check of the inventory service on a fresh connection, bounded in time.
-async fn health_status(addr: SocketAddr) -> Result<i32, String> {
+pub async fn health_status(addr: SocketAddr) -> Result<i32, String> {
     let attempt = async {
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| e.to_string())?
