@@ -35,10 +35,10 @@ pub enum Command {
 /// When a change is on disk.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DurabilityArg {
-    /// Flush to disk before every reply (group commit): nothing acknowledged is ever lost.
+    /// Sync the log to disk before every reply (group commit): nothing acknowledged is lost.
     Sync,
-    /// Reply once applied in memory; flush every --flush-interval-ms. A crash loses what
-    /// was acknowledged in the last interval.
+    /// Reply once applied in memory, before the log's sync. A crash loses what was
+    /// acknowledged during the last sync.
     Async,
 }
 
@@ -57,7 +57,7 @@ pub struct ServeArgs {
     /// Address of the Prometheus endpoint (GET /metrics).
     #[arg(long, env = "STOCKD_METRICS_ADDR", default_value_t = limits::METRICS_ADDR_DEFAULT)]
     pub metrics_addr: SocketAddr,
-    /// Folder of the write-ahead log and snapshots (created if missing).
+    /// Folder of the write-ahead logs and checkpoints (created if missing).
     #[arg(long, env = "STOCKD_DATA_DIR", default_value = limits::DATA_DIR_DEFAULT)]
     pub data_dir: PathBuf,
     /// Number of shard actors (single writers); default: the number of cores. May change
@@ -82,10 +82,10 @@ pub struct ServeArgs {
     /// Capacity of each shard's mailbox; when full, calls answer RESOURCE_EXHAUSTED.
     #[arg(long, env = "STOCKD_MAILBOX_CAPACITY", default_value_t = limits::MAILBOX_CAPACITY_DEFAULT)]
     pub mailbox_capacity: usize,
-    /// Snapshot a shard after this many log records.
+    /// Checkpoint a shard after this many log records.
     #[arg(long, env = "STOCKD_SNAPSHOT_EVERY_RECORDS", default_value_t = limits::SNAPSHOT_EVERY_RECORDS_DEFAULT)]
     pub snapshot_every_records: u64,
-    /// Snapshot a shard after this many seconds with at least one record.
+    /// Checkpoint a shard after this many seconds with at least one record.
     #[arg(long, env = "STOCKD_SNAPSHOT_EVERY_SECS", default_value_t = limits::SNAPSHOT_EVERY_SECS_DEFAULT)]
     pub snapshot_every_secs: u64,
     /// Hold timer when no request, product, category or channel sets one.
