@@ -91,6 +91,11 @@ pub const SNAPSHOT_EVERY_RECORDS_DEFAULT: u64 = 100_000;
 /// (`--snapshot-every-secs`), so a quiet shard's log is recycled too.
 pub const SNAPSHOT_EVERY_SECS_DEFAULT: u64 = 300;
 
+/// Start a checkpoint once this many entries are pending, whatever the record count: a
+/// delta is one atomic sled batch, bounded by `BATCH_ENTRIES_MAX`; half of it leaves room
+/// for the changes of the batches applied while one checkpoint is in flight.
+pub const CHECKPOINT_PENDING_MAX: usize = crate::storage::checkpoint::BATCH_ENTRIES_MAX / 2;
+
 /// Longest a checkpoint waits for the log to be durable up to the LSN it covers before it
 /// gives up (and the next one is whole). A healthy sync takes milliseconds.
 pub const CHECKPOINT_DURABLE_WAIT_MS: u64 = 10_000;

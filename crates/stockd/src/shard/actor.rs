@@ -477,9 +477,12 @@ impl ShardActor {
     }
 
     fn maybe_checkpoint(&mut self) {
+        // Also when many entries changed (a few records may touch many positions), so a
+        // delta stays well inside one atomic batch.
         let due = self.records_since_checkpoint >= self.limits.snapshot_every_records
             || (self.records_since_checkpoint > 0
-                && self.last_checkpoint.elapsed() >= self.limits.snapshot_every);
+                && (self.last_checkpoint.elapsed() >= self.limits.snapshot_every
+                    || self.engine.checkpoint_pending() >= limits::CHECKPOINT_PENDING_MAX));
         // One checkpoint at a time: each writes what changed since the one before, and the
         // log may only be recycled below what a finished checkpoint covers.
         if !due

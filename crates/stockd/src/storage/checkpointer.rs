@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use stockd_domain::{CheckpointDelta, ConfigSnap, Counters, EngineSnapshot};
 
 use super::checkpoint::{
-    CheckpointBatch, CheckpointStore, Entry, Loaded, Namespace, Scope, show_key,
+    BATCH_ENTRIES_MAX, CheckpointBatch, CheckpointStore, Entry, Loaded, Namespace, Scope, show_key,
 };
 use super::log::LogWriter;
 use super::record;
@@ -171,6 +171,38 @@ pub fn decode(loaded: &Loaded, config_keys: &ConfigKeys) -> Result<EngineSnapsho
     ))
 }
 
+/// Writes a whole scope that is not live yet (a new generation before the layout record
+/// names it) in batches of at most `BATCH_ENTRIES_MAX` entries: a crash part-way leaves a
+/// scope nobody reads, which the next attempt removes first.
+pub fn apply_unpublished(
+    store: &dyn CheckpointStore,
+    batch: CheckpointBatch,
+) -> Result<(), super::StorageError> {
+    let CheckpointBatch {
+        scope,
+        lsn_covered,
+        mut puts,
+        deletes,
+        meta,
+    } = batch;
+    assert!(
+        deletes.is_empty() && meta.is_empty(),
+        "a new scope deletes nothing"
+    );
+    while !puts.is_empty() {
+        let rest = puts.split_off(puts.len().min(BATCH_ENTRIES_MAX));
+        let chunk = CheckpointBatch {
+            scope,
+            lsn_covered,
+            puts: std::mem::replace(&mut puts, rest),
+            deletes: Vec::new(),
+            meta: Vec::new(),
+        };
+        store.apply(&chunk)?;
+    }
+    Ok(())
+}
+
 /// One checkpoint, ready to run off the shard.
 pub struct Job {
     pub shard: usize,
@@ -221,6 +253,13 @@ fn write(job: &Job, delta: Delta) -> Result<usize, super::StorageError> {
     }
     let batch = encode(job.scope, job.lsn_covered, delta, &job.config_keys);
     let entries = batch.puts.len() + batch.deletes.len();
+    if entries > BATCH_ENTRIES_MAX {
+        // One batch is the unit of atomicity: a delta this large cannot be written whole.
+        return Err(super::StorageError::CheckpointTooLarge {
+            entries,
+            max: BATCH_ENTRIES_MAX,
+        });
+    }
     job.store.apply(&batch)?;
     let truncated = job.writer.blocking_truncate_below(job.lsn_covered + 1)?;
     let gone = (truncated.recycled + truncated.removed) as i64;

@@ -43,6 +43,11 @@ pub enum StorageError {
         .0.display()
     )]
     OldFormat(PathBuf),
+    /// A checkpoint delta holds more entries than one atomic batch may.
+    #[error(
+        "a checkpoint of {entries} entries exceeds the {max} one atomic batch may hold; the log is kept"
+    )]
+    CheckpointTooLarge { entries: usize, max: usize },
     /// A checkpoint waited too long for the log to be durable up to the LSN it covers.
     #[error("the log did not become durable up to LSN {0} in time for a checkpoint")]
     NotDurable(u64),

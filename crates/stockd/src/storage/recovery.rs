@@ -343,10 +343,7 @@ fn reshard(
             shard,
         };
         let batch = checkpointer::encode(scope, 0, snap.into_delta(), &config_keys);
-        storage
-            .checkpoints
-            .apply(&batch)
-            .map_err(StorageError::from)?;
+        checkpointer::apply_unpublished(storage.checkpoints.as_ref(), batch)?;
         let dir = storage.log_dir(next, shard)?;
         let (log, _) = Log::open(dir, storage.log_config, 0).map_err(log_error(storage, shard))?;
         out.push(ShardState {
