@@ -48,6 +48,9 @@ fn one_unit_hold(hold_ref: String, product: String) -> ReserveRequest {
 }
 
 fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
     let positions = env("RESTART_POSITIONS", 1_000_000);
     let holds = env("RESTART_HOLDS", 1_000_000);
     let shards = 2u32;

@@ -203,6 +203,7 @@ fn load_checkpoint(
 ) -> Result<(Engine, Lsn, ConfigKeys), RecoveryError> {
     let config_keys = ConfigKeys::default();
     let scope = Scope { generation, shard };
+    let started = Instant::now();
     let Some(loaded) = storage
         .checkpoints
         .load(scope)
@@ -215,8 +216,18 @@ fn load_checkpoint(
         shard,
         reason,
     };
+    let loaded_at = Instant::now();
     let snap = checkpointer::decode(&loaded, &config_keys).map_err(bad)?;
+    let decoded_at = Instant::now();
     let engine = Engine::restore(settings.clone(), snap).map_err(bad)?;
+    tracing::info!(
+        shard,
+        entries = loaded.entries.len(),
+        load_ms = (loaded_at - started).as_millis() as u64,
+        decode_ms = (decoded_at - loaded_at).as_millis() as u64,
+        restore_ms = decoded_at.elapsed().as_millis() as u64,
+        "checkpoint loaded"
+    );
     Ok((engine, loaded.lsn_covered, config_keys))
 }
 
@@ -268,16 +279,26 @@ fn open_shard(
     report: &mut RecoveryReport,
 ) -> Result<ShardState, RecoveryError> {
     let (mut engine, covered, config_keys) = load_checkpoint(storage, generation, shard, settings)?;
+    let opened = Instant::now();
     let dir = storage.log_dir(generation, shard)?;
     let (log, found) =
         Log::open(dir, storage.log_config, covered).map_err(log_error(storage, shard))?;
+    let open_ms = opened.elapsed().as_millis() as u64;
     if let Some(tail) = &found.dropped {
         report.dropped_tail_records.push(format!(
             "shard {shard}: torn tail of the log dropped: {} at offset {} ({}); it was never acknowledged",
             tail.file, tail.offset, tail.reason
         ));
     }
+    let replayed = Instant::now();
     replay(storage, shard, &mut engine, &found.records, report)?;
+    tracing::info!(
+        shard,
+        records = found.records.len(),
+        log_open_ms = open_ms,
+        replay_ms = replayed.elapsed().as_millis() as u64,
+        "log replayed"
+    );
     Ok(ShardState {
         engine,
         log,
