@@ -110,7 +110,9 @@ pub async fn try_run(
         let _ = task.await;
     }
     let joined = tokio::task::spawn_blocking(move || {
-        threads.into_iter().map(|t| t.join().is_ok()).all(|ok| ok)
+        // Every thread is joined, even after one that panicked.
+        let joined: Vec<bool> = threads.into_iter().map(|t| t.join().is_ok()).collect();
+        joined.iter().all(|ok| *ok)
     })
     .await
     .unwrap_or(false);
