@@ -14,7 +14,7 @@
 //! - `proto`: the generated protobuf and gRPC types (the wire contract).
 //! - `server`: `server::run`: recovery, shards, wiring, serving, drain and final flush.
 //! - `shard`: the single-writer shard actors, their handles and the router in front.
-//! - `storage`: the write-ahead log in sled, snapshots, recovery, and their errors.
+//! - `storage`: per-shard segment logs, checkpoints in sled, recovery, and their errors.
 
 pub mod clock;
 pub mod config;

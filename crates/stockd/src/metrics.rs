@@ -129,7 +129,7 @@ fn describe_shards() {
     );
 }
 
-/// The metrics of the write-ahead log, snapshots and recovery.
+/// The metrics of the write-ahead logs, checkpoints and recovery.
 fn describe_storage() {
     describe_histogram!(
         WAL_FLUSH_DURATION,

@@ -1,6 +1,6 @@
 //! The on-disk record format: a version byte, a CRC32 of the payload, the payload.
 //!
-//! Every log record and snapshot chunk goes through `encode` and `decode`, so a record
+//! Every log record and checkpoint value goes through `encode` and `decode`, so a record
 //! is checked right before it is written (`check`) and right after it is read back.
 
 use serde::{Serialize, de::DeserializeOwned};
