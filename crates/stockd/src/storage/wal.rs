@@ -26,8 +26,9 @@ pub enum Durability {
     /// Synced before the reply leaves (group commit).
     Sync,
     /// Applied in memory and acknowledged before its sync. The writer still syncs every
-    /// group as soon as the previous sync returned; `flush_interval` is the most a
-    /// shard's records wait in memory before they are handed to the writer.
+    /// group as soon as the previous sync returned, so a crash loses what was acknowledged
+    /// during the last sync; `flush_interval` (`--flush-interval-ms`) is kept for
+    /// compatibility and does not delay syncs.
     Async { flush_interval: Duration },
 }
 
