@@ -435,6 +435,7 @@ fn repair_split_holds(
                 .push((shard, view));
         }
     }
+    add_whole_parts(engines, &mut by_hold);
     for (hold_ref, parts) in by_hold {
         let same_digest = parts.iter().all(|(_, p)| p.digest == parts[0].1.digest);
         let answered: u32 = parts.iter().map(|(_, p)| p.answered_lines).sum();
@@ -485,6 +486,24 @@ fn repair_split_holds(
     }
     repair_split_orders(engines, now, pending, report);
     Ok(())
+}
+
+/// Adds the parts of each split hold that hold their whole request on another shard: a
+/// cart update that moved every line onto one shard answers for all of its request there,
+/// while a shard that missed the update keeps the older, split version. Both must be
+/// compared, or the hold would come back half updated.
+fn add_whole_parts(engines: &[Engine], by_hold: &mut BTreeMap<String, Vec<(usize, HoldView)>>) {
+    for (hold_ref, parts) in by_hold.iter_mut() {
+        for (shard, engine) in engines.iter().enumerate() {
+            if parts.iter().any(|(s, _)| *s == shard) {
+                continue;
+            }
+            // `Millis::MIN`: the part's stored state, without the read-time expiry.
+            if let Some(view) = engine.hold(Millis::MIN, hold_ref) {
+                parts.push((shard, view));
+            }
+        }
+    }
 }
 
 /// Finishes a fulfilment or cancellation that a crash cut between shards: the router
