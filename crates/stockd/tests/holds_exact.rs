@@ -162,7 +162,7 @@ async fn a_reserve_refused_for_overload_leaves_nothing_behind() {
         }
     });
     let answers = futures::future::join_all(calls).await;
-    let mut held = vec![0i64; PRODUCTS];
+    let mut held = [0i64; PRODUCTS];
     let mut refused = Vec::new();
     for (i, answer) in answers {
         match answer {
