@@ -197,6 +197,35 @@ async fn a_reserve_refused_for_overload_leaves_nothing_behind() {
         let on_hand = common::calls::on_hand(&mut admin, p, LOC).await;
         assert_eq!(STOCK - on_hand, held[k], "{p}: held units vs the OK holds");
     }
+    // Every accepted hold released at once: no release is refused half way, so every
+    // unit comes back.
+    let releases = (0..HOLDS).filter(|i| !refused.contains(i)).map(|i| {
+        let mut inv = clients[i % clients.len()].clone();
+        async move {
+            let hold_ref = format!("burst-{i}");
+            let answer = inv
+                .release_hold(pb::ReleaseHoldRequest {
+                    hold_ref: hold_ref.clone(),
+                })
+                .await;
+            (hold_ref, answer)
+        }
+    });
+    for (hold_ref, answer) in futures::future::join_all(releases).await {
+        let hold = answer
+            .unwrap_or_else(|s| panic!("ReleaseHold {hold_ref}: {s}"))
+            .into_inner()
+            .hold
+            .expect("the released hold");
+        assert_eq!(state(&hold), pb::HoldState::Released, "{hold_ref}");
+    }
+    for p in &products {
+        assert_eq!(
+            common::calls::on_hand(&mut admin, p, LOC).await,
+            STOCK,
+            "{p}"
+        );
+    }
     server.stop().await;
 }
 

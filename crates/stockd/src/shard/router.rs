@@ -2,8 +2,12 @@
 //! that span shards.
 //!
 //! A hold's lines may live on several shards. A reserve goes to every shard (a shard
-//! with no new line may hold an older version of the cart); if any shard rejects, the
-//! shards that changed are told to undo, so no line stays held anywhere. Requests on the
+//! with no new line may hold an older version of the cart); if any shard rejects, is
+//! overloaded or has stopped, the shards that changed are told to undo, so no line stays
+//! held anywhere. Undo and rollback messages, and releases, wait for room in a full
+//! mailbox (`ShardHandle::force_write`) instead of being refused: work already begun is
+//! always finished or taken back. A confirm reads every part first and confirms only the
+//! active ones; if a shard refuses, the others are rolled back. Requests on the
 //! same hold or order are serialised by a striped lock taken in a fixed order, so two
 //! concurrent carts never deadlock and never interleave their halves.
 //!
@@ -381,7 +385,14 @@ impl Router {
         let command = Command::Release {
             hold_ref: hold_ref.to_string(),
         };
-        let answers = self.broadcast(now, &command, Some(hold_ref)).await;
+        // A release only frees stock, and one refused on some shards for a full mailbox
+        // would leave the hold half released: every shard gets it, waiting for room.
+        let answers = join_all(
+            self.shards
+                .iter()
+                .map(|s| s.force_write(now, command.clone(), Some(hold_ref.to_string()))),
+        )
+        .await;
         Self::merge_replies(hold_ref, answers)
     }
 
