@@ -123,9 +123,9 @@ impl ShardHandle {
     async fn call<T>(&self, make: impl FnOnce(Respond<T>) -> Msg) -> Result<T, ShardError> {
         let (respond, answer) = oneshot::channel();
         let msg = make(respond);
-        crate::metrics::shard_message(msg.kind());
+        let kind = msg.kind();
         match self.tx.try_send(msg) {
-            Ok(()) => {}
+            Ok(()) => crate::metrics::shard_message(kind),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 crate::metrics::overloaded(self.id);
                 return Err(ShardError::Overloaded(self.id));
@@ -141,10 +141,11 @@ impl ShardHandle {
     async fn force<T>(&self, make: impl FnOnce(Respond<T>) -> Msg) -> Result<T, ShardError> {
         let (respond, answer) = oneshot::channel();
         let msg = make(respond);
-        crate::metrics::shard_message(msg.kind());
+        let kind = msg.kind();
         if self.tx.send(msg).await.is_err() {
             return Err(self.died());
         }
+        crate::metrics::shard_message(kind);
         answer.await.map_err(|_| self.died())?
     }
 
