@@ -27,6 +27,7 @@ pub const WAL_CHANGES_PER_FLUSH: &str = "stockd_wal_changes_per_flush";
 pub const WAL_BYTES: &str = "stockd_wal_written_bytes_total";
 pub const SNAPSHOT_DURATION: &str = "stockd_snapshot_duration_seconds";
 pub const RECOVERY_DURATION: &str = "stockd_recovery_duration_seconds";
+pub const SHARD_MESSAGES: &str = "stockd_shard_messages_total";
 
 /// Latency buckets in seconds: dense below 1 ms, where a reserve should land.
 pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
@@ -67,6 +68,11 @@ pub fn describe() {
     describe_service();
     describe_shards();
     describe_storage();
+    describe_counter!(
+        SHARD_MESSAGES,
+        Unit::Count,
+        "Messages a shard's mailbox accepted (count) by kind: reserve, undo, hold, confirm, release, fulfil, fulfil_check, cancel, read, stock, config, expire."
+    );
 }
 
 /// The metrics of the gRPC layer and of holds.
@@ -204,4 +210,9 @@ pub fn snapshot_written(bytes: usize) {
 
 pub fn recovered(elapsed: Duration) {
     gauge!(RECOVERY_DURATION).set(elapsed.as_secs_f64());
+}
+
+/// One message sent to a shard; `kind` comes from a fixed list (see `describe`).
+pub fn shard_message(kind: &'static str) {
+    counter!(SHARD_MESSAGES, "kind" => kind).increment(1);
 }
