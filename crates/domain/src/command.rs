@@ -51,6 +51,13 @@ pub enum Command {
     },
     /// Run the timers: expire due holds, forget finished ones.
     Expire,
+    /// A confirm's reacquire: a reserve that may re-create a hold ended here (released or
+    /// expired), which a plain `Reserve` refuses. Last, so older log records decode as
+    /// before (postcard numbers variants in order).
+    Reacquire {
+        request: ReserveRequest,
+        mine: Vec<u32>,
+    },
 }
 
 /// What a command did.
@@ -163,6 +170,9 @@ impl Engine {
                 Outcome::Lines(self.cancel_order(now, order_ref)?)
             }
             Command::Expire => Outcome::Expired(self.expire_due(now)),
+            Command::Reacquire { request, mine } => {
+                Outcome::Reserved(self.reacquire(now, request, mine)?)
+            }
         })
     }
 }

@@ -7,7 +7,8 @@
 use super::error::Error;
 use super::hold::{HoldState, HoldView, LineView};
 use super::request::{ReserveLine, ReserveRequest};
-use crate::engine::{ReserveKind, ReservePart};
+use crate::engine::{ReserveKind, ReservePart, ReserveUndo};
+use crate::snapshot::{HoldSnap, LineSnap};
 
 /// A reserve's outcome for the whole hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,6 +163,68 @@ pub fn confirm_step(
         }
         HoldState::Expired => Err(Error::HoldExpired(hold.hold_ref)),
         HoldState::Released => Err(Error::HoldReleased(hold.hold_ref)),
+    }
+}
+
+/// The shards a confirm of an active hold must change, from each shard's part (as read
+/// at the confirm's `now`). Every part that holds a line must be active: one that ended or
+/// was confirmed elsewhere fails the whole confirm with FAILED_PRECONDITION naming its
+/// state, before any shard changes, so a confirm never half applies. A part with no line
+/// that ended holds nothing and is left alone (older versions of stockd kept such parts
+/// after a cart update moved every line away from a shard).
+pub fn confirm_targets(hold_ref: &str, parts: &[(usize, HoldView)]) -> Result<Vec<usize>, Error> {
+    let mut targets = Vec::with_capacity(parts.len());
+    for (shard, part) in parts {
+        match part.state {
+            HoldState::Active => targets.push(*shard),
+            _ if part.lines.is_empty() => {}
+            HoldState::Expired => return Err(Error::HoldExpired(hold_ref.to_string())),
+            HoldState::Released => return Err(Error::HoldReleased(hold_ref.to_string())),
+            HoldState::Confirmed => {
+                return Err(Error::HoldConfirmed {
+                    hold_ref: hold_ref.to_string(),
+                    order_ref: part.order_ref.clone().unwrap_or_default(),
+                });
+            }
+        }
+    }
+    Ok(targets)
+}
+
+/// How to take back a confirm that succeeded on one shard when it failed on another: put
+/// the active part, as it was read just before, back in place of the order. (A part's
+/// last update time is not in its view; its creation time stands in, which no answer
+/// shows.)
+pub fn confirm_rollback(active: &HoldView) -> ReserveUndo {
+    debug_assert_eq!(active.state, HoldState::Active);
+    ReserveUndo {
+        hold_ref: active.hold_ref.clone(),
+        previous: Some(Box::new(HoldSnap {
+            hold_ref: active.hold_ref.clone(),
+            channel_ref: active.channel_ref.clone(),
+            state: HoldState::Active,
+            lines: active
+                .lines
+                .iter()
+                .map(|l| LineSnap {
+                    product_ref: l.product_ref.clone(),
+                    location_ref: l.location_ref.clone(),
+                    quantity: l.quantity,
+                    open: 0,
+                })
+                .collect(),
+            created_at: active.created_at,
+            updated_at: active.created_at,
+            expires_at: active.expires_at,
+            order_ref: None,
+            digest: active.digest,
+            total_lines: active.total_lines,
+            answered_lines: active.answered_lines,
+            primary: active.primary,
+            forget_at: None,
+            last_fulfil: None,
+            cancelled: false,
+        })),
     }
 }
 

@@ -31,6 +31,7 @@ pub const WAL_SEGMENTS: &str = "stockd_wal_segments";
 pub const CHECKPOINT_DURATION: &str = "stockd_checkpoint_duration_seconds";
 pub const CHECKPOINT_ENTRIES: &str = "stockd_checkpoint_entries";
 pub const RECOVERY_DURATION: &str = "stockd_recovery_duration_seconds";
+pub const SHARD_MESSAGES: &str = "stockd_shard_messages_total";
 
 /// Latency buckets in seconds: dense below 1 ms, where a reserve should land.
 pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
@@ -74,6 +75,11 @@ pub fn describe() {
     describe_service();
     describe_shards();
     describe_storage();
+    describe_counter!(
+        SHARD_MESSAGES,
+        Unit::Count,
+        "Messages a shard's mailbox accepted (count) by kind: reserve, undo, hold, confirm, release, fulfil, fulfil_check, cancel, read, stock, config, expire."
+    );
 }
 
 /// The metrics of the gRPC layer and of holds.
@@ -237,4 +243,9 @@ pub fn checkpoint_written(elapsed: Duration, entries: usize) {
 
 pub fn recovered(elapsed: Duration) {
     gauge!(RECOVERY_DURATION).set(elapsed.as_secs_f64());
+}
+
+/// One message sent to a shard; `kind` comes from a fixed list (see `describe`).
+pub fn shard_message(kind: &'static str) {
+    counter!(SHARD_MESSAGES, "kind" => kind).increment(1);
 }

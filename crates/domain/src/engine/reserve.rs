@@ -67,6 +67,8 @@ struct ReserveCtx<'a> {
     digest: u64,
     /// The hold's symbol, if the ref is known here.
     hold: Option<Sym>,
+    /// A confirm's reacquire: a hold that ended here may be made again.
+    reacquire: bool,
 }
 
 /// What the hold already is on this engine.
@@ -130,12 +132,38 @@ impl Engine {
     /// request to each (also to those with no lines, since they may hold an older version
     /// of the cart) and call `undo_reserve` on those that changed if another rejected.
     ///
+    /// A hold ref whose hold has ended here (released, expired, or past its deadline) or
+    /// was confirmed is FAILED_PRECONDITION naming that state, while the finished hold is
+    /// retained; once it is forgotten the ref is free again.
+    ///
     /// `req` must be valid (`ReserveRequest::validate`): the caller checks it once.
     pub fn reserve(
         &mut self,
         now: Millis,
         req: &ReserveRequest,
         mine: &[u32],
+    ) -> Result<ReservePart, Error> {
+        self.reserve_as(now, req, mine, false)
+    }
+
+    /// A confirm's reacquire (domain.md, "Confirm"): `reserve`, except that a hold that
+    /// ended here (released or expired) is made again under its ref. A confirmed hold is
+    /// still refused.
+    pub fn reacquire(
+        &mut self,
+        now: Millis,
+        req: &ReserveRequest,
+        mine: &[u32],
+    ) -> Result<ReservePart, Error> {
+        self.reserve_as(now, req, mine, true)
+    }
+
+    fn reserve_as(
+        &mut self,
+        now: Millis,
+        req: &ReserveRequest,
+        mine: &[u32],
+        reacquire: bool,
     ) -> Result<ReservePart, Error> {
         debug_assert_eq!(req.validate(), Ok(()), "reserve of an unvalidated request");
         let ci = self.channel_index(&req.channel_ref)?;
@@ -146,6 +174,7 @@ impl Engine {
             channel: self.channels[ci].sym,
             digest: Self::request_digest(req),
             hold: self.interner.get_in(HOLD_NS, &req.hold_ref),
+            reacquire,
         };
         let update = match self.prior_part(now, &ctx)? {
             Prior::Resent(part) => return Ok(part),
@@ -166,9 +195,11 @@ impl Engine {
         Ok(self.apply_reserve(now, &ctx, update, lines))
     }
 
-    /// What the hold already is on this engine: nothing live (new, or ended: a due active
-    /// part is expired here), an active part to update, or the same request again.
-    fn prior_part(&mut self, now: Millis, ctx: &ReserveCtx<'_>) -> Result<Prior, Error> {
+    /// What the hold already is on this engine: nothing (a new hold, or an ended one a
+    /// reacquire makes again), an active part to update, or the same request again. An
+    /// ended part (a due active part counts as expired, whatever its timer) refuses a plain
+    /// reserve and changes nothing.
+    fn prior_part(&self, now: Millis, ctx: &ReserveCtx<'_>) -> Result<Prior, Error> {
         let Some(part) = ctx.hold.and_then(|s| self.holds.get(&s)) else {
             return Ok(Prior::None);
         };
@@ -180,10 +211,14 @@ impl Engine {
                     .resolve(part.order.unwrap_or(NO_SYM))
                     .to_string(),
             }),
-            HoldState::Active if part.expires_at <= now => {
-                let sym = part.hold;
-                self.expire_part(now, sym);
+            // Only an ended hold is reacquired; a live one answers as to any reserve.
+            HoldState::Active | HoldState::Released | HoldState::Expired
+                if ctx.reacquire && (part.state != HoldState::Active || part.expires_at <= now) =>
+            {
                 Ok(Prior::None)
+            }
+            HoldState::Active if part.expires_at <= now => {
+                Err(Error::HoldExpired(ctx.req.hold_ref.clone()))
             }
             HoldState::Active if part.channel != ctx.channel => Err(Error::HoldChannelMismatch {
                 hold_ref: ctx.req.hold_ref.clone(),
@@ -195,7 +230,8 @@ impl Engine {
                 Ok(Prior::Resent(self.resent_part(ctx, part)))
             }
             HoldState::Active => Ok(Prior::Active),
-            HoldState::Released | HoldState::Expired => Ok(Prior::None),
+            HoldState::Released => Err(Error::HoldReleased(ctx.req.hold_ref.clone())),
+            HoldState::Expired => Err(Error::HoldExpired(ctx.req.hold_ref.clone())),
         }
     }
 
@@ -290,6 +326,11 @@ impl Engine {
     }
 
     /// Takes the old part out and puts the new one in; returns how to undo that.
+    ///
+    /// A cart update that leaves this engine no line of the request drops the part rather
+    /// than keep an empty one: an empty part holds nothing, and left behind it outlives
+    /// the hold's other parts in other states (a confirm or recovery would then see a hold
+    /// half released: issue #12, defects 4 and 5). Its ref is released once unused.
     fn apply_reserve(
         &mut self,
         now: Millis,
@@ -305,6 +346,7 @@ impl Engine {
         };
         self.remove_part(now, hold);
         let part = self.new_part(now, ctx, hold, created_at, &lines);
+        let keep = !ctx.mine.is_empty();
         let mut e = Event::new(
             if update {
                 EventKind::HoldUpdated
@@ -317,7 +359,11 @@ impl Engine {
         e.hold = Some(hold);
         e.quantity = part.lines.iter().map(|l| l.quantity).sum();
         e.primary = part.primary;
-        self.insert_part(now, part);
+        if keep {
+            self.insert_part(now, part);
+        } else {
+            self.release_if_unused(hold);
+        }
         self.emit(e);
         ReservePart {
             kind: if update {
@@ -395,9 +441,16 @@ impl Engine {
     }
 
     /// Puts back the part a reserve replaced (or removes the part if there was none).
+    ///
+    /// The ref may have been released since the reserve (a part dropped by an update is
+    /// released one event drain later): a part to put back interns it again.
     pub fn undo_reserve(&mut self, now: Millis, undo: &ReserveUndo) {
-        let Some(hold) = self.interner.get_in(HOLD_NS, &undo.hold_ref) else {
-            return;
+        let hold = match &undo.previous {
+            Some(_) => self.interner.intern_in(HOLD_NS, &undo.hold_ref),
+            None => match self.interner.get_in(HOLD_NS, &undo.hold_ref) {
+                Some(hold) => hold,
+                None => return,
+            },
         };
         if let Some(part) = self.holds.get(&hold) {
             let mut e = Event::new(EventKind::HoldReleased, now);

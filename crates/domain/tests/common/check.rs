@@ -14,8 +14,8 @@ use super::*;
 impl Harness {
     pub fn reserve(&mut self, req: &ReserveRequest, undo: bool) -> Result<(), TestCaseError> {
         let now = self.now;
-        // What an undo must come back to: the state after a due hold's lazy expiry.
-        self.model.expire_if_due(now, &req.hold_ref);
+        // A due hold refuses the reserve and stays as it is until its timer runs (issue
+        // #12, defect 3): no lazy expiry here, so the undo comes back to the state as is.
         let saved = undo.then(|| self.model.clone());
         self.last_request.insert(req.hold_ref.clone(), req.clone());
         // What the engine says before: ATS at each line, and the hold's own units there.

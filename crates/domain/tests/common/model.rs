@@ -413,8 +413,9 @@ impl Model {
                         order_ref: h.order.clone().expect("confirmed has an order"),
                     });
                 }
+                // Past its deadline a hold is expired, timer or not: refused, unchanged.
                 HoldState::Active if h.expires_at <= now => {
-                    self.expire_if_due(now, hold);
+                    return Err(Error::HoldExpired(hold.to_string()));
                 }
                 HoldState::Active => {
                     if h.channel != ch {
@@ -444,7 +445,9 @@ impl Model {
                         return Ok((ReserveKind::Unchanged, lines));
                     }
                 }
-                HoldState::Released | HoldState::Expired => {}
+                // A finished hold keeps its ref while it is retained (issue #12, defect 2).
+                HoldState::Released => return Err(Error::HoldReleased(hold.to_string())),
+                HoldState::Expired => return Err(Error::HoldExpired(hold.to_string())),
             }
         }
         let own = existing_active.then_some(hold);

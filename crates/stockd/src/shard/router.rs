@@ -2,8 +2,12 @@
 //! that span shards.
 //!
 //! A hold's lines may live on several shards. A reserve goes to every shard (a shard
-//! with no new line may hold an older version of the cart); if any shard rejects, the
-//! shards that changed are told to undo, so no line stays held anywhere. Requests on the
+//! with no new line may hold an older version of the cart); if any shard rejects, is
+//! overloaded or has stopped, the shards that changed are told to undo, so no line stays
+//! held anywhere. Undo and rollback messages, and releases, wait for room in a full
+//! mailbox (`ShardHandle::force_write`) instead of being refused: work already begun is
+//! always finished or taken back. A confirm reads every part first and confirms only the
+//! active ones; if a shard refuses, the others are rolled back. Requests on the
 //! same hold or order are serialised by a striped lock taken in a fixed order, so two
 //! concurrent carts never deadlock and never interleave their halves.
 //!
@@ -37,6 +41,25 @@ pub const LOCK_STRIPES: usize = 4_096;
 /// The shard that owns (product, location): a stable hash, the same on every start.
 pub fn shard_of(product_ref: &str, location_ref: &str, shards: usize) -> usize {
     (fnv1a(&[product_ref.as_bytes(), location_ref.as_bytes()]) % shards as u64) as usize
+}
+
+/// A reserve's answer, with what a caller needs to take it back or go on: the undo of
+/// every shard it changed and each shard's part after it.
+struct Reserved {
+    result: ReserveResult,
+    undos: Vec<(usize, ReserveUndo)>,
+    parts: Vec<(usize, HoldView)>,
+}
+
+/// The error to report when several shards failed: a domain refusal (it says what to
+/// change) before an overload or outage (which say only "retry").
+fn first_error(first: Option<ShardError>, next: ShardError) -> ShardError {
+    match first {
+        Some(e @ ShardError::Domain(_)) => e,
+        Some(_) if matches!(next, ShardError::Domain(_)) => next,
+        Some(e) => e,
+        None => next,
+    }
 }
 
 /// Routes requests to shards.
@@ -131,33 +154,37 @@ impl Router {
     ) -> Result<ReserveResult, ShardError> {
         req.validate()?;
         let _guards = self.lock(&[&req.hold_ref]).await;
-        self.reserve_locked(now, req).await
+        Ok(self.reserve_locked(now, req, false).await?.result)
     }
 
     /// Sends the (validated) request to every shard, each with the lines it owns, merges
-    /// the answers in the domain, and undoes the shards that changed if the hold failed.
+    /// the answers in the domain, and undoes the shards that changed if the hold failed
+    /// (a refusal, an overload, a stopped shard): an error leaves nothing behind. With
+    /// `reacquire`, a hold that ended may be made again (a confirm's reacquire).
     async fn reserve_locked(
         &self,
         now: Millis,
         req: ReserveRequest,
-    ) -> Result<ReserveResult, ShardError> {
+        reacquire: bool,
+    ) -> Result<Reserved, ShardError> {
         let n = self.shards.len();
         let mut mine: Vec<Vec<u32>> = vec![Vec::new(); n];
         for (i, line) in req.lines.iter().enumerate() {
             mine[shard_of(&line.product_ref, &line.location_ref, n)].push(i as u32);
         }
         let answers = join_all(self.shards.iter().zip(mine).map(|(s, mine)| {
-            s.write(
-                now,
-                Command::Reserve {
-                    request: req.clone(),
-                    mine,
-                },
-                Some(req.hold_ref.clone()),
-            )
+            let request = req.clone();
+            let command = if reacquire {
+                Command::Reacquire { request, mine }
+            } else {
+                Command::Reserve { request, mine }
+            };
+            s.write(now, command, Some(req.hold_ref.clone()))
         }))
         .await;
         let mut parts = Vec::with_capacity(n);
+        let mut views: Vec<(usize, HoldView)> = Vec::new();
+        let mut unchanged: Vec<HoldView> = Vec::new();
         let mut undos: Vec<(usize, ReserveUndo)> = Vec::new();
         let mut error = None;
         for (shard, answer) in answers.into_iter().enumerate() {
@@ -166,11 +193,15 @@ impl Router {
                     outcome: Outcome::Reserved(part),
                     hold,
                 }) => {
-                    undos.extend(part.undo.clone().map(|u| (shard, u)));
+                    match part.undo.clone() {
+                        Some(u) => undos.push((shard, u)),
+                        None => unchanged.extend(hold.clone()),
+                    }
+                    views.extend(hold.clone().map(|h| (shard, h)));
                     parts.push((part, hold));
                 }
                 Ok(other) => unreachable!("a reserve answers Reserved, got {:?}", other.outcome),
-                Err(e) => error = error.or(Some(e)),
+                Err(e) => error = Some(first_error(error, e)),
             }
         }
         if let Some(e) = error {
@@ -178,42 +209,52 @@ impl Router {
             return Err(e);
         }
         match outcome::merge_reserve(&req, parts) {
-            ReserveMerge::Accepted(result) => Ok(result),
+            ReserveMerge::Accepted(result) => Ok(Reserved {
+                result,
+                undos,
+                parts: views,
+            }),
             ReserveMerge::Rejected(lines) => {
-                let hold = self.undo(now, undos, &req.hold_ref).await?;
-                Ok(ReserveResult::rejected(lines, hold))
+                unchanged.extend(self.undo(now, undos, &req.hold_ref).await?);
+                Ok(Reserved {
+                    result: ReserveResult::rejected(lines, HoldView::merge(unchanged)),
+                    undos: Vec::new(),
+                    parts: Vec::new(),
+                })
             }
         }
     }
 
-    /// Takes back the parts a failed reserve changed; returns the hold as it is after.
+    /// Takes back changes already made (a failed reserve's, a failed confirm's). These
+    /// messages wait for room in a full mailbox rather than being refused, so an undo is
+    /// never lost to overload. Returns the hold's parts on those shards afterwards.
     async fn undo(
         &self,
         now: Millis,
         undos: Vec<(usize, ReserveUndo)>,
         hold_ref: &str,
-    ) -> Result<Option<HoldView>, ShardError> {
-        let answers = join_all(
-            undos
-                .into_iter()
-                .map(|(s, undo)| self.shards[s].write(now, Command::UndoReserve(undo), None)),
-        )
+    ) -> Result<Vec<HoldView>, ShardError> {
+        let answers = join_all(undos.into_iter().map(|(s, undo)| {
+            self.shards[s].force_write(now, Command::UndoReserve(undo), Some(hold_ref.to_string()))
+        }))
         .await;
+        let mut parts = Vec::new();
+        let mut error = None;
         for a in answers {
-            a?;
+            match a {
+                Ok(reply) => parts.extend(reply.hold),
+                Err(e) => error = Some(first_error(error, e)),
+            }
         }
-        self.hold(now, hold_ref)
-            .await
-            .map(Some)
-            .or_else(|e| match e {
-                ShardError::Domain(Error::HoldNotFound(_)) => Ok(None),
-                e => Err(e),
-            })
+        error.map_or(Ok(parts), Err)
     }
 
-    /// The whole hold, merged from its parts.
-    pub async fn hold(&self, now: Millis, hold_ref: &str) -> Result<HoldView, ShardError> {
-        check_ref_field("hold_ref", hold_ref)?;
+    /// Each shard's part of a hold, with the shard's index.
+    async fn hold_parts(
+        &self,
+        now: Millis,
+        hold_ref: &str,
+    ) -> Result<Vec<(usize, HoldView)>, ShardError> {
         let answers = join_all(
             self.shards
                 .iter()
@@ -221,10 +262,20 @@ impl Router {
         )
         .await;
         let mut parts = Vec::new();
-        for a in answers {
-            parts.extend(a?);
+        for (shard, a) in answers.into_iter().enumerate() {
+            parts.extend(a?.map(|p| (shard, p)));
         }
-        Ok(outcome::whole_hold(hold_ref, parts)?)
+        Ok(parts)
+    }
+
+    /// The whole hold, merged from its parts.
+    pub async fn hold(&self, now: Millis, hold_ref: &str) -> Result<HoldView, ShardError> {
+        check_ref_field("hold_ref", hold_ref)?;
+        let parts = self.hold_parts(now, hold_ref).await?;
+        Ok(outcome::whole_hold(
+            hold_ref,
+            parts.into_iter().map(|(_, p)| p).collect(),
+        )?)
     }
 
     /// The whole hold from the hold parts a broadcast's replies carry.
@@ -240,6 +291,7 @@ impl Router {
     }
 
     /// Confirms a hold into an order; with `reacquire`, an ended hold reserves again first.
+    /// All or nothing: an error leaves the hold as it was (a reacquired hold is taken back).
     pub async fn confirm(
         &self,
         now: Millis,
@@ -250,23 +302,80 @@ impl Router {
         check_ref_field("hold_ref", hold_ref)?;
         check_ref_field("order_ref", order_ref)?;
         let _guards = self.lock(&[hold_ref, order_ref]).await;
-        let hold = self.hold(now, hold_ref).await?;
-        match outcome::confirm_step(hold, order_ref, reacquire)? {
+        let mut parts = self.hold_parts(now, hold_ref).await?;
+        let whole = outcome::whole_hold(hold_ref, parts.iter().map(|(_, p)| p.clone()).collect())?;
+        let mut reacquired = Vec::new();
+        match outcome::confirm_step(whole, order_ref, reacquire)? {
             ConfirmStep::Done(hold) => return Ok(hold),
             ConfirmStep::Confirm => {}
             ConfirmStep::Reacquire(request) => {
                 // Built from the stored hold, so valid; checked like any reserve all the same.
                 request.validate()?;
-                let again = self.reserve_locked(now, request).await?;
-                outcome::check_reacquired(hold_ref, &again)?;
+                let again = self.reserve_locked(now, request, true).await?;
+                outcome::check_reacquired(hold_ref, &again.result)?;
+                reacquired = again.undos;
+                parts = again.parts;
             }
         }
+        match self.confirm_parts(now, hold_ref, order_ref, &parts).await {
+            Ok(hold) => Ok(hold),
+            Err(e) => {
+                self.undo(now, reacquired, hold_ref).await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Confirms the active parts of a hold on their shards; if any shard refuses, the
+    /// shards that confirmed are rolled back to their active part, so nothing changed.
+    async fn confirm_parts(
+        &self,
+        now: Millis,
+        hold_ref: &str,
+        order_ref: &str,
+        parts: &[(usize, HoldView)],
+    ) -> Result<HoldView, ShardError> {
+        let targets = outcome::confirm_targets(hold_ref, parts)?;
         let command = Command::Confirm {
             hold_ref: hold_ref.to_string(),
             order_ref: order_ref.to_string(),
         };
-        let answers = self.broadcast(now, &command, Some(hold_ref)).await;
-        Self::merge_replies(hold_ref, answers)
+        let answers = join_all(
+            targets
+                .iter()
+                .map(|&s| self.shards[s].write(now, command.clone(), Some(hold_ref.to_string()))),
+        )
+        .await;
+        let mut views = Vec::with_capacity(parts.len());
+        let mut rollbacks = Vec::new();
+        let mut error = None;
+        for ((shard, before), answer) in parts
+            .iter()
+            .filter(|(s, _)| targets.contains(s))
+            .zip(answers)
+        {
+            match answer {
+                Ok(reply) => {
+                    if matches!(reply.outcome, Outcome::Hold(Some(_))) {
+                        rollbacks.push((*shard, outcome::confirm_rollback(before)));
+                    }
+                    views.extend(reply.hold);
+                }
+                Err(e) => error = Some(first_error(error, e)),
+            }
+        }
+        if let Some(e) = error {
+            self.undo(now, rollbacks, hold_ref).await?;
+            return Err(e);
+        }
+        // Ended parts with no line were left alone; they are still parts of the hold.
+        views.extend(
+            parts
+                .iter()
+                .filter(|(s, _)| !targets.contains(s))
+                .map(|(_, p)| p.clone()),
+        );
+        Ok(outcome::whole_hold(hold_ref, views)?)
     }
 
     /// Releases a hold. Idempotent.
@@ -276,7 +385,14 @@ impl Router {
         let command = Command::Release {
             hold_ref: hold_ref.to_string(),
         };
-        let answers = self.broadcast(now, &command, Some(hold_ref)).await;
+        // A release only frees stock, and one refused on some shards for a full mailbox
+        // would leave the hold half released: every shard gets it, waiting for room.
+        let answers = join_all(
+            self.shards
+                .iter()
+                .map(|s| s.force_write(now, command.clone(), Some(hold_ref.to_string()))),
+        )
+        .await;
         Self::merge_replies(hold_ref, answers)
     }
 
