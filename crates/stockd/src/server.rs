@@ -224,14 +224,15 @@ fn start_shards(
                 config_keys,
                 storage_failed: shared.storage_failed.clone(),
             };
-            ShardActor::spawn(
+            let (handle, task) = ShardActor::spawn(
                 id,
                 engine,
                 logs[id].clone(),
                 config.limits.clone(),
                 reload,
                 next_lsn[id],
-            )
+            );
+            (handle, crate::shard::watch::exit_on_panic(id, task))
         })
         .unzip()
 }

@@ -167,7 +167,7 @@ impl ShardActor {
         };
         let task = tokio::spawn(async move {
             actor.run().await;
-            let _ = releaser.await;
+            super::watch::propagate_panic(releaser.await);
         });
         (ShardHandle { id, tx }, task)
     }

@@ -3,10 +3,12 @@
 //! - `handle`: `ShardHandle`, the cheap clone that holds the bounded mailbox sender.
 //! - `actor`: `ShardActor`, the task that owns an engine, batches, logs and replies.
 //! - `router`: `Router`, key → shard routing and the cross-shard coordination of holds.
+//! - `watch`: a shard panic exits the process, so that recovery runs on the restart.
 
 pub mod actor;
 pub mod handle;
 pub mod router;
+pub mod watch;
 
 pub use actor::{ShardActor, ShardLimits};
 pub use handle::{ShardError, ShardHandle};
