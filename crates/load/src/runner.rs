@@ -288,7 +288,9 @@ pub async fn run<L: Load>(load: Arc<L>, plan: &Plan, target: &Target) -> Result<
     let threads = target.threads_for(concurrency);
     let connections = target.connections_for(concurrency);
 
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
+    // Each load thread reports once (ready or failed), so `threads` slots always suffice
+    // and `try_send` never finds the channel full.
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<Result<(), String>>(threads);
     let (start_tx, start_rx) = tokio::sync::watch::channel::<Option<Instant>>(None);
     let mut results = Vec::with_capacity(threads);
     for t in 0..threads {
@@ -385,7 +387,7 @@ struct Share {
 
 /// How a load thread says it is connected, and learns when to start.
 struct Starter {
-    ready: tokio::sync::mpsc::UnboundedSender<Result<(), String>>,
+    ready: tokio::sync::mpsc::Sender<Result<(), String>>,
     start: tokio::sync::watch::Receiver<Option<Instant>>,
 }
 
@@ -414,7 +416,7 @@ fn spawn_thread<L: Load>(
                 Err(e) => {
                     let _ = starter
                         .ready
-                        .send(Err(format!("cannot start a load thread: {e}")));
+                        .try_send(Err(format!("cannot start a load thread: {e}")));
                     return;
                 }
             };
@@ -444,11 +446,11 @@ async fn thread_load<L: Load>(
     let channels = match channels {
         Ok(c) => c,
         Err(e) => {
-            let _ = ready.send(Err(e));
+            let _ = ready.try_send(Err(e));
             return None;
         }
     };
-    let _ = ready.send(Ok(()));
+    let _ = ready.try_send(Ok(()));
     drop(ready);
     let start = loop {
         if let Some(start) = *start.borrow_and_update() {
