@@ -31,8 +31,15 @@ CHANNELS = ("SOCIAL", "WEB")
 OUTCOMES = ("reserved", "partial", "rejected")
 EVENTS = ("created", "updated", "confirmed", "released", "expired")
 
+# The kinds of shard message `stockd_shard_messages_total{kind}` counts (a fixed list in
+# crates/stockd/src/shard/handle.rs).
+MESSAGE_KINDS = {
+    "reserve", "undo", "hold", "confirm", "release", "fulfil", "fulfil_check", "cancel",
+    "read", "stock", "config", "expire", "position", "channels", "reacquire",
+}
+
 # Label names a stockd metric may carry: all bounded (channels are configured).
-ALLOWED_LABELS = {"service", "method", "code", "channel", "outcome", "event", "shard", "le"}
+ALLOWED_LABELS = {"service", "method", "code", "channel", "outcome", "event", "shard", "kind", "le"}
 
 # family -> (type, labels it must carry besides le)
 REQUIRED_FAMILIES = {
@@ -49,6 +56,9 @@ REQUIRED_FAMILIES = {
     "stockd_wal_written_bytes_total": ("counter", set()),
     "stockd_snapshot_duration_seconds": ("histogram", set()),
     "stockd_recovery_duration_seconds": ("gauge", set()),
+    "stockd_wal_fsync_duration_seconds": ("histogram", set()),
+    "stockd_wal_segments": ("gauge", set()),
+    "stockd_shard_messages_total": ("counter", {"kind"}),
 }
 
 # Dashboard expressions that may be empty after a short run, by the metrics they use.
@@ -226,6 +236,9 @@ def cmd_exposition(args):
         bad = sorted({k for _, labels, _ in series for k in labels} - ALLOWED_LABELS)
         if bad:
             problems.append(f"{fam}: unbounded or unexpected labels {bad} (allowed: {sorted(ALLOWED_LABELS)})")
+        kinds = {labels["kind"] for _, labels, _ in series if "kind" in labels}
+        if kinds - MESSAGE_KINDS:
+            problems.append(f"{fam}: unexpected kind values {sorted(kinds - MESSAGE_KINDS)}")
 
     for fam, (kind, need) in REQUIRED_FAMILIES.items():
         if fam not in families:
