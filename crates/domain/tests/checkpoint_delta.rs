@@ -12,8 +12,8 @@ use common::*;
 use proptest::prelude::*;
 use proptest::test_runner::{FileFailurePersistence, TestCaseError};
 use stockd_domain::{
-    ChannelConfig, CheckpointDelta, ConfigSnap, Counters, Engine, EngineSnapshot, HoldSnap, Millis,
-    PositionSnap, ReserveLine, ReserveRequest, Settings, StockCount,
+    CheckpointDelta, ConfigSnap, Counters, Engine, EngineSnapshot, HoldSnap, Millis, PositionSnap,
+    ReserveLine, ReserveRequest, Settings, StockCount,
 };
 
 const T0: Millis = 1_700_000_000_000;
@@ -138,14 +138,7 @@ proptest! {
 }
 
 fn engine() -> Engine {
-    let mut e = Engine::new(Settings::default());
-    e.upsert_channel(ChannelConfig {
-        channel_ref: "WEB".into(),
-        allocation_bps: 10_000,
-        ..Default::default()
-    })
-    .unwrap();
-    e
+    common::examples::web_engine()
 }
 
 fn count(e: &mut Engine, now: Millis, product: &str, quantity: i64) {

@@ -1,8 +1,10 @@
 //! The seed examples of domain.md and the engine issue, through the engine's public API.
 
+mod common;
+
 use stockd_domain::{
     Adjustment, AdjustmentKind, ChannelConfig, CountStatus, Engine, Error, HoldState, Millis,
-    ReserveKind, ReserveLine, ReserveRequest, Settings, StockCount,
+    ReserveKind, ReserveRequest, Settings, StockCount,
 };
 
 const MIN: Millis = 60_000;
@@ -36,21 +38,7 @@ fn count(e: &mut Engine, now: Millis, product: &str, qty: i64, as_of: Millis) ->
 }
 
 fn req(hold: &str, channel: &str, lines: &[(&str, i64)]) -> ReserveRequest {
-    ReserveRequest {
-        hold_ref: hold.into(),
-        channel_ref: channel.into(),
-        lines: lines
-            .iter()
-            .map(|(p, q)| ReserveLine {
-                product_ref: p.to_string(),
-                location_ref: "DC1".into(),
-                quantity: *q,
-                category: None,
-            })
-            .collect(),
-        ttl_seconds: None,
-        allow_partial: false,
-    }
+    common::examples::dc1_hold(hold, channel, lines, None)
 }
 
 fn reserve(e: &mut Engine, now: Millis, r: &ReserveRequest) -> ReserveKind {

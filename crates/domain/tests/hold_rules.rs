@@ -3,23 +3,19 @@
 //! cart update that leaves a shard no line drops that shard's part (and its undo puts it
 //! back), and a confirm's targets and rollback are decided from the parts.
 
+mod common;
+
 use stockd_domain::outcome::{confirm_rollback, confirm_targets};
 use stockd_domain::{
-    ChannelConfig, Engine, Error, HoldState, HoldView, LineView, Millis, ReserveKind, ReserveLine,
-    ReserveRequest, Settings, StockCount,
+    Engine, Error, HoldState, HoldView, LineView, Millis, ReserveKind, ReserveRequest, Settings,
+    StockCount,
 };
 
 const T0: Millis = 1_700_000_000_000;
 const SECOND: Millis = 1_000;
 
 fn engine() -> Engine {
-    let mut e = Engine::new(Settings::default());
-    e.upsert_channel(ChannelConfig {
-        channel_ref: "WEB".into(),
-        allocation_bps: 10_000,
-        ..Default::default()
-    })
-    .unwrap();
+    let mut e = common::examples::web_engine();
     for p in ["A", "B"] {
         e.set_stock(
             T0,
@@ -36,21 +32,7 @@ fn engine() -> Engine {
 }
 
 fn req(hold: &str, lines: &[(&str, i64)], ttl: u32) -> ReserveRequest {
-    ReserveRequest {
-        hold_ref: hold.into(),
-        channel_ref: "WEB".into(),
-        lines: lines
-            .iter()
-            .map(|(p, q)| ReserveLine {
-                product_ref: p.to_string(),
-                location_ref: "DC1".into(),
-                quantity: *q,
-                category: None,
-            })
-            .collect(),
-        ttl_seconds: Some(ttl),
-        allow_partial: false,
-    }
+    common::examples::dc1_hold(hold, "WEB", lines, Some(ttl))
 }
 
 fn all(r: &ReserveRequest) -> Vec<u32> {

@@ -26,7 +26,7 @@ const LOC: &str = "DC1";
 struct Server {
     grpc: std::net::SocketAddr,
     stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), String>>,
+    task: common::server::ServerTask,
 }
 
 impl Server {
@@ -34,18 +34,8 @@ impl Server {
         let mut config = ServerConfig::new(data.to_path_buf());
         config.shards = shards;
         config.limits.mailbox_capacity = mailbox_capacity;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1:0");
-        let grpc = listener.local_addr().expect("local addr");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            stockd::server::run(config, listener, async {
-                let _ = stopped.await;
-            })
-            .await
-            .map(|_| ())
-        });
+        let common::server::Spawned { grpc, stop, task } =
+            common::server::spawn_in_process(config).await;
         client::wait_serving(grpc, Duration::from_secs(30), || None)
             .await
             .expect("the server serves");

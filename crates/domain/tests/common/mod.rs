@@ -6,6 +6,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod check;
+pub mod examples;
 pub mod harness;
 pub mod model;
 pub mod scenario;

@@ -82,8 +82,34 @@ macro_rules! grpc_clients {
 pub struct InProcessServer {
     pub grpc: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<Result<(), String>>>,
+    task: Option<ServerTask>,
     _dir: tempfile::TempDir,
+}
+
+/// The task running `stockd::server::run`: recovery's report, or the start-up error.
+pub type ServerTask =
+    tokio::task::JoinHandle<Result<stockd::storage::recovery::RecoveryReport, String>>;
+
+/// `stockd::server::run` started in this runtime on 127.0.0.1:0 (not yet known to serve).
+pub struct Spawned {
+    pub grpc: SocketAddr,
+    /// Sending (or dropping) it asks the server to stop gracefully.
+    pub stop: tokio::sync::oneshot::Sender<()>,
+    pub task: ServerTask,
+}
+
+/// Binds 127.0.0.1:0 and spawns `stockd::server::run(config, ..)` on it; the caller waits
+/// for it to serve (`client::wait_serving`) with the failure handling it needs.
+pub async fn spawn_in_process(config: ServerConfig) -> Spawned {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    let grpc = listener.local_addr().expect("local addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(stockd::server::run(config, listener, async {
+        let _ = stopped.await;
+    }));
+    Spawned { grpc, stop, task }
 }
 
 impl InProcessServer {
@@ -93,18 +119,7 @@ impl InProcessServer {
         let dir = tempdir();
         let mut config = ServerConfig::new(dir.path().join("data"));
         config.shards = shards;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1:0");
-        let grpc = listener.local_addr().expect("local addr");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            stockd::server::run(config, listener, async {
-                let _ = stopped.await;
-            })
-            .await
-            .map(|_| ())
-        });
+        let Spawned { grpc, stop, task } = spawn_in_process(config).await;
         let ready = client::wait_serving(grpc, READY_TIMEOUT, || {
             task.is_finished()
                 .then(|| "stockd::server::run returned".to_string())

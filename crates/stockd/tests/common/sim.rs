@@ -56,19 +56,12 @@ impl SimWorld {
 pub struct SimRun {
     pub grpc: SocketAddr,
     stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<RecoveryReport, String>>,
+    task: super::server::ServerTask,
 }
 
 /// Starts `server::run` with `config`: `Ok` once it serves, `Err` with its start-up error.
 pub async fn run(config: ServerConfig) -> Result<SimRun, String> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind 127.0.0.1:0");
-    let grpc = listener.local_addr().expect("local addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(stockd::server::run(config, listener, async {
-        let _ = stopped.await;
-    }));
+    let super::server::Spawned { grpc, stop, task } = super::server::spawn_in_process(config).await;
     let ready = client::wait_serving(grpc, SIM_WAIT_MAX, || {
         task.is_finished().then(|| "stopped".to_string())
     })
