@@ -155,7 +155,7 @@ fn store_checkpoints(storage: &Storage, engines: &[Engine]) {
             generation: 0,
             shard: shard as u32,
         };
-        let batch = checkpointer::encode(scope, 0, delta, &ConfigKeys::default());
+        let batch = checkpointer::encode(scope, 0, &delta, &ConfigKeys::default());
         let encoded = t.elapsed() - copied;
         let entries = batch.puts.len();
         let t = Instant::now();

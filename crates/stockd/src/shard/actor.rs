@@ -105,7 +105,8 @@ pub struct ShardActor {
     next_lsn: u64,
     checkpoint_in_flight: Arc<AtomicBool>,
     /// Set by a checkpoint that failed: the next one writes the whole state.
-    checkpoint_failed: Arc<AtomicBool>,
+    /// The delta of a checkpoint that failed, until the next one carries it.
+    checkpoint_failed: Arc<std::sync::Mutex<Option<Delta>>>,
     /// Positions changed by a batch that is not yet durable, with how many such batches.
     /// A read of clean positions answers at once; a read of dirty ones waits its turn, so
     /// no reply reveals a change that is not yet durable.
@@ -157,7 +158,7 @@ impl ShardActor {
             reloaded: false,
             next_lsn,
             checkpoint_in_flight: Arc::new(AtomicBool::new(false)),
-            checkpoint_failed: Arc::new(AtomicBool::new(false)),
+            checkpoint_failed: Arc::default(),
             dirty: FxHashMap::default(),
             dirty_all: 0,
             inflight: VecDeque::new(),
@@ -520,12 +521,19 @@ impl ShardActor {
         });
     }
 
-    /// Copies of what changed since the last checkpoint (all of it after a failed one).
+    /// Copies of what changed since the last checkpoint, after what a failed checkpoint
+    /// could not write (merged, so its removals are written too).
     fn take_delta(&mut self) -> Delta {
-        if self.checkpoint_failed.swap(false, Ordering::AcqRel) {
-            self.engine.mark_all_for_checkpoint();
+        let changed = self.engine.take_checkpoint_delta();
+        match self
+            .checkpoint_failed
+            .lock()
+            .expect("failed checkpoint slot")
+            .take()
+        {
+            Some(failed) => failed.merge(changed),
+            None => changed,
         }
-        self.engine.take_checkpoint_delta()
     }
 
     /// After a failed write, memory may hold changes the disk does not: rebuild the

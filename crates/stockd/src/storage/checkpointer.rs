@@ -10,7 +10,7 @@
 //!   `n:counters` → `(next_iq_id, next_event_seq)`.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,7 @@ pub type ConfigKeys = Arc<Mutex<BTreeSet<(Namespace, Vec<u8>)>>>;
 pub fn encode(
     scope: Scope,
     lsn_covered: u64,
-    delta: Delta,
+    delta: &Delta,
     config_keys: &ConfigKeys,
 ) -> CheckpointBatch {
     let mut puts = Vec::with_capacity(delta.entries() + 1);
@@ -216,8 +216,9 @@ pub struct Job {
     /// The log's live segment count (see `ShardLog`).
     pub segments: Arc<AtomicI64>,
     pub config_keys: ConfigKeys,
-    /// Set when this checkpoint failed: the shard's next one must be whole.
-    pub failed: Arc<AtomicBool>,
+    /// Where a failed checkpoint leaves its delta, for the shard to merge into its next
+    /// one (`CheckpointDelta::merge`), so nothing it carried (removals included) is lost.
+    pub failed: Arc<Mutex<Option<Delta>>>,
 }
 
 /// Runs a checkpoint on a blocking thread: waits until the log is durable up to the LSN
@@ -226,7 +227,7 @@ pub fn run(mut job: Job) {
     let started = Instant::now();
     let shard = job.shard;
     let delta = std::mem::take(&mut job.delta);
-    match write(&job, delta) {
+    match write(&job, &delta) {
         Ok(entries) => {
             m::checkpoint_written(started.elapsed(), entries);
             tracing::debug!(
@@ -237,13 +238,13 @@ pub fn run(mut job: Job) {
             );
         }
         Err(e) => {
-            job.failed.store(true, Ordering::Release);
-            tracing::warn!(shard, error = %e, "checkpoint failed; the log is kept, the next checkpoint is whole");
+            *job.failed.lock().expect("failed checkpoint slot") = Some(delta);
+            tracing::warn!(shard, error = %e, "checkpoint failed; the log is kept, the next checkpoint carries this one's entries too");
         }
     }
 }
 
-fn write(job: &Job, delta: Delta) -> Result<usize, super::StorageError> {
+fn write(job: &Job, delta: &Delta) -> Result<usize, super::StorageError> {
     let deadline = Instant::now() + Duration::from_millis(CHECKPOINT_DURABLE_WAIT_MS);
     while job.durable_lsn.load(Ordering::Acquire) < job.lsn_covered {
         if Instant::now() >= deadline {

@@ -363,7 +363,7 @@ fn reshard(
             generation: next,
             shard,
         };
-        let batch = checkpointer::encode(scope, 0, snap.into_delta(), &config_keys);
+        let batch = checkpointer::encode(scope, 0, &snap.into_delta(), &config_keys);
         checkpointer::apply_unpublished(storage.checkpoints.as_ref(), batch)?;
         let dir = storage.log_dir(next, shard)?;
         let (log, _) = Log::open(dir, storage.log_config, 0).map_err(log_error(storage, shard))?;
