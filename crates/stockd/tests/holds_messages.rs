@@ -18,8 +18,9 @@ use common::calls::{
     cancel_ok, confirm_ok, fulfil_ok, get_hold, release_ok, reserve_ok, stock, upsert_channel,
 };
 use common::fixtures::products_on_every_shard;
-use common::requests::channel;
+use common::requests::{channel, reserve_request};
 use common::server::{InProcessServer, free_port};
+use stockd::proto::inventory::v1 as pb;
 
 const SHARDS: u32 = 8;
 
@@ -190,6 +191,42 @@ async fn hold_operations_contact_only_the_hold_s_shards() {
         delta(&m14, &m15),
         expect(&[("release", 3)]),
         "ReleaseHold on 3"
+    );
+
+    // After a restart the directory is rebuilt from the recovered shards: the same holds
+    // cost the same messages, and a finished hold still refuses a new reserve.
+    let server = server.restart(SHARDS).await;
+    let mut inv = server.inventory();
+    let m16 = messages(metrics);
+    let h = get_hold(&mut inv, "h").await.expect("GetHold").expect("h");
+    assert_eq!(h.state, pb::HoldState::Confirmed as i32);
+    let m17 = messages(metrics);
+    assert_eq!(
+        delta(&m16, &m17),
+        expect(&[("hold", 1)]),
+        "GetHold after restart"
+    );
+    let h3 = get_hold(&mut inv, "h3")
+        .await
+        .expect("GetHold")
+        .expect("h3");
+    assert_eq!(h3.lines.len(), 3);
+    let m18 = messages(metrics);
+    assert_eq!(
+        delta(&m17, &m18),
+        expect(&[("hold", 3)]),
+        "GetHold on 3 after"
+    );
+    let again = inv
+        .reserve(reserve_request("h4", "WEB", &three, 600))
+        .await
+        .expect_err("a released hold is not made again");
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition, "{again:?}");
+    let m19 = messages(metrics);
+    assert_eq!(
+        delta(&m18, &m19),
+        expect(&[("reserve", 3)]),
+        "Reserve h4 after"
     );
     server.stop().await;
 }
