@@ -345,7 +345,7 @@ if have_h2 == "1":
             print(f"  {label:<16} stockd-load {ours['rps']:>9.0f} req/s   h2load: {note}")
         else:
             print(f"  {label:<16} stockd-load {ours['rps']:>9.0f} req/s   h2load {theirs:>9.0f} req/s   "
-                  f"stockd-load ÷ h2load {ours['rps'] / theirs:5.2f}" + (f"  (h2load: {note})" if note else ""))
+                  f"stockd-load ÷ h2load {ratio(ours['rps'], theirs):5.2f}" + (f"  (h2load: {note})" if note else ""))
     print("  (goal: stockd-load within 20% of h2load, i.e. ≥ 0.80; below that the load generator is what is measured)")
 else:
     print("  h2load not available (apt-get install nghttp2-client): comparison skipped")
