@@ -352,6 +352,72 @@ mod tests {
         assert_eq!(s.len(), 0, "an entry with no shard goes");
     }
 
+    /// A shard that has forgotten every hold and order (or, with `drop`, one that dies
+    /// without answering).
+    fn forgetful_shard(drop: bool) -> ShardHandle {
+        use super::super::handle::Msg;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                match msg {
+                    Msg::Hold { respond, .. } if !drop => {
+                        let _ = respond.send(Ok(None));
+                    }
+                    Msg::FulfilCheck { respond, .. } if !drop => {
+                        let _ = respond.send(Ok(None));
+                    }
+                    _ => {}
+                }
+            }
+        });
+        ShardHandle { id: 0, tx }
+    }
+
+    /// One whole pass of the prune over every stripe at `now`.
+    async fn prune_pass(dir: &Directory, shards: &[ShardHandle], now: Millis) {
+        for _ in 0..LOCK_STRIPES.div_ceil(DIRECTORY_PRUNE_STRIPES_PER_TICK) {
+            dir.prune(shards, now).await;
+        }
+    }
+
+    async fn shards_of(dir: &Directory, ns: Ns, key: &str) -> Vec<u32> {
+        dir.lock(0, &[key]).await.shards(ns, key)
+    }
+
+    #[tokio::test]
+    async fn a_prune_drops_what_the_shards_forgot_once_it_is_due() {
+        let dir = Directory::new(DAY);
+        {
+            let mut locked = dir.lock(0, &["h", "o"]).await;
+            locked.note(Ns::Hold, "h", 0, Some(Seen::Kept(0)));
+            locked.note(Ns::Order, "o", 0, Some(Seen::Kept(0)));
+        }
+        let due = DAY + DIRECTORY_PRUNE_GRACE_MS;
+        let forgetful = [forgetful_shard(false)];
+        prune_pass(&dir, &forgetful, due - 1).await;
+        assert_eq!(shards_of(&dir, Ns::Hold, "h").await, vec![0], "not yet due");
+        assert_eq!(
+            shards_of(&dir, Ns::Order, "o").await,
+            vec![0],
+            "not yet due"
+        );
+        // A shard that cannot answer keeps its place, to be asked again later.
+        prune_pass(&dir, &[forgetful_shard(true)], due).await;
+        assert_eq!(shards_of(&dir, Ns::Hold, "h").await, vec![0]);
+        prune_pass(&dir, &forgetful, due + DIRECTORY_RETRY_MS).await;
+        assert!(shards_of(&dir, Ns::Hold, "h").await.is_empty(), "forgotten");
+        assert!(
+            shards_of(&dir, Ns::Order, "o").await.is_empty(),
+            "forgotten"
+        );
+        let total: usize = futures::future::join_all(dir.stripes.iter().map(|s| s.lock()))
+            .await
+            .iter()
+            .map(|s| s.len())
+            .sum();
+        assert_eq!(total, 0, "every entry went");
+    }
+
     #[test]
     fn an_entry_is_due_once_its_parts_may_be_forgotten() {
         let mut s = Stripe::default();
