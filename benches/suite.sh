@@ -242,6 +242,8 @@ for S in 1 8; do
     SHARDS=$S
     start_server sync
     "${LOAD_PIN[@]}" "$LOAD" health -z 1s -c "$CONC" --connections "$CONNS" -O json "127.0.0.1:$PORT" >/dev/null # warm-up
+    # Warm-up writes too: each shard's log creates its segments on its first writes.
+    "${LOAD_PIN[@]}" "$LOAD" reserve --products 10000 -z 1s -c "$CONC" --connections "$CONNS" -O json "127.0.0.1:$PORT" >/dev/null
     load "scale$S-reserve1" reserve --products 10000 "${common[@]}"
     load "scale$S-reserve3" reserve --products 10000 --lines 3 "${common[@]}"
     load "scale$S-holds" reserve --prefix "gh$S" --products 1000 --lines 3 -n 1000 -c "$CONC" --connections "$CONNS"
