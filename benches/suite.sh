@@ -15,7 +15,9 @@
 #     --durability async);
 #   - one hot product against 10,000 products spread evenly;
 #   - stockd-load against h2load (nghttp2-client) on the same server with the same
-#     gRPC-framed request, so a slow load generator cannot pass for a slow server.
+#     gRPC-framed request, so a slow load generator cannot pass for a slow server;
+#   - shard scaling: Reserve (1 and 3 lines), GetHold and the flash sale at --shards 8
+#     against --shards 1, on the same pinned core (goal: 8 ÷ 1 ≥ 0.90).
 #
 # Environment:
 #   SUITE_SECONDS      seconds per measurement (default 10; 2 with SUITE_QUICK=1)
@@ -228,6 +230,29 @@ start_server async
 load reserve-async reserve --products 10000 "${common[@]}"
 stop_server
 
+# --- shard scaling --------------------------------------------------------------------
+# The same load at --shards 1 and --shards 8, the server on the same one pinned core: a
+# hold contacts only the shards of its lines (issue #12), so more shards must not cost
+# throughput. One-line and three-line Reserves (consecutive products: at --shards 8 the
+# lines sit on different shards), GetHold of 1,000 existing holds, and the flash sale.
+log "shard scaling (--shards 1 and 8)"
+MAIN_SHARDS=$SHARDS
+GH_CALL=inventory.v1.InventoryService.GetHold
+for S in 1 8; do
+    SHARDS=$S
+    start_server sync
+    "${LOAD_PIN[@]}" "$LOAD" health -z 1s -c "$CONC" --connections "$CONNS" -O json "127.0.0.1:$PORT" >/dev/null # warm-up
+    # Warm-up writes too: each shard's log creates its segments on its first writes.
+    "${LOAD_PIN[@]}" "$LOAD" reserve --products 10000 -z 1s -c "$CONC" --connections "$CONNS" -O json "127.0.0.1:$PORT" >/dev/null
+    load "scale$S-reserve1" reserve --products 10000 "${common[@]}"
+    load "scale$S-reserve3" reserve --products 10000 --lines 3 "${common[@]}"
+    load "scale$S-holds" reserve --prefix "gh$S" --products 1000 --lines 3 -n 1000 -c "$CONC" --connections "$CONNS"
+    load "scale$S-gethold" call --call "$GH_CALL" -d "{\"holdRef\":\"gh$S-h{{randomInt 0 1000}}\"}" "${common[@]}"
+    load "scale$S-flash" flash-sale --units "$UNITS" --buyers "$BUYERS" -c "$CONC" --connections "$CONNS"
+    stop_server
+done
+SHARDS=$MAIN_SHARDS
+
 # --- table ----------------------------------------------------------------------------
 python3 - "$WORK" "$SECS" "$CONC" "$CONNS" "$STREAMS" "$HAVE_H2LOAD" <<'PY'
 import json, os, re, sys
@@ -322,10 +347,24 @@ if have_h2 == "1":
             print(f"  {label:<16} stockd-load {ours['rps']:>9.0f} req/s   h2load: {note}")
         else:
             print(f"  {label:<16} stockd-load {ours['rps']:>9.0f} req/s   h2load {theirs:>9.0f} req/s   "
-                  f"stockd-load ÷ h2load {ours['rps'] / theirs:5.2f}" + (f"  (h2load: {note})" if note else ""))
+                  f"stockd-load ÷ h2load {ratio(ours['rps'], theirs):5.2f}" + (f"  (h2load: {note})" if note else ""))
     print("  (goal: stockd-load within 20% of h2load, i.e. ≥ 0.80; below that the load generator is what is measured)")
 else:
     print("  h2load not available (apt-get install nghttp2-client): comparison skipped")
+print()
+
+print(f"Shard scaling: the same server core, --shards 8 against --shards 1 ({conc} callers, {secs} s each)")
+print(f"  {'':<38} {'shards 1':>10} {'shards 8':>10} {'8 ÷ 1':>7}")
+for label, name in (("Reserve, 1 line, 10,000 products", "reserve1"),
+                    ("Reserve, 3 lines (3 shards at 8)", "reserve3"),
+                    ("GetHold, 3-line holds", "gethold"),
+                    ("flash sale, Reserve", "flash")):
+    one, eight = rep(f"scale1-{name}"), rep(f"scale8-{name}")
+    r = ratio(eight["rps"], one["rps"])
+    errs = errors(one) + errors(eight)
+    note = f"  ({errs} errors)" if errs else ""
+    print(f"  {label:<38} {one['rps']:>10.0f} {eight['rps']:>10.0f} {r:>7.2f}"
+          f"   (goal ≥ 0.90: {'met' if r >= 0.9 else 'NOT met'}){note}")
 PY
 
 if [[ -s "$WORK/warnings.txt" ]]; then

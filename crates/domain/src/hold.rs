@@ -203,6 +203,19 @@ pub struct HoldView {
     pub open: i64,
 }
 
+/// Which hold (and order) a part on one engine belongs to, and until when it is certainly
+/// kept: what a router needs to know where a hold's parts live (a directory rebuilt at
+/// start-up from every shard's parts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PartRef<'a> {
+    pub hold_ref: &'a str,
+    /// The order, once the part is confirmed.
+    pub order_ref: Option<&'a str>,
+    /// The part's deadline: an active part is kept at least this long, and a finished
+    /// one at least its retention after it ended.
+    pub expires_at: Millis,
+}
+
 /// A line of a hold or an order, refs resolved.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineView {

@@ -370,6 +370,10 @@ pub struct ReserveArgs {
     /// Release each hold right after it is placed (Reserve+Release pairs).
     #[arg(long)]
     pub release: bool,
+    /// Lines per hold: hold i takes products i, i+1, … mod K, one unit each (lines on
+    /// several shards, unless the server has one).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10))]
+    pub lines: u64,
     /// Target server, host:port.
     #[arg(value_name = "HOST:PORT")]
     pub host: Option<String>,

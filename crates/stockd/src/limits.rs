@@ -124,8 +124,43 @@ pub const DRAIN_TIMEOUT_SECS_DEFAULT: u64 = 10;
 pub const HOLD_RETENTION_SECS_DEFAULT: u64 = (stockd_domain::limits::HOLD_RETENTION_MS_DEFAULT
     / stockd_domain::limits::MS_PER_SECOND) as u64;
 
+// ---- The router's hold directory (`shard/directory.rs`) --------------------------------
+//
+// The directory has one entry per hold and per order that some shard keeps (about 100
+// bytes plus the ref each), so it is bounded by what the shards keep: holds for their
+// timer, finished holds and orders for `--hold-retention-secs`. Shards forget without
+// telling the router; the prune below removes an entry at most
+// `LOCK_STRIPES / DIRECTORY_PRUNE_STRIPES_PER_TICK × DIRECTORY_PRUNE_TICK_MS` (6.4 s) plus
+// `DIRECTORY_PRUNE_GRACE_MS` after its last part was forgotten.
+
+/// How often the directory's prune wakes.
+pub const DIRECTORY_PRUNE_TICK_MS: u64 = 100;
+
+/// Lock stripes one prune wake visits: the cost of a wake (a scan of about
+/// entries / LOCK_STRIPES × this) and, with the tick, the time of one full pass.
+pub const DIRECTORY_PRUNE_STRIPES_PER_TICK: usize = 64;
+
+/// Most due entries one stripe checks per visit: each check costs one read message per
+/// shard of the entry, so a wake sends at most `DIRECTORY_PRUNE_STRIPES_PER_TICK ×` this
+/// reads per shard of an entry.
+pub const DIRECTORY_PRUNE_CHECKS_MAX: usize = 16;
+
+/// How long after the earliest moment a shard may forget a part its entry is checked:
+/// covers a timer that fires late (a hold expires within a second of its deadline).
+pub const DIRECTORY_PRUNE_GRACE_MS: i64 = 2_000;
+
+/// How soon an entry is checked again after a shard could not answer whether it keeps a
+/// part (overloaded, stopped, a failed disk).
+pub const DIRECTORY_RETRY_MS: i64 = 1_000;
+
 // ---- Relations, checked at compile time -------------------------------------------------
 
+// A prune wake visits at least one stripe, and a full pass visits each.
+const _: () = assert!(
+    DIRECTORY_PRUNE_STRIPES_PER_TICK >= 1 && DIRECTORY_PRUNE_STRIPES_PER_TICK <= LOCK_STRIPES
+);
+const _: () =
+    assert!(DIRECTORY_PRUNE_CHECKS_MAX >= 1 && DIRECTORY_PRUNE_GRACE_MS > EXPIRY_GRACE_MS);
 // A batch can always be filled from a default mailbox.
 const _: () = assert!(BATCH_MAX <= MAILBOX_CAPACITY_DEFAULT);
 // A group commit can drain a log writer's whole inbox, so a batch waits for at most one

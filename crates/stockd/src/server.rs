@@ -17,6 +17,7 @@ use crate::config::ServerConfig;
 use crate::grpc::{self, ServeError};
 use crate::metrics::MetricsError;
 use crate::shard::actor::Reload;
+use crate::shard::directory::Directory;
 use crate::shard::{Router, ShardActor, ShardError, ShardHandle, shard_of};
 use crate::storage::backend::AnyDir;
 use crate::storage::checkpointer::ConfigKeys;
@@ -90,9 +91,13 @@ pub async fn try_run(
         generation,
         storage_failed: &storage_failed,
     };
+    // Where each hold's and order's parts are, from the recovered engines, before any
+    // request is served.
+    let directory = Directory::rebuild(&engines, now_millis(), config.settings.hold_retention_ms);
     let (handles, tasks) = start_shards(shared, &config, &logs, engines, keys, &next_lsn);
     drop(logs);
-    let router = Arc::new(Router::new(handles));
+    let router = Arc::new(Router::with_directory(handles, directory));
+    let prune = tokio::spawn(Router::prune_forever(Arc::downgrade(&router)));
     apply_boot_config(&router, &config).await?;
 
     // The services own the last router: once `serve` returns, the shards see their
@@ -106,6 +111,7 @@ pub async fn try_run(
         storage_failed,
     )
     .await?;
+    prune.abort();
     for task in tasks {
         let _ = task.await;
     }

@@ -425,3 +425,95 @@ async fn a_confirm_refused_on_one_shard_changes_nothing() {
     assert_eq!(common::calls::hold_lines(&h).len(), 2);
     server.stop().await;
 }
+
+/// Work that must apply on every shard it names (a cancel of an order on four shards, a
+/// new channel) is never refused half way by a full mailbox: it waits for room. Mailboxes
+/// of 2, flooded by single-line reserves while the cancels and the channel go out; the
+/// rounds repeat until the flood did fill a mailbox (a refused reserve), so the test is
+/// known to have raced a full mailbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancels_and_configuration_apply_whole_under_a_full_mailbox() {
+    const STOCK: i64 = 1_000_000;
+    const ORDERS: usize = 8;
+    const FLOOD: usize = 200;
+    const ROUNDS_MAX: usize = 10;
+    let dir = common::server::tempdir();
+    let server = Server::start(&dir.path().join("data"), 4, 2).await;
+    let products = products_on_shards("full", 4, 4);
+    setup(&server, &products, STOCK).await;
+    let mut inv = server.inventory();
+    let mut admin = server.admin();
+    let every: Vec<&String> = products.iter().collect();
+    let mut flood_held = 0i64;
+    let mut overloaded = false;
+    for round in 0..ROUNDS_MAX {
+        for o in 0..ORDERS {
+            let hold = format!("r{round}-h{o}");
+            reserve_ok(&mut inv, &hold, WEB, &lines(&every, 1), 600).await;
+            confirm_ok(&mut inv, &hold, &format!("r{round}-o{o}")).await;
+        }
+        let flood = (0..FLOOD).map(|i| {
+            let mut inv = server.inventory();
+            let line = lines(&[&products[i % products.len()]], 1);
+            async move { reserve(&mut inv, &format!("r{round}-f{i}"), &line, 600).await }
+        });
+        let cancels = (0..ORDERS).map(|o| {
+            let mut inv = server.inventory();
+            async move {
+                inv.cancel_order(pb::CancelOrderRequest {
+                    order_ref: format!("r{round}-o{o}"),
+                })
+                .await
+            }
+        });
+        let new_channel = format!("NEW{round}");
+        let mut admin2 = server.admin();
+        let (floods, cancels, upsert) = tokio::join!(
+            futures::future::join_all(flood),
+            futures::future::join_all(cancels),
+            admin2.upsert_channel(pb::UpsertChannelRequest {
+                channel: Some(channel(&new_channel)),
+            }),
+        );
+        for answer in floods {
+            match answer {
+                Ok(r) => {
+                    assert_eq!(r.outcome, pb::ReserveOutcome::Reserved as i32, "{r:?}");
+                    flood_held += 1;
+                }
+                Err(s) => {
+                    assert_eq!(s.code(), Code::ResourceExhausted, "{s}");
+                    overloaded = true;
+                }
+            }
+        }
+        for (o, c) in cancels.into_iter().enumerate() {
+            let lines = c
+                .unwrap_or_else(|s| panic!("CancelOrder r{round}-o{o}: {s}"))
+                .into_inner()
+                .lines;
+            assert_eq!(
+                lines.len(),
+                4,
+                "r{round}-o{o}: every shard's line cancelled"
+            );
+        }
+        upsert.unwrap_or_else(|s| panic!("UpsertChannel {new_channel}: {s}"));
+        // Every shard knows the new channel, and holds exactly the flood's OK holds.
+        let mut held = 0;
+        for p in &products {
+            let on_hand = common::calls::on_hand(&mut admin, p, LOC).await;
+            held += STOCK - on_hand;
+            assert_eq!(ats(&mut inv, &new_channel, p, LOC).await, on_hand, "{p}");
+        }
+        assert_eq!(held, flood_held, "round {round}: held units vs OK holds");
+        if overloaded {
+            break;
+        }
+    }
+    assert!(
+        overloaded,
+        "no mailbox of 2 was ever full: the test proves nothing"
+    );
+    server.stop().await;
+}

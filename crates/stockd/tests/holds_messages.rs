@@ -2,11 +2,10 @@
 //! scraped from the Prometheus endpoint of an in-process server at `--shards 8`.
 //!
 //! The metrics recorder is global per process, so this test has its own test binary.
-//! Today every hold operation is broadcast to every shard, so a one-shard hold costs 8
-//! messages per operation; the figures below record that truth. The goal (issue #12, item
-//! 8: participant-only routing, a home shard per hold recording where its parts are) is 1
-//! message for a one-shard hold's Reserve, GetHold and ReleaseHold, and 2 for ConfirmHold
-//! (read, confirm); when that lands, these expectations change to those numbers.
+//! Each hold operation contacts only the shards the router's directory says keep a part of
+//! the hold (and the shards of its new lines), so a one-shard hold costs one message per
+//! Reserve, GetHold, ConfirmHold and ReleaseHold however many shards there are, and a hold
+//! on three shards contacts those three (issue #12).
 
 mod common;
 
@@ -15,9 +14,13 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::calls::{confirm_ok, get_hold, release_ok, reserve_ok, stock, upsert_channel};
-use common::requests::channel;
+use common::calls::{
+    cancel_ok, confirm_ok, fulfil_ok, get_hold, release_ok, reserve_ok, stock, upsert_channel,
+};
+use common::fixtures::products_on_every_shard;
+use common::requests::{channel, reserve_request};
 use common::server::{InProcessServer, free_port};
+use stockd::proto::inventory::v1 as pb;
 
 const SHARDS: u32 = 8;
 
@@ -71,43 +74,159 @@ fn expect(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
 
+/// One line of one unit of each product at DC1.
+fn lines(products: &[String]) -> Vec<(String, String, i64)> {
+    products
+        .iter()
+        .map(|p| (p.clone(), "DC1".to_string(), 1))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_one_shard_hold_costs_these_shard_messages() {
+async fn hold_operations_contact_only_the_hold_s_shards() {
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     stockd::metrics::install(metrics).expect("install the recorder");
     let server = InProcessServer::start(SHARDS).await;
     let mut admin = server.admin();
     let mut inv = server.inventory();
     upsert_channel(&mut admin, channel("WEB")).await;
-    stock(&mut admin, "SKU", "DC1", 10).await;
-    let line = vec![("SKU".to_string(), "DC1".to_string(), 1)];
-    let n = u64::from(SHARDS);
+    // One product per shard, in shard order.
+    let products = products_on_every_shard("SKU", "DC1", SHARDS as usize, 1);
+    for p in &products {
+        stock(&mut admin, p, "DC1", 10).await;
+    }
+    let one = lines(&products[..1]);
 
+    // A one-shard hold: one message per operation, whatever --shards is.
     let m0 = messages(metrics);
-    reserve_ok(&mut inv, "h", "WEB", &line, 600).await;
+    reserve_ok(&mut inv, "h", "WEB", &one, 600).await;
     let m1 = messages(metrics);
-    // Goal (item 8): 1.
-    assert_eq!(delta(&m0, &m1), expect(&[("reserve", n)]), "Reserve");
-
+    assert_eq!(delta(&m0, &m1), expect(&[("reserve", 1)]), "Reserve");
+    reserve_ok(&mut inv, "h", "WEB", &one, 600).await;
+    let m1b = messages(metrics);
+    assert_eq!(delta(&m1, &m1b), expect(&[("reserve", 1)]), "Reserve again");
     get_hold(&mut inv, "h").await.expect("GetHold").expect("h");
     let m2 = messages(metrics);
-    // Goal: 1.
-    assert_eq!(delta(&m1, &m2), expect(&[("hold", n)]), "GetHold");
-
+    assert_eq!(delta(&m1b, &m2), expect(&[("hold", 1)]), "GetHold");
     confirm_ok(&mut inv, "h", "order-h").await;
     let m3 = messages(metrics);
-    // Every part is read, then only the shard with an active part confirms. Goal: 2.
+    assert_eq!(delta(&m2, &m3), expect(&[("confirm", 1)]), "ConfirmHold");
+    fulfil_ok(&mut inv, "order-h", &[]).await;
+    let m3b = messages(metrics);
     assert_eq!(
-        delta(&m2, &m3),
-        expect(&[("hold", n), ("confirm", 1)]),
-        "ConfirmHold"
+        delta(&m3, &m3b),
+        expect(&[("fulfil_check", 1), ("fulfil", 1)]),
+        "FulfilOrder"
     );
-
-    reserve_ok(&mut inv, "h2", "WEB", &line, 600).await;
+    reserve_ok(&mut inv, "h2", "WEB", &one, 600).await;
     let m4 = messages(metrics);
     release_ok(&mut inv, "h2").await;
     let m5 = messages(metrics);
-    // Goal: 1.
-    assert_eq!(delta(&m4, &m5), expect(&[("release", n)]), "ReleaseHold");
+    assert_eq!(delta(&m4, &m5), expect(&[("release", 1)]), "ReleaseHold");
+
+    // An unknown hold or order costs nothing: the directory knows no shard keeps it.
+    assert!(
+        get_hold(&mut inv, "nobody")
+            .await
+            .expect("GetHold")
+            .is_none()
+    );
+    assert_eq!(delta(&m5, &messages(metrics)), expect(&[]), "unknown hold");
+
+    // A hold on three shards contacts those three, and a cart update the shards of its
+    // new lines plus those keeping the previous version.
+    let three = lines(&products[1..4]);
+    let m6 = messages(metrics);
+    reserve_ok(&mut inv, "h3", "WEB", &three, 600).await;
+    let m7 = messages(metrics);
+    assert_eq!(delta(&m6, &m7), expect(&[("reserve", 3)]), "Reserve on 3");
+    get_hold(&mut inv, "h3")
+        .await
+        .expect("GetHold")
+        .expect("h3");
+    let m8 = messages(metrics);
+    assert_eq!(delta(&m7, &m8), expect(&[("hold", 3)]), "GetHold on 3");
+    let moved = lines(&products[4..5]);
+    reserve_ok(&mut inv, "h3", "WEB", &moved, 600).await;
+    let m9 = messages(metrics);
+    assert_eq!(
+        delta(&m8, &m9),
+        expect(&[("reserve", 4)]),
+        "cart update 3 → 1"
+    );
+    // The update dropped the three old parts: the hold now lives on one shard.
+    get_hold(&mut inv, "h3")
+        .await
+        .expect("GetHold")
+        .expect("h3");
+    let m10 = messages(metrics);
+    assert_eq!(delta(&m9, &m10), expect(&[("hold", 1)]), "GetHold after");
+    reserve_ok(&mut inv, "h3", "WEB", &three, 600).await;
+    let m11 = messages(metrics);
+    assert_eq!(
+        delta(&m10, &m11),
+        expect(&[("reserve", 4)]),
+        "cart update 1 → 3"
+    );
+    // A confirm of a hold on several shards reads every part, then confirms each.
+    confirm_ok(&mut inv, "h3", "order-3").await;
+    let m12 = messages(metrics);
+    assert_eq!(
+        delta(&m11, &m12),
+        expect(&[("hold", 3), ("confirm", 3)]),
+        "ConfirmHold on 3"
+    );
+    cancel_ok(&mut inv, "order-3").await;
+    let m13 = messages(metrics);
+    assert_eq!(
+        delta(&m12, &m13),
+        expect(&[("cancel", 3)]),
+        "CancelOrder on 3"
+    );
+    reserve_ok(&mut inv, "h4", "WEB", &three, 600).await;
+    let m14 = messages(metrics);
+    release_ok(&mut inv, "h4").await;
+    let m15 = messages(metrics);
+    assert_eq!(
+        delta(&m14, &m15),
+        expect(&[("release", 3)]),
+        "ReleaseHold on 3"
+    );
+
+    // After a restart the directory is rebuilt from the recovered shards: the same holds
+    // cost the same messages, and a finished hold still refuses a new reserve.
+    let server = server.restart(SHARDS).await;
+    let mut inv = server.inventory();
+    let m16 = messages(metrics);
+    let h = get_hold(&mut inv, "h").await.expect("GetHold").expect("h");
+    assert_eq!(h.state, pb::HoldState::Confirmed as i32);
+    let m17 = messages(metrics);
+    assert_eq!(
+        delta(&m16, &m17),
+        expect(&[("hold", 1)]),
+        "GetHold after restart"
+    );
+    let h3 = get_hold(&mut inv, "h3")
+        .await
+        .expect("GetHold")
+        .expect("h3");
+    assert_eq!(h3.lines.len(), 3);
+    let m18 = messages(metrics);
+    assert_eq!(
+        delta(&m17, &m18),
+        expect(&[("hold", 3)]),
+        "GetHold on 3 after"
+    );
+    let again = inv
+        .reserve(reserve_request("h4", "WEB", &three, 600))
+        .await
+        .expect_err("a released hold is not made again");
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition, "{again:?}");
+    let m19 = messages(metrics);
+    assert_eq!(
+        delta(&m18, &m19),
+        expect(&[("reserve", 3)]),
+        "Reserve h4 after"
+    );
     server.stop().await;
 }

@@ -6,11 +6,21 @@
 use super::Engine;
 use crate::Millis;
 use crate::event::{Event, EventKind};
-use crate::hold::{HoldPart, HoldState, PartLine};
+use crate::hold::{HoldPart, HoldState, PartLine, PartRef};
 use crate::position::IqKind;
 use crate::refs::Sym;
 
 impl Engine {
+    /// Every hold part on this engine, by ref (any state, until it is forgotten): a
+    /// router rebuilds from it which shards hold a part of each hold and order.
+    pub fn part_refs(&self) -> impl Iterator<Item = PartRef<'_>> {
+        self.holds.values().map(|part| PartRef {
+            hold_ref: self.interner.resolve(part.hold),
+            order_ref: part.order.map(|o| self.interner.resolve(o)),
+            expires_at: part.expires_at,
+        })
+    }
+
     /// Inserts a part: its SOFT_RESERVE IQs if active, its timers, its counters.
     pub(crate) fn insert_part(&mut self, now: Millis, part: HoldPart) {
         let hold = part.hold;

@@ -228,15 +228,28 @@ pub fn reserve_request(
     product: &str,
     ttl_seconds: i64,
 ) -> Bytes {
+    reserve_request_lines(seeded, hold_ref, &[product], ttl_seconds)
+}
+
+/// A Reserve of one unit of each product (one line each).
+pub fn reserve_request_lines(
+    seeded: &Seeded,
+    hold_ref: String,
+    products: &[&str],
+    ttl_seconds: i64,
+) -> Bytes {
     encode(&pb::ReserveRequest {
         hold_ref,
         channel_ref: seeded.channel_ref.clone(),
-        lines: vec![pb::ReserveLine {
-            product_ref: product.to_string(),
-            location_ref: seeded.location.clone(),
-            quantity: 1,
-            category: String::new(),
-        }],
+        lines: products
+            .iter()
+            .map(|p| pb::ReserveLine {
+                product_ref: p.to_string(),
+                location_ref: seeded.location.clone(),
+                quantity: 1,
+                category: String::new(),
+            })
+            .collect(),
         ttl_seconds,
         allow_partial: false,
     })

@@ -7,7 +7,9 @@ use serde_json::json;
 use stockd::proto::inventory::v1 as pb;
 use tonic::transport::Channel;
 
-use super::{Counts, Seeded, Worker, encode, reserve_request, seed_for, worker};
+use super::{
+    Counts, Seeded, Worker, encode, reserve_request, reserve_request_lines, seed_for, worker,
+};
 use crate::cli::ReserveArgs;
 use crate::report::{Ran, ScenarioReport};
 use crate::rpc::{self, ReserveOutcomeOnly};
@@ -21,6 +23,7 @@ pub async fn run(args: &ReserveArgs, session: &Session) -> Result<Ran, String> {
     let reserve = Arc::new(ReserveLoad {
         seeded,
         release: args.release,
+        lines: args.lines.min(products),
         counts: Counts::default(),
     });
     let outcome = runner::run(reserve.clone(), &session.plan(), &session.target).await?;
@@ -35,6 +38,8 @@ pub async fn run(args: &ReserveArgs, session: &Session) -> Result<Ran, String> {
 pub struct ReserveLoad {
     pub seeded: Seeded,
     pub release: bool,
+    /// Lines per hold (consecutive products).
+    pub lines: u64,
     pub counts: Counts,
 }
 
@@ -47,9 +52,16 @@ impl Load for ReserveLoad {
 
     async fn run(&self, w: &mut Worker, n: u64, rec: &mut Recorder) {
         let s = &self.seeded;
-        let product = &s.products[(n % s.products.len() as u64) as usize];
+        let k = s.products.len() as u64;
         let hold_ref = format!("{}-h{n}", s.prefix);
-        let body = reserve_request(s, hold_ref.clone(), product, 0);
+        let body = if self.lines == 1 {
+            reserve_request(s, hold_ref.clone(), &s.products[(n % k) as usize], 0)
+        } else {
+            let products: Vec<&str> = (0..self.lines)
+                .map(|j| s.products[((n + j) % k) as usize].as_str())
+                .collect();
+            reserve_request_lines(s, hold_ref.clone(), &products, 0)
+        };
         let result = rec
             .call(
                 Method::reserve(),
@@ -87,6 +99,7 @@ impl ReserveLoad {
         r.json.insert("products".into(), json!(products));
         r.json.insert("hot".into(), json!(hot));
         r.json.insert("release".into(), json!(self.release));
+        r.json.insert("lines".into(), json!(self.lines));
         self.counts.outcome_lines(&mut r);
         if let Some(s) = outcome.method(Method::reserve()) {
             let rps = s.count as f64 / outcome.total.as_secs_f64().max(1e-9);

@@ -1,14 +1,21 @@
 //! The router: maps every (product, location) to its shard and coordinates the requests
 //! that span shards.
 //!
-//! A hold's lines may live on several shards. A reserve goes to every shard (a shard
-//! with no new line may hold an older version of the cart); if any shard rejects, is
-//! overloaded or has stopped, the shards that changed are told to undo, so no line stays
-//! held anywhere. Undo and rollback messages, and releases, wait for room in a full
-//! mailbox (`ShardHandle::force_write`) instead of being refused: work already begun is
-//! always finished or taken back. A confirm reads every part first and confirms only the
-//! active ones; if a shard refuses, the others are rolled back. Requests on the
-//! same hold or order are serialised by a striped lock taken in a fixed order, so two
+//! Each operation on a hold or an order contacts only the shards it must: those with new
+//! lines, plus those the hold directory (`directory`) says keep a part of the hold or
+//! order. A hold whose lines all sit on one shard costs one message per Reserve, GetHold,
+//! ConfirmHold and ReleaseHold, whatever the number of shards. The directory is read and
+//! updated under the hold's stripe lock, after the shards answered.
+//!
+//! A reserve goes to the shards of its lines and to those keeping an older version of the
+//! cart; if any shard rejects, is overloaded or has stopped, the shards that changed are
+//! told to undo, so no line stays held anywhere. Undo and rollback messages, releases,
+//! cancels, a fulfilment once checked, and configuration wait for room in a full mailbox
+//! (`ShardHandle::force_write`) instead of being refused: work already begun is always
+//! finished or taken back. A confirm of a one-shard hold is one message (the shard decides
+//! alone); a confirm of a hold on several shards reads every part first and confirms only
+//! the active ones; if a shard refuses, the others are rolled back. Requests on the same
+//! hold or order are serialised by a striped lock taken in a fixed order, so two
 //! concurrent carts never deadlock and never interleave their halves.
 //!
 //! The router keeps routing, locking, scatter/gather and undo messages only. Every
@@ -16,17 +23,20 @@
 //! engines rely on it), and the per-shard answers are merged by the domain's
 //! `stockd_domain::outcome` functions.
 
-use futures::future::join_all;
-use tokio::sync::{Mutex, MutexGuard};
+use std::sync::Weak;
 
+use futures::future::join_all;
+use tokio::sync::Mutex;
+
+use super::directory::{Directory, Locked, Ns, Seen};
 use super::handle::{ShardError, ShardHandle, WriteReply};
 use stockd_domain::outcome::{self, ConfirmStep, ReserveMerge};
 use stockd_domain::refs::fnv1a;
 use stockd_domain::request::{check_batch, check_ref_field, validate_read};
 use stockd_domain::{
     AdjustStatus, Adjustment, CategoryConfig, ChannelConfig, Command, CountStatus, Error, FulfilOp,
-    HoldView, LineView, Millis, OrderLine, Outcome, PositionView, ProductConfig, ReserveRequest,
-    ReserveUndo, StockCount,
+    HoldState, HoldView, LineView, Millis, OrderLine, Outcome, PositionView, ProductConfig,
+    ReserveRequest, ReserveUndo, StockCount,
 };
 
 /// The domain's batch limits, under their old path.
@@ -62,19 +72,37 @@ fn first_error(first: Option<ShardError>, next: ShardError) -> ShardError {
     }
 }
 
+/// The lines of an order's part in a shard's answer (`None`: no part there).
+fn order_lines(outcome: Outcome) -> Option<Vec<LineView>> {
+    match outcome {
+        Outcome::Lines(lines) => lines,
+        _ => None,
+    }
+}
+
 /// Routes requests to shards.
 pub struct Router {
     shards: Vec<ShardHandle>,
-    stripes: Vec<Mutex<()>>,
+    /// Where each hold's and order's parts are, and the stripe locks.
+    directory: Directory,
     config: Mutex<()>,
 }
 
 impl Router {
+    /// A router over shards that keep no hold yet.
     pub fn new(shards: Vec<ShardHandle>) -> Self {
+        Self::with_directory(
+            shards,
+            Directory::new(stockd_domain::limits::HOLD_RETENTION_MS_DEFAULT),
+        )
+    }
+
+    /// A router over recovered shards, with the directory rebuilt from their engines.
+    pub fn with_directory(shards: Vec<ShardHandle>, directory: Directory) -> Self {
         assert!(!shards.is_empty(), "a router needs at least one shard");
         Router {
             shards,
-            stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            directory,
             config: Mutex::new(()),
         }
     }
@@ -87,33 +115,31 @@ impl Router {
         &self.shards[shard_of(product_ref, location_ref, self.shards.len())]
     }
 
-    fn stripe(&self, key: &str) -> usize {
-        (fnv1a(&[key.as_bytes()]) % LOCK_STRIPES as u64) as usize
-    }
-
-    /// Locks the stripes of the given refs in ascending order (no deadlock).
-    async fn lock(&self, refs: &[&str]) -> Vec<MutexGuard<'_, ()>> {
-        let mut idx: Vec<usize> = refs.iter().map(|r| self.stripe(r)).collect();
-        idx.sort_unstable();
-        idx.dedup();
-        let mut guards = Vec::with_capacity(idx.len());
-        for i in idx {
-            guards.push(self.stripes[i].lock().await);
+    /// Drops from the directory what the shards forgot (`Directory::prune`), every
+    /// `DIRECTORY_PRUNE_TICK_MS`, until the router is gone.
+    pub async fn prune_forever(router: Weak<Router>) {
+        let tick = std::time::Duration::from_millis(crate::limits::DIRECTORY_PRUNE_TICK_MS);
+        loop {
+            tokio::time::sleep(tick).await;
+            let Some(router) = router.upgrade() else {
+                return;
+            };
+            let now = crate::clock::now_millis();
+            router.directory.prune(&router.shards, now).await;
         }
-        guards
     }
 
-    /// Sends one command to every shard and waits for all.
+    /// Sends one command to every shard, waiting for room in full mailboxes (work that
+    /// must apply everywhere or it half applies), and waits for all.
     async fn broadcast(
         &self,
         now: Millis,
         command: &Command,
-        hold_ref: Option<&str>,
     ) -> Vec<Result<WriteReply, ShardError>> {
         join_all(
             self.shards
                 .iter()
-                .map(|s| s.write(now, command.clone(), hold_ref.map(str::to_string))),
+                .map(|s| s.force_write(now, command.clone(), None)),
         )
         .await
     }
@@ -153,16 +179,21 @@ impl Router {
         req: ReserveRequest,
     ) -> Result<ReserveResult, ShardError> {
         req.validate()?;
-        let _guards = self.lock(&[&req.hold_ref]).await;
-        Ok(self.reserve_locked(now, req, false).await?.result)
+        let mut locked = self.directory.lock(now, &[&req.hold_ref]).await;
+        Ok(self
+            .reserve_locked(&mut locked, now, req, false)
+            .await?
+            .result)
     }
 
-    /// Sends the (validated) request to every shard, each with the lines it owns, merges
-    /// the answers in the domain, and undoes the shards that changed if the hold failed
-    /// (a refusal, an overload, a stopped shard): an error leaves nothing behind. With
-    /// `reacquire`, a hold that ended may be made again (a confirm's reacquire).
+    /// Sends the (validated) request to the shards of its lines and those keeping a part
+    /// of the hold, each with the lines it owns, merges the answers in the domain, and
+    /// undoes the shards that changed if the hold failed (a refusal, an overload, a
+    /// stopped shard): an error leaves nothing behind. With `reacquire`, a hold that
+    /// ended may be made again (a confirm's reacquire).
     async fn reserve_locked(
         &self,
+        locked: &mut Locked<'_>,
         now: Millis,
         req: ReserveRequest,
         reacquire: bool,
@@ -172,22 +203,28 @@ impl Router {
         for (i, line) in req.lines.iter().enumerate() {
             mine[shard_of(&line.product_ref, &line.location_ref, n)].push(i as u32);
         }
-        let answers = join_all(self.shards.iter().zip(mine).map(|(s, mine)| {
+        let known = locked.shards(Ns::Hold, &req.hold_ref);
+        let targets: Vec<usize> = (0..n)
+            .filter(|&s| !mine[s].is_empty() || known.contains(&(s as u32)))
+            .collect();
+        let answers = join_all(targets.iter().map(|&s| {
             let request = req.clone();
+            let mine = std::mem::take(&mut mine[s]);
             let command = if reacquire {
                 Command::Reacquire { request, mine }
             } else {
                 Command::Reserve { request, mine }
             };
-            s.write(now, command, Some(req.hold_ref.clone()))
+            self.shards[s].write(now, command, Some(req.hold_ref.clone()))
         }))
         .await;
-        let mut parts = Vec::with_capacity(n);
+        let mut parts = Vec::with_capacity(targets.len());
         let mut views: Vec<(usize, HoldView)> = Vec::new();
         let mut unchanged: Vec<HoldView> = Vec::new();
         let mut undos: Vec<(usize, ReserveUndo)> = Vec::new();
         let mut error = None;
-        for (shard, answer) in answers.into_iter().enumerate() {
+        for (&shard, answer) in targets.iter().zip(answers) {
+            locked.note_hold(&req.hold_ref, shard, &answer, |r| r.hold.as_ref());
             match answer {
                 Ok(WriteReply {
                     outcome: Outcome::Reserved(part),
@@ -205,7 +242,7 @@ impl Router {
             }
         }
         if let Some(e) = error {
-            self.undo(now, undos, &req.hold_ref).await?;
+            self.undo(locked, now, undos, &req.hold_ref).await?;
             return Err(e);
         }
         match outcome::merge_reserve(&req, parts) {
@@ -215,7 +252,7 @@ impl Router {
                 parts: views,
             }),
             ReserveMerge::Rejected(lines) => {
-                unchanged.extend(self.undo(now, undos, &req.hold_ref).await?);
+                unchanged.extend(self.undo(locked, now, undos, &req.hold_ref).await?);
                 Ok(Reserved {
                     result: ReserveResult::rejected(lines, HoldView::merge(unchanged)),
                     undos: Vec::new(),
@@ -230,17 +267,20 @@ impl Router {
     /// never lost to overload. Returns the hold's parts on those shards afterwards.
     async fn undo(
         &self,
+        locked: &mut Locked<'_>,
         now: Millis,
         undos: Vec<(usize, ReserveUndo)>,
         hold_ref: &str,
     ) -> Result<Vec<HoldView>, ShardError> {
+        let shards: Vec<usize> = undos.iter().map(|(s, _)| *s).collect();
         let answers = join_all(undos.into_iter().map(|(s, undo)| {
             self.shards[s].force_write(now, Command::UndoReserve(undo), Some(hold_ref.to_string()))
         }))
         .await;
         let mut parts = Vec::new();
         let mut error = None;
-        for a in answers {
+        for (shard, a) in shards.into_iter().zip(answers) {
+            locked.note_hold(hold_ref, shard, &a, |r| r.hold.as_ref());
             match a {
                 Ok(reply) => parts.extend(reply.hold),
                 Err(e) => error = Some(first_error(error, e)),
@@ -249,33 +289,135 @@ impl Router {
         error.map_or(Ok(parts), Err)
     }
 
-    /// Each shard's part of a hold, with the shard's index.
+    /// Each part of a hold, with its shard's index, from the shards that keep one.
     async fn hold_parts(
         &self,
+        locked: &mut Locked<'_>,
         now: Millis,
         hold_ref: &str,
     ) -> Result<Vec<(usize, HoldView)>, ShardError> {
+        let known = locked.shards(Ns::Hold, hold_ref);
         let answers = join_all(
-            self.shards
+            known
                 .iter()
-                .map(|s| s.hold(now, hold_ref.to_string())),
+                .map(|&s| self.shards[s as usize].hold(now, hold_ref.to_string())),
         )
         .await;
-        let mut parts = Vec::new();
-        for (shard, a) in answers.into_iter().enumerate() {
-            parts.extend(a?.map(|p| (shard, p)));
+        let mut parts = Vec::with_capacity(known.len());
+        let mut error = None;
+        for (&shard, a) in known.iter().zip(answers) {
+            let shard = shard as usize;
+            locked.note_hold(hold_ref, shard, &a, Option::as_ref);
+            match a {
+                Ok(part) => parts.extend(part.map(|p| (shard, p))),
+                Err(e) => error = Some(first_error(error, e)),
+            }
         }
-        Ok(parts)
+        error.map_or(Ok(parts), Err)
     }
 
     /// The whole hold, merged from its parts.
     pub async fn hold(&self, now: Millis, hold_ref: &str) -> Result<HoldView, ShardError> {
         check_ref_field("hold_ref", hold_ref)?;
-        let parts = self.hold_parts(now, hold_ref).await?;
+        let mut locked = self.directory.lock(now, &[hold_ref]).await;
+        let parts = self.hold_parts(&mut locked, now, hold_ref).await?;
         Ok(outcome::whole_hold(
             hold_ref,
             parts.into_iter().map(|(_, p)| p).collect(),
         )?)
+    }
+
+    /// Notes that a shard's part of a hold now belongs to `order_ref`, if the answer says
+    /// it was confirmed as that order (or could not say).
+    fn note_confirmed(
+        locked: &mut Locked<'_>,
+        now: Millis,
+        order_ref: &str,
+        shard: usize,
+        answer: &Result<WriteReply, ShardError>,
+    ) {
+        let seen = Seen::of(answer, |r| {
+            r.hold
+                .as_ref()
+                .filter(|h| h.state == HoldState::Confirmed)
+                .filter(|h| h.order_ref.as_deref() == Some(order_ref))
+                .map(|_| now)
+        });
+        if seen != Some(Seen::Absent) {
+            locked.note(Ns::Order, order_ref, shard, seen);
+        }
+    }
+
+    /// Confirms a hold into an order; with `reacquire`, an ended hold reserves again first.
+    /// All or nothing: an error leaves the hold as it was (a reacquired hold is taken back).
+    pub async fn confirm(
+        &self,
+        now: Millis,
+        hold_ref: &str,
+        order_ref: &str,
+        reacquire: bool,
+    ) -> Result<HoldView, ShardError> {
+        check_ref_field("hold_ref", hold_ref)?;
+        check_ref_field("order_ref", order_ref)?;
+        let mut locked = self.directory.lock(now, &[hold_ref, order_ref]).await;
+        let known = locked.shards(Ns::Hold, hold_ref);
+        if let [shard] = known[..] {
+            let one = self.confirm_one(&mut locked, now, hold_ref, order_ref, shard as usize);
+            match one.await {
+                Err(ShardError::Domain(Error::HoldExpired(_) | Error::HoldReleased(_)))
+                    if reacquire => {}
+                answer => return answer,
+            }
+        }
+        let mut parts = self.hold_parts(&mut locked, now, hold_ref).await?;
+        let whole = outcome::whole_hold(hold_ref, parts.iter().map(|(_, p)| p.clone()).collect())?;
+        let mut reacquired = Vec::new();
+        match outcome::confirm_step(whole, order_ref, reacquire)? {
+            ConfirmStep::Done(hold) => return Ok(hold),
+            ConfirmStep::Confirm => {}
+            ConfirmStep::Reacquire(request) => {
+                // Built from the stored hold, so valid; checked like any reserve all the same.
+                request.validate()?;
+                let again = self.reserve_locked(&mut locked, now, request, true).await?;
+                outcome::check_reacquired(hold_ref, &again.result)?;
+                reacquired = again.undos;
+                parts = again.parts;
+            }
+        }
+        match self
+            .confirm_parts(&mut locked, now, hold_ref, order_ref, &parts)
+            .await
+        {
+            Ok(hold) => Ok(hold),
+            Err(e) => {
+                self.undo(&mut locked, now, reacquired, hold_ref).await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// The confirm of a hold whose parts all sit on one shard: that shard's part is the
+    /// whole hold, so its engine decides alone (confirms an active part, answers a
+    /// confirmed one, refuses an ended one), in one message.
+    async fn confirm_one(
+        &self,
+        locked: &mut Locked<'_>,
+        now: Millis,
+        hold_ref: &str,
+        order_ref: &str,
+        shard: usize,
+    ) -> Result<HoldView, ShardError> {
+        let command = Command::Confirm {
+            hold_ref: hold_ref.to_string(),
+            order_ref: order_ref.to_string(),
+        };
+        let answer = self.shards[shard]
+            .write(now, command, Some(hold_ref.to_string()))
+            .await;
+        locked.note_hold(hold_ref, shard, &answer, |r| r.hold.as_ref());
+        Self::note_confirmed(locked, now, order_ref, shard, &answer);
+        let part = answer?.hold;
+        Ok(outcome::whole_hold(hold_ref, part.into_iter().collect())?)
     }
 
     /// The whole hold from the hold parts a broadcast's replies carry.
@@ -290,46 +432,11 @@ impl Router {
         Ok(outcome::whole_hold(hold_ref, parts)?)
     }
 
-    /// Confirms a hold into an order; with `reacquire`, an ended hold reserves again first.
-    /// All or nothing: an error leaves the hold as it was (a reacquired hold is taken back).
-    pub async fn confirm(
-        &self,
-        now: Millis,
-        hold_ref: &str,
-        order_ref: &str,
-        reacquire: bool,
-    ) -> Result<HoldView, ShardError> {
-        check_ref_field("hold_ref", hold_ref)?;
-        check_ref_field("order_ref", order_ref)?;
-        let _guards = self.lock(&[hold_ref, order_ref]).await;
-        let mut parts = self.hold_parts(now, hold_ref).await?;
-        let whole = outcome::whole_hold(hold_ref, parts.iter().map(|(_, p)| p.clone()).collect())?;
-        let mut reacquired = Vec::new();
-        match outcome::confirm_step(whole, order_ref, reacquire)? {
-            ConfirmStep::Done(hold) => return Ok(hold),
-            ConfirmStep::Confirm => {}
-            ConfirmStep::Reacquire(request) => {
-                // Built from the stored hold, so valid; checked like any reserve all the same.
-                request.validate()?;
-                let again = self.reserve_locked(now, request, true).await?;
-                outcome::check_reacquired(hold_ref, &again.result)?;
-                reacquired = again.undos;
-                parts = again.parts;
-            }
-        }
-        match self.confirm_parts(now, hold_ref, order_ref, &parts).await {
-            Ok(hold) => Ok(hold),
-            Err(e) => {
-                self.undo(now, reacquired, hold_ref).await?;
-                Err(e)
-            }
-        }
-    }
-
     /// Confirms the active parts of a hold on their shards; if any shard refuses, the
     /// shards that confirmed are rolled back to their active part, so nothing changed.
     async fn confirm_parts(
         &self,
+        locked: &mut Locked<'_>,
         now: Millis,
         hold_ref: &str,
         order_ref: &str,
@@ -354,6 +461,8 @@ impl Router {
             .filter(|(s, _)| targets.contains(s))
             .zip(answers)
         {
+            locked.note_hold(hold_ref, *shard, &answer, |r| r.hold.as_ref());
+            Self::note_confirmed(locked, now, order_ref, *shard, &answer);
             match answer {
                 Ok(reply) => {
                     if matches!(reply.outcome, Outcome::Hold(Some(_))) {
@@ -365,7 +474,7 @@ impl Router {
             }
         }
         if let Some(e) = error {
-            self.undo(now, rollbacks, hold_ref).await?;
+            self.undo(locked, now, rollbacks, hold_ref).await?;
             return Err(e);
         }
         // Ended parts with no line were left alone; they are still parts of the hold.
@@ -381,22 +490,61 @@ impl Router {
     /// Releases a hold. Idempotent.
     pub async fn release(&self, now: Millis, hold_ref: &str) -> Result<HoldView, ShardError> {
         check_ref_field("hold_ref", hold_ref)?;
-        let _guards = self.lock(&[hold_ref]).await;
+        let mut locked = self.directory.lock(now, &[hold_ref]).await;
+        let known = locked.shards(Ns::Hold, hold_ref);
         let command = Command::Release {
             hold_ref: hold_ref.to_string(),
         };
         // A release only frees stock, and one refused on some shards for a full mailbox
-        // would leave the hold half released: every shard gets it, waiting for room.
-        let answers = join_all(
-            self.shards
-                .iter()
-                .map(|s| s.force_write(now, command.clone(), Some(hold_ref.to_string()))),
-        )
+        // would leave the hold half released: each shard gets it, waiting for room.
+        let answers = join_all(known.iter().map(|&s| {
+            self.shards[s as usize].force_write(now, command.clone(), Some(hold_ref.to_string()))
+        }))
         .await;
+        for (&shard, a) in known.iter().zip(&answers) {
+            locked.note_hold(hold_ref, shard as usize, a, |r| r.hold.as_ref());
+        }
         Self::merge_replies(hold_ref, answers)
     }
 
-    /// Ships an order, whole (`lines` empty) or in part. Checked on every shard first.
+    /// Asks the shards of an order, as the directory knows them, for its lines (a dry run
+    /// of shipping everything): `(shard, lines)` of each shard that keeps a part.
+    async fn order_parts(
+        &self,
+        locked: &mut Locked<'_>,
+        now: Millis,
+        order_ref: &str,
+    ) -> Result<Vec<(usize, Vec<LineView>)>, ShardError> {
+        let known = locked.shards(Ns::Order, order_ref);
+        let answers = join_all(
+            known
+                .iter()
+                .map(|&s| self.shards[s as usize].fulfil_check(now, order_ref.to_string(), None)),
+        )
+        .await;
+        let mut parts = Vec::with_capacity(known.len());
+        let mut error = None;
+        for (&shard, a) in known.iter().zip(answers) {
+            let shard = shard as usize;
+            let seen = Seen::of(&a, |lines| lines.as_ref().map(|_| now));
+            locked.note(Ns::Order, order_ref, shard, seen);
+            match a {
+                Ok(lines) => parts.extend(lines.map(|l| (shard, l))),
+                Err(e) => error = Some(first_error(error, e)),
+            }
+        }
+        if let Some(e) = error {
+            return Err(e);
+        }
+        if parts.is_empty() {
+            return Err(Error::OrderNotFound(order_ref.to_string()).into());
+        }
+        Ok(parts)
+    }
+
+    /// Ships an order, whole (`lines` empty) or in part. Checked on each of its shards
+    /// first; once every check passed, the shipments wait for room in full mailboxes, so
+    /// a fulfilment never half applies.
     pub async fn fulfil(
         &self,
         now: Millis,
@@ -404,92 +552,100 @@ impl Router {
         lines: Vec<OrderLine>,
     ) -> Result<Vec<LineView>, ShardError> {
         OrderLine::validate_fulfil(order_ref, &lines)?;
-        let _guards = self.lock(&[order_ref]).await;
-        let exists = join_all(
-            self.shards
-                .iter()
-                .map(|s| s.fulfil_check(now, order_ref.to_string(), None)),
-        )
-        .await;
-        let mut parts = Vec::with_capacity(exists.len());
-        for e in exists {
-            parts.push(e?);
-        }
-        outcome::merge_order_lines(order_ref, parts)?;
+        let mut locked = self.directory.lock(now, &[order_ref]).await;
+        let parts = self.order_parts(&mut locked, now, order_ref).await?;
         let op = FulfilOp::new(order_ref, now, &lines);
-        let per_shard = self.split_order_lines(lines);
-        // Check every shard's part before any shard changes.
-        let involved = |l: &Option<Vec<OrderLine>>| l.as_ref().is_none_or(|l| !l.is_empty());
-        let checks = join_all(
-            per_shard
-                .iter()
-                .enumerate()
-                .filter(|(_, l)| involved(l))
-                .map(|(s, l)| self.shards[s].fulfil_check(now, order_ref.to_string(), l.clone())),
-        )
-        .await;
-        for c in checks {
-            c?;
-        }
-        let answers = join_all(
-            per_shard
-                .into_iter()
-                .enumerate()
-                .filter(|(_, l)| involved(l))
-                .map(|(s, l)| {
-                    self.shards[s].write(
-                        now,
-                        Command::Fulfil {
-                            order_ref: order_ref.to_string(),
-                            lines: l,
-                            op: Some(op.clone()),
-                        },
-                        None,
-                    )
-                }),
-        )
+        // A whole fulfilment was just checked by reading the parts; a partial one is
+        // checked on the shards of its lines before any shard changes.
+        let per_shard: Vec<(usize, Option<Vec<OrderLine>>)> = if lines.is_empty() {
+            parts.iter().map(|(s, _)| (*s, None)).collect()
+        } else {
+            let split = self.split_order_lines(lines);
+            let checks = join_all(split.iter().map(|(s, l)| {
+                self.shards[*s].fulfil_check(now, order_ref.to_string(), Some(l.clone()))
+            }))
+            .await;
+            for c in checks {
+                c?;
+            }
+            split.into_iter().map(|(s, l)| (s, Some(l))).collect()
+        };
+        let answers = join_all(per_shard.into_iter().map(|(s, l)| {
+            let command = Command::Fulfil {
+                order_ref: order_ref.to_string(),
+                lines: l,
+                op: Some(op.clone()),
+            };
+            async move { (s, self.shards[s].force_write(now, command, None).await) }
+        }))
         .await;
         let mut shipped = Vec::with_capacity(answers.len());
-        for a in answers {
-            shipped.push(match a?.outcome {
-                Outcome::Lines(lines) => lines,
-                _ => None,
+        let mut error = None;
+        for (shard, a) in answers {
+            let seen = Seen::of(&a, |r| {
+                matches!(r.outcome, Outcome::Lines(Some(_))).then_some(now)
             });
+            locked.note(
+                Ns::Order,
+                order_ref,
+                shard,
+                seen.filter(|s| *s != Seen::Absent),
+            );
+            match a {
+                Ok(reply) => shipped.push(order_lines(reply.outcome)),
+                Err(e) => error = Some(first_error(error, e)),
+            }
         }
-        Ok(outcome::merge_shipped(shipped))
+        error.map_or_else(|| Ok(outcome::merge_shipped(shipped)), Err)
     }
 
-    /// Each shard's lines of a fulfilment: `None` (everything) for every shard when the
-    /// request names no line, else the lines the shard owns (empty: not involved).
-    fn split_order_lines(&self, lines: Vec<OrderLine>) -> Vec<Option<Vec<OrderLine>>> {
+    /// Each shard's lines of a partial fulfilment: the shards that own them, ascending.
+    fn split_order_lines(&self, lines: Vec<OrderLine>) -> Vec<(usize, Vec<OrderLine>)> {
         let n = self.shards.len();
-        if lines.is_empty() {
-            return vec![None; n];
-        }
         let mut split: Vec<Vec<OrderLine>> = vec![Vec::new(); n];
         for l in lines {
             split[shard_of(&l.product_ref, &l.location_ref, n)].push(l);
         }
-        split.into_iter().map(Some).collect()
+        split
+            .into_iter()
+            .enumerate()
+            .filter(|(_, l)| !l.is_empty())
+            .collect()
     }
 
-    /// Cancels what an order still has reserved. Idempotent.
+    /// Cancels what an order still has reserved. Idempotent. Each shard of the order gets
+    /// the cancel, waiting for room in a full mailbox: a cancel never half applies.
     pub async fn cancel_order(
         &self,
         now: Millis,
         order_ref: &str,
     ) -> Result<Vec<LineView>, ShardError> {
         check_ref_field("order_ref", order_ref)?;
-        let _guards = self.lock(&[order_ref]).await;
+        let mut locked = self.directory.lock(now, &[order_ref]).await;
+        let known = locked.shards(Ns::Order, order_ref);
         let command = Command::CancelOrder {
             order_ref: order_ref.to_string(),
         };
-        let mut parts = Vec::with_capacity(self.shards.len());
-        for a in self.broadcast(now, &command, None).await {
-            parts.push(match a?.outcome {
-                Outcome::Lines(lines) => lines,
-                _ => None,
+        let answers = join_all(
+            known
+                .iter()
+                .map(|&s| self.shards[s as usize].force_write(now, command.clone(), None)),
+        )
+        .await;
+        let mut parts = Vec::with_capacity(known.len());
+        let mut error = None;
+        for (&shard, a) in known.iter().zip(answers) {
+            let seen = Seen::of(&a, |r| {
+                matches!(r.outcome, Outcome::Lines(Some(_))).then_some(now)
             });
+            locked.note(Ns::Order, order_ref, shard as usize, seen);
+            match a {
+                Ok(reply) => parts.push(order_lines(reply.outcome)),
+                Err(e) => error = Some(first_error(error, e)),
+            }
+        }
+        if let Some(e) = error {
+            return Err(e);
         }
         Ok(outcome::merge_order_lines(order_ref, parts)?)
     }
@@ -600,7 +756,7 @@ impl Router {
     /// Applies a configuration command on every shard, in the same order everywhere.
     async fn configure(&self, now: Millis, command: Command) -> Result<(), ShardError> {
         let _guard = self.config.lock().await;
-        for a in self.broadcast(now, &command, None).await {
+        for a in self.broadcast(now, &command).await {
             a?;
         }
         Ok(())
@@ -671,7 +827,7 @@ impl Router {
             location_ref,
         };
         let mut total = 0;
-        for a in self.broadcast(now, &command, None).await {
+        for a in self.broadcast(now, &command).await {
             if let Outcome::Rebalanced(n) = a?.outcome {
                 total += n;
             }

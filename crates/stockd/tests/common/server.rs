@@ -116,7 +116,18 @@ impl InProcessServer {
     /// Starts a server with `shards` shards and waits until it serves; panics if it
     /// does not within `READY_TIMEOUT`.
     pub async fn start(shards: u32) -> InProcessServer {
-        let dir = tempdir();
+        Self::start_in(tempdir(), shards).await
+    }
+
+    /// Stops the server (gracefully) and starts it again on the same data folder.
+    #[allow(dead_code)]
+    pub async fn restart(mut self, shards: u32) -> InProcessServer {
+        let dir = std::mem::replace(&mut self._dir, tempdir());
+        self.stop().await;
+        Self::start_in(dir, shards).await
+    }
+
+    async fn start_in(dir: tempfile::TempDir, shards: u32) -> InProcessServer {
         let mut config = ServerConfig::new(dir.path().join("data"));
         config.shards = shards;
         let Spawned { grpc, stop, task } = spawn_in_process(config).await;
