@@ -42,6 +42,19 @@ pub enum DurabilityArg {
     Async,
 }
 
+/// The shape of the tokio runtime.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuntimeArg {
+    /// `current-thread` when the process may run on one core (taskset, a CPU limit of
+    /// one), `multi-thread` otherwise.
+    Auto,
+    /// Work-stealing over `--worker-threads` threads.
+    MultiThread,
+    /// Every task on one thread: no stealing, no cross-thread wake-ups between the tasks
+    /// of a request; one core's worth of HTTP/2 work at most.
+    CurrentThread,
+}
+
 /// Log line format.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -100,6 +113,15 @@ pub struct ServeArgs {
     /// How long a finished hold stays queryable (GetHold, idempotent retries).
     #[arg(long, env = "STOCKD_HOLD_RETENTION_SECS", default_value_t = limits::HOLD_RETENTION_SECS_DEFAULT)]
     pub hold_retention_secs: u64,
+    /// Shape of the async runtime (see the README's benchmark section for the measurements).
+    #[arg(long, env = "STOCKD_RUNTIME", value_enum, default_value = "auto")]
+    pub runtime: RuntimeArg,
+    /// Worker threads of the multi-thread runtime; default: the cores this process may use.
+    #[arg(long, env = "STOCKD_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+    /// Scheduler ticks between two polls of the I/O driver (tokio's `event_interval`).
+    #[arg(long, env = "STOCKD_EVENT_INTERVAL", default_value_t = limits::RUNTIME_EVENT_INTERVAL_DEFAULT)]
+    pub event_interval: u32,
     /// Testing only: when this file exists, every write to disk fails.
     #[arg(long, env = "STOCKD_FAULT_FAIL_WRITES_FILE", hide = true)]
     pub fault_fail_writes_file: Option<PathBuf>,
@@ -217,6 +239,12 @@ impl ServeArgs {
             return Err(ConfigError::Flag {
                 flag: "--hold-ttl-min-secs",
                 rule: "must be at least 1 and at most --hold-ttl-max-secs",
+            });
+        }
+        if self.worker_threads == Some(0) || self.event_interval == 0 {
+            return Err(ConfigError::Flag {
+                flag: "--worker-threads and --event-interval",
+                rule: "must be at least 1",
             });
         }
         if self.mailbox_capacity == 0 {

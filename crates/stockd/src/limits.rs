@@ -104,6 +104,13 @@ pub const CHECKPOINT_DURABLE_WAIT_MS: u64 = 10_000;
 /// `CHECKPOINT_DURABLE_WAIT_MS / CHECKPOINT_DURABLE_POLL_MS` wake-ups.
 pub const CHECKPOINT_DURABLE_POLL_MS: u64 = 1;
 
+// ---- Runtime -----------------------------------------------------------------------------
+
+/// Scheduler ticks between two polls of the I/O driver by default (`--event-interval`):
+/// tokio's own default. Fewer polls batch more socket readiness per `epoll_wait`; more
+/// polls answer new bytes sooner.
+pub const RUNTIME_EVENT_INTERVAL_DEFAULT: u32 = 61;
+
 // ---- gRPC --------------------------------------------------------------------------------
 
 /// Largest decoded request, in bytes: bounds the memory one call can make the server
