@@ -104,6 +104,7 @@ pub async fn try_run(
         shutdown,
         config.drain_timeout,
         storage_failed,
+        config.serve.clone(),
     )
     .await?;
     for task in tasks {

@@ -36,7 +36,9 @@ type Done<T> = oneshot::Sender<Result<T, LogError>>;
 /// marks its batch done and wakes itself, without a task or channel per batch. Keep it
 /// short: the next group waits for it. Dropped without running (the thread stopped), it
 /// runs with `WriterStopped`.
-pub struct Completion(Option<Box<dyn FnOnce(Result<Appended, LogError>) + Send>>);
+pub struct Completion(Option<OnDone>);
+
+type OnDone = Box<dyn FnOnce(Result<Appended, LogError>) + Send>;
 
 impl Completion {
     pub fn new(f: impl FnOnce(Result<Appended, LogError>) + Send + 'static) -> Completion {
