@@ -113,11 +113,13 @@ pub const DECODED_MESSAGE_BYTES_MAX: usize = 4 << 20;
 
 /// Most InventoryService and AdminService calls running at once by default
 /// (`--max-concurrent-requests`), over every connection. Beyond it a call is refused at
-/// once with RESOURCE_EXHAUSTED (`grpc::overload`), before it is decoded. At a shard's
-/// 20,000 Reserves/s, 1,024 calls in flight are about 50 ms of queueing: past that a
-/// caller is better told to back off than made to wait. Each waiting call holds its
-/// request (at most `DECODED_MESSAGE_BYTES_MAX`, typically under 1 KiB).
-pub const CONCURRENT_REQUESTS_MAX_DEFAULT: usize = 1_024;
+/// once with RESOURCE_EXHAUSTED (`grpc::overload`), before it is decoded. As many as one
+/// shard's default mailbox holds: a flash sale's thousands of concurrent buyers are
+/// queued, not refused (they wait at most about 0.4 s at a shard's 20,000 Reserves/s,
+/// the mailbox's bound), while a flood beyond that is refused before it costs a decode
+/// or a mailbox slot. Each call in flight holds its request (at most
+/// `DECODED_MESSAGE_BYTES_MAX`, typically under 1 KiB).
+pub const CONCURRENT_REQUESTS_MAX_DEFAULT: usize = MAILBOX_CAPACITY_DEFAULT;
 
 /// Most concurrent HTTP/2 streams one connection may open (SETTINGS_MAX_CONCURRENT_STREAMS):
 /// one client cannot hold more than this many calls, nor all of the server's slots from
