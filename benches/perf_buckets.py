@@ -3,7 +3,7 @@
 import sys, re, collections
 # Buckets, tried in order on a frame's symbol; the first that matches names it.
 B = [
- ("allocation", re.compile(r"^(malloc|free|cfree|realloc|calloc|_int_malloc|_int_free|__libc_malloc|__libc_free|_int_realloc|malloc_consolidate|__rust_alloc|__rust_dealloc|__rust_realloc|alloc::alloc::|tcache|unlink_chunk|__GI___libc_free|__GI___libc_malloc)")),
+ ("allocation", re.compile(r"^(mi_|_mi_|mi_free|malloc|free|cfree|realloc|calloc|_int_malloc|_int_free|__libc_malloc|__libc_free|_int_realloc|malloc_consolidate|__rust_alloc|__rust_dealloc|__rust_realloc|alloc::alloc::|tcache|unlink_chunk|__GI___libc_free|__GI___libc_malloc)")),
  ("tracing", re.compile(r"(^|<|&)tracing(_core|_subscriber)?::")),
  ("metrics", re.compile(r"(^|<|&)(metrics|metrics_util|metrics_exporter_prometheus)::")),
  ("engine (stockd_domain)", re.compile(r"(^|<|&)stockd_domain::")),
