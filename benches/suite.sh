@@ -319,8 +319,11 @@ print("Ratios")
 r_browse = ratio(browse["rps"], health["rps"])
 r_reserve = ratio(reserve["rps"], health["rps"])
 print(f"  browse ÷ health                {r_browse:6.2f}   (goal ≥ 0.90: {'met' if r_browse >= 0.9 else 'NOT met'})")
-print(f"  Reserve ÷ health               {r_reserve:6.2f}   (goal ≥ 0.70: {'met' if r_reserve >= 0.7 else 'NOT met'})")
-print(f"  flash-sale Reserve ÷ health    {ratio(flash['rps'], health['rps']):6.2f}")
+print(f"  Reserve ÷ health               {r_reserve:6.2f}   (goal ≥ 0.80: {'met' if r_reserve >= 0.8 else 'NOT met'})")
+r_flash = ratio(flash['rps'], health['rps'])
+print(f"  flash-sale Reserve ÷ health    {r_flash:6.2f}   (goal ≥ 0.90: {'met' if r_flash >= 0.9 else 'NOT met'})")
+r_mixed = ratio(mixed['rps'], browse['rps'])
+print(f"  mixed ÷ browse                 {r_mixed:6.2f}   (goal ≥ 0.80: {'met' if r_mixed >= 0.8 else 'NOT met'})")
 print(f"  sync ÷ async (Reserve)         {ratio(reserve['rps'], reserve_async['rps']):6.2f}")
 print(f"  hot ÷ spread (Reserve)         {ratio(hot['rps'], reserve['rps']):6.2f}")
 print()
@@ -329,7 +332,8 @@ target = openl["options"]["rps"]
 p99 = pct(openl, 99)
 print(f"Reserve at 50% of its maximum: open loop, --rps {target} (sync, 10,000 products)")
 print(f"  achieved {openl['rps']:.0f} req/s; p50 {pct(openl, 50):.2f} ms, p99 {p99:.2f} ms, "
-      f"p99.9 {pct(openl, 99.9):.2f} ms  (goal p99 ≤ 1 ms: {'met' if p99 <= 1.0 else 'NOT met'})"
+      f"p99.9 {pct(openl, 99.9):.2f} ms  (goal p99 ≤ 1 ms, p99.9 ≤ 2 ms: "
+      f"{'met' if p99 <= 1.0 and pct(openl, 99.9) <= 2.0 else 'NOT met'})"
       + (f"  ({errors(openl)} errors)" if errors(openl) else ""))
 print()
 

@@ -42,6 +42,19 @@ pub enum DurabilityArg {
     Async,
 }
 
+/// The shape of the tokio runtime.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuntimeArg {
+    /// `current-thread` when the process may run on one core (taskset, a CPU limit of
+    /// one), `multi-thread` otherwise.
+    Auto,
+    /// Work-stealing over `--worker-threads` threads.
+    MultiThread,
+    /// Every task on one thread: no stealing, no cross-thread wake-ups between the tasks
+    /// of a request; one core's worth of HTTP/2 work at most.
+    CurrentThread,
+}
+
 /// Log line format.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -100,6 +113,22 @@ pub struct ServeArgs {
     /// How long a finished hold stays queryable (GetHold, idempotent retries).
     #[arg(long, env = "STOCKD_HOLD_RETENTION_SECS", default_value_t = limits::HOLD_RETENTION_SECS_DEFAULT)]
     pub hold_retention_secs: u64,
+    /// Most InventoryService and AdminService calls running at once; beyond it a call is
+    /// refused with RESOURCE_EXHAUSTED (or waits, with --load-shed false).
+    #[arg(long, env = "STOCKD_MAX_CONCURRENT_REQUESTS", default_value_t = limits::CONCURRENT_REQUESTS_MAX_DEFAULT)]
+    pub max_concurrent_requests: usize,
+    /// Refuse calls beyond --max-concurrent-requests at once instead of queueing them.
+    #[arg(long, env = "STOCKD_LOAD_SHED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub load_shed: bool,
+    /// Shape of the async runtime (see the README's benchmark section for the measurements).
+    #[arg(long, env = "STOCKD_RUNTIME", value_enum, default_value = "auto")]
+    pub runtime: RuntimeArg,
+    /// Worker threads of the multi-thread runtime; default: the cores this process may use.
+    #[arg(long, env = "STOCKD_WORKER_THREADS")]
+    pub worker_threads: Option<usize>,
+    /// Scheduler ticks between two polls of the I/O driver (tokio's `event_interval`).
+    #[arg(long, env = "STOCKD_EVENT_INTERVAL", default_value_t = limits::RUNTIME_EVENT_INTERVAL_DEFAULT)]
+    pub event_interval: u32,
     /// Testing only: when this file exists, every write to disk fails.
     #[arg(long, env = "STOCKD_FAULT_FAIL_WRITES_FILE", hide = true)]
     pub fault_fail_writes_file: Option<PathBuf>,
@@ -168,6 +197,27 @@ impl BootConfig {
     }
 }
 
+/// The limits of the gRPC server (`grpc::serve`, `grpc::overload`).
+#[derive(Debug, Clone)]
+pub struct ServeLimits {
+    /// Most InventoryService and AdminService calls running at once.
+    pub concurrent_requests_max: usize,
+    /// Refuse a call beyond the limit at once (RESOURCE_EXHAUSTED) instead of waiting.
+    pub load_shed: bool,
+    /// Most concurrent HTTP/2 streams per connection.
+    pub streams_per_connection_max: u32,
+}
+
+impl Default for ServeLimits {
+    fn default() -> Self {
+        ServeLimits {
+            concurrent_requests_max: limits::CONCURRENT_REQUESTS_MAX_DEFAULT,
+            load_shed: true,
+            streams_per_connection_max: limits::H2_STREAMS_PER_CONNECTION_MAX,
+        }
+    }
+}
+
 /// Everything `server::run` needs, resolved from the flags.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -183,6 +233,8 @@ pub struct ServerConfig {
     pub storage: crate::storage::StorageBackend,
     /// The sizes of each shard's segment log (segment size, preallocation, group bytes).
     pub log: crate::storage::log::LogConfig,
+    /// The gRPC server's limits: concurrent calls, load shedding, HTTP/2 streams.
+    pub serve: ServeLimits,
 }
 
 impl ServerConfig {
@@ -200,6 +252,7 @@ impl ServerConfig {
             fault_file: None,
             storage: crate::storage::StorageBackend::Real,
             log: crate::storage::log::LogConfig::default(),
+            serve: ServeLimits::default(),
         }
     }
 }
@@ -217,6 +270,18 @@ impl ServeArgs {
             return Err(ConfigError::Flag {
                 flag: "--hold-ttl-min-secs",
                 rule: "must be at least 1 and at most --hold-ttl-max-secs",
+            });
+        }
+        if self.max_concurrent_requests == 0 {
+            return Err(ConfigError::Flag {
+                flag: "--max-concurrent-requests",
+                rule: "must be at least 1",
+            });
+        }
+        if self.worker_threads == Some(0) || self.event_interval == 0 {
+            return Err(ConfigError::Flag {
+                flag: "--worker-threads and --event-interval",
+                rule: "must be at least 1",
             });
         }
         if self.mailbox_capacity == 0 {
@@ -251,6 +316,8 @@ impl ServeArgs {
             config.boot = BootConfig::load(path)?;
         }
         config.fault_file = self.fault_fail_writes_file.clone();
+        config.serve.concurrent_requests_max = self.max_concurrent_requests;
+        config.serve.load_shed = self.load_shed;
         Ok(config)
     }
 }

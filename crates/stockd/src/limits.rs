@@ -55,20 +55,13 @@ pub use stockd_domain::limits::EXPIRY_GRACE_MS;
 /// active holds walks the channels, so it runs once a second, not once per batch.
 pub const GAUGES_EVERY_MS: u64 = 1_000;
 
-/// Capacity of the channel from a shard to its releaser (the task that sends a batch's
-/// replies once the batch is durable), in batches. What bounds it naturally is the number
-/// of batches in flight: a batch with records waits in its log writer, whose inbox holds at
-/// most `WRITER_INBOX_CAPACITY` batches queued plus `GROUP_BATCHES_MAX` being committed.
-/// With this capacity a shard waits on its releaser only when the releaser itself falls
-/// behind, or when read-only batches pile up behind a slow sync. Waiting is backpressure:
-/// the shard stops draining its mailbox, which fills and answers RESOURCE_EXHAUSTED.
-///
-/// The shard's send cannot deadlock: the releaser waits only for tickets, and every ticket
-/// belongs to a batch the shard put in its log writer's inbox *before* it sent the batch
-/// to the releaser; the writer answers it without waiting on any shard or releaser.
-/// Memory: about 64 bytes per queued batch plus its replies (at most `BATCH_MAX` each);
-/// tokio allocates the queue as it fills, not up front.
-pub const RELEASER_CAPACITY: usize = WRITER_INBOX_CAPACITY + GROUP_BATCHES_MAX;
+/// Most batches of one shard whose replies wait for their log write. Nothing enforces it
+/// but the log pipeline: each such batch is in its log writer's inbox (at most
+/// `WRITER_INBOX_CAPACITY`, the shard waits for room) or in the group being committed (at
+/// most `GROUP_BATCHES_MAX`); read-only batches behind them join the last one instead of
+/// adding an entry. The shard asserts it in debug builds. Memory: about 80 bytes per batch
+/// plus its replies (at most `BATCH_MAX` per batch joined).
+pub const PENDING_BATCHES_MAX: usize = WRITER_INBOX_CAPACITY + GROUP_BATCHES_MAX;
 
 // ---- Write-ahead log ---------------------------------------------------------------------
 
@@ -104,12 +97,34 @@ pub const CHECKPOINT_DURABLE_WAIT_MS: u64 = 10_000;
 /// `CHECKPOINT_DURABLE_WAIT_MS / CHECKPOINT_DURABLE_POLL_MS` wake-ups.
 pub const CHECKPOINT_DURABLE_POLL_MS: u64 = 1;
 
+// ---- Runtime -----------------------------------------------------------------------------
+
+/// Scheduler ticks between two polls of the I/O driver by default (`--event-interval`):
+/// tokio's own default. Fewer polls batch more socket readiness per `epoll_wait`; more
+/// polls answer new bytes sooner.
+pub const RUNTIME_EVENT_INTERVAL_DEFAULT: u32 = 61;
+
 // ---- gRPC --------------------------------------------------------------------------------
 
 /// Largest decoded request, in bytes: bounds the memory one call can make the server
 /// allocate. The largest valid request (a stock batch of `STOCK_BATCH_MAX` items of three
 /// refs each) is well below it.
 pub const DECODED_MESSAGE_BYTES_MAX: usize = 4 << 20;
+
+/// Most InventoryService and AdminService calls running at once by default
+/// (`--max-concurrent-requests`), over every connection. Beyond it a call is refused at
+/// once with RESOURCE_EXHAUSTED (`grpc::overload`), before it is decoded. As many as one
+/// shard's default mailbox holds: a flash sale's thousands of concurrent buyers are
+/// queued, not refused (they wait at most about 0.4 s at a shard's 20,000 Reserves/s,
+/// the mailbox's bound), while a flood beyond that is refused before it costs a decode
+/// or a mailbox slot. Each call in flight holds its request (at most
+/// `DECODED_MESSAGE_BYTES_MAX`, typically under 1 KiB).
+pub const CONCURRENT_REQUESTS_MAX_DEFAULT: usize = MAILBOX_CAPACITY_DEFAULT;
+
+/// Most concurrent HTTP/2 streams one connection may open (SETTINGS_MAX_CONCURRENT_STREAMS):
+/// one client cannot hold more than this many calls, nor all of the server's slots from
+/// one connection alone.
+pub const H2_STREAMS_PER_CONNECTION_MAX: u32 = 256;
 
 /// How long in-flight calls may take to finish after SIGTERM by default
 /// (`--drain-timeout-secs`). Kubernetes' default grace period is 30 s, so 10 s leaves time
@@ -161,13 +176,18 @@ const _: () = assert!(
 );
 const _: () =
     assert!(DIRECTORY_PRUNE_CHECKS_MAX >= 1 && DIRECTORY_PRUNE_GRACE_MS > EXPIRY_GRACE_MS);
+// Calls in flight fit in every shard's default mailbox (a cross-shard hold sends one
+// message to each shard), so the concurrency limit answers before a mailbox overflows.
+const _: () = assert!(CONCURRENT_REQUESTS_MAX_DEFAULT <= MAILBOX_CAPACITY_DEFAULT);
+// One connection cannot take every slot.
+const _: () = assert!((H2_STREAMS_PER_CONNECTION_MAX as usize) < CONCURRENT_REQUESTS_MAX_DEFAULT);
 // A batch can always be filled from a default mailbox.
 const _: () = assert!(BATCH_MAX <= MAILBOX_CAPACITY_DEFAULT);
 // A group commit can drain a log writer's whole inbox, so a batch waits for at most one
 // group after the one being written.
 const _: () = assert!(GROUP_BATCHES_MAX >= WRITER_INBOX_CAPACITY);
-// The releaser holds at least every batch the log pipeline can hold (see its comment).
-const _: () = assert!(RELEASER_CAPACITY >= WRITER_INBOX_CAPACITY + GROUP_BATCHES_MAX);
+// Every batch the log pipeline can hold may be pending on its shard (see its comment).
+const _: () = assert!(PENDING_BATCHES_MAX >= WRITER_INBOX_CAPACITY + GROUP_BATCHES_MAX);
 // A hold expires within the second domain.md promises.
 const _: () = assert!(EXPIRY_GRACE_MS > 0 && EXPIRY_GRACE_MS < 1_000);
 // The largest valid request fits: a stock batch of three refs per item (plus the item's

@@ -109,6 +109,7 @@ pub async fn try_run(
         shutdown,
         config.drain_timeout,
         storage_failed,
+        config.serve.clone(),
     )
     .await?;
     prune.abort();

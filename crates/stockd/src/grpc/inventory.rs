@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use super::observe::observe;
+use super::observe::{self, observe, observe_in};
 use super::status::to_status;
 use crate::clock::now_millis;
 use crate::metrics;
@@ -66,16 +66,22 @@ impl InventoryService for InventoryApi {
         request: Request<pb::ReserveRequest>,
     ) -> Result<Response<pb::ReserveResponse>, Status> {
         let r = request.into_inner();
-        let channel = r.channel_ref.clone();
-        let hold = r.hold_ref.clone();
-        observe(SERVICE, "Reserve", &channel, &hold, async {
+        let span = observe::span(SERVICE, "Reserve", &r.channel_ref, &r.hold_ref);
+        // Looked up before the request moves into the router, so a known channel costs no
+        // copy of its name; an unknown one is named only once the Reserve succeeded.
+        let counters = metrics::channel_counters_cached(&r.channel_ref);
+        observe_in(span, SERVICE, "Reserve", async move {
             let req = convert::reserve_request(r).map_err(to_status)?;
+            let new_channel = counters.is_none().then(|| req.channel_ref.clone());
             let result = self
                 .router
                 .reserve(now_millis(), req)
                 .await
                 .map_err(to_status)?;
-            metrics::reserve_outcome(&channel, result.outcome.as_str());
+            let counters = counters.unwrap_or_else(|| {
+                metrics::channel_counters(new_channel.as_deref().unwrap_or_default())
+            });
+            counters.reserve_outcome(result.outcome.as_str());
             Ok(pb::ReserveResponse {
                 outcome: match result.outcome {
                     ReserveOutcome::Reserved => pb::ReserveOutcome::Reserved,

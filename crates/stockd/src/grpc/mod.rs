@@ -4,15 +4,18 @@
 //! - `convert`: protobuf ↔ domain, naming the field of every bad input.
 //! - `status`: errors → `tonic::Status`, one exhaustive mapping.
 //! - `observe`: the span and latency histogram around every RPC.
+//! - `overload`: the concurrency limit and load shedding (tower layers) before the services.
 //! - `serve`: the tonic server (health, reflection, services, message limits) and its drain.
 
 pub mod admin;
 pub mod convert;
 pub mod inventory;
 pub mod observe;
+pub mod overload;
 pub mod serve;
 pub mod status;
 
 pub use admin::AdminApi;
 pub use inventory::InventoryApi;
+pub use overload::Overload;
 pub use serve::{ServeError, serve};

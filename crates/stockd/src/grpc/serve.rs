@@ -15,7 +15,8 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::server::HealthReporter;
 
-use super::{AdminApi, InventoryApi};
+use super::{AdminApi, InventoryApi, Overload};
+use crate::config::ServeLimits;
 use crate::limits::DECODED_MESSAGE_BYTES_MAX;
 use crate::proto::inventory::v1::admin_service_server::AdminServiceServer;
 use crate::proto::inventory::v1::inventory_service_server::InventoryServiceServer;
@@ -46,13 +47,15 @@ pub enum ServeError {
 /// finish before the remaining connections are closed. Returns once the server has
 /// stopped (the services, and with them their routers, are dropped), with the moment the
 /// drain began. Once `storage_failed` is notified (a shard's log write failed, so writes
-/// answer UNAVAILABLE until a restart), the InventoryService reports NOT_SERVING.
+/// answer UNAVAILABLE until a restart), the InventoryService reports NOT_SERVING. The two
+/// services sit behind `limits`' concurrency limit and load shedding (`grpc::overload`).
 pub async fn serve(
     router: Arc<Router>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
     drain_timeout: Duration,
     storage_failed: Arc<tokio::sync::Notify>,
+    limits: ServeLimits,
 ) -> Result<Instant, ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, true).await;
@@ -77,6 +80,7 @@ pub async fn serve(
     .max_decoding_message_size(DECODED_MESSAGE_BYTES_MAX);
     let admin = AdminServiceServer::new(AdminApi { router })
         .max_decoding_message_size(DECODED_MESSAGE_BYTES_MAX);
+    let overload = Overload::new(limits.concurrent_requests_max, limits.load_shed);
 
     let addr = listener.local_addr().map_err(ServeError::Listener)?;
     let incoming = TcpListenerStream::new(listener).map(|conn| {
@@ -89,11 +93,12 @@ pub async fn serve(
     let (stop, stopped) = oneshot::channel::<()>();
     let mut server = tokio::spawn(
         tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(limits.streams_per_connection_max))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(inventory)
-            .add_service(admin)
+            .add_service(overload.guard(inventory))
+            .add_service(overload.guard(admin))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stopped.await;
             }),

@@ -16,6 +16,11 @@ pub enum ApiError {
     /// The router, a shard or the domain refused.
     #[error(transparent)]
     Shard(#[from] ShardError),
+    /// More calls than `--max-concurrent-requests` are running (`grpc::overload`).
+    #[error(
+        "stockd is answering as many calls as --max-concurrent-requests allows; retry with backoff"
+    )]
+    Overloaded,
     /// GetPosition of a position that was never counted, adjusted or reserved.
     #[error("no position for product {product_ref:?} at location {location_ref:?}")]
     PositionNotFound {
@@ -45,6 +50,7 @@ pub fn to_status(error: impl Into<ApiError>) -> Status {
             Status::resource_exhausted(format!("shard {shard} is overloaded; retry with backoff"))
         }
         ApiError::Shard(ShardError::Stopped(_)) => Status::unavailable("stockd is shutting down"),
+        e @ ApiError::Overloaded => Status::resource_exhausted(e.to_string()),
         e @ ApiError::PositionNotFound { .. } => Status::not_found(e.to_string()),
     }
 }

@@ -1,18 +1,20 @@
 //! The shard actor: the single writer of one engine.
 //!
 //! It drains its mailbox in batches, applies each request to its engine, sends the
-//! changes of the whole batch to the write-ahead log at once, and hands the replies to a
-//! releaser task that sends them when the batch is durable. Replies leave in mailbox
-//! order, except reads of positions no pending batch changed, which answer at once: either
-//! way a read never reports a change that is not yet durable. The actor also runs
+//! changes of the whole batch to the write-ahead log at once, and keeps the batch's
+//! replies until the log writer's completion (run on the writer's thread) marks the batch
+//! durable and wakes the shard, which then sends them: no task or channel between the
+//! log and the callers. Replies leave in mailbox order, except reads of positions no
+//! pending batch changed, which answer at once: either way a read never reports a change
+//! that is not yet durable. The actor also runs
 //! the hold timers (no scan: the engine keeps them ordered) and starts checkpoints, which
 //! run off its task (`storage::checkpointer`).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use super::handle::{Msg, Respond, ShardError, ShardHandle, WriteReply};
 use crate::clock;
@@ -24,8 +26,9 @@ use rustc_hash::FxHashMap;
 use crate::metrics as m;
 use crate::storage::checkpoint::Scope;
 use crate::storage::checkpointer::{self, ConfigKeys, Delta};
+use crate::storage::log::LogError;
+use crate::storage::log::group::Completion;
 use crate::storage::record::{self, LogRecord};
-use crate::storage::wal::Ticket;
 use crate::storage::{Durability, ShardLog, Storage, StorageError};
 use stockd_domain::refs::Sym;
 use stockd_domain::{Command, Engine, EventKind, Millis, Settings};
@@ -55,20 +58,16 @@ impl Default for ShardLimits {
 
 type Reply = Box<dyn FnOnce(Option<&StorageError>) + Send>;
 
-struct Group {
-    ticket: Option<Ticket>,
-    /// Set by the releaser once the ticket completed: the batch's keys are clean again.
-    durable: Option<Arc<AtomicBool>>,
+/// A batch written to the log whose durability is not yet known: its replies (and those
+/// of the read-only batches after it), and the positions it changed.
+struct Pending {
+    /// Set on the log writer's thread once the write completed.
+    done: Arc<OnceLock<Result<(), StorageError>>>,
     replies: Vec<Reply>,
-    /// Whether the batch ran on an engine reloaded from disk after a write failed.
-    reloaded: bool,
-}
-
-/// A batch written to the log whose durability is not yet known, and what it changed.
-struct Inflight {
-    durable: Arc<AtomicBool>,
     keys: Vec<(Sym, Sym)>,
     all: bool,
+    /// Whether the batch ran on an engine reloaded from disk after a write failed.
+    reloaded: bool,
 }
 
 /// What the actor needs to checkpoint, and to reload its engine from disk after a
@@ -90,11 +89,16 @@ pub struct ShardActor {
     rx: mpsc::Receiver<Msg>,
     wal: ShardLog,
     limits: ShardLimits,
-    /// To the releaser; bounded by `RELEASER_CAPACITY` (its comment says why that cannot
-    /// deadlock).
-    released: mpsc::Sender<Group>,
+    /// Batches whose replies wait for the log, oldest first. At most
+    /// `PENDING_BATCHES_MAX`: each is in its log writer's inbox or group.
+    pending: VecDeque<Pending>,
+    /// Notified by the log writer's completions: some pending batch is done.
+    completed: Arc<Notify>,
     /// Set once a write failed to become durable: from then on writes answer UNAVAILABLE.
     failed: Arc<AtomicBool>,
+    /// The first write that failed: the replies of every batch that ran before the engine
+    /// was reloaded from disk answer it.
+    first_failure: Option<StorageError>,
     records_since_checkpoint: u64,
     last_checkpoint: Instant,
     reload: Reload,
@@ -113,7 +117,6 @@ pub struct ShardActor {
     dirty: FxHashMap<(Sym, Sym), u32>,
     /// Pending batches that change every position's ATS (channel or catalogue changes).
     dirty_all: u32,
-    inflight: VecDeque<Inflight>,
     /// What the batch being built changed.
     batch_keys: Vec<(Sym, Sym)>,
     batch_all: bool,
@@ -130,8 +133,8 @@ impl Drop for ClearOnDrop {
 }
 
 impl ShardActor {
-    /// Spawns the actor and its releaser on the current runtime; returns the handle and
-    /// the task, which ends when every handle is dropped and all replies are sent.
+    /// Spawns the actor on the current runtime; returns the handle and the task, which
+    /// ends when every handle is dropped and all replies are sent.
     pub fn spawn(
         id: usize,
         engine: Engine,
@@ -141,17 +144,17 @@ impl ShardActor {
         next_lsn: u64,
     ) -> (ShardHandle, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(limits.mailbox_capacity);
-        let (released, release_rx) = mpsc::channel(limits::RELEASER_CAPACITY);
         let failed = Arc::new(AtomicBool::new(false));
-        let releaser = tokio::spawn(release(release_rx, failed.clone()));
         let actor = ShardActor {
             id,
             engine,
             rx,
             wal,
             limits,
-            released,
+            pending: VecDeque::new(),
+            completed: Arc::new(Notify::new()),
             failed,
+            first_failure: None,
             records_since_checkpoint: 0,
             last_checkpoint: Instant::now(),
             reload,
@@ -161,15 +164,11 @@ impl ShardActor {
             checkpoint_failed: Arc::default(),
             dirty: FxHashMap::default(),
             dirty_all: 0,
-            inflight: VecDeque::new(),
             batch_keys: Vec::new(),
             batch_all: false,
             touched: Vec::new(),
         };
-        let task = tokio::spawn(async move {
-            actor.run().await;
-            super::watch::propagate_panic(releaser.await);
-        });
+        let task = tokio::spawn(actor.run());
         (ShardHandle { id, tx }, task)
     }
 
@@ -189,6 +188,7 @@ impl ShardActor {
                     Some(msg) => Some(msg),
                     None => break,
                 },
+                _ = self.completed.notified(), if !self.pending.is_empty() => None,
                 _ = sleep_until(deadline) => None,
             };
             batch.extend(first);
@@ -227,8 +227,15 @@ impl ShardActor {
                 last_gauges = Instant::now();
             }
         }
-        // Every handle is gone. The log writer syncs everything queued before it stops,
-        // and the releaser sends the last replies once it has.
+        // Every handle is gone. The log writer syncs everything queued; the last replies
+        // leave once it has.
+        loop {
+            self.settle();
+            if self.pending.is_empty() {
+                break;
+            }
+            self.completed.notified().await;
+        }
     }
 
     fn run_timers(&mut self, now: Millis, records: &mut Vec<Vec<u8>>) {
@@ -392,15 +399,34 @@ impl ShardActor {
         self.touched.clear();
     }
 
-    /// Cleans the positions of batches that became durable, oldest first.
+    /// Sends the replies of the batches whose write completed, oldest first, and cleans
+    /// the positions they changed.
     fn settle(&mut self) {
-        while self
-            .inflight
-            .front()
-            .is_some_and(|f| f.durable.load(Ordering::Acquire))
-        {
-            let done = self.inflight.pop_front().expect("front exists");
+        while let Some(result) = self.pending.front().and_then(|p| p.done.get().cloned()) {
+            let done = self.pending.pop_front().expect("front exists");
             self.clean(done.keys, done.all);
+            let failure = self.failure_of(result, done.reloaded);
+            for reply in done.replies {
+                reply(failure.as_ref());
+            }
+        }
+    }
+
+    /// What a batch's replies answer: its own failure, or the first one if the batch ran
+    /// before the engine was reloaded (it may reflect the failed change).
+    fn failure_of(
+        &mut self,
+        result: Result<(), StorageError>,
+        reloaded: bool,
+    ) -> Option<StorageError> {
+        if let Err(e) = &result {
+            self.failed.store(true, Ordering::Relaxed);
+            self.first_failure.get_or_insert_with(|| e.clone());
+        }
+        match (result, &self.first_failure, reloaded) {
+            (Err(e), _, _) => Some(e),
+            (Ok(()), Some(e), false) => Some(e.clone()),
+            _ => None,
         }
     }
 
@@ -418,63 +444,74 @@ impl ShardActor {
         }
     }
 
-    /// Sends the batch's records to the log and its replies to the releaser.
+    /// Sends the batch's records to the log; its replies leave once they are durable
+    /// (`settle`), or at once in `--durability async`.
     async fn commit(&mut self, records: Vec<Vec<u8>>, replies: Vec<Reply>) {
         let keys = std::mem::take(&mut self.batch_keys);
         let all = std::mem::take(&mut self.batch_all);
-        let mut ticket = None;
-        let count = records.len() as u64;
-        if !records.is_empty() {
-            match self.wal.append(records).await {
-                Ok(t) => ticket = Some(t),
-                Err(e) => {
-                    self.failed.store(true, Ordering::Relaxed);
-                    for reply in replies {
-                        reply(Some(&e));
-                    }
-                    return;
-                }
-            }
-            self.records_since_checkpoint += count;
-            self.next_lsn += count;
+        if records.is_empty() {
+            self.clean(keys, all);
+            self.leave(replies);
+            self.maybe_checkpoint();
+            return;
         }
-        let is_async = matches!(self.wal.durability(), Durability::Async { .. });
-        if let Some(t) = ticket.take_if(|_| is_async) {
+        let count = records.len() as u64;
+        let sync = matches!(self.wal.durability(), Durability::Sync);
+        let done = Arc::new(OnceLock::new());
+        let completion = if sync {
+            let (slot, wake) = (done.clone(), self.completed.clone());
+            Completion::new(move |result| {
+                let _ = slot.set(result.map(drop).map_err(storage_error));
+                wake.notify_one();
+            })
+        } else {
             // Acknowledged without waiting; a failure still stops later writes.
             let failed = self.failed.clone();
-            tokio::spawn(async move {
-                if !matches!(t.await, Ok(Ok(_))) {
+            Completion::new(move |result| {
+                if result.is_err() {
                     failed.store(true, Ordering::Relaxed);
                 }
-            });
+            })
+        };
+        if let Err(e) = self.wal.append_with(records, completion).await {
+            self.failed.store(true, Ordering::Relaxed);
+            for reply in replies {
+                reply(Some(&e));
+            }
+            return;
         }
-        let durable = if ticket.is_some() {
-            let flag = Arc::new(AtomicBool::new(false));
-            self.inflight.push_back(Inflight {
-                durable: flag.clone(),
+        self.records_since_checkpoint += count;
+        self.next_lsn += count;
+        if sync {
+            debug_assert!(self.pending.len() < limits::PENDING_BATCHES_MAX);
+            self.pending.push_back(Pending {
+                done,
+                replies,
                 keys,
                 all,
+                reloaded: self.reloaded,
             });
-            Some(flag)
         } else {
-            // Acknowledged without waiting (async durability) or nothing changed.
             self.clean(keys, all);
-            None
-        };
-        if !replies.is_empty() || ticket.is_some() {
-            // Waits only if the releaser is `RELEASER_CAPACITY` batches behind; the releaser
-            // waits only on the log writer, never on this shard, so this always finishes.
-            let _ = self
-                .released
-                .send(Group {
-                    ticket,
-                    durable,
-                    replies,
-                    reloaded: self.reloaded,
-                })
-                .await;
+            self.leave(replies);
         }
         self.maybe_checkpoint();
+    }
+
+    /// Replies with no write of their own to wait for: at once if no batch before them is
+    /// pending, otherwise with the last pending batch (mailbox order).
+    fn leave(&mut self, replies: Vec<Reply>) {
+        if replies.is_empty() {
+            return;
+        }
+        if let Some(last) = self.pending.back_mut() {
+            last.replies.extend(replies);
+            return;
+        }
+        let failure = self.failure_of(Ok(()), self.reloaded);
+        for reply in replies {
+            reply(failure.as_ref());
+        }
     }
 
     fn maybe_checkpoint(&mut self) {
@@ -552,7 +589,11 @@ impl ShardActor {
                 // Symbols of the old engine mean nothing to the new one.
                 self.dirty.clear();
                 self.dirty_all = 0;
-                self.inflight.clear();
+                // Their replies still wait for the log; their keys mean nothing now.
+                for p in &mut self.pending {
+                    p.keys.clear();
+                    p.all = false;
+                }
                 self.forget_touched();
                 tracing::warn!(
                     shard = self.id,
@@ -621,34 +662,10 @@ fn defer<T: Send + 'static>(
     }));
 }
 
-/// Sends each batch's replies once its records are durable, in order.
-///
-/// Once a write has failed, every batch that ran before the engine was reloaded from disk
-/// may reflect the failed change, so all its replies, reads included, answer UNAVAILABLE.
-async fn release(mut groups: mpsc::Receiver<Group>, failed: Arc<AtomicBool>) {
-    let mut first_failure: Option<StorageError> = None;
-    while let Some(group) = groups.recv().await {
-        let mut result = match group.ticket {
-            Some(ticket) => match ticket.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(StorageError::Log(e)),
-                Err(_) => Err(StorageError::WriterStopped),
-            },
-            None => Ok(()),
-        };
-        if let Err(e) = &result {
-            failed.store(true, Ordering::Relaxed);
-            first_failure.get_or_insert_with(|| e.clone());
-        }
-        if let (Ok(()), Some(e), false) = (&result, &first_failure, group.reloaded) {
-            result = Err(e.clone());
-        }
-        if let Some(flag) = &group.durable {
-            flag.store(true, Ordering::Release);
-        }
-        let failure = result.as_ref().err();
-        for reply in group.replies {
-            reply(failure);
-        }
+/// A log writer's error as the shard reports it.
+fn storage_error(e: LogError) -> StorageError {
+    match e {
+        LogError::WriterStopped => StorageError::WriterStopped,
+        e => StorageError::Log(e),
     }
 }

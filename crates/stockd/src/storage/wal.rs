@@ -2,8 +2,9 @@
 //!
 //! The shard queues each batch's records in order (`append`) and keeps applying; the
 //! writer takes every batch that arrived while the previous `fdatasync` ran, writes them
-//! with one write and one sync, and only then completes their tickets. The shard's
-//! releaser sends replies once their ticket completed (`--durability sync`); in
+//! with one write and one sync, and only then completes them: a ticket (`append`), or a
+//! `Completion` that runs on the writer thread (`append_with`: the shard marks its batch
+//! durable and wakes itself to send the batch's replies, `--durability sync`); in
 //! `--durability async` replies do not wait for it.
 
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ use tokio::sync::oneshot;
 
 use super::backend::AnyDir;
 use super::error::StorageError;
+use super::log::group::Completion;
 use super::log::{Appended, CommitStats, Log, LogError, LogWriter, Lsn};
 use super::record;
 use crate::metrics as m;
@@ -97,7 +99,23 @@ impl ShardLog {
 
     /// Queues a batch of records, in order; the ticket completes once they are durable.
     pub async fn append(&self, records: Vec<Vec<u8>>) -> Result<Ticket, StorageError> {
-        for r in &records {
+        self.check(&records)?;
+        Ok(self.writer.submit(0, records).await?)
+    }
+
+    /// Queues a batch of records, in order; `done` runs on the log writer's thread once
+    /// they are durable or their write failed. After an `Err`, `done` never runs.
+    pub async fn append_with(
+        &self,
+        records: Vec<Vec<u8>>,
+        done: Completion,
+    ) -> Result<(), StorageError> {
+        self.check(&records)?;
+        Ok(self.writer.submit_with(0, records, done).await?)
+    }
+
+    fn check(&self, records: &[Vec<u8>]) -> Result<(), StorageError> {
+        for r in records {
             record::check(r).expect("a record is checked right before it is written");
         }
         if let Some(path) = &self.fault_file
@@ -105,7 +123,7 @@ impl ShardLog {
         {
             return Err(StorageError::Injected(path.clone()));
         }
-        Ok(self.writer.submit(0, records).await?)
+        Ok(())
     }
 
     /// Appends and waits until durable (recovery's repairs before serving).

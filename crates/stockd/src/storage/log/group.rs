@@ -32,11 +32,45 @@ pub struct Appended {
 
 type Done<T> = oneshot::Sender<Result<T, LogError>>;
 
+/// What runs on the writer thread once a batch is durable (or its write failed): a shard
+/// marks its batch done and wakes itself, without a task or channel per batch. Keep it
+/// short: the next group waits for it. Dropped without running (the thread stopped), it
+/// runs with `WriterStopped`.
+pub struct Completion(Option<OnDone>);
+
+type OnDone = Box<dyn FnOnce(Result<Appended, LogError>) + Send>;
+
+impl Completion {
+    pub fn new(f: impl FnOnce(Result<Appended, LogError>) + Send + 'static) -> Completion {
+        Completion(Some(Box::new(f)))
+    }
+
+    fn oneshot(done: Done<Appended>) -> Completion {
+        Completion::new(move |result| {
+            let _ = done.send(result);
+        })
+    }
+
+    fn complete(mut self, result: Result<Appended, LogError>) {
+        if let Some(f) = self.0.take() {
+            f(result);
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(Err(LogError::WriterStopped));
+        }
+    }
+}
+
 enum Message {
     Append {
         term: u64,
         payloads: Vec<Vec<u8>>,
-        done: Done<Appended>,
+        done: Completion,
     },
     TruncateBelow {
         lsn: Lsn,
@@ -85,16 +119,32 @@ impl LogWriter {
         payloads: Vec<Vec<u8>>,
     ) -> Result<oneshot::Receiver<Result<Appended, LogError>>, LogError> {
         let (done, rx) = oneshot::channel();
+        self.submit_with(term, payloads, Completion::oneshot(done))
+            .await?;
+        Ok(rx)
+    }
+
+    /// Queues a batch like [`submit`](Self::submit); `done` runs on the writer thread once
+    /// the batch is durable or its write failed.
+    pub async fn submit_with(
+        &self,
+        term: u64,
+        payloads: Vec<Vec<u8>>,
+        done: Completion,
+    ) -> Result<(), LogError> {
         let message = Message::Append {
             term,
             payloads,
             done,
         };
-        self.tx
-            .send(message)
-            .await
-            .map_err(|_| LogError::WriterStopped)?;
-        Ok(rx)
+        // A refused message (the thread stopped): `done` is dropped without running, and
+        // the caller handles the `Err`.
+        self.tx.send(message).await.map_err(|e| {
+            if let Message::Append { mut done, .. } = e.0 {
+                done.0 = None;
+            }
+            LogError::WriterStopped
+        })
     }
 
     /// `truncate_below` for callers outside the runtime (the checkpointer).
@@ -133,7 +183,7 @@ fn run<D: LogDir>(
     mut rx: mpsc::Receiver<Message>,
     mut on_commit: impl FnMut(&CommitStats),
 ) -> Log<D> {
-    let mut waiting: Vec<(Range<Lsn>, Done<Appended>)> = Vec::with_capacity(64);
+    let mut waiting: Vec<(Range<Lsn>, Completion)> = Vec::with_capacity(64);
     while let Some(first) = rx.blocking_recv() {
         let mut next = Some(first);
         let mut taken = 0;
@@ -154,9 +204,7 @@ fn run<D: LogDir>(
                     };
                     match appended {
                         Ok(lsns) => waiting.push((lsns, done)),
-                        Err(e) => {
-                            let _ = done.send(Err(e));
-                        }
+                        Err(e) => done.complete(Err(e)),
                     }
                 }
                 Message::TruncateBelow { lsn, done } => {
@@ -176,7 +224,7 @@ fn run<D: LogDir>(
 /// Commits the group and completes its batches, each only after the sync returned.
 fn commit<D: LogDir>(
     log: &mut Log<D>,
-    waiting: &mut Vec<(Range<Lsn>, Done<Appended>)>,
+    waiting: &mut Vec<(Range<Lsn>, Completion)>,
     on_commit: &mut impl FnMut(&CommitStats),
 ) {
     if waiting.is_empty() && log.pending_records() == 0 {
@@ -199,7 +247,7 @@ fn commit<D: LogDir>(
             }
             Err(e) => Err(e.clone()),
         };
-        let _ = done.send(reply);
+        done.complete(reply);
     }
 }
 
@@ -212,7 +260,7 @@ fn append_message(
     let message = Message::Append {
         term,
         payloads,
-        done,
+        done: Completion::oneshot(done),
     };
     (message, rx)
 }
