@@ -132,6 +132,17 @@ impl HoldTable {
     pub fn clear_changed(&mut self) {
         self.changed.clear();
     }
+
+    /// Makes room for `additional` more parts (a restore knows how many are coming).
+    pub fn reserve(&mut self, additional: usize) {
+        self.parts.reserve(additional);
+    }
+
+    /// Inserts a part without tracking it as changed: a restore, whose parts are already
+    /// in the store.
+    pub fn insert_untracked(&mut self, hold: Sym, part: HoldPart) -> Option<HoldPart> {
+        self.parts.insert(hold, part)
+    }
 }
 
 /// One fulfilment of an order, as the whole request asked for it (all shards).

@@ -54,4 +54,6 @@ pub use hold::{FulfilOp, HoldState, HoldView, LineView, PartRef};
 pub use outcome::{LineOutcome, ReserveOutcome, ReserveResult};
 pub use position::IqKind;
 pub use request::{Adjustment, AdjustmentKind, OrderLine, ReserveLine, ReserveRequest, StockCount};
-pub use snapshot::{EngineSnapshot, HoldSnap, PositionSnap};
+pub use snapshot::{
+    EngineSnapshot, HoldSnap, HoldSnapRef, PositionSnap, PositionSnapRef, Restorer,
+};

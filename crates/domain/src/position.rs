@@ -306,6 +306,19 @@ impl PositionTable {
         *self.entry(key).or_default() = position;
     }
 
+    /// Inserts a position without tracking it as changed or touched: a restore, whose
+    /// positions are already in the store and have no write pending.
+    pub fn insert_untracked(&mut self, key: (Sym, Sym), position: Position) {
+        match self.index.get(&key) {
+            Some(i) => self.slots[*i as usize].1 = position,
+            None => {
+                let i = u32::try_from(self.slots.len()).expect("at most 2^32 positions per shard");
+                self.index.insert(key, i);
+                self.slots.push((key, position));
+            }
+        }
+    }
+
     pub fn reserve(&mut self, additional: usize) {
         self.index.reserve(additional);
         self.slots.reserve_exact(additional);

@@ -84,6 +84,12 @@ impl Interner {
         sym
     }
 
+    /// Makes room for `additional` more refs (a restore knows how many are coming).
+    pub fn reserve(&mut self, additional: usize) {
+        self.map.reserve(additional);
+        self.strs.reserve(additional);
+    }
+
     /// Returns the symbol of `value` if it was interned, without interning it.
     pub fn get(&self, value: &str) -> Option<Sym> {
         self.map.get(value).copied()

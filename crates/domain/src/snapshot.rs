@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Millis;
 use super::channel::{CategoryConfig, ChannelConfig, ProductConfig};
+use super::checkpoint::{ConfigSnap, Counters};
 use super::engine::{Engine, Settings};
 use super::hold::{HoldPart, HoldState, PartLine};
 use super::position::{Iq, IqKind, NO_SYM, Position};
@@ -116,22 +117,23 @@ impl Engine {
     }
 
     pub(crate) fn unsnap_part(&mut self, snap: &HoldSnap) -> HoldPart {
-        let hold = self.interner.intern_in(HOLD_NS, &snap.hold_ref);
-        let order = snap
-            .order_ref
-            .as_deref()
-            .map(|o| self.interner.intern_in(ORDER_NS, o));
+        self.unsnap_part_ref(&snap.as_ref())
+    }
+
+    fn unsnap_part_ref(&mut self, snap: &HoldSnapRef<'_>) -> HoldPart {
+        let hold = self.interner.intern_in(HOLD_NS, snap.hold_ref);
+        let order = snap.order_ref.map(|o| self.interner.intern_in(ORDER_NS, o));
         let mut i = |s: &str| self.interner.intern(s);
         HoldPart {
             hold,
-            channel: i(&snap.channel_ref),
+            channel: i(snap.channel_ref),
             state: snap.state,
             lines: snap
                 .lines
                 .iter()
                 .map(|l| PartLine {
-                    product: i(&l.product_ref),
-                    location: i(&l.location_ref),
+                    product: i(l.product_ref),
+                    location: i(l.location_ref),
                     quantity: l.quantity,
                     open: l.open,
                 })
@@ -245,71 +247,287 @@ impl Engine {
 
     /// Rebuilds an engine from a snapshot. Fails if the snapshot contradicts itself.
     pub fn restore(settings: Settings, snap: EngineSnapshot) -> Result<Engine, String> {
+        let config = ConfigSnap {
+            channels: snap.channels,
+            products: snap.products,
+            categories: snap.categories,
+        };
+        let counters = Counters {
+            next_iq_id: snap.next_iq_id,
+            next_event_seq: snap.next_event_seq,
+        };
+        let mut restorer = Restorer::new(settings, config, counters)?;
+        restorer.reserve(snap.positions.len(), snap.holds.len());
+        for ps in &snap.positions {
+            restorer.position(&ps.as_ref());
+        }
+        for hs in &snap.holds {
+            restorer.hold(&hs.as_ref())?;
+        }
+        for a in &snap.adjustments {
+            restorer.adjustment(a);
+        }
+        restorer.finish()
+    }
+}
+
+/// A [`PositionSnap`] that borrows its refs from the bytes it is decoded from (the same
+/// serde form), so that a restore from stored entries copies no ref it already interned.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct PositionSnapRef<'a> {
+    pub product_ref: &'a str,
+    pub location_ref: &'a str,
+    pub counted_as_of: Millis,
+    pub allocation_base: i64,
+    #[serde(borrow)]
+    pub sold: Vec<(&'a str, i64)>,
+    #[serde(borrow)]
+    pub iqs: Vec<IqSnapRef<'a>>,
+}
+
+/// The borrowed form of an [`IqSnap`].
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct IqSnapRef<'a> {
+    pub id: u64,
+    pub kind: IqKind,
+    #[serde(borrow)]
+    pub channel: Option<&'a str>,
+    #[serde(borrow)]
+    pub owner: Option<&'a str>,
+    pub quantity: i64,
+    pub created_at: Millis,
+    pub occurred_at: Millis,
+    pub expires_at: Millis,
+}
+
+/// The borrowed form of a [`LineSnap`].
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct LineSnapRef<'a> {
+    pub product_ref: &'a str,
+    pub location_ref: &'a str,
+    pub quantity: i64,
+    pub open: i64,
+}
+
+/// The borrowed form of a [`HoldSnap`].
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct HoldSnapRef<'a> {
+    pub hold_ref: &'a str,
+    pub channel_ref: &'a str,
+    pub state: HoldState,
+    #[serde(borrow)]
+    pub lines: Vec<LineSnapRef<'a>>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub expires_at: Millis,
+    #[serde(borrow)]
+    pub order_ref: Option<&'a str>,
+    pub digest: u64,
+    pub total_lines: u32,
+    pub answered_lines: u32,
+    pub primary: bool,
+    pub forget_at: Option<Millis>,
+    pub last_fulfil: Option<super::hold::FulfilOp>,
+    pub cancelled: bool,
+}
+
+impl PositionSnap {
+    pub fn as_ref(&self) -> PositionSnapRef<'_> {
+        PositionSnapRef {
+            product_ref: &self.product_ref,
+            location_ref: &self.location_ref,
+            counted_as_of: self.counted_as_of,
+            allocation_base: self.allocation_base,
+            sold: self.sold.iter().map(|(c, n)| (c.as_str(), *n)).collect(),
+            iqs: self
+                .iqs
+                .iter()
+                .map(|iq| IqSnapRef {
+                    id: iq.id,
+                    kind: iq.kind,
+                    channel: iq.channel.as_deref(),
+                    owner: iq.owner.as_deref(),
+                    quantity: iq.quantity,
+                    created_at: iq.created_at,
+                    occurred_at: iq.occurred_at,
+                    expires_at: iq.expires_at,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl HoldSnap {
+    pub fn as_ref(&self) -> HoldSnapRef<'_> {
+        HoldSnapRef {
+            hold_ref: &self.hold_ref,
+            channel_ref: &self.channel_ref,
+            state: self.state,
+            lines: self
+                .lines
+                .iter()
+                .map(|l| LineSnapRef {
+                    product_ref: &l.product_ref,
+                    location_ref: &l.location_ref,
+                    quantity: l.quantity,
+                    open: l.open,
+                })
+                .collect(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            expires_at: self.expires_at,
+            order_ref: self.order_ref.as_deref(),
+            digest: self.digest,
+            total_lines: self.total_lines,
+            answered_lines: self.answered_lines,
+            primary: self.primary,
+            forget_at: self.forget_at,
+            last_fulfil: self.last_fulfil.clone(),
+            cancelled: self.cancelled,
+        }
+    }
+}
+
+/// Rebuilds an engine one piece at a time (configuration first, then positions, holds and
+/// adjustments in any order), so that a restore from stored entries needs no whole
+/// snapshot in memory, no sort, and no copy of a ref.
+pub struct Restorer {
+    engine: Engine,
+    /// The timers of the restored holds, built into the engine's ordered sets at once at
+    /// the end (from sorted input) instead of one random insert at a time.
+    expiry: Vec<(Millis, Sym)>,
+    forget: Vec<(Millis, Sym)>,
+}
+
+impl Restorer {
+    pub fn new(
+        settings: Settings,
+        config: ConfigSnap,
+        counters: Counters,
+    ) -> Result<Restorer, String> {
         let mut engine = Engine::new(settings);
-        for channel in snap.channels {
+        for channel in config.channels {
             engine
                 .upsert_channel(channel)
                 .map_err(|e| format!("snapshot channel: {e}"))?;
         }
         engine
-            .upsert_products(&snap.products)
+            .upsert_products(&config.products)
             .map_err(|e| format!("snapshot products: {e}"))?;
         engine
-            .upsert_categories(&snap.categories)
+            .upsert_categories(&config.categories)
             .map_err(|e| format!("snapshot categories: {e}"))?;
-        for ps in snap.positions {
-            let product = engine.interner.intern(&ps.product_ref);
-            let location = engine.interner.intern(&ps.location_ref);
-            let mut pos = Position::new();
-            pos.counted_as_of = ps.counted_as_of;
-            pos.allocation_base = ps.allocation_base;
-            for iq in ps.iqs {
-                let channel = match &iq.channel {
-                    Some(c) => engine.interner.intern(c),
-                    None => NO_SYM,
-                };
-                let owner = match (&iq.owner, iq.kind) {
-                    (Some(o), IqKind::SoftReserve) => engine.interner.intern_in(HOLD_NS, o),
-                    (Some(o), IqKind::Reserved | IqKind::Sale) => {
-                        engine.interner.intern_in(ORDER_NS, o)
-                    }
-                    (Some(o), _) => engine.interner.intern(o),
-                    (None, _) => NO_SYM,
-                };
-                pos.push(Iq {
-                    id: iq.id,
-                    kind: iq.kind,
-                    channel,
-                    owner,
-                    quantity: iq.quantity,
-                    created_at: iq.created_at,
-                    occurred_at: iq.occurred_at,
-                    expires_at: iq.expires_at,
-                });
-            }
-            for (channel, sold) in ps.sold {
-                let c = engine.interner.intern(&channel);
-                pos.add_sold(c, sold);
-            }
-            engine.positions.insert((product, location), pos);
+        engine.next_iq_id = counters.next_iq_id.max(1);
+        engine.next_event_seq = counters.next_event_seq.max(1);
+        Ok(Restorer {
+            engine,
+            expiry: Vec::new(),
+            forget: Vec::new(),
+        })
+    }
+
+    /// Makes room for this many positions and holds at once, instead of growing the
+    /// tables (and rehashing them) step by step.
+    pub fn reserve(&mut self, positions: usize, holds: usize) {
+        self.engine.positions.reserve(positions);
+        self.engine.holds.reserve(holds);
+        self.engine.interner.reserve(positions + holds);
+        self.expiry.reserve(holds);
+    }
+
+    /// One position with its ledger (a position given twice keeps the last).
+    pub fn position(&mut self, ps: &PositionSnapRef<'_>) {
+        let engine = &mut self.engine;
+        let product = engine.interner.intern(ps.product_ref);
+        let location = engine.interner.intern(ps.location_ref);
+        let mut pos = Position::new();
+        pos.counted_as_of = ps.counted_as_of;
+        pos.allocation_base = ps.allocation_base;
+        pos.iqs.reserve_exact(ps.iqs.len());
+        for iq in &ps.iqs {
+            let channel = match iq.channel {
+                Some(c) => engine.interner.intern(c),
+                None => NO_SYM,
+            };
+            let owner = match (iq.owner, iq.kind) {
+                (Some(o), IqKind::SoftReserve) => engine.interner.intern_in(HOLD_NS, o),
+                (Some(o), IqKind::Reserved | IqKind::Sale) => {
+                    engine.interner.intern_in(ORDER_NS, o)
+                }
+                (Some(o), _) => engine.interner.intern(o),
+                (None, _) => NO_SYM,
+            };
+            pos.push(Iq {
+                id: iq.id,
+                kind: iq.kind,
+                channel,
+                owner,
+                quantity: iq.quantity,
+                created_at: iq.created_at,
+                occurred_at: iq.occurred_at,
+                expires_at: iq.expires_at,
+            });
         }
-        for hs in &snap.holds {
-            let part = engine.unsnap_part(hs);
-            let hold = part.hold;
-            if engine.holds.contains_key(&hold) {
-                return Err(format!("snapshot holds hold {:?} twice", hs.hold_ref));
+        for &(channel, sold) in &ps.sold {
+            let c = engine.interner.intern(channel);
+            pos.add_sold(c, sold);
+        }
+        engine.positions.insert_untracked((product, location), pos);
+    }
+
+    /// One hold part; a hold given twice is refused.
+    pub fn hold(&mut self, hs: &HoldSnapRef<'_>) -> Result<(), String> {
+        let part = self.engine.unsnap_part_ref(hs);
+        let hold = part.hold;
+        let engine = &mut self.engine;
+        match part.state {
+            HoldState::Active => {
+                self.expiry.push((part.expires_at, hold));
+                if part.primary {
+                    *engine.active_holds.entry(part.channel).or_default() += 1;
+                }
             }
-            engine.index_restored_part(part);
+            HoldState::Confirmed => {
+                if let Some(order) = part.order {
+                    engine.orders.insert(order, hold);
+                }
+            }
+            HoldState::Released | HoldState::Expired => {}
         }
-        for a in snap.adjustments {
-            let sym = engine.interner.intern(&a);
-            engine.adjustments.insert(sym);
+        if let Some(t) = part.forget_at {
+            self.forget.push((t, hold));
         }
-        engine.next_iq_id = snap.next_iq_id.max(1);
-        engine.next_event_seq = snap.next_event_seq.max(1);
-        engine.check_consistency()?;
+        if engine.holds.insert_untracked(hold, part).is_some() {
+            return Err(format!("snapshot holds hold {:?} twice", hs.hold_ref));
+        }
+        Ok(())
+    }
+
+    /// One adjustment ref already applied.
+    pub fn adjustment(&mut self, adjustment_ref: &str) {
+        let sym = self.engine.interner.intern(adjustment_ref);
+        self.engine.adjustments.insert(sym);
+    }
+
+    /// The engine, its counters checked against its ledgers and hold records.
+    pub fn finish(self) -> Result<Engine, String> {
+        self.engine.check_consistency()?;
+        Ok(self.finish_unchecked())
+    }
+
+    /// The engine, unchecked: for a caller that checks it itself once it is complete
+    /// (recovery checks every engine after its log is replayed).
+    pub fn finish_unchecked(mut self) -> Engine {
+        let engine = &mut self.engine;
+        // Collecting sorts once and builds the tree in bulk.
+        let mut expiry: std::collections::BTreeSet<_> = self.expiry.into_iter().collect();
+        expiry.append(&mut engine.expiry);
+        engine.expiry = expiry;
+        let mut forget: std::collections::BTreeSet<_> = self.forget.into_iter().collect();
+        forget.append(&mut engine.forget);
+        engine.forget = forget;
         engine.clear_checkpoint_tracking();
-        Ok(engine)
+        self.engine
     }
 }
 

@@ -4,7 +4,8 @@
 //! Builds the state through the engine, stores it the way stockd does (one whole
 //! checkpoint per shard in sled, plus a tail of records in each shard's segment log),
 //! then times `storage::recovery::recover`. `RESTART_POSITIONS` and `RESTART_HOLDS`
-//! change the sizes.
+//! change the sizes. `RESTART_DATA_DIR=path` keeps the data folder there, and a second
+//! run with a folder already in it only times the restart (to profile it alone).
 
 use std::time::Instant;
 
@@ -55,10 +56,61 @@ fn main() {
     let holds = env("RESTART_HOLDS", 1_000_000);
     let shards = 2u32;
     let now = 1_800_000_000_000i64;
-    let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(&StorageBackend::Real, dir.path(), Default::default()).unwrap();
+    let temp = tempfile::tempdir().unwrap();
+    let kept = std::env::var_os("RESTART_DATA_DIR").map(std::path::PathBuf::from);
+    let path = kept.clone().unwrap_or_else(|| temp.path().to_path_buf());
+    let reuse = kept.is_some() && path.join("checkpoints").exists();
+    let storage = Storage::open(&StorageBackend::Real, &path, Default::default()).unwrap();
+    let settings = Settings::default();
+    if !reuse {
+        store_state(&storage, &settings, shards, now, positions, holds);
+    }
+    let started = Instant::now();
+    let cpu_before = cpu_seconds();
+    let route = |p: &str, l: &str| shard_of(p, l, shards as usize);
+    let recovered = recovery::recover(&storage, shards, &settings, now + 1_000, &route)
+        .unwrap_or_else(|e| panic!("recovery failed: {e}"));
+    let elapsed = started.elapsed();
+    let cpu = cpu_seconds() - cpu_before;
+    let size: u64 = walk(&path);
+    println!(
+        "restart: recovered {} positions and {} holds ({} log records replayed) in {:.2} s \
+         ({cpu:.2} s of CPU, all threads); data folder {:.0} MiB",
+        recovered.report.positions,
+        recovered.report.holds,
+        recovered.report.records_replayed,
+        elapsed.as_secs_f64(),
+        size as f64 / (1 << 20) as f64
+    );
+}
+
+/// CPU time of this process so far (user + system, all threads), from /proc: on a shared
+/// machine it says what the restart cost when the wall clock includes waiting for a core.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat(5); 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Builds the state and stores it as stockd does: whole checkpoints and a log tail.
+fn store_state(
+    storage: &Storage,
+    settings: &Settings,
+    shards: u32,
+    now: i64,
+    positions: usize,
+    holds: usize,
+) {
     recovery::write_meta(
-        &storage,
+        storage,
         Meta {
             generation: 0,
             shards,
@@ -67,37 +119,21 @@ fn main() {
     .unwrap();
 
     let started = Instant::now();
-    let settings = Settings::default();
-    let engines = build(&settings, shards, now, positions, holds);
+    let mut engines = build(settings, shards, now, positions, holds);
     println!(
         "built {positions} positions and {holds} holds in {:.1} s",
         started.elapsed().as_secs_f64()
     );
 
     let started = Instant::now();
-    store_checkpoints(&storage, &engines);
+    store_checkpoints(storage, &engines);
+    incremental_checkpoint(storage, &mut engines[0], now, positions);
     let t = Instant::now();
     // A tail of log records to replay, as after a crash between checkpoints.
     let tail = 10_000usize;
-    store_log_tail(&storage, shards, now, positions, tail);
+    store_log_tail(storage, shards, now, positions, tail);
     println!("{tail} log records in {:.2} s", t.elapsed().as_secs_f64());
     println!("stored in {:.1} s", started.elapsed().as_secs_f64());
-    drop(engines);
-
-    let started = Instant::now();
-    let route = |p: &str, l: &str| shard_of(p, l, shards as usize);
-    let recovered = recovery::recover(&storage, shards, &settings, now + 1_000, &route)
-        .unwrap_or_else(|e| panic!("recovery failed: {e}"));
-    let elapsed = started.elapsed();
-    let size: u64 = walk(dir.path());
-    println!(
-        "restart: recovered {} positions and {} holds ({} log records replayed) in {:.2} s; data folder {:.0} MiB",
-        recovered.report.positions,
-        recovered.report.holds,
-        recovered.report.records_replayed,
-        elapsed.as_secs_f64(),
-        size as f64 / (1 << 20) as f64
-    );
 }
 
 /// One engine per shard with channel WEB, `positions` positions of 10 units and `holds`
@@ -155,18 +191,70 @@ fn store_checkpoints(storage: &Storage, engines: &[Engine]) {
             generation: 0,
             shard: shard as u32,
         };
-        let batch = checkpointer::encode(scope, 0, &delta, &ConfigKeys::default());
+        let keys = ConfigKeys::default();
+        let batch = checkpointer::encode(scope, 0, &delta, &keys);
         let encoded = t.elapsed() - copied;
-        let entries = batch.puts.len();
+        let entries = batch.batch.puts.len();
         let t = Instant::now();
-        checkpointer::apply_unpublished(storage.checkpoints.as_ref(), batch).unwrap();
+        let stats =
+            checkpointer::apply_unpublished(storage.checkpoints.as_ref(), batch, &keys).unwrap();
         println!(
-            "shard {shard}: checkpoint of {entries} entries: copied in {:.2} s, encoded in {:.2} s, written in {:.2} s",
+            "shard {shard}: checkpoint of {entries} entries: copied in {:.2} s, encoded in {:.2} s, \
+             written in {:.2} s: {} pages, {:.0} MiB ({:.0} bytes an entry)",
             copied.as_secs_f64(),
             encoded.as_secs_f64(),
-            t.elapsed().as_secs_f64()
+            t.elapsed().as_secs_f64(),
+            stats.pages_written,
+            stats.bytes_written as f64 / (1 << 20) as f64,
+            stats.bytes_written as f64 / entries as f64
         );
     }
+}
+
+/// Changed entries of the incremental checkpoint: 5,000 new holds and their positions.
+const INCREMENTAL_HOLDS: usize = 5_000;
+
+/// An incremental checkpoint of shard 0 after `INCREMENTAL_HOLDS` reserves on positions
+/// at random, as stockd writes one between two of its checkpoints.
+fn incremental_checkpoint(storage: &Storage, engine: &mut Engine, now: i64, positions: usize) {
+    drop(engine.take_checkpoint_delta());
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut placed = 0;
+    while placed < INCREMENTAL_HOLDS {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let p = product((seed >> 33) as usize % positions.max(1));
+        if shard_of(&p, "DC1", 2) != 0 {
+            continue;
+        }
+        let req = one_unit_hold(format!("inc-{placed:06}"), p);
+        engine.reserve(now, &req, &[0]).unwrap();
+        placed += 1;
+    }
+    engine.drain_events().for_each(drop);
+    let delta = engine.take_checkpoint_delta();
+    let scope = Scope {
+        generation: 0,
+        shard: 0,
+    };
+    let keys = ConfigKeys::default();
+    let encoded = checkpointer::encode(scope, 0, &delta, &keys);
+    let entries = encoded.batch.puts.len() + encoded.batch.deletes.len();
+    let stats = storage.checkpoints.apply(&encoded.batch).unwrap();
+    println!(
+        "shard 0: incremental checkpoint of {entries} changed entries: {:.2} s \
+         (prepare {:.2} s, write {:.2} s, flush {:.2} s, fsync {:.2} s), {} pages, {:.1} MiB, \
+         {:.0} bytes per changed entry",
+        stats.total.as_secs_f64(),
+        stats.prepare.as_secs_f64(),
+        stats.write.as_secs_f64(),
+        stats.flush.as_secs_f64(),
+        stats.sync.as_secs_f64(),
+        stats.pages_written,
+        stats.bytes_written as f64 / (1 << 20) as f64,
+        stats.bytes_written as f64 / entries as f64
+    );
 }
 
 /// `tail` records of one-unit holds in the shards' logs after the checkpoints, as after a

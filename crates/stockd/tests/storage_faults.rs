@@ -12,7 +12,7 @@
 mod common;
 
 use stockd::proto::inventory::v1 as pb;
-use stockd::storage::checkpoint::layout::entry_key;
+use stockd::storage::checkpoint::layout::page_key_of;
 use stockd::storage::checkpoint::{Namespace, Scope};
 use stockd::storage::log::sim::Faults;
 use tonic::Code;
@@ -166,14 +166,17 @@ async fn a_last_record_that_never_reached_the_disk_leaves_a_clean_end() {
 async fn a_flipped_byte_in_a_checkpoint_entry_refuses_to_start_naming_the_key() {
     // A checkpoint after every record: the position's entry is in the store.
     let world = seeded(1).await;
-    let key = entry_key(
+    // The page of the position's entry: with one position, it holds only that entry.
+    let key = page_key_of(
+        world.store.as_ref(),
         Scope {
             generation: 0,
             shard: 0,
         },
         Namespace::POSITIONS,
         format!("{P}:{LOC}").as_bytes(),
-    );
+    )
+    .unwrap();
     let len = world.store.durable_bytes()[&key].len();
     world.store.damage_flip(&key, len - 1, 0x01);
     let refused = sim::run(world.config())

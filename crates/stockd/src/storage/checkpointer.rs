@@ -14,10 +14,13 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use stockd_domain::{CheckpointDelta, ConfigSnap, Counters, EngineSnapshot};
+use stockd_domain::{
+    CheckpointDelta, ConfigSnap, Counters, Engine, HoldSnapRef, PositionSnapRef, Restorer, Settings,
+};
 
 use super::checkpoint::{
-    BATCH_ENTRIES_MAX, CheckpointBatch, CheckpointStore, Entry, Loaded, Namespace, Scope, show_key,
+    ApplyStats, BATCH_ENTRIES_MAX, CheckpointBatch, CheckpointStore, Entry, Loaded, Namespace,
+    Scope, show_key,
 };
 use super::log::LogWriter;
 use super::record;
@@ -41,13 +44,29 @@ fn put(namespace: Namespace, key: impl Into<Vec<u8>>, value: Vec<u8>) -> Entry {
 /// it no longer has.
 pub type ConfigKeys = Arc<Mutex<BTreeSet<(Namespace, Vec<u8>)>>>;
 
-/// Encodes a delta as one checkpoint batch.
-pub fn encode(
-    scope: Scope,
-    lsn_covered: u64,
-    delta: &Delta,
-    config_keys: &ConfigKeys,
-) -> CheckpointBatch {
+/// A delta encoded as one checkpoint batch, and the configuration keys the scope holds
+/// once the batch is written (`None`: unchanged).
+pub struct Encoded {
+    pub batch: CheckpointBatch,
+    pub config_keys_after: Option<BTreeSet<(Namespace, Vec<u8>)>>,
+}
+
+impl Encoded {
+    /// Records that the batch was written: the scope now holds exactly the configuration
+    /// keys of this batch. Called only after a successful apply, so that a failed one
+    /// leaves the old keys, and the next checkpoint still deletes what this one would have.
+    pub fn written(self, config_keys: &ConfigKeys) -> CheckpointBatch {
+        if let Some(now) = self.config_keys_after {
+            *config_keys.lock().expect("config keys lock") = now;
+        }
+        self.batch
+    }
+}
+
+/// Encodes a delta as one checkpoint batch. A new whole configuration deletes the keys
+/// the scope holds (`config_keys`) that it no longer has; `config_keys` itself changes only
+/// once the batch is written (`Encoded::written`).
+pub fn encode(scope: Scope, lsn_covered: u64, delta: &Delta, config_keys: &ConfigKeys) -> Encoded {
     let mut puts = Vec::with_capacity(delta.entries() + 1);
     let mut deletes = Vec::new();
     for p in &delta.positions {
@@ -66,109 +85,139 @@ pub fn encode(
     for a in &delta.adjustments {
         puts.push(put(Namespace::IDEMPOTENCY, a.clone(), record::encode(&())));
     }
-    if let Some(ConfigSnap {
-        channels,
-        products,
-        categories,
-    }) = &delta.config
-    {
-        let mut keys = config_keys.lock().expect("config keys lock");
-        let mut now = BTreeSet::new();
-        for c in channels {
-            now.insert((Namespace::CHANNELS, c.channel_ref.clone().into_bytes()));
-            puts.push(put(
-                Namespace::CHANNELS,
-                c.channel_ref.clone(),
-                record::encode(c),
-            ));
-        }
-        for p in products {
-            let key = format!("p:{}", p.product_ref);
-            now.insert((Namespace::CATALOGUE, key.clone().into_bytes()));
-            puts.push(put(Namespace::CATALOGUE, key, record::encode(p)));
-        }
-        for c in categories {
-            let key = format!("c:{}", c.category);
-            now.insert((Namespace::CATALOGUE, key.clone().into_bytes()));
-            puts.push(put(Namespace::CATALOGUE, key, record::encode(c)));
-        }
-        deletes.extend(keys.difference(&now).cloned());
-        *keys = now;
-    }
+    let config_keys_after = delta.config.as_ref().map(|config| {
+        let now = encode_config(config, &mut puts);
+        let held = config_keys.lock().expect("config keys lock");
+        deletes.extend(held.difference(&now).cloned());
+        now
+    });
     puts.push(put(
         Namespace::CATALOGUE,
         COUNTERS_KEY,
         record::encode(&delta.counters),
     ));
-    CheckpointBatch {
-        scope,
-        lsn_covered,
-        puts,
-        deletes,
-        meta: Vec::new(),
+    Encoded {
+        batch: CheckpointBatch {
+            scope,
+            lsn_covered,
+            puts,
+            deletes,
+            meta: Vec::new(),
+        },
+        config_keys_after,
     }
 }
 
-/// Rebuilds a whole snapshot from a scope's loaded entries; also fills `config_keys`.
-pub fn decode(loaded: &Loaded, config_keys: &ConfigKeys) -> Result<EngineSnapshot, String> {
+/// The entries of a whole configuration; returns their keys.
+fn encode_config(config: &ConfigSnap, puts: &mut Vec<Entry>) -> BTreeSet<(Namespace, Vec<u8>)> {
+    let mut keys = BTreeSet::new();
+    for c in &config.channels {
+        keys.insert((Namespace::CHANNELS, c.channel_ref.clone().into_bytes()));
+        puts.push(put(
+            Namespace::CHANNELS,
+            c.channel_ref.clone(),
+            record::encode(c),
+        ));
+    }
+    for p in &config.products {
+        let key = format!("p:{}", p.product_ref);
+        keys.insert((Namespace::CATALOGUE, key.clone().into_bytes()));
+        puts.push(put(Namespace::CATALOGUE, key, record::encode(p)));
+    }
+    for c in &config.categories {
+        let key = format!("c:{}", c.category);
+        keys.insert((Namespace::CATALOGUE, key.clone().into_bytes()));
+        puts.push(put(Namespace::CATALOGUE, key, record::encode(c)));
+    }
+    keys
+}
+
+/// Rebuilds a shard's engine from its loaded entries, decoding each where it lies (refs
+/// borrowed from the pages) straight into the engine: no whole snapshot, no sort, no copy
+/// of a ref. Also fills `config_keys`. The engine is not checked yet: the caller checks it
+/// once its log is replayed (`Engine::check_consistency`).
+pub fn restore(
+    loaded: &Loaded,
+    settings: &Settings,
+    config_keys: &ConfigKeys,
+) -> Result<Engine, String> {
+    let (config, counters) = decode_config(loaded, config_keys)?;
+    let count = |namespace: Namespace| -> usize {
+        let pages = loaded.pages.iter().filter(|p| p.namespace == namespace);
+        pages.map(|p| p.len()).sum()
+    };
+    let mut restorer = Restorer::new(settings.clone(), config, counters)?;
+    restorer.reserve(count(Namespace::POSITIONS), count(Namespace::HOLDS));
+    for e in loaded.entries() {
+        let bad =
+            |err: record::RecordError| format!("{} key {}: {err}", e.namespace, show_key(e.key));
+        match e.namespace {
+            Namespace::POSITIONS => {
+                let position: PositionSnapRef<'_> =
+                    record::decode_borrowed(e.value).map_err(bad)?;
+                restorer.position(&position);
+            }
+            Namespace::HOLDS => {
+                let hold: HoldSnapRef<'_> = record::decode_borrowed(e.value).map_err(bad)?;
+                restorer.hold(&hold)?;
+            }
+            Namespace::IDEMPOTENCY => {
+                record::decode::<()>(e.value).map_err(bad)?;
+                restorer.adjustment(&String::from_utf8_lossy(e.key));
+            }
+            Namespace::CHANNELS | Namespace::CATALOGUE => {}
+            other => {
+                return Err(format!(
+                    "{other} key {} belongs to no known kind",
+                    show_key(e.key)
+                ));
+            }
+        }
+    }
+    Ok(restorer.finish_unchecked())
+}
+
+/// The configuration and counters of loaded entries (read first: positions refer to
+/// channels); fills `config_keys` with the configuration keys the scope holds.
+fn decode_config(
+    loaded: &Loaded,
+    config_keys: &ConfigKeys,
+) -> Result<(ConfigSnap, Counters), String> {
     let mut config = ConfigSnap::default();
-    let (mut positions, mut holds, mut adjustments) = (Vec::new(), Vec::new(), Vec::new());
     let mut counters = Counters::default();
     let mut keys = config_keys.lock().expect("config keys lock");
     keys.clear();
-    for e in &loaded.entries {
+    let pages = loaded
+        .pages
+        .iter()
+        .filter(|p| matches!(p.namespace, Namespace::CHANNELS | Namespace::CATALOGUE));
+    for e in pages.flat_map(|p| p.entries()) {
         let bad =
-            |err: record::RecordError| format!("{} key {}: {err}", e.namespace, show_key(&e.key));
-        let is_config = match e.namespace {
-            Namespace::POSITIONS => {
-                positions.push(record::decode(&e.value).map_err(bad)?);
-                false
+            |err: record::RecordError| format!("{} key {}: {err}", e.namespace, show_key(e.key));
+        match e.namespace {
+            Namespace::CHANNELS => config.channels.push(record::decode(e.value).map_err(bad)?),
+            _ if e.key == COUNTERS_KEY => {
+                counters = record::decode(e.value).map_err(bad)?;
+                continue;
             }
-            Namespace::HOLDS => {
-                holds.push(record::decode(&e.value).map_err(bad)?);
-                false
+            _ if e.key.starts_with(b"p:") => {
+                config.products.push(record::decode(e.value).map_err(bad)?);
             }
-            Namespace::IDEMPOTENCY => {
-                record::decode::<()>(&e.value).map_err(bad)?;
-                adjustments.push(String::from_utf8_lossy(&e.key).into_owned());
-                false
-            }
-            Namespace::CHANNELS => {
-                config.channels.push(record::decode(&e.value).map_err(bad)?);
-                true
-            }
-            Namespace::CATALOGUE if e.key == COUNTERS_KEY => {
-                counters = record::decode(&e.value).map_err(bad)?;
-                false
-            }
-            Namespace::CATALOGUE if e.key.starts_with(b"p:") => {
-                config.products.push(record::decode(&e.value).map_err(bad)?);
-                true
-            }
-            Namespace::CATALOGUE if e.key.starts_with(b"c:") => {
+            _ if e.key.starts_with(b"c:") => {
                 config
                     .categories
-                    .push(record::decode(&e.value).map_err(bad)?);
-                true
+                    .push(record::decode(e.value).map_err(bad)?);
             }
             other => {
                 return Err(format!(
                     "{other} key {} belongs to no known kind",
-                    show_key(&e.key)
+                    show_key(e.key)
                 ));
             }
-        };
-        if is_config {
-            keys.insert((e.namespace, e.key.clone()));
         }
+        keys.insert((e.namespace, e.key.to_vec()));
     }
-    Ok(EngineSnapshot::from_entries(
-        config,
-        positions,
-        holds,
-        adjustments,
-        counters,
-    ))
+    Ok((config, counters))
 }
 
 /// Writes a whole scope that is not live yet (a new generation before the layout record
@@ -176,15 +225,18 @@ pub fn decode(loaded: &Loaded, config_keys: &ConfigKeys) -> Result<EngineSnapsho
 /// scope nobody reads, which the next attempt removes first.
 pub fn apply_unpublished(
     store: &dyn CheckpointStore,
-    batch: CheckpointBatch,
-) -> Result<(), super::StorageError> {
+    encoded: Encoded,
+    config_keys: &ConfigKeys,
+) -> Result<ApplyStats, super::StorageError> {
+    let config_keys_after = encoded.config_keys_after;
+    let mut total = ApplyStats::default();
     let CheckpointBatch {
         scope,
         lsn_covered,
         mut puts,
         deletes,
         meta,
-    } = batch;
+    } = encoded.batch;
     assert!(
         deletes.is_empty() && meta.is_empty(),
         "a new scope deletes nothing"
@@ -198,9 +250,16 @@ pub fn apply_unpublished(
             deletes: Vec::new(),
             meta: Vec::new(),
         };
-        store.apply(&chunk)?;
+        let stats = store.apply(&chunk)?;
+        total.entries_put += stats.entries_put;
+        total.pages_written += stats.pages_written;
+        total.bytes_written += stats.bytes_written;
+        total.total += stats.total;
     }
-    Ok(())
+    if let Some(now) = config_keys_after {
+        *config_keys.lock().expect("config keys lock") = now;
+    }
+    Ok(total)
 }
 
 /// One checkpoint, ready to run off the shard.
@@ -244,15 +303,17 @@ pub fn run(mut job: Job) {
     }
 }
 
-fn write(job: &Job, delta: &Delta) -> Result<usize, super::StorageError> {
-    let deadline = Instant::now() + Duration::from_millis(CHECKPOINT_DURABLE_WAIT_MS);
-    while job.durable_lsn.load(Ordering::Acquire) < job.lsn_covered {
-        if Instant::now() >= deadline {
-            return Err(super::StorageError::NotDurable(job.lsn_covered));
-        }
-        std::thread::sleep(Duration::from_millis(CHECKPOINT_DURABLE_POLL_MS));
-    }
-    let batch = encode(job.scope, job.lsn_covered, delta, &job.config_keys);
+/// Encodes and writes one checkpoint; the configuration keys change only if it was
+/// written. Returns the entries written and deleted.
+pub fn write_batch(
+    store: &dyn CheckpointStore,
+    scope: Scope,
+    lsn_covered: u64,
+    delta: &Delta,
+    config_keys: &ConfigKeys,
+) -> Result<usize, super::StorageError> {
+    let encoded = encode(scope, lsn_covered, delta, config_keys);
+    let batch = &encoded.batch;
     let entries = batch.puts.len() + batch.deletes.len();
     if entries > BATCH_ENTRIES_MAX {
         // One batch is the unit of atomicity: a delta this large cannot be written whole.
@@ -261,7 +322,26 @@ fn write(job: &Job, delta: &Delta) -> Result<usize, super::StorageError> {
             max: BATCH_ENTRIES_MAX,
         });
     }
-    job.store.apply(&batch)?;
+    store.apply(batch)?;
+    encoded.written(config_keys);
+    Ok(entries)
+}
+
+fn write(job: &Job, delta: &Delta) -> Result<usize, super::StorageError> {
+    let deadline = Instant::now() + Duration::from_millis(CHECKPOINT_DURABLE_WAIT_MS);
+    while job.durable_lsn.load(Ordering::Acquire) < job.lsn_covered {
+        if Instant::now() >= deadline {
+            return Err(super::StorageError::NotDurable(job.lsn_covered));
+        }
+        std::thread::sleep(Duration::from_millis(CHECKPOINT_DURABLE_POLL_MS));
+    }
+    let entries = write_batch(
+        job.store.as_ref(),
+        job.scope,
+        job.lsn_covered,
+        delta,
+        &job.config_keys,
+    )?;
     let truncated = job.writer.blocking_truncate_below(job.lsn_covered + 1)?;
     let gone = (truncated.recycled + truncated.removed) as i64;
     m::wal_segments(
@@ -269,4 +349,60 @@ fn write(job: &Job, delta: &Delta) -> Result<usize, super::StorageError> {
         job.segments.fetch_sub(gone, Ordering::Relaxed) - gone,
     );
     Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::checkpoint::{Fault, SimStore};
+    use stockd_domain::ChannelConfig;
+
+    const SCOPE: Scope = Scope {
+        generation: 0,
+        shard: 0,
+    };
+
+    fn with_channels(refs: &[&str]) -> Delta {
+        let channels = refs
+            .iter()
+            .map(|r| ChannelConfig {
+                channel_ref: r.to_string(),
+                ..Default::default()
+            })
+            .collect();
+        Delta {
+            config: Some(ConfigSnap {
+                channels,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn stored_channels(store: &SimStore) -> Vec<String> {
+        let loaded = store.load(SCOPE).unwrap().unwrap();
+        let engine = restore(&loaded, &Settings::default(), &ConfigKeys::default()).unwrap();
+        let mut refs: Vec<String> = engine.channels().map(|c| c.channel_ref.clone()).collect();
+        refs.sort();
+        refs
+    }
+
+    #[test]
+    fn a_channel_deleted_by_a_failed_checkpoint_is_deleted_by_the_next_one() {
+        let store = SimStore::new(1);
+        let keys = ConfigKeys::default();
+        write_batch(&store, SCOPE, 1, &with_channels(&["SOCIAL", "WEB"]), &keys).unwrap();
+        // SOCIAL is deleted; the checkpoint that carries it fails.
+        let failed = with_channels(&["WEB"]);
+        store.inject(Fault::DiskFull);
+        assert!(write_batch(&store, SCOPE, 2, &failed, &keys).is_err());
+        assert_eq!(stored_channels(&store), ["SOCIAL", "WEB"]);
+        // The next checkpoint writes the failed delta merged with what changed since
+        // (nothing of the configuration), as the shard does.
+        let next = failed.merge(Delta::default());
+        write_batch(&store, SCOPE, 3, &next, &keys).unwrap();
+        assert_eq!(stored_channels(&store), ["WEB"]);
+        let held: Vec<_> = keys.lock().unwrap().iter().cloned().collect();
+        assert_eq!(held, [(Namespace::CHANNELS, b"WEB".to_vec())]);
+    }
 }

@@ -3,7 +3,7 @@
 //! Every log record and checkpoint value goes through `encode` and `decode`, so a record
 //! is checked right before it is written (`check`) and right after it is read back.
 
-use serde::{Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use stockd_domain::{Command, Millis};
 
@@ -61,6 +61,13 @@ pub fn check(bytes: &[u8]) -> Result<(), RecordError> {
 
 /// Checks and decodes a record.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, RecordError> {
+    check(bytes)?;
+    postcard::from_bytes(&bytes[HEADER_LEN..]).map_err(|e| RecordError::Decode(e.to_string()))
+}
+
+/// Checks and decodes a record into a value that borrows from its bytes (refs as `&str`),
+/// so that decoding copies nothing.
+pub fn decode_borrowed<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, RecordError> {
     check(bytes)?;
     postcard::from_bytes(&bytes[HEADER_LEN..]).map_err(|e| RecordError::Decode(e.to_string()))
 }

@@ -194,7 +194,8 @@ fn load_all(
 }
 
 /// A shard's engine from its checkpoint (empty without one), the LSN it covers, and the
-/// configuration keys it holds.
+/// configuration keys it holds. The engine is checked by the caller, once its log is
+/// replayed.
 fn load_checkpoint(
     storage: &Storage,
     generation: u32,
@@ -217,15 +218,13 @@ fn load_checkpoint(
         reason,
     };
     let loaded_at = Instant::now();
-    let snap = checkpointer::decode(&loaded, &config_keys).map_err(bad)?;
-    let decoded_at = Instant::now();
-    let engine = Engine::restore(settings.clone(), snap).map_err(bad)?;
+    let engine = checkpointer::restore(&loaded, settings, &config_keys).map_err(bad)?;
     tracing::info!(
         shard,
-        entries = loaded.entries.len(),
+        entries = loaded.entry_count(),
+        pages = loaded.pages.len(),
         load_ms = (loaded_at - started).as_millis() as u64,
-        decode_ms = (decoded_at - loaded_at).as_millis() as u64,
-        restore_ms = decoded_at.elapsed().as_millis() as u64,
+        restore_ms = loaded_at.elapsed().as_millis() as u64,
         "checkpoint loaded"
     );
     Ok((engine, loaded.lsn_covered, config_keys))
@@ -324,6 +323,9 @@ pub fn reload_shard(
         &found.records,
         &mut RecoveryReport::default(),
     )?;
+    engine
+        .check_consistency()
+        .map_err(|reason| RecoveryError::Inconsistent { shard, reason })?;
     Ok(engine)
 }
 
@@ -363,8 +365,8 @@ fn reshard(
             generation: next,
             shard,
         };
-        let batch = checkpointer::encode(scope, 0, &snap.into_delta(), &config_keys);
-        checkpointer::apply_unpublished(storage.checkpoints.as_ref(), batch)?;
+        let encoded = checkpointer::encode(scope, 0, &snap.into_delta(), &config_keys);
+        checkpointer::apply_unpublished(storage.checkpoints.as_ref(), encoded, &config_keys)?;
         let dir = storage.log_dir(next, shard)?;
         let (log, _) = Log::open(dir, storage.log_config, 0).map_err(log_error(storage, shard))?;
         out.push(ShardState {
@@ -391,32 +393,59 @@ fn reshard(
 }
 
 /// Expires the holds whose deadline passed while stockd was down (their records join
-/// `pending`), counts the state, and checks every engine's invariants.
+/// `pending`), counts the state, and checks every engine's invariants (the only check of
+/// a restored engine: its checkpoint's, its log's and the repairs' changes together), each
+/// shard on its own thread.
 fn expire_and_check(
     engines: &mut [Engine],
     now: Millis,
     pending: &mut [Vec<Vec<u8>>],
     report: &mut RecoveryReport,
 ) -> Result<(), RecoveryError> {
-    for (shard, engine) in engines.iter_mut().enumerate() {
-        let expired = engine.expire_due(now);
-        if expired > 0 {
-            report.holds_expired += expired;
-            pending[shard].push(record::encode(&LogRecord {
-                now,
-                command: Command::Expire,
-            }));
-        }
+    let results: Vec<Result<usize, RecoveryError>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = engines
+            .iter_mut()
+            .zip(pending.iter_mut())
+            .enumerate()
+            .map(|(shard, (engine, pending))| {
+                scope.spawn(move || expire_and_check_one(engine, shard as u32, now, pending))
+            })
+            .collect();
+        threads
+            .into_iter()
+            .enumerate()
+            .map(|(shard, t)| {
+                t.join().unwrap_or(Err(RecoveryError::Panicked {
+                    shard: shard as u32,
+                }))
+            })
+            .collect()
+    });
+    for (engine, expired) in engines.iter().zip(results) {
+        report.holds_expired += expired?;
         report.positions += engine.position_count();
         report.holds += engine.hold_count();
-        engine
-            .check_consistency()
-            .map_err(|reason| RecoveryError::Inconsistent {
-                shard: shard as u32,
-                reason,
-            })?;
     }
     Ok(())
+}
+
+fn expire_and_check_one(
+    engine: &mut Engine,
+    shard: u32,
+    now: Millis,
+    pending: &mut Vec<Vec<u8>>,
+) -> Result<usize, RecoveryError> {
+    let expired = engine.expire_due(now);
+    if expired > 0 {
+        pending.push(record::encode(&LogRecord {
+            now,
+            command: Command::Expire,
+        }));
+    }
+    engine
+        .check_consistency()
+        .map_err(|reason| RecoveryError::Inconsistent { shard, reason })?;
+    Ok(expired)
 }
 
 /// Makes every hold whole again after a crash between its shards.

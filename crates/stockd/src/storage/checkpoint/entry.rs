@@ -1,33 +1,52 @@
 //! The checkpoint byte formats, so that every byte read back can be checked.
 //!
-//! - An entry's stored value is a frame: `version(1) crc32c(4, LE) value`. The CRC32C
-//!   covers the version, the scope, the namespace, the key's length, the key and the value,
-//!   so a value moved under another key or scope fails as surely as a flipped bit.
+//! - Entries are stored in pages: all the entries of one namespace of one scope whose key
+//!   falls in one hash bucket (`bucket_of`), in one stored value, so that a load reads a
+//!   few thousand values instead of one per entry, and a checkpoint rewrites only the
+//!   pages it changes. A page is `version(1) crc32c(4, LE) count(4, LE)` and then, sorted
+//!   by key, `key_len(2, LE) value_len(4, LE) key value entry_crc32c(4, LE)` per entry.
+//!   The page's CRC32C covers the version, the scope, the namespace, the bucket and every
+//!   byte after the CRC, so a page moved under another bucket or scope fails as surely as
+//!   a flipped bit; each entry's CRC32C covers the version, the scope, the namespace, the
+//!   key's length, the key and the value, and names the damaged entry when a page fails.
 //! - A scope record is `version(1) crc32c(4) lsn(8) count(2) [namespace(1) entries(8)
-//!   digest(8)]*`, all little-endian, its CRC32C covering the scope as well.
+//!   digest(8) bucket_bits(1)]*`, all little-endian, its CRC32C covering the scope as well.
 //! - A layout record is `version(1) crc32c(4) value`, its CRC covering its name.
 //!
 //! The digest of a namespace is the XOR of `entry_hash` (64-bit rapidhash V3, a stable
 //! algorithm) over its entries. XOR lets a checkpoint keep it up to date from the changed
 //! entries alone: a put XORs out the old entry's hash and XORs in the new one, a delete
 //! XORs the old one out. A load recomputes it with the count, so an entry that is missing,
-//! extra or stale (a valid frame of an older value) shows as a mismatch of its namespace.
+//! extra or stale (a valid page of older values) shows as a mismatch of its namespace.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
-use rapidhash::v3::{RapidSecrets, RapidStreamHasherV3};
+use rapidhash::v3::{RapidSecrets, RapidStreamHasherV3, rapidhash_v3_seeded};
 
 use super::{Namespace, Scope};
 
 /// Version of these formats. Bump it with any change to them.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 
 /// Bytes before a framed value: version (1) and CRC32C (4).
 pub const FRAME_HEADER_BYTES: usize = 5;
 
-/// Bytes of one namespace in a scope record: namespace (1), entries (8), digest (8).
-const NAMESPACE_DIGEST_BYTES: usize = 17;
+/// Bytes of one namespace in a scope record: namespace (1), entries (8), digest (8),
+/// bucket bits (1).
+const NAMESPACE_DIGEST_BYTES: usize = 18;
+
+/// Bytes of a page before its entries: header and entry count (4).
+pub const PAGE_FIXED_BYTES: usize = FRAME_HEADER_BYTES + 4;
+
+/// Bytes of an entry in a page besides its key and value: lengths (2 + 4) and CRC (4).
+pub const PAGE_ENTRY_OVERHEAD_BYTES: usize = 10;
+
+/// Most bucket bits of a namespace: 2^20 pages hold far more than a shard's entries.
+pub const BUCKET_BITS_MAX: u8 = 20;
+
+/// Fixed secrets of the bucket hash: changing them moves every stored entry.
+const BUCKET_SECRETS: RapidSecrets = RapidSecrets::seed(0x5374_6f63_6b64_4250);
 
 /// Bytes of a scope record before its namespaces: header, LSN (8), namespace count (2).
 const SCOPE_RECORD_FIXED_BYTES: usize = FRAME_HEADER_BYTES + 8 + 2;
@@ -98,36 +117,6 @@ pub fn entry_hash(scope: Scope, namespace: Namespace, key: &[u8], value: &[u8]) 
     hasher.finish()
 }
 
-/// Frames a value for storage under `key`, checked right before it is written.
-pub fn encode_entry(scope: Scope, namespace: Namespace, key: &[u8], value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(FRAME_HEADER_BYTES + value.len());
-    out.push(FORMAT_VERSION);
-    out.extend_from_slice(&entry_crc(scope, namespace, key, value).to_le_bytes());
-    out.extend_from_slice(value);
-    debug_assert_eq!(
-        decode_entry(scope, namespace, key, &out),
-        Ok(value),
-        "an entry frame is checked right before it is written"
-    );
-    out
-}
-
-/// Checks a stored frame and returns its value.
-pub fn decode_entry<'a>(
-    scope: Scope,
-    namespace: Namespace,
-    key: &[u8],
-    frame: &'a [u8],
-) -> Result<&'a [u8], Damage> {
-    let value = check_header(frame, FRAME_HEADER_BYTES)?;
-    let stored = stored_crc(frame);
-    let computed = entry_crc(scope, namespace, key, value);
-    if stored != computed {
-        return Err(Damage::Checksum { stored, computed });
-    }
-    Ok(value)
-}
-
 /// Checks length and version; returns the bytes after the frame header.
 fn check_header(bytes: &[u8], needed: usize) -> Result<&[u8], Damage> {
     if bytes.len() < needed {
@@ -146,11 +135,169 @@ fn stored_crc(bytes: &[u8]) -> u32 {
     u32::from_le_bytes(bytes[1..FRAME_HEADER_BYTES].try_into().expect("4 bytes"))
 }
 
-/// Count and digest of one namespace of a scope.
+/// The bucket of `key` among `1 << bits`: the page it is stored in.
+pub fn bucket_of(key: &[u8], bits: u8) -> u32 {
+    if bits == 0 {
+        return 0;
+    }
+    (rapidhash_v3_seeded(key, &BUCKET_SECRETS) >> (64 - u32::from(bits))) as u32
+}
+
+fn page_crc(scope: Scope, namespace: Namespace, bucket: u32, body: &[u8]) -> u32 {
+    let mut p = [0u8; 14];
+    p[0] = FORMAT_VERSION;
+    p[1..5].copy_from_slice(&scope.generation.to_be_bytes());
+    p[5..9].copy_from_slice(&scope.shard.to_be_bytes());
+    p[9] = namespace.0;
+    p[10..14].copy_from_slice(&bucket.to_be_bytes());
+    crc32c::crc32c_append(crc32c::crc32c(&p), body)
+}
+
+/// Frames a page of entries, sorted by key (each key once).
+pub fn encode_page<'a>(
+    scope: Scope,
+    namespace: Namespace,
+    bucket: u32,
+    entries: impl ExactSizeIterator<Item = (&'a [u8], &'a [u8])>,
+) -> Vec<u8> {
+    let count = u32::try_from(entries.len()).expect("a page holds under 2^32 entries");
+    let mut out = vec![FORMAT_VERSION, 0, 0, 0, 0];
+    out.extend_from_slice(&count.to_le_bytes());
+    for (key, value) in entries {
+        let key_len = u16::try_from(key.len()).expect("keys are bounded by KEY_BYTES_MAX");
+        let value_len = u32::try_from(value.len()).expect("values are bounded");
+        out.extend_from_slice(&key_len.to_le_bytes());
+        out.extend_from_slice(&value_len.to_le_bytes());
+        out.extend_from_slice(key);
+        out.extend_from_slice(value);
+        out.extend_from_slice(&entry_crc(scope, namespace, key, value).to_le_bytes());
+    }
+    let crc = page_crc(scope, namespace, bucket, &out[FRAME_HEADER_BYTES..]);
+    out[1..FRAME_HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
+    debug_assert!(
+        decode_page(scope, namespace, bucket, &out).is_ok(),
+        "a page is checked right before it is written"
+    );
+    out
+}
+
+/// Where one entry lies in its page's bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntrySpan {
+    pub key_start: u32,
+    pub key_len: u16,
+    pub value_len: u32,
+}
+
+impl EntrySpan {
+    pub fn key<'a>(&self, page: &'a [u8]) -> &'a [u8] {
+        let start = self.key_start as usize;
+        &page[start..start + usize::from(self.key_len)]
+    }
+
+    pub fn value<'a>(&self, page: &'a [u8]) -> &'a [u8] {
+        let start = self.key_start as usize + usize::from(self.key_len);
+        &page[start..start + self.value_len as usize]
+    }
+}
+
+/// Why a page cannot be used: the entry that fails its own checksum, when one does, or
+/// the page as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PageDamage {
+    Entry { key: Vec<u8>, damage: Damage },
+    Page(Damage),
+}
+
+/// The entries of a page, without checking their checksums (the caller checked the
+/// page's, or will check each entry's).
+fn page_spans(page: &[u8]) -> Result<(Vec<EntrySpan>, Vec<u32>), Damage> {
+    let count = u32::from_le_bytes(
+        page[FRAME_HEADER_BYTES..PAGE_FIXED_BYTES]
+            .try_into()
+            .expect("4 bytes"),
+    );
+    let count = count as usize;
+    if count > page.len() / PAGE_ENTRY_OVERHEAD_BYTES {
+        return Err(Damage::Malformed("entry count larger than the page"));
+    }
+    let mut spans = Vec::with_capacity(count);
+    let mut crcs = Vec::with_capacity(count);
+    let mut at = PAGE_FIXED_BYTES;
+    for _ in 0..count {
+        let Some(head) = page.get(at..at + 6) else {
+            return Err(Damage::Malformed("an entry runs past the page"));
+        };
+        let key_len = u16::from_le_bytes([head[0], head[1]]);
+        let value_len = u32::from_le_bytes(head[2..6].try_into().expect("4 bytes"));
+        let key_start = at + 6;
+        let end = key_start + usize::from(key_len) + value_len as usize;
+        let Some(crc) = page.get(end..end + 4) else {
+            return Err(Damage::Malformed("an entry runs past the page"));
+        };
+        crcs.push(u32::from_le_bytes(crc.try_into().expect("4 bytes")));
+        spans.push(EntrySpan {
+            key_start: u32::try_from(key_start)
+                .map_err(|_| Damage::Malformed("page over 4 GiB"))?,
+            key_len,
+            value_len,
+        });
+        at = end + 4;
+    }
+    if at != page.len() {
+        return Err(Damage::Malformed("bytes after the last entry"));
+    }
+    Ok((spans, crcs))
+}
+
+/// The entry count a page's header claims, unchecked (for statistics of a removal).
+pub fn page_entry_count(page: &[u8]) -> u64 {
+    page.get(FRAME_HEADER_BYTES..PAGE_FIXED_BYTES)
+        .map_or(0, |b| {
+            u64::from(u32::from_le_bytes(b.try_into().expect("4 bytes")))
+        })
+}
+
+/// Checks a stored page and returns where its entries lie. Its own checksum is checked
+/// first (one pass); only when it fails are the entries' checksums used, to name the
+/// damaged entry.
+pub fn decode_page(
+    scope: Scope,
+    namespace: Namespace,
+    bucket: u32,
+    page: &[u8],
+) -> Result<Vec<EntrySpan>, PageDamage> {
+    let body = check_header(page, PAGE_FIXED_BYTES).map_err(PageDamage::Page)?;
+    let stored = stored_crc(page);
+    let computed = page_crc(scope, namespace, bucket, body);
+    if stored == computed {
+        return page_spans(page)
+            .map(|(spans, _)| spans)
+            .map_err(PageDamage::Page);
+    }
+    if let Ok((spans, crcs)) = page_spans(page) {
+        for (span, stored) in spans.iter().zip(crcs) {
+            let (key, value) = (span.key(page), span.value(page));
+            let computed = entry_crc(scope, namespace, key, value);
+            if stored != computed {
+                let damage = Damage::Checksum { stored, computed };
+                return Err(PageDamage::Entry {
+                    key: key.to_vec(),
+                    damage,
+                });
+            }
+        }
+    }
+    Err(PageDamage::Page(Damage::Checksum { stored, computed }))
+}
+
+/// Count and digest of one namespace of a scope, and how its entries are paged.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NamespaceDigest {
     pub entries: u64,
     pub digest: u64,
+    /// The namespace's entries are in `1 << bucket_bits` pages (`bucket_of`).
+    pub bucket_bits: u8,
 }
 
 impl NamespaceDigest {
@@ -216,6 +363,7 @@ pub fn encode_scope_record(scope: Scope, record: &ScopeRecord) -> Vec<u8> {
         out.push(namespace.0);
         out.extend_from_slice(&d.entries.to_le_bytes());
         out.extend_from_slice(&d.digest.to_le_bytes());
+        out.push(d.bucket_bits);
     }
     let crc = scope_record_crc(scope, &out[FRAME_HEADER_BYTES..]);
     out[1..FRAME_HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
@@ -246,7 +394,11 @@ pub fn decode_scope_record(scope: Scope, bytes: &[u8]) -> Result<ScopeRecord, Da
         let d = NamespaceDigest {
             entries: u64::from_le_bytes(chunk[1..9].try_into().expect("8 bytes")),
             digest: u64::from_le_bytes(chunk[9..17].try_into().expect("8 bytes")),
+            bucket_bits: chunk[17],
         };
+        if d.bucket_bits > BUCKET_BITS_MAX {
+            return Err(Damage::Malformed("bucket bits over BUCKET_BITS_MAX"));
+        }
         if d.entries == 0 || namespaces.insert(Namespace(chunk[0]), d).is_some() {
             return Err(Damage::Malformed("empty or repeated namespace"));
         }
@@ -293,26 +445,66 @@ mod tests {
         shard: 2,
     };
 
+    fn page(entries: &[(&[u8], &[u8])]) -> Vec<u8> {
+        encode_page(SCOPE, Namespace::HOLDS, 7, entries.iter().copied())
+    }
+
     #[test]
-    fn frames_detect_flips_and_moves() {
-        let frame = encode_entry(SCOPE, Namespace::HOLDS, b"cart-1", b"value");
-        assert_eq!(
-            decode_entry(SCOPE, Namespace::HOLDS, b"cart-1", &frame),
-            Ok(&b"value"[..])
-        );
+    fn pages_round_trip_and_detect_flips_and_moves() {
+        let entries: [(&[u8], &[u8]); 2] = [(b"cart-1", b"value"), (b"cart-2", b"other")];
+        let frame = page(&entries);
+        let spans = decode_page(SCOPE, Namespace::HOLDS, 7, &frame).unwrap();
+        let read: Vec<_> = spans
+            .iter()
+            .map(|s| (s.key(&frame), s.value(&frame)))
+            .collect();
+        assert_eq!(read, entries);
         for i in 0..frame.len() {
             let mut bad = frame.clone();
             bad[i] ^= 0x01;
-            assert!(decode_entry(SCOPE, Namespace::HOLDS, b"cart-1", &bad).is_err());
+            assert!(
+                decode_page(SCOPE, Namespace::HOLDS, 7, &bad).is_err(),
+                "byte {i}"
+            );
         }
         let other = Scope { shard: 3, ..SCOPE };
-        assert!(decode_entry(other, Namespace::HOLDS, b"cart-1", &frame).is_err());
-        assert!(decode_entry(SCOPE, Namespace::ORDERS, b"cart-1", &frame).is_err());
-        assert!(decode_entry(SCOPE, Namespace::HOLDS, b"cart-2", &frame).is_err());
+        assert!(decode_page(other, Namespace::HOLDS, 7, &frame).is_err());
+        assert!(decode_page(SCOPE, Namespace::ORDERS, 7, &frame).is_err());
+        assert!(decode_page(SCOPE, Namespace::HOLDS, 8, &frame).is_err());
         assert!(matches!(
-            decode_entry(SCOPE, Namespace::HOLDS, b"cart-1", &frame[..3]),
-            Err(Damage::Truncated { .. })
+            decode_page(SCOPE, Namespace::HOLDS, 7, &frame[..3]),
+            Err(PageDamage::Page(Damage::Truncated { .. }))
         ));
+        assert_eq!(page_entry_count(&frame), 2);
+    }
+
+    #[test]
+    fn a_damaged_value_names_its_entry() {
+        let frame = page(&[(b"cart-1", b"value"), (b"cart-2", b"other")]);
+        let last_value_byte = frame.len() - 5;
+        let mut bad = frame.clone();
+        bad[last_value_byte] ^= 0x10;
+        match decode_page(SCOPE, Namespace::HOLDS, 7, &bad) {
+            Err(PageDamage::Entry { key, .. }) => assert_eq!(key, b"cart-2"),
+            other => panic!("{other:?}"),
+        }
+        let mut bad = frame.clone();
+        bad[0] = 9;
+        assert_eq!(
+            decode_page(SCOPE, Namespace::HOLDS, 7, &bad),
+            Err(PageDamage::Page(Damage::Version(9)))
+        );
+    }
+
+    #[test]
+    fn buckets_spread_keys_and_stay_within_bounds() {
+        assert_eq!(bucket_of(b"anything", 0), 0);
+        let mut seen = [0u32; 16];
+        for i in 0..1600 {
+            seen[bucket_of(format!("SKU-{i}:DC1").as_bytes(), 4) as usize] += 1;
+        }
+        assert!(seen.iter().all(|n| (50..150).contains(n)), "{seen:?}");
+        assert!(bucket_of(b"k", BUCKET_BITS_MAX) < 1 << BUCKET_BITS_MAX);
     }
 
     #[test]

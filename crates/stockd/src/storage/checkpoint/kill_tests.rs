@@ -83,8 +83,17 @@ fn loaded_lsn(folder: &Path) -> u64 {
     match store.load(SCOPE).unwrap() {
         None => 0,
         Some(loaded) => {
+            let mut entries: Vec<Entry> = loaded
+                .entries()
+                .map(|e| Entry {
+                    namespace: e.namespace,
+                    key: e.key.to_vec(),
+                    value: e.value.to_vec(),
+                })
+                .collect();
+            entries.sort();
             assert_eq!(
-                loaded.entries,
+                entries,
                 expected(loaded.lsn_covered),
                 "not one whole checkpoint"
             );

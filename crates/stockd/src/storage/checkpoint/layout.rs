@@ -1,36 +1,39 @@
 //! The key layout of the checkpoint store, and the work of `apply`, `load` and removal
 //! that does not depend on which store (sled or simulated) holds the bytes.
 //!
-//! One ordered key space, so that one atomic batch covers entries, scope record and
-//! layout records together:
-//! - `E generation(4, BE) shard(4, BE) namespace(1) key` → entry frame;
-//! - `S generation(4, BE) shard(4, BE)` → scope record (LSN, per-namespace count and digest);
+//! One ordered key space, so that one atomic batch covers pages, scope record and layout
+//! records together:
+//! - `P generation(4, BE) shard(4, BE) namespace(1) bucket(4, BE)` → page of entries;
+//! - `S generation(4, BE) shard(4, BE)` → scope record (LSN, per-namespace count, digest
+//!   and bucket bits);
 //! - `M name` → layout record.
 //!
-//! Big-endian scope numbers keep a scope's entries contiguous and scopes in order.
+//! Big-endian scope numbers keep a scope's pages contiguous and scopes in order. A
+//! namespace is sized for `PAGE_ENTRIES_TARGET` entries a page; when it outgrows that, the
+//! checkpoint that makes it grow rewrites all its pages with twice (or more) the buckets,
+//! so each entry is rewritten by growth about once in all.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use rustc_hash::FxHashSet;
-
-use super::entry::{self, NamespaceDigest, ScopeRecord};
+use super::entry::{self, EntrySpan, NamespaceDigest, PageDamage, ScopeRecord};
 use super::{
-    ApplyStats, BATCH_ENTRIES_MAX, CheckpointBatch, CheckpointError, Entry, KEY_BYTES_MAX, Loaded,
-    META_NAME_BYTES_MAX, META_RECORDS_MAX, META_VALUE_BYTES_MAX, Namespace, REMOVE_CHUNK_ENTRIES,
-    Scope, VALUE_BYTES_MAX, show_key,
+    ApplyStats, BATCH_ENTRIES_MAX, CheckpointBatch, CheckpointError, KEY_BYTES_MAX, Loaded,
+    LoadedPage, META_NAME_BYTES_MAX, META_RECORDS_MAX, META_VALUE_BYTES_MAX, Namespace,
+    PAGE_ENTRIES_TARGET, REMOVE_CHUNK_PAGES, Scope, VALUE_BYTES_MAX, show_key,
 };
 
-/// First byte of an entry key.
-const ENTRY_TAG: u8 = b'E';
+/// First byte of a page key.
+const PAGE_TAG: u8 = b'P';
 /// First byte of a scope record key.
 const SCOPE_TAG: u8 = b'S';
 /// First byte of a layout record key.
 const META_TAG: u8 = b'M';
 /// Bytes of a scope prefix: tag, generation, shard.
 const SCOPE_PREFIX_BYTES: usize = 9;
-/// Bytes of an entry key before the user's key: scope prefix and namespace.
-const ENTRY_KEY_FIXED_BYTES: usize = SCOPE_PREFIX_BYTES + 1;
+/// Bytes of a page key: scope prefix, namespace, bucket.
+const PAGE_KEY_BYTES: usize = SCOPE_PREFIX_BYTES + 1 + 4;
 
 /// Writes to a store, as raw keys and values, applied atomically by `RawKv::commit`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -63,18 +66,25 @@ fn scope_prefix(tag: u8, scope: Scope) -> [u8; SCOPE_PREFIX_BYTES] {
     k
 }
 
-/// The key of an entry.
-pub fn entry_key(scope: Scope, namespace: Namespace, key: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(ENTRY_KEY_FIXED_BYTES + key.len());
-    k.extend_from_slice(&scope_prefix(ENTRY_TAG, scope));
-    k.push(namespace.0);
-    k.extend_from_slice(key);
+/// The key of a page.
+pub fn page_key(scope: Scope, namespace: Namespace, bucket: u32) -> [u8; PAGE_KEY_BYTES] {
+    let mut k = [0u8; PAGE_KEY_BYTES];
+    k[..SCOPE_PREFIX_BYTES].copy_from_slice(&scope_prefix(PAGE_TAG, scope));
+    k[SCOPE_PREFIX_BYTES] = namespace.0;
+    k[SCOPE_PREFIX_BYTES + 1..].copy_from_slice(&bucket.to_be_bytes());
     k
 }
 
-/// The prefix of every entry key of a scope.
-pub fn entries_prefix(scope: Scope) -> [u8; SCOPE_PREFIX_BYTES] {
-    scope_prefix(ENTRY_TAG, scope)
+/// The prefix of every page key of a scope.
+pub fn pages_prefix(scope: Scope) -> [u8; SCOPE_PREFIX_BYTES] {
+    scope_prefix(PAGE_TAG, scope)
+}
+
+fn namespace_prefix(scope: Scope, namespace: Namespace) -> [u8; SCOPE_PREFIX_BYTES + 1] {
+    let mut k = [0u8; SCOPE_PREFIX_BYTES + 1];
+    k[..SCOPE_PREFIX_BYTES].copy_from_slice(&pages_prefix(scope));
+    k[SCOPE_PREFIX_BYTES] = namespace.0;
+    k
 }
 
 /// The key of a scope's record.
@@ -89,11 +99,35 @@ pub fn meta_key(name: &str) -> Vec<u8> {
     k
 }
 
+/// The key of the page that holds (or would hold) an entry, for tests that damage it.
+pub fn page_key_of(
+    kv: &impl RawKv,
+    scope: Scope,
+    namespace: Namespace,
+    key: &[u8],
+) -> Result<Vec<u8>, CheckpointError> {
+    let record = read_scope_record(kv, scope)?.unwrap_or_default();
+    let bits = record
+        .namespaces
+        .get(&namespace)
+        .map_or(0, |d| d.bucket_bits);
+    Ok(page_key(scope, namespace, entry::bucket_of(key, bits)).to_vec())
+}
+
 fn parse_scope(key: &[u8]) -> Scope {
     Scope {
         generation: u32::from_be_bytes(key[1..5].try_into().expect("4 bytes")),
         shard: u32::from_be_bytes(key[5..9].try_into().expect("4 bytes")),
     }
+}
+
+/// The fewest bucket bits that page `entries` at `PAGE_ENTRIES_TARGET` a page or fewer.
+pub fn bits_for(entries: u64) -> u8 {
+    let mut bits = 0u8;
+    while bits < entry::BUCKET_BITS_MAX && entries > (PAGE_ENTRIES_TARGET as u64) << bits {
+        bits += 1;
+    }
+    bits
 }
 
 fn assert_bounds(batch: &CheckpointBatch) {
@@ -146,45 +180,22 @@ fn read_scope_record(
         })
 }
 
-/// Whether the scope holds any entry.
-fn has_entries(kv: &impl RawKv, scope: Scope) -> Result<bool, CheckpointError> {
+/// Whether the scope holds any page.
+fn has_pages(kv: &impl RawKv, scope: Scope) -> Result<bool, CheckpointError> {
     let mut any = false;
-    kv.scan_prefix(&entries_prefix(scope), &mut |_, _| {
+    kv.scan_prefix(&pages_prefix(scope), &mut |_, _| {
         any = true;
         false
     })?;
     Ok(any)
 }
 
-/// The hash of the entry stored under `key`, checked; `None` if there is none.
-fn stored_hash(
-    kv: &impl RawKv,
-    scope: Scope,
-    namespace: Namespace,
-    key: &[u8],
-    full_key: &[u8],
-) -> Result<Option<u64>, CheckpointError> {
-    let Some(frame) = kv.get(full_key)? else {
-        return Ok(None);
-    };
-    let value = entry::decode_entry(scope, namespace, key, &frame).map_err(|damage| {
-        CheckpointError::EntryDamaged {
-            folder: kv.folder().to_path_buf(),
-            scope,
-            namespace,
-            key: show_key(key),
-            damage,
-        }
-    })?;
-    Ok(Some(entry::entry_hash(scope, namespace, key, value)))
-}
-
 /// The record a checkpoint extends: the stored one, or an empty one for a new scope. A
-/// scope with entries but no record is damage, not a new scope.
+/// scope with pages but no record is damage, not a new scope.
 fn record_to_extend(kv: &impl RawKv, scope: Scope) -> Result<ScopeRecord, CheckpointError> {
     match read_scope_record(kv, scope)? {
         Some(record) => Ok(record),
-        None if has_entries(kv, scope)? => Err(CheckpointError::RecordMissing {
+        None if has_pages(kv, scope)? => Err(CheckpointError::RecordMissing {
             folder: kv.folder().to_path_buf(),
             scope,
             entries: 1,
@@ -193,9 +204,236 @@ fn record_to_extend(kv: &impl RawKv, scope: Scope) -> Result<ScopeRecord, Checkp
     }
 }
 
-/// Builds the raw batch of a checkpoint: the changed entries, each old value XORed out of
-/// its namespace's digest and the new one XORed in, the layout records and the new scope
-/// record. Reads every old value it replaces or deletes, and checks it.
+fn page_damage(
+    folder: &Path,
+    scope: Scope,
+    namespace: Namespace,
+    bucket: u32,
+    damage: PageDamage,
+) -> CheckpointError {
+    match damage {
+        PageDamage::Entry { key, damage } => CheckpointError::EntryDamaged {
+            folder: folder.to_path_buf(),
+            scope,
+            namespace,
+            key: show_key(&key),
+            damage,
+        },
+        PageDamage::Page(damage) => CheckpointError::PageDamaged {
+            folder: folder.to_path_buf(),
+            scope,
+            namespace,
+            bucket,
+            damage,
+        },
+    }
+}
+
+/// A stored page, checked: its bytes and where its entries lie (empty if there is none).
+fn read_page(
+    kv: &impl RawKv,
+    scope: Scope,
+    namespace: Namespace,
+    bucket: u32,
+) -> Result<(Vec<u8>, Vec<EntrySpan>), CheckpointError> {
+    let Some(bytes) = kv.get(&page_key(scope, namespace, bucket))? else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let spans = entry::decode_page(scope, namespace, bucket, &bytes)
+        .map_err(|d| page_damage(kv.folder(), scope, namespace, bucket, d))?;
+    Ok((bytes, spans))
+}
+
+/// The changes of one namespace: key → new value, or `None` for a delete.
+type Changes<'a> = BTreeMap<&'a [u8], Option<&'a [u8]>>;
+
+/// The batch's changes by namespace, each key once.
+fn changes_of(batch: &CheckpointBatch) -> BTreeMap<Namespace, Changes<'_>> {
+    let mut all: BTreeMap<Namespace, Changes<'_>> = BTreeMap::new();
+    let puts = batch
+        .puts
+        .iter()
+        .map(|e| (e.namespace, &e.key[..], Some(&e.value[..])));
+    let deletes = batch.deletes.iter().map(|(ns, key)| (*ns, &key[..], None));
+    for (namespace, key, value) in puts.chain(deletes) {
+        let fresh = all
+            .entry(namespace)
+            .or_default()
+            .insert(key, value)
+            .is_none();
+        assert!(fresh, "{}: key twice in one batch", batch.scope);
+    }
+    all
+}
+
+/// One change: key, and new value or `None` for a delete.
+type Change<'a> = (&'a [u8], Option<&'a [u8]>);
+
+/// A page's entries after a checkpoint, sorted by key.
+type PageEntries<'a> = Vec<(&'a [u8], &'a [u8])>;
+
+/// Merges a page's stored entries with its changes, keeping the namespace's digest up to
+/// date; `None` if nothing in it changes.
+fn merge_page<'a>(
+    scope: Scope,
+    namespace: Namespace,
+    old: (&'a [u8], &[EntrySpan]),
+    changes: &[Change<'a>],
+    digest: &mut NamespaceDigest,
+) -> Option<PageEntries<'a>> {
+    let (bytes, spans) = old;
+    let hash = |key: &[u8], value: &[u8]| entry::entry_hash(scope, namespace, key, value);
+    let mut out = Vec::with_capacity(spans.len() + changes.len());
+    let mut olds = spans
+        .iter()
+        .map(|s| (s.key(bytes), s.value(bytes)))
+        .peekable();
+    let mut changed = false;
+    for &(key, value) in changes {
+        while let Some(&(k, v)) = olds.peek().filter(|(k, _)| *k < key) {
+            out.push((k, v));
+            olds.next();
+        }
+        let old = olds.next_if(|(k, _)| *k == key).map(|(_, v)| v);
+        let old_hash = old.map(|v| hash(key, v));
+        let new_hash = value.map(|v| hash(key, v));
+        if old_hash != new_hash {
+            changed = true;
+            if let Some(h) = old_hash {
+                digest.remove(h);
+            }
+            if let Some(h) = new_hash {
+                digest.add(h);
+            }
+        }
+        if let Some(v) = value {
+            out.push((key, v));
+        }
+    }
+    out.extend(olds);
+    changed.then_some(out)
+}
+
+/// Plans one namespace's changes: the touched pages rewritten (or removed when empty),
+/// or every page of the namespace when it outgrows its buckets.
+fn plan_namespace(
+    kv: &impl RawKv,
+    scope: Scope,
+    namespace: Namespace,
+    changes: &Changes<'_>,
+    digest: &mut NamespaceDigest,
+    raw: &mut RawBatch,
+) -> Result<(), CheckpointError> {
+    if digest.entries == 0 {
+        digest.bucket_bits = bits_for(changes.values().filter(|v| v.is_some()).count() as u64);
+    }
+    let bits = digest.bucket_bits;
+    let mut by_bucket: BTreeMap<u32, Vec<Change<'_>>> = BTreeMap::new();
+    for (key, value) in changes {
+        let bucket = entry::bucket_of(key, bits);
+        by_bucket.entry(bucket).or_default().push((key, *value));
+    }
+    let olds = by_bucket
+        .keys()
+        .map(|&bucket| read_page(kv, scope, namespace, bucket))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut merged = BTreeMap::new();
+    for ((bucket, changes), (bytes, spans)) in by_bucket.iter().zip(&olds) {
+        if let Some(page) = merge_page(scope, namespace, (bytes, spans), changes, digest) {
+            merged.insert(*bucket, page);
+        }
+    }
+    let grown = bits_for(digest.entries);
+    if grown > bits {
+        digest.bucket_bits = grown;
+        return regrow(kv, scope, namespace, bits, grown, merged, raw);
+    }
+    for (bucket, page) in merged {
+        let key = page_key(scope, namespace, bucket).to_vec();
+        if page.is_empty() {
+            raw.removes.push(key);
+        } else {
+            let frame = entry::encode_page(scope, namespace, bucket, page.into_iter());
+            raw.puts.push((key, frame));
+        }
+    }
+    Ok(())
+}
+
+/// Rewrites every page of a namespace with `1 << grown` buckets: the merged pages as
+/// planned, the others as stored (each checked). Old keys left without entries go.
+fn regrow(
+    kv: &impl RawKv,
+    scope: Scope,
+    namespace: Namespace,
+    bits: u8,
+    grown: u8,
+    merged: BTreeMap<u32, PageEntries<'_>>,
+    raw: &mut RawBatch,
+) -> Result<(), CheckpointError> {
+    let folder = kv.folder();
+    let mut pages: BTreeMap<u32, BTreeMap<Vec<u8>, Vec<u8>>> = BTreeMap::new();
+    let mut place = |key: &[u8], value: &[u8]| {
+        let bucket = entry::bucket_of(key, grown);
+        pages
+            .entry(bucket)
+            .or_default()
+            .insert(key.to_vec(), value.to_vec());
+    };
+    let mut old_buckets = Vec::new();
+    let mut damaged = None;
+    kv.scan_prefix(&namespace_prefix(scope, namespace), &mut |key, frame| {
+        let bucket = bucket_of_page_key(key);
+        old_buckets.push(bucket);
+        if merged.contains_key(&bucket) {
+            return true;
+        }
+        match entry::decode_page(scope, namespace, bucket, frame) {
+            Ok(spans) => {
+                spans
+                    .iter()
+                    .for_each(|s| place(s.key(frame), s.value(frame)));
+                true
+            }
+            Err(d) => {
+                damaged = Some(page_damage(folder, scope, namespace, bucket, d));
+                false
+            }
+        }
+    })?;
+    if let Some(error) = damaged {
+        return Err(error);
+    }
+    for page in merged.values() {
+        page.iter().for_each(|(k, v)| place(k, v));
+    }
+    debug_assert!(old_buckets.iter().all(|b| *b < 1 << bits));
+    for bucket in old_buckets.iter().chain(merged.keys()) {
+        if !pages.contains_key(bucket) {
+            raw.removes
+                .push(page_key(scope, namespace, *bucket).to_vec());
+        }
+    }
+    for (bucket, page) in &pages {
+        let entries = page.iter().map(|(k, v)| (&k[..], &v[..]));
+        let frame = entry::encode_page(scope, namespace, *bucket, entries);
+        raw.puts
+            .push((page_key(scope, namespace, *bucket).to_vec(), frame));
+    }
+    Ok(())
+}
+
+fn bucket_of_page_key(key: &[u8]) -> u32 {
+    u32::from_be_bytes(
+        key[SCOPE_PREFIX_BYTES + 1..PAGE_KEY_BYTES]
+            .try_into()
+            .expect("4 bytes"),
+    )
+}
+
+/// Builds the raw batch of a checkpoint: the pages its entries fall in, each old value
+/// XORed out of its namespace's digest and the new one XORed in, the layout records and
+/// the new scope record. Reads and checks every page it rewrites.
 pub fn plan_apply(
     kv: &impl RawKv,
     batch: &CheckpointBatch,
@@ -211,40 +449,9 @@ pub fn plan_apply(
         batch.lsn_covered
     );
     let mut raw = RawBatch::default();
-    let mut stats = ApplyStats::default();
-    let mut seen = FxHashSet::default();
-    for e in &batch.puts {
-        let full_key = entry_key(scope, e.namespace, &e.key);
-        assert!(
-            seen.insert(full_key.clone()),
-            "{scope}: key twice in one batch"
-        );
-        let digest = record.namespaces.entry(e.namespace).or_default();
-        let new_hash = entry::entry_hash(scope, e.namespace, &e.key, &e.value);
-        stats.entries_put += 1;
-        match stored_hash(kv, scope, e.namespace, &e.key, &full_key)? {
-            Some(old_hash) if old_hash == new_hash => continue,
-            Some(old_hash) => digest.remove(old_hash),
-            None => {}
-        }
-        digest.add(new_hash);
-        stats.bytes_written += (full_key.len() + e.value.len()) as u64;
-        let frame = entry::encode_entry(scope, e.namespace, &e.key, &e.value);
-        raw.puts.push((full_key, frame));
-    }
-    for (namespace, key) in &batch.deletes {
-        let full_key = entry_key(scope, *namespace, key);
-        assert!(
-            seen.insert(full_key.clone()),
-            "{scope}: key twice in one batch"
-        );
-        stats.entries_deleted += 1;
-        if let Some(old_hash) = stored_hash(kv, scope, *namespace, key, &full_key)? {
-            let digest: &mut NamespaceDigest = record.namespaces.entry(*namespace).or_default();
-            digest.remove(old_hash);
-            stats.bytes_written += full_key.len() as u64;
-            raw.removes.push(full_key);
-        }
+    for (namespace, changes) in changes_of(batch) {
+        let digest = record.namespaces.entry(namespace).or_default();
+        plan_namespace(kv, scope, namespace, &changes, digest, &mut raw)?;
     }
     for m in &batch.meta {
         raw.puts
@@ -254,7 +461,20 @@ pub fn plan_apply(
     record.prune();
     let record_bytes = entry::encode_scope_record(scope, &record);
     raw.puts.push((scope_key(scope).to_vec(), record_bytes));
-    stats.prepare = started.elapsed();
+    let stats = ApplyStats {
+        entries_put: batch.puts.len() as u64,
+        entries_deleted: batch.deletes.len() as u64,
+        pages_written: raw.puts.len() as u64,
+        pages_removed: raw.removes.len() as u64,
+        bytes_written: raw
+            .puts
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) as u64)
+            .sum::<u64>()
+            + raw.removes.iter().map(|k| k.len() as u64).sum::<u64>(),
+        prepare: started.elapsed(),
+        ..ApplyStats::default()
+    };
     Ok((raw, stats))
 }
 
@@ -272,71 +492,73 @@ pub fn apply(kv: &impl RawKv, batch: &CheckpointBatch) -> Result<ApplyStats, Che
     Ok(stats)
 }
 
-/// Reads and verifies a scope: every frame's checksum, then every namespace's count and
-/// digest against the scope record.
+/// Checks one stored page and accounts its entries in `found`.
+fn load_page(
+    folder: &Path,
+    scope: Scope,
+    key: &[u8],
+    frame: &[u8],
+    found: &mut ScopeRecord,
+) -> Result<LoadedPage, CheckpointError> {
+    if key.len() != PAGE_KEY_BYTES {
+        return Err(CheckpointError::UnknownKey {
+            folder: folder.to_path_buf(),
+            key: show_key(key),
+        });
+    }
+    let namespace = Namespace(key[SCOPE_PREFIX_BYTES]);
+    let bucket = bucket_of_page_key(key);
+    let spans = entry::decode_page(scope, namespace, bucket, frame)
+        .map_err(|d| page_damage(folder, scope, namespace, bucket, d))?;
+    let digest = found.namespaces.entry(namespace).or_default();
+    for s in &spans {
+        digest.add(entry::entry_hash(
+            scope,
+            namespace,
+            s.key(frame),
+            s.value(frame),
+        ));
+    }
+    Ok(LoadedPage::new(namespace, frame.to_vec(), spans))
+}
+
+/// Reads and verifies a scope: the scope record, every page's checksum, then every
+/// namespace's count and digest against the record.
 pub fn load(kv: &impl RawKv, scope: Scope) -> Result<Option<Loaded>, CheckpointError> {
-    let folder = || kv.folder().to_path_buf();
-    let stored = kv.get(&scope_key(scope))?;
+    let folder = kv.folder();
+    let expected = read_scope_record(kv, scope)?;
     let mut found = ScopeRecord::default();
-    let mut entries = Vec::new();
+    let mut pages = Vec::new();
     let mut damaged = None;
-    kv.scan_prefix(&entries_prefix(scope), &mut |full_key, frame| {
-        if full_key.len() < ENTRY_KEY_FIXED_BYTES {
-            damaged = Some(CheckpointError::UnknownKey {
-                folder: folder(),
-                key: show_key(full_key),
-            });
-            return false;
+    kv.scan_prefix(&pages_prefix(scope), &mut |key, frame| match load_page(
+        folder, scope, key, frame, &mut found,
+    ) {
+        Ok(page) => {
+            pages.push(page);
+            true
         }
-        let namespace = Namespace(full_key[SCOPE_PREFIX_BYTES]);
-        let key = &full_key[ENTRY_KEY_FIXED_BYTES..];
-        match entry::decode_entry(scope, namespace, key, frame) {
-            Ok(value) => {
-                let hash = entry::entry_hash(scope, namespace, key, value);
-                found.namespaces.entry(namespace).or_default().add(hash);
-                entries.push(Entry {
-                    namespace,
-                    key: key.to_vec(),
-                    value: value.to_vec(),
-                });
-                true
-            }
-            Err(damage) => {
-                damaged = Some(CheckpointError::EntryDamaged {
-                    folder: folder(),
-                    scope,
-                    namespace,
-                    key: show_key(key),
-                    damage,
-                });
-                false
-            }
+        Err(error) => {
+            damaged = Some(error);
+            false
         }
     })?;
     if let Some(error) = damaged {
         return Err(error);
     }
-    let Some(stored) = stored else {
-        if entries.is_empty() {
+    let Some(expected) = expected else {
+        if pages.is_empty() {
             return Ok(None);
         }
         return Err(CheckpointError::RecordMissing {
-            folder: folder(),
+            folder: folder.to_path_buf(),
             scope,
-            entries: entries.len() as u64,
+            entries: found.entries(),
         });
     };
-    let expected = entry::decode_scope_record(scope, &stored).map_err(|damage| {
-        CheckpointError::ScopeRecordDamaged {
-            folder: folder(),
-            scope,
-            damage,
-        }
-    })?;
-    compare(kv.folder(), scope, &expected, &found)?;
+    compare(folder, scope, &expected, &found)?;
     Ok(Some(Loaded {
         lsn_covered: expected.lsn_covered,
-        entries,
+        pages,
     }))
 }
 
@@ -355,7 +577,7 @@ fn compare(
             .copied()
             .unwrap_or_default();
         let f = found.namespaces.get(namespace).copied().unwrap_or_default();
-        if e != f {
+        if (e.entries, e.digest) != (f.entries, f.digest) {
             return Err(CheckpointError::DigestMismatch {
                 folder: folder.to_path_buf(),
                 scope,
@@ -392,21 +614,24 @@ pub fn scopes(kv: &impl RawKv) -> Result<Vec<Scope>, CheckpointError> {
     }
 }
 
-/// Removes a scope: its entries in chunks of `REMOVE_CHUNK_ENTRIES`, its record last.
+/// Removes a scope: its pages in chunks of `REMOVE_CHUNK_PAGES`, its record last.
 pub fn remove_scope(kv: &impl RawKv, scope: Scope) -> Result<ApplyStats, CheckpointError> {
     let started = Instant::now();
     let mut total = ApplyStats::default();
     loop {
         let mut chunk = RawBatch::default();
-        kv.scan_prefix(&entries_prefix(scope), &mut |key, _| {
+        let mut entries = 0u64;
+        kv.scan_prefix(&pages_prefix(scope), &mut |key, frame| {
             chunk.removes.push(key.to_vec());
-            chunk.removes.len() < REMOVE_CHUNK_ENTRIES
+            entries += entry::page_entry_count(frame);
+            chunk.removes.len() < REMOVE_CHUNK_PAGES
         })?;
         let last = chunk.removes.is_empty();
         if last {
             chunk.removes.push(scope_key(scope).to_vec());
         } else {
-            total.entries_deleted += chunk.removes.len() as u64;
+            total.entries_deleted += entries;
+            total.pages_removed += chunk.removes.len() as u64;
         }
         let stats = kv.commit(chunk)?;
         total.files_synced += stats.files_synced;

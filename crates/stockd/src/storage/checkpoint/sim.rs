@@ -48,7 +48,8 @@ struct SimState {
 /// The simulated store.
 pub struct SimStore {
     folder: PathBuf,
-    /// Serializes calls, as the sled store does.
+    /// Serializes every call (the sled store serializes those of one scope; stricter is
+    /// allowed).
     serial: Mutex<()>,
     state: Mutex<SimState>,
 }

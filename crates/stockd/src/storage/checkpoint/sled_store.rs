@@ -35,14 +35,19 @@ const SLED_CACHE_BYTES: u64 = 128 * 1024 * 1024;
 /// Deepest folder level walked for fsync: the sled folder (0) and `blobs/` (1).
 const SYNC_DEPTH_MAX: usize = 1;
 
+/// Locks that serialize the calls on one scope, striped by scope: the shards of one
+/// generation (fewer than this many) never share one, so they load and checkpoint at once.
+const SCOPE_LOCK_STRIPES: usize = 64;
+
 /// The name of sled's parameters file in its folder.
 const CONF_FILE: &str = "conf";
 
 /// The checkpoint store on sled.
 pub struct SledCheckpointStore {
     kv: SledKv,
-    /// Serializes calls: an apply reads what it replaces; a load must see one checkpoint.
-    lock: Mutex<()>,
+    /// Serialize the calls on one scope: an apply reads the pages it rewrites; a load must
+    /// see one checkpoint. Layout records are single atomic writes and need none.
+    locks: Vec<Mutex<()>>,
     conf_repaired: bool,
 }
 
@@ -99,7 +104,7 @@ impl SledCheckpointStore {
                 folder: folder.to_path_buf(),
                 poisoned: AtomicBool::new(false),
             },
-            lock: Mutex::new(()),
+            locks: (0..SCOPE_LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             conf_repaired,
         })
     }
@@ -120,9 +125,13 @@ impl SledCheckpointStore {
         &self.kv.tree
     }
 
-    fn serialized(&self) -> MutexGuard<'_, ()> {
+    fn serialized(&self, scope: Scope) -> MutexGuard<'_, ()> {
+        let stripe = (scope.generation as usize)
+            .wrapping_mul(31)
+            .wrapping_add(scope.shard as usize)
+            % SCOPE_LOCK_STRIPES;
         // A panic inside a call (an assertion) leaves sled whole: its batch is atomic.
-        self.lock
+        self.locks[stripe]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -130,32 +139,29 @@ impl SledCheckpointStore {
 
 impl CheckpointStore for SledCheckpointStore {
     fn apply(&self, batch: &CheckpointBatch) -> Result<ApplyStats, CheckpointError> {
-        let _serial = self.serialized();
+        let _serial = self.serialized(batch.scope);
         layout::apply(&self.kv, batch)
     }
 
     fn load(&self, scope: Scope) -> Result<Option<Loaded>, CheckpointError> {
-        let _serial = self.serialized();
+        let _serial = self.serialized(scope);
         layout::load(&self.kv, scope)
     }
 
     fn scopes(&self) -> Result<Vec<Scope>, CheckpointError> {
-        let _serial = self.serialized();
         layout::scopes(&self.kv)
     }
 
     fn remove_scope(&self, scope: Scope) -> Result<ApplyStats, CheckpointError> {
-        let _serial = self.serialized();
+        let _serial = self.serialized(scope);
         layout::remove_scope(&self.kv, scope)
     }
 
     fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, CheckpointError> {
-        let _serial = self.serialized();
         layout::get_meta(&self.kv, name)
     }
 
     fn put_meta(&self, name: &str, value: &[u8]) -> Result<ApplyStats, CheckpointError> {
-        let _serial = self.serialized();
         layout::put_meta(&self.kv, name, value)
     }
 }

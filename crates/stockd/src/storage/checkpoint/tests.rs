@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use super::layout::{entry_key, scope_key};
+use super::layout::{page_key, scope_key};
 use super::sled_store::expected_conf_for_tests;
 use super::*;
 
@@ -25,6 +25,18 @@ trait Raw {
     fn raw_get(&self, key: &[u8]) -> Option<Vec<u8>>;
     fn raw_put(&self, key: &[u8], bytes: &[u8]);
     fn raw_remove(&self, key: &[u8]);
+
+    /// The key of the page that holds `key`, as the scope record pages its namespace.
+    fn page_of(&self, scope: Scope, namespace: Namespace, key: &[u8]) -> Vec<u8> {
+        let bits = self.raw_get(&scope_key(scope)).map_or(0, |bytes| {
+            let record = entry::decode_scope_record(scope, &bytes).unwrap();
+            record
+                .namespaces
+                .get(&namespace)
+                .map_or(0, |d| d.bucket_bits)
+        });
+        page_key(scope, namespace, entry::bucket_of(key, bits)).to_vec()
+    }
 }
 
 impl Raw for SimStore {
@@ -71,9 +83,8 @@ fn batch(scope: Scope, lsn_covered: u64, puts: Vec<Entry>) -> CheckpointBatch {
 
 fn model_of(loaded: &Loaded) -> Model {
     loaded
-        .entries
-        .iter()
-        .map(|e| ((e.namespace, e.key.clone()), e.value.clone()))
+        .entries()
+        .map(|e| ((e.namespace, e.key.to_vec()), e.value.to_vec()))
         .collect()
 }
 
@@ -171,8 +182,9 @@ fn sled_round_trip_over_several_checkpoints() {
     check_round_trip(&store);
 }
 
-/// Writes one checkpoint and returns the stored key of `sku-1@dc`.
-fn one_checkpoint(store: &dyn CheckpointStore) -> Vec<u8> {
+/// Writes one checkpoint and returns the key of the page that holds `sku-1@dc` (and
+/// `sku-2@dc`: a namespace this small has one page).
+fn one_checkpoint(store: &(impl CheckpointStore + Raw)) -> Vec<u8> {
     store
         .apply(&batch(
             A,
@@ -184,34 +196,46 @@ fn one_checkpoint(store: &dyn CheckpointStore) -> Vec<u8> {
             ],
         ))
         .unwrap();
-    entry_key(A, Namespace::POSITIONS, b"sku-1@dc")
+    store.page_of(A, Namespace::POSITIONS, b"sku-1@dc")
 }
 
 fn check_flipped_value(store: &(impl CheckpointStore + Raw)) {
     let key = one_checkpoint(store);
     let good = store.raw_get(&key).unwrap();
+    let mut named = 0;
     for index in 0..good.len() {
         let mut bad = good.clone();
         bad[index] ^= 0x04;
         store.raw_put(&key, &bad);
         let error = store.load(A).unwrap_err();
-        assert!(
-            matches!(error, CheckpointError::EntryDamaged { scope: A, namespace: Namespace::POSITIONS, ref key, .. } if key == "\"sku-1@dc\""),
-            "{error:?}"
-        );
+        match &error {
+            CheckpointError::EntryDamaged {
+                scope: A,
+                namespace: Namespace::POSITIONS,
+                key,
+                ..
+            } => named += usize::from(key == "\"sku-1@dc\""),
+            CheckpointError::PageDamaged {
+                scope: A,
+                namespace: Namespace::POSITIONS,
+                bucket: 0,
+                ..
+            } => {}
+            other => panic!("byte {index}: {other:?}"),
+        }
         let text = error.to_string();
         assert!(text.contains("generation 1 shard 0"), "{text}");
-        assert!(
-            text.contains("namespace positions key \"sku-1@dc\""),
-            "{text}"
-        );
-        // A checkpoint that would replace the damaged value refuses too.
+        assert!(text.contains("namespace positions"), "{text}");
+        // A checkpoint that would rewrite the damaged page refuses too.
         let over = batch(A, 11, vec![put(Namespace::POSITIONS, "sku-1@dc", "6")]);
         assert!(matches!(
             store.apply(&over),
-            Err(CheckpointError::EntryDamaged { .. })
+            Err(CheckpointError::EntryDamaged { .. } | CheckpointError::PageDamaged { .. })
         ));
     }
+    // Every byte of its value and of its checksum names the entry (a flipped key byte
+    // names the key as found).
+    assert!(named >= 5, "{named}");
     store.raw_put(&key, &good);
     assert!(store.load(A).unwrap().is_some());
 }
@@ -241,7 +265,8 @@ fn check_missing_entry(store: &(impl CheckpointStore + Raw)) {
             ..
         } => {
             assert_eq!((*scope, *namespace), (A, Namespace::POSITIONS));
-            assert_eq!((*found_entries, *expected_entries), (1, 2));
+            // The page held both positions.
+            assert_eq!((*found_entries, *expected_entries), (0, 2));
         }
         other => panic!("{other:?}"),
     }
@@ -266,7 +291,7 @@ fn sled_finds_a_missing_entry() {
 fn check_stale_entry(store: &(impl CheckpointStore + Raw)) {
     let key = one_checkpoint(store);
     let old = store.raw_get(&key).unwrap();
-    let hold = entry_key(A, Namespace::HOLDS, b"cart-1");
+    let hold = store.page_of(A, Namespace::HOLDS, b"cart-1");
     let old_hold = store.raw_get(&hold).unwrap();
     let next = CheckpointBatch {
         deletes: vec![(Namespace::HOLDS, b"cart-1".to_vec())],
@@ -364,7 +389,7 @@ fn an_entry_copied_into_another_scope_is_damage() {
     let key = one_checkpoint(&store);
     store.apply(&batch(B, 3, Vec::new())).unwrap();
     let frame = store.raw_get(&key).unwrap();
-    store.raw_put(&entry_key(B, Namespace::POSITIONS, b"sku-1@dc"), &frame);
+    store.raw_put(&page_key(B, Namespace::POSITIONS, 0), &frame);
     assert!(matches!(
         store.load(B),
         Err(CheckpointError::EntryDamaged { scope: B, .. })
@@ -565,7 +590,7 @@ fn check_remove_generation(store: &dyn CheckpointStore) {
     assert_eq!(stats.entries_deleted, 4);
     assert_eq!(store.scopes().unwrap(), vec![next]);
     assert_eq!(store.load(A).unwrap(), None);
-    assert_eq!(store.load(next).unwrap().unwrap().entries.len(), 1);
+    assert_eq!(store.load(next).unwrap().unwrap().entry_count(), 1);
 }
 
 #[test]
@@ -638,7 +663,7 @@ fn sled_torn_conf_is_rewritten_and_other_damage_reported() {
         let store = SledCheckpointStore::open(&folder).unwrap();
         assert!(store.conf_repaired());
         assert_eq!(std::fs::read(&conf).unwrap(), whole);
-        assert_eq!(store.load(A).unwrap().unwrap().entries.len(), 3);
+        assert_eq!(store.load(A).unwrap().unwrap().entry_count(), 3);
     }
     let mut other = whole.clone();
     other[15] = b'9';
@@ -689,7 +714,7 @@ fn shards_checkpoint_from_their_own_threads() {
     assert_eq!(store.scopes().unwrap().len(), 4);
     for scope in store.scopes().unwrap() {
         let loaded = store.load(scope).unwrap().unwrap();
-        assert_eq!((loaded.lsn_covered, loaded.entries.len()), (5, 5));
+        assert_eq!((loaded.lsn_covered, loaded.entry_count()), (5, 5));
     }
 }
 
@@ -745,8 +770,8 @@ fn checkpoint_timing_of_100k_entries() {
     let loaded = store.load(A).unwrap().unwrap();
     println!(
         "load and verify of {} entries: {:?}",
-        loaded.entries.len(),
+        loaded.entry_count(),
         started.elapsed()
     );
-    assert_eq!(loaded.entries.len(), TIMING_ENTRIES + 1);
+    assert_eq!(loaded.entry_count(), TIMING_ENTRIES + 1);
 }
