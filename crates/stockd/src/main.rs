@@ -35,6 +35,7 @@ fn main() -> std::process::ExitCode {
     };
     let runtime = build_runtime(&args);
     let result = runtime.block_on(async {
+        let shutdown = shutdown_signal();
         tracing::info!(
             grpc_addr = %args.grpc_addr,
             metrics_addr = %args.metrics_addr,
@@ -52,7 +53,7 @@ fn main() -> std::process::ExitCode {
                 addr: args.grpc_addr,
                 source,
             })?;
-        stockd::server::try_run(config, listener, shutdown_signal()).await
+        stockd::server::try_run(config, listener, shutdown).await
     });
     match result {
         Ok(_) => std::process::ExitCode::SUCCESS,
@@ -89,23 +90,30 @@ fn build_runtime(args: &ServeArgs) -> tokio::runtime::Runtime {
 }
 
 /// Completes on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+///
+/// Both handlers are registered here, when this is called (before the server starts), not
+/// when the returned future is first polled: a SIGTERM that arrives while recovery runs or
+/// before the serving task first polls its shutdown future must still mean "drain and exit
+/// 0", never the default action (die by the signal).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => tokio::select! {
+                    _ = int.recv() => tracing::info!("SIGINT received"),
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                },
+                _ => std::future::pending().await,
             }
-            Err(_) => std::future::pending().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT received"),
-        _ = term => tracing::info!("SIGTERM received"),
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("Ctrl-C received");
     }
 }
