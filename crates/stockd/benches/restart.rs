@@ -7,6 +7,11 @@
 //! change the sizes. `RESTART_DATA_DIR=path` keeps the data folder there, and a second
 //! run with a folder already in it only times the restart (to profile it alone).
 
+/// The allocator the `stockd` binary uses (`main.rs`), so that the recovery timed here
+/// allocates the way a real restart does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::Instant;
 
 use stockd::shard::shard_of;
