@@ -2,7 +2,7 @@
 # The storage figures: what the write-ahead log and the checkpoints cost a running stockd.
 #
 #   benches/storage.sh                     # the full sizes (about 30 minutes, mostly the folder run)
-#   STORAGE_QUICK=1 benches/storage.sh     # small sizes, for CI (about 40 s)
+#   STORAGE_QUICK=1 benches/storage.sh     # small sizes, for CI (about a minute)
 #   STORAGE_ONLY="read fsync" benches/storage.sh
 #
 # Three measurements, each on a fresh stockd (release build, 127.0.0.1, a temporary data
@@ -22,12 +22,12 @@
 #          on FOLDER_POSITIONS positions (after the last checkpoint has finished).
 #
 # Environment (defaults; quick defaults in brackets):
-#   CK_POSITIONS 1000000 [100000]  positions, and one hold on each, for "read"
+#   CK_POSITIONS 1000000 [50000]   positions, and one hold on each, for "read"
 #   CK_RPS 2000                    GetAvailability per second in the read window
-#   CK_SECS 40 [10]                the read window
+#   CK_SECS 40 [5]                 the read window (twice: without churn, then with it)
 #   CK_CHURN_RPS 500 [300]         churn SetStock calls per second (100 positions each)
 #   FSYNC_SECS 10 [3]              the Reserve run of "fsync"
-#   FOLDER_PAIRS 10000000 [200000], FOLDER_POSITIONS 100000 [10000]
+#   FOLDER_PAIRS 10000000 [50000], FOLDER_POSITIONS 100000 [5000]
 #   STORAGE_KEEP=1                 keep the reports and server logs
 #   SUITE_NO_BUILD=1               use the binaries already in target/release
 set -euo pipefail
@@ -36,13 +36,13 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 QUICK=${STORAGE_QUICK:-${SUITE_QUICK:-0}}
 q() { if [[ "$QUICK" == 1 ]]; then echo "$2"; else echo "$1"; fi; }
-CK_POSITIONS=${CK_POSITIONS:-$(q 1000000 100000)}
+CK_POSITIONS=${CK_POSITIONS:-$(q 1000000 50000)}
 CK_RPS=${CK_RPS:-2000}
-CK_SECS=${CK_SECS:-$(q 40 10)}
+CK_SECS=${CK_SECS:-$(q 40 5)}
 CK_CHURN_RPS=${CK_CHURN_RPS:-$(q 500 300)}
 FSYNC_SECS=${FSYNC_SECS:-$(q 10 3)}
-FOLDER_PAIRS=${FOLDER_PAIRS:-$(q 10000000 200000)}
-FOLDER_POSITIONS=${FOLDER_POSITIONS:-$(q 100000 10000)}
+FOLDER_PAIRS=${FOLDER_PAIRS:-$(q 10000000 50000)}
+FOLDER_POSITIONS=${FOLDER_POSITIONS:-$(q 100000 5000)}
 ONLY=${STORAGE_ONLY:-read fsync folder}
 STOCKD=$ROOT/target/release/stockd
 LOAD=$ROOT/target/release/stockd-load
@@ -162,11 +162,19 @@ echo
 # --- read: GetAvailability while a large shard checkpoints ----------------------------
 if [[ " $ONLY " == *" read "* ]]; then
     log "read: fill $CK_POSITIONS positions and holds, then read while the shard checkpoints"
-    start_server read
+    # A checkpoint every CK_POSITIONS/100 records: the churn's SetStocks of 100 positions
+    # make that many records, so at least one checkpoint falls inside the window, and
+    # CHECKPOINT_PENDING_MAX (500,000 entries) cuts a larger churn into several.
+    start_server read --snapshot-every-records "$((CK_POSITIONS / 100))"
     t0=$(date +%s.%N)
     load fill reserve --prefix ck --products "$CK_POSITIONS" -n "$CK_POSITIONS" --stock 10 -c 50 --connections 5
     fill_secs=$(python3 -c "import sys,time; print(f'{time.time()-float(sys.argv[1]):.0f}')" "$t0")
     wait_checkpoints
+    # The same reads with no churn (so no checkpoint), for the ratio on this machine now.
+    scrape base-before
+    load read-base checkpoint-read --prefix ck --products "$CK_POSITIONS" --churn-positions 0 \
+        --rps "$CK_RPS" -c 200 --connections 5 -z "${CK_SECS}s"
+    scrape base-after
     scrape before
     : >"$WORK/read.window"
     lines_before=$(wc -l <"$WORK/read.log")
@@ -191,8 +199,15 @@ def prom(name):
 
 b, a = prom("before"), prom("after")
 d = lambda k: a.get(k, 0.0) - b.get(k, 0.0)
+def pcts(r):
+    return {x["percentage"]: x["latency"] / 1e6 for x in r.get("latencyDistribution", []) + r.get("latencyDistributionExtra", [])}
+
 r = json.load(open(f"{work}/read.json"))
-pct = {x["percentage"]: x["latency"] / 1e6 for x in r.get("latencyDistribution", []) + r.get("latencyDistributionExtra", [])}
+pct = pcts(r)
+base = json.load(open(f"{work}/read-base.json"))
+bp = pcts(base)
+bb, ba = prom("base-before"), prom("base-after")
+base_ck = ba.get("stockd_snapshot_duration_seconds_count", 0) - bb.get("stockd_snapshot_duration_seconds_count", 0)
 ok = r["statusCodeDistribution"].get("OK", 0)
 fill = json.load(open(f"{work}/fill.json"))
 holds = sum(v for k, v in a.items() if k.startswith("stockd_active_holds{"))
@@ -208,6 +223,9 @@ print(f"read: GetAvailability, open loop --rps {r['options']['rps']}, during {r[
 print(f"  shard state: {pos:.0f} positions, {holds:.0f} active holds (filled in {fill_secs} s at {fill['rps']:.0f} Reserve/s)")
 print(f"  reads: {ok} OK of {r['count']} ({r['rps']:.0f}/s); p50 {pct.get(50, 0):.2f} ms, p99 {pct.get(99, 0):.2f} ms, "
       f"p99.9 {p999:.2f} ms, max {r['slowest']/1e6:.2f} ms")
+print(f"  same reads, no churn, {base_ck:.0f} checkpoints: p50 {bp.get(50, 0):.2f} ms, p99 {bp.get(99, 0):.2f} ms, "
+      f"p99.9 {bp.get(99.9, 0):.2f} ms, max {base['slowest']/1e6:.2f} ms; "
+      f"p99.9 while checkpointing / without: {p999 / bp.get(99.9, float('nan')):.2f}")
 print(f"  churn: {sc.get('churnPositions')} positions in {sc.get('churnCalls')} SetStocks ({sc.get('churnFailed')} failed), "
       f"done after {sc.get('churnDoneAfterMs', 0)/1e3:.1f} s, slowest {sc.get('churnMaxMs', 0):.1f} ms")
 print(f"  checkpoints in the window: {started:.0f} taken, {written:.0f} written, {entries:.0f} entries written, "

@@ -28,7 +28,7 @@ use crate::storage::record::{self, LogRecord};
 use crate::storage::wal::Ticket;
 use crate::storage::{Durability, ShardLog, Storage, StorageError};
 use stockd_domain::refs::Sym;
-use stockd_domain::{Command, Engine, EventKind, Millis, Settings};
+use stockd_domain::{Command, Engine, EventKind, Millis, Settings, StepDelta};
 
 pub use crate::limits::{BATCH_MAX, EXPIRY_GRACE_MS};
 
@@ -104,7 +104,8 @@ pub struct ShardActor {
     /// the order this shard queues them).
     next_lsn: u64,
     checkpoint_in_flight: Arc<AtomicBool>,
-    /// Set by a checkpoint that failed: the next one writes the whole state.
+    /// Time spent copying the delta being taken in steps, so far.
+    checkpoint_copy: Duration,
     /// The delta of a checkpoint that failed, until the next one carries it.
     checkpoint_failed: Arc<std::sync::Mutex<Option<Delta>>>,
     /// Positions changed by a batch that is not yet durable, with how many such batches.
@@ -158,6 +159,7 @@ impl ShardActor {
             reloaded: false,
             next_lsn,
             checkpoint_in_flight: Arc::new(AtomicBool::new(false)),
+            checkpoint_copy: Duration::ZERO,
             checkpoint_failed: Arc::default(),
             dirty: FxHashMap::default(),
             dirty_all: 0,
@@ -184,6 +186,11 @@ impl ShardActor {
                 let wait = (t + EXPIRY_GRACE_MS - clock::now_millis()).max(0) as u64;
                 tokio::time::Instant::now() + Duration::from_millis(wait)
             });
+            // A checkpoint delta being copied in steps goes on even with no message.
+            let deadline = match self.engine.checkpoint_delta_in_progress() {
+                true => Some(tokio::time::Instant::now()),
+                false => deadline,
+            };
             let first = tokio::select! {
                 msg = self.rx.recv() => match msg {
                     Some(msg) => Some(msg),
@@ -222,6 +229,10 @@ impl ShardActor {
                 m::shard_batch(self.id, size, depth);
             }
             self.commit(records, replies).await;
+            if self.engine.checkpoint_delta_in_progress() {
+                // Between two steps of a checkpoint copy, let the other tasks run.
+                tokio::task::yield_now().await;
+            }
             if last_gauges.elapsed() >= Duration::from_millis(limits::GAUGES_EVERY_MS) {
                 self.publish_gauges();
                 last_gauges = Instant::now();
@@ -420,6 +431,7 @@ impl ShardActor {
 
     /// Sends the batch's records to the log and its replies to the releaser.
     async fn commit(&mut self, records: Vec<Vec<u8>>, replies: Vec<Reply>) {
+        let messages = replies.len();
         let keys = std::mem::take(&mut self.batch_keys);
         let all = std::mem::take(&mut self.batch_all);
         let mut ticket = None;
@@ -474,10 +486,14 @@ impl ShardActor {
                 })
                 .await;
         }
-        self.maybe_checkpoint();
+        self.maybe_checkpoint(messages);
     }
 
-    fn maybe_checkpoint(&mut self) {
+    fn maybe_checkpoint(&mut self, messages: usize) {
+        if self.engine.checkpoint_delta_in_progress() {
+            self.step_checkpoint(messages);
+            return;
+        }
         // Also when many entries changed (a few records may touch many positions), so a
         // delta stays well inside one atomic batch.
         let due = self.records_since_checkpoint >= self.limits.snapshot_every_records
@@ -492,19 +508,41 @@ impl ShardActor {
         {
             return;
         }
-        let started = Instant::now();
-        let delta = self.take_delta();
-        m::snapshot_taken(started.elapsed());
         self.records_since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
-        let job = checkpointer::Job {
+        self.checkpoint_copy = Duration::ZERO;
+        self.engine.begin_checkpoint_delta();
+        self.step_checkpoint(messages);
+    }
+
+    /// Copies one step of the delta being taken: a bounded number of entries per wake-up,
+    /// more when the batch just handled was large, so the shard never pauses for a whole
+    /// delta (`Engine::step_checkpoint_delta`). The last step starts the checkpoint.
+    fn step_checkpoint(&mut self, messages: usize) {
+        let started = Instant::now();
+        let budget =
+            limits::CHECKPOINT_COPY_STEP_ENTRIES + limits::CHECKPOINT_COPY_PER_MESSAGE * messages;
+        let done = self.engine.step_checkpoint_delta(budget);
+        self.checkpoint_copy += started.elapsed();
+        if let Some(delta) = done {
+            m::snapshot_taken(self.checkpoint_copy);
+            self.start_checkpoint(delta);
+        }
+    }
+
+    /// Hands a finished delta to a blocking thread, which merges and sorts it (after what a
+    /// failed checkpoint could not write, so its removals are written too), encodes it,
+    /// writes it and recycles the log.
+    fn start_checkpoint(&mut self, delta: StepDelta) {
+        let mut job = checkpointer::Job {
             shard: self.id,
             scope: Scope {
                 generation: self.reload.generation,
                 shard: self.id as u32,
             },
+            // The delta is the state as of its last step, just now: every record queued.
             lsn_covered: self.next_lsn - 1,
-            delta,
+            delta: Delta::default(),
             store: self.reload.storage.checkpoints.clone(),
             writer: self.wal.writer().clone(),
             durable_lsn: self.wal.durable_lsn().clone(),
@@ -513,27 +551,18 @@ impl ShardActor {
             failed: self.checkpoint_failed.clone(),
         };
         let in_flight = self.checkpoint_in_flight.clone();
-        // Encoding, the sled write and the log recycling run off the shard and off the
-        // log writer, so neither requests nor group commits wait for them.
+        // Merging, encoding, the sled write and the log recycling run off the shard and off
+        // the log writer, so neither requests nor group commits wait for them.
         tokio::task::spawn_blocking(move || {
             let _done = ClearOnDrop(in_flight);
+            let delta = delta.into_delta();
+            let failed = job.failed.lock().expect("failed checkpoint slot").take();
+            job.delta = match failed {
+                Some(failed) => failed.merge(delta),
+                None => delta,
+            };
             checkpointer::run(job);
         });
-    }
-
-    /// Copies of what changed since the last checkpoint, after what a failed checkpoint
-    /// could not write (merged, so its removals are written too).
-    fn take_delta(&mut self) -> Delta {
-        let changed = self.engine.take_checkpoint_delta();
-        match self
-            .checkpoint_failed
-            .lock()
-            .expect("failed checkpoint slot")
-            .take()
-        {
-            Some(failed) => failed.merge(changed),
-            None => changed,
-        }
     }
 
     /// After a failed write, memory may hold changes the disk does not: rebuild the
@@ -541,6 +570,10 @@ impl ShardActor {
     fn reload_from_disk(&mut self) {
         let r = &self.reload;
         r.storage_failed.notify_one();
+        if self.engine.checkpoint_delta_in_progress() {
+            // The delta being copied belongs to the engine about to be replaced.
+            self.checkpoint_in_flight.store(false, Ordering::Release);
+        }
         match crate::storage::recovery::reload_shard(
             &r.storage,
             r.generation,
