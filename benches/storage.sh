@@ -28,6 +28,8 @@
 #   CK_CHURN_RPS 500 [300]         churn SetStock calls per second (100 positions each)
 #   FSYNC_SECS 10 [3]              the Reserve run of "fsync"
 #   FOLDER_PAIRS 10000000 [50000], FOLDER_POSITIONS 100000 [5000]
+#   FOLDER_RETENTION_SECS          --hold-retention-secs of the folder run (default: stockd's,
+#                                  one day, so every released hold is still live state)
 #   STORAGE_KEEP=1                 keep the reports and server logs
 #   SUITE_NO_BUILD=1               use the binaries already in target/release
 set -euo pipefail
@@ -305,7 +307,9 @@ fi
 # --- folder: bytes per live position after many Reserve+Release pairs -----------------
 if [[ " $ONLY " == *" folder "* ]]; then
     log "folder: $FOLDER_PAIRS Reserve+Release pairs on $FOLDER_POSITIONS positions"
-    start_server folder
+    retention=()
+    if [[ -n "${FOLDER_RETENTION_SECS:-}" ]]; then retention=(--hold-retention-secs "$FOLDER_RETENTION_SECS"); fi
+    start_server folder "${retention[@]}"
     load_before=$(loadavg)
     load folder reserve --release --prefix fo --products "$FOLDER_POSITIONS" -n "$FOLDER_PAIRS" -c 50 --connections 5
     wait_checkpoints

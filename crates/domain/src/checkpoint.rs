@@ -152,6 +152,8 @@ pub(crate) struct Capture {
     done: Vec<CheckpointDelta>,
     /// Rounds over entries changed during the capture, so far.
     rounds: usize,
+    /// Entries the tables tracked as changed after the previous step.
+    changed_after_step: usize,
 }
 
 impl Capture {
@@ -266,6 +268,7 @@ impl Engine {
                 copied_holds: FxHashSet::default(),
                 done: Vec::new(),
                 rounds: 0,
+                changed_after_step: 0,
             });
         }
     }
@@ -275,17 +278,22 @@ impl Engine {
         self.checkpoint.capture.is_some()
     }
 
-    /// Copies at most about `budget` entries of the delta being taken. Once every entry set
-    /// aside is copied: if at most `budget` entries changed since (or after
-    /// `CHECKPOINT_ROUNDS_MAX` rounds), they are copied too and the finished delta is
+    /// Copies `budget` entries of the delta being taken, plus twice as many as changed
+    /// since the previous step (so the copy always outpaces the changes, and a step costs
+    /// at most a small multiple of the work just done). Once every entry set aside is
+    /// copied: if no more than what is left of the step changed since (or after
+    /// `CHECKPOINT_ROUNDS_MAX` rounds), those are copied too and the finished delta is
     /// returned (it is the state as of this call); otherwise those are set aside in turn.
     /// `None` while unfinished, or when no delta is being taken.
     pub fn step_checkpoint_delta(&mut self, budget: usize) -> Option<StepDelta> {
         let mut capture = self.checkpoint.capture.take()?;
-        let mut left = budget.max(1);
+        let tracked = self.positions.changed_len() + self.holds.changed_len();
+        let grown = tracked.saturating_sub(capture.changed_after_step);
+        let mut left = budget.max(1).saturating_add(grown.saturating_mul(2));
         self.copy_positions(&mut capture, &mut left);
         self.copy_holds(&mut capture, &mut left);
         if !capture.positions.is_empty() || !capture.holds.is_empty() {
+            capture.changed_after_step = tracked;
             self.checkpoint.capture = Some(capture);
             return None;
         }
@@ -296,6 +304,7 @@ impl Engine {
             capture.holds = self.holds.take_changed();
             capture.new_part();
             capture.rounds += 1;
+            capture.changed_after_step = 0;
             self.checkpoint.capture = Some(capture);
             return None;
         }

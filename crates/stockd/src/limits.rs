@@ -96,15 +96,12 @@ pub const SNAPSHOT_EVERY_SECS_DEFAULT: u64 = 300;
 /// for the changes of the batches applied while one checkpoint is in flight.
 pub const CHECKPOINT_PENDING_MAX: usize = crate::storage::checkpoint::BATCH_ENTRIES_MAX / 2;
 
-/// Entries a shard copies for a checkpoint per wake-up, plus `CHECKPOINT_COPY_PER_MESSAGE`
-/// for each message of the batch it just handled (so the copy outpaces the changes of a
-/// busy shard). At about 1 µs an entry, a step adds a quarter of a millisecond to the
-/// batch that follows it, instead of one pause of the whole delta (500,000 entries took
-/// over a second); a delta of `CHECKPOINT_PENDING_MAX` entries takes ~2,000 wake-ups.
+/// Entries a shard copies for a checkpoint per wake-up, besides twice the entries changed
+/// since its previous step (`Engine::step_checkpoint_delta`: the copy outpaces the
+/// changes). At 1–2 µs an entry, a step adds well under a millisecond to the batch that
+/// follows it, instead of one pause for the whole delta (500,000 entries took about a
+/// second); a delta of `CHECKPOINT_PENDING_MAX` entries takes ~2,000 wake-ups.
 pub const CHECKPOINT_COPY_STEP_ENTRIES: usize = 256;
-
-/// See `CHECKPOINT_COPY_STEP_ENTRIES`: most writes change one position and one hold.
-pub const CHECKPOINT_COPY_PER_MESSAGE: usize = 4;
 
 /// Longest a checkpoint waits for the log to be durable up to the LSN it covers before it
 /// gives up (and the next one is whole). A healthy sync takes milliseconds.

@@ -431,7 +431,6 @@ impl ShardActor {
 
     /// Sends the batch's records to the log and its replies to the releaser.
     async fn commit(&mut self, records: Vec<Vec<u8>>, replies: Vec<Reply>) {
-        let messages = replies.len();
         let keys = std::mem::take(&mut self.batch_keys);
         let all = std::mem::take(&mut self.batch_all);
         let mut ticket = None;
@@ -486,12 +485,12 @@ impl ShardActor {
                 })
                 .await;
         }
-        self.maybe_checkpoint(messages);
+        self.maybe_checkpoint();
     }
 
-    fn maybe_checkpoint(&mut self, messages: usize) {
+    fn maybe_checkpoint(&mut self) {
         if self.engine.checkpoint_delta_in_progress() {
-            self.step_checkpoint(messages);
+            self.step_checkpoint();
             return;
         }
         // Also when many entries changed (a few records may touch many positions), so a
@@ -512,17 +511,17 @@ impl ShardActor {
         self.last_checkpoint = Instant::now();
         self.checkpoint_copy = Duration::ZERO;
         self.engine.begin_checkpoint_delta();
-        self.step_checkpoint(messages);
+        self.step_checkpoint();
     }
 
     /// Copies one step of the delta being taken: a bounded number of entries per wake-up,
-    /// more when the batch just handled was large, so the shard never pauses for a whole
+    /// more when the batch just handled changed many, so the shard never pauses for a whole
     /// delta (`Engine::step_checkpoint_delta`). The last step starts the checkpoint.
-    fn step_checkpoint(&mut self, messages: usize) {
+    fn step_checkpoint(&mut self) {
         let started = Instant::now();
-        let budget =
-            limits::CHECKPOINT_COPY_STEP_ENTRIES + limits::CHECKPOINT_COPY_PER_MESSAGE * messages;
-        let done = self.engine.step_checkpoint_delta(budget);
+        let done = self
+            .engine
+            .step_checkpoint_delta(limits::CHECKPOINT_COPY_STEP_ENTRIES);
         self.checkpoint_copy += started.elapsed();
         if let Some(delta) = done {
             m::snapshot_taken(self.checkpoint_copy);
