@@ -232,6 +232,21 @@ print(f"  churn: {sc.get('churnPositions')} positions in {sc.get('churnCalls')} 
       f"done after {sc.get('churnDoneAfterMs', 0)/1e3:.1f} s, slowest {sc.get('churnMaxMs', 0):.1f} ms")
 print(f"  checkpoints in the window: {started:.0f} taken, {written:.0f} written, {entries:.0f} entries written, "
       f"shard copy {copy_s*1e3:.1f} ms in all, writing {ck_s:.1f} s in all")
+def fsync_quantile(before, after, q):
+    name = "stockd_wal_fsync_duration_seconds"
+    buckets = sorted((float("inf") if k.split('"')[1] == "+Inf" else float(k.split('"')[1]), v - before.get(k, 0.0))
+                     for k, v in after.items() if k.startswith(name + "_bucket{"))
+    total = buckets[-1][1] if buckets else 0
+    lo = prev = 0.0
+    for le, c in buckets:
+        if total and c >= q * total:
+            return lo if le == float("inf") else lo + (le - lo) * ((q * total - prev) / (c - prev) if c > prev else 0)
+        lo, prev = le, c
+    return float("nan")
+
+print(f"  log fdatasync in the window: p50 {fsync_quantile(b, a, 0.5)*1e3:.2f} ms, p99 {fsync_quantile(b, a, 0.99)*1e3:.2f} ms "
+      f"(without churn: p99 {fsync_quantile(bb, ba, 0.99)*1e3:.2f} ms); a slow sync holds the shard back once its log "
+      "writer's inbox or its releaser is full")
 for line in open(f"{work}/read.window"):
     print("    log: " + line.strip()[:200])
 print(f"  load average {lb} before, {la} after")

@@ -551,9 +551,12 @@ impl ShardActor {
         };
         let in_flight = self.checkpoint_in_flight.clone();
         // Merging, encoding, the sled write and the log recycling run off the shard and off
-        // the log writer, so neither requests nor group commits wait for them.
-        tokio::task::spawn_blocking(move || {
+        // the log writer, so neither requests nor group commits wait for them; on a thread
+        // of its own at a low priority, so that on a busy core they mostly take the time the
+        // shard and the RPCs leave (a checkpoint of 500,000 entries is seconds of CPU).
+        let run = move || {
             let _done = ClearOnDrop(in_flight);
+            lower_priority();
             let delta = delta.into_delta();
             let failed = job.failed.lock().expect("failed checkpoint slot").take();
             job.delta = match failed {
@@ -561,7 +564,14 @@ impl ShardActor {
                 None => delta,
             };
             checkpointer::run(job);
-        });
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("checkpoint-{}", self.id))
+            .spawn(run);
+        if let Err(e) = spawned {
+            // The closure (and with it the in-flight flag) is dropped: the next one retries.
+            tracing::warn!(shard = self.id, error = %e, "cannot start a checkpoint thread");
+        }
     }
 
     /// After a failed write, memory may hold changes the disk does not: rebuild the
@@ -628,6 +638,14 @@ impl ShardActor {
         for (channel, count) in self.engine.active_holds_by_channel() {
             m::active_holds(channel, self.id, count);
         }
+    }
+}
+
+/// Lowers the calling thread's scheduling priority to `CHECKPOINT_THREAD_NICE` (on Linux
+/// the nice value is per thread). Best effort: a refusal leaves it at the normal priority.
+fn lower_priority() {
+    if let Err(e) = rustix::process::setpriority_process(None, limits::CHECKPOINT_THREAD_NICE) {
+        tracing::debug!(error = %e, "cannot lower the checkpoint thread's priority");
     }
 }
 
