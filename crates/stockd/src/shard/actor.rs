@@ -565,12 +565,21 @@ impl ShardActor {
             };
             checkpointer::run(job);
         };
+        // The work stays reachable if no thread can be started, so the delta is never lost.
+        let slot = Arc::new(std::sync::Mutex::new(Some(run)));
+        let theirs = slot.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("checkpoint-{}", self.id))
-            .spawn(run);
+            .spawn(move || {
+                if let Some(run) = theirs.lock().expect("checkpoint work slot").take() {
+                    run();
+                }
+            });
         if let Err(e) = spawned {
-            // The closure (and with it the in-flight flag) is dropped: the next one retries.
-            tracing::warn!(shard = self.id, error = %e, "cannot start a checkpoint thread");
+            tracing::warn!(shard = self.id, error = %e, "cannot start a checkpoint thread: using the blocking pool");
+            if let Some(run) = slot.lock().expect("checkpoint work slot").take() {
+                tokio::task::spawn_blocking(run);
+            }
         }
     }
 
