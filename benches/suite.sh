@@ -382,3 +382,9 @@ echo "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || ec
 echo
 echo "Commands:"
 sed 's/^/  /' "$COMMANDS"
+
+# --- storage figures (benches/storage.sh: reads during a checkpoint, fsync, data folder) ---
+if [[ "$QUICK" == 1 ]]; then
+    echo
+    SUITE_NO_BUILD=1 STORAGE_QUICK=1 bash "$ROOT/benches/storage.sh"
+fi

@@ -17,10 +17,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use rustc_hash::FxHashSet;
+
 use serde::{Deserialize, Serialize};
 
 use crate::channel::{CategoryConfig, ChannelConfig, ProductConfig};
 use crate::engine::Engine;
+use crate::limits::CHECKPOINT_ROUNDS_MAX;
 use crate::refs::Sym;
 use crate::snapshot::{EngineSnapshot, HoldSnap, PositionSnap};
 
@@ -121,6 +124,65 @@ pub(crate) struct CheckpointTracker {
     pub config: bool,
     /// Refs of tracked holds whose symbol was released before the delta was taken.
     pub holds_removed: BTreeSet<String>,
+    /// A delta being taken in steps (`begin_checkpoint_delta`), if any.
+    pub capture: Option<Capture>,
+}
+
+/// A delta taken in steps: the keys still to copy, and the copies so far.
+///
+/// Copying every changed entry at once paused a shard for about 1 µs an entry (hundreds
+/// of milliseconds for a large delta). Taken in steps, each copy is of the entry as it is
+/// at that step; an entry changed after its copy is tracked again by its table, and the
+/// last step (taken only once few such entries are left) copies those at once, so the
+/// finished delta is the state of every entry it names as of that last step.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Capture {
+    positions: FxHashSet<(Sym, Sym)>,
+    /// Hold symbols still to copy. A symbol is never released while it is here: its
+    /// release takes it out first and records its ref's text (`untrack_hold`).
+    holds: FxHashSet<Sym>,
+    /// The copies of this part, unsorted (sorting is left to `StepDelta::into_delta`, off
+    /// the shard). A ref is named at most once in a part's holds, and a removal in a part
+    /// is never of a copy in the same part: parts are merged in order, later ones winning.
+    copied: CheckpointDelta,
+    /// The hold symbols copied into this part: if one is released, its removal starts a
+    /// new part (it must come after the copy).
+    copied_holds: FxHashSet<Sym>,
+    /// The parts before this one.
+    done: Vec<CheckpointDelta>,
+    /// Rounds over entries changed during the capture, so far.
+    rounds: usize,
+    /// Entries the tables tracked as changed after the previous step.
+    changed_after_step: usize,
+}
+
+impl Capture {
+    /// Ends the current part; what is copied or removed from now on comes after it.
+    fn new_part(&mut self) {
+        self.done.push(std::mem::take(&mut self.copied));
+        self.copied_holds.clear();
+    }
+}
+
+/// A finished delta taken in steps: its parts, in the order they were taken. Turning them
+/// into one [`CheckpointDelta`] (a merge that sorts) costs `O(n log n)`: do it off the shard.
+#[derive(Clone, Debug, Default)]
+pub struct StepDelta {
+    parts: Vec<CheckpointDelta>,
+}
+
+impl StepDelta {
+    /// Entries in all parts (an entry copied twice counts twice).
+    pub fn entries(&self) -> usize {
+        self.parts.iter().map(CheckpointDelta::entries).sum()
+    }
+
+    /// The parts as one delta, sorted, later copies winning.
+    pub fn into_delta(self) -> CheckpointDelta {
+        self.parts
+            .into_iter()
+            .fold(CheckpointDelta::default(), CheckpointDelta::merge)
+    }
 }
 
 impl Engine {
@@ -187,6 +249,123 @@ impl Engine {
             + self.checkpoint.holds_removed.len()
             + self.checkpoint.adjustments.len()
             + usize::from(self.checkpoint.config)
+    }
+
+    /// Starts a delta taken in steps: the changed entries are set aside (cheaply: the
+    /// tracking sets are moved, not copied) to be copied by `step_checkpoint_delta`.
+    /// A delta already being taken carries on.
+    pub fn begin_checkpoint_delta(&mut self) {
+        if self.checkpoint.capture.is_none() {
+            // Removals recorded before come first: a later copy under the same ref wins.
+            let removed = std::mem::take(&mut self.checkpoint.holds_removed);
+            self.checkpoint.capture = Some(Capture {
+                positions: self.positions.take_changed(),
+                holds: self.holds.take_changed(),
+                copied: CheckpointDelta {
+                    holds_removed: removed.into_iter().collect(),
+                    ..CheckpointDelta::default()
+                },
+                copied_holds: FxHashSet::default(),
+                done: Vec::new(),
+                rounds: 0,
+                changed_after_step: 0,
+            });
+        }
+    }
+
+    /// Whether a delta is being taken in steps.
+    pub fn checkpoint_delta_in_progress(&self) -> bool {
+        self.checkpoint.capture.is_some()
+    }
+
+    /// Copies `budget` entries of the delta being taken, plus twice as many as changed
+    /// since the previous step (so the copy always outpaces the changes, and a step costs
+    /// at most a small multiple of the work just done). Once every entry set aside is
+    /// copied: if no more than what is left of the step changed since (or after
+    /// `CHECKPOINT_ROUNDS_MAX` rounds), those are copied too and the finished delta is
+    /// returned (it is the state as of this call); otherwise those are set aside in turn.
+    /// `None` while unfinished, or when no delta is being taken.
+    pub fn step_checkpoint_delta(&mut self, budget: usize) -> Option<StepDelta> {
+        let mut capture = self.checkpoint.capture.take()?;
+        let tracked = self.positions.changed_len() + self.holds.changed_len();
+        let grown = tracked.saturating_sub(capture.changed_after_step);
+        let mut left = budget.max(1).saturating_add(grown.saturating_mul(2));
+        self.copy_positions(&mut capture, &mut left);
+        self.copy_holds(&mut capture, &mut left);
+        if !capture.positions.is_empty() || !capture.holds.is_empty() {
+            capture.changed_after_step = tracked;
+            self.checkpoint.capture = Some(capture);
+            return None;
+        }
+        let changed = self.positions.changed_len() + self.holds.changed_len();
+        if changed > left && capture.rounds < CHECKPOINT_ROUNDS_MAX {
+            // Changed faster than copied so far: another round over what changed since.
+            capture.positions = self.positions.take_changed();
+            capture.holds = self.holds.take_changed();
+            capture.new_part();
+            capture.rounds += 1;
+            capture.changed_after_step = 0;
+            self.checkpoint.capture = Some(capture);
+            return None;
+        }
+        let mut parts = capture.done;
+        parts.push(capture.copied);
+        parts.push(self.take_checkpoint_delta());
+        Some(StepDelta { parts })
+    }
+
+    fn copy_positions(&self, capture: &mut Capture, left: &mut usize) {
+        let keys: Vec<(Sym, Sym)> = capture.positions.iter().take(*left).copied().collect();
+        for key in keys {
+            capture.positions.remove(&key);
+            *left -= 1;
+            // Positions are never removed.
+            if let Some(pos) = self.positions.get(&key) {
+                capture.copied.positions.push(self.snap_position(key, pos));
+            }
+        }
+    }
+
+    fn copy_holds(&self, capture: &mut Capture, left: &mut usize) {
+        let syms: Vec<Sym> = capture.holds.iter().take(*left).copied().collect();
+        for sym in syms {
+            capture.holds.remove(&sym);
+            *left -= 1;
+            match self.holds.get(&sym) {
+                Some(part) => {
+                    capture.copied.holds.push(self.snap_part(part));
+                    capture.copied_holds.insert(sym);
+                }
+                // Still live: set-aside symbols are taken out before they are released.
+                None => capture
+                    .copied
+                    .holds_removed
+                    .push(self.interner.resolve(sym).to_string()),
+            }
+        }
+    }
+
+    /// Stops tracking a hold whose symbol is about to be released. If a checkpoint still
+    /// owes the store its removal, keeps its ref as text, since the symbol may name
+    /// another ref after this: for the next delta, or in the delta being taken in steps.
+    pub(crate) fn untrack_released_hold(&mut self, sym: Sym) {
+        let tracked = self.holds.untrack(sym);
+        let text = || self.interner.resolve(sym).to_string();
+        match self.checkpoint.capture.as_mut() {
+            None if tracked => {
+                self.checkpoint.holds_removed.insert(text());
+            }
+            None => {}
+            Some(c) => {
+                let set_aside = c.holds.remove(&sym);
+                if c.copied_holds.contains(&sym) {
+                    c.new_part();
+                } else if !(tracked || set_aside) {
+                    return;
+                }
+                c.copied.holds_removed.push(text());
+            }
+        }
     }
 
     /// Marks everything changed, so the next delta is the whole state (used when a

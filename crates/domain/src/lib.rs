@@ -42,7 +42,7 @@ pub mod snapshot;
 pub type Millis = i64;
 
 pub use channel::{CategoryConfig, ChannelConfig, ChannelRule, ProductConfig, RebalanceMode};
-pub use checkpoint::{CheckpointDelta, ConfigSnap, Counters};
+pub use checkpoint::{CheckpointDelta, ConfigSnap, Counters, StepDelta};
 pub use command::{Command, Outcome};
 pub use engine::{
     AdjustStatus, ChannelPositionView, CountStatus, Engine, IqView, LineResult, PositionView,

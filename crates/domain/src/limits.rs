@@ -69,6 +69,11 @@ pub const STOCK_TIME_PAST_MS_MAX: Millis = 366 * MS_PER_DAY;
 /// Most keys in one availability read. Bounds the reply (16 bytes per key) and the work
 /// one read puts on the shards (one ATS computation per key, about 100 ns each).
 pub const READ_KEYS_MAX: usize = 1_000;
+/// Rounds a checkpoint delta taken in steps makes over entries changed while it was being
+/// copied; the last one copies whatever changed since at once. Each round is shorter than
+/// the one before as long as the shard copies faster than it changes entries, so the cap
+/// is only reached under a sustained write load, and bounds how long a delta takes.
+pub const CHECKPOINT_ROUNDS_MAX: usize = 4;
 /// Most items in one SetStock, AdjustStock, UpsertProducts or UpsertCategories. Bounds
 /// one log record (about 100 bytes per item) and the time one batch holds a shard.
 pub const STOCK_BATCH_MAX: usize = 1_000;

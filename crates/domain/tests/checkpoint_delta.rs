@@ -137,6 +137,84 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: cases(256),
+        max_shrink_iters: 20_000,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "proptest-regressions/checkpoint_delta.txt",
+        ))),
+        ..ProptestConfig::default()
+    })]
+
+    /// Deltas taken in steps of a few entries, with operations between the steps, folded
+    /// in order, rebuild the engine's state: an entry changed after its copy is copied
+    /// again, a hold forgotten (and its symbol released or reused) while set aside is
+    /// removed by its ref.
+    #[test]
+    fn deltas_taken_in_steps_rebuild_the_state(
+        s in scenario(60),
+        plan in prop::collection::vec((0u8..6, 1usize..4), 60),
+    ) {
+        let mut h = Harness::new(&s)?;
+        let mut store = Store::default();
+        store.apply(h.engine.take_checkpoint_delta())?;
+        for (i, op) in s.ops.iter().enumerate() {
+            h.step(op)?;
+            let (action, budget) = plan[i];
+            if action == 0 {
+                h.engine.begin_checkpoint_delta();
+            }
+            let done = if action <= 3 { h.engine.step_checkpoint_delta(budget) } else { None };
+            if let Some(done) = done {
+                prop_assert!(!h.engine.checkpoint_delta_in_progress());
+                store.apply(done.into_delta())?;
+            }
+        }
+        while h.engine.checkpoint_delta_in_progress() {
+            if let Some(done) = h.engine.step_checkpoint_delta(2) {
+                store.apply(done.into_delta())?;
+            }
+        }
+        store.apply(h.engine.take_checkpoint_delta())?;
+        let rebuilt = store.restore()?;
+        prop_assert!(rebuilt.snapshot() == h.engine.snapshot(), "folded deltas differ from the state");
+    }
+}
+
+/// A delta taken in steps is the state as of its last step: an entry changed after it was
+/// copied is copied again, and nothing is left pending.
+#[test]
+fn a_delta_taken_in_steps_is_the_state_at_its_last_step() {
+    let mut e = engine();
+    for i in 0..100 {
+        count(&mut e, T0, &format!("P{i}"), 10);
+    }
+    reserve(&mut e, T0, "cart-1", "P1", 2);
+    e.begin_checkpoint_delta();
+    let mut steps = 0;
+    let done = loop {
+        steps += 1;
+        // Changes between the steps, to entries copied already and to new ones.
+        count(&mut e, T0 + steps, "P0", 10 + steps);
+        if steps == 3 {
+            reserve(&mut e, T0, "cart-2", "P2", 1);
+            e.release(T0, "cart-1").unwrap();
+        }
+        if let Some(done) = e.step_checkpoint_delta(10) {
+            break done;
+        }
+        assert!(steps < 100, "a stepped delta never finished");
+    };
+    assert!(steps >= 5, "taken in steps of about 10 entries: {steps}");
+    assert_eq!(e.checkpoint_pending(), 0);
+    let delta = done.into_delta();
+    let whole = e.snapshot().into_delta();
+    assert_eq!(delta.positions, whole.positions);
+    assert_eq!(delta.holds, whole.holds);
+    assert_eq!(delta.counters, whole.counters);
+}
+
 fn engine() -> Engine {
     common::examples::web_engine()
 }

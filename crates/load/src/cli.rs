@@ -108,6 +108,9 @@ pub enum Command {
     /// Reserve 1 unit under a unique hold, over K products (or one hot product), for
     /// write throughput; with --release, Reserve+Release pairs.
     Reserve(ReserveArgs),
+    /// GetAvailability over a state filled beforehand (give its --prefix), while a paced
+    /// SetStock churn makes the server take a large checkpoint; best with --rps.
+    CheckpointRead(CheckpointReadArgs),
 }
 
 impl Cli {
@@ -149,6 +152,7 @@ impl Command {
             Command::Mixed(a) => a.host.clone(),
             Command::Health(a) => a.host.clone(),
             Command::Reserve(a) => a.host.clone(),
+            Command::CheckpointRead(a) => a.host.clone(),
         }
     }
 }
@@ -374,6 +378,36 @@ pub struct ReserveArgs {
     /// several shards, unless the server has one).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10))]
     pub lines: u64,
+    /// Target server, host:port.
+    #[arg(value_name = "HOST:PORT")]
+    pub host: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckpointReadArgs {
+    /// Products filled beforehand under --prefix ({prefix}-p0.. at {prefix}-wh), e.g. by
+    /// `reserve --products N -n N --prefix P`.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub products: u64,
+    /// Keys (products) asked for in each GetAvailability.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub keys: u64,
+    /// Positions the churn changes (the first ones, in order), so that the shard's
+    /// pending checkpoint entries cross their threshold during the reads.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub churn_positions: u64,
+    /// Positions in one churn SetStock (at most the server's STOCK_BATCH_MAX).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub churn_batch: u64,
+    /// Churn SetStock calls per second.
+    #[arg(long, default_value_t = 1000.0)]
+    pub churn_rps: f64,
+    /// When the churn starts, after the reads.
+    #[arg(long, value_parser = duration::parse, default_value = "1s")]
+    pub churn_after: Duration,
+    /// The quantity the churn sets (give one other than the fill's, so each is a change).
+    #[arg(long, default_value_t = 1000)]
+    pub stock: i64,
     /// Target server, host:port.
     #[arg(value_name = "HOST:PORT")]
     pub host: Option<String>,

@@ -98,11 +98,9 @@ impl Engine {
                 self.orders.contains_key(&sym)
             };
             if !used && self.interner.is_live(sym) {
-                if ns == HOLD_NS && self.holds.untrack(sym) {
-                    // The checkpoint still owes the store this hold's removal: keep its
-                    // ref as text, since the symbol may name another ref after this.
-                    let text = self.interner.resolve(sym).to_string();
-                    self.checkpoint.holds_removed.insert(text);
+                if ns == HOLD_NS {
+                    // A checkpoint may still owe the store this hold's removal.
+                    self.untrack_released_hold(sym);
                 }
                 self.interner.release(sym);
                 self.release_later.retain(|(s, _)| *s != sym);

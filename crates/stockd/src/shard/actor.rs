@@ -31,7 +31,7 @@ use crate::storage::log::group::Completion;
 use crate::storage::record::{self, LogRecord};
 use crate::storage::{Durability, ShardLog, Storage, StorageError};
 use stockd_domain::refs::Sym;
-use stockd_domain::{Command, Engine, EventKind, Millis, Settings};
+use stockd_domain::{Command, Engine, EventKind, Millis, Settings, StepDelta};
 
 pub use crate::limits::{BATCH_MAX, EXPIRY_GRACE_MS};
 
@@ -108,7 +108,8 @@ pub struct ShardActor {
     /// the order this shard queues them).
     next_lsn: u64,
     checkpoint_in_flight: Arc<AtomicBool>,
-    /// Set by a checkpoint that failed: the next one writes the whole state.
+    /// Time spent copying the delta being taken in steps, so far.
+    checkpoint_copy: Duration,
     /// The delta of a checkpoint that failed, until the next one carries it.
     checkpoint_failed: Arc<std::sync::Mutex<Option<Delta>>>,
     /// Positions changed by a batch that is not yet durable, with how many such batches.
@@ -161,6 +162,7 @@ impl ShardActor {
             reloaded: false,
             next_lsn,
             checkpoint_in_flight: Arc::new(AtomicBool::new(false)),
+            checkpoint_copy: Duration::ZERO,
             checkpoint_failed: Arc::default(),
             dirty: FxHashMap::default(),
             dirty_all: 0,
@@ -183,6 +185,11 @@ impl ShardActor {
                 let wait = (t + EXPIRY_GRACE_MS - clock::now_millis()).max(0) as u64;
                 tokio::time::Instant::now() + Duration::from_millis(wait)
             });
+            // A checkpoint delta being copied in steps goes on even with no message.
+            let deadline = match self.engine.checkpoint_delta_in_progress() {
+                true => Some(tokio::time::Instant::now()),
+                false => deadline,
+            };
             let first = tokio::select! {
                 msg = self.rx.recv() => match msg {
                     Some(msg) => Some(msg),
@@ -222,6 +229,10 @@ impl ShardActor {
                 m::shard_batch(self.id, size, depth);
             }
             self.commit(records, replies).await;
+            if self.engine.checkpoint_delta_in_progress() {
+                // Between two steps of a checkpoint copy, let the other tasks run.
+                tokio::task::yield_now().await;
+            }
             if last_gauges.elapsed() >= Duration::from_millis(limits::GAUGES_EVERY_MS) {
                 self.publish_gauges();
                 last_gauges = Instant::now();
@@ -515,6 +526,10 @@ impl ShardActor {
     }
 
     fn maybe_checkpoint(&mut self) {
+        if self.engine.checkpoint_delta_in_progress() {
+            self.step_checkpoint();
+            return;
+        }
         // Also when many entries changed (a few records may touch many positions), so a
         // delta stays well inside one atomic batch.
         let due = self.records_since_checkpoint >= self.limits.snapshot_every_records
@@ -529,19 +544,41 @@ impl ShardActor {
         {
             return;
         }
-        let started = Instant::now();
-        let delta = self.take_delta();
-        m::snapshot_taken(started.elapsed());
         self.records_since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
-        let job = checkpointer::Job {
+        self.checkpoint_copy = Duration::ZERO;
+        self.engine.begin_checkpoint_delta();
+        self.step_checkpoint();
+    }
+
+    /// Copies one step of the delta being taken: a bounded number of entries per wake-up,
+    /// more when the batch just handled changed many, so the shard never pauses for a whole
+    /// delta (`Engine::step_checkpoint_delta`). The last step starts the checkpoint.
+    fn step_checkpoint(&mut self) {
+        let started = Instant::now();
+        let done = self
+            .engine
+            .step_checkpoint_delta(limits::CHECKPOINT_COPY_STEP_ENTRIES);
+        self.checkpoint_copy += started.elapsed();
+        if let Some(delta) = done {
+            m::snapshot_taken(self.checkpoint_copy);
+            self.start_checkpoint(delta);
+        }
+    }
+
+    /// Hands a finished delta to a blocking thread, which merges and sorts it (after what a
+    /// failed checkpoint could not write, so its removals are written too), encodes it,
+    /// writes it and recycles the log.
+    fn start_checkpoint(&mut self, delta: StepDelta) {
+        let mut job = checkpointer::Job {
             shard: self.id,
             scope: Scope {
                 generation: self.reload.generation,
                 shard: self.id as u32,
             },
+            // The delta is the state as of its last step, just now: every record queued.
             lsn_covered: self.next_lsn - 1,
-            delta,
+            delta: Delta::default(),
             store: self.reload.storage.checkpoints.clone(),
             writer: self.wal.writer().clone(),
             durable_lsn: self.wal.durable_lsn().clone(),
@@ -550,26 +587,36 @@ impl ShardActor {
             failed: self.checkpoint_failed.clone(),
         };
         let in_flight = self.checkpoint_in_flight.clone();
-        // Encoding, the sled write and the log recycling run off the shard and off the
-        // log writer, so neither requests nor group commits wait for them.
-        tokio::task::spawn_blocking(move || {
+        // Merging, encoding, the sled write and the log recycling run off the shard and off
+        // the log writer, so neither requests nor group commits wait for them; on a thread
+        // of its own at a low priority, so that on a busy core they mostly take the time the
+        // shard and the RPCs leave (a checkpoint of 500,000 entries is seconds of CPU).
+        let run = move || {
             let _done = ClearOnDrop(in_flight);
+            lower_priority();
+            let delta = delta.into_delta();
+            let failed = job.failed.lock().expect("failed checkpoint slot").take();
+            job.delta = match failed {
+                Some(failed) => failed.merge(delta),
+                None => delta,
+            };
             checkpointer::run(job);
-        });
-    }
-
-    /// Copies of what changed since the last checkpoint, after what a failed checkpoint
-    /// could not write (merged, so its removals are written too).
-    fn take_delta(&mut self) -> Delta {
-        let changed = self.engine.take_checkpoint_delta();
-        match self
-            .checkpoint_failed
-            .lock()
-            .expect("failed checkpoint slot")
-            .take()
-        {
-            Some(failed) => failed.merge(changed),
-            None => changed,
+        };
+        // The work stays reachable if no thread can be started, so the delta is never lost.
+        let slot = Arc::new(std::sync::Mutex::new(Some(run)));
+        let theirs = slot.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("checkpoint-{}", self.id))
+            .spawn(move || {
+                if let Some(run) = theirs.lock().expect("checkpoint work slot").take() {
+                    run();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(shard = self.id, error = %e, "cannot start a checkpoint thread: using the blocking pool");
+            if let Some(run) = slot.lock().expect("checkpoint work slot").take() {
+                tokio::task::spawn_blocking(run);
+            }
         }
     }
 
@@ -578,6 +625,10 @@ impl ShardActor {
     fn reload_from_disk(&mut self) {
         let r = &self.reload;
         r.storage_failed.notify_one();
+        if self.engine.checkpoint_delta_in_progress() {
+            // The delta being copied belongs to the engine about to be replaced.
+            self.checkpoint_in_flight.store(false, Ordering::Release);
+        }
         match crate::storage::recovery::reload_shard(
             &r.storage,
             r.generation,
@@ -637,6 +688,14 @@ impl ShardActor {
         for (channel, count) in self.engine.active_holds_by_channel() {
             m::active_holds(channel, self.id, count);
         }
+    }
+}
+
+/// Lowers the calling thread's scheduling priority to `CHECKPOINT_THREAD_NICE` (on Linux
+/// the nice value is per thread). Best effort: a refusal leaves it at the normal priority.
+fn lower_priority() {
+    if let Err(e) = rustix::process::setpriority_process(None, limits::CHECKPOINT_THREAD_NICE) {
+        tracing::debug!(error = %e, "cannot lower the checkpoint thread's priority");
     }
 }
 
