@@ -14,6 +14,9 @@ use super::hold::{HoldPart, HoldState, PartLine};
 use super::position::{Iq, IqKind, NO_SYM, Position};
 use super::refs::{HOLD_NS, ORDER_NS, Sym};
 
+/// A hold timer as the engine files it: (when, hold).
+type Timer = (Millis, Sym);
+
 /// One ledger record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IqSnap {
@@ -155,10 +158,21 @@ impl Engine {
     /// Inserts a restored part with its timers and indexes, as it was (its IQs are
     /// restored with the positions).
     fn index_restored_part(&mut self, part: HoldPart) {
+        let (expiry, forget) = self.index_part(&part);
+        self.expiry.extend(expiry);
+        self.forget.extend(forget);
+        self.holds.insert(part.hold, part);
+    }
+
+    /// Counts a restored part in the indexes kept beside the holds (active holds per
+    /// channel, orders) and returns its timers (expiry, forget) for the caller to file:
+    /// one at a time into the engine's sets, or in bulk by the `Restorer`.
+    fn index_part(&mut self, part: &HoldPart) -> (Option<Timer>, Option<Timer>) {
         let hold = part.hold;
+        let mut expiry = None;
         match part.state {
             HoldState::Active => {
-                self.expiry.insert((part.expires_at, hold));
+                expiry = Some((part.expires_at, hold));
                 if part.primary {
                     *self.active_holds.entry(part.channel).or_default() += 1;
                 }
@@ -170,10 +184,7 @@ impl Engine {
             }
             HoldState::Released | HoldState::Expired => {}
         }
-        if let Some(t) = part.forget_at {
-            self.forget.insert((t, hold));
-        }
-        self.holds.insert(hold, part);
+        (expiry, part.forget_at.map(|t| (t, hold)))
     }
 
     /// One position as a snapshot holds it: refs spelt out, its ledger in id order.
@@ -478,26 +489,15 @@ impl Restorer {
     /// One hold part; a hold given twice is refused.
     pub fn hold(&mut self, hs: &HoldSnapRef<'_>) -> Result<(), String> {
         let part = self.engine.unsnap_part_ref(hs);
-        let hold = part.hold;
-        let engine = &mut self.engine;
-        match part.state {
-            HoldState::Active => {
-                self.expiry.push((part.expires_at, hold));
-                if part.primary {
-                    *engine.active_holds.entry(part.channel).or_default() += 1;
-                }
-            }
-            HoldState::Confirmed => {
-                if let Some(order) = part.order {
-                    engine.orders.insert(order, hold);
-                }
-            }
-            HoldState::Released | HoldState::Expired => {}
-        }
-        if let Some(t) = part.forget_at {
-            self.forget.push((t, hold));
-        }
-        if engine.holds.insert_untracked(hold, part).is_some() {
+        let (expiry, forget) = self.engine.index_part(&part);
+        self.expiry.extend(expiry);
+        self.forget.extend(forget);
+        if self
+            .engine
+            .holds
+            .insert_untracked(part.hold, part)
+            .is_some()
+        {
             return Err(format!("snapshot holds hold {:?} twice", hs.hold_ref));
         }
         Ok(())

@@ -135,17 +135,6 @@ proptest! {
         prop_assert!(rebuilt.snapshot() == h.engine.snapshot(), "folded deltas differ from the state");
         prop_assert!(h.engine.take_checkpoint_delta().is_empty());
     }
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: cases(256),
-        max_shrink_iters: 20_000,
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
-            "proptest-regressions/checkpoint_delta.txt",
-        ))),
-        ..ProptestConfig::default()
-    })]
 
     /// Deltas taken in steps of a few entries, with operations between the steps, folded
     /// in order, rebuild the engine's state: an entry changed after its copy is copied
