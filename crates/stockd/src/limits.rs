@@ -139,6 +139,42 @@ pub const CONCURRENT_REQUESTS_MAX_DEFAULT: usize = MAILBOX_CAPACITY_DEFAULT;
 /// one connection alone.
 pub const H2_STREAMS_PER_CONNECTION_MAX: u32 = 256;
 
+/// Largest HTTP/2 header list one request may send (SETTINGS_MAX_HEADER_LIST_SIZE: the
+/// headers and metadata of a call, decoded, plus 32 bytes per entry). A stockd call sends
+/// a few hundred bytes (path, content type, a bearer token); 16 KiB leaves room for
+/// tracing metadata, and bounds what hyper buffers per stream: at most
+/// `H2_STREAMS_PER_CONNECTION_MAX` × this (4 MiB) per connection.
+pub const H2_HEADER_LIST_BYTES_MAX: u32 = 16 << 10;
+
+/// Largest HTTP/2 frame the server accepts (SETTINGS_MAX_FRAME_SIZE): the protocol's
+/// minimum, which is also hyper's default, stated here so it is a named bound.
+pub const H2_FRAME_BYTES_MAX: u32 = 16 << 10;
+
+/// Most connections open at once, over both listeners. A connection beyond it is closed
+/// as soon as it is accepted (`stockd_connections_refused_total`), so a flood of idle
+/// connections costs its sockets, not the server's memory: each open connection holds
+/// hyper's buffers (tens of KiB) and, with TLS, rustls' (about 34 KiB).
+pub const CONNECTIONS_MAX: usize = 4_096;
+
+/// How often HTTP/2 pings an idle connection, and how long it waits for the answer before
+/// it closes it: a peer that vanished (no FIN) gives its connection slot back within
+/// their sum.
+pub const H2_KEEPALIVE_INTERVAL_SECS: u64 = 60;
+pub const H2_KEEPALIVE_TIMEOUT_SECS: u64 = 20;
+
+/// How long the server waits for a client's TLS handshake: a client that connects and
+/// sends nothing holds its connection slot at most this long.
+pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+
+/// Handshakes in progress at once: beyond it, accepted connections wait for their turn
+/// (bounding the CPU and memory of a handshake flood, still under `CONNECTIONS_MAX`).
+pub const TLS_HANDSHAKES_MAX: usize = 256;
+
+/// How often the certificate, key and client CA files, the policy file and the token file
+/// are read again to see whether they changed (cert-manager rotates certificates by
+/// replacing files). Each check reads a few KiB; a change is in force within this time.
+pub const SECURITY_RELOAD_POLL_MS: u64 = 1_000;
+
 /// How long in-flight calls may take to finish after SIGTERM by default
 /// (`--drain-timeout-secs`). Kubernetes' default grace period is 30 s, so 10 s leaves time
 /// for the shards' final flush.
@@ -194,6 +230,9 @@ const _: () =
 const _: () = assert!(CONCURRENT_REQUESTS_MAX_DEFAULT <= MAILBOX_CAPACITY_DEFAULT);
 // One connection cannot take every slot.
 const _: () = assert!((H2_STREAMS_PER_CONNECTION_MAX as usize) < CONCURRENT_REQUESTS_MAX_DEFAULT);
+// A handshake in progress holds a connection slot.
+const _: () = assert!(TLS_HANDSHAKES_MAX <= CONNECTIONS_MAX);
+const _: () = assert!(H2_HEADER_LIST_BYTES_MAX >= 4 << 10 && H2_FRAME_BYTES_MAX >= 16 << 10);
 // A batch can always be filled from a default mailbox.
 const _: () = assert!(BATCH_MAX <= MAILBOX_CAPACITY_DEFAULT);
 // A group commit can drain a log writer's whole inbox, so a batch waits for at most one

@@ -4,11 +4,13 @@
 //! - `convert`: protobuf ↔ domain, naming the field of every bad input.
 //! - `status`: errors → `tonic::Status`, one exhaustive mapping.
 //! - `observe`: the span and latency histogram around every RPC.
+//! - `decode`: a request body tonic cannot decode answers INVALID_ARGUMENT, not INTERNAL.
 //! - `overload`: the concurrency limit and load shedding (tower layers) before the services.
 //! - `serve`: the tonic server (health, reflection, services, message limits) and its drain.
 
 pub mod admin;
 pub mod convert;
+pub mod decode;
 pub mod inventory;
 pub mod observe;
 pub mod overload;

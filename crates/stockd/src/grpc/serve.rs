@@ -15,9 +15,13 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::server::HealthReporter;
 
+use super::decode::Decoding;
 use super::{AdminApi, InventoryApi, Overload};
 use crate::config::ServeLimits;
-use crate::limits::DECODED_MESSAGE_BYTES_MAX;
+use crate::limits::{
+    DECODED_MESSAGE_BYTES_MAX, H2_FRAME_BYTES_MAX, H2_HEADER_LIST_BYTES_MAX,
+    H2_KEEPALIVE_INTERVAL_SECS, H2_KEEPALIVE_TIMEOUT_SECS,
+};
 use crate::proto::inventory::v1::admin_service_server::AdminServiceServer;
 use crate::proto::inventory::v1::inventory_service_server::InventoryServiceServer;
 use crate::shard::Router;
@@ -94,11 +98,15 @@ pub async fn serve(
     let mut server = tokio::spawn(
         tonic::transport::Server::builder()
             .max_concurrent_streams(Some(limits.streams_per_connection_max))
+            .http2_max_header_list_size(H2_HEADER_LIST_BYTES_MAX)
+            .max_frame_size(H2_FRAME_BYTES_MAX)
+            .http2_keepalive_interval(Some(Duration::from_secs(H2_KEEPALIVE_INTERVAL_SECS)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(H2_KEEPALIVE_TIMEOUT_SECS)))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(overload.guard(inventory))
-            .add_service(overload.guard(admin))
+            .add_service(overload.guard(Decoding::new(inventory)))
+            .add_service(overload.guard(Decoding::new(admin)))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stopped.await;
             }),

@@ -27,6 +27,10 @@ pub enum ApiError {
         product_ref: String,
         location_ref: String,
     },
+    /// tonic could not decode the request body (not protobuf of the method's type, broken
+    /// framing, or over `DECODED_MESSAGE_BYTES_MAX`): `grpc::decode`.
+    #[error("the request body cannot be decoded: {0}")]
+    BadRequestBody(String),
 }
 
 impl From<Error> for ApiError {
@@ -52,6 +56,7 @@ pub fn to_status(error: impl Into<ApiError>) -> Status {
         ApiError::Shard(ShardError::Stopped(_)) => Status::unavailable("stockd is shutting down"),
         e @ ApiError::Overloaded => Status::resource_exhausted(e.to_string()),
         e @ ApiError::PositionNotFound { .. } => Status::not_found(e.to_string()),
+        e @ ApiError::BadRequestBody(_) => Status::invalid_argument(e.to_string()),
     }
 }
 

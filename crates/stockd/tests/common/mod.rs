@@ -7,6 +7,8 @@
 //! - `client`: tonic clients to either, with bounded connect and call times.
 //! - `requests`: request builders (a channel, a stock count, a reserve of lines) and times.
 //! - `calls`: one RPC each, its answer checked or made plain (`Ok(None)` for NOT_FOUND).
+//! - `raw`: calls with raw request bodies (tonic with a bytes codec, and `h2` for broken
+//!   framing).
 //! - `fixtures`: the durability tests' world: a data folder (`TestFolder`), products on
 //!   every shard, standard channels, a server started on them with stock counted
 //!   (`start_seeded`), a mix of holds in every state.
@@ -26,6 +28,7 @@ pub mod calls;
 pub mod client;
 pub mod fixtures;
 pub mod manifests;
+pub mod raw;
 pub mod requests;
 pub mod server;
 pub mod sim;

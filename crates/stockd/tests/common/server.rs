@@ -128,8 +128,17 @@ impl InProcessServer {
     }
 
     async fn start_in(dir: tempfile::TempDir, shards: u32) -> InProcessServer {
+        Self::start_configured(dir, |config| config.shards = shards).await
+    }
+
+    /// Starts a server with the configuration `configure` makes of the defaults, in
+    /// `dir`, and waits until it serves.
+    pub async fn start_configured(
+        dir: tempfile::TempDir,
+        configure: impl FnOnce(&mut ServerConfig),
+    ) -> InProcessServer {
         let mut config = ServerConfig::new(dir.path().join("data"));
-        config.shards = shards;
+        configure(&mut config);
         let Spawned { grpc, stop, task } = spawn_in_process(config).await;
         let ready = client::wait_serving(grpc, READY_TIMEOUT, || {
             task.is_finished()
