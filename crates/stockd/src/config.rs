@@ -129,6 +129,32 @@ pub struct ServeArgs {
     /// Scheduler ticks between two polls of the I/O driver (tokio's `event_interval`).
     #[arg(long, env = "STOCKD_EVENT_INTERVAL", default_value_t = limits::RUNTIME_EVENT_INTERVAL_DEFAULT)]
     pub event_interval: u32,
+    /// Address AdminService gets a port of its own on (so a NetworkPolicy can admit it
+    /// from operators only); default: it shares --grpc-addr with InventoryService.
+    #[arg(long, env = "STOCKD_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+    /// PEM certificate chain of the server; with --tls-key, every port serves TLS only.
+    /// Reloaded when the file changes.
+    #[arg(long, env = "STOCKD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert. Reloaded when the file changes.
+    #[arg(long, env = "STOCKD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates; when set, every client must present a certificate one of them
+    /// signed (mutual TLS). Reloaded when the file changes.
+    #[arg(long, env = "STOCKD_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// TOML access policy: which identities may call which methods, for which channels.
+    /// Without it every caller may call everything. Reloaded when the file changes.
+    #[arg(long, env = "STOCKD_AUTH_POLICY")]
+    pub auth_policy: Option<PathBuf>,
+    /// Bearer tokens: lines of `<sha256 of the token, hex> <identity>`, for callers
+    /// without a client certificate. Reloaded when the file changes.
+    #[arg(long, env = "STOCKD_AUTH_TOKENS", requires = "auth_policy")]
+    pub auth_tokens: Option<PathBuf>,
+    /// Serve gRPC server reflection (grpcurl, grpcui), open to every caller.
+    #[arg(long, env = "STOCKD_REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub reflection: bool,
     /// Testing only: when this file exists, every write to disk fails.
     #[arg(long, env = "STOCKD_FAULT_FAIL_WRITES_FILE", hide = true)]
     pub fault_fail_writes_file: Option<PathBuf>,
@@ -206,6 +232,8 @@ pub struct ServeLimits {
     pub load_shed: bool,
     /// Most concurrent HTTP/2 streams per connection.
     pub streams_per_connection_max: u32,
+    /// Most connections open at once, over every port.
+    pub connections_max: usize,
 }
 
 impl Default for ServeLimits {
@@ -214,6 +242,40 @@ impl Default for ServeLimits {
             concurrent_requests_max: limits::CONCURRENT_REQUESTS_MAX_DEFAULT,
             load_shed: true,
             streams_per_connection_max: limits::H2_STREAMS_PER_CONNECTION_MAX,
+            connections_max: limits::CONNECTIONS_MAX,
+        }
+    }
+}
+
+/// The server's TLS files (`grpc::tls`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// With it, a client certificate signed by one of its CAs is required.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Who may connect and call what (`grpc::tls`, `grpc::access`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecurityConfig {
+    /// TLS on every port; plaintext without it.
+    pub tls: Option<TlsFiles>,
+    /// The access policy file; without it every caller may call everything.
+    pub policy: Option<PathBuf>,
+    /// The bearer tokens file.
+    pub tokens: Option<PathBuf>,
+    /// Serve reflection.
+    pub reflection: bool,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            tls: None,
+            policy: None,
+            tokens: None,
+            reflection: true,
         }
     }
 }
@@ -235,6 +297,8 @@ pub struct ServerConfig {
     pub log: crate::storage::log::LogConfig,
     /// The gRPC server's limits: concurrent calls, load shedding, HTTP/2 streams.
     pub serve: ServeLimits,
+    /// TLS, identities and the access policy.
+    pub security: SecurityConfig,
 }
 
 impl ServerConfig {
@@ -253,6 +317,7 @@ impl ServerConfig {
             storage: crate::storage::StorageBackend::Real,
             log: crate::storage::log::LogConfig::default(),
             serve: ServeLimits::default(),
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -318,6 +383,20 @@ impl ServeArgs {
         config.fault_file = self.fault_fail_writes_file.clone();
         config.serve.concurrent_requests_max = self.max_concurrent_requests;
         config.serve.load_shed = self.load_shed;
+        config.security = SecurityConfig {
+            tls: self
+                .tls_cert
+                .clone()
+                .zip(self.tls_key.clone())
+                .map(|(cert, key)| TlsFiles {
+                    cert,
+                    key,
+                    client_ca: self.tls_client_ca.clone(),
+                }),
+            policy: self.auth_policy.clone(),
+            tokens: self.auth_tokens.clone(),
+            reflection: self.reflection,
+        };
         Ok(config)
     }
 }

@@ -162,6 +162,14 @@ pub const CONNECTIONS_MAX: usize = 4_096;
 pub const H2_KEEPALIVE_INTERVAL_SECS: u64 = 60;
 pub const H2_KEEPALIVE_TIMEOUT_SECS: u64 = 20;
 
+/// Accepted connections (handshaken, with TLS) waiting for tonic to take them: tonic takes
+/// each at once, so this only smooths a burst.
+pub const ACCEPTED_QUEUE_CAPACITY: usize = 64;
+
+/// How long the accept loop waits after a failed accept (out of file descriptors) before
+/// it tries again, instead of spinning.
+pub const ACCEPT_ERROR_BACKOFF_MS: u64 = 10;
+
 /// How long the server waits for a client's TLS handshake: a client that connects and
 /// sends nothing holds its connection slot at most this long.
 pub const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;

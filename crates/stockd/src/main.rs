@@ -4,7 +4,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use stockd::config::{Cli, Command, LogFormat, RuntimeArg, ServeArgs};
-use stockd::server::StartError;
+use stockd::server::{Listeners, StartError};
 
 /// mimalloc instead of glibc's malloc: allocation was 16% of a Reserve's server CPU
 /// (`_int_malloc`, `malloc_consolidate` for buffers freed on another thread), see the
@@ -38,6 +38,7 @@ fn main() -> std::process::ExitCode {
         let shutdown = shutdown_signal();
         tracing::info!(
             grpc_addr = %args.grpc_addr,
+            admin_addr = ?args.admin_addr,
             metrics_addr = %args.metrics_addr,
             data_dir = %config.data_dir.display(),
             shards = config.shards,
@@ -47,13 +48,12 @@ fn main() -> std::process::ExitCode {
             env!("CARGO_PKG_VERSION")
         );
         stockd::metrics::install(args.metrics_addr)?;
-        let listener = tokio::net::TcpListener::bind(args.grpc_addr)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: args.grpc_addr,
-                source,
-            })?;
-        stockd::server::try_run(config, listener, shutdown).await
+        let grpc = bind(args.grpc_addr).await?;
+        let admin = match args.admin_addr {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        stockd::server::try_run(config, Listeners { grpc, admin }, shutdown).await
     });
     match result {
         Ok(_) => std::process::ExitCode::SUCCESS,
@@ -63,6 +63,12 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })
 }
 
 /// The runtime `--runtime`, `--worker-threads` and `--event-interval` ask for.

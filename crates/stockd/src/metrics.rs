@@ -87,6 +87,7 @@ pub fn describe() {
     describe_service();
     describe_shards();
     describe_storage();
+    describe_security();
     describe_counter!(
         SHARD_MESSAGES,
         Unit::Count,
@@ -366,4 +367,42 @@ pub fn shard_message(kind: &'static str) {
     SHARD_MESSAGE_HANDLES
         .get_or(kind, |&kind| counter!(SHARD_MESSAGES, "kind" => kind))
         .increment(1);
+}
+
+// ---- Connections and access (`grpc::listen`, `grpc::access`) ---------------------------
+
+pub const CONNECTIONS_REFUSED: &str = "stockd_connections_refused_total";
+pub const TLS_HANDSHAKES: &str = "stockd_tls_handshakes_total";
+pub const AUTH_DENIED: &str = "stockd_auth_denied_total";
+
+fn describe_security() {
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        Unit::Count,
+        "Connections closed as soon as accepted because CONNECTIONS_MAX were open (count)."
+    );
+    describe_counter!(
+        TLS_HANDSHAKES,
+        Unit::Count,
+        "TLS handshakes (count) by result: ok, failed (plaintext, an unknown client CA), timeout."
+    );
+    describe_counter!(
+        AUTH_DENIED,
+        Unit::Count,
+        "Calls refused by the access policy (count) by reason: no_identity, unknown_token, unknown_identity, method, channel."
+    );
+}
+
+pub fn connection_refused() {
+    counter!(CONNECTIONS_REFUSED).increment(1);
+}
+
+/// `result` is one of ok, failed, timeout.
+pub fn tls_handshake(result: &'static str) {
+    counter!(TLS_HANDSHAKES, "result" => result).increment(1);
+}
+
+/// `reason` comes from a fixed list (see `describe_security`); no identity is a label.
+pub fn auth_denied(reason: &'static str) {
+    counter!(AUTH_DENIED, "reason" => reason).increment(1);
 }

@@ -9,12 +9,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle as TaskHandle;
 
 use crate::clock::now_millis;
 use crate::config::ServerConfig;
-use crate::grpc::{self, ServeError};
+pub use crate::grpc::Listeners;
+use crate::grpc::{self, Protection, ServeError};
 use crate::metrics::MetricsError;
 use crate::shard::actor::Reload;
 use crate::shard::directory::Directory;
@@ -65,7 +65,7 @@ pub enum StartError {
 /// binary, the tests, `stockd-load --embedded`) print it.
 pub async fn run(
     config: ServerConfig,
-    listener: TcpListener,
+    listener: impl Into<Listeners>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RecoveryReport, String> {
     try_run(config, listener, shutdown)
@@ -73,10 +73,11 @@ pub async fn run(
         .map_err(|e| e.to_string())
 }
 
-/// [`run`] with its typed error.
+/// [`run`] with its typed error. `listeners` is the gRPC port's listener, or
+/// [`Listeners`] with AdminService's own port too.
 pub async fn try_run(
     config: ServerConfig,
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RecoveryReport, StartError> {
     let storage = Storage::open(&config.storage, &config.data_dir, config.log)?;
@@ -103,13 +104,17 @@ pub async fn try_run(
     // The services own the last router: once `serve` returns, the shards see their
     // mailboxes close and finish their batches; each log writer then syncs what it was
     // given and stops.
+    let protection = Protection {
+        limits: config.serve.clone(),
+        security: config.security.clone(),
+    };
     let draining = grpc::serve(
         router,
-        listener,
+        listeners.into(),
         shutdown,
         config.drain_timeout,
         storage_failed,
-        config.serve.clone(),
+        protection,
     )
     .await?;
     prune.abort();

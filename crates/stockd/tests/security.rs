@@ -15,6 +15,9 @@ use tonic::Code;
 use common::raw;
 use common::requests::{count_now, reserve_request, ts};
 use common::server::{InProcessServer, tempdir};
+use common::tls::{self, Ca};
+use stockd::proto::inventory::v1::admin_service_client::AdminServiceClient;
+use tonic::transport::Channel;
 
 const INV: &str = "/inventory.v1.InventoryService/";
 const ADM: &str = "/inventory.v1.AdminService/";
@@ -227,5 +230,105 @@ async fn malformed_oversized_and_misframed_bodies_answer_invalid_argument() {
     let mut cut = raw::frame(&[0x0a, 0x02, 0x08, 0x01]);
     cut.truncate(7);
     assert_eq!(raw::h2_call(server.grpc, &path, cut).await, "3");
+    server.stop().await;
+}
+
+// ---- TLS ---------------------------------------------------------------------------------
+
+/// How long a server may take to serve, or to pick up a changed file.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A server with TLS on the files `ca` signed (and, with `client_ca`, mutual TLS); its
+/// certificate folder.
+async fn tls_server(ca: &Ca, client_ca: Option<&Ca>) -> (InProcessServer, std::path::PathBuf) {
+    let dir = tempdir();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).expect("certs folder");
+    let files = tls::write_files(&certs, &ca.server(), client_ca.map(|c| c.cert.as_str()));
+    let server = InProcessServer::launch(
+        dir,
+        |c| {
+            c.shards = 1;
+            c.security.tls = Some(files);
+        },
+        false,
+    )
+    .await;
+    (server, certs)
+}
+
+async fn list_channels(channel: Channel) -> Result<usize, tonic::Status> {
+    let reply = AdminServiceClient::new(channel)
+        .list_channels(pb::ListChannelsRequest {})
+        .await?;
+    Ok(reply.into_inner().channels.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_admits_only_clients_of_its_ca() {
+    let ca = Ca::new("stockd test CA");
+    let clients = Ca::new("client CA");
+    let (server, _certs) = tls_server(&ca, Some(&clients)).await;
+    let good = clients.client("spiffe://test/ns/shop/sa/storefront");
+    let valid = tls::channel(server.grpc, &ca.cert, Some(&good));
+    tls::wait_serving(valid.clone(), READY_TIMEOUT).await;
+    assert_eq!(
+        list_channels(valid)
+            .await
+            .expect("a valid client is served"),
+        0
+    );
+
+    // Plaintext: the handshake fails, no call is answered.
+    let plain = list_channels(server.channel()).await;
+    assert!(plain.is_err(), "plaintext answered: {plain:?}");
+    // A client certificate of another CA, and none at all.
+    let stranger = Ca::new("another CA").client("spiffe://test/ns/shop/sa/storefront");
+    let other = list_channels(tls::channel(server.grpc, &ca.cert, Some(&stranger))).await;
+    assert!(
+        other.is_err(),
+        "a certificate of another CA answered: {other:?}"
+    );
+    let anonymous = list_channels(tls::channel(server.grpc, &ca.cert, None)).await;
+    assert!(
+        anonymous.is_err(),
+        "a client without a certificate answered: {anonymous:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_certificate_is_served_without_a_restart_and_open_connections_go_on() {
+    let first = Ca::new("first CA");
+    let (server, certs) = tls_server(&first, None).await;
+    let open = tls::channel(server.grpc, &first.cert, None);
+    tls::wait_serving(open.clone(), READY_TIMEOUT).await;
+
+    // cert-manager renews: a new key and certificate, here from a new CA, so a client
+    // can tell which one the server presents.
+    let second = Ca::new("second CA");
+    let renewed = second.server();
+    tls::write_atomically(&certs.join("server.key"), &renewed.key);
+    tls::write_atomically(&certs.join("server.crt"), &renewed.cert);
+    let deadline = std::time::Instant::now() + READY_TIMEOUT;
+    loop {
+        let fresh = tls::channel(server.grpc, &second.cert, None);
+        if list_channels(fresh).await.is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the renewed certificate was not served within {READY_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The connection opened before the renewal goes on.
+    assert!(
+        list_channels(open).await.is_ok(),
+        "the open connection was dropped"
+    );
+    // A new client that trusts only the first CA no longer gets in.
+    let old = list_channels(tls::channel(server.grpc, &first.cert, None)).await;
+    assert!(old.is_err(), "the old certificate is still served: {old:?}");
     server.stop().await;
 }

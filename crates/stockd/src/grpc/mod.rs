@@ -6,18 +6,26 @@
 //! - `observe`: the span and latency histogram around every RPC.
 //! - `decode`: a request body tonic cannot decode answers INVALID_ARGUMENT, not INTERNAL.
 //! - `overload`: the concurrency limit and load shedding (tower layers) before the services.
-//! - `serve`: the tonic server (health, reflection, services, message limits) and its drain.
+//! - `listen`: accepting connections: the connection bound, TLS handshakes, `Peer`.
+//! - `tls`: rustls' server configuration from PEM files; `reload`: files re-read on change.
+//! - `identity`: client certificate names, bearer tokens.
+//! - `serve`: the tonic server (health, reflection, services, message limits, ports) and
+//!   its drain.
 
 pub mod admin;
 pub mod convert;
 pub mod decode;
+pub mod identity;
 pub mod inventory;
+pub mod listen;
 pub mod observe;
 pub mod overload;
+pub mod reload;
 pub mod serve;
 pub mod status;
+pub mod tls;
 
 pub use admin::AdminApi;
 pub use inventory::InventoryApi;
 pub use overload::Overload;
-pub use serve::{ServeError, serve};
+pub use serve::{Listeners, Protection, ServeError, serve};

@@ -1,7 +1,8 @@
-//! The tonic server: health, reflection and the two services on one listener, and its
+//! The tonic server: health, reflection and the two services on one listener (or
+//! AdminService on a listener of its own, `--admin-addr`), TLS when configured, and the
 //! graceful stop.
 //!
-//! `server::run` hands over the router, the bound listener and the shutdown signal;
+//! `server::run` hands over the router, the bound listeners and the shutdown signal;
 //! everything that knows tonic's `Server` lives here.
 
 use std::future::Future;
@@ -11,13 +12,16 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_rustls::TlsAcceptor;
+use tonic::server::NamedService;
+use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 
 use super::decode::Decoding;
+use super::listen::{self, Gate};
+use super::reload::Watched;
 use super::{AdminApi, InventoryApi, Overload};
-use crate::config::ServeLimits;
+use crate::config::{SecurityConfig, ServeLimits};
 use crate::limits::{
     DECODED_MESSAGE_BYTES_MAX, H2_FRAME_BYTES_MAX, H2_HEADER_LIST_BYTES_MAX,
     H2_KEEPALIVE_INTERVAL_SECS, H2_KEEPALIVE_TIMEOUT_SECS,
@@ -35,6 +39,9 @@ pub enum ServeError {
     /// The listener has no local address.
     #[error("the gRPC listener has no address: {0}")]
     Listener(#[source] std::io::Error),
+    /// A TLS, policy or token file cannot be read or is refused.
+    #[error("{0}")]
+    Security(String),
     /// The server failed; it runs until shutdown.
     #[error("gRPC server stopped: {0}")]
     Transport(#[from] tonic::transport::Error),
@@ -46,7 +53,25 @@ pub enum ServeError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then drains: health answers
+/// The bound listeners: the gRPC port, and AdminService's own port if it has one.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub admin: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(grpc: TcpListener) -> Self {
+        Listeners { grpc, admin: None }
+    }
+}
+
+/// How the server is protected and bounded: its limits and its security configuration.
+pub struct Protection {
+    pub limits: ServeLimits,
+    pub security: SecurityConfig,
+}
+
+/// Serves the API on `listeners` until `shutdown` completes, then drains: health answers
 /// NOT_SERVING, no new connection is accepted, and in-flight calls get `drain_timeout` to
 /// finish before the remaining connections are closed. Returns once the server has
 /// stopped (the services, and with them their routers, are dropped), with the moment the
@@ -55,12 +80,17 @@ pub enum ServeError {
 /// services sit behind `limits`' concurrency limit and load shedding (`grpc::overload`).
 pub async fn serve(
     router: Arc<Router>,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()>,
     drain_timeout: Duration,
     storage_failed: Arc<tokio::sync::Notify>,
-    limits: ServeLimits,
+    protection: Protection,
 ) -> Result<Instant, ServeError> {
+    let Protection { limits, security } = protection;
+    let tls = match &security.tls {
+        Some(files) => Some(super::tls::watch(files).map_err(ServeError::Security)?),
+        None => None,
+    };
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, true).await;
     let reporter = health.clone();
@@ -70,51 +100,48 @@ pub async fn serve(
             .set_not_serving::<InventoryServiceServer<InventoryApi>>()
             .await;
     });
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let open = reflection_routes(security.reflection)?.add_service(health_service);
+    let overload = Overload::new(limits.concurrent_requests_max, limits.load_shed);
     let inventory = InventoryServiceServer::new(InventoryApi {
         router: router.clone(),
     })
     .max_decoding_message_size(DECODED_MESSAGE_BYTES_MAX);
     let admin = AdminServiceServer::new(AdminApi { router })
         .max_decoding_message_size(DECODED_MESSAGE_BYTES_MAX);
-    let overload = Overload::new(limits.concurrent_requests_max, limits.load_shed);
-
-    let addr = listener.local_addr().map_err(ServeError::Listener)?;
-    let incoming = TcpListenerStream::new(listener).map(|conn| {
-        if let Ok(stream) = &conn {
-            // Replies are small and latency-bound: never wait to coalesce them.
-            let _ = stream.set_nodelay(true);
+    let inventory = open.clone().add_service(guard(&overload, inventory));
+    let admin = guard(&overload, admin);
+    let gate = Gate::new(limits.connections_max);
+    let mut ports = Vec::new();
+    match listeners.admin {
+        None => {
+            let both = inventory.add_service(admin);
+            ports.push(port(
+                listeners.grpc,
+                both,
+                "inventory+admin",
+                &tls,
+                &gate,
+                &limits,
+            )?);
         }
-        conn
-    });
-    let (stop, stopped) = oneshot::channel::<()>();
-    let mut server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .max_concurrent_streams(Some(limits.streams_per_connection_max))
-            .http2_max_header_list_size(H2_HEADER_LIST_BYTES_MAX)
-            .max_frame_size(H2_FRAME_BYTES_MAX)
-            .http2_keepalive_interval(Some(Duration::from_secs(H2_KEEPALIVE_INTERVAL_SECS)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(H2_KEEPALIVE_TIMEOUT_SECS)))
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(overload.guard(Decoding::new(inventory)))
-            .add_service(overload.guard(Decoding::new(admin)))
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stopped.await;
-            }),
-    );
-    tracing::info!(grpc_addr = %addr, "serving");
+        Some(admin_listener) => {
+            ports.push(port(
+                listeners.grpc,
+                inventory,
+                "inventory",
+                &tls,
+                &gate,
+                &limits,
+            )?);
+            let admin = open.add_service(admin);
+            ports.push(port(admin_listener, admin, "admin", &tls, &gate, &limits)?);
+        }
+    }
+    tls_log(&tls);
 
+    let ended = futures::future::select_all(ports.iter_mut().map(|p| &mut p.task));
     tokio::select! {
-        result = &mut server => {
+        (result, _, _) = ended => {
             watch_storage.abort();
             return Err(match result {
                 Ok(Ok(())) => ServeError::Ended,
@@ -126,31 +153,99 @@ pub async fn serve(
     }
     let draining = Instant::now();
     watch_storage.abort();
-    drain(&health, stop, server, drain_timeout).await;
+    drain(&health, ports, drain_timeout).await;
     Ok(draining)
+}
+
+/// A service of the API: bodies tonic cannot decode answer INVALID_ARGUMENT, behind the
+/// shared concurrency limit.
+fn guard<S>(overload: &Overload, service: S) -> super::overload::Guarded<Decoding<S>>
+where
+    S: NamedService,
+{
+    overload.guard(Decoding::new(service))
+}
+
+/// Reflection, unless turned off: open on every port, outside the limits, like health.
+fn reflection_routes(reflection: bool) -> Result<Routes, ServeError> {
+    let routes = Routes::default();
+    if !reflection {
+        return Ok(routes);
+    }
+    let v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    Ok(routes.add_service(v1).add_service(v1alpha))
+}
+
+/// One listener's server, running until its stop is sent.
+struct Port {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+/// Serves `routes` on `listener`, with TLS if configured, under the shared connection
+/// gate and the HTTP/2 limits.
+fn port(
+    listener: TcpListener,
+    routes: Routes,
+    serves: &'static str,
+    tls: &Option<Watched<TlsAcceptor>>,
+    gate: &Gate,
+    limits: &ServeLimits,
+) -> Result<Port, ServeError> {
+    let addr = listener.local_addr().map_err(ServeError::Listener)?;
+    let incoming = listen::incoming(listener, tls.clone(), gate.clone());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(limits.streams_per_connection_max))
+            .http2_max_header_list_size(H2_HEADER_LIST_BYTES_MAX)
+            .max_frame_size(H2_FRAME_BYTES_MAX)
+            .http2_keepalive_interval(Some(Duration::from_secs(H2_KEEPALIVE_INTERVAL_SECS)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(H2_KEEPALIVE_TIMEOUT_SECS)))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            }),
+    );
+    tracing::info!(grpc_addr = %addr, services = serves, "serving");
+    Ok(Port { stop, task })
+}
+
+fn tls_log(tls: &Option<Watched<TlsAcceptor>>) {
+    if tls.is_none() {
+        tracing::warn!(
+            "TLS is off: every port serves plaintext (production needs --tls-cert and --tls-key)"
+        );
+    }
 }
 
 /// Health NOT_SERVING, stop accepting, give in-flight calls `drain_timeout`, then close
 /// the remaining connections.
-async fn drain(
-    health: &HealthReporter,
-    stop: oneshot::Sender<()>,
-    mut server: JoinHandle<Result<(), tonic::transport::Error>>,
-    drain_timeout: Duration,
-) {
+async fn drain(health: &HealthReporter, ports: Vec<Port>, drain_timeout: Duration) {
     tracing::info!("shutting down: draining in-flight requests");
     set_health(health, false).await;
-    let _ = stop.send(());
-    if tokio::time::timeout(drain_timeout, &mut server)
-        .await
-        .is_err()
-    {
+    let mut tasks = Vec::new();
+    for port in ports {
+        let _ = port.stop.send(());
+        tasks.push(port.task);
+    }
+    let all = futures::future::join_all(tasks.iter_mut());
+    if tokio::time::timeout(drain_timeout, all).await.is_err() {
         tracing::warn!(
             drain_timeout_secs = drain_timeout.as_secs(),
             "drain timeout reached; closing the remaining connections"
         );
-        server.abort();
-        let _ = server.await;
+        for task in &tasks {
+            task.abort();
+        }
+        futures::future::join_all(tasks).await;
     }
 }
 

@@ -9,6 +9,7 @@
 //! - `calls`: one RPC each, its answer checked or made plain (`Ok(None)` for NOT_FOUND).
 //! - `raw`: calls with raw request bodies (tonic with a bytes codec, and `h2` for broken
 //!   framing).
+//! - `tls`: certificates made at test time (rcgen), TLS clients.
 //! - `fixtures`: the durability tests' world: a data folder (`TestFolder`), products on
 //!   every shard, standard channels, a server started on them with stock counted
 //!   (`start_seeded`), a mix of holds in every state.
@@ -33,5 +34,6 @@ pub mod requests;
 pub mod server;
 pub mod sim;
 pub mod store;
+pub mod tls;
 pub mod visible;
 pub mod yaml;

@@ -81,6 +81,8 @@ macro_rules! grpc_clients {
 /// `stockd::server::run` on 127.0.0.1:0 in the test's runtime, with its own data folder.
 pub struct InProcessServer {
     pub grpc: SocketAddr,
+    /// AdminService's port: `grpc` unless the server was launched with a port of its own.
+    pub admin_addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<ServerTask>,
     _dir: tempfile::TempDir,
@@ -137,29 +139,73 @@ impl InProcessServer {
         dir: tempfile::TempDir,
         configure: impl FnOnce(&mut ServerConfig),
     ) -> InProcessServer {
-        let mut config = ServerConfig::new(dir.path().join("data"));
-        configure(&mut config);
-        let Spawned { grpc, stop, task } = spawn_in_process(config).await;
-        let ready = client::wait_serving(grpc, READY_TIMEOUT, || {
-            task.is_finished()
+        let server = Self::launch(dir, configure, false).await;
+        let ready = client::wait_serving(server.grpc, READY_TIMEOUT, || {
+            server
+                .finished()
                 .then(|| "stockd::server::run returned".to_string())
         })
         .await;
         if let Err(e) = ready {
-            let outcome = if task.is_finished() {
-                format!("{:?}", task.await)
-            } else {
-                task.abort();
-                "still running".to_string()
-            };
-            panic!("the in-process server did not start: {e} (run: {outcome})");
+            server.fail_to_start(e).await;
         }
+        server
+    }
+
+    /// Spawns a server with the configuration `configure` makes of the defaults, in `dir`,
+    /// AdminService on a port of its own if `admin_port`; it may not serve yet (a TLS
+    /// server's readiness is the caller's to check).
+    pub async fn launch(
+        dir: tempfile::TempDir,
+        configure: impl FnOnce(&mut ServerConfig),
+        admin_port: bool,
+    ) -> InProcessServer {
+        let mut config = ServerConfig::new(dir.path().join("data"));
+        configure(&mut config);
+        let bind = || async {
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind 127.0.0.1:0")
+        };
+        let grpc_listener = bind().await;
+        let grpc = grpc_listener.local_addr().expect("local addr");
+        let admin_listener = if admin_port { Some(bind().await) } else { None };
+        let admin = admin_listener
+            .as_ref()
+            .map_or(grpc, |l| l.local_addr().expect("local addr"));
+        let listeners = stockd::server::Listeners {
+            grpc: grpc_listener,
+            admin: admin_listener,
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(stockd::server::run(config, listeners, async {
+            let _ = stopped.await;
+        }));
         InProcessServer {
             grpc,
+            admin_addr: admin,
             stop: Some(stop),
             task: Some(task),
             _dir: dir,
         }
+    }
+
+    /// Whether `run` returned (the server stopped or never started).
+    pub fn finished(&self) -> bool {
+        self.task.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// Panics with why the server did not start (`error`, and `run`'s answer if it
+    /// returned).
+    pub async fn fail_to_start(mut self, error: String) -> ! {
+        let task = self.task.take().expect("started");
+        let outcome = if task.is_finished() {
+            format!("{:?}", task.await)
+        } else {
+            task.abort();
+            "still running".to_string()
+        };
+        panic!("the in-process server did not start: {error} (run: {outcome})");
     }
 
     grpc_clients!();
