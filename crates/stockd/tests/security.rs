@@ -13,10 +13,12 @@ use stockd::storage::Durability;
 use tonic::Code;
 
 use common::raw;
+use common::requests::channel_bps;
 use common::requests::{count_now, reserve_request, ts};
 use common::server::{InProcessServer, tempdir};
 use common::tls::{self, Ca};
 use stockd::proto::inventory::v1::admin_service_client::AdminServiceClient;
+use stockd::proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use tonic::transport::Channel;
 
 const INV: &str = "/inventory.v1.InventoryService/";
@@ -330,5 +332,227 @@ async fn a_rotated_certificate_is_served_without_a_restart_and_open_connections_
     // A new client that trusts only the first CA no longer gets in.
     let old = list_channels(tls::channel(server.grpc, &first.cert, None)).await;
     assert!(old.is_err(), "the old certificate is still served: {old:?}");
+    server.stop().await;
+}
+
+// ---- Identities and the policy -----------------------------------------------------------
+
+const AVAILABILITY: &str = "inventory.v1.InventoryService/GetAvailability";
+const RESERVE: &str = "inventory.v1.InventoryService/Reserve";
+
+/// One identity of a policy: its name, its methods, its channels (`None`: every one).
+type Entry<'a> = (&'a str, &'a [&'a str], Option<&'a [&'a str]>);
+
+/// A policy file of `entries`.
+fn policy(entries: &[Entry<'_>]) -> String {
+    let mut text = String::new();
+    for (name, methods, channels) in entries {
+        text += &format!("[[identities]]\nname = {name:?}\nmethods = {methods:?}\n");
+        if let Some(channels) = channels {
+            text += &format!("channels = {channels:?}\n");
+        }
+    }
+    text
+}
+
+/// `message` with `authorization: Bearer <token>` (none for an empty token).
+fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if !token.is_empty() {
+        let value = format!("Bearer {token}").parse().expect("ascii");
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A Reserve of one unit of P1 at DC1 for `channel`, as `token`'s identity.
+async fn reserve_as(channel: Channel, token: &str, channel_ref: &str) -> Result<(), tonic::Status> {
+    let hold = format!("h-{channel_ref}-{}", rand::random::<u32>());
+    let request = reserve_request(&hold, channel_ref, &[("P1", "DC1", 1)], 0);
+    InventoryServiceClient::new(channel)
+        .reserve(with_token(request, token))
+        .await
+        .map(|_| ())
+}
+
+#[track_caller]
+fn assert_refused(result: Result<(), tonic::Status>, code: Code, names: &str) {
+    let status = result.expect_err("refused");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(
+        status.message().contains(names),
+        "{status:?} should name {names}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_and_the_policy_decide_methods_and_channels_and_reload() {
+    let dir = tempdir();
+    let policy_file = dir.path().join("policy.toml");
+    let tokens_file = dir.path().join("tokens");
+    let write_policy = |social: &[&str]| {
+        let text = policy(&[
+            ("social-storefront", &[AVAILABILITY, RESERVE], Some(social)),
+            (
+                "warehouse-feed",
+                &["inventory.v1.AdminService/SetStock"],
+                None,
+            ),
+            ("operator", &["inventory.v1.AdminService/*"], None),
+        ]);
+        tls::write_atomically(&policy_file, &text);
+    };
+    write_policy(&["SOCIAL"]);
+    let hash = |t: &str| hex(&stockd::grpc::identity::sha256(t.as_bytes()));
+    let tokens = format!(
+        "# sha256 identity\n{} social-storefront\n{} warehouse-feed\n{} operator\n",
+        hash("social-secret"),
+        hash("feed-secret"),
+        hash("op-secret")
+    );
+    std::fs::write(&tokens_file, tokens).expect("tokens");
+    let (p, t) = (policy_file.clone(), tokens_file.clone());
+    // Health stays open: the start waits for a health answer without a token.
+    let server = InProcessServer::start_configured(dir, move |c| {
+        c.shards = 1;
+        c.security.policy = Some(p);
+        c.security.tokens = Some(t);
+    })
+    .await;
+    let ch = server.channel();
+    let mut admin = AdminServiceClient::new(ch.clone());
+    for c in [
+        channel_bps("SOCIAL", 5_000, 0),
+        channel_bps("WEB", 5_000, 0),
+    ] {
+        let upsert = pb::UpsertChannelRequest { channel: Some(c) };
+        admin
+            .upsert_channel(with_token(upsert, "op-secret"))
+            .await
+            .expect("operator");
+    }
+    let set = pb::SetStockRequest {
+        counts: vec![count_now("P1", "DC1", 100)],
+    };
+    admin
+        .set_stock(with_token(set, "feed-secret"))
+        .await
+        .expect("feed sets stock");
+
+    // No identity, an unknown token.
+    assert_refused(
+        reserve_as(ch.clone(), "", "SOCIAL").await,
+        Code::Unauthenticated,
+        "no identity",
+    );
+    assert_refused(
+        reserve_as(ch.clone(), "guess", "SOCIAL").await,
+        Code::Unauthenticated,
+        "token",
+    );
+    // The storefront: its methods, its channel only.
+    reserve_as(ch.clone(), "social-secret", "SOCIAL")
+        .await
+        .expect("SOCIAL");
+    assert_refused(
+        reserve_as(ch.clone(), "social-secret", "WEB").await,
+        Code::PermissionDenied,
+        "WEB",
+    );
+    let list = admin
+        .list_channels(with_token(pb::ListChannelsRequest {}, "social-secret"))
+        .await;
+    assert_refused(list.map(|_| ()), Code::PermissionDenied, "ListChannels");
+    // The feed: SetStock only.
+    assert_refused(
+        reserve_as(ch.clone(), "feed-secret", "SOCIAL").await,
+        Code::PermissionDenied,
+        "Reserve",
+    );
+    let upsert = pb::UpsertChannelRequest {
+        channel: Some(channel_bps("WEB", 5_000, 0)),
+    };
+    let refused = admin
+        .upsert_channel(with_token(upsert, "feed-secret"))
+        .await;
+    assert_refused(refused.map(|_| ()), Code::PermissionDenied, "UpsertChannel");
+
+    // The policy changes: the storefront may use WEB too, without a restart.
+    write_policy(&["SOCIAL", "WEB"]);
+    let deadline = std::time::Instant::now() + READY_TIMEOUT;
+    while reserve_as(ch.clone(), "social-secret", "WEB")
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new policy was not loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_name_identities_for_the_policy() {
+    let ca = Ca::new("stockd test CA");
+    let clients = Ca::new("client CA");
+    let dir = tempdir();
+    let certs = dir.path().join("certs");
+    std::fs::create_dir(&certs).expect("certs folder");
+    let files = tls::write_files(&certs, &ca.server(), Some(&clients.cert));
+    let policy_file = dir.path().join("policy.toml");
+    let storefront = "spiffe://test/ns/shop/sa/social-storefront";
+    let text = policy(&[
+        (storefront, &[AVAILABILITY, RESERVE], Some(&["SOCIAL"])),
+        ("ops.test", &["inventory.v1.AdminService/*"], None),
+    ]);
+    std::fs::write(&policy_file, text).expect("policy");
+    let server = InProcessServer::launch(
+        dir,
+        |c| {
+            c.shards = 1;
+            c.security.tls = Some(files);
+            c.security.policy = Some(policy_file);
+        },
+        false,
+    )
+    .await;
+    let ops = tls::channel(server.grpc, &ca.cert, Some(&clients.client("ops.test")));
+    tls::wait_serving(ops.clone(), READY_TIMEOUT).await;
+    let mut admin = AdminServiceClient::new(ops.clone());
+    let upsert = pb::UpsertChannelRequest {
+        channel: Some(channel_bps("SOCIAL", 5_000, 0)),
+    };
+    admin
+        .upsert_channel(upsert)
+        .await
+        .expect("ops (a DNS name) configures");
+
+    let shop = tls::channel(server.grpc, &ca.cert, Some(&clients.client(storefront)));
+    reserve_as(shop.clone(), "", "SOCIAL")
+        .await
+        .expect("the SPIFFE ID reserves on SOCIAL");
+    assert_refused(
+        reserve_as(shop.clone(), "", "WEB").await,
+        Code::PermissionDenied,
+        "WEB",
+    );
+    let list = AdminServiceClient::new(shop)
+        .list_channels(pb::ListChannelsRequest {})
+        .await;
+    assert_refused(list.map(|_| ()), Code::PermissionDenied, "ListChannels");
+    // A certificate of the right CA whose name the policy does not know.
+    let stranger = clients.client("spiffe://test/ns/other/sa/stranger");
+    let unknown = tls::channel(server.grpc, &ca.cert, Some(&stranger));
+    assert_refused(
+        reserve_as(unknown, "", "SOCIAL").await,
+        Code::Unauthenticated,
+        "stranger",
+    );
     server.stop().await;
 }

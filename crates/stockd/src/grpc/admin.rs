@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::access::check_channel;
 use super::convert;
 use super::observe::observe;
 use super::status::{ApiError, to_status};
@@ -134,6 +135,14 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::UpsertChannelRequest>,
     ) -> Result<Response<pb::UpsertChannelResponse>, Status> {
+        check_channel(
+            &request,
+            request
+                .get_ref()
+                .channel
+                .as_ref()
+                .map_or("", |c| &c.channel_ref),
+        )?;
         let r = request.into_inner();
         observe(SERVICE, "UpsertChannel", "", "", async {
             let channel = r
@@ -170,6 +179,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::DeleteChannelRequest>,
     ) -> Result<Response<pb::DeleteChannelResponse>, Status> {
+        check_channel(&request, &request.get_ref().channel_ref)?;
         let r = request.into_inner();
         observe(SERVICE, "DeleteChannel", &r.channel_ref, "", async {
             self.router

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::access::check_channel;
 use super::convert;
 use super::observe::{self, observe, observe_in};
 use super::status::to_status;
@@ -31,6 +32,7 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::GetAvailabilityRequest>,
     ) -> Result<Response<pb::GetAvailabilityResponse>, Status> {
+        check_channel(&request, &request.get_ref().channel_ref)?;
         let r = request.into_inner();
         observe(SERVICE, "GetAvailability", &r.channel_ref, "", async {
             let keys: Vec<(String, String)> = r
@@ -65,6 +67,7 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::ReserveRequest>,
     ) -> Result<Response<pb::ReserveResponse>, Status> {
+        check_channel(&request, &request.get_ref().channel_ref)?;
         let r = request.into_inner();
         let span = observe::span(SERVICE, "Reserve", &r.channel_ref, &r.hold_ref);
         // Looked up before the request moves into the router, so a known channel costs no

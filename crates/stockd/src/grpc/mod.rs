@@ -8,10 +8,12 @@
 //! - `overload`: the concurrency limit and load shedding (tower layers) before the services.
 //! - `listen`: accepting connections: the connection bound, TLS handshakes, `Peer`.
 //! - `tls`: rustls' server configuration from PEM files; `reload`: files re-read on change.
-//! - `identity`: client certificate names, bearer tokens.
+//! - `identity`: client certificate names, bearer tokens; `policy`: the `--auth-policy`
+//!   file; `access`: the policy's checks (method before the service, channel in handlers).
 //! - `serve`: the tonic server (health, reflection, services, message limits, ports) and
 //!   its drain.
 
+pub mod access;
 pub mod admin;
 pub mod convert;
 pub mod decode;
@@ -20,6 +22,7 @@ pub mod inventory;
 pub mod listen;
 pub mod observe;
 pub mod overload;
+pub mod policy;
 pub mod reload;
 pub mod serve;
 pub mod status;

@@ -19,10 +19,18 @@ use tokio::task::JoinHandle;
 use crate::limits::SECURITY_RELOAD_POLL_MS;
 
 /// The current version of what a set of files says, kept up to date while it lives.
-#[derive(Clone)]
 pub struct Watched<T> {
     current: watch::Receiver<Arc<T>>,
     _poll: Arc<AbortOnDrop>,
+}
+
+impl<T> Clone for Watched<T> {
+    fn clone(&self) -> Self {
+        Watched {
+            current: self.current.clone(),
+            _poll: self._poll.clone(),
+        }
+    }
 }
 
 struct AbortOnDrop(JoinHandle<()>);

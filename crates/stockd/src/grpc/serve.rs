@@ -17,9 +17,12 @@ use tonic::server::NamedService;
 use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 
+use super::access::{Access, Rules};
 use super::decode::Decoding;
+use super::identity::Tokens;
 use super::listen::{self, Gate};
-use super::reload::Watched;
+use super::policy::Policy;
+use super::reload::{Watched, watch_files};
 use super::{AdminApi, InventoryApi, Overload};
 use crate::config::{SecurityConfig, ServeLimits};
 use crate::limits::{
@@ -108,8 +111,11 @@ pub async fn serve(
     .max_decoding_message_size(DECODED_MESSAGE_BYTES_MAX);
     let admin = AdminServiceServer::new(AdminApi { router })
         .max_decoding_message_size(DECODED_MESSAGE_BYTES_MAX);
-    let inventory = open.clone().add_service(guard(&overload, inventory));
-    let admin = guard(&overload, admin);
+    let rules = rules(&security)?;
+    let inventory = open
+        .clone()
+        .add_service(guard(&overload, &rules, inventory));
+    let admin = guard(&overload, &rules, admin);
     let gate = Gate::new(limits.connections_max);
     let mut ports = Vec::new();
     match listeners.admin {
@@ -159,11 +165,38 @@ pub async fn serve(
 
 /// A service of the API: bodies tonic cannot decode answer INVALID_ARGUMENT, behind the
 /// shared concurrency limit.
-fn guard<S>(overload: &Overload, service: S) -> super::overload::Guarded<Decoding<S>>
+fn guard<S>(
+    overload: &Overload,
+    rules: &Option<Rules>,
+    service: S,
+) -> Access<super::overload::Guarded<Decoding<S>>>
 where
     S: NamedService,
 {
-    overload.guard(Decoding::new(service))
+    Access::new(overload.guard(Decoding::new(service)), rules.clone())
+}
+
+/// The policy and the tokens, watched for changes, if a policy is configured.
+fn rules(security: &SecurityConfig) -> Result<Option<Rules>, ServeError> {
+    let Some(policy) = &security.policy else {
+        tracing::warn!("no --auth-policy: every caller may call every method, for every channel");
+        return Ok(None);
+    };
+    let policy = watch_files("access policy", vec![policy.clone()], |c| {
+        Policy::parse(&c[0])
+    })
+    .map_err(ServeError::Security)?;
+    let tokens = match &security.tokens {
+        Some(path) => Some(
+            watch_files("bearer tokens", vec![path.clone()], |c| {
+                Tokens::parse(&c[0])
+            })
+            .map_err(ServeError::Security)?,
+        ),
+        None => None,
+    };
+    tracing::info!(policy = ?security.policy, tokens = ?security.tokens, "access policy in force");
+    Ok(Some(Rules { policy, tokens }))
 }
 
 /// Reflection, unless turned off: open on every port, outside the limits, like health.

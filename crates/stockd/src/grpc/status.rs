@@ -31,6 +31,12 @@ pub enum ApiError {
     /// framing, or over `DECODED_MESSAGE_BYTES_MAX`): `grpc::decode`.
     #[error("the request body cannot be decoded: {0}")]
     BadRequestBody(String),
+    /// The caller has no identity, or one the policy does not know (`grpc::access`).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The policy does not allow the caller this method or channel (`grpc::access`).
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
 }
 
 impl From<Error> for ApiError {
@@ -57,6 +63,8 @@ pub fn to_status(error: impl Into<ApiError>) -> Status {
         e @ ApiError::Overloaded => Status::resource_exhausted(e.to_string()),
         e @ ApiError::PositionNotFound { .. } => Status::not_found(e.to_string()),
         e @ ApiError::BadRequestBody(_) => Status::invalid_argument(e.to_string()),
+        e @ ApiError::Unauthenticated(_) => Status::unauthenticated(e.to_string()),
+        e @ ApiError::PermissionDenied(_) => Status::permission_denied(e.to_string()),
     }
 }
 
