@@ -4,8 +4,8 @@
 //! (a) every `--flag` the manifests and the Containerfile pass to stockd (and
 //!     every `STOCKD_*` variable they set) is known to `stockd serve --help`,
 //!     and values of flags with a fixed set of values are among them;
-//! (b) container ports are 50051 (gRPC) and 9464 (metrics), agree with
-//!     `--grpc-addr`/`--metrics-addr`, EXPOSE, the probes, the Services'
+//! (b) container ports are 50051 (gRPC), 50052 (admin) and 9464 (metrics), agree with
+//!     `--grpc-addr`/`--admin-addr`/`--metrics-addr`, EXPOSE, the probes, the Services'
 //!     targetPorts, the NetworkPolicy and the ServiceMonitor;
 //! (c) the data volume is mounted at the `--data-dir` of the manifests, which is
 //!     the data directory the Containerfile creates, owns and passes;
@@ -25,6 +25,7 @@ use common::manifests::*;
 use common::yaml::{Yaml, parse_yaml};
 
 const GRPC_PORT: i64 = 50051;
+const ADMIN_PORT: i64 = 50052;
 const METRICS_PORT: i64 = 9464;
 
 // ============================================================== (a) flags
@@ -156,13 +157,18 @@ fn ports_agree_across_container_probes_services_and_policies() {
     let ports: BTreeSet<i64> = by_name.values().copied().collect();
     assert_eq!(
         ports,
-        BTreeSet::from([GRPC_PORT, METRICS_PORT]),
+        BTreeSet::from([GRPC_PORT, ADMIN_PORT, METRICS_PORT]),
         "{STATEFULSET_FILE}: container ports"
     );
     assert_eq!(
         by_name.get("grpc"),
         Some(&GRPC_PORT),
         "container port `grpc`"
+    );
+    assert_eq!(
+        by_name.get("admin"),
+        Some(&ADMIN_PORT),
+        "container port `admin`"
     );
     assert_eq!(
         by_name.get("metrics"),
@@ -174,7 +180,11 @@ fn ports_agree_across_container_probes_services_and_policies() {
     let args = str_list(c.get("args"));
     let cmd = containerfile_exec("CMD");
     for (origin, list) in [(STATEFULSET_FILE, &args), (CONTAINERFILE, &cmd)] {
-        for (flag, want) in [("--grpc-addr", GRPC_PORT), ("--metrics-addr", METRICS_PORT)] {
+        for (flag, want) in [
+            ("--grpc-addr", GRPC_PORT),
+            ("--admin-addr", ADMIN_PORT),
+            ("--metrics-addr", METRICS_PORT),
+        ] {
             if let Some(addr) = flag_value(list, flag) {
                 assert_eq!(addr_port(&addr), want, "{origin}: {flag}={addr}");
             }

@@ -556,3 +556,69 @@ async fn client_certificates_name_identities_for_the_policy() {
     );
     server.stop().await;
 }
+
+// ---- The admin port and reflection ----------------------------------------------------
+
+const REFLECTION: &str = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_addr_serves_admin_service_on_its_own_port_and_reflection_can_be_off() {
+    let server = InProcessServer::launch(
+        tempdir(),
+        |c| {
+            c.shards = 1;
+            c.security.reflection = false;
+        },
+        true,
+    )
+    .await;
+    assert_ne!(server.admin_addr, server.grpc);
+    let client = common::client::channel(server.admin_addr);
+    tls::wait_serving(client.clone(), READY_TIMEOUT).await;
+    assert_eq!(list_channels(client.clone()).await.expect("admin port"), 0);
+    // Each service on its own port only; health on both.
+    let admin_on_grpc = list_channels(server.channel())
+        .await
+        .expect_err("not on grpc");
+    assert_eq!(
+        admin_on_grpc.code(),
+        Code::Unimplemented,
+        "{admin_on_grpc:?}"
+    );
+    let inventory_on_admin = reserve_as(client.clone(), "", "WEB")
+        .await
+        .expect_err("not here");
+    assert_eq!(
+        inventory_on_admin.code(),
+        Code::Unimplemented,
+        "{inventory_on_admin:?}"
+    );
+    common::client::wait_serving(server.grpc, READY_TIMEOUT, || None)
+        .await
+        .expect("health on the gRPC port");
+    // --reflection false: no reflection on either port.
+    for port in [server.channel(), client] {
+        let off = raw::call(port, REFLECTION, Vec::new())
+            .await
+            .expect_err("off");
+        assert_eq!(off.code(), Code::Unimplemented, "{off:?}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_naming_a_method_the_api_lacks_refuses_to_start() {
+    let dir = tempdir();
+    let file = dir.path().join("policy.toml");
+    let text = policy(&[("shop", &["inventory.v1.InventoryService/Reserv"], None)]);
+    std::fs::write(&file, text).expect("policy");
+    let mut config = stockd::config::ServerConfig::new(dir.path().join("data"));
+    config.security.policy = Some(file);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let refused = stockd::server::run(config, listener, std::future::pending())
+        .await
+        .expect_err("refused");
+    assert!(refused.contains("Reserv\""), "{refused}");
+}
