@@ -133,6 +133,10 @@ pub struct ServeArgs {
     /// from operators only); default: it shares --grpc-addr with InventoryService.
     #[arg(long, env = "STOCKD_ADMIN_ADDR")]
     pub admin_addr: Option<SocketAddr>,
+    /// Address of a plaintext port serving only grpc.health.v1, for probes that cannot
+    /// speak TLS (Kubernetes' gRPC probes); default: none (health is on every port).
+    #[arg(long, env = "STOCKD_HEALTH_ADDR")]
+    pub health_addr: Option<SocketAddr>,
     /// PEM certificate chain of the server; with --tls-key, every port serves TLS only.
     /// Reloaded when the file changes.
     #[arg(long, env = "STOCKD_TLS_CERT", requires = "tls_key")]

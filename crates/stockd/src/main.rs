@@ -53,7 +53,16 @@ fn main() -> std::process::ExitCode {
             Some(addr) => Some(bind(addr).await?),
             None => None,
         };
-        stockd::server::try_run(config, Listeners { grpc, admin }, shutdown).await
+        let health = match args.health_addr {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let listeners = Listeners {
+            grpc,
+            admin,
+            health,
+        };
+        stockd::server::try_run(config, listeners, shutdown).await
     });
     match result {
         Ok(_) => std::process::ExitCode::SUCCESS,

@@ -254,6 +254,7 @@ async fn tls_server(ca: &Ca, client_ca: Option<&Ca>) -> (InProcessServer, std::p
             c.security.tls = Some(files);
         },
         false,
+        true,
     )
     .await;
     (server, certs)
@@ -520,6 +521,7 @@ async fn client_certificates_name_identities_for_the_policy() {
             c.security.policy = Some(policy_file);
         },
         false,
+        false,
     )
     .await;
     let ops = tls::channel(server.grpc, &ca.cert, Some(&clients.client("ops.test")));
@@ -570,6 +572,7 @@ async fn admin_addr_serves_admin_service_on_its_own_port_and_reflection_can_be_o
             c.security.reflection = false;
         },
         true,
+        false,
     )
     .await;
     assert_ne!(server.admin_addr, server.grpc);
@@ -621,4 +624,18 @@ async fn a_policy_naming_a_method_the_api_lacks_refuses_to_start() {
         .await
         .expect_err("refused");
     assert!(refused.contains("Reserv\""), "{refused}");
+}
+
+#[test]
+fn the_secure_overlays_policy_is_one_stockd_accepts() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../k8s/overlays/secure/policy.toml"
+    );
+    let text = std::fs::read(path).expect("read the overlay's policy");
+    let policy = stockd::grpc::policy::Policy::parse(&text).expect("a valid policy");
+    let storefront = ["spiffe://cluster.local/ns/shop/sa/social-storefront"];
+    let (_, grant) = policy.grant(&storefront).expect("the storefront is listed");
+    assert!(grant.allows("inventory.v1.InventoryService", "Reserve"));
+    assert!(!grant.allows("inventory.v1.AdminService", "SetStock"));
 }

@@ -56,15 +56,23 @@ pub enum ServeError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// The bound listeners: the gRPC port, and AdminService's own port if it has one.
+/// The bound listeners: the gRPC port, AdminService's own port if it has one, and a
+/// plaintext health-only port if there is one.
 pub struct Listeners {
     pub grpc: TcpListener,
     pub admin: Option<TcpListener>,
+    /// `--health-addr`: `grpc.health.v1` only, always plaintext, for the kubelet's gRPC
+    /// probes, which cannot speak TLS.
+    pub health: Option<TcpListener>,
 }
 
 impl From<TcpListener> for Listeners {
     fn from(grpc: TcpListener) -> Self {
-        Listeners { grpc, admin: None }
+        Listeners {
+            grpc,
+            admin: None,
+            health: None,
+        }
     }
 }
 
@@ -103,6 +111,7 @@ pub async fn serve(
             .set_not_serving::<InventoryServiceServer<InventoryApi>>()
             .await;
     });
+    let probes = Routes::new(health_service.clone());
     let open = reflection_routes(security.reflection)?.add_service(health_service);
     let overload = Overload::new(limits.concurrent_requests_max, limits.load_shed);
     let inventory = InventoryServiceServer::new(InventoryApi {
@@ -142,6 +151,16 @@ pub async fn serve(
             let admin = open.add_service(admin);
             ports.push(port(admin_listener, admin, "admin", &tls, &gate, &limits)?);
         }
+    }
+    if let Some(health_listener) = listeners.health {
+        ports.push(port(
+            health_listener,
+            probes,
+            "health",
+            &None,
+            &gate,
+            &limits,
+        )?);
     }
     tls_log(&tls);
 

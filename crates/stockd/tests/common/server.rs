@@ -83,6 +83,8 @@ pub struct InProcessServer {
     pub grpc: SocketAddr,
     /// AdminService's port: `grpc` unless the server was launched with a port of its own.
     pub admin_addr: SocketAddr,
+    /// The plaintext health-only port, if launched with one.
+    pub health_addr: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<ServerTask>,
     _dir: tempfile::TempDir,
@@ -139,7 +141,7 @@ impl InProcessServer {
         dir: tempfile::TempDir,
         configure: impl FnOnce(&mut ServerConfig),
     ) -> InProcessServer {
-        let server = Self::launch(dir, configure, false).await;
+        let server = Self::launch(dir, configure, false, false).await;
         let ready = client::wait_serving(server.grpc, READY_TIMEOUT, || {
             server
                 .finished()
@@ -153,12 +155,14 @@ impl InProcessServer {
     }
 
     /// Spawns a server with the configuration `configure` makes of the defaults, in `dir`,
-    /// AdminService on a port of its own if `admin_port`; it may not serve yet (a TLS
-    /// server's readiness is the caller's to check).
+    /// AdminService on a port of its own if `admin_port`, a plaintext health-only port if
+    /// `health_port`; it may not serve yet (a TLS server's readiness is the caller's to
+    /// check).
     pub async fn launch(
         dir: tempfile::TempDir,
         configure: impl FnOnce(&mut ServerConfig),
         admin_port: bool,
+        health_port: bool,
     ) -> InProcessServer {
         let mut config = ServerConfig::new(dir.path().join("data"));
         configure(&mut config);
@@ -173,9 +177,18 @@ impl InProcessServer {
         let admin = admin_listener
             .as_ref()
             .map_or(grpc, |l| l.local_addr().expect("local addr"));
+        let health_listener = if health_port {
+            Some(bind().await)
+        } else {
+            None
+        };
+        let health_addr = health_listener
+            .as_ref()
+            .map(|l| l.local_addr().expect("local addr"));
         let listeners = stockd::server::Listeners {
             grpc: grpc_listener,
             admin: admin_listener,
+            health: health_listener,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(stockd::server::run(config, listeners, async {
@@ -184,6 +197,7 @@ impl InProcessServer {
         InProcessServer {
             grpc,
             admin_addr: admin,
+            health_addr,
             stop: Some(stop),
             task: Some(task),
             _dir: dir,
