@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tonic::server::NamedService;
 use tonic::service::Routes;
+use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::HealthReporter;
 
 use super::access::{Access, Rules};
@@ -102,15 +103,7 @@ pub async fn serve(
         Some(files) => Some(super::tls::watch(files).map_err(ServeError::Security)?),
         None => None,
     };
-    let (health, health_service) = tonic_health::server::health_reporter();
-    set_health(&health, true).await;
-    let reporter = health.clone();
-    let watch_storage = tokio::spawn(async move {
-        storage_failed.notified().await;
-        reporter
-            .set_not_serving::<InventoryServiceServer<InventoryApi>>()
-            .await;
-    });
+    let (health, health_service, watch_storage) = start_health(storage_failed).await;
     let probes = Routes::new(health_service.clone());
     let open = reflection_routes(security.reflection)?.add_service(health_service);
     let overload = Overload::new(limits.concurrent_requests_max, limits.load_shed);
@@ -164,6 +157,39 @@ pub async fn serve(
     }
     tls_log(&tls);
 
+    run_until(shutdown, ports, &health, watch_storage, drain_timeout).await
+}
+
+/// Health: SERVING for both services, and NOT_SERVING for the InventoryService once
+/// `storage_failed` is notified (by the returned task).
+async fn start_health(
+    storage_failed: Arc<tokio::sync::Notify>,
+) -> (
+    HealthReporter,
+    HealthServer<impl tonic_health::pb::health_server::Health>,
+    JoinHandle<()>,
+) {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, true).await;
+    let reporter = health.clone();
+    let watch_storage = tokio::spawn(async move {
+        storage_failed.notified().await;
+        reporter
+            .set_not_serving::<InventoryServiceServer<InventoryApi>>()
+            .await;
+    });
+    (health, health_service, watch_storage)
+}
+
+/// Runs the ports until `shutdown` (then drains them, returning when the drain began) or
+/// until one of them fails.
+async fn run_until(
+    shutdown: impl Future<Output = ()>,
+    mut ports: Vec<Port>,
+    health: &HealthReporter,
+    watch_storage: JoinHandle<()>,
+    drain_timeout: Duration,
+) -> Result<Instant, ServeError> {
     let ended = futures::future::select_all(ports.iter_mut().map(|p| &mut p.task));
     tokio::select! {
         (result, _, _) = ended => {
@@ -178,7 +204,7 @@ pub async fn serve(
     }
     let draining = Instant::now();
     watch_storage.abort();
-    drain(&health, ports, drain_timeout).await;
+    drain(health, ports, drain_timeout).await;
     Ok(draining)
 }
 
