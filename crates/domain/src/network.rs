@@ -10,8 +10,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::limits::{LOCATIONS_MAX, NETWORK_LOCATIONS_MAX};
+use crate::limits::{LOCATIONS_MAX, NETWORK_LOCATIONS_MAX, NETWORK_PRODUCTS_MAX};
 use crate::refs::check_ref;
+use crate::request::check_ref_field;
 
 /// What kind of site a location is (informative: the flags decide what it may do).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -163,6 +164,69 @@ impl NetworkSnap {
         out.sort_by(|a, b| a.location_ref.cmp(&b.location_ref));
         out
     }
+}
+
+/// A product's ATS over a channel's network: the sum, and each member's part when asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkAts {
+    pub product_ref: String,
+    pub quantity: i64,
+    /// (location ref, ATS) per network location, by ref; empty unless asked.
+    pub locations: Vec<(String, i64)>,
+}
+
+/// Checks an aggregate availability read: 1 to `NETWORK_PRODUCTS_MAX` products, each once.
+pub fn validate_network_read(channel_ref: &str, products: &[String]) -> Result<(), Error> {
+    check_ref_field("channel_ref", channel_ref)?;
+    if products.is_empty() || products.len() > NETWORK_PRODUCTS_MAX {
+        return Err(Error::invalid(
+            "product_refs",
+            format!(
+                "must hold 1 to {NETWORK_PRODUCTS_MAX} products (got {})",
+                products.len()
+            ),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, p) in products.iter().enumerate() {
+        let field = format!("product_refs[{i}]");
+        check_ref_field(&field, p)?;
+        if !seen.insert(p.as_str()) {
+            return Err(Error::invalid(field, format!("repeats {p:?}")));
+        }
+    }
+    Ok(())
+}
+
+/// Sums the ATS read at every (product, member) key, product-major, into one answer per
+/// product.
+pub fn sum_network(
+    products: Vec<String>,
+    members: &[&LocationConfig],
+    ats: &[i64],
+    by_location: bool,
+) -> Vec<NetworkAts> {
+    debug_assert_eq!(ats.len(), products.len() * members.len());
+    products
+        .into_iter()
+        .enumerate()
+        .map(|(i, product_ref)| {
+            let row = &ats[i * members.len()..(i + 1) * members.len()];
+            NetworkAts {
+                product_ref,
+                quantity: row.iter().sum(),
+                locations: if by_location {
+                    members
+                        .iter()
+                        .zip(row)
+                        .map(|(l, q)| (l.location_ref.clone(), *q))
+                        .collect()
+                } else {
+                    Vec::new()
+                },
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -217,3 +217,97 @@ async fn locations_and_networks_survive_restarts() {
         }
     }
 }
+
+// =====================================================================================
+// Network availability
+// =====================================================================================
+
+async fn network_ats(
+    inv: &mut common::client::Inv,
+    channel_ref: &str,
+    products: &[&str],
+    include_locations: bool,
+) -> Result<Vec<pb::NetworkAvailability>, tonic::Status> {
+    inv.get_network_availability(pb::GetNetworkAvailabilityRequest {
+        channel_ref: channel_ref.into(),
+        product_refs: products.iter().map(|p| p.to_string()).collect(),
+        include_locations,
+    })
+    .await
+    .map(|r| r.into_inner().products)
+}
+
+/// "Is it in stock online" is one call: the sum over the network, exclusions and
+/// ring-fences applied, equal to the per-location reads.
+#[tokio::test]
+async fn network_availability_sums_the_network() {
+    let server = InProcessServer::start(3).await;
+    let mut admin = server.admin();
+    let mut inv = server.inventory();
+    // WEB: 60% ring-fence, excluded at DC3. SOCIAL: 40%, everywhere.
+    let mut web = common::requests::channel_bps(WEB, 6_000, 0);
+    web.excluded_locations = vec!["DC3".into()];
+    upsert_channel(&mut admin, web).await;
+    upsert_channel(
+        &mut admin,
+        common::requests::channel_bps("SOCIAL", 4_000, 0),
+    )
+    .await;
+    upsert_locations(
+        &mut admin,
+        (1..=4).map(|i| dc(&format!("DC{i}"), i)).collect(),
+    )
+    .await;
+    let mut counts = Vec::new();
+    for (p, q) in [("A", 10), ("B", 3)] {
+        for i in 1..=4 {
+            counts.push(count_now(p, &format!("DC{i}"), q * i as i64));
+        }
+    }
+    set_stock_ok(&mut admin, counts).await;
+    for channel_ref in [WEB, "SOCIAL"] {
+        let answer = network_ats(&mut inv, channel_ref, &["A", "B", "C"], true)
+            .await
+            .expect("GetNetworkAvailability");
+        for a in &answer {
+            let mut per_location = Vec::new();
+            for i in 1..=4 {
+                let l = format!("DC{i}");
+                if channel_ref == WEB && l == "DC3" {
+                    continue;
+                }
+                per_location.push((
+                    l.clone(),
+                    ats(&mut inv, channel_ref, &a.product_ref, &l).await,
+                ));
+            }
+            let got: Vec<(String, i64)> = a
+                .locations
+                .iter()
+                .map(|l| (l.location_ref.clone(), l.quantity))
+                .collect();
+            assert_eq!(got, per_location, "{channel_ref} {}", a.product_ref);
+            assert_eq!(a.quantity, per_location.iter().map(|l| l.1).sum::<i64>());
+        }
+        assert_eq!(
+            answer
+                .iter()
+                .map(|a| a.product_ref.as_str())
+                .collect::<Vec<_>>(),
+            ["A", "B", "C"]
+        );
+    }
+    // WEB: floor(0.6 × 10i) at DC1, DC2, DC4 = 6 + 12 + 24.
+    let web = network_ats(&mut inv, WEB, &["A"], false).await.unwrap();
+    assert_eq!((web[0].quantity, web[0].locations.len()), (42, 0));
+
+    let (code, _) = refused(network_ats(&mut inv, "NOPE", &["A"], false).await);
+    assert_eq!(code, Code::NotFound);
+    let (code, msg) = refused(network_ats(&mut inv, WEB, &[], false).await);
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(msg.starts_with("product_refs"), "{msg}");
+    let (code, msg) = refused(network_ats(&mut inv, WEB, &["A", "A"], false).await);
+    assert_eq!(code, Code::InvalidArgument);
+    assert!(msg.starts_with("product_refs[1]"), "{msg}");
+    server.stop().await;
+}

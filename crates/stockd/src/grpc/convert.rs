@@ -373,3 +373,18 @@ pub fn network_out(n: ChannelNetwork) -> pb::ChannelNetwork {
         locations: n.locations,
     }
 }
+
+pub fn network_ats(a: domain::network::NetworkAts) -> pb::NetworkAvailability {
+    pb::NetworkAvailability {
+        product_ref: a.product_ref,
+        quantity: a.quantity,
+        locations: a
+            .locations
+            .into_iter()
+            .map(|(location_ref, quantity)| pb::LocationAvailability {
+                location_ref,
+                quantity,
+            })
+            .collect(),
+    }
+}

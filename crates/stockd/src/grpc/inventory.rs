@@ -27,6 +27,30 @@ pub struct InventoryApi {
 
 #[tonic::async_trait]
 impl InventoryService for InventoryApi {
+    async fn get_network_availability(
+        &self,
+        request: Request<pb::GetNetworkAvailabilityRequest>,
+    ) -> Result<Response<pb::GetNetworkAvailabilityResponse>, Status> {
+        let r = request.into_inner();
+        observe(
+            SERVICE,
+            "GetNetworkAvailability",
+            &r.channel_ref,
+            "",
+            async {
+                let answers = self
+                    .router
+                    .network_availability(&r.channel_ref, r.product_refs, r.include_locations)
+                    .await
+                    .map_err(to_status)?;
+                Ok(pb::GetNetworkAvailabilityResponse {
+                    products: answers.into_iter().map(convert::network_ats).collect(),
+                })
+            },
+        )
+        .await
+    }
+
     async fn get_availability(
         &self,
         request: Request<pb::GetAvailabilityRequest>,

@@ -10,8 +10,11 @@
 
 use std::sync::Arc;
 
-use super::Router;
+use futures::future::join_all;
+
+use super::{Router, shard_of};
 use crate::shard::handle::ShardError;
+use stockd_domain::network::{NetworkAts, sum_network, validate_network_read};
 use stockd_domain::request::check_ref_field;
 use stockd_domain::{
     ChannelConfig, ChannelNetwork, Command, Error, LocationConfig, Millis, NetworkSnap,
@@ -95,5 +98,51 @@ impl Router {
             return Err(Error::UnknownLocation(missing.clone()).into());
         }
         self.configure(now, Command::SetNetwork(network)).await
+    }
+
+    /// For each product, the channel's ATS summed over its network (and each location's
+    /// part with `by_location`): one message per shard owning a (product, member) key.
+    pub async fn network_availability(
+        &self,
+        channel_ref: &str,
+        products: Vec<String>,
+        by_location: bool,
+    ) -> Result<Vec<NetworkAts>, ShardError> {
+        validate_network_read(channel_ref, &products)?;
+        let view = self.network().await?;
+        let members = view.members(channel_ref)?;
+        let keys = products
+            .iter()
+            .flat_map(|p| members.iter().map(|l| (p.clone(), l.location_ref.clone())))
+            .collect();
+        let ats = self.ats_of(channel_ref, keys).await?;
+        Ok(sum_network(products, &members, &ats, by_location))
+    }
+
+    /// The ATS of `channel_ref` at each (product, location) key, in key order: one message
+    /// per shard that owns a key. The caller validated the refs and bounded the keys.
+    pub(crate) async fn ats_of(
+        &self,
+        channel_ref: &str,
+        keys: Vec<(String, String)>,
+    ) -> Result<Vec<i64>, ShardError> {
+        let n = self.shards.len();
+        let total = keys.len();
+        let mut by_shard: Vec<Vec<(usize, String, String)>> = vec![Vec::new(); n];
+        for (i, (p, l)) in keys.into_iter().enumerate() {
+            by_shard[shard_of(&p, &l, n)].push((i, p, l));
+        }
+        let calls = by_shard
+            .into_iter()
+            .enumerate()
+            .filter(|(_, k)| !k.is_empty())
+            .map(|(s, k)| self.shards[s].availability(channel_ref.to_string(), k));
+        let mut out = vec![0; total];
+        for answer in join_all(calls).await {
+            for (i, q) in answer? {
+                out[i] = q;
+            }
+        }
+        Ok(out)
     }
 }
