@@ -100,7 +100,7 @@ impl FulfilRequest {
             ));
         }
         if let Delivery::ClickAndCollect { store_ref, .. } = &self.delivery {
-            check_ref_field("delivery.store_ref", store_ref)?;
+            check_ref_field("store_ref", store_ref)?;
         }
         if let Some(h) = &self.hold_ref {
             check_ref_field("hold_ref", h)?;
@@ -113,6 +113,43 @@ impl FulfilRequest {
         match self.max_plans as usize {
             0 => FULFIL_PLANS_MAX,
             n => n.min(FULFIL_PLANS_MAX),
+        }
+    }
+}
+
+/// The answer to a GetFulfilmentOptions request.
+#[derive(Clone, Debug)]
+pub struct FulfilAnswer {
+    /// Ranked, best first. Empty is a stockout.
+    pub plans: Vec<Plan>,
+    /// Per request line: what it asked for and what the candidate locations have in all.
+    pub available: Vec<i64>,
+    /// With a hold ref: the index of the plan held and the reserve's answer; `None` when
+    /// no plan could be held (then `plans` is empty).
+    pub held: Option<(usize, crate::outcome::ReserveResult)>,
+}
+
+impl FulfilRequest {
+    /// The Reserve of `plan` under the request's hold ref (all-or-nothing).
+    pub fn reserve_request(&self, hold_ref: &str, plan: &Plan) -> crate::ReserveRequest {
+        let lines = plan
+            .parts
+            .iter()
+            .flat_map(|part| {
+                part.lines.iter().map(|&(i, quantity)| crate::ReserveLine {
+                    product_ref: self.lines[i].product_ref.clone(),
+                    location_ref: part.location_ref.clone(),
+                    quantity,
+                    category: None,
+                })
+            })
+            .collect();
+        crate::ReserveRequest {
+            hold_ref: hold_ref.to_string(),
+            channel_ref: self.channel_ref.clone(),
+            lines,
+            ttl_seconds: self.ttl_seconds,
+            allow_partial: false,
         }
     }
 }
@@ -160,7 +197,7 @@ pub fn rank_key(plan: &Plan) -> RankKey {
 /// The candidate locations for a delivery, with whether each needs a transfer, from the
 /// channel's network members (`NetworkSnap::members`). A click & collect store that is
 /// not configured is NOT_FOUND; one outside the network or that does not collect is
-/// INVALID_ARGUMENT naming `delivery.store_ref`.
+/// INVALID_ARGUMENT naming `store_ref`.
 pub fn eligible<'a>(
     snap: &NetworkSnap,
     members: &[&'a LocationConfig],
@@ -176,7 +213,7 @@ pub fn eligible<'a>(
             store_ref,
             allow_transfer,
         } => {
-            let field = "delivery.store_ref";
+            let field = "store_ref";
             if !snap.locations.iter().any(|l| &l.location_ref == store_ref) {
                 return Err(Error::UnknownLocation(store_ref.clone()));
             }

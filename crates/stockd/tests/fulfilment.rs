@@ -311,3 +311,283 @@ async fn network_availability_sums_the_network() {
     assert!(msg.starts_with("product_refs[1]"), "{msg}");
     server.stop().await;
 }
+
+// =====================================================================================
+// Fulfilment options
+// =====================================================================================
+
+fn cart(lines: &[(&str, i64)]) -> Vec<pb::FulfilmentLine> {
+    lines
+        .iter()
+        .map(|(p, q)| pb::FulfilmentLine {
+            product_ref: p.to_string(),
+            quantity: *q,
+        })
+        .collect()
+}
+
+fn home_delivery(lines: &[(&str, i64)], allow_split: bool) -> pb::GetFulfilmentOptionsRequest {
+    pb::GetFulfilmentOptionsRequest {
+        channel_ref: WEB.into(),
+        lines: cart(lines),
+        delivery_type: pb::DeliveryType::HomeDelivery as i32,
+        allow_split,
+        ..Default::default()
+    }
+}
+
+fn click_collect(
+    lines: &[(&str, i64)],
+    store: &str,
+    allow_transfer: bool,
+) -> pb::GetFulfilmentOptionsRequest {
+    pb::GetFulfilmentOptionsRequest {
+        delivery_type: pb::DeliveryType::ClickAndCollect as i32,
+        store_ref: store.into(),
+        allow_transfer,
+        ..home_delivery(lines, false)
+    }
+}
+
+async fn options(
+    inv: &mut common::client::Inv,
+    request: pb::GetFulfilmentOptionsRequest,
+) -> Result<pb::GetFulfilmentOptionsResponse, tonic::Status> {
+    inv.get_fulfilment_options(request)
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Each plan as its parts' (location, transfer, [(product, quantity)]).
+type PlanShape = Vec<(String, bool, Vec<(String, i64)>)>;
+
+fn shapes(r: &pb::GetFulfilmentOptionsResponse) -> Vec<PlanShape> {
+    r.plans
+        .iter()
+        .map(|p| {
+            p.parts
+                .iter()
+                .map(|part| {
+                    let lines = part
+                        .lines
+                        .iter()
+                        .map(|l| (l.product_ref.clone(), l.quantity));
+                    (part.location_ref.clone(), part.transfer, lines.collect())
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn part(
+    location: &str,
+    transfer: bool,
+    lines: &[(&str, i64)],
+) -> (String, bool, Vec<(String, i64)>) {
+    let lines = lines.iter().map(|(p, q)| (p.to_string(), *q)).collect();
+    (location.to_string(), transfer, lines)
+}
+
+/// WEB over DC1 (priority 2), DC2 (priority 1), two collecting stores ST1 and ST2, and a
+/// store ST3 that does not collect.
+async fn fulfilment_world(server: &InProcessServer, stock: &[(&str, &str, i64)]) {
+    let mut admin = server.admin();
+    upsert_channel(&mut admin, channel(WEB)).await;
+    upsert_locations(
+        &mut admin,
+        vec![
+            dc("DC1", 2),
+            dc("DC2", 1),
+            store("ST1", 5),
+            store("ST2", 5),
+            location("ST3", pb::LocationType::Store, false, false, 5),
+        ],
+    )
+    .await;
+    let counts = stock.iter().map(|(p, l, q)| count_now(p, l, *q)).collect();
+    set_stock_ok(&mut admin, counts).await;
+}
+
+#[tokio::test]
+async fn a_cart_whole_at_one_dc_gets_that_dc_first() {
+    let server = InProcessServer::start(3).await;
+    let stock = [
+        ("A", "DC1", 5),
+        ("B", "DC1", 5),
+        ("C", "DC1", 5),
+        ("A", "DC2", 5),
+        ("B", "DC2", 5),
+        ("C", "ST1", 9),
+    ];
+    fulfilment_world(&server, &stock).await;
+    let mut inv = server.inventory();
+    let cart3 = [("A", 2), ("B", 2), ("C", 2)];
+    let r = options(&mut inv, home_delivery(&cart3, true))
+        .await
+        .expect("options");
+    let plans = shapes(&r);
+    // DC1 alone first, though DC2 has the better priority: one location before a split.
+    assert_eq!(plans[0], [part("DC1", false, &cart3)]);
+    // ST1 does not ship: no plan uses it.
+    assert!(plans.iter().flatten().all(|p| p.0 != "ST1"), "{plans:?}");
+    assert!(plans[1..].iter().all(|p| p.len() == 2), "{plans:?}");
+    assert_eq!(r.outcome, pb::ReserveOutcome::Unspecified as i32);
+    let available: Vec<i64> = r.lines.iter().map(|l| l.available).collect();
+    assert_eq!(available, [10, 10, 5]);
+    // max_plans bounds the answer.
+    let one = pb::GetFulfilmentOptionsRequest {
+        max_plans: 1,
+        ..home_delivery(&cart3, true)
+    };
+    assert_eq!(options(&mut inv, one).await.unwrap().plans.len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_split_cart_is_offered_only_when_splits_are_allowed() {
+    let server = InProcessServer::start(2).await;
+    fulfilment_world(
+        &server,
+        &[("A", "DC1", 3), ("B", "DC1", 3), ("C", "DC2", 3)],
+    )
+    .await;
+    let mut inv = server.inventory();
+    let cart3 = [("A", 1), ("B", 1), ("C", 1)];
+    let r = options(&mut inv, home_delivery(&cart3, true))
+        .await
+        .unwrap();
+    assert_eq!(
+        shapes(&r),
+        [vec![
+            part("DC1", false, &[("A", 1), ("B", 1)]),
+            part("DC2", false, &[("C", 1)])
+        ]]
+    );
+    // No split allowed: nothing, a stockout that says what the network has.
+    let r = options(&mut inv, home_delivery(&cart3, false))
+        .await
+        .unwrap();
+    assert!(r.plans.is_empty());
+    let lines: Vec<(i64, i64)> = r.lines.iter().map(|l| (l.requested, l.available)).collect();
+    assert_eq!(lines, [(1, 3), (1, 3), (1, 3)]);
+    // More than the network has: nothing even with splits.
+    let r = options(&mut inv, home_delivery(&[("A", 4)], true))
+        .await
+        .unwrap();
+    assert!(r.plans.is_empty());
+    assert_eq!((r.lines[0].requested, r.lines[0].available), (4, 3));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn click_and_collect_is_served_at_the_store_or_by_transfer() {
+    let server = InProcessServer::start(2).await;
+    fulfilment_world(
+        &server,
+        &[("A", "ST1", 2), ("A", "DC1", 5), ("A", "DC2", 1)],
+    )
+    .await;
+    let mut inv = server.inventory();
+    let r = options(&mut inv, click_collect(&[("A", 2)], "ST1", true))
+        .await
+        .unwrap();
+    let plans = shapes(&r);
+    assert_eq!(plans[0], [part("ST1", false, &[("A", 2)])]);
+    assert_eq!(plans[1], [part("DC1", true, &[("A", 2)])]);
+    // ST2 has none: a transfer plan when allowed, else nothing.
+    let r = options(&mut inv, click_collect(&[("A", 2)], "ST2", true))
+        .await
+        .unwrap();
+    assert_eq!(shapes(&r)[0], [part("DC1", true, &[("A", 2)])]);
+    let r = options(&mut inv, click_collect(&[("A", 2)], "ST2", false))
+        .await
+        .unwrap();
+    assert!(r.plans.is_empty());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_fulfilment_requests_name_their_field() {
+    let server = InProcessServer::start(1).await;
+    fulfilment_world(&server, &[("A", "DC1", 5)]).await;
+    let mut inv = server.inventory();
+    let check =
+        |r: Result<pb::GetFulfilmentOptionsResponse, tonic::Status>, code: Code, field: &str| {
+            let (got, msg) = refused(r);
+            assert_eq!(got, code, "{msg}");
+            assert!(
+                msg.starts_with(field) || msg.contains(field),
+                "{field}: {msg}"
+            );
+        };
+    let unknown_type = pb::GetFulfilmentOptionsRequest {
+        delivery_type: 9,
+        ..home_delivery(&[("A", 1)], true)
+    };
+    check(
+        options(&mut inv, unknown_type).await,
+        Code::InvalidArgument,
+        "delivery_type",
+    );
+    let unset = pb::GetFulfilmentOptionsRequest {
+        delivery_type: 0,
+        ..home_delivery(&[("A", 1)], true)
+    };
+    check(
+        options(&mut inv, unset).await,
+        Code::InvalidArgument,
+        "delivery_type",
+    );
+    check(
+        options(&mut inv, click_collect(&[("A", 1)], "", true)).await,
+        Code::InvalidArgument,
+        "store_ref",
+    );
+    check(
+        options(&mut inv, click_collect(&[("A", 1)], "ST3", true)).await,
+        Code::InvalidArgument,
+        "store_ref",
+    );
+    check(
+        options(&mut inv, click_collect(&[("A", 1)], "DC1", true)).await,
+        Code::InvalidArgument,
+        "store_ref",
+    );
+    check(
+        options(&mut inv, click_collect(&[("A", 1)], "ST9", true)).await,
+        Code::NotFound,
+        "ST9",
+    );
+    check(
+        options(&mut inv, home_delivery(&[("A", 1), ("A", 2)], true)).await,
+        Code::InvalidArgument,
+        "lines[1].product_ref",
+    );
+    check(
+        options(&mut inv, home_delivery(&[("A", 0)], true)).await,
+        Code::InvalidArgument,
+        "lines[0].quantity",
+    );
+    let many: Vec<(String, i64)> = (0..21).map(|i| (format!("P{i}"), 1)).collect();
+    let many: Vec<(&str, i64)> = many.iter().map(|(p, q)| (p.as_str(), *q)).collect();
+    check(
+        options(&mut inv, home_delivery(&many, true)).await,
+        Code::InvalidArgument,
+        "lines",
+    );
+    let too_many_plans = pb::GetFulfilmentOptionsRequest {
+        max_plans: 11,
+        ..home_delivery(&[("A", 1)], true)
+    };
+    check(
+        options(&mut inv, too_many_plans).await,
+        Code::InvalidArgument,
+        "max_plans",
+    );
+    let no_channel = pb::GetFulfilmentOptionsRequest {
+        channel_ref: "NOPE".into(),
+        ..home_delivery(&[("A", 1)], true)
+    };
+    check(options(&mut inv, no_channel).await, Code::NotFound, "NOPE");
+    server.stop().await;
+}

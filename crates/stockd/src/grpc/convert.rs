@@ -388,3 +388,76 @@ pub fn network_ats(a: domain::network::NetworkAts) -> pb::NetworkAvailability {
             .collect(),
     }
 }
+
+// ----- fulfilment options -----
+
+pub fn fulfil_request(
+    r: pb::GetFulfilmentOptionsRequest,
+) -> Result<domain::fulfilment::FulfilRequest, domain::Error> {
+    use domain::fulfilment::{Delivery, FulfilLine, FulfilRequest};
+    let delivery = match pb::DeliveryType::try_from(r.delivery_type) {
+        Ok(pb::DeliveryType::HomeDelivery) => {
+            if !r.store_ref.is_empty() {
+                return Err(invalid("store_ref", "must be empty for HOME_DELIVERY"));
+            }
+            Delivery::HomeDelivery
+        }
+        Ok(pb::DeliveryType::ClickAndCollect) => {
+            if r.store_ref.is_empty() {
+                return Err(invalid("store_ref", "is required for CLICK_AND_COLLECT"));
+            }
+            Delivery::ClickAndCollect {
+                store_ref: r.store_ref,
+                allow_transfer: r.allow_transfer,
+            }
+        }
+        Ok(pb::DeliveryType::Unspecified) | Err(_) => {
+            return Err(invalid(
+                "delivery_type",
+                "must be DELIVERY_TYPE_HOME_DELIVERY or DELIVERY_TYPE_CLICK_AND_COLLECT",
+            ));
+        }
+    };
+    let max_plans =
+        u32::try_from(r.max_plans).map_err(|_| invalid("max_plans", "must not be negative"))?;
+    Ok(FulfilRequest {
+        channel_ref: r.channel_ref,
+        lines: r
+            .lines
+            .into_iter()
+            .map(|l| FulfilLine {
+                product_ref: l.product_ref,
+                quantity: l.quantity,
+            })
+            .collect(),
+        delivery,
+        max_plans,
+        allow_split: r.allow_split,
+        hold_ref: opt(&r.hold_ref),
+        ttl_seconds: ttl("ttl_seconds", r.ttl_seconds)?,
+    })
+}
+
+pub fn fulfil_plan(
+    req: &domain::fulfilment::FulfilRequest,
+    plan: domain::fulfilment::Plan,
+) -> pb::FulfilmentPlan {
+    pb::FulfilmentPlan {
+        parts: plan
+            .parts
+            .into_iter()
+            .map(|p| pb::FulfilmentPlanPart {
+                location_ref: p.location_ref,
+                transfer: p.transfer,
+                lines: p
+                    .lines
+                    .into_iter()
+                    .map(|(i, quantity)| pb::FulfilmentLine {
+                        product_ref: req.lines[i].product_ref.clone(),
+                        quantity,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}

@@ -6,7 +6,7 @@
 //! from shard 0 on first use under the configuration lock and dropped by every
 //! configuration change, so a network read costs no extra message. The ATS of the
 //! (product, location) keys goes to the shards that own them, one message per involved
-//! shard.
+//! shard. A fulfilment's reserve goes through `Router::reserve`, plan after plan.
 
 use std::sync::Arc;
 
@@ -14,10 +14,12 @@ use futures::future::join_all;
 
 use super::{Router, shard_of};
 use crate::shard::handle::ShardError;
+use stockd_domain::fulfilment::{self, Candidate, FulfilAnswer, FulfilRequest, Plan};
 use stockd_domain::network::{NetworkAts, sum_network, validate_network_read};
 use stockd_domain::request::check_ref_field;
 use stockd_domain::{
-    ChannelConfig, ChannelNetwork, Command, Error, LocationConfig, Millis, NetworkSnap,
+    ChannelConfig, ChannelNetwork, Command, Error, HoldState, LocationConfig, Millis, NetworkSnap,
+    ReserveOutcome, ReserveResult,
 };
 
 /// The configuration a network read needs: channels, locations and networks.
@@ -144,5 +146,118 @@ impl Router {
             }
         }
         Ok(out)
+    }
+
+    /// The ranked fulfilment plans of a cart (`stockd_domain::fulfilment`) and, with a
+    /// hold ref, the best of them still available reserved as that hold.
+    pub async fn fulfilment_options(
+        &self,
+        now: Millis,
+        req: FulfilRequest,
+    ) -> Result<FulfilAnswer, ShardError> {
+        req.validate()?;
+        let view = self.network().await?;
+        let members = view.members(&req.channel_ref)?;
+        let eligible = fulfilment::eligible(&view.snap, &members, &req.delivery)?;
+        let keys = eligible
+            .iter()
+            .flat_map(|(l, _)| {
+                let location = &l.location_ref;
+                req.lines
+                    .iter()
+                    .map(|line| (line.product_ref.clone(), location.clone()))
+            })
+            .collect();
+        let ats = self.ats_of(&req.channel_ref, keys).await?;
+        let n = req.lines.len();
+        let mut candidates: Vec<Candidate> = eligible
+            .iter()
+            .enumerate()
+            .map(|(i, (l, transfer))| Candidate {
+                location_ref: l.location_ref.clone(),
+                priority: l.priority,
+                transfer: *transfer,
+                ats: ats[i * n..(i + 1) * n].to_vec(),
+            })
+            .collect();
+        if let Some(hold_ref) = &req.hold_ref {
+            self.count_own_hold(now, hold_ref, &req, &mut candidates)
+                .await?;
+        }
+        let quantities: Vec<i64> = req.lines.iter().map(|l| l.quantity).collect();
+        let plans = fulfilment::plans(
+            &quantities,
+            &candidates,
+            req.allow_split,
+            req.plans_wanted(),
+        );
+        let available = fulfilment::available(&quantities, &candidates);
+        let mut answer = FulfilAnswer {
+            plans,
+            available,
+            held: None,
+        };
+        if let Some(hold_ref) = &req.hold_ref {
+            answer.held = self
+                .reserve_plan(now, &req, hold_ref, &answer.plans)
+                .await?;
+            if answer.held.is_none() {
+                answer.plans.clear();
+            }
+        }
+        Ok(answer)
+    }
+
+    /// A cart update is checked against the ATS the channel would have without this hold
+    /// (as Reserve does): the units an active hold of this channel keeps at a candidate
+    /// count as available there.
+    async fn count_own_hold(
+        &self,
+        now: Millis,
+        hold_ref: &str,
+        req: &FulfilRequest,
+        candidates: &mut [Candidate],
+    ) -> Result<(), ShardError> {
+        let hold = match self.hold(now, hold_ref).await {
+            Ok(h) => h,
+            Err(ShardError::Domain(Error::HoldNotFound(_))) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if hold.state != HoldState::Active || hold.channel_ref != req.channel_ref {
+            return Ok(());
+        }
+        for line in &hold.lines {
+            let i = req
+                .lines
+                .iter()
+                .position(|l| l.product_ref == line.product_ref);
+            let c = candidates
+                .iter_mut()
+                .find(|c| c.location_ref == line.location_ref);
+            if let (Some(i), Some(c)) = (i, c) {
+                c.ats[i] += line.quantity;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reserves the first plan that is still available, through `reserve` (all-or-nothing,
+    /// idempotent, a cart update if the hold exists): at most one attempt per plan.
+    async fn reserve_plan(
+        &self,
+        now: Millis,
+        req: &FulfilRequest,
+        hold_ref: &str,
+        plans: &[Plan],
+    ) -> Result<Option<(usize, ReserveResult)>, ShardError> {
+        for (i, plan) in plans.iter().enumerate() {
+            let result = self
+                .reserve(now, req.reserve_request(hold_ref, plan))
+                .await?;
+            if result.outcome == ReserveOutcome::Reserved {
+                return Ok(Some((i, result)));
+            }
+        }
+        Ok(None)
     }
 }
