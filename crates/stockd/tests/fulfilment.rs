@@ -591,3 +591,124 @@ async fn bad_fulfilment_requests_name_their_field() {
     check(options(&mut inv, no_channel).await, Code::NotFound, "NOPE");
     server.stop().await;
 }
+
+// =====================================================================================
+// Reserving a plan
+// =====================================================================================
+
+fn held(r: &pb::GetFulfilmentOptionsResponse) -> Vec<(String, String, i64)> {
+    r.hold
+        .as_ref()
+        .map(common::calls::hold_lines)
+        .unwrap_or_default()
+}
+
+fn with_hold(
+    request: pb::GetFulfilmentOptionsRequest,
+    hold_ref: &str,
+) -> pb::GetFulfilmentOptionsRequest {
+    pb::GetFulfilmentOptionsRequest {
+        hold_ref: hold_ref.into(),
+        ttl_seconds: 600,
+        ..request
+    }
+}
+
+/// The best plan is held under the cart's ref; the same call again is idempotent, and a
+/// changed cart is a cart update that counts the hold's own units as available.
+#[tokio::test]
+async fn the_best_plan_is_held_with_reserves_rules() {
+    let server = InProcessServer::start(2).await;
+    fulfilment_world(
+        &server,
+        &[("A", "DC1", 5), ("B", "DC1", 5), ("A", "DC2", 9)],
+    )
+    .await;
+    let mut inv = server.inventory();
+    let request = with_hold(home_delivery(&[("A", 2), ("B", 2)], true), "cart-1");
+    let want = vec![
+        ("A".to_string(), "DC1".to_string(), 2),
+        ("B".to_string(), "DC1".to_string(), 2),
+    ];
+    for round in ["first", "repeat"] {
+        let r = options(&mut inv, request.clone()).await.expect("options");
+        assert_eq!(r.outcome, pb::ReserveOutcome::Reserved as i32, "{round}");
+        assert_eq!(r.held_plan, Some(0), "{round}");
+        assert_eq!(shapes(&r)[0], [part("DC1", false, &[("A", 2), ("B", 2)])]);
+        let mut got = held(&r);
+        got.sort();
+        assert_eq!(got, want, "{round}");
+        assert_eq!(ats(&mut inv, WEB, "A", "DC1").await, 3, "{round}");
+    }
+    // A cart update to 5 A: DC1 has 3 free plus the 2 this hold keeps.
+    let update = with_hold(home_delivery(&[("A", 5), ("B", 2)], true), "cart-1");
+    let r = options(&mut inv, update).await.unwrap();
+    assert_eq!(r.held_plan, Some(0));
+    assert_eq!(shapes(&r)[0], [part("DC1", false, &[("A", 5), ("B", 2)])]);
+    assert_eq!(ats(&mut inv, WEB, "A", "DC1").await, 0);
+    assert_eq!(ats(&mut inv, WEB, "B", "DC1").await, 3);
+    // Nothing left for another whole cart at DC1: no split allowed, so nothing is held.
+    let other = with_hold(home_delivery(&[("A", 1), ("B", 1)], false), "cart-2");
+    let r = options(&mut inv, other).await.unwrap();
+    assert_eq!(r.outcome, pb::ReserveOutcome::Rejected as i32);
+    assert!(r.plans.is_empty() && r.hold.is_none() && r.held_plan.is_none());
+    assert_eq!(
+        common::calls::get_hold(&mut inv, "cart-2").await.unwrap(),
+        None
+    );
+    server.stop().await;
+}
+
+/// Carts racing for the last units: each unit is held once, the losers of a plan get the
+/// next one, and the rest get an empty answer. Nothing is oversold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_carts_never_oversell() {
+    const DCS: usize = 4;
+    const CARTS: usize = 10;
+    let server = InProcessServer::start(3).await;
+    let mut admin = server.admin();
+    upsert_channel(&mut admin, channel(WEB)).await;
+    upsert_locations(
+        &mut admin,
+        (0..DCS).map(|i| dc(&format!("DC{i}"), i as i32)).collect(),
+    )
+    .await;
+    for round in 0..3 {
+        let product = format!("LAST{round}");
+        let counts = (0..DCS)
+            .map(|i| count_now(&product, &format!("DC{i}"), 1))
+            .collect();
+        set_stock_ok(&mut admin, counts).await;
+        let calls = (0..CARTS).map(|c| {
+            let mut inv = server.inventory();
+            let request = with_hold(
+                home_delivery(&[(product.as_str(), 1)], false),
+                &format!("race-{round}-{c}"),
+            );
+            tokio::spawn(async move { options(&mut inv, request).await })
+        });
+        let answers: Vec<pb::GetFulfilmentOptionsResponse> = futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .map(|r| r.expect("task").expect("GetFulfilmentOptions"))
+            .collect();
+        let mut locations: Vec<String> = answers.iter().flat_map(held).map(|(_, l, _)| l).collect();
+        locations.sort();
+        let want: Vec<String> = (0..DCS).map(|i| format!("DC{i}")).collect();
+        assert_eq!(
+            locations, want,
+            "round {round}: every unit held exactly once"
+        );
+        let rejected = answers
+            .iter()
+            .filter(|a| a.outcome == pb::ReserveOutcome::Rejected as i32 && a.plans.is_empty())
+            .count();
+        assert_eq!(rejected, CARTS - DCS, "round {round}");
+        let mut inv = server.inventory();
+        let left = network_ats(&mut inv, WEB, &[product.as_str()], false)
+            .await
+            .unwrap();
+        assert_eq!(left[0].quantity, 0, "round {round}");
+    }
+    server.stop().await;
+}
