@@ -712,3 +712,48 @@ async fn racing_carts_never_oversell() {
     }
     server.stop().await;
 }
+
+/// `[[locations]]` and `[[networks]]` of the `--config` TOML are applied at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_boot_config_sets_locations_and_networks() {
+    let folder = TestFolder::new();
+    let path = folder.logs().join("stockd.toml");
+    std::fs::write(
+        &path,
+        r#"
+[[channels]]
+channel_ref = "WEB"
+
+[[locations]]
+location_ref = "DC1"
+kind = "warehouse"
+priority = 1
+
+[[locations]]
+location_ref = "ST1"
+kind = "store"
+ships_home_delivery = false
+serves_click_collect = true
+
+[[networks]]
+channel_ref = "WEB"
+network_ref = "online"
+locations = ["ST1"]
+"#,
+    )
+    .expect("write the config");
+    let path = path.to_string_lossy().to_string();
+    let server = folder.start(&["--shards", "2", "--config", &path]).await;
+    let mut admin = server.admin();
+    let locations = admin
+        .list_locations(pb::ListLocationsRequest {})
+        .await
+        .expect("ListLocations")
+        .into_inner()
+        .locations;
+    let want = vec![dc("DC1", 1), store("ST1", 0)];
+    if locations != want {
+        fail(&server.log(), format!("locations {locations:?}"));
+    }
+    assert_eq!(networks(&mut admin).await, [named_network(WEB, &["ST1"])]);
+}
