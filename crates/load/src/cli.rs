@@ -111,6 +111,9 @@ pub enum Command {
     /// GetAvailability over a state filled beforehand (give its --prefix), while a paced
     /// SetStock churn makes the server take a large checkpoint; best with --rps.
     CheckpointRead(CheckpointReadArgs),
+    /// GetFulfilmentOptions, GetNetworkAvailability or GetAvailability (--read) over a
+    /// seeded network of locations (issue #15's figures).
+    Fulfil(FulfilArgs),
 }
 
 impl Cli {
@@ -153,6 +156,7 @@ impl Command {
             Command::Health(a) => a.host.clone(),
             Command::Reserve(a) => a.host.clone(),
             Command::CheckpointRead(a) => a.host.clone(),
+            Command::Fulfil(a) => a.host.clone(),
         }
     }
 }
@@ -468,4 +472,37 @@ mod tests {
             Cli::try_parse_from(["stockd-load", "reserve", "--skipFirst", "10", "--hot"]).unwrap();
         assert_eq!(cli.load.skip_first, 10);
     }
+}
+
+/// What the `fulfil` scenario reads.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum FulfilRead {
+    /// GetFulfilmentOptions of a --lines cart (home delivery, splits allowed).
+    Fulfil,
+    /// GetNetworkAvailability of one product over every location.
+    Network,
+    /// GetAvailability of --lines keys (random products at random locations).
+    Keys,
+}
+
+#[derive(Args, Debug)]
+pub struct FulfilArgs {
+    /// What each request is.
+    #[arg(long, value_enum, default_value_t = FulfilRead::Fulfil)]
+    pub read: FulfilRead,
+    /// Locations of the network (all ship home deliveries).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub locations: u64,
+    /// Products seeded at every location (a third of the positions get none).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub products: u64,
+    /// Lines of a cart (or keys of a GetAvailability).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=20))]
+    pub lines: u64,
+    /// Stock of each stocked position.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub stock: i64,
+    /// Target server, host:port.
+    #[arg(value_name = "HOST:PORT")]
+    pub host: Option<String>,
 }
