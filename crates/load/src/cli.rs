@@ -56,6 +56,7 @@ Examples:
   stockd-load reserve --products 10000 -c 50 -z 10s
   stockd-load reserve --hot -c 50 -z 10s
   stockd-load reserve --products 10000 --rps 4000 -z 10s   # open loop: honest p99
+  stockd-load fulfil --read fulfil --locations 50 --lines 5 -c 20 -z 10s   # also --read network|keys
 
 Template variables in -d (as in ghz): {{.RequestNumber}}, {{.WorkerID}}, {{.UUID}},
 {{.FullyQualifiedName}}, {{.MethodName}}, {{.ServiceName}}, {{.InputName}},
@@ -63,7 +64,8 @@ Template variables in -d (as in ghz): {{.RequestNumber}}, {{.WorkerID}}, {{.UUID
 {{.TimestampUnixNano}}, {{randomInt min max}}, {{randomString n}}, {{newUUID}}.
 
 Callable methods: inventory.v1.InventoryService.{GetAvailability, Reserve, ConfirmHold,
-ReleaseHold, GetHold, FulfilOrder, CancelOrder} and grpc.health.v1.Health.Check; -d is the
+ReleaseHold, GetHold, FulfilOrder, CancelOrder, GetNetworkAvailability,
+GetFulfilmentOptions} and grpc.health.v1.Health.Check; -d is the
 request in the protobuf JSON mapping (lowerCamelCase or proto field names).
 
 Exit status: 0 on success, 1 when a scenario's check fails (FAIL), 2 on a usage or
