@@ -260,7 +260,9 @@ pub fn plans(
             push_plan(&mut out, &mut seen, vec![part(c, lines)]);
         }
     }
-    if allow_split {
+    // Split plans rank after every single-location plan: once those fill the answer,
+    // the search for splits could only add plans the truncation drops.
+    if allow_split && out.len() < max_plans {
         let starts = order
             .iter()
             .filter(|c| contributes(c, quantities) > (0, 0))
