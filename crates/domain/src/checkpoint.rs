@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::channel::{CategoryConfig, ChannelConfig, ProductConfig};
 use crate::engine::Engine;
 use crate::limits::CHECKPOINT_ROUNDS_MAX;
+use crate::network::NetworkSnap;
 use crate::refs::Sym;
 use crate::snapshot::{EngineSnapshot, HoldSnap, PositionSnap};
 
@@ -33,6 +34,8 @@ pub struct ConfigSnap {
     pub channels: Vec<ChannelConfig>,
     pub products: Vec<ProductConfig>,
     pub categories: Vec<CategoryConfig>,
+    /// Locations and channel networks.
+    pub network: NetworkSnap,
 }
 
 /// The engine's counters: the next IQ id and event sequence number.
@@ -389,6 +392,7 @@ impl Engine {
             channels: self.channels().cloned().collect(),
             products: self.products(),
             categories: self.categories(),
+            network: self.network_snap(),
         }
     }
 
@@ -412,6 +416,7 @@ impl EngineSnapshot {
                 channels: self.channels,
                 products: self.products,
                 categories: self.categories,
+                network: self.network,
             }),
             counters: Counters {
                 next_iq_id: self.next_iq_id,
@@ -434,6 +439,7 @@ impl EngineSnapshot {
             mut channels,
             mut products,
             mut categories,
+            network,
         } = config;
         channels.sort_by(|a, b| a.channel_ref.cmp(&b.channel_ref));
         products.sort_by(|a, b| a.product_ref.cmp(&b.product_ref));
@@ -444,10 +450,18 @@ impl EngineSnapshot {
         holds.sort_by(|a, b| a.hold_ref.cmp(&b.hold_ref));
         adjustments.sort();
         adjustments.dedup();
+        let mut network = network;
+        network
+            .locations
+            .sort_by(|a, b| a.location_ref.cmp(&b.location_ref));
+        network
+            .networks
+            .sort_by(|a, b| a.channel_ref.cmp(&b.channel_ref));
         EngineSnapshot {
             channels,
             products,
             categories,
+            network,
             positions,
             holds,
             adjustments,

@@ -12,6 +12,7 @@ use super::channel::{CategoryConfig, ChannelConfig, ProductConfig};
 use super::engine::{AdjustStatus, CountStatus, Engine, ReserveKind, ReservePart, ReserveUndo};
 use super::error::Error;
 use super::hold::{FulfilOp, HoldState, LineView};
+use super::network::{ChannelNetwork, LocationConfig};
 use super::request::{Adjustment, OrderLine, ReserveRequest, StockCount};
 
 /// A mutating engine call.
@@ -58,6 +59,11 @@ pub enum Command {
         request: ReserveRequest,
         mine: Vec<u32>,
     },
+    /// Creates or replaces locations (appended after `Reacquire`, for the same reason).
+    UpsertLocations(Vec<LocationConfig>),
+    DeleteLocation(String),
+    /// Sets the network a channel sells from.
+    SetNetwork(ChannelNetwork),
 }
 
 /// What a command did.
@@ -172,6 +178,18 @@ impl Engine {
             Command::Expire => Outcome::Expired(self.expire_due(now)),
             Command::Reacquire { request, mine } => {
                 Outcome::Reserved(self.reacquire(now, request, mine)?)
+            }
+            Command::UpsertLocations(l) => {
+                self.upsert_locations(l)?;
+                Outcome::Done
+            }
+            Command::DeleteLocation(l) => {
+                self.delete_location(l)?;
+                Outcome::Done
+            }
+            Command::SetNetwork(n) => {
+                self.set_network(n.clone())?;
+                Outcome::Done
             }
         })
     }

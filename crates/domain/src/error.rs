@@ -13,6 +13,9 @@ pub enum Error {
     /// The channel is not configured.
     #[error("channel {0:?} is not configured")]
     UnknownChannel(String),
+    /// The location is not configured (UpsertLocations).
+    #[error("location {0:?} is not configured")]
+    UnknownLocation(String),
     /// No hold has this ref.
     #[error("hold {0:?} not found")]
     HoldNotFound(String),

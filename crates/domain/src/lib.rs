@@ -9,13 +9,15 @@
 //! - `limits`: every bound and default of the domain, with its cost, checked at compile time.
 //! - `refs`: ref validation, the interner (`Interner`, `Sym`) and the stable `fnv1a` hash.
 //! - `channel`: channel rules, overrides and the ATS formula in basis points.
+//! - `network`: locations (ships HD, serves CC, priority) and the networks channels sell from.
+//! - `fulfilment`: fulfilment plans for a cart over a network, searched within bounds and ranked.
 //! - `position`: Inventory Positions, their ACTIVE ledger and counters.
 //! - `hold`: hold parts, their views, and fulfilments (`FulfilOp`).
 //! - `request`: request types and their validation, run once at the boundary.
 //! - `engine`: the operations, one file each: `config` (settings, channels, catalogue),
 //!   `reads`, `stock` (counts, adjustments, rebalancing), `reserve`, `confirm` (and
 //!   release), `fulfil` (and cancel), `expire` (timers and refs' lifetime), `parts`
-//!   (hold parts in and out of the ledger).
+//!   (hold parts in and out of the ledger), `locations` (locations and networks).
 //! - `outcome`: the outcomes of operations that span shards, and the merging of parts.
 //! - `event`: what every change emits.
 //! - `snapshot`: the engine's state in a form that can be stored, merged and split.
@@ -30,8 +32,10 @@ pub mod command;
 pub mod engine;
 pub mod error;
 pub mod event;
+pub mod fulfilment;
 pub mod hold;
 pub mod limits;
+pub mod network;
 pub mod outcome;
 pub mod position;
 pub mod refs;
@@ -51,6 +55,7 @@ pub use engine::{
 pub use error::Error;
 pub use event::{Event, EventKind};
 pub use hold::{FulfilOp, HoldState, HoldView, LineView, PartRef};
+pub use network::{ChannelNetwork, LocationConfig, LocationKind, NetworkSnap};
 pub use outcome::{LineOutcome, ReserveOutcome, ReserveResult};
 pub use position::IqKind;
 pub use request::{Adjustment, AdjustmentKind, OrderLine, ReserveLine, ReserveRequest, StockCount};

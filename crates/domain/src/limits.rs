@@ -78,6 +78,30 @@ pub const CHECKPOINT_ROUNDS_MAX: usize = 4;
 /// one log record (about 100 bytes per item) and the time one batch holds a shard.
 pub const STOCK_BATCH_MAX: usize = 1_000;
 
+// ----- locations, networks and fulfilment -----
+
+/// Most locations an engine knows, and most in one UpsertLocations. Every shard keeps the
+/// whole list (about 200 bytes a location), and a fulfilment or network read considers
+/// each member once per line.
+pub const LOCATIONS_MAX: usize = 1_000;
+/// Most locations in a named network.
+pub const NETWORK_LOCATIONS_MAX: usize = LOCATIONS_MAX;
+/// Most products in one aggregate (network) availability read. With `LOCATIONS_MAX`
+/// members it bounds one read to 20,000 ATS computations (about 2 ms of shard time).
+pub const NETWORK_PRODUCTS_MAX: usize = 20;
+/// Most lines in one GetFulfilmentOptions cart: the same fan-out bound as
+/// `NETWORK_PRODUCTS_MAX` (lines × members ATS reads).
+pub const FULFIL_LINES_MAX: usize = NETWORK_PRODUCTS_MAX;
+/// Most plans one GetFulfilmentOptions answers (and the default of `max_plans`).
+pub const FULFIL_PLANS_MAX: usize = 10;
+/// Most locations in one split plan: a cart split over more parcels than this is not
+/// offered. Bounds each greedy search to this many rounds.
+pub const FULFIL_PLAN_LOCATIONS_MAX: usize = 8;
+/// Most greedy searches for split plans, one from each of the best-ranked starting
+/// locations. The search costs at most starts × plan locations × members × lines steps
+/// (32 × 8 × 1,000 × 20 = 5 M in the worst case, 80,000 for 5 lines over 50 locations).
+pub const FULFIL_SEARCH_STARTS_MAX: usize = 32;
+
 // ----- relations, checked at compile time -----
 
 const _: () = assert!(TTL_SECONDS_MIN >= 1);
@@ -100,3 +124,6 @@ const _: () =
     assert!(0 < STOCK_TIME_FUTURE_MS_MAX && STOCK_TIME_FUTURE_MS_MAX <= STOCK_TIME_PAST_MS_MAX);
 const _: () = assert!(0 < REF_LEN_MAX && REF_LEN_MAX <= u8::MAX as usize);
 const _: () = assert!(0 < READ_KEYS_MAX && 0 < STOCK_BATCH_MAX);
+const _: () = assert!(NETWORK_LOCATIONS_MAX <= LOCATIONS_MAX && LOCATIONS_MAX <= STOCK_BATCH_MAX);
+const _: () = assert!(FULFIL_LINES_MAX <= HOLD_LINES_MAX && 0 < FULFIL_PLANS_MAX);
+const _: () = assert!(1 < FULFIL_PLAN_LOCATIONS_MAX && 0 < FULFIL_SEARCH_STARTS_MAX);

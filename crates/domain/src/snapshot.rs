@@ -77,6 +77,8 @@ pub struct EngineSnapshot {
     pub channels: Vec<ChannelConfig>,
     pub products: Vec<ProductConfig>,
     pub categories: Vec<CategoryConfig>,
+    /// Locations and channel networks.
+    pub network: super::network::NetworkSnap,
     pub positions: Vec<PositionSnap>,
     pub holds: Vec<HoldSnap>,
     pub adjustments: Vec<String>,
@@ -248,6 +250,7 @@ impl Engine {
             channels: self.channels().cloned().collect(),
             products: self.products(),
             categories: self.categories(),
+            network: self.network_snap(),
             positions,
             holds,
             adjustments,
@@ -262,6 +265,7 @@ impl Engine {
             channels: snap.channels,
             products: snap.products,
             categories: snap.categories,
+            network: snap.network,
         };
         let counters = Counters {
             next_iq_id: snap.next_iq_id,
@@ -428,6 +432,7 @@ impl Restorer {
         engine
             .upsert_categories(&config.categories)
             .map_err(|e| format!("snapshot categories: {e}"))?;
+        engine.restore_network(config.network)?;
         engine.next_iq_id = counters.next_iq_id.max(1);
         engine.next_event_seq = counters.next_event_seq.max(1);
         Ok(Restorer {
@@ -537,6 +542,7 @@ impl Restorer {
 pub struct CompactSnapshotRef<'a> {
     strings: Vec<Option<&'a str>>,
     channels: Vec<&'a ChannelConfig>,
+    network: super::network::NetworkSnap,
     products: Vec<(&'a Sym, &'a super::engine::ProductEntry)>,
     categories: Vec<(&'a Sym, &'a u32)>,
     positions: Vec<(&'a (Sym, Sym), &'a Position)>,
@@ -551,6 +557,7 @@ pub struct CompactSnapshotRef<'a> {
 pub struct CompactSnapshot {
     strings: Vec<Option<String>>,
     channels: Vec<ChannelConfig>,
+    network: super::network::NetworkSnap,
     products: Vec<(Sym, super::engine::ProductEntry)>,
     categories: Vec<(Sym, u32)>,
     positions: Vec<((Sym, Sym), Position)>,
@@ -566,6 +573,7 @@ impl Engine {
         CompactSnapshotRef {
             strings: self.interner.slots().collect(),
             channels: self.channels().collect(),
+            network: self.network_snap(),
             products: self.products.iter().collect(),
             categories: self.categories.iter().collect(),
             positions: self.positions.iter().collect(),
@@ -592,6 +600,7 @@ impl Engine {
                 .upsert_channel(channel)
                 .map_err(|e| format!("snapshot channel: {e}"))?;
         }
+        engine.restore_network(snap.network)?;
         engine.products = snap.products.into_iter().collect();
         engine.categories = snap.categories.into_iter().collect();
         engine.positions.reserve(snap.positions.len());
@@ -624,6 +633,7 @@ impl EngineSnapshot {
                 out.channels = snap.channels;
                 out.products = snap.products;
                 out.categories = snap.categories;
+                out.network = snap.network;
             }
             out.positions.extend(snap.positions);
             for h in snap.holds {
@@ -655,6 +665,7 @@ impl EngineSnapshot {
                 channels: self.channels.clone(),
                 products: self.products.clone(),
                 categories: self.categories.clone(),
+                network: self.network.clone(),
                 adjustments: self.adjustments.clone(),
                 next_iq_id: self.next_iq_id,
                 next_event_seq: self.next_event_seq,

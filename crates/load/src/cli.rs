@@ -56,6 +56,7 @@ Examples:
   stockd-load reserve --products 10000 -c 50 -z 10s
   stockd-load reserve --hot -c 50 -z 10s
   stockd-load reserve --products 10000 --rps 4000 -z 10s   # open loop: honest p99
+  stockd-load fulfil --read fulfil --locations 50 --lines 5 -c 20 -z 10s   # also --read network|keys
 
 Template variables in -d (as in ghz): {{.RequestNumber}}, {{.WorkerID}}, {{.UUID}},
 {{.FullyQualifiedName}}, {{.MethodName}}, {{.ServiceName}}, {{.InputName}},
@@ -63,7 +64,8 @@ Template variables in -d (as in ghz): {{.RequestNumber}}, {{.WorkerID}}, {{.UUID
 {{.TimestampUnixNano}}, {{randomInt min max}}, {{randomString n}}, {{newUUID}}.
 
 Callable methods: inventory.v1.InventoryService.{GetAvailability, Reserve, ConfirmHold,
-ReleaseHold, GetHold, FulfilOrder, CancelOrder} and grpc.health.v1.Health.Check; -d is the
+ReleaseHold, GetHold, FulfilOrder, CancelOrder, GetNetworkAvailability,
+GetFulfilmentOptions} and grpc.health.v1.Health.Check; -d is the
 request in the protobuf JSON mapping (lowerCamelCase or proto field names).
 
 Exit status: 0 on success, 1 when a scenario's check fails (FAIL), 2 on a usage or
@@ -111,6 +113,9 @@ pub enum Command {
     /// GetAvailability over a state filled beforehand (give its --prefix), while a paced
     /// SetStock churn makes the server take a large checkpoint; best with --rps.
     CheckpointRead(CheckpointReadArgs),
+    /// GetFulfilmentOptions, GetNetworkAvailability or GetAvailability (--read) over a
+    /// seeded network of locations (issue #15's figures).
+    Fulfil(FulfilArgs),
 }
 
 impl Cli {
@@ -153,6 +158,7 @@ impl Command {
             Command::Health(a) => a.host.clone(),
             Command::Reserve(a) => a.host.clone(),
             Command::CheckpointRead(a) => a.host.clone(),
+            Command::Fulfil(a) => a.host.clone(),
         }
     }
 }
@@ -468,4 +474,37 @@ mod tests {
             Cli::try_parse_from(["stockd-load", "reserve", "--skipFirst", "10", "--hot"]).unwrap();
         assert_eq!(cli.load.skip_first, 10);
     }
+}
+
+/// What the `fulfil` scenario reads.
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum FulfilRead {
+    /// GetFulfilmentOptions of a --lines cart (home delivery, splits allowed).
+    Fulfil,
+    /// GetNetworkAvailability of one product over every location.
+    Network,
+    /// GetAvailability of --lines keys (random products at random locations).
+    Keys,
+}
+
+#[derive(Args, Debug)]
+pub struct FulfilArgs {
+    /// What each request is.
+    #[arg(long, value_enum, default_value_t = FulfilRead::Fulfil)]
+    pub read: FulfilRead,
+    /// Locations of the network (all ship home deliveries).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub locations: u64,
+    /// Products seeded at every location (a third of the positions get none).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub products: u64,
+    /// Lines of a cart (or keys of a GetAvailability).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=20))]
+    pub lines: u64,
+    /// Stock of each stocked position.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub stock: i64,
+    /// Target server, host:port.
+    #[arg(value_name = "HOST:PORT")]
+    pub host: Option<String>,
 }

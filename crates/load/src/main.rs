@@ -36,7 +36,7 @@ use std::time::Duration;
 use clap::Parser as _;
 
 use cli::{Cli, Command};
-use scenarios::{browse, checkout, checkpoint_read, flash_sale, health, reserve};
+use scenarios::{browse, checkout, checkpoint_read, flash_sale, fulfil, health, reserve};
 use session::Session;
 
 /// How long the main runtime waits for stray tasks at exit.
@@ -90,6 +90,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, String> {
         Command::Health(a) => health::run(a, &session).await,
         Command::Reserve(a) => reserve::run(a, &session).await,
         Command::CheckpointRead(a) => checkpoint_read::run(a, &session).await,
+        Command::Fulfil(a) => fulfil::run(a, &session).await,
     };
     session.finish(ran).await
 }

@@ -301,6 +301,8 @@ mod tests {
                 "GetHold",
                 "FulfilOrder",
                 "CancelOrder",
+                "GetNetworkAvailability",
+                "GetFulfilmentOptions",
                 "Check"
             ]
         );

@@ -202,6 +202,11 @@ pub struct BootConfig {
     pub channels: Vec<ChannelConfig>,
     pub products: Vec<ProductConfig>,
     pub categories: Vec<CategoryConfig>,
+    /// `[[locations]]`: applied after channels and products, before `[[networks]]`.
+    pub locations: Vec<stockd_domain::LocationConfig>,
+    /// `[[networks]]`: a channel's network (`channel_ref`, `network_ref`, `all_locations`
+    /// or `locations`).
+    pub networks: Vec<stockd_domain::ChannelNetwork>,
 }
 
 impl BootConfig {

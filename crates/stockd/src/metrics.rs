@@ -44,6 +44,8 @@ pub const CHECKPOINT_DURATION: &str = "stockd_checkpoint_duration_seconds";
 pub const CHECKPOINT_ENTRIES: &str = "stockd_checkpoint_entries";
 pub const RECOVERY_DURATION: &str = "stockd_recovery_duration_seconds";
 pub const SHARD_MESSAGES: &str = "stockd_shard_messages_total";
+pub const FULFILMENT_OPTIONS: &str = "stockd_fulfilment_options_total";
+pub const FULFILMENT_STOCKOUT_UNITS: &str = "stockd_fulfilment_stockout_units_total";
 
 /// Latency buckets in seconds: dense below 1 ms, where a reserve should land.
 pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
@@ -122,6 +124,34 @@ fn describe_service() {
         Unit::Count,
         "Reserve calls rejected for lack of stock (count), by channel."
     );
+    describe_counter!(
+        FULFILMENT_OPTIONS,
+        Unit::Count,
+        "GetFulfilmentOptions answers (count) by channel, delivery (home_delivery, click_and_collect) and result (single, split, held, stockout)."
+    );
+    describe_counter!(
+        FULFILMENT_STOCKOUT_UNITS,
+        Unit::Count,
+        "Units of GetFulfilmentOptions stockouts (count) by channel and quantity: requested, and available over the candidate locations."
+    );
+}
+
+/// Counts a GetFulfilmentOptions answer; a stockout also counts its requested and
+/// available units (the RESERVE_REJECTED-style signal of issue #15).
+pub fn fulfilment_answer(
+    channel: &str,
+    delivery: &'static str,
+    result: &'static str,
+    stockout_units: Option<(i64, i64)>,
+) {
+    let c = || channel.to_string();
+    counter!(FULFILMENT_OPTIONS, "channel" => c(), "delivery" => delivery, "result" => result)
+        .increment(1);
+    if let Some((requested, available)) = stockout_units {
+        let units = |q: &'static str| counter!(FULFILMENT_STOCKOUT_UNITS, "channel" => c(), "quantity" => q);
+        units("requested").increment(requested.max(0) as u64);
+        units("available").increment(available.max(0) as u64);
+    }
 }
 
 /// The metrics of the shard actors.

@@ -271,6 +271,18 @@ async fn apply_boot_config(router: &Router, config: &ServerConfig) -> Result<(),
             .await
             .map_err(refused("products".into()))?;
     }
+    if !boot.locations.is_empty() {
+        router
+            .upsert_locations(now, boot.locations.clone())
+            .await
+            .map_err(refused("locations".into()))?;
+    }
+    for network in &boot.networks {
+        router
+            .set_network(now, network.clone())
+            .await
+            .map_err(refused(format!("network of {:?}", network.channel_ref)))?;
+    }
     if !boot.channels.is_empty() || !boot.products.is_empty() {
         tracing::info!(
             channels = boot.channels.len(),

@@ -68,6 +68,7 @@ impl Engine {
         if self.channels.len() == before {
             return Err(Error::UnknownChannel(channel_ref.to_string()));
         }
+        self.drop_network(channel_ref);
         self.checkpoint.config = true;
         Ok(())
     }

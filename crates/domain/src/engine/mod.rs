@@ -16,6 +16,7 @@ mod config;
 mod confirm;
 mod expire;
 mod fulfil;
+mod locations;
 mod parts;
 mod reads;
 mod reserve;
@@ -46,6 +47,8 @@ pub struct Engine {
     pub(crate) interner: Interner,
     pub(crate) positions: PositionTable,
     pub(crate) channels: Vec<Channel>,
+    /// Locations and channel networks (`engine/locations.rs`).
+    pub(crate) network: locations::NetworkState,
     pub(crate) products: FxHashMap<Sym, ProductEntry>,
     pub(crate) categories: FxHashMap<Sym, u32>,
     pub(crate) holds: HoldTable,
@@ -72,6 +75,7 @@ impl Engine {
             interner: Interner::default(),
             positions: PositionTable::default(),
             channels: Vec::new(),
+            network: locations::NetworkState::default(),
             products: FxHashMap::default(),
             categories: FxHashMap::default(),
             holds: HoldTable::default(),

@@ -92,7 +92,7 @@ impl Engine {
         own: i64,
     ) -> i64 {
         let channel = &self.channels[ci];
-        if channel.excluded.contains(&location) {
+        if channel.excluded.contains(&location) || !self.in_network(channel.sym, location) {
             return 0;
         }
         let Some(pos) = self.positions.get(&(product, location)) else {

@@ -6,6 +6,7 @@ pub mod browse;
 pub mod checkout;
 pub mod checkpoint_read;
 pub mod flash_sale;
+pub mod fulfil;
 pub mod health;
 pub mod reserve;
 

@@ -258,4 +258,91 @@ impl AdminService for AdminApi {
         })
         .await
     }
+
+    async fn upsert_locations(
+        &self,
+        request: Request<pb::UpsertLocationsRequest>,
+    ) -> Result<Response<pb::UpsertLocationsResponse>, Status> {
+        let r = request.into_inner();
+        observe(SERVICE, "UpsertLocations", "", "", async {
+            let locations = r
+                .locations
+                .into_iter()
+                .enumerate()
+                .map(|(i, l)| convert::location_in(i, l))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(to_status)?;
+            self.router
+                .upsert_locations(now_millis(), locations)
+                .await
+                .map_err(to_status)?;
+            Ok(pb::UpsertLocationsResponse {})
+        })
+        .await
+    }
+
+    async fn list_locations(
+        &self,
+        _request: Request<pb::ListLocationsRequest>,
+    ) -> Result<Response<pb::ListLocationsResponse>, Status> {
+        observe(SERVICE, "ListLocations", "", "", async {
+            let view = self.router.network().await.map_err(to_status)?;
+            Ok(pb::ListLocationsResponse {
+                locations: (view.snap.locations.iter().cloned())
+                    .map(convert::location_out)
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn delete_location(
+        &self,
+        request: Request<pb::DeleteLocationRequest>,
+    ) -> Result<Response<pb::DeleteLocationResponse>, Status> {
+        let r = request.into_inner();
+        observe(SERVICE, "DeleteLocation", "", "", async {
+            self.router
+                .delete_location(now_millis(), &r.location_ref)
+                .await
+                .map_err(to_status)?;
+            Ok(pb::DeleteLocationResponse {})
+        })
+        .await
+    }
+
+    async fn set_channel_network(
+        &self,
+        request: Request<pb::SetChannelNetworkRequest>,
+    ) -> Result<Response<pb::SetChannelNetworkResponse>, Status> {
+        let r = request.into_inner();
+        let channel = r.network.as_ref().map_or("", |n| n.channel_ref.as_str());
+        let channel = channel.to_string();
+        observe(SERVICE, "SetChannelNetwork", &channel, "", async {
+            let network = convert::network_in(r.network).map_err(to_status)?;
+            self.router
+                .set_network(now_millis(), network.clone())
+                .await
+                .map_err(to_status)?;
+            Ok(pb::SetChannelNetworkResponse {
+                network: Some(convert::network_out(network)),
+            })
+        })
+        .await
+    }
+
+    async fn list_channel_networks(
+        &self,
+        _request: Request<pb::ListChannelNetworksRequest>,
+    ) -> Result<Response<pb::ListChannelNetworksResponse>, Status> {
+        observe(SERVICE, "ListChannelNetworks", "", "", async {
+            let view = self.router.network().await.map_err(to_status)?;
+            Ok(pb::ListChannelNetworksResponse {
+                networks: (view.snap.networks.iter().cloned())
+                    .map(convert::network_out)
+                    .collect(),
+            })
+        })
+        .await
+    }
 }

@@ -8,8 +8,9 @@ use prost_types::Timestamp;
 
 use crate::proto::inventory::v1 as pb;
 use stockd_domain::{
-    self as domain, AdjustmentKind, CategoryConfig, ChannelConfig, ChannelRule, HoldState,
-    HoldView, IqKind, LineView, Millis, PositionView, ProductConfig, RebalanceMode,
+    self as domain, AdjustmentKind, CategoryConfig, ChannelConfig, ChannelNetwork, ChannelRule,
+    HoldState, HoldView, IqKind, LineView, LocationConfig, LocationKind, Millis, PositionView,
+    ProductConfig, RebalanceMode,
 };
 
 /// A bad field: INVALID_ARGUMENT with the message "{field} {reason}".
@@ -312,5 +313,151 @@ pub fn position(p: PositionView) -> pb::Position {
             .collect(),
         product_ref: p.product_ref,
         location_ref: p.location_ref,
+    }
+}
+
+// ----- locations and networks -----
+
+pub fn location_in(i: usize, l: pb::Location) -> Result<LocationConfig, domain::Error> {
+    let kind = match pb::LocationType::try_from(l.r#type) {
+        Ok(pb::LocationType::Warehouse) => LocationKind::Warehouse,
+        Ok(pb::LocationType::Store) => LocationKind::Store,
+        Ok(pb::LocationType::Other) => LocationKind::Other,
+        Ok(pb::LocationType::Unspecified) | Err(_) => {
+            return Err(invalid(
+                &format!("locations[{i}].type"),
+                "must be a LocationType other than LOCATION_TYPE_UNSPECIFIED",
+            ));
+        }
+    };
+    let priority = u32::try_from(l.priority)
+        .map_err(|_| invalid(&format!("locations[{i}].priority"), "must be at least 0"))?;
+    Ok(LocationConfig {
+        location_ref: l.location_ref,
+        kind,
+        ships_home_delivery: l.ships_home_delivery,
+        serves_click_collect: l.serves_click_collect,
+        priority,
+    })
+}
+
+pub fn location_out(l: LocationConfig) -> pb::Location {
+    pb::Location {
+        location_ref: l.location_ref,
+        r#type: match l.kind {
+            LocationKind::Warehouse => pb::LocationType::Warehouse,
+            LocationKind::Store => pb::LocationType::Store,
+            LocationKind::Other => pb::LocationType::Other,
+        } as i32,
+        ships_home_delivery: l.ships_home_delivery,
+        serves_click_collect: l.serves_click_collect,
+        priority: i32::try_from(l.priority).unwrap_or(i32::MAX),
+    }
+}
+
+pub fn network_in(n: Option<pb::ChannelNetwork>) -> Result<ChannelNetwork, domain::Error> {
+    let n = n.ok_or_else(|| invalid("network", "is required"))?;
+    Ok(ChannelNetwork {
+        channel_ref: n.channel_ref,
+        network_ref: n.network_ref,
+        all_locations: n.all_locations,
+        locations: n.locations,
+    })
+}
+
+pub fn network_out(n: ChannelNetwork) -> pb::ChannelNetwork {
+    pb::ChannelNetwork {
+        channel_ref: n.channel_ref,
+        network_ref: n.network_ref,
+        all_locations: n.all_locations,
+        locations: n.locations,
+    }
+}
+
+pub fn network_ats(a: domain::network::NetworkAts) -> pb::NetworkAvailability {
+    pb::NetworkAvailability {
+        product_ref: a.product_ref,
+        quantity: a.quantity,
+        locations: a
+            .locations
+            .into_iter()
+            .map(|(location_ref, quantity)| pb::LocationAvailability {
+                location_ref,
+                quantity,
+            })
+            .collect(),
+    }
+}
+
+// ----- fulfilment options -----
+
+pub fn fulfil_request(
+    r: pb::GetFulfilmentOptionsRequest,
+) -> Result<domain::fulfilment::FulfilRequest, domain::Error> {
+    use domain::fulfilment::{Delivery, FulfilLine, FulfilRequest};
+    let delivery = match pb::DeliveryType::try_from(r.delivery_type) {
+        Ok(pb::DeliveryType::HomeDelivery) => {
+            if !r.store_ref.is_empty() {
+                return Err(invalid("store_ref", "must be empty for HOME_DELIVERY"));
+            }
+            Delivery::HomeDelivery
+        }
+        Ok(pb::DeliveryType::ClickAndCollect) => {
+            if r.store_ref.is_empty() {
+                return Err(invalid("store_ref", "is required for CLICK_AND_COLLECT"));
+            }
+            Delivery::ClickAndCollect {
+                store_ref: r.store_ref,
+                allow_transfer: r.allow_transfer,
+            }
+        }
+        Ok(pb::DeliveryType::Unspecified) | Err(_) => {
+            return Err(invalid(
+                "delivery_type",
+                "must be DELIVERY_TYPE_HOME_DELIVERY or DELIVERY_TYPE_CLICK_AND_COLLECT",
+            ));
+        }
+    };
+    let max_plans =
+        u32::try_from(r.max_plans).map_err(|_| invalid("max_plans", "must not be negative"))?;
+    Ok(FulfilRequest {
+        channel_ref: r.channel_ref,
+        lines: r
+            .lines
+            .into_iter()
+            .map(|l| FulfilLine {
+                product_ref: l.product_ref,
+                quantity: l.quantity,
+            })
+            .collect(),
+        delivery,
+        max_plans,
+        allow_split: r.allow_split,
+        hold_ref: opt(&r.hold_ref),
+        ttl_seconds: ttl("ttl_seconds", r.ttl_seconds)?,
+    })
+}
+
+pub fn fulfil_plan(
+    req: &domain::fulfilment::FulfilRequest,
+    plan: domain::fulfilment::Plan,
+) -> pb::FulfilmentPlan {
+    pb::FulfilmentPlan {
+        parts: plan
+            .parts
+            .into_iter()
+            .map(|p| pb::FulfilmentPlanPart {
+                location_ref: p.location_ref,
+                transfer: p.transfer,
+                lines: p
+                    .lines
+                    .into_iter()
+                    .map(|(i, quantity)| pb::FulfilmentLine {
+                        product_ref: req.lines[i].product_ref.clone(),
+                        quantity,
+                    })
+                    .collect(),
+            })
+            .collect(),
     }
 }

@@ -18,6 +18,7 @@ use crate::proto::inventory::v1::inventory_service_server::InventoryService;
 use crate::shard::Router;
 use stockd_domain::OrderLine;
 use stockd_domain::ReserveOutcome;
+use stockd_domain::fulfilment::{Delivery, FulfilAnswer, FulfilRequest};
 
 const SERVICE: &str = "inventory.v1.InventoryService";
 
@@ -28,6 +29,30 @@ pub struct InventoryApi {
 
 #[tonic::async_trait]
 impl InventoryService for InventoryApi {
+    async fn get_network_availability(
+        &self,
+        request: Request<pb::GetNetworkAvailabilityRequest>,
+    ) -> Result<Response<pb::GetNetworkAvailabilityResponse>, Status> {
+        let r = request.into_inner();
+        observe(
+            SERVICE,
+            "GetNetworkAvailability",
+            &r.channel_ref,
+            "",
+            async {
+                let answers = self
+                    .router
+                    .network_availability(&r.channel_ref, r.product_refs, r.include_locations)
+                    .await
+                    .map_err(to_status)?;
+                Ok(pb::GetNetworkAvailabilityResponse {
+                    products: answers.into_iter().map(convert::network_ats).collect(),
+                })
+            },
+        )
+        .await
+    }
+
     async fn get_availability(
         &self,
         request: Request<pb::GetAvailabilityRequest>,
@@ -59,6 +84,24 @@ impl InventoryService for InventoryApi {
                 )
                 .collect();
             Ok(pb::GetAvailabilityResponse { positions })
+        })
+        .await
+    }
+
+    async fn get_fulfilment_options(
+        &self,
+        request: Request<pb::GetFulfilmentOptionsRequest>,
+    ) -> Result<Response<pb::GetFulfilmentOptionsResponse>, Status> {
+        let r = request.into_inner();
+        let span = observe::span(SERVICE, "GetFulfilmentOptions", &r.channel_ref, &r.hold_ref);
+        observe_in(span, SERVICE, "GetFulfilmentOptions", async move {
+            let req = convert::fulfil_request(r).map_err(to_status)?;
+            let answer = self
+                .router
+                .fulfilment_options(now_millis(), req.clone())
+                .await
+                .map_err(to_status)?;
+            Ok(fulfilment_response(&req, answer))
         })
         .await
     }
@@ -209,5 +252,60 @@ impl InventoryService for InventoryApi {
             })
         })
         .await
+    }
+}
+
+/// The response of GetFulfilmentOptions, counted (`metrics::fulfilment_answer`).
+fn fulfilment_response(
+    req: &FulfilRequest,
+    answer: FulfilAnswer,
+) -> pb::GetFulfilmentOptionsResponse {
+    let delivery = match req.delivery {
+        Delivery::HomeDelivery => "home_delivery",
+        Delivery::ClickAndCollect { .. } => "click_and_collect",
+    };
+    let result = match (answer.plans.first(), &answer.held) {
+        (None, _) => "stockout",
+        (Some(_), Some(_)) => "held",
+        (Some(p), None) if p.parts.len() == 1 => "single",
+        (Some(_), None) => "split",
+    };
+    let requested: i64 = req.lines.iter().map(|l| l.quantity).sum();
+    let stockout = answer
+        .plans
+        .is_empty()
+        .then(|| (requested, answer.available.iter().sum()));
+    metrics::fulfilment_answer(&req.channel_ref, delivery, result, stockout);
+    if stockout.is_some() {
+        tracing::debug!(channel = %req.channel_ref, delivery, ?answer.available, "fulfilment stockout");
+    }
+    let (held_plan, hold, outcome) = match answer.held {
+        Some((i, r)) => (
+            Some(i as i32),
+            r.hold.map(convert::hold),
+            pb::ReserveOutcome::Reserved,
+        ),
+        None if req.hold_ref.is_some() => (None, None, pb::ReserveOutcome::Rejected),
+        None => (None, None, pb::ReserveOutcome::Unspecified),
+    };
+    pb::GetFulfilmentOptionsResponse {
+        plans: answer
+            .plans
+            .into_iter()
+            .map(|p| convert::fulfil_plan(req, p))
+            .collect(),
+        lines: req
+            .lines
+            .iter()
+            .zip(&answer.available)
+            .map(|(l, a)| pb::FulfilmentLineAvailability {
+                product_ref: l.product_ref.clone(),
+                requested: l.quantity,
+                available: *a,
+            })
+            .collect(),
+        held_plan,
+        hold,
+        outcome: outcome as i32,
     }
 }

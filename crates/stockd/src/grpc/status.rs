@@ -72,9 +72,10 @@ fn domain_status(error: Error) -> Status {
     let message = error.to_string();
     let code = match error {
         Error::InvalidArgument { .. } => Code::InvalidArgument,
-        Error::UnknownChannel(_) | Error::HoldNotFound(_) | Error::OrderNotFound(_) => {
-            Code::NotFound
-        }
+        Error::UnknownChannel(_)
+        | Error::UnknownLocation(_)
+        | Error::HoldNotFound(_)
+        | Error::OrderNotFound(_) => Code::NotFound,
         Error::HoldExpired(_)
         | Error::HoldReleased(_)
         | Error::HoldConfirmed { .. }

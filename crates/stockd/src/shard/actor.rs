@@ -320,6 +320,9 @@ impl ShardActor {
                 let channels = self.engine.channels().cloned().collect();
                 defer(replies, respond, Ok(channels));
             }
+            Msg::Network { respond } => {
+                defer(replies, respond, Ok(self.engine.network_snap()));
+            }
         }
     }
 
@@ -338,6 +341,9 @@ impl ShardActor {
                 | Command::DeleteChannel(_)
                 | Command::UpsertProducts(_)
                 | Command::UpsertCategories(_)
+                | Command::UpsertLocations(_)
+                | Command::DeleteLocation(_)
+                | Command::SetNetwork(_)
         );
         match self.engine.apply(now, &command) {
             Ok(outcome) => {

@@ -13,7 +13,8 @@
 use tokio::sync::{mpsc, oneshot};
 
 use stockd_domain::{
-    ChannelConfig, Command, Error, HoldView, LineView, Millis, OrderLine, Outcome, PositionView,
+    ChannelConfig, Command, Error, HoldView, LineView, Millis, NetworkSnap, OrderLine, Outcome,
+    PositionView,
 };
 
 /// Why a shard could not answer.
@@ -75,6 +76,8 @@ pub(crate) enum Msg {
     Channels {
         respond: Respond<Vec<ChannelConfig>>,
     },
+    /// Locations and channel networks.
+    Network { respond: Respond<NetworkSnap> },
 }
 
 impl Msg {
@@ -85,7 +88,7 @@ impl Msg {
             Msg::Availability { .. } | Msg::Position { .. } => "read",
             Msg::Hold { .. } => "hold",
             Msg::FulfilCheck { .. } => "fulfil_check",
-            Msg::Channels { .. } => "config",
+            Msg::Channels { .. } | Msg::Network { .. } => "config",
         }
     }
 }
@@ -103,7 +106,10 @@ fn command_kind(command: &Command) -> &'static str {
         Command::UpsertChannel(_)
         | Command::DeleteChannel(_)
         | Command::UpsertProducts(_)
-        | Command::UpsertCategories(_) => "config",
+        | Command::UpsertCategories(_)
+        | Command::UpsertLocations(_)
+        | Command::DeleteLocation(_)
+        | Command::SetNetwork(_) => "config",
         Command::Expire => "expire",
     }
 }
@@ -255,6 +261,10 @@ impl ShardHandle {
 
     pub async fn channels(&self) -> Result<Vec<ChannelConfig>, ShardError> {
         self.call(|respond| Msg::Channels { respond }).await
+    }
+
+    pub async fn network(&self) -> Result<NetworkSnap, ShardError> {
+        self.call(|respond| Msg::Network { respond }).await
     }
 }
 

@@ -25,6 +25,9 @@
 
 use std::sync::Weak;
 
+mod network;
+pub use network::NetworkView;
+
 use futures::future::join_all;
 use tokio::sync::Mutex;
 
@@ -86,6 +89,9 @@ pub struct Router {
     /// Where each hold's and order's parts are, and the stripe locks.
     directory: Directory,
     config: Mutex<()>,
+    /// The channels, locations and networks as of the last configuration change, loaded
+    /// from shard 0 on first use (`network::network`), dropped by every `configure`.
+    network: std::sync::Mutex<Option<std::sync::Arc<NetworkView>>>,
 }
 
 impl Router {
@@ -104,6 +110,7 @@ impl Router {
             shards,
             directory,
             config: Mutex::new(()),
+            network: std::sync::Mutex::new(None),
         }
     }
 
@@ -756,7 +763,9 @@ impl Router {
     /// Applies a configuration command on every shard, in the same order everywhere.
     async fn configure(&self, now: Millis, command: Command) -> Result<(), ShardError> {
         let _guard = self.config.lock().await;
-        for a in self.broadcast(now, &command).await {
+        let answers = self.broadcast(now, &command).await;
+        *self.network.lock().expect("network cache lock") = None;
+        for a in answers {
             a?;
         }
         Ok(())

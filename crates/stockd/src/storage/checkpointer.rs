@@ -7,7 +7,8 @@
 //! - IDEMPOTENCY: adjustment ref → empty record (the ref was applied);
 //! - CHANNELS: channel ref → `ChannelConfig`;
 //! - CATALOGUE: `p:{product}` → `ProductConfig`, `c:{category}` → `CategoryConfig`,
-//!   `n:counters` → `(next_iq_id, next_event_seq)`.
+//!   `n:counters` → `(next_iq_id, next_event_seq)`, `l:{location}` → `LocationConfig`,
+//!   `w:{channel}` → `ChannelNetwork` (the channel's network).
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -129,6 +130,16 @@ fn encode_config(config: &ConfigSnap, puts: &mut Vec<Entry>) -> BTreeSet<(Namesp
         keys.insert((Namespace::CATALOGUE, key.clone().into_bytes()));
         puts.push(put(Namespace::CATALOGUE, key, record::encode(c)));
     }
+    for l in &config.network.locations {
+        let key = format!("l:{}", l.location_ref);
+        keys.insert((Namespace::CATALOGUE, key.clone().into_bytes()));
+        puts.push(put(Namespace::CATALOGUE, key, record::encode(l)));
+    }
+    for n in &config.network.networks {
+        let key = format!("w:{}", n.channel_ref);
+        keys.insert((Namespace::CATALOGUE, key.clone().into_bytes()));
+        puts.push(put(Namespace::CATALOGUE, key, record::encode(n)));
+    }
     keys
 }
 
@@ -207,6 +218,14 @@ fn decode_config(
                 config
                     .categories
                     .push(record::decode(e.value).map_err(bad)?);
+            }
+            _ if e.key.starts_with(b"l:") => {
+                let location = record::decode(e.value).map_err(bad)?;
+                config.network.locations.push(location);
+            }
+            _ if e.key.starts_with(b"w:") => {
+                let network = record::decode(e.value).map_err(bad)?;
+                config.network.networks.push(network);
             }
             other => {
                 return Err(format!(
@@ -404,5 +423,41 @@ mod tests {
         assert_eq!(stored_channels(&store), ["WEB"]);
         let held: Vec<_> = keys.lock().unwrap().iter().cloned().collect();
         assert_eq!(held, [(Namespace::CHANNELS, b"WEB".to_vec())]);
+    }
+
+    /// Locations and networks are written as catalogue entries and restored whole; a
+    /// location gone from the next configuration is deleted.
+    #[test]
+    fn locations_and_networks_round_trip() {
+        use stockd_domain::{ChannelNetwork, LocationConfig, NetworkSnap};
+        let store = SimStore::new(1);
+        let keys = ConfigKeys::default();
+        let loc = |r: &str| LocationConfig {
+            location_ref: r.into(),
+            priority: 3,
+            ..Default::default()
+        };
+        let with = |locations: Vec<LocationConfig>| {
+            let mut delta = with_channels(&["WEB"]);
+            let config = delta.config.as_mut().unwrap();
+            config.network = NetworkSnap {
+                networks: vec![ChannelNetwork {
+                    channel_ref: "WEB".into(),
+                    network_ref: "online".into(),
+                    all_locations: false,
+                    locations: vec!["DC1".into()],
+                }],
+                locations,
+            };
+            delta
+        };
+        write_batch(&store, SCOPE, 1, &with(vec![loc("DC1"), loc("DC2")]), &keys).unwrap();
+        write_batch(&store, SCOPE, 2, &with(vec![loc("DC1")]), &keys).unwrap();
+        let loaded = store.load(SCOPE).unwrap().unwrap();
+        let engine = restore(&loaded, &Settings::default(), &ConfigKeys::default()).unwrap();
+        assert_eq!(
+            engine.network_snap(),
+            with(vec![loc("DC1")]).config.unwrap().network
+        );
     }
 }

@@ -1,0 +1,438 @@
+//! Fulfilment options: the plans that can serve a cart from a channel's network, searched
+//! within named bounds and ranked, as pure functions.
+//!
+//! The router reads the channel's ATS of every line at every candidate location, then
+//! calls [`plans`]. A plan is a list of (location, lines) that together cover the cart.
+//! Ranking ([`rank_key`]): one location before a split, fewer locations before more, no
+//! transfer before transfers (click & collect: the collecting store itself first), the
+//! locations' priorities (lower first, compared sorted), then their refs.
+//!
+//! The search is bounded so that a cart of N lines over M locations never explodes: every
+//! single-location plan is a scan (M × N); split plans come from at most
+//! `FULFIL_SEARCH_STARTS_MAX` greedy searches, one from each of the best-ranked locations,
+//! each of at most `FULFIL_PLAN_LOCATIONS_MAX` rounds. A greedy round adds the location
+//! that covers the most remaining lines whole (then the most units), and splits a line's
+//! quantity only when no location can take it whole. It can miss a split plan an
+//! exhaustive search would find; it never offers one that does not cover the cart.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::limits::{
+    FULFIL_LINES_MAX, FULFIL_PLAN_LOCATIONS_MAX, FULFIL_PLANS_MAX, FULFIL_SEARCH_STARTS_MAX,
+    HOLD_QUANTITY_MAX,
+};
+use crate::network::{LocationConfig, NetworkSnap};
+use crate::request::check_ref_field;
+
+/// How the customer receives the cart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Delivery {
+    /// Shipped from any network location that ships home deliveries.
+    HomeDelivery,
+    /// Collected at `store_ref`; with `allow_transfer`, stock may come from other
+    /// network locations to the store.
+    ClickAndCollect {
+        store_ref: String,
+        allow_transfer: bool,
+    },
+}
+
+/// One cart line: a product and how many.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FulfilLine {
+    pub product_ref: String,
+    pub quantity: i64,
+}
+
+/// A GetFulfilmentOptions request, as the domain sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FulfilRequest {
+    pub channel_ref: String,
+    pub lines: Vec<FulfilLine>,
+    pub delivery: Delivery,
+    /// Most plans to answer; 0 means `FULFIL_PLANS_MAX`.
+    pub max_plans: u32,
+    pub allow_split: bool,
+    /// Reserve the best plan still available as a hold under this ref.
+    pub hold_ref: Option<String>,
+    pub ttl_seconds: Option<u32>,
+}
+
+impl FulfilRequest {
+    /// Checks every field; the error names it as the request spells it.
+    pub fn validate(&self) -> Result<(), Error> {
+        check_ref_field("channel_ref", &self.channel_ref)?;
+        if self.lines.is_empty() || self.lines.len() > FULFIL_LINES_MAX {
+            return Err(Error::invalid(
+                "lines",
+                format!(
+                    "must hold 1 to {FULFIL_LINES_MAX} lines (got {})",
+                    self.lines.len()
+                ),
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, l) in self.lines.iter().enumerate() {
+            check_ref_field(&format!("lines[{i}].product_ref"), &l.product_ref)?;
+            if !seen.insert(l.product_ref.as_str()) {
+                return Err(Error::invalid(
+                    format!("lines[{i}].product_ref"),
+                    format!("repeats {:?}: one line per product", l.product_ref),
+                ));
+            }
+            if l.quantity < 1 || l.quantity > HOLD_QUANTITY_MAX {
+                return Err(Error::invalid(
+                    format!("lines[{i}].quantity"),
+                    format!("must be 1 to {HOLD_QUANTITY_MAX} (got {})", l.quantity),
+                ));
+            }
+        }
+        if self.max_plans as usize > FULFIL_PLANS_MAX {
+            return Err(Error::invalid(
+                "max_plans",
+                format!(
+                    "must be 0 (default) to {FULFIL_PLANS_MAX} (got {})",
+                    self.max_plans
+                ),
+            ));
+        }
+        if let Delivery::ClickAndCollect { store_ref, .. } = &self.delivery {
+            check_ref_field("store_ref", store_ref)?;
+        }
+        if let Some(h) = &self.hold_ref {
+            check_ref_field("hold_ref", h)?;
+        }
+        Ok(())
+    }
+
+    /// The plan count asked for, bounded.
+    pub fn plans_wanted(&self) -> usize {
+        match self.max_plans as usize {
+            0 => FULFIL_PLANS_MAX,
+            n => n.min(FULFIL_PLANS_MAX),
+        }
+    }
+}
+
+/// The answer to a GetFulfilmentOptions request.
+#[derive(Clone, Debug)]
+pub struct FulfilAnswer {
+    /// Ranked, best first. Empty is a stockout.
+    pub plans: Vec<Plan>,
+    /// Per request line: what it asked for and what the candidate locations have in all.
+    pub available: Vec<i64>,
+    /// With a hold ref: the index of the plan held and the reserve's answer; `None` when
+    /// no plan could be held (then `plans` is empty).
+    pub held: Option<(usize, crate::outcome::ReserveResult)>,
+}
+
+impl FulfilRequest {
+    /// The Reserve of `plan` under the request's hold ref (all-or-nothing).
+    pub fn reserve_request(&self, hold_ref: &str, plan: &Plan) -> crate::ReserveRequest {
+        let lines = plan
+            .parts
+            .iter()
+            .flat_map(|part| {
+                part.lines.iter().map(|&(i, quantity)| crate::ReserveLine {
+                    product_ref: self.lines[i].product_ref.clone(),
+                    location_ref: part.location_ref.clone(),
+                    quantity,
+                    category: None,
+                })
+            })
+            .collect();
+        crate::ReserveRequest {
+            hold_ref: hold_ref.to_string(),
+            channel_ref: self.channel_ref.clone(),
+            lines,
+            ttl_seconds: self.ttl_seconds,
+            allow_partial: false,
+        }
+    }
+}
+
+/// A location the search may use: its rank fields and the ATS of each line there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    pub location_ref: String,
+    pub priority: u32,
+    /// Using it for click & collect needs a transfer to the store.
+    pub transfer: bool,
+    /// ATS of the channel for each request line, in line order.
+    pub ats: Vec<i64>,
+}
+
+/// The part of a plan served from one location.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PlanPart {
+    pub location_ref: String,
+    pub priority: u32,
+    pub transfer: bool,
+    /// (request line index, quantity), by line index.
+    pub lines: Vec<(usize, i64)>,
+}
+
+/// One way to serve the whole cart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// By location ref.
+    pub parts: Vec<PlanPart>,
+}
+
+/// The sort key of a plan: smaller ranks first.
+pub type RankKey = (usize, usize, Vec<u32>, Vec<String>);
+
+/// The rank of a plan (see the module's documentation).
+pub fn rank_key(plan: &Plan) -> RankKey {
+    let transfers = plan.parts.iter().filter(|p| p.transfer).count();
+    let mut priorities: Vec<u32> = plan.parts.iter().map(|p| p.priority).collect();
+    priorities.sort_unstable();
+    let refs = plan.parts.iter().map(|p| p.location_ref.clone()).collect();
+    (plan.parts.len(), transfers, priorities, refs)
+}
+
+/// The candidate locations for a delivery, with whether each needs a transfer, from the
+/// channel's network members (`NetworkSnap::members`). A click & collect store that is
+/// not configured is NOT_FOUND; one outside the network or that does not collect is
+/// INVALID_ARGUMENT naming `store_ref`.
+pub fn eligible<'a>(
+    snap: &NetworkSnap,
+    members: &[&'a LocationConfig],
+    delivery: &Delivery,
+) -> Result<Vec<(&'a LocationConfig, bool)>, Error> {
+    match delivery {
+        Delivery::HomeDelivery => Ok(members
+            .iter()
+            .filter(|l| l.ships_home_delivery)
+            .map(|l| (*l, false))
+            .collect()),
+        Delivery::ClickAndCollect {
+            store_ref,
+            allow_transfer,
+        } => {
+            let field = "store_ref";
+            if !snap.locations.iter().any(|l| &l.location_ref == store_ref) {
+                return Err(Error::UnknownLocation(store_ref.clone()));
+            }
+            let Some(store) = members.iter().find(|l| &l.location_ref == store_ref) else {
+                return Err(Error::invalid(
+                    field,
+                    format!("{store_ref:?} is not in the channel's network"),
+                ));
+            };
+            if !store.serves_click_collect {
+                return Err(Error::invalid(
+                    field,
+                    format!("{store_ref:?} does not serve click & collect"),
+                ));
+            }
+            let mut out = vec![(*store, false)];
+            if *allow_transfer {
+                let others = members.iter().filter(|l| &l.location_ref != store_ref);
+                out.extend(others.map(|l| (*l, true)));
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// The ranked plans that cover `quantities` (one per request line) from `candidates`, at
+/// most `max_plans` of them; split plans only with `allow_split`.
+pub fn plans(
+    quantities: &[i64],
+    candidates: &[Candidate],
+    allow_split: bool,
+    max_plans: usize,
+) -> Vec<Plan> {
+    let max_plans = max_plans.min(FULFIL_PLANS_MAX);
+    let mut order: Vec<&Candidate> = candidates.iter().collect();
+    order.sort_by(|a, b| {
+        (a.transfer, a.priority, &a.location_ref).cmp(&(b.transfer, b.priority, &b.location_ref))
+    });
+    let mut out: Vec<Plan> = Vec::new();
+    let mut seen: BTreeSet<Vec<PlanPart>> = BTreeSet::new();
+    for c in &order {
+        if quantities.iter().zip(&c.ats).all(|(q, a)| a >= q) {
+            let lines = quantities.iter().copied().enumerate().collect();
+            push_plan(&mut out, &mut seen, vec![part(c, lines)]);
+        }
+    }
+    // Split plans rank after every single-location plan: once those fill the answer,
+    // the search for splits could only add plans the truncation drops.
+    if allow_split && out.len() < max_plans {
+        let starts = order
+            .iter()
+            .filter(|c| contributes(c, quantities) > (0, 0))
+            .take(FULFIL_SEARCH_STARTS_MAX);
+        for start in starts {
+            if let Some(parts) = greedy(quantities, &order, start) {
+                push_plan(&mut out, &mut seen, parts);
+            }
+        }
+    }
+    out.sort_by_cached_key(rank_key);
+    out.truncate(max_plans);
+    out
+}
+
+/// For each line: (line, requested, available over every candidate) where the
+/// candidates together have less than requested: a stockout's detail.
+pub fn shortfall(quantities: &[i64], candidates: &[Candidate]) -> Vec<(usize, i64, i64)> {
+    (0..quantities.len())
+        .map(|i| (i, quantities[i], candidates.iter().map(|c| c.ats[i]).sum()))
+        .filter(|(_, want, have)| have < want)
+        .collect()
+}
+
+/// The total available of each line over every candidate (the stockout signal's
+/// "available" when the cart cannot be served whole).
+pub fn available(quantities: &[i64], candidates: &[Candidate]) -> Vec<i64> {
+    (0..quantities.len())
+        .map(|i| candidates.iter().map(|c| c.ats[i]).sum())
+        .collect()
+}
+
+fn part(c: &Candidate, lines: Vec<(usize, i64)>) -> PlanPart {
+    PlanPart {
+        location_ref: c.location_ref.clone(),
+        priority: c.priority,
+        transfer: c.transfer,
+        lines,
+    }
+}
+
+fn push_plan(out: &mut Vec<Plan>, seen: &mut BTreeSet<Vec<PlanPart>>, mut parts: Vec<PlanPart>) {
+    parts.sort();
+    if seen.insert(parts.clone()) {
+        out.push(Plan { parts });
+    }
+}
+
+/// (lines `c` can take whole, units it can take) of what `remaining` still needs.
+fn contributes(c: &Candidate, remaining: &[i64]) -> (usize, i64) {
+    let whole = remaining
+        .iter()
+        .zip(&c.ats)
+        .filter(|(r, a)| **r > 0 && a >= r)
+        .count();
+    let units = remaining
+        .iter()
+        .zip(&c.ats)
+        .map(|(r, a)| (*r).min(*a))
+        .sum();
+    (whole, units)
+}
+
+/// Takes from `c` the remaining lines it can serve whole, or (`partial`) whatever it has.
+fn take(c: &Candidate, remaining: &mut [i64], partial: bool) -> Vec<(usize, i64)> {
+    let mut lines = Vec::new();
+    for (i, (r, a)) in remaining.iter_mut().zip(&c.ats).enumerate() {
+        let q = if *a >= *r || partial { (*r).min(*a) } else { 0 };
+        if *r > 0 && q > 0 {
+            lines.push((i, q));
+            *r -= q;
+        }
+    }
+    lines
+}
+
+/// One greedy search from `start`: bounded by `FULFIL_PLAN_LOCATIONS_MAX` rounds.
+fn greedy(quantities: &[i64], order: &[&Candidate], start: &Candidate) -> Option<Vec<PlanPart>> {
+    let mut remaining = quantities.to_vec();
+    let first = contributes(start, &remaining).0 == 0;
+    let mut parts = vec![part(start, take(start, &mut remaining, first))];
+    let mut used: BTreeSet<&str> = BTreeSet::from([start.location_ref.as_str()]);
+    while remaining.iter().any(|r| *r > 0) {
+        if parts.len() >= FULFIL_PLAN_LOCATIONS_MAX {
+            return None;
+        }
+        // The first best-ranked candidate with the most whole lines, then the most units.
+        let mut best: Option<(&Candidate, (usize, i64))> = None;
+        for c in order
+            .iter()
+            .filter(|c| !used.contains(c.location_ref.as_str()))
+        {
+            let score = contributes(c, &remaining);
+            if score > (0, 0) && best.is_none_or(|(_, s)| score > s) {
+                best = Some((c, score));
+            }
+        }
+        let Some((c, (whole, _))) = best else {
+            // No new location helps: what the chosen ones still have, partly.
+            top_up(order, &mut parts, &mut remaining);
+            return remaining.iter().all(|r| *r == 0).then_some(parts);
+        };
+        used.insert(c.location_ref.as_str());
+        parts.push(part(c, take(c, &mut remaining, whole == 0)));
+    }
+    Some(parts)
+}
+
+/// Adds to the plan's parts what their locations have beyond what they already give.
+fn top_up(order: &[&Candidate], parts: &mut [PlanPart], remaining: &mut [i64]) {
+    for p in parts.iter_mut() {
+        let Some(c) = order.iter().find(|c| c.location_ref == p.location_ref) else {
+            continue;
+        };
+        for (i, r) in remaining.iter_mut().enumerate() {
+            let given: i64 = p.lines.iter().filter(|l| l.0 == i).map(|l| l.1).sum();
+            let q = (*r).min(c.ats[i] - given);
+            if q > 0 {
+                match p.lines.iter_mut().find(|l| l.0 == i) {
+                    Some(l) => l.1 += q,
+                    None => p.lines.push((i, q)),
+                }
+                *r -= q;
+            }
+        }
+        p.lines.sort_unstable();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(r: &str, priority: u32, ats: &[i64]) -> Candidate {
+        Candidate {
+            location_ref: r.into(),
+            priority,
+            transfer: false,
+            ats: ats.to_vec(),
+        }
+    }
+
+    fn refs(plan: &Plan) -> Vec<&str> {
+        plan.parts.iter().map(|p| p.location_ref.as_str()).collect()
+    }
+
+    #[test]
+    fn one_location_ranks_before_a_split_then_priority_then_ref() {
+        let c = [
+            cand("DC2", 2, &[3, 3, 3]),
+            cand("DC1", 1, &[3, 3, 3]),
+            cand("DC0", 1, &[3, 0, 0]),
+            cand("ST9", 5, &[0, 3, 3]),
+        ];
+        let p = plans(&[2, 2, 2], &c, true, 10);
+        assert_eq!(refs(&p[0]), ["DC1"]);
+        assert_eq!(refs(&p[1]), ["DC2"]);
+        assert!(p[2..].iter().all(|p| p.parts.len() > 1));
+        assert!(plans(&[2, 2, 2], &c, false, 10).len() == 2);
+        assert_eq!(plans(&[2, 2, 2], &c, true, 1).len(), 1);
+    }
+
+    #[test]
+    fn a_line_is_split_only_when_no_location_has_it_whole() {
+        let c = [cand("A", 0, &[3, 0]), cand("B", 0, &[2, 5])];
+        let p = plans(&[5, 1], &c, true, 10);
+        assert_eq!(p.len(), 1);
+        let lines: Vec<_> = p[0].parts.iter().map(|p| p.lines.clone()).collect();
+        assert_eq!(lines, [vec![(0, 3)], vec![(0, 2), (1, 1)]]);
+        assert!(plans(&[6, 1], &c, true, 10).is_empty());
+        assert_eq!(shortfall(&[6, 1], &c), [(0, 6, 5)]);
+    }
+}

@@ -1,0 +1,272 @@
+//! Fulfilment plans and network availability (issue #15), through the domain's API.
+//!
+//! - `plans` against its rules: every plan covers the cart within each location's ATS,
+//!   plans come ranked and distinct, `max_plans` and `allow_split` hold, a whole-cart
+//!   location comes first, and a split is found whenever few locations hold enough.
+//! - Network ATS (the per-location ATS summed over `NetworkSnap::members`) against a
+//!   reference model of domain.md's formula, with exclusions, named networks and
+//!   ring-fenced allocations.
+
+use proptest::prelude::*;
+use stockd_domain::fulfilment::{Candidate, Plan, plans, rank_key};
+use stockd_domain::limits::{FULFIL_PLAN_LOCATIONS_MAX, FULFIL_PLANS_MAX};
+use stockd_domain::{
+    ChannelConfig, ChannelNetwork, Engine, Error, LocationConfig, Settings, StockCount,
+};
+
+fn candidates() -> impl Strategy<Value = (Vec<i64>, Vec<Candidate>)> {
+    (1usize..=5, 1usize..=12).prop_flat_map(|(lines, locations)| {
+        let quantities = prop::collection::vec(1i64..=6, lines);
+        let cands = prop::collection::vec(
+            (
+                0u32..4,
+                any::<bool>(),
+                prop::collection::vec(0i64..=8, lines),
+            ),
+            locations,
+        )
+        .prop_map(|v| {
+            v.into_iter()
+                .enumerate()
+                .map(|(i, (priority, transfer, ats))| Candidate {
+                    location_ref: format!("L{i:02}"),
+                    priority,
+                    transfer,
+                    ats,
+                })
+                .collect::<Vec<_>>()
+        });
+        (quantities, cands)
+    })
+}
+
+/// Every line covered exactly, each part within its location's ATS, no location twice.
+fn check_covers(plan: &Plan, quantities: &[i64], cands: &[Candidate]) -> Result<(), String> {
+    let mut covered = vec![0; quantities.len()];
+    let mut seen = std::collections::BTreeSet::new();
+    for part in &plan.parts {
+        if !seen.insert(&part.location_ref) {
+            return Err(format!("{} twice", part.location_ref));
+        }
+        let c = cands
+            .iter()
+            .find(|c| c.location_ref == part.location_ref)
+            .ok_or("unknown location")?;
+        for &(line, q) in &part.lines {
+            if q <= 0 || q > c.ats[line] {
+                return Err(format!(
+                    "{} line {line}: {q} of {}",
+                    c.location_ref, c.ats[line]
+                ));
+            }
+            covered[line] += q;
+        }
+    }
+    if covered != quantities {
+        return Err(format!("covers {covered:?}, wants {quantities:?}"));
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn plans_cover_the_cart_ranked_and_bounded(
+        (quantities, cands) in candidates(),
+        allow_split in any::<bool>(),
+        max_plans in 1usize..=FULFIL_PLANS_MAX,
+    ) {
+        let out = plans(&quantities, &cands, allow_split, max_plans);
+        prop_assert!(out.len() <= max_plans);
+        for plan in &out {
+            prop_assert_eq!(check_covers(plan, &quantities, &cands), Ok(()));
+            prop_assert!(plan.parts.len() <= FULFIL_PLAN_LOCATIONS_MAX);
+            prop_assert!(allow_split || plan.parts.len() == 1);
+        }
+        let keys: Vec<_> = out.iter().map(rank_key).collect();
+        prop_assert!(keys.windows(2).all(|w| w[0] <= w[1]), "not ranked: {:?}", keys);
+        for (i, a) in out.iter().enumerate() {
+            prop_assert!(out[i + 1..].iter().all(|b| b != a), "a plan twice");
+        }
+        // The single-location plans are exactly the locations that hold the whole cart.
+        let whole: Vec<&Candidate> = cands
+            .iter()
+            .filter(|c| quantities.iter().zip(&c.ats).all(|(q, a)| a >= q))
+            .collect();
+        if !whole.is_empty() {
+            prop_assert_eq!(out[0].parts.len(), 1);
+            let best = whole
+                .iter()
+                .min_by_key(|c| (c.transfer, c.priority, c.location_ref.clone()))
+                .unwrap();
+            prop_assert_eq!(&out[0].parts[0].location_ref, &best.location_ref);
+        }
+        let singles = out.iter().filter(|p| p.parts.len() == 1).count();
+        prop_assert_eq!(singles, whole.len().min(max_plans));
+        // A split over few locations that together hold enough is always found.
+        let enough = (0..quantities.len())
+            .all(|i| cands.iter().map(|c| c.ats[i]).sum::<i64>() >= quantities[i]);
+        if allow_split && enough && cands.len() <= FULFIL_PLAN_LOCATIONS_MAX {
+            prop_assert!(!out.is_empty(), "no plan although the network holds enough");
+        }
+        if !enough {
+            prop_assert!(out.is_empty());
+        }
+    }
+}
+
+// ----- network ATS against a reference model -----
+
+const NOW: i64 = 1_700_000_000_000;
+
+#[derive(Debug, Clone)]
+struct ChannelModel {
+    allocation_bps: u32,
+    buffer_bps: u32,
+    buffer_units: i64,
+    excluded: Vec<usize>,
+    /// `None`: every location.
+    network: Option<Vec<usize>>,
+}
+
+/// domain.md's ATS of a channel at a freshly counted position (no holds, no sales).
+fn reference_ats(c: &ChannelModel, location: usize, physical: i64) -> i64 {
+    let in_network = c.network.as_ref().is_none_or(|n| n.contains(&location));
+    if c.excluded.contains(&location) || !in_network {
+        return 0;
+    }
+    let x = if c.allocation_bps >= 10_000 {
+        physical
+    } else {
+        (physical * c.allocation_bps as i64 / 10_000).min(physical)
+    };
+    if x <= 0 {
+        return 0;
+    }
+    let buffer = (x * c.buffer_bps as i64 + 9_999) / 10_000;
+    (x - buffer - c.buffer_units).max(0)
+}
+
+fn channel_model(locations: usize) -> impl Strategy<Value = ChannelModel> {
+    (
+        prop_oneof![Just(10_000u32), 0u32..=10_000],
+        0u32..=3_000,
+        0i64..=3,
+        prop::collection::vec(0..locations, 0..=2),
+        prop::option::of(prop::collection::btree_set(0..locations, 1..=locations)),
+    )
+        .prop_map(
+            |(allocation_bps, buffer_bps, buffer_units, excluded, network)| ChannelModel {
+                allocation_bps,
+                buffer_bps,
+                buffer_units,
+                excluded,
+                network: network.map(|n| n.into_iter().collect()),
+            },
+        )
+}
+
+fn loc(i: usize) -> String {
+    format!("LOC{i}")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn network_ats_is_the_sum_over_members(
+        counts in prop::collection::vec(0i64..=40, 1..=6),
+        models in prop::collection::vec(channel_model(6), 1..=3),
+    ) {
+        let n = counts.len();
+        let mut engine = Engine::new(Settings::default());
+        let locations: Vec<LocationConfig> = (0..n)
+            .map(|i| LocationConfig { location_ref: loc(i), priority: i as u32, ..Default::default() })
+            .collect();
+        engine.upsert_locations(&locations).unwrap();
+        for (ci, m) in models.iter().enumerate() {
+            let channel_ref = format!("CH{ci}");
+            engine.upsert_channel(ChannelConfig {
+                channel_ref: channel_ref.clone(),
+                allocation_bps: m.allocation_bps,
+                buffer_bps: m.buffer_bps,
+                buffer_units: m.buffer_units,
+                excluded_locations: m.excluded.iter().map(|l| loc(*l)).collect(),
+                ..Default::default()
+            }).unwrap();
+            if let Some(net) = &m.network {
+                let named: Vec<String> = net.iter().filter(|l| **l < n).map(|l| loc(*l)).collect();
+                if !named.is_empty() {
+                    engine.set_network(ChannelNetwork {
+                        channel_ref,
+                        network_ref: "net".into(),
+                        all_locations: false,
+                        locations: named,
+                    }).unwrap();
+                }
+            }
+        }
+        for (i, q) in counts.iter().enumerate() {
+            engine.set_stock(NOW, &StockCount {
+                product_ref: "SKU".into(), location_ref: loc(i), quantity: *q, as_of: NOW,
+            }).unwrap();
+        }
+        let snap = engine.network_snap();
+        for (ci, m) in models.iter().enumerate() {
+            let channel_ref = format!("CH{ci}");
+            let config = engine.channels().find(|c| c.channel_ref == channel_ref).unwrap().clone();
+            let mut model = m.clone();
+            if model.network.as_ref().is_some_and(|net| net.iter().all(|l| *l >= n)) {
+                model.network = None;
+            }
+            let members = snap.members(&channel_ref, &config.excluded_locations);
+            let got: i64 = members
+                .iter()
+                .map(|l| engine.availability(&channel_ref, "SKU", &l.location_ref).unwrap())
+                .sum();
+            let want: i64 = (0..n).map(|i| reference_ats(&model, i, counts[i])).sum();
+            prop_assert_eq!(got, want, "channel {}", channel_ref);
+        }
+    }
+}
+
+#[test]
+fn a_network_needs_known_channel_and_locations() {
+    let mut engine = Engine::new(Settings::default());
+    let network = ChannelNetwork {
+        channel_ref: "WEB".into(),
+        network_ref: "online".into(),
+        all_locations: false,
+        locations: vec!["DC1".into()],
+    };
+    assert_eq!(
+        engine.set_network(network.clone()),
+        Err(Error::UnknownChannel("WEB".into()))
+    );
+    engine
+        .upsert_channel(ChannelConfig {
+            channel_ref: "WEB".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        engine.set_network(network.clone()),
+        Err(Error::UnknownLocation("DC1".into()))
+    );
+    engine
+        .upsert_locations(&[LocationConfig {
+            location_ref: "DC1".into(),
+            ..Default::default()
+        }])
+        .unwrap();
+    engine.set_network(network).unwrap();
+    // Deleting the location takes it out of the network; deleting the channel drops it.
+    engine.delete_location("DC1").unwrap();
+    assert_eq!(
+        engine.network_snap().networks[0].locations,
+        Vec::<String>::new()
+    );
+    engine.delete_channel("WEB").unwrap();
+    assert!(engine.network_snap().networks.is_empty());
+}
