@@ -1,6 +1,7 @@
 //! The gRPC transport: the only module that knows tonic and the protobuf types.
 //!
 //! - `inventory`, `admin`: the two services, thin handlers over the router.
+//! - `events`: `EventService` (WatchEvents, ListEvents) over the event log.
 //! - `convert`: protobuf ↔ domain, naming the field of every bad input.
 //! - `status`: errors → `tonic::Status`, one exhaustive mapping.
 //! - `observe`: the span and latency histogram around every RPC.
@@ -9,6 +10,7 @@
 
 pub mod admin;
 pub mod convert;
+pub mod events;
 pub mod inventory;
 pub mod observe;
 pub mod overload;
@@ -16,6 +18,7 @@ pub mod serve;
 pub mod status;
 
 pub use admin::AdminApi;
+pub use events::EventApi;
 pub use inventory::InventoryApi;
 pub use overload::Overload;
 pub use serve::{ServeError, serve};

@@ -15,10 +15,11 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::server::HealthReporter;
 
-use super::{AdminApi, InventoryApi, Overload};
+use super::{AdminApi, EventApi, InventoryApi, Overload};
 use crate::config::ServeLimits;
 use crate::limits::DECODED_MESSAGE_BYTES_MAX;
 use crate::proto::inventory::v1::admin_service_server::AdminServiceServer;
+use crate::proto::inventory::v1::event_service_server::EventServiceServer;
 use crate::proto::inventory::v1::inventory_service_server::InventoryServiceServer;
 use crate::shard::Router;
 
@@ -56,6 +57,7 @@ pub async fn serve(
     drain_timeout: Duration,
     storage_failed: Arc<tokio::sync::Notify>,
     limits: ServeLimits,
+    events: Arc<crate::storage::events::Shared>,
 ) -> Result<Instant, ServeError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, true).await;
@@ -91,6 +93,8 @@ pub async fn serve(
         conn
     });
     let (stop, stopped) = oneshot::channel::<()>();
+    // Told at the drain: open watches end, so their connections can close.
+    let (closing, closed) = tokio::sync::watch::channel(false);
     let mut server = tokio::spawn(
         tonic::transport::Server::builder()
             .max_concurrent_streams(Some(limits.streams_per_connection_max))
@@ -99,6 +103,9 @@ pub async fn serve(
             .add_service(reflection_v1alpha)
             .add_service(overload.guard(inventory))
             .add_service(overload.guard(admin))
+            // Watches are long-lived streams, bounded by EVENTS_WATCHERS_MAX, not by the
+            // concurrency limit of the calls.
+            .add_service(EventServiceServer::new(EventApi::new(events, closed)))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stopped.await;
             }),
@@ -117,6 +124,7 @@ pub async fn serve(
         _ = shutdown => {}
     }
     let draining = Instant::now();
+    let _ = closing.send(true);
     watch_storage.abort();
     drain(&health, stop, server, drain_timeout).await;
     Ok(draining)
