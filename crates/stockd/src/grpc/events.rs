@@ -13,7 +13,7 @@ use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::convert::{invalid, timestamp};
+use super::convert::{invalid, millis, timestamp};
 use super::status::{ApiError, to_status};
 use crate::limits::{
     EVENTS_LIST_PAGE_DEFAULT, EVENTS_LIST_PAGE_MAX, EVENTS_REPLAY_PAGE, EVENTS_WATCH_SEND_BUFFER,
@@ -230,7 +230,12 @@ impl Watch {
     async fn follow(&mut self) -> Result<(), Stop> {
         let mut live_sent = false;
         loop {
-            let event = match self.live.recv().await {
+            let received = tokio::select! {
+                received = self.live.recv() => received,
+                // The consumer went away while nothing happened: free its slot now.
+                () = self.tx.closed() => return Err(Stop::Gone),
+            };
+            let event = match received {
                 Ok(event) => event,
                 Err(broadcast::error::RecvError::Closed) => return Err(Stop::Gone),
                 Err(broadcast::error::RecvError::Lagged(_)) if !live_sent => return Ok(()),
@@ -285,11 +290,15 @@ fn filter(f: Option<pb::EventFilter>) -> Result<Filter, Status> {
         stockd_domain::refs::check_ref(&value).map_err(|r| to_status(invalid(field, r)))?;
         Ok(Some(value))
     };
+    let from = millis("filter.from_time", f.from_time.as_ref()).map_err(to_status)?;
+    let to = millis("filter.to_time", f.to_time.as_ref()).map_err(to_status)?;
     Ok(Filter {
         kinds,
         channel: named("filter.channel_ref", f.channel_ref)?,
         product: named("filter.product_ref", f.product_ref)?,
         location: named("filter.location_ref", f.location_ref)?,
+        from_at: from,
+        to_at: to,
     })
 }
 

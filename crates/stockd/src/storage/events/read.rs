@@ -15,6 +15,10 @@ pub struct Filter {
     pub channel: Option<String>,
     pub product: Option<String>,
     pub location: Option<String>,
+    /// Events at or after this time (milliseconds since 1970)…
+    pub from_at: Option<i64>,
+    /// …and before this one.
+    pub to_at: Option<i64>,
 }
 
 impl Filter {
@@ -26,6 +30,8 @@ impl Filter {
             && same(&self.channel, &r.channel)
             && same(&self.product, &r.product)
             && same(&self.location, &r.location)
+            && self.from_at.is_none_or(|t| r.at >= t)
+            && self.to_at.is_none_or(|t| r.at < t)
     }
 }
 

@@ -276,13 +276,18 @@ impl Writer {
             return;
         }
         let below = segments[drop].first_seq;
-        if let Err(e) = self.log.truncate_below(below) {
-            return self.fail(e);
-        }
-        let mut live = self.shared.segments.write().expect("segments lock");
-        live.drain(..drop);
+        // Readers learn first that the events are gone, so one that finds a file missing
+        // sees why (FAILED_PRECONDITION), then the files go.
         self.shared.oldest.store(below, Ordering::Release);
-        m::events_segments(live.len());
+        let live = {
+            let mut live = self.shared.segments.write().expect("segments lock");
+            live.drain(..drop);
+            live.len()
+        };
+        m::events_segments(live);
+        if let Err(e) = self.log.truncate_below(below) {
+            self.fail(e);
+        }
     }
 
     fn fail(&mut self, e: LogError) {
