@@ -193,7 +193,8 @@ pub const EVENTS_RETENTION_SECS_DEFAULT: u64 = 7 * 24 * 3600;
 pub const EVENTS_RETENTION_BYTES_DEFAULT: u64 = 1 << 30;
 
 /// One event segment file: 8 MiB. Retention drops whole segments, so this is its grain;
-/// a read scans at most `INDEX_EVERY` events of one to find where it starts.
+/// a read scans at most one segment to find where it starts (less once earlier reads
+/// indexed it).
 pub const EVENTS_SEGMENT_BYTES: u64 = 8 << 20;
 
 /// Most bytes of events in one group (one write, one sync) of the event log.
