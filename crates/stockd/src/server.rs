@@ -248,19 +248,21 @@ async fn store_events(
     lsn: u64,
     engine: &mut stockd_domain::Engine,
 ) -> Result<(), StorageError> {
-    let drained: Vec<_> = engine.drain_events().collect();
     let origin = Origin {
         generation,
         shard: shard as u32,
         lsn,
         index: 0,
     };
+    // Resolved before the drain, which may release a ref they name.
+    let records = events::record::resolve(engine, engine.pending_events(), origin, None);
+    engine.drain_events().for_each(drop);
     let (done, stored) = tokio::sync::oneshot::channel();
     let handover = Handover {
         generation,
         shard: shard as u32,
         covered: lsn,
-        events: events::record::resolve(engine, &drained, origin, None),
+        events: records,
         done: Some(done),
     };
     events

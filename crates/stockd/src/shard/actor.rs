@@ -389,20 +389,21 @@ impl ShardActor {
     /// Resolves the events of the change just applied (logged at `lsn`, 0 if not logged)
     /// into the batch's event records, and counts the hold lifecycle.
     fn take_events(&mut self, lsn: u64, hold: Option<&str>) {
+        let pending = self.engine.pending_events();
+        if !pending.is_empty() {
+            let origin = Origin {
+                generation: self.reload.generation,
+                shard: self.id as u32,
+                lsn,
+                index: 0,
+            };
+            // Resolved before the drain: a drain may release a ref an event names.
+            let records =
+                crate::storage::events::record::resolve(&self.engine, pending, origin, hold);
+            self.batch_events.extend(records);
+        }
         self.drained.clear();
         self.drained.extend(self.engine.drain_events());
-        if self.drained.is_empty() {
-            return;
-        }
-        let origin = Origin {
-            generation: self.reload.generation,
-            shard: self.id as u32,
-            lsn,
-            index: 0,
-        };
-        let records =
-            crate::storage::events::record::resolve(&self.engine, &self.drained, origin, hold);
-        self.batch_events.extend(records);
         self.publish_events();
     }
 

@@ -104,20 +104,22 @@ impl ReplayEvents for Opened {
             engine.drain_events().for_each(drop);
             return;
         }
-        let events: Vec<_> = engine.drain_events().collect();
-        if events.is_empty() {
-            return;
-        }
         let origin = Origin {
             generation,
             shard,
             lsn,
             index: 0,
         };
-        let missing = record::resolve(engine, &events, origin, record::command_hold(command))
+        // Resolved before the drain, which may release a ref they name (as the shard does).
+        let hold = record::command_hold(command);
+        let missing: Vec<_> = record::resolve(engine, engine.pending_events(), origin, hold)
             .into_iter()
-            .filter(|r| stored.is_none_or(|at| (r.origin.lsn, r.origin.index) > at));
-        self.pending.lock().expect("pending lock").extend(missing);
+            .filter(|r| stored.is_none_or(|at| (r.origin.lsn, r.origin.index) > at))
+            .collect();
+        engine.drain_events().for_each(drop);
+        if !missing.is_empty() {
+            self.pending.lock().expect("pending lock").extend(missing);
+        }
     }
 
     fn flush(&self) -> Result<(), RecoveryError> {
