@@ -10,8 +10,11 @@ use std::{env, fs, path::PathBuf};
 // `FileDescriptorSet` is built with, which is the one that can encode it.
 use protox::prost::Message as _;
 
-/// The API's only proto file, relative to this crate (the workspace keeps `proto/` at its root).
+/// The inventory and admin API, relative to this crate (the workspace keeps `proto/` at its root).
 const PROTO_FILE: &str = "../../proto/inventory/v1/inventory.proto";
+
+/// The event API (`EventService`), in the same package.
+const EVENTS_PROTO_FILE: &str = "../../proto/inventory/v1/events.proto";
 
 /// The include root the file's package path (`inventory/v1/`) is relative to.
 const PROTO_ROOT: &str = "../../proto";
@@ -22,7 +25,7 @@ const DESCRIPTOR_FILE: &str = "inventory_descriptor.bin";
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={PROTO_ROOT}");
 
-    let fds = protox::compile([PROTO_FILE], [PROTO_ROOT])?;
+    let fds = protox::compile([PROTO_FILE, EVENTS_PROTO_FILE], [PROTO_ROOT])?;
 
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out_dir.join(DESCRIPTOR_FILE), fds.encode_to_vec())?;

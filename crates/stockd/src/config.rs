@@ -98,6 +98,17 @@ pub struct ServeArgs {
     /// Checkpoint a shard after this many log records.
     #[arg(long, env = "STOCKD_SNAPSHOT_EVERY_RECORDS", default_value_t = limits::SNAPSHOT_EVERY_RECORDS_DEFAULT)]
     pub snapshot_every_records: u64,
+    /// Keep events in the event log for at least this many seconds (whole segments are
+    /// dropped once every event in them is older).
+    #[arg(long, env = "STOCKD_EVENTS_RETENTION_SECS", default_value_t = limits::EVENTS_RETENTION_SECS_DEFAULT)]
+    pub events_retention_secs: u64,
+    /// Keep the event log below this many bytes (whole segments of 8 MiB; at least two kept).
+    #[arg(long, env = "STOCKD_EVENTS_RETENTION_BYTES", default_value_t = limits::EVENTS_RETENTION_BYTES_DEFAULT)]
+    pub events_retention_bytes: u64,
+    /// How many events a live WatchEvents stream may fall behind before it ends with
+    /// RESOURCE_EXHAUSTED (the consumer resumes from the last sequence it got).
+    #[arg(long, env = "STOCKD_EVENTS_WATCH_BUFFER", default_value_t = limits::EVENTS_WATCH_BUFFER_DEFAULT)]
+    pub events_watch_buffer: usize,
     /// Checkpoint a shard after this many seconds with at least one record.
     #[arg(long, env = "STOCKD_SNAPSHOT_EVERY_SECS", default_value_t = limits::SNAPSHOT_EVERY_SECS_DEFAULT)]
     pub snapshot_every_secs: u64,
@@ -308,6 +319,8 @@ pub struct ServerConfig {
     pub serve: ServeLimits,
     /// TLS, identities and the access policy.
     pub security: SecurityConfig,
+    /// The event log's retention and watch buffer.
+    pub events: crate::storage::events::EventsConfig,
 }
 
 impl ServerConfig {
@@ -327,6 +340,7 @@ impl ServerConfig {
             log: crate::storage::log::LogConfig::default(),
             serve: ServeLimits::default(),
             security: SecurityConfig::default(),
+            events: crate::storage::events::EventsConfig::default(),
         }
     }
 }
@@ -406,6 +420,9 @@ impl ServeArgs {
             tokens: self.auth_tokens.clone(),
             reflection: self.reflection,
         };
+        config.events.retention_secs = self.events_retention_secs;
+        config.events.retention_bytes = self.events_retention_bytes;
+        config.events.watch_buffer = self.events_watch_buffer.max(1);
         Ok(config)
     }
 }

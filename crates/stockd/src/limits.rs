@@ -225,6 +225,58 @@ pub const DIRECTORY_PRUNE_GRACE_MS: i64 = 2_000;
 /// part (overloaded, stopped, a failed disk).
 pub const DIRECTORY_RETRY_MS: i64 = 1_000;
 
+// ---- Event log (storage::events, grpc::events) -----------------------------------------
+
+/// Default `--events-retention-secs`: 7 days, so "yesterday's abandoned carts" and a week
+/// of channel reports can be read back. Costs disk, bounded by the byte retention too.
+pub const EVENTS_RETENTION_SECS_DEFAULT: u64 = 7 * 24 * 3600;
+
+/// Default `--events-retention-bytes`: 1 GiB of event segments (about 8 million events at
+/// ~130 bytes each). Opening the log at start-up reads the retained segments once
+/// (the segment log's recovery scan), about a second per GiB.
+pub const EVENTS_RETENTION_BYTES_DEFAULT: u64 = 1 << 30;
+
+/// One event segment file: 8 MiB. Retention drops whole segments, so this is its grain;
+/// a read scans at most one segment to find where it starts (less once earlier reads
+/// indexed it).
+pub const EVENTS_SEGMENT_BYTES: u64 = 8 << 20;
+
+/// Most bytes of events in one group (one write, one sync) of the event log.
+pub const EVENTS_GROUP_BYTES_MAX: usize = 1 << 20;
+
+/// Capacity of the event writer's inbox (hand-overs, one per durable shard batch). When
+/// full, the shard logs' threads wait to hand over: backpressure, not memory growth.
+pub const EVENTS_INBOX_CAPACITY: usize = 4_096;
+
+/// Most hand-overs taken into one event-log group.
+pub const EVENTS_GROUP_HANDOVERS_MAX: usize = 4_096;
+
+/// How often retention runs (it also runs at once when the byte bound is passed).
+pub const EVENTS_RETENTION_EVERY_MS: u64 = 1_000;
+
+/// Default `--events-watch-buffer`: how many events a live watcher may fall behind (the
+/// broadcast ring every watcher reads; ~200 bytes an event: ~3 MiB, shared by all).
+/// Beyond it the watch ends with RESOURCE_EXHAUSTED naming the last sequence sent.
+pub const EVENTS_WATCH_BUFFER_DEFAULT: usize = 16_384;
+
+/// Messages queued between a watch's task and its HTTP/2 stream.
+pub const EVENTS_WATCH_SEND_BUFFER: usize = 256;
+
+/// Most watches open at once (each holds a task and its buffers); beyond:
+/// RESOURCE_EXHAUSTED. Watches do not count against `--max-concurrent-requests`.
+pub const EVENTS_WATCHERS_MAX: usize = 64;
+
+/// Events a watch's replay reads from disk per step.
+pub const EVENTS_REPLAY_PAGE: usize = 1_024;
+
+/// Default and largest `page_size` of ListEvents.
+pub const EVENTS_LIST_PAGE_DEFAULT: usize = 100;
+pub const EVENTS_LIST_PAGE_MAX: usize = 1_000;
+
+/// Most events one read examines (filters may skip them all): bounds one ListEvents call;
+/// its `next_sequence` says where to go on.
+pub const EVENTS_SCAN_MAX: usize = 100_000;
+
 // ---- Relations, checked at compile time -------------------------------------------------
 
 // A prune wake visits at least one stripe, and a full pass visits each.
@@ -248,6 +300,11 @@ const _: () = assert!(BATCH_MAX <= MAILBOX_CAPACITY_DEFAULT);
 const _: () = assert!(GROUP_BATCHES_MAX >= WRITER_INBOX_CAPACITY);
 // Every batch the log pipeline can hold may be pending on its shard (see its comment).
 const _: () = assert!(PENDING_BATCHES_MAX >= WRITER_INBOX_CAPACITY + GROUP_BATCHES_MAX);
+// An event group fits a default event segment with room to spare; a page fits a scan.
+const _: () = assert!(EVENTS_GROUP_BYTES_MAX as u64 <= EVENTS_SEGMENT_BYTES / 4);
+const _: () =
+    assert!(EVENTS_LIST_PAGE_MAX <= EVENTS_SCAN_MAX && EVENTS_REPLAY_PAGE <= EVENTS_SCAN_MAX);
+const _: () = assert!(EVENTS_RETENTION_BYTES_DEFAULT >= 2 * EVENTS_SEGMENT_BYTES);
 // A hold expires within the second domain.md promises.
 const _: () = assert!(EXPIRY_GRACE_MS > 0 && EXPIRY_GRACE_MS < 1_000);
 // The largest valid request fits: a stock batch of three refs per item (plus the item's

@@ -40,6 +40,13 @@ pub const WAL_BYTES: &str = "stockd_wal_written_bytes_total";
 pub const SNAPSHOT_DURATION: &str = "stockd_snapshot_duration_seconds";
 pub const WAL_FSYNC_DURATION: &str = "stockd_wal_fsync_duration_seconds";
 pub const WAL_SEGMENTS: &str = "stockd_wal_segments";
+pub const EVENTS_STORED: &str = "stockd_events_stored_total";
+pub const EVENTS_BYTES: &str = "stockd_events_written_bytes_total";
+pub const EVENTS_FSYNC_DURATION: &str = "stockd_events_fsync_duration_seconds";
+pub const EVENTS_SEGMENTS: &str = "stockd_events_segments";
+pub const EVENTS_FAILED: &str = "stockd_events_log_failed";
+pub const EVENTS_WATCHERS: &str = "stockd_events_watchers";
+pub const EVENTS_WATCH_ENDED: &str = "stockd_events_watch_ended_total";
 pub const CHECKPOINT_DURATION: &str = "stockd_checkpoint_duration_seconds";
 pub const CHECKPOINT_ENTRIES: &str = "stockd_checkpoint_entries";
 pub const RECOVERY_DURATION: &str = "stockd_recovery_duration_seconds";
@@ -179,7 +186,69 @@ fn describe_shards() {
 }
 
 /// The metrics of the write-ahead logs, checkpoints and recovery.
+fn describe_events() {
+    describe_counter!(
+        EVENTS_STORED,
+        Unit::Count,
+        "Events made durable in the event log (count)."
+    );
+    describe_counter!(
+        EVENTS_BYTES,
+        Unit::Bytes,
+        "Bytes of event frames written to the event log."
+    );
+    describe_histogram!(
+        EVENTS_FSYNC_DURATION,
+        Unit::Seconds,
+        "Time of one event-log group's fdatasync."
+    );
+    describe_gauge!(
+        EVENTS_SEGMENTS,
+        Unit::Count,
+        "Live segments of the event log (retention keeps it bounded)."
+    );
+    describe_gauge!(
+        EVENTS_FAILED,
+        Unit::Count,
+        "1 once a write of the event log failed (no more events are stored until restart)."
+    );
+    describe_gauge!(EVENTS_WATCHERS, Unit::Count, "Open WatchEvents streams.");
+    describe_counter!(
+        EVENTS_WATCH_ENDED,
+        Unit::Count,
+        "WatchEvents streams ended by stockd, by reason: behind (RESOURCE_EXHAUSTED), expired, unavailable."
+    );
+}
+
+/// One durable group of the event log.
+pub fn events_committed(stats: &crate::storage::log::CommitStats) {
+    counter!(EVENTS_STORED).increment(stats.records as u64);
+    counter!(EVENTS_BYTES).increment(stats.bytes as u64);
+    histogram!(EVENTS_FSYNC_DURATION).record(stats.sync_duration.as_secs_f64());
+}
+
+/// Live segments of the event log.
+pub fn events_segments(segments: usize) {
+    gauge!(EVENTS_SEGMENTS).set(segments as f64);
+}
+
+/// The event log failed.
+pub fn events_failed() {
+    gauge!(EVENTS_FAILED).set(1.0);
+}
+
+/// Open watches, after one opened (+1) or ended (-1).
+pub fn events_watchers(delta: f64) {
+    gauge!(EVENTS_WATCHERS).increment(delta);
+}
+
+/// A watch ended by stockd.
+pub fn events_watch_ended(reason: &'static str) {
+    counter!(EVENTS_WATCH_ENDED, "reason" => reason).increment(1);
+}
+
 fn describe_storage() {
+    describe_events();
     describe_histogram!(
         WAL_FLUSH_DURATION,
         Unit::Seconds,

@@ -21,6 +21,7 @@ use crate::shard::directory::Directory;
 use crate::shard::{Router, ShardActor, ShardError, ShardHandle, shard_of};
 use crate::storage::backend::AnyDir;
 use crate::storage::checkpointer::ConfigKeys;
+use crate::storage::events::{self, EventLog, Handover, Origin};
 use crate::storage::log::Log;
 use crate::storage::recovery::{self, Recovered, RecoveryReport};
 use crate::storage::{RecoveryError, ShardLog, Storage, StorageError};
@@ -81,16 +82,28 @@ pub async fn try_run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<RecoveryReport, StartError> {
     let storage = Storage::open(&config.storage, &config.data_dir, config.log)?;
-    let recovered = recover(&storage, &config).await?;
+    let opened = Arc::new(events::open(&storage, config.events)?);
+    let recovered = recover(&storage, &config, opened.clone()).await?;
     let report = recovered.report.clone();
     log_recovery(&report);
     let generation = recovered.generation;
-    let (logs, threads, next_lsn, engines, keys) = start_logs(&config, recovered).await?;
     let storage_failed = Arc::new(tokio::sync::Notify::new());
+    // Every replayed record's events are stored by now: each shard is covered up to its log.
+    let covered: Vec<u64> = recovered
+        .shards
+        .iter()
+        .map(|s| s.log.next_lsn() - 1)
+        .collect();
+    let opened = Arc::try_unwrap(opened)
+        .unwrap_or_else(|_| unreachable!("recovery returned its reference to the event log"));
+    let (events, events_thread) =
+        opened.start(&storage, generation, &covered, storage_failed.clone())?;
+    let (logs, threads, next_lsn, engines, keys) = start_logs(&config, recovered, &events).await?;
     let shared = Shards {
         storage: &storage,
         generation,
         storage_failed: &storage_failed,
+        events: &events,
     };
     // Where each hold's and order's parts are, from the recovered engines, before any
     // request is served.
@@ -115,15 +128,19 @@ pub async fn try_run(
         config.drain_timeout,
         storage_failed,
         protection,
+        events.shared.clone(),
     )
     .await?;
     prune.abort();
     for task in tasks {
         let _ = task.await;
     }
+    drop(events);
     let joined = tokio::task::spawn_blocking(move || {
-        // Every thread is joined, even after one that panicked.
-        let joined: Vec<bool> = threads.into_iter().map(|t| t.join().is_ok()).collect();
+        // Every thread is joined, even after one that panicked; the event log's last, once
+        // the shard logs (which hand it their last events) have stopped.
+        let mut joined: Vec<bool> = threads.into_iter().map(|t| t.join().is_ok()).collect();
+        joined.push(events_thread.join().is_ok());
         joined.iter().all(|ok| *ok)
     })
     .await
@@ -137,13 +154,18 @@ pub async fn try_run(
 }
 
 /// Rebuilds the state on a blocking thread (it reads the whole data folder).
-async fn recover(storage: &Storage, config: &ServerConfig) -> Result<Recovered, StartError> {
+async fn recover(
+    storage: &Storage,
+    config: &ServerConfig,
+    events: Arc<events::Opened>,
+) -> Result<Recovered, StartError> {
     let shards = config.shards;
     let storage = storage.clone();
     let settings = config.settings.clone();
     let recovered = tokio::task::spawn_blocking(move || {
         let route = move |p: &str, l: &str| shard_of(p, l, shards as usize);
-        recovery::recover(&storage, shards, &settings, now_millis(), &route)
+        let now = now_millis();
+        recovery::recover_with_events(&storage, shards, &settings, now, &route, &*events)
     })
     .await
     .map_err(|e| StartError::RecoveryPanicked(e.to_string()))??;
@@ -183,14 +205,20 @@ type Started = (
 /// Starts each shard's log writer and makes recovery's repairs and expiries durable before
 /// anything is served. Returns the logs, their threads, each shard's next LSN, the engines
 /// and the checkpoint configuration keys.
-async fn start_logs(config: &ServerConfig, recovered: Recovered) -> Result<Started, StartError> {
+async fn start_logs(
+    config: &ServerConfig,
+    recovered: Recovered,
+    events: &EventLog,
+) -> Result<Started, StartError> {
     let mut started: Started = Default::default();
     let pending = recovered.pending;
-    for (id, (state, records)) in recovered.shards.into_iter().zip(pending).enumerate() {
+    let generation = recovered.generation;
+    for (id, (mut state, records)) in recovered.shards.into_iter().zip(pending).enumerate() {
         let mut next = state.log.next_lsn();
         let (log, thread) =
             ShardLog::start(id, state.log, config.durability, config.fault_file.clone());
-        if !records.is_empty() {
+        let logged = !records.is_empty();
+        if logged {
             next += records.len() as u64;
             log.append_durable(records)
                 .await
@@ -199,6 +227,14 @@ async fn start_logs(config: &ServerConfig, recovered: Recovered) -> Result<Start
                     source,
                 })?;
         }
+        // The repairs' and expiries' events, once their records are durable.
+        let lsn = if logged { next - 1 } else { 0 };
+        store_events(events, generation, id, lsn, &mut state.engine)
+            .await
+            .map_err(|source| StartError::Write {
+                path: config.data_dir.join("events"),
+                source,
+            })?;
         started.0.push(log);
         started.1.push(thread);
         started.2.push(next);
@@ -208,11 +244,46 @@ async fn start_logs(config: &ServerConfig, recovered: Recovered) -> Result<Start
     Ok(started)
 }
 
-/// What every shard shares: the storage, its generation, the failure signal.
+/// Hands the engine's pending events (recovery's repairs and expiries, logged at `lsn`)
+/// to the event log and waits until they are durable.
+async fn store_events(
+    events: &EventLog,
+    generation: u32,
+    shard: usize,
+    lsn: u64,
+    engine: &mut stockd_domain::Engine,
+) -> Result<(), StorageError> {
+    let origin = Origin {
+        generation,
+        shard: shard as u32,
+        lsn,
+        index: 0,
+    };
+    // Resolved before the drain, which may release a ref they name.
+    let records = events::record::resolve(engine, engine.pending_events(), origin, None);
+    engine.drain_events().for_each(drop);
+    let (done, stored) = tokio::sync::oneshot::channel();
+    let handover = Handover {
+        generation,
+        shard: shard as u32,
+        covered: lsn,
+        events: records,
+        done: Some(done),
+    };
+    events
+        .tx
+        .send(handover)
+        .await
+        .map_err(|_| StorageError::WriterStopped)?;
+    stored.await.map_err(|_| StorageError::WriterStopped)
+}
+
+/// What every shard shares: the storage, its generation, the failure signal, the events.
 struct Shards<'a> {
     storage: &'a Storage,
     generation: u32,
     storage_failed: &'a Arc<tokio::sync::Notify>,
+    events: &'a EventLog,
 }
 
 /// Spawns one actor per recovered engine.
@@ -235,6 +306,10 @@ fn start_shards(
                 settings: config.settings.clone(),
                 config_keys,
                 storage_failed: shared.storage_failed.clone(),
+                events: crate::shard::actor::EventLink {
+                    tx: shared.events.tx.clone(),
+                    covered: shared.events.shared.covered(id),
+                },
             };
             let (handle, task) = ShardActor::spawn(
                 id,

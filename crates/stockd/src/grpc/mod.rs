@@ -1,6 +1,7 @@
 //! The gRPC transport: the only module that knows tonic and the protobuf types.
 //!
 //! - `inventory`, `admin`: the two services, thin handlers over the router.
+//! - `events`: `EventService` (WatchEvents, ListEvents) over the event log.
 //! - `convert`: protobuf ↔ domain, naming the field of every bad input.
 //! - `status`: errors → `tonic::Status`, one exhaustive mapping.
 //! - `observe`: the span and latency histogram around every RPC.
@@ -17,6 +18,7 @@ pub mod access;
 pub mod admin;
 pub mod convert;
 pub mod decode;
+pub mod events;
 pub mod identity;
 pub mod inventory;
 pub mod listen;
@@ -29,6 +31,7 @@ pub mod status;
 pub mod tls;
 
 pub use admin::AdminApi;
+pub use events::EventApi;
 pub use inventory::InventoryApi;
 pub use overload::Overload;
 pub use serve::{Listeners, Protection, ServeError, serve};

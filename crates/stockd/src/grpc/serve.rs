@@ -24,13 +24,14 @@ use super::identity::Tokens;
 use super::listen::{self, Gate};
 use super::policy::Policy;
 use super::reload::{Watched, watch_files};
-use super::{AdminApi, InventoryApi, Overload};
+use super::{AdminApi, EventApi, InventoryApi, Overload};
 use crate::config::{SecurityConfig, ServeLimits};
 use crate::limits::{
     DECODED_MESSAGE_BYTES_MAX, H2_FRAME_BYTES_MAX, H2_HEADER_LIST_BYTES_MAX,
     H2_KEEPALIVE_INTERVAL_SECS, H2_KEEPALIVE_TIMEOUT_SECS,
 };
 use crate::proto::inventory::v1::admin_service_server::AdminServiceServer;
+use crate::proto::inventory::v1::event_service_server::EventServiceServer;
 use crate::proto::inventory::v1::inventory_service_server::InventoryServiceServer;
 use crate::shard::Router;
 
@@ -97,6 +98,7 @@ pub async fn serve(
     drain_timeout: Duration,
     storage_failed: Arc<tokio::sync::Notify>,
     protection: Protection,
+    events: Arc<crate::storage::events::Shared>,
 ) -> Result<Instant, ServeError> {
     let Protection { limits, security } = protection;
     let tls = match &security.tls {
@@ -117,47 +119,57 @@ pub async fn serve(
     let inventory = open
         .clone()
         .add_service(guard(&overload, &rules, inventory));
+    // Told at the drain: open watches end, so their connections can close.
+    let (closing, closed) = tokio::sync::watch::channel(false);
+    // Watches are long-lived streams, bounded by EVENTS_WATCHERS_MAX, not by the
+    // concurrency limit of the calls; they sit with AdminService (operators' port).
+    let events = EventServiceServer::new(EventApi::new(events, closed));
+    let events = Access::new(Decoding::new(events), rules.clone());
     let admin = guard(&overload, &rules, admin);
     let gate = Gate::new(limits.connections_max);
+    let with_admin = |routes: Routes| routes.add_service(admin.clone()).add_service(events.clone());
+    let sides = Sides { inventory, open, probes };
+    let ports = bind_ports(listeners, sides, with_admin, &tls, &gate, &limits)?;
+    tls_log(&tls);
+
+    let draining = run_until(shutdown, ports, &health, watch_storage, drain_timeout, closing);
+    draining.await
+}
+
+/// What each port may serve: the InventoryService (with health and reflection), health
+/// and reflection alone, health alone.
+struct Sides {
+    inventory: Routes,
+    open: Routes,
+    probes: Routes,
+}
+
+/// One port for the InventoryService, AdminService and EventService, or a port of their
+/// own for the last two (`--admin-addr`); and the plaintext health port if there is one.
+fn bind_ports(
+    listeners: Listeners,
+    sides: Sides,
+    with_admin: impl Fn(Routes) -> Routes,
+    tls: &Option<Watched<TlsAcceptor>>,
+    gate: &Gate,
+    limits: &ServeLimits,
+) -> Result<Vec<Port>, ServeError> {
+    let Sides { inventory, open, probes } = sides;
     let mut ports = Vec::new();
     match listeners.admin {
         None => {
-            let both = inventory.add_service(admin);
-            ports.push(port(
-                listeners.grpc,
-                both,
-                "inventory+admin",
-                &tls,
-                &gate,
-                &limits,
-            )?);
+            let all = with_admin(inventory);
+            ports.push(port(listeners.grpc, all, "inventory+admin", tls, gate, limits)?);
         }
-        Some(admin_listener) => {
-            ports.push(port(
-                listeners.grpc,
-                inventory,
-                "inventory",
-                &tls,
-                &gate,
-                &limits,
-            )?);
-            let admin = open.add_service(admin);
-            ports.push(port(admin_listener, admin, "admin", &tls, &gate, &limits)?);
+        Some(admin) => {
+            ports.push(port(listeners.grpc, inventory, "inventory", tls, gate, limits)?);
+            ports.push(port(admin, with_admin(open), "admin", tls, gate, limits)?);
         }
     }
-    if let Some(health_listener) = listeners.health {
-        ports.push(port(
-            health_listener,
-            probes,
-            "health",
-            &None,
-            &gate,
-            &limits,
-        )?);
+    if let Some(health) = listeners.health {
+        ports.push(port(health, probes, "health", &None, gate, limits)?);
     }
-    tls_log(&tls);
-
-    run_until(shutdown, ports, &health, watch_storage, drain_timeout).await
+    Ok(ports)
 }
 
 /// Health: SERVING for both services, and NOT_SERVING for the InventoryService once
@@ -189,6 +201,7 @@ async fn run_until(
     health: &HealthReporter,
     watch_storage: JoinHandle<()>,
     drain_timeout: Duration,
+    closing: tokio::sync::watch::Sender<bool>,
 ) -> Result<Instant, ServeError> {
     let ended = futures::future::select_all(ports.iter_mut().map(|p| &mut p.task));
     tokio::select! {
@@ -203,6 +216,7 @@ async fn run_until(
         _ = shutdown => {}
     }
     let draining = Instant::now();
+    let _ = closing.send(true);
     watch_storage.abort();
     drain(health, ports, drain_timeout).await;
     Ok(draining)

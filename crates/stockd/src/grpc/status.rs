@@ -21,6 +21,9 @@ pub enum ApiError {
         "stockd is answering as many calls as --max-concurrent-requests allows; retry with backoff"
     )]
     Overloaded,
+    /// The event log refused a read or a watch (`storage::events`).
+    #[error(transparent)]
+    Events(#[from] crate::storage::events::EventsError),
     /// GetPosition of a position that was never counted, adjusted or reserved.
     #[error("no position for product {product_ref:?} at location {location_ref:?}")]
     PositionNotFound {
@@ -65,6 +68,17 @@ pub fn to_status(error: impl Into<ApiError>) -> Status {
         e @ ApiError::BadRequestBody(_) => Status::invalid_argument(e.to_string()),
         e @ ApiError::Unauthenticated(_) => Status::unauthenticated(e.to_string()),
         e @ ApiError::PermissionDenied(_) => Status::permission_denied(e.to_string()),
+        ApiError::Events(e) => events_status(e),
+    }
+}
+
+fn events_status(error: crate::storage::events::EventsError) -> Status {
+    use crate::storage::events::EventsError as E;
+    let message = error.to_string();
+    match error {
+        E::Expired { .. } => Status::failed_precondition(message),
+        E::Behind { .. } | E::TooManyWatchers { .. } => Status::resource_exhausted(message),
+        E::Unavailable(_) | E::ShuttingDown { .. } => Status::unavailable(message),
     }
 }
 

@@ -9,6 +9,12 @@
 //! that is not yet durable. The actor also runs
 //! the hold timers (no scan: the engine keeps them ordered) and starts checkpoints, which
 //! run off its task (`storage::checkpointer`).
+//!
+//! Events: right after each change the actor resolves the engine's events into event
+//! records tagged with the change's shard-log LSN (`storage::events::record`), keeps them
+//! with the batch, and the batch's log completion hands them to the event log once the
+//! batch is durable, never before. A checkpoint waits until the event log covers what it
+//! covers, so the shard log is never recycled past what the event log stores.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -26,12 +32,14 @@ use rustc_hash::FxHashMap;
 use crate::metrics as m;
 use crate::storage::checkpoint::Scope;
 use crate::storage::checkpointer::{self, ConfigKeys, Delta};
+use crate::storage::events::record::command_hold;
+use crate::storage::events::{EventRecord, Handover, Origin};
 use crate::storage::log::LogError;
 use crate::storage::log::group::Completion;
 use crate::storage::record::{self, LogRecord};
 use crate::storage::{Durability, ShardLog, Storage, StorageError};
 use stockd_domain::refs::Sym;
-use stockd_domain::{Command, Engine, EventKind, Millis, Settings, StepDelta};
+use stockd_domain::{Command, Engine, Event, EventKind, Millis, Settings, StepDelta};
 
 pub use crate::limits::{BATCH_MAX, EXPIRY_GRACE_MS};
 
@@ -80,6 +88,16 @@ pub struct Reload {
     pub config_keys: ConfigKeys,
     /// Notified once a write failed: health reports the InventoryService NOT_SERVING.
     pub storage_failed: Arc<tokio::sync::Notify>,
+    /// Where the shard's events go once durable.
+    pub events: EventLink,
+}
+
+/// A shard's link to the event log.
+#[derive(Clone)]
+pub struct EventLink {
+    pub tx: mpsc::Sender<Handover>,
+    /// The shard-log LSN up to which the event log stores this shard's events.
+    pub covered: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The task that owns one engine.
@@ -122,6 +140,9 @@ pub struct ShardActor {
     batch_keys: Vec<(Sym, Sym)>,
     batch_all: bool,
     touched: Vec<(Sym, Sym)>,
+    /// The events of the batch being built, resolved, in order.
+    batch_events: Vec<EventRecord>,
+    drained: Vec<Event>,
 }
 
 /// Clears a flag when dropped, however the task that holds it ends.
@@ -169,6 +190,8 @@ impl ShardActor {
             batch_keys: Vec::new(),
             batch_all: false,
             touched: Vec::new(),
+            batch_events: Vec::new(),
+            drained: Vec::new(),
         };
         let task = tokio::spawn(actor.run());
         (ShardHandle { id, tx }, task)
@@ -224,7 +247,6 @@ impl ShardActor {
             for msg in batch.drain(..) {
                 self.handle(msg, &mut records, &mut replies);
             }
-            self.publish_events();
             if size > 0 {
                 m::shard_batch(self.id, size, depth);
             }
@@ -259,6 +281,7 @@ impl ShardActor {
             if self.engine.apply(due, &command).is_ok() {
                 records.push(record::encode(&LogRecord { now: due, command }));
                 self.mark_dirty(false);
+                self.take_events(self.next_lsn + records.len() as u64 - 1, None);
             }
         }
     }
@@ -348,19 +371,46 @@ impl ShardActor {
         match self.engine.apply(now, &command) {
             Ok(outcome) => {
                 if outcome.changed() {
+                    // The LSN the record gets: its events are tagged with it.
+                    let lsn = self.next_lsn + records.len() as u64;
+                    self.take_events(lsn, command_hold(&command));
                     records.push(record::encode(&LogRecord { now, command }));
                     self.mark_dirty(everything);
                 } else {
                     self.forget_touched();
+                    // A rejected reserve: its event has no record to come from.
+                    self.take_events(0, command_hold(&command));
                 }
                 let hold = hold_ref.and_then(|h| self.engine.hold(now, &h));
                 Ok(WriteReply { outcome, hold })
             }
             Err(e) => {
                 self.forget_touched();
+                self.take_events(0, None);
                 Err(ShardError::Domain(e))
             }
         }
+    }
+
+    /// Resolves the events of the change just applied (logged at `lsn`, 0 if not logged)
+    /// into the batch's event records, and counts the hold lifecycle.
+    fn take_events(&mut self, lsn: u64, hold: Option<&str>) {
+        let pending = self.engine.pending_events();
+        if !pending.is_empty() {
+            let origin = Origin {
+                generation: self.reload.generation,
+                shard: self.id as u32,
+                lsn,
+                index: 0,
+            };
+            // Resolved before the drain: a drain may release a ref an event names.
+            let records =
+                crate::storage::events::record::resolve(&self.engine, pending, origin, hold);
+            self.batch_events.extend(records);
+        }
+        self.drained.clear();
+        self.drained.extend(self.engine.drain_events());
+        self.publish_events();
     }
 
     /// Answers an availability read: at once if no pending batch changed its positions,
@@ -466,7 +516,13 @@ impl ShardActor {
     async fn commit(&mut self, records: Vec<Vec<u8>>, replies: Vec<Reply>) {
         let keys = std::mem::take(&mut self.batch_keys);
         let all = std::mem::take(&mut self.batch_all);
+        let events = std::mem::take(&mut self.batch_events);
         if records.is_empty() {
+            if !events.is_empty() {
+                // Nothing to make durable first (rejected reserves): hand over at once.
+                let handover = self.handover(0, events);
+                let _ = self.reload.events.tx.send(handover).await;
+            }
             self.clean(keys, all);
             self.leave(replies);
             self.maybe_checkpoint();
@@ -475,9 +531,20 @@ impl ShardActor {
         let count = records.len() as u64;
         let sync = matches!(self.wal.durability(), Durability::Sync);
         let done = Arc::new(OnceLock::new());
+        let handover = self.handover(self.next_lsn + count - 1, events);
+        let events_tx = self.reload.events.tx.clone();
+        // Runs on the log writer's thread once the batch is durable: the events go to the
+        // event log then, never before (and not at all if the write failed). A full event
+        // inbox makes the log thread wait: backpressure.
+        let hand_over = move |ok: bool| {
+            if ok {
+                let _ = events_tx.blocking_send(handover);
+            }
+        };
         let completion = if sync {
             let (slot, wake) = (done.clone(), self.completed.clone());
             Completion::new(move |result| {
+                hand_over(result.is_ok());
                 let _ = slot.set(result.map(drop).map_err(storage_error));
                 wake.notify_one();
             })
@@ -485,6 +552,7 @@ impl ShardActor {
             // Acknowledged without waiting; a failure still stops later writes.
             let failed = self.failed.clone();
             Completion::new(move |result| {
+                hand_over(result.is_ok());
                 if result.is_err() {
                     failed.store(true, Ordering::Relaxed);
                 }
@@ -513,6 +581,16 @@ impl ShardActor {
             self.leave(replies);
         }
         self.maybe_checkpoint();
+    }
+
+    fn handover(&self, covered: u64, events: Vec<EventRecord>) -> Handover {
+        Handover {
+            generation: self.reload.generation,
+            shard: self.id as u32,
+            covered,
+            events,
+            done: None,
+        }
     }
 
     /// Replies with no write of their own to wait for: at once if no batch before them is
@@ -593,6 +671,7 @@ impl ShardActor {
             failed: self.checkpoint_failed.clone(),
         };
         let in_flight = self.checkpoint_in_flight.clone();
+        let events_covered = self.reload.events.covered.clone();
         // Merging, encoding, the sled write and the log recycling run off the shard and off
         // the log writer, so neither requests nor group commits wait for them; on a thread
         // of its own at a low priority, so that on a busy core they mostly take the time the
@@ -606,6 +685,16 @@ impl ShardActor {
                 Some(failed) => failed.merge(delta),
                 None => delta,
             };
+            // The log may be recycled only below what the event log stores too.
+            if !wait_covered(&events_covered, job.lsn_covered) {
+                tracing::warn!(
+                    shard = job.shard,
+                    lsn = job.lsn_covered,
+                    "the event log did not store this shard's events in time; the checkpoint waits for the next one"
+                );
+                *job.failed.lock().expect("failed checkpoint slot") = Some(job.delta);
+                return;
+            }
             checkpointer::run(job);
         };
         // The work stays reachable if no thread can be started, so the delta is never lost.
@@ -667,25 +756,19 @@ impl ShardActor {
     }
 
     /// Counts the hold lifecycle once per hold (on the shard of its first line).
-    fn publish_events(&mut self) {
-        let engine = &mut self.engine;
-        let events: Vec<_> = engine
-            .drain_events()
-            .filter(|e| e.primary)
-            .filter_map(|e| {
-                let name = match e.kind {
-                    EventKind::HoldCreated => "created",
-                    EventKind::HoldUpdated => "updated",
-                    EventKind::HoldConfirmed => "confirmed",
-                    EventKind::HoldReleased => "released",
-                    EventKind::HoldExpired => "expired",
-                    _ => return None,
-                };
-                Some((e.channel?, name))
-            })
-            .collect();
-        for (channel, name) in events {
-            m::hold_event(self.engine.resolve(channel), name);
+    fn publish_events(&self) {
+        for e in self.drained.iter().filter(|e| e.primary) {
+            let name = match e.kind {
+                EventKind::HoldCreated => "created",
+                EventKind::HoldUpdated => "updated",
+                EventKind::HoldConfirmed => "confirmed",
+                EventKind::HoldReleased => "released",
+                EventKind::HoldExpired => "expired",
+                _ => continue,
+            };
+            if let Some(channel) = e.channel {
+                m::hold_event(self.engine.resolve(channel), name);
+            }
         }
     }
 
@@ -695,6 +778,19 @@ impl ShardActor {
             m::active_holds(channel, self.id, count);
         }
     }
+}
+
+/// Waits (on a checkpoint's thread) until the event log stores the shard's events up to
+/// `lsn`; false after `CHECKPOINT_DURABLE_WAIT_MS`.
+fn wait_covered(covered: &std::sync::atomic::AtomicU64, lsn: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_millis(limits::CHECKPOINT_DURABLE_WAIT_MS);
+    while covered.load(Ordering::Acquire) < lsn {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(limits::CHECKPOINT_DURABLE_POLL_MS));
+    }
+    true
 }
 
 /// Lowers the calling thread's scheduling priority to `CHECKPOINT_THREAD_NICE` (on Linux

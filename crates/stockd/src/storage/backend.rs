@@ -102,6 +102,19 @@ impl Storage {
         }
     }
 
+    /// The event log's directory (`data/events`, not tied to a generation), created if absent.
+    pub fn events_dir(&self) -> Result<AnyDir, StorageError> {
+        match &self.logs {
+            Logs::Fs(_) => {
+                let path = self.data_dir.join("events");
+                FsDir::open(&path)
+                    .map(AnyDir::Fs)
+                    .map_err(|e| StorageError::file(path, e))
+            }
+            Logs::Sim(disk) => Ok(AnyDir::Sim(disk.dir("events"))),
+        }
+    }
+
     /// Removes every file of a shard's log (after a newer generation replaced it).
     pub fn remove_log(&self, generation: u32, shard: u32) -> Result<(), StorageError> {
         let dir = self.log_dir(generation, shard)?;

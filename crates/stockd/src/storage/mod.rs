@@ -3,6 +3,7 @@
 //! - `backend`: `StorageBackend` (real data folder or simulation) and the opened `Storage`.
 //! - `checkpoint`: the durable state store (sled, fsynced) behind `CheckpointStore`.
 //! - `checkpointer`: a shard's changed entries as a checkpoint batch, written off the shard.
+//! - `events`: the durable event log (global sequence, retention, readers, live feed).
 //! - `error`: `StorageError` and `RecoveryError`, typed and named by folder, shard, record.
 //! - `log`: the segment write-ahead log with real fdatasync group commit, behind `LogDir`.
 //! - `record`: the checksummed, versioned record format.
@@ -13,6 +14,7 @@ pub mod backend;
 pub mod checkpoint;
 pub mod checkpointer;
 pub mod error;
+pub mod events;
 pub mod log;
 pub mod record;
 pub mod recovery;

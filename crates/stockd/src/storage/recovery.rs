@@ -96,6 +96,26 @@ pub fn write_meta(storage: &Storage, meta: Meta) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// What recovery does with the events its replay regenerates (`storage::events`).
+pub trait ReplayEvents: Sync {
+    /// Called after each replayed record of a shard: takes the engine's events.
+    fn replayed(&self, at: (u32, u32, Lsn), command: &Command, engine: &mut Engine);
+    /// Makes the events kept so far durable (before a reshard removes their records).
+    fn flush(&self) -> Result<(), RecoveryError>;
+}
+
+/// Drops the events of replayed records (a reload after a failed write, benchmarks).
+pub struct DropEvents;
+
+impl ReplayEvents for DropEvents {
+    fn replayed(&self, _: (u32, u32, Lsn), _: &Command, engine: &mut Engine) {
+        engine.drain_events().for_each(drop);
+    }
+    fn flush(&self) -> Result<(), RecoveryError> {
+        Ok(())
+    }
+}
+
 /// Rebuilds the state in `storage` for `shards` shards routed by `route`.
 pub fn recover(
     storage: &Storage,
@@ -103,6 +123,19 @@ pub fn recover(
     settings: &Settings,
     now: Millis,
     route: &dyn Fn(&str, &str) -> usize,
+) -> Result<Recovered, RecoveryError> {
+    recover_with_events(storage, shards, settings, now, route, &DropEvents)
+}
+
+/// [`recover`], handing the events of the replayed records to `events`, which makes the
+/// ones it keeps durable before the shard count changes.
+pub fn recover_with_events(
+    storage: &Storage,
+    shards: u32,
+    settings: &Settings,
+    now: Millis,
+    route: &dyn Fn(&str, &str) -> usize,
+    events: &dyn ReplayEvents,
 ) -> Result<Recovered, RecoveryError> {
     let started = Instant::now();
     let mut report = RecoveryReport {
@@ -121,7 +154,8 @@ pub fn recover(
         }
     };
     report.shards_before = meta.shards;
-    let mut states = load_all(storage, meta, settings, &mut report)?;
+    let mut states = load_all(storage, meta, settings, &mut report, events)?;
+    events.flush()?;
     let mut generation = meta.generation;
     if meta.shards != shards {
         states = reshard(storage, meta, states, shards, settings, route)?;
@@ -161,6 +195,7 @@ fn load_all(
     meta: Meta,
     settings: &Settings,
     report: &mut RecoveryReport,
+    events: &dyn ReplayEvents,
 ) -> Result<Vec<ShardState>, RecoveryError> {
     type Loaded = Result<(ShardState, RecoveryReport), RecoveryError>;
     let loaded: Vec<Loaded> = std::thread::scope(|scope| {
@@ -168,7 +203,7 @@ fn load_all(
             .map(|shard| {
                 scope.spawn(move || {
                     let mut part = RecoveryReport::default();
-                    open_shard(storage, meta.generation, shard, settings, &mut part)
+                    open_shard(storage, meta.generation, shard, settings, &mut part, events)
                         .map(|state| (state, part))
                 })
             })
@@ -233,10 +268,11 @@ fn load_checkpoint(
 /// Applies a shard's log records, in LSN order, to its engine.
 fn replay(
     storage: &Storage,
-    shard: u32,
+    (generation, shard): (u32, u32),
     engine: &mut Engine,
     records: &[log::Record],
     report: &mut RecoveryReport,
+    events: &dyn ReplayEvents,
 ) -> Result<(), RecoveryError> {
     let path = || storage.data_dir.join("log");
     for r in records {
@@ -255,7 +291,7 @@ fn replay(
                 lsn: r.lsn,
                 source,
             })?;
-        engine.drain_events().for_each(drop);
+        events.replayed((generation, shard, r.lsn), &rec.command, engine);
         report.records_replayed += 1;
     }
     Ok(())
@@ -276,6 +312,7 @@ fn open_shard(
     shard: u32,
     settings: &Settings,
     report: &mut RecoveryReport,
+    events: &dyn ReplayEvents,
 ) -> Result<ShardState, RecoveryError> {
     let (mut engine, covered, config_keys) = load_checkpoint(storage, generation, shard, settings)?;
     let opened = Instant::now();
@@ -290,7 +327,14 @@ fn open_shard(
         ));
     }
     let replayed = Instant::now();
-    replay(storage, shard, &mut engine, &found.records, report)?;
+    replay(
+        storage,
+        (generation, shard),
+        &mut engine,
+        &found.records,
+        report,
+        events,
+    )?;
     tracing::info!(
         shard,
         records = found.records.len(),
@@ -318,10 +362,11 @@ pub fn reload_shard(
     let found = log::read_records(&dir, covered).map_err(log_error(storage, shard))?;
     replay(
         storage,
-        shard,
+        (generation, shard),
         &mut engine,
         &found.records,
         &mut RecoveryReport::default(),
+        &DropEvents,
     )?;
     engine
         .check_consistency()

@@ -1,0 +1,324 @@
+//! `EventService`: the event log over gRPC. `WatchEvents` replays retained events from
+//! disk, then follows the live feed; `ListEvents` reads pages.
+//!
+//! A watch is a task of its own feeding a bounded channel to its HTTP/2 stream. It
+//! subscribes to the live feed before it reads the published sequence, so the switch
+//! from replay to live loses nothing; events seen twice are skipped by sequence. A
+//! consumer too slow for the live feed (the feed's ring moved a whole `watch_buffer` past
+//! it) gets RESOURCE_EXHAUSTED naming where it was; the writer never waits for anyone.
+
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, broadcast, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::convert::{invalid, millis, timestamp};
+use super::status::{ApiError, to_status};
+use crate::limits::{
+    EVENTS_LIST_PAGE_DEFAULT, EVENTS_LIST_PAGE_MAX, EVENTS_REPLAY_PAGE, EVENTS_WATCH_SEND_BUFFER,
+    EVENTS_WATCHERS_MAX,
+};
+use crate::metrics as m;
+use crate::proto::inventory::v1 as pb;
+use crate::proto::inventory::v1::event_service_server::EventService;
+use crate::proto::inventory::v1::watch_events_request::Start;
+use crate::storage::events::record::KINDS;
+use crate::storage::events::{EventsError, Filter, Page, Shared, Stored};
+
+/// The event service over the running event log.
+#[derive(Clone)]
+pub struct EventApi {
+    events: Arc<Shared>,
+    watchers: Arc<Semaphore>,
+    /// Turns true when the server drains: every watch ends (UNAVAILABLE, naming where to
+    /// resume), so its connection can close.
+    closing: watch::Receiver<bool>,
+}
+
+impl EventApi {
+    pub fn new(events: Arc<Shared>, closing: watch::Receiver<bool>) -> EventApi {
+        EventApi {
+            events,
+            watchers: Arc::new(Semaphore::new(EVENTS_WATCHERS_MAX)),
+            closing,
+        }
+    }
+}
+
+type Sent = Result<pb::Event, Status>;
+
+#[tonic::async_trait]
+impl EventService for EventApi {
+    type WatchEventsStream = ReceiverStream<Sent>;
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let req = request.into_inner();
+        let filter = filter(req.filter)?;
+        let start = Start::try_from(req.start)
+            .map_err(|_| to_status(invalid("start", "is not a known start")))?;
+        // Subscribed before `published` is read: every later event comes through `live`.
+        let live = self.events.subscribe();
+        let next = match start {
+            Start::Now => self.events.published() + 1,
+            Start::Oldest => self.events.oldest(),
+            Start::AtSequence if req.from_sequence == 0 => {
+                return Err(to_status(invalid(
+                    "from_sequence",
+                    "must be at least 1 with START_AT_SEQUENCE",
+                )));
+            }
+            Start::AtSequence => req.from_sequence,
+        };
+        if next < self.events.oldest() {
+            return Err(to_status(ApiError::Events(EventsError::Expired {
+                asked: next,
+                oldest: self.events.oldest(),
+            })));
+        }
+        let permit = self.watchers.clone().try_acquire_owned().map_err(|_| {
+            to_status(ApiError::Events(EventsError::TooManyWatchers {
+                max: EVENTS_WATCHERS_MAX,
+            }))
+        })?;
+        let (tx, rx) = mpsc::channel(EVENTS_WATCH_SEND_BUFFER);
+        let watch = Watch {
+            events: self.events.clone(),
+            live,
+            next,
+            filter,
+            tx,
+            closing: self.closing.clone(),
+        };
+        tokio::spawn(async move {
+            let _permit = permit;
+            m::events_watchers(1.0);
+            watch.run().await;
+            m::events_watchers(-1.0);
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn list_events(
+        &self,
+        request: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        let req = request.into_inner();
+        let filter = filter(req.filter)?;
+        let size = match req.page_size as usize {
+            0 => EVENTS_LIST_PAGE_DEFAULT,
+            n if n > EVENTS_LIST_PAGE_MAX => {
+                return Err(to_status(invalid(
+                    "page_size",
+                    format!("must be at most {EVENTS_LIST_PAGE_MAX}"),
+                )));
+            }
+            n => n,
+        };
+        let from = match req.from_sequence {
+            0 => self.events.oldest(),
+            n => n,
+        };
+        let page = read(&self.events, from, size, filter)
+            .await
+            .map_err(|e| to_status(ApiError::Events(e)))?;
+        Ok(Response::new(pb::ListEventsResponse {
+            events: page.events.iter().map(to_proto).collect(),
+            next_sequence: page.next,
+            oldest_sequence: self.events.oldest(),
+            last_sequence: self.events.published(),
+        }))
+    }
+}
+
+/// Reads a page off the async workers (file reads).
+async fn read(
+    events: &Arc<Shared>,
+    from: u64,
+    limit: usize,
+    filter: Filter,
+) -> Result<Page, EventsError> {
+    let events = events.clone();
+    tokio::task::spawn_blocking(move || events.read(from, limit, &filter))
+        .await
+        .map_err(|e| EventsError::Unavailable(format!("event read failed: {e}")))?
+}
+
+/// One open watch.
+struct Watch {
+    events: Arc<Shared>,
+    live: broadcast::Receiver<Arc<Stored>>,
+    /// The next sequence to examine: everything before it was sent or filtered out.
+    next: u64,
+    filter: Filter,
+    tx: mpsc::Sender<Sent>,
+    closing: watch::Receiver<bool>,
+}
+
+/// Why a watch stopped following.
+enum Stop {
+    /// The consumer went away, or stockd is stopping.
+    Gone,
+    Error(EventsError),
+}
+
+impl Watch {
+    async fn run(mut self) {
+        let mut closing = self.closing.clone();
+        let next = tokio::select! {
+            () = self.stream() => return,
+            _ = closing.wait_for(|c| *c) => self.next,
+        };
+        let e = EventsError::ShuttingDown { next };
+        let _ = self.tx.try_send(Err(to_status(ApiError::Events(e))));
+    }
+
+    async fn stream(&mut self) {
+        loop {
+            if let Err(stop) = self.replay().await {
+                return self.end(stop).await;
+            }
+            match self.follow().await {
+                // The ring moved past it during the replay: read the rest from disk.
+                Ok(()) => self.live = self.events.subscribe(),
+                Err(stop) => return self.end(stop).await,
+            }
+        }
+    }
+
+    async fn end(&mut self, stop: Stop) {
+        if let Stop::Error(e) = stop {
+            m::events_watch_ended(match e {
+                EventsError::Behind { .. } => "behind",
+                EventsError::Expired { .. } => "expired",
+                _ => "unavailable",
+            });
+            let _ = self.tx.send(Err(to_status(ApiError::Events(e)))).await;
+        }
+    }
+
+    /// Sends the retained events from `next` up to the published sequence.
+    async fn replay(&mut self) -> Result<(), Stop> {
+        while self.next <= self.events.published() {
+            let before = self.next;
+            let page = read(
+                &self.events,
+                before,
+                EVENTS_REPLAY_PAGE,
+                self.filter.clone(),
+            )
+            .await
+            .map_err(Stop::Error)?;
+            for event in &page.events {
+                self.send(event).await?;
+                self.next = event.seq + 1;
+            }
+            if page.next == before {
+                // Nothing readable yet at `next` (a segment just rolled): try live.
+                break;
+            }
+            self.next = page.next;
+        }
+        Ok(())
+    }
+
+    /// Follows the live feed. `Ok` when it must go back to disk: a gap in what it received
+    /// (it lagged before it sent anything live).
+    async fn follow(&mut self) -> Result<(), Stop> {
+        let mut live_sent = false;
+        loop {
+            let received = tokio::select! {
+                received = self.live.recv() => received,
+                // The consumer went away while nothing happened: free its slot now.
+                () = self.tx.closed() => return Err(Stop::Gone),
+            };
+            let event = match received {
+                Ok(event) => event,
+                Err(broadcast::error::RecvError::Closed) => return Err(Stop::Gone),
+                Err(broadcast::error::RecvError::Lagged(_)) if !live_sent => return Ok(()),
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    return Err(Stop::Error(EventsError::Behind {
+                        last_sent: self.next - 1,
+                        buffer: self.events.watch_buffer(),
+                    }));
+                }
+            };
+            if event.seq < self.next {
+                continue;
+            }
+            if event.seq > self.next {
+                return Ok(());
+            }
+            live_sent = true;
+            if self.filter.matches(&event.record) {
+                self.send(&event).await?;
+            }
+            self.next = event.seq + 1;
+        }
+    }
+
+    async fn send(&mut self, event: &Stored) -> Result<(), Stop> {
+        self.tx
+            .send(Ok(to_proto(event)))
+            .await
+            .map_err(|_| Stop::Gone)
+    }
+}
+
+/// The request's filter, checked.
+fn filter(f: Option<pb::EventFilter>) -> Result<Filter, Status> {
+    let f = f.unwrap_or_default();
+    let mut kinds = Vec::with_capacity(f.kinds.len());
+    for k in &f.kinds {
+        match usize::try_from(*k).ok().and_then(|k| k.checked_sub(1)) {
+            Some(i) if i < KINDS.len() => kinds.push(KINDS[i]),
+            _ => {
+                return Err(to_status(invalid(
+                    "filter.kinds",
+                    format!("{k} is not a known kind"),
+                )));
+            }
+        }
+    }
+    let named = |field: &str, value: String| -> Result<Option<String>, Status> {
+        if value.is_empty() {
+            return Ok(None);
+        }
+        stockd_domain::refs::check_ref(&value).map_err(|r| to_status(invalid(field, r)))?;
+        Ok(Some(value))
+    };
+    let from = millis("filter.from_time", f.from_time.as_ref()).map_err(to_status)?;
+    let to = millis("filter.to_time", f.to_time.as_ref()).map_err(to_status)?;
+    Ok(Filter {
+        kinds,
+        channel: named("filter.channel_ref", f.channel_ref)?,
+        product: named("filter.product_ref", f.product_ref)?,
+        location: named("filter.location_ref", f.location_ref)?,
+        from_at: from,
+        to_at: to,
+    })
+}
+
+fn to_proto(event: &Stored) -> pb::Event {
+    let r = &event.record;
+    let rejected = r.kind() == Some(stockd_domain::EventKind::ReserveRejected);
+    pb::Event {
+        sequence: event.seq,
+        time: Some(timestamp(r.at)),
+        kind: r.kind as i32 + 1,
+        channel_ref: r.channel.clone().unwrap_or_default(),
+        hold_ref: r.hold.clone().unwrap_or_default(),
+        order_ref: r.order.clone().unwrap_or_default(),
+        product_ref: r.product.clone().unwrap_or_default(),
+        location_ref: r.location.clone().unwrap_or_default(),
+        quantity: r.quantity,
+        requested: if rejected { r.quantity } else { 0 },
+        available: r.available,
+        on_hand: r.on_hand,
+        ats: r.ats,
+        primary: r.primary,
+    }
+}
