@@ -34,7 +34,7 @@ impl Engine {
         let Some(hold) = self.interner.get_in(HOLD_NS, hold_ref) else {
             return Ok(None);
         };
-        if !self.holds.contains_key(&hold) {
+        if self.holds.get(&hold).is_none_or(|p| p.tombstone) {
             return Ok(None);
         }
         if let Confirmable::Done = self.confirmable(now, hold, hold_ref, order_ref)? {
@@ -110,6 +110,9 @@ impl Engine {
         }
         part.state = HoldState::Confirmed;
         part.order = Some(order);
+        // The router confirms only after the last update answered on every shard: it is
+        // complete, and its record of the previous version is no longer needed.
+        part.update = None;
         part.updated_at = now;
         self.orders.insert(order, hold);
         let mut e = Event::new(EventKind::HoldConfirmed, now);
@@ -132,7 +135,7 @@ impl Engine {
         let Some(hold) = self.interner.get_in(HOLD_NS, hold_ref) else {
             return Ok(None);
         };
-        let Some(part) = self.holds.get(&hold) else {
+        let Some(part) = self.holds.get(&hold).filter(|p| !p.tombstone) else {
             return Ok(None);
         };
         match part.state {

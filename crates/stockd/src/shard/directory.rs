@@ -17,7 +17,7 @@
 //! start-up the directory is rebuilt from every recovered engine's parts
 //! (`Engine::part_refs`), before any request is served.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use futures::future::join_all;
 use rustc_hash::FxHashMap;
@@ -166,6 +166,9 @@ pub struct Directory {
     retention: Millis,
     /// The next stripe the prune visits.
     cursor: AtomicUsize,
+    /// The next cart version (`UpdateTag::version`): above every version a recovered
+    /// engine holds, so a hold's versions only grow, across restarts too.
+    next_version: AtomicU64,
 }
 
 impl Directory {
@@ -177,7 +180,13 @@ impl Directory {
                 .collect(),
             retention,
             cursor: AtomicUsize::new(0),
+            next_version: AtomicU64::new(1),
         }
+    }
+
+    /// A new cart version, higher than any before it.
+    pub fn next_version(&self) -> u64 {
+        self.next_version.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The directory of the recovered engines (one per shard, in shard order).
@@ -206,10 +215,12 @@ impl Directory {
                 }
             }
         }
+        let version = engines.iter().map(Engine::max_hold_version).max();
         Directory {
             stripes: stripes.into_iter().map(Mutex::new).collect(),
             retention,
             cursor: AtomicUsize::new(0),
+            next_version: AtomicU64::new(version.unwrap_or(0) + 1),
         }
     }
 

@@ -36,7 +36,7 @@ use stockd_domain::request::{check_batch, check_ref_field, validate_read};
 use stockd_domain::{
     AdjustStatus, Adjustment, CategoryConfig, ChannelConfig, Command, CountStatus, Error, FulfilOp,
     HoldState, HoldView, LineView, Millis, OrderLine, Outcome, PositionView, ProductConfig,
-    ReserveRequest, ReserveUndo, StockCount,
+    ReserveRequest, ReserveUndo, StockCount, UpdateTag,
 };
 
 /// The domain's batch limits, under their old path.
@@ -207,13 +207,21 @@ impl Router {
         let targets: Vec<usize> = (0..n)
             .filter(|&s| !mine[s].is_empty() || known.contains(&(s as u32)))
             .collect();
+        // Every shard learns the cart version and all the shards it goes to, so that
+        // recovery can make it whole or undo it whole after a crash between them.
+        let tag = UpdateTag {
+            version: self.directory.next_version(),
+            participants: targets
+                .iter()
+                .map(|&s| (s as u32, !mine[s].is_empty()))
+                .collect(),
+        };
         let answers = join_all(targets.iter().map(|&s| {
-            let request = req.clone();
-            let mine = std::mem::take(&mut mine[s]);
-            let command = if reacquire {
-                Command::Reacquire { request, mine }
-            } else {
-                Command::Reserve { request, mine }
+            let command = Command::ReserveTagged {
+                request: req.clone(),
+                mine: std::mem::take(&mut mine[s]),
+                reacquire,
+                tag: tag.clone(),
             };
             self.shards[s].write(now, command, Some(req.hold_ref.clone()))
         }))
