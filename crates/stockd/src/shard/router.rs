@@ -369,6 +369,8 @@ impl Router {
         check_ref_field("order_ref", order_ref)?;
         let mut locked = self.directory.lock(now, &[hold_ref, order_ref]).await;
         let known = locked.shards(Ns::Hold, hold_ref);
+        self.check_order_free(&mut locked, now, hold_ref, order_ref, &known)
+            .await?;
         if let [shard] = known[..] {
             let one = self.confirm_one(&mut locked, now, hold_ref, order_ref, shard as usize);
             match one.await {
@@ -402,6 +404,46 @@ impl Router {
                 Err(e)
             }
         }
+    }
+
+    /// Refuses a confirm under an order ref that already confirms another hold on a shard
+    /// where this hold has no part (on the hold's own shards each engine refuses that
+    /// itself): those shards are asked with the confirm itself, which, with no part of
+    /// the hold there, changes nothing and is refused if the order is another hold's. A
+    /// new order ref has no shard in the directory and costs no message.
+    async fn check_order_free(
+        &self,
+        locked: &mut Locked<'_>,
+        now: Millis,
+        hold_ref: &str,
+        order_ref: &str,
+        hold_shards: &[u32],
+    ) -> Result<(), ShardError> {
+        if hold_shards.is_empty() {
+            return Ok(()); // an unknown hold is NOT_FOUND, whatever its order ref
+        }
+        let others: Vec<u32> = locked
+            .shards(Ns::Order, order_ref)
+            .into_iter()
+            .filter(|s| !hold_shards.contains(s))
+            .collect();
+        let command = Command::Confirm {
+            hold_ref: hold_ref.to_string(),
+            order_ref: order_ref.to_string(),
+        };
+        let answers = join_all(
+            others
+                .iter()
+                .map(|&s| self.shards[s as usize].write(now, command.clone(), None)),
+        )
+        .await;
+        let mut error = None;
+        for answer in answers {
+            if let Err(e) = answer {
+                error = Some(first_error(error, e));
+            }
+        }
+        error.map_or(Ok(()), Err)
     }
 
     /// The confirm of a hold whose parts all sit on one shard: that shard's part is the
