@@ -59,6 +59,9 @@ pub struct UpdateTag {
     pub version: u64,
     /// Every shard the reserve was sent to, ascending, and whether it had request lines.
     pub participants: Vec<(u32, bool)>,
+    /// Every cart version below this one is complete on all its shards (the router's
+    /// watermark): a shard that logs this reserve drops its records of those versions.
+    pub settled_below: u64,
 }
 
 /// A part's record of the cross-shard update that wrote it, kept until the update is

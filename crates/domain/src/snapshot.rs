@@ -193,6 +193,9 @@ impl Engine {
             }
             HoldState::Released | HoldState::Expired => {}
         }
+        if part.update.is_some() {
+            self.update_records.insert((part.version, hold));
+        }
         (expiry, part.forget_at.map(|t| (t, hold)))
     }
 

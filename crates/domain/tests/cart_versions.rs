@@ -34,6 +34,7 @@ fn tag(version: u64, lines: [bool; 2]) -> UpdateTag {
     UpdateTag {
         version,
         participants: vec![(0, lines[0]), (1, lines[1])],
+        settled_below: 0,
     }
 }
 
@@ -167,4 +168,33 @@ fn an_order_ref_of_another_hold_is_refused_where_the_hold_has_no_part() {
         Ok(None),
         "no part, no conflict"
     );
+}
+
+/// A later tagged reserve carries the router's watermark: every version below it answered
+/// on all its shards, so an engine that logs the reserve drops its records of them (and
+/// keeps the versions). A reserve that changes nothing drops nothing: it is not logged.
+#[test]
+fn a_watermark_in_a_later_reserve_drops_the_records_below_it() {
+    let (_, mut e1) = two_versions();
+    let other = common::examples::dc1_hold("g", "WEB", &[("B", 1)], Some(600));
+    let mut watermark = UpdateTag {
+        version: 3,
+        participants: vec![(1, true)],
+        settled_below: 2,
+    };
+    e1.reserve_tagged(T0 + 2, &other, &[0], false, &watermark)
+        .unwrap();
+    assert_eq!(e1.pending_updates().len(), 1, "version 2 is not below 2");
+    // The same request again changes nothing (and is not logged): no record is dropped.
+    watermark.settled_below = 4;
+    e1.reserve_tagged(T0 + 3, &other, &[0], false, &watermark)
+        .unwrap();
+    assert_eq!(e1.pending_updates().len(), 1);
+    let update = common::examples::dc1_hold("g", "WEB", &[("B", 2)], Some(600));
+    watermark.version = 4;
+    e1.reserve_tagged(T0 + 3, &update, &[0], false, &watermark)
+        .unwrap();
+    assert!(e1.pending_updates().is_empty(), "version 2 < 4 is settled");
+    assert_eq!(e1.hold_record("h"), Some((2, true)));
+    e1.check_consistency().unwrap();
 }

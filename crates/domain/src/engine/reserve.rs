@@ -378,8 +378,10 @@ impl Engine {
         self.remove_part(now, hold);
         let mut part = self.new_part(now, ctx, hold, created_at, &lines);
         if let Some(tag) = ctx.tag {
+            self.settle_below(tag.settled_below);
             part.version = tag.version;
             if tag.participants.len() > 1 {
+                self.update_records.insert((tag.version, hold));
                 part.update = Some(Box::new(PartUpdate {
                     participants: tag.participants.clone(),
                     previous: previous.as_deref().filter(|p| !p.tombstone).cloned(),
@@ -567,6 +569,24 @@ impl Engine {
         };
         self.undo_reserve(now, &undo);
         true
+    }
+
+    /// Drops the records of the cross-shard updates below `version`: the router says each
+    /// of them answered on all its shards. Runs only inside a reserve that is logged, so a
+    /// replay drops the same records at the same point.
+    fn settle_below(&mut self, version: u64) {
+        while let Some(&(v, hold)) = self.update_records.first() {
+            if v >= version {
+                break;
+            }
+            self.update_records.pop_first();
+            let current = self.holds.get(&hold);
+            if current.is_some_and(|p| p.version == v && p.update.is_some())
+                && let Some(part) = self.holds.get_mut(&hold)
+            {
+                part.update = None;
+            }
+        }
     }
 
     /// Every record of a cross-shard update not yet known complete (recovery's input).

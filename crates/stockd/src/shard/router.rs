@@ -53,6 +53,15 @@ pub fn shard_of(product_ref: &str, location_ref: &str, shards: usize) -> usize {
     (fnv1a(&[product_ref.as_bytes(), location_ref.as_bytes()]) % shards as u64) as usize
 }
 
+/// The cart version a reserve writes, while it is open (see `Router::close_version`).
+struct OpenVersion {
+    version: u64,
+    /// The watermark the reserve carries (`UpdateTag::settled_below`).
+    settled_below: u64,
+    /// Whether a shard's outcome is unknown (it stopped, or its disk failed).
+    unknown: bool,
+}
+
 /// A reserve's answer, with what a caller needs to take it back or go on: the undo of
 /// every shard it changed and each shard's part after it.
 struct Reserved {
@@ -180,10 +189,31 @@ impl Router {
     ) -> Result<ReserveResult, ShardError> {
         req.validate()?;
         let mut locked = self.directory.lock(now, &[&req.hold_ref]).await;
-        Ok(self
-            .reserve_locked(&mut locked, now, req, false)
-            .await?
-            .result)
+        let mut version = self.open_version();
+        let reserved = self
+            .reserve_locked(&mut locked, now, req, false, &mut version)
+            .await;
+        self.close_version(version);
+        Ok(reserved?.result)
+    }
+
+    /// A new cart version for a reserve (see `Directory::open_version`).
+    fn open_version(&self) -> OpenVersion {
+        let (version, settled_below) = self.directory.open_version();
+        OpenVersion {
+            version,
+            settled_below,
+            unknown: false,
+        }
+    }
+
+    /// Closes a cart version once its reserve (and any undo) answered on every shard;
+    /// one whose outcome on a shard is unknown (a stopped shard, a failed disk) stays
+    /// open, so no shard drops its record of it before a restart settles it.
+    fn close_version(&self, version: OpenVersion) {
+        if !version.unknown {
+            self.directory.close_version(version.version);
+        }
     }
 
     /// Sends the (validated) request to the shards of its lines and those keeping a part
@@ -197,6 +227,7 @@ impl Router {
         now: Millis,
         req: ReserveRequest,
         reacquire: bool,
+        version: &mut OpenVersion,
     ) -> Result<Reserved, ShardError> {
         let n = self.shards.len();
         let mut mine: Vec<Vec<u32>> = vec![Vec::new(); n];
@@ -210,11 +241,12 @@ impl Router {
         // Every shard learns the cart version and all the shards it goes to, so that
         // recovery can make it whole or undo it whole after a crash between them.
         let tag = UpdateTag {
-            version: self.directory.next_version(),
+            version: version.version,
             participants: targets
                 .iter()
                 .map(|&s| (s as u32, !mine[s].is_empty()))
                 .collect(),
+            settled_below: version.settled_below,
         };
         let answers = join_all(targets.iter().map(|&s| {
             let command = Command::ReserveTagged {
@@ -246,11 +278,17 @@ impl Router {
                     parts.push((part, hold));
                 }
                 Ok(other) => unreachable!("a reserve answers Reserved, got {:?}", other.outcome),
-                Err(e) => error = Some(first_error(error, e)),
+                Err(e) => {
+                    version.unknown |=
+                        !matches!(e, ShardError::Domain(_) | ShardError::Overloaded(_));
+                    error = Some(first_error(error, e));
+                }
             }
         }
         if let Some(e) = error {
-            self.undo(locked, now, undos, &req.hold_ref).await?;
+            self.undo(locked, now, undos, &req.hold_ref)
+                .await
+                .inspect_err(|_| version.unknown = true)?;
             return Err(e);
         }
         match outcome::merge_reserve(&req, parts) {
@@ -260,7 +298,8 @@ impl Router {
                 parts: views,
             }),
             ReserveMerge::Rejected(lines) => {
-                unchanged.extend(self.undo(locked, now, undos, &req.hold_ref).await?);
+                let undone = self.undo(locked, now, undos, &req.hold_ref).await;
+                unchanged.extend(undone.inspect_err(|_| version.unknown = true)?);
                 Ok(Reserved {
                     result: ReserveResult::rejected(lines, HoldView::merge(unchanged)),
                     undos: Vec::new(),
@@ -379,28 +418,54 @@ impl Router {
                 answer => return answer,
             }
         }
-        let mut parts = self.hold_parts(&mut locked, now, hold_ref).await?;
+        let parts = self.hold_parts(&mut locked, now, hold_ref).await?;
         let whole = outcome::whole_hold(hold_ref, parts.iter().map(|(_, p)| p.clone()).collect())?;
-        let mut reacquired = Vec::new();
         match outcome::confirm_step(whole, order_ref, reacquire)? {
-            ConfirmStep::Done(hold) => return Ok(hold),
-            ConfirmStep::Confirm => {}
+            ConfirmStep::Done(hold) => Ok(hold),
+            ConfirmStep::Confirm => {
+                self.confirm_parts(&mut locked, now, hold_ref, order_ref, &parts)
+                    .await
+            }
             ConfirmStep::Reacquire(request) => {
-                // Built from the stored hold, so valid; checked like any reserve all the same.
-                request.validate()?;
-                let again = self.reserve_locked(&mut locked, now, request, true).await?;
-                outcome::check_reacquired(hold_ref, &again.result)?;
-                reacquired = again.undos;
-                parts = again.parts;
+                // The reacquire's cart version stays open until the confirm (or its undo)
+                // answered everywhere.
+                let mut version = self.open_version();
+                let confirmed = self
+                    .reacquire_and_confirm(&mut locked, now, order_ref, request, &mut version)
+                    .await;
+                self.close_version(version);
+                confirmed
             }
         }
+    }
+
+    /// A confirm's reacquire: the ended hold reserved again, all or nothing, then
+    /// confirmed; if the confirm fails, the reacquired parts are taken back.
+    async fn reacquire_and_confirm(
+        &self,
+        locked: &mut Locked<'_>,
+        now: Millis,
+        order_ref: &str,
+        request: ReserveRequest,
+        version: &mut OpenVersion,
+    ) -> Result<HoldView, ShardError> {
+        let hold_ref = request.hold_ref.clone();
+        // Built from the stored hold, so valid; checked like any reserve all the same.
+        request.validate()?;
+        let again = self
+            .reserve_locked(locked, now, request, true, version)
+            .await?;
+        outcome::check_reacquired(&hold_ref, &again.result)?;
         match self
-            .confirm_parts(&mut locked, now, hold_ref, order_ref, &parts)
+            .confirm_parts(locked, now, &hold_ref, order_ref, &again.parts)
             .await
         {
             Ok(hold) => Ok(hold),
             Err(e) => {
-                self.undo(&mut locked, now, reacquired, hold_ref).await?;
+                version.unknown |= !matches!(e, ShardError::Domain(_) | ShardError::Overloaded(_));
+                self.undo(locked, now, again.undos, &hold_ref)
+                    .await
+                    .inspect_err(|_| version.unknown = true)?;
                 Err(e)
             }
         }
