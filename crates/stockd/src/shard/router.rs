@@ -18,6 +18,13 @@
 //! hold or order are serialised by a striped lock taken in a fixed order, so two
 //! concurrent carts never deadlock and never interleave their halves.
 //!
+//! A reserve on several shards is a cart version (`UpdateTag`): each shard learns the
+//! version and every shard it went to, and the watermark below which every version
+//! answered everywhere (`Directory::open_version`), so that recovery can keep a version
+//! cut by a crash whole or undo it whole, and shards drop their records of settled ones.
+//! A confirm under an order ref the directory places on shards where the hold has no
+//! part asks them first, so an order ref confirms one hold across shards.
+//!
 //! The router keeps routing, locking, scatter/gather and undo messages only. Every
 //! request is validated once, here, by the domain's `validate` functions (the shards'
 //! engines rely on it), and the per-shard answers are merged by the domain's
@@ -238,26 +245,9 @@ impl Router {
         let targets: Vec<usize> = (0..n)
             .filter(|&s| !mine[s].is_empty() || known.contains(&(s as u32)))
             .collect();
-        // Every shard learns the cart version and all the shards it goes to, so that
-        // recovery can make it whole or undo it whole after a crash between them.
-        let tag = UpdateTag {
-            version: version.version,
-            participants: targets
-                .iter()
-                .map(|&s| (s as u32, !mine[s].is_empty()))
-                .collect(),
-            settled_below: version.settled_below,
-        };
-        let answers = join_all(targets.iter().map(|&s| {
-            let command = Command::ReserveTagged {
-                request: req.clone(),
-                mine: std::mem::take(&mut mine[s]),
-                reacquire,
-                tag: tag.clone(),
-            };
-            self.shards[s].write(now, command, Some(req.hold_ref.clone()))
-        }))
-        .await;
+        let answers = self
+            .send_reserve(now, &req, mine, &targets, reacquire, version)
+            .await;
         let mut parts = Vec::with_capacity(targets.len());
         let mut views: Vec<(usize, HoldView)> = Vec::new();
         let mut unchanged: Vec<HoldView> = Vec::new();
@@ -307,6 +297,38 @@ impl Router {
                 })
             }
         }
+    }
+
+    /// Sends a reserve to each of `targets` with its lines (`mine`, by shard), all at once,
+    /// as one cart version: every shard learns the version and all the shards it goes to,
+    /// so that recovery can make it whole or undo it whole after a crash between them.
+    async fn send_reserve(
+        &self,
+        now: Millis,
+        req: &ReserveRequest,
+        mut mine: Vec<Vec<u32>>,
+        targets: &[usize],
+        reacquire: bool,
+        version: &OpenVersion,
+    ) -> Vec<Result<WriteReply, ShardError>> {
+        let tag = UpdateTag {
+            version: version.version,
+            participants: targets
+                .iter()
+                .map(|&s| (s as u32, !mine[s].is_empty()))
+                .collect(),
+            settled_below: version.settled_below,
+        };
+        join_all(targets.iter().map(|&s| {
+            let command = Command::ReserveTagged {
+                request: req.clone(),
+                mine: std::mem::take(&mut mine[s]),
+                reacquire,
+                tag: tag.clone(),
+            };
+            self.shards[s].write(now, command, Some(req.hold_ref.clone()))
+        }))
+        .await
     }
 
     /// Takes back changes already made (a failed reserve's, a failed confirm's). These
