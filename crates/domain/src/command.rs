@@ -11,7 +11,7 @@ use super::Millis;
 use super::channel::{CategoryConfig, ChannelConfig, ProductConfig};
 use super::engine::{AdjustStatus, CountStatus, Engine, ReserveKind, ReservePart, ReserveUndo};
 use super::error::Error;
-use super::hold::{FulfilOp, HoldState, LineView};
+use super::hold::{FulfilOp, HoldState, LineView, UpdateTag};
 use super::network::{ChannelNetwork, LocationConfig};
 use super::request::{Adjustment, OrderLine, ReserveRequest, StockCount};
 
@@ -64,6 +64,22 @@ pub enum Command {
     DeleteLocation(String),
     /// Sets the network a channel sells from.
     SetNetwork(ChannelNetwork),
+    /// A reserve (or, with `reacquire`, a reacquire) as one of the shards of a cart
+    /// version (`Engine::reserve_tagged`): what a router sends, so that recovery can make a
+    /// cart update cut by a crash whole or undo it whole.
+    ReserveTagged {
+        request: ReserveRequest,
+        mine: Vec<u32>,
+        reacquire: bool,
+        tag: UpdateTag,
+    },
+    /// Recovery's verdict on a cart version cut by a crash (`Engine::resolve_update`):
+    /// kept (`complete`) or put back to the previous version.
+    ResolveUpdate {
+        hold_ref: String,
+        version: u64,
+        complete: bool,
+    },
 }
 
 /// What a command did.
@@ -191,6 +207,20 @@ impl Engine {
                 self.set_network(n.clone())?;
                 Outcome::Done
             }
+            Command::ReserveTagged {
+                request,
+                mine,
+                reacquire,
+                tag,
+            } => Outcome::Reserved(self.reserve_tagged(now, request, mine, *reacquire, tag)?),
+            Command::ResolveUpdate {
+                hold_ref,
+                version,
+                complete,
+            } => match self.resolve_update(now, hold_ref, *version, *complete) {
+                true => Outcome::Done,
+                false => Outcome::Hold(None),
+            },
         })
     }
 }

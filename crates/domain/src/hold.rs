@@ -4,6 +4,14 @@
 //! part carries the digest of the whole request and the number of request lines it
 //! answered for, so that after a crash the parts of a hold can be checked for
 //! completeness without any shard knowing the others.
+//!
+//! A reserve that spans shards (a new cart or a cart update on several shards) carries an
+//! `UpdateTag`: the cart version it writes and every shard it was sent to. Each part it
+//! writes keeps that version for good, and, until the update is known complete, a
+//! `PartUpdate`: the participants and the part it replaced. A shard the update leaves
+//! without a line keeps a tombstone part (no line, answers as no part) carrying what it
+//! replaced. Recovery sees every shard: it puts every previous part back unless every
+//! participant logged the version, so a cart update is atomic across crashes.
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
@@ -11,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::Millis;
 use super::refs::{Sym, fnv1a};
 use super::request::OrderLine;
+use super::snapshot::HoldSnap;
 
 /// The life of a hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +51,30 @@ pub(crate) struct PartLine {
     pub open: i64,
 }
 
+/// What a reserve that spans shards tells each of them: the cart version it writes and
+/// the shards it was sent to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateTag {
+    /// The cart version: every reserve of a hold gets a higher one than the last.
+    pub version: u64,
+    /// Every shard the reserve was sent to, ascending, and whether it had request lines.
+    pub participants: Vec<(u32, bool)>,
+    /// Every cart version below this one is complete on all its shards (the router's
+    /// watermark): a shard that logs this reserve drops its records of those versions.
+    pub settled_below: u64,
+}
+
+/// A part's record of the cross-shard update that wrote it, kept until the update is
+/// known complete (the next operation on the hold, or recovery): what recovery needs to
+/// put the previous version back if another participant never logged this one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartUpdate {
+    /// The update's shards, ascending, and whether each had request lines.
+    pub participants: Vec<(u32, bool)>,
+    /// The part the update replaced here (its own update record dropped); `None`: none.
+    pub previous: Option<HoldSnap>,
+}
+
 /// The part of a hold that lives on one engine.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct HoldPart {
@@ -68,6 +101,14 @@ pub(crate) struct HoldPart {
     pub last_fulfil: Option<FulfilOp>,
     /// Whether the order was cancelled (recovery finishes a cancel cut between shards).
     pub cancelled: bool,
+    /// The cart version that wrote this part (`UpdateTag::version`; 0: an untagged reserve).
+    pub version: u64,
+    /// The cross-shard update that wrote this part, while it may be incomplete elsewhere.
+    pub update: Option<Box<PartUpdate>>,
+    /// A record that the update `version` left this engine no line: it holds nothing,
+    /// every operation and read treats it as no part, and only recovery reads it. It is
+    /// forgotten after the retention.
+    pub tombstone: bool,
 }
 
 /// The hold parts of one engine, by hold symbol, with the set of holds changed since the
@@ -212,6 +253,16 @@ pub struct HoldView {
     pub cancelled: bool,
     /// What the order still has reserved on this part's lines.
     pub open: i64,
+    /// The cart version that wrote the part (`UpdateTag::version`).
+    pub version: u64,
+}
+
+/// A part's cross-shard update not yet known complete, for recovery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingUpdate {
+    pub hold_ref: String,
+    pub version: u64,
+    pub participants: Vec<(u32, bool)>,
 }
 
 /// Which hold (and order) a part on one engine belongs to, and until when it is certainly
@@ -246,6 +297,7 @@ impl HoldView {
             whole.lines.extend(part.lines);
             whole.answered_lines += part.answered_lines;
             whole.created_at = whole.created_at.min(part.created_at);
+            whole.version = whole.version.max(part.version);
             if whole.order_ref.is_none() {
                 whole.order_ref = part.order_ref;
             }

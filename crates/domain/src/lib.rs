@@ -54,7 +54,9 @@ pub use engine::{
 };
 pub use error::Error;
 pub use event::{Event, EventKind};
-pub use hold::{FulfilOp, HoldState, HoldView, LineView, PartRef};
+pub use hold::{
+    FulfilOp, HoldState, HoldView, LineView, PartRef, PartUpdate, PendingUpdate, UpdateTag,
+};
 pub use network::{ChannelNetwork, LocationConfig, LocationKind, NetworkSnap};
 pub use outcome::{LineOutcome, ReserveOutcome, ReserveResult};
 pub use position::IqKind;

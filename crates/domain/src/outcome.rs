@@ -224,6 +224,9 @@ pub fn confirm_rollback(active: &HoldView) -> ReserveUndo {
             forget_at: None,
             last_fulfil: None,
             cancelled: false,
+            version: active.version,
+            update: None,
+            tombstone: false,
         })),
     }
 }

@@ -10,7 +10,7 @@ use super::Millis;
 use super::channel::{CategoryConfig, ChannelConfig, ProductConfig};
 use super::checkpoint::{ConfigSnap, Counters};
 use super::engine::{Engine, Settings};
-use super::hold::{HoldPart, HoldState, PartLine};
+use super::hold::{HoldPart, HoldState, PartLine, PartUpdate};
 use super::position::{Iq, IqKind, NO_SYM, Position};
 use super::refs::{HOLD_NS, ORDER_NS, Sym};
 
@@ -69,6 +69,9 @@ pub struct HoldSnap {
     pub forget_at: Option<Millis>,
     pub last_fulfil: Option<super::hold::FulfilOp>,
     pub cancelled: bool,
+    pub version: u64,
+    pub update: Option<Box<PartUpdate>>,
+    pub tombstone: bool,
 }
 
 /// An engine's whole state.
@@ -118,6 +121,9 @@ impl Engine {
             forget_at: part.forget_at,
             last_fulfil: part.last_fulfil.clone(),
             cancelled: part.cancelled,
+            version: part.version,
+            update: part.update.clone(),
+            tombstone: part.tombstone,
         }
     }
 
@@ -154,6 +160,9 @@ impl Engine {
             forget_at: snap.forget_at,
             last_fulfil: snap.last_fulfil.clone(),
             cancelled: snap.cancelled,
+            version: snap.version,
+            update: snap.update.clone(),
+            tombstone: snap.tombstone,
         }
     }
 
@@ -185,6 +194,9 @@ impl Engine {
                 }
             }
             HoldState::Released | HoldState::Expired => {}
+        }
+        if part.update.is_some() {
+            self.update_records.insert((part.version, hold));
         }
         (expiry, part.forget_at.map(|t| (t, hold)))
     }
@@ -344,6 +356,9 @@ pub struct HoldSnapRef<'a> {
     pub forget_at: Option<Millis>,
     pub last_fulfil: Option<super::hold::FulfilOp>,
     pub cancelled: bool,
+    pub version: u64,
+    pub update: Option<Box<PartUpdate>>,
+    pub tombstone: bool,
 }
 
 impl PositionSnap {
@@ -399,6 +414,9 @@ impl HoldSnap {
             forget_at: self.forget_at,
             last_fulfil: self.last_fulfil.clone(),
             cancelled: self.cancelled,
+            version: self.version,
+            update: self.update.clone(),
+            tombstone: self.tombstone,
         }
     }
 }
@@ -636,12 +654,16 @@ impl EngineSnapshot {
                 out.network = snap.network;
             }
             out.positions.extend(snap.positions);
-            for h in snap.holds {
+            // Recovery settles every cross-shard update before a merge (a reshard), so a
+            // tombstone holds nothing any more and an update record is no longer needed.
+            for mut h in snap.holds.into_iter().filter(|h| !h.tombstone) {
+                h.update = None;
                 match holds.get_mut(&h.hold_ref) {
                     Some(whole) => {
                         whole.lines.extend(h.lines);
                         whole.answered_lines += h.answered_lines;
                         whole.primary |= h.primary;
+                        whole.version = whole.version.max(h.version);
                     }
                     None => {
                         holds.insert(h.hold_ref.clone(), h);

@@ -167,6 +167,7 @@ fn view(state: HoldState, lines: usize, primary: bool) -> HoldView {
         last_fulfil: None,
         cancelled: false,
         open: 0,
+        version: 1,
     }
 }
 

@@ -303,7 +303,7 @@ async fn torn_between_shards(op: Op) {
     {
         let data = &folder.data;
         drop_last_log_record(data, generation(data), 1, |c| match op {
-            Op::Reserve => matches!(c, Command::Reserve { .. }),
+            Op::Reserve => matches!(c, Command::ReserveTagged { .. }),
             Op::Confirm => matches!(c, Command::Confirm { .. }),
             Op::Release => matches!(c, Command::Release { .. }),
             Op::Fulfil => matches!(c, Command::Fulfil { .. }),

@@ -3,6 +3,10 @@
 //! reserved again while it is retained, a late cart update fails, a confirm that fails
 //! changes nothing, and a restart does not turn a moved cart into a half-confirmable one.
 //!
+//! Each reproduction of the issue has its test here (1 to 5), in `holds_update_cut.rs`
+//! and `durability_kill` (6), in the domain's `bounds.rs` (7) and `engine_regressions.rs`
+//! plus `shard::watch` (8).
+//!
 //! These tests need flags the shared harness does not expose (the mailbox capacity) and a
 //! restart on the same data folder, so they run `stockd::server::run` themselves.
 
@@ -119,8 +123,8 @@ fn state(h: &pb::Hold) -> pb::HoldState {
     pb::HoldState::try_from(h.state).expect("a known state")
 }
 
-/// Defect 1: 2,000 multi-shard reserves at once against mailboxes of 64. Whatever was
-/// refused for overload left nothing behind; what was accepted is held exactly.
+/// Reproduction 3: 2,000 multi-shard reserves at once against mailboxes of 64. Whatever
+/// was refused for overload left nothing behind; what was accepted is held exactly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reserve_refused_for_overload_leaves_nothing_behind() {
     const HOLDS: usize = 2_000;
@@ -219,7 +223,7 @@ async fn a_reserve_refused_for_overload_leaves_nothing_behind() {
     server.stop().await;
 }
 
-/// Defect 2: a Reserve under the ref of a released or confirmed hold fails with
+/// Reproduction 5: a Reserve under the ref of a released or confirmed hold fails with
 /// FAILED_PRECONDITION naming the state, and holds nothing.
 #[tokio::test]
 async fn a_reserve_never_recreates_a_finished_hold() {
@@ -252,8 +256,9 @@ async fn a_reserve_never_recreates_a_finished_hold() {
     server.stop().await;
 }
 
-/// Defect 3: a cart update ~100 ms after the deadline (before the timer runs) fails with
-/// FAILED_PRECONDITION, and the hold is not made again.
+/// Reproduction 4: a cart update ~100 ms after the deadline (before the timer runs) fails
+/// with FAILED_PRECONDITION, and the hold is not made again; once its timer ran, the same
+/// Reserve again (reproduction 5, an expired hold) fails too and holds nothing.
 #[tokio::test]
 async fn a_cart_update_after_the_deadline_fails() {
     let dir = common::server::tempdir();
@@ -290,10 +295,21 @@ async fn a_cart_update_after_the_deadline_fails() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(sellable, "the expired hold's stock never came back");
+    let again = reserve(&mut inv, "h3", &lines(&[&products[0], &products[1]], 2), 1).await;
+    let status = again.expect_err("a Reserve over an expired hold");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status}");
+    assert!(status.message().contains("expired"), "{status}");
+    for p in &products {
+        assert_eq!(
+            ats(&mut inv, WEB, p, LOC).await,
+            10,
+            "{p}: nothing held again"
+        );
+    }
     server.stop().await;
 }
 
-/// Defect 4: a 6-line hold over 4 shards, updated to 1 line, expires; a confirm with
+/// Reproduction 2: a 6-line hold over 4 shards, updated to 1 line, expires; a confirm with
 /// reacquire either confirms it whole or fails and changes nothing. Here it can (the stock
 /// is there), and it does; once the stock is gone, it fails and nothing is reserved.
 #[tokio::test]
@@ -348,8 +364,9 @@ async fn a_reacquire_confirms_whole_or_changes_nothing() {
     server.stop().await;
 }
 
-/// Defect 5: a hold moved by a cart update to a shard it was not on, then a restart: the
-/// confirm answers as GetHold says, and an answer is never an error over a changed hold.
+/// Reproduction 1: a hold moved by a cart update to a shard it was not on, then a restart:
+/// the confirm answers as GetHold says, and an answer is never an error over a changed
+/// hold.
 #[tokio::test]
 async fn a_confirm_after_a_restart_is_whole() {
     let dir = common::server::tempdir();
@@ -423,6 +440,47 @@ async fn a_confirm_refused_on_one_shard_changes_nothing() {
         .expect("confirm");
     assert_eq!(state(&h), pb::HoldState::Confirmed);
     assert_eq!(common::calls::hold_lines(&h).len(), 2);
+    server.stop().await;
+}
+
+/// An order ref confirms one hold, whichever shards the holds live on: a second hold
+/// whose parts share no shard with the first (one shard, or several) is refused with
+/// FAILED_PRECONDITION, as on one shard, and stays active; the first keeps its order.
+#[tokio::test]
+async fn an_order_ref_confirms_one_hold_across_shards() {
+    let dir = common::server::tempdir();
+    let server = Server::start(&dir.path().join("data"), 4, 1024).await;
+    let products = products_on_shards("order-ref", 4, 4);
+    setup(&server, &products, 5).await;
+    let mut inv = server.inventory();
+    reserve_ok(&mut inv, "first", WEB, &lines(&[&products[0]], 1), 600).await;
+    confirm_ok(&mut inv, "first", "order-z").await;
+    reserve_ok(&mut inv, "one-shard", WEB, &lines(&[&products[1]], 1), 600).await;
+    let two = lines(&[&products[2], &products[3]], 1);
+    reserve_ok(&mut inv, "two-shards", WEB, &two, 600).await;
+    for hold in ["one-shard", "two-shards"] {
+        for reacquire in [false, true] {
+            let status = confirm(&mut inv, hold, "order-z", reacquire)
+                .await
+                .expect_err("order-z already confirms hold first");
+            assert_eq!(status.code(), Code::FailedPrecondition, "{hold}: {status}");
+            assert!(status.message().contains("order-z"), "{hold}: {status}");
+            let after = get_hold(&mut inv, hold).await.unwrap().expect("the hold");
+            assert_eq!(state(&after), pb::HoldState::Active, "{hold}: {after:?}");
+            assert!(after.order_ref.is_empty(), "{hold}: {after:?}");
+        }
+    }
+    for p in &products[1..] {
+        assert_eq!(ats(&mut inv, WEB, p, LOC).await, 4, "{p}: still held once");
+    }
+    let first = get_hold(&mut inv, "first").await.unwrap().expect("first");
+    assert_eq!(state(&first), pb::HoldState::Confirmed, "{first:?}");
+    assert_eq!(first.order_ref, "order-z");
+    // Confirming the first again under its order is still a no-op answer.
+    let again = confirm(&mut inv, "first", "order-z", false)
+        .await
+        .expect("again");
+    assert_eq!(state(&again), pb::HoldState::Confirmed);
     server.stop().await;
 }
 

@@ -312,13 +312,9 @@ async fn check_holds(
         };
         let allowed = [e.acked.clone(), e.maybe.clone()];
         // An absent hold is allowed only if nothing about it was acknowledged. A reserve
-        // or cart update cut between two shards is rolled back whole (ARCHITECTURE.md,
-        // known limits): the hold is released, not restored to an earlier version.
-        let cut_update = matches!(
-            (&e.maybe, &state),
-            (Some(State::Active(_)), Some(State::Released))
-        );
-        if !(allowed.contains(&state) || (state.is_none() && e.acked.is_none()) || cut_update) {
+        // or cart update cut between two shards comes back as the acknowledged version
+        // (absent for a new hold) or the whole new one: never released by recovery.
+        if !(allowed.contains(&state) || (state.is_none() && e.acked.is_none())) {
             return Err((
                 hold_ref.clone(),
                 format!(

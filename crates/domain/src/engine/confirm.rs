@@ -23,7 +23,10 @@ enum Confirmable {
 
 impl Engine {
     /// Confirms this engine's part of a hold into an order (see domain.md, "Confirm").
-    /// `Ok(None)`: no part here.
+    /// `Ok(None)`: no part here. With no part here, an order ref that already confirms
+    /// another hold here is still refused (`OrderConflict`): a router asks the shards of
+    /// the order that hold no part of the hold this way, so that an order ref confirms
+    /// one hold whichever shards the holds live on.
     pub fn confirm(
         &mut self,
         now: Millis,
@@ -31,18 +34,28 @@ impl Engine {
         order_ref: &str,
     ) -> Result<Option<HoldState>, Error> {
         debug_assert!(check_ref(hold_ref).is_ok() && check_ref(order_ref).is_ok());
-        let Some(hold) = self.interner.get_in(HOLD_NS, hold_ref) else {
-            return Ok(None);
+        let hold = self.interner.get_in(HOLD_NS, hold_ref);
+        let Some(hold) = hold.filter(|h| self.holds.get(h).is_some_and(|p| !p.tombstone)) else {
+            return match self.order_hold(order_ref) {
+                Some(other) if other != hold_ref => Err(Error::OrderConflict {
+                    order_ref: order_ref.to_string(),
+                    hold_ref: other.to_string(),
+                }),
+                _ => Ok(None),
+            };
         };
-        if !self.holds.contains_key(&hold) {
-            return Ok(None);
-        }
         if let Confirmable::Done = self.confirmable(now, hold, hold_ref, order_ref)? {
             return Ok(Some(HoldState::Confirmed));
         }
         let order = self.interner.intern_in(ORDER_NS, order_ref);
         self.confirm_part(now, hold, order);
         Ok(Some(HoldState::Confirmed))
+    }
+
+    /// The hold an order ref confirms on this engine, if any.
+    fn order_hold(&self, order_ref: &str) -> Option<&str> {
+        let order = self.interner.get_in(ORDER_NS, order_ref)?;
+        self.orders.get(&order).map(|h| self.interner.resolve(*h))
     }
 
     /// Checks that the part can be confirmed as `order_ref`; a due active part expires here.
@@ -110,6 +123,9 @@ impl Engine {
         }
         part.state = HoldState::Confirmed;
         part.order = Some(order);
+        // The router confirms only after the last update answered on every shard: it is
+        // complete, and its record of the previous version is no longer needed.
+        part.update = None;
         part.updated_at = now;
         self.orders.insert(order, hold);
         let mut e = Event::new(EventKind::HoldConfirmed, now);
@@ -132,7 +148,7 @@ impl Engine {
         let Some(hold) = self.interner.get_in(HOLD_NS, hold_ref) else {
             return Ok(None);
         };
-        let Some(part) = self.holds.get(&hold) else {
+        let Some(part) = self.holds.get(&hold).filter(|p| !p.tombstone) else {
             return Ok(None);
         };
         match part.state {

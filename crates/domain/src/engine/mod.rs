@@ -56,6 +56,10 @@ pub struct Engine {
     pub(crate) adjustments: FxHashSet<Sym>,
     pub(crate) expiry: BTreeSet<(Millis, Sym)>,
     pub(crate) forget: BTreeSet<(Millis, Sym)>,
+    /// The parts that may keep a record of a cross-shard update, by (version, hold): a
+    /// superset (an entry whose part changed since is skipped), emptied up to the router's
+    /// settled watermark by each tagged reserve (`UpdateTag::settled_below`).
+    pub(crate) update_records: BTreeSet<(u64, Sym)>,
     pub(crate) active_holds: FxHashMap<Sym, i64>,
     pub(crate) next_iq_id: u64,
     pub(crate) next_event_seq: u64,
@@ -83,6 +87,7 @@ impl Engine {
             adjustments: FxHashSet::default(),
             expiry: BTreeSet::new(),
             forget: BTreeSet::new(),
+            update_records: BTreeSet::new(),
             active_holds: FxHashMap::default(),
             next_iq_id: 1,
             next_event_seq: 1,

@@ -14,11 +14,14 @@ impl Engine {
     /// Every hold part on this engine, by ref (any state, until it is forgotten): a
     /// router rebuilds from it which shards hold a part of each hold and order.
     pub fn part_refs(&self) -> impl Iterator<Item = PartRef<'_>> {
-        self.holds.values().map(|part| PartRef {
-            hold_ref: self.interner.resolve(part.hold),
-            order_ref: part.order.map(|o| self.interner.resolve(o)),
-            expires_at: part.expires_at,
-        })
+        self.holds
+            .values()
+            .filter(|p| !p.tombstone)
+            .map(|part| PartRef {
+                hold_ref: self.interner.resolve(part.hold),
+                order_ref: part.order.map(|o| self.interner.resolve(o)),
+                expires_at: part.expires_at,
+            })
     }
 
     /// Inserts a part: its SOFT_RESERVE IQs if active, its timers, its counters.
@@ -151,6 +154,11 @@ impl Engine {
         }
         part.state = state;
         part.updated_at = now;
+        if state == HoldState::Released {
+            // A release comes after the last update answered on every shard: that update
+            // is complete. (An expiry runs on one shard's timer, so it keeps the record.)
+            part.update = None;
+        }
         let forget_at = now + self.settings.hold_retention_ms;
         part.forget_at = Some(forget_at);
         self.forget.insert((forget_at, hold));

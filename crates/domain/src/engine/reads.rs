@@ -193,7 +193,7 @@ impl Engine {
     /// as expired even before its timer runs).
     pub fn hold(&self, now: Millis, hold_ref: &str) -> Option<HoldView> {
         let sym = self.interner.get_in(HOLD_NS, hold_ref)?;
-        let part = self.holds.get(&sym)?;
+        let part = self.holds.get(&sym).filter(|p| !p.tombstone)?;
         let mut view = self.view(part);
         if view.state == HoldState::Active && part.expires_at <= now {
             view.state = HoldState::Expired;
@@ -225,6 +225,7 @@ impl Engine {
             last_fulfil: part.last_fulfil.clone(),
             cancelled: part.cancelled,
             open: part.lines.iter().map(|l| l.open).sum(),
+            version: part.version,
         }
     }
 
@@ -235,7 +236,11 @@ impl Engine {
 
     /// Every hold part, for recovery's completeness check.
     pub fn hold_views(&self) -> Vec<HoldView> {
-        self.holds.values().map(|p| self.view(p)).collect()
+        self.holds
+            .values()
+            .filter(|p| !p.tombstone)
+            .map(|p| self.view(p))
+            .collect()
     }
 
     /// The hold parts that do not hold their whole request (the hold spans shards, or a
@@ -243,7 +248,7 @@ impl Engine {
     pub fn split_hold_views(&self) -> Vec<HoldView> {
         self.holds
             .values()
-            .filter(|p| p.answered_lines != p.total_lines)
+            .filter(|p| p.answered_lines != p.total_lines && !p.tombstone)
             .map(|p| self.view(p))
             .collect()
     }

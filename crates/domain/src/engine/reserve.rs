@@ -8,7 +8,7 @@ use super::Engine;
 use crate::Millis;
 use crate::error::Error;
 use crate::event::{Event, EventKind};
-use crate::hold::{HoldPart, HoldState, PartLine};
+use crate::hold::{HoldPart, HoldState, PartLine, PartUpdate, UpdateTag};
 use crate::limits::MS_PER_SECOND;
 use crate::position::NO_SYM;
 use crate::refs::{HOLD_NS, Sym, fnv1a};
@@ -69,6 +69,8 @@ struct ReserveCtx<'a> {
     hold: Option<Sym>,
     /// A confirm's reacquire: a hold that ended here may be made again.
     reacquire: bool,
+    /// The cart version and the shards of a reserve that spans shards.
+    tag: Option<&'a UpdateTag>,
 }
 
 /// What the hold already is on this engine.
@@ -143,7 +145,7 @@ impl Engine {
         req: &ReserveRequest,
         mine: &[u32],
     ) -> Result<ReservePart, Error> {
-        self.reserve_as(now, req, mine, false)
+        self.reserve_as(now, req, mine, false, None)
     }
 
     /// A confirm's reacquire (domain.md, "Confirm"): `reserve`, except that a hold that
@@ -155,7 +157,24 @@ impl Engine {
         req: &ReserveRequest,
         mine: &[u32],
     ) -> Result<ReservePart, Error> {
-        self.reserve_as(now, req, mine, true)
+        self.reserve_as(now, req, mine, true, None)
+    }
+
+    /// `reserve` (or, with `reacquire`, `reacquire`) as one of the shards of a reserve
+    /// that spans shards: the part written keeps the cart version `tag.version`, and, when
+    /// the tag names several shards, a record of the update and of the part it replaced
+    /// (a shard left without a line keeps a tombstone instead of dropping its part), until
+    /// the update is known complete. Recovery uses them to make the update whole or undo
+    /// it whole (`resolve_update`).
+    pub fn reserve_tagged(
+        &mut self,
+        now: Millis,
+        req: &ReserveRequest,
+        mine: &[u32],
+        reacquire: bool,
+        tag: &UpdateTag,
+    ) -> Result<ReservePart, Error> {
+        self.reserve_as(now, req, mine, reacquire, Some(tag))
     }
 
     fn reserve_as(
@@ -164,6 +183,7 @@ impl Engine {
         req: &ReserveRequest,
         mine: &[u32],
         reacquire: bool,
+        tag: Option<&UpdateTag>,
     ) -> Result<ReservePart, Error> {
         debug_assert_eq!(req.validate(), Ok(()), "reserve of an unvalidated request");
         let ci = self.channel_index(&req.channel_ref)?;
@@ -175,6 +195,7 @@ impl Engine {
             digest: Self::request_digest(req),
             hold: self.interner.get_in(HOLD_NS, &req.hold_ref),
             reacquire,
+            tag,
         };
         let update = match self.prior_part(now, &ctx)? {
             Prior::Resent(part) => return Ok(part),
@@ -200,7 +221,12 @@ impl Engine {
     /// ended part (a due active part counts as expired, whatever its timer) refuses a plain
     /// reserve and changes nothing.
     fn prior_part(&self, now: Millis, ctx: &ReserveCtx<'_>) -> Result<Prior, Error> {
-        let Some(part) = ctx.hold.and_then(|s| self.holds.get(&s)) else {
+        // A tombstone holds nothing: the hold has no part here.
+        let Some(part) = ctx
+            .hold
+            .and_then(|s| self.holds.get(&s))
+            .filter(|p| !p.tombstone)
+        else {
             return Ok(Prior::None);
         };
         match part.state {
@@ -330,7 +356,8 @@ impl Engine {
     /// A cart update that leaves this engine no line of the request drops the part rather
     /// than keep an empty one: an empty part holds nothing, and left behind it outlives
     /// the hold's other parts in other states (a confirm or recovery would then see a hold
-    /// half released: issue #12, defects 4 and 5). Its ref is released once unused.
+    /// half released: issue #12, defects 4 and 5). Its ref is released once unused. In a
+    /// reserve tagged with several shards, it keeps a tombstone instead (`tombstone_of`).
     fn apply_reserve(
         &mut self,
         now: Millis,
@@ -339,13 +366,28 @@ impl Engine {
         lines: Vec<LineResult>,
     ) -> ReservePart {
         let hold = self.interner.intern_in(HOLD_NS, &ctx.req.hold_ref);
-        let previous = self.holds.get(&hold).map(|p| Box::new(self.snap_part(p)));
+        let previous = self.holds.get(&hold).map(|p| {
+            let mut snap = self.snap_part(p);
+            snap.update = None;
+            Box::new(snap)
+        });
         let created_at = match (update, self.holds.get(&hold)) {
             (true, Some(p)) => p.created_at,
             _ => now,
         };
         self.remove_part(now, hold);
-        let part = self.new_part(now, ctx, hold, created_at, &lines);
+        let mut part = self.new_part(now, ctx, hold, created_at, &lines);
+        if let Some(tag) = ctx.tag {
+            self.settle_below(tag.settled_below);
+            part.version = tag.version;
+            if tag.participants.len() > 1 {
+                self.update_records.insert((tag.version, hold));
+                part.update = Some(Box::new(PartUpdate {
+                    participants: tag.participants.clone(),
+                    previous: previous.as_deref().filter(|p| !p.tombstone).cloned(),
+                }));
+            }
+        }
         let keep = !ctx.mine.is_empty();
         let mut e = Event::new(
             if update {
@@ -361,6 +403,9 @@ impl Engine {
         e.primary = part.primary;
         if keep {
             self.insert_part(now, part);
+        } else if part.update.is_some() {
+            let tombstone = self.tombstone_of(now, part);
+            self.insert_part(now, tombstone);
         } else {
             self.release_if_unused(hold);
         }
@@ -377,6 +422,20 @@ impl Engine {
                 previous,
             }),
         }
+    }
+
+    /// The tombstone a cross-shard update leaves on an engine it took every line from:
+    /// no line, no stock, read as no part, carrying the update's record (with the part it
+    /// replaced) for recovery. It is forgotten a millisecond before the retention runs out,
+    /// so before any other participant's record of the same update (each ends at or after
+    /// the update, and is kept the retention after it ends).
+    fn tombstone_of(&self, now: Millis, mut part: HoldPart) -> HoldPart {
+        part.lines.clear();
+        part.state = HoldState::Released;
+        part.primary = false;
+        part.tombstone = true;
+        part.forget_at = Some(now + self.settings.hold_retention_ms.saturating_sub(1).max(1));
+        part
     }
 
     /// The new ACTIVE part: the lines that got something, a fresh timer.
@@ -418,6 +477,9 @@ impl Engine {
             forget_at: None,
             last_fulfil: None,
             cancelled: false,
+            version: 0,
+            update: None,
+            tombstone: false,
         }
     }
 
@@ -466,5 +528,92 @@ impl Engine {
             self.insert_part(now, part);
         }
         self.release_if_unused(hold);
+    }
+}
+
+impl Engine {
+    /// Settles this engine's record of the cross-shard update `version` of a hold, as
+    /// recovery decided from every shard: `complete` drops the record (the part stays as
+    /// the update wrote it); otherwise the part the update replaced is put back (or the
+    /// part removed, if there was none). Returns whether this engine had that record.
+    pub fn resolve_update(
+        &mut self,
+        now: Millis,
+        hold_ref: &str,
+        version: u64,
+        complete: bool,
+    ) -> bool {
+        let Some(hold) = self.interner.get_in(HOLD_NS, hold_ref) else {
+            return false;
+        };
+        let Some(part) = self.holds.get(&hold) else {
+            return false;
+        };
+        if part.version != version || part.update.is_none() {
+            return false;
+        }
+        if complete {
+            if let Some(part) = self.holds.get_mut(&hold) {
+                part.update = None;
+            }
+            return true;
+        }
+        let previous = part
+            .update
+            .as_ref()
+            .and_then(|u| u.previous.clone())
+            .map(Box::new);
+        let undo = ReserveUndo {
+            hold_ref: hold_ref.to_string(),
+            previous,
+        };
+        self.undo_reserve(now, &undo);
+        true
+    }
+
+    /// Drops the records of the cross-shard updates below `version`: the router says each
+    /// of them answered on all its shards. Runs only inside a reserve that is logged, so a
+    /// replay drops the same records at the same point.
+    fn settle_below(&mut self, version: u64) {
+        while let Some(&(v, hold)) = self.update_records.first() {
+            if v >= version {
+                break;
+            }
+            self.update_records.pop_first();
+            let current = self.holds.get(&hold);
+            if current.is_some_and(|p| p.version == v && p.update.is_some())
+                && let Some(part) = self.holds.get_mut(&hold)
+            {
+                part.update = None;
+            }
+        }
+    }
+
+    /// Every record of a cross-shard update not yet known complete (recovery's input).
+    pub fn pending_updates(&self) -> Vec<crate::hold::PendingUpdate> {
+        self.holds
+            .values()
+            .filter_map(|p| {
+                let update = p.update.as_ref()?;
+                Some(crate::hold::PendingUpdate {
+                    hold_ref: self.interner.resolve(p.hold).to_string(),
+                    version: p.version,
+                    participants: update.participants.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// The cart version of this engine's record of a hold, and whether it is a tombstone
+    /// (`None`: no record at all).
+    pub fn hold_record(&self, hold_ref: &str) -> Option<(u64, bool)> {
+        let sym = self.interner.get_in(HOLD_NS, hold_ref)?;
+        self.holds.get(&sym).map(|p| (p.version, p.tombstone))
+    }
+
+    /// The highest cart version of any hold record here: a router numbers new versions
+    /// above it.
+    pub fn max_hold_version(&self) -> u64 {
+        self.holds.values().map(|p| p.version).max().unwrap_or(0)
     }
 }

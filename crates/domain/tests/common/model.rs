@@ -530,7 +530,14 @@ impl Model {
         order: &str,
     ) -> Result<Option<HoldState>, Error> {
         let Some(h) = self.holds.get(hold).cloned() else {
-            return Ok(None);
+            // No part here, but the order ref may confirm another hold here.
+            return match self.orders.get(order) {
+                Some(other) => Err(Error::OrderConflict {
+                    order_ref: order.to_string(),
+                    hold_ref: other.clone(),
+                }),
+                None => Ok(None),
+            };
         };
         match h.state {
             HoldState::Confirmed => {

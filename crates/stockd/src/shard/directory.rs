@@ -17,7 +17,7 @@
 //! start-up the directory is rebuilt from every recovered engine's parts
 //! (`Engine::part_refs`), before any request is served.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use futures::future::join_all;
 use rustc_hash::FxHashMap;
@@ -166,6 +166,14 @@ pub struct Directory {
     retention: Millis,
     /// The next stripe the prune visits.
     cursor: AtomicUsize,
+    /// The next cart version (`UpdateTag::version`): above every version a recovered
+    /// engine holds, so a hold's versions only grow, across restarts too.
+    next_version: AtomicU64,
+    /// The cart versions whose reserve has not yet answered on all its shards (or whose
+    /// outcome on some shard is unknown: those stay until a restart). Below the lowest,
+    /// every version is complete: the watermark the next tagged reserves carry. At most
+    /// one per reserve in flight (each holds its hold's stripe lock), plus the unknown.
+    open_versions: std::sync::Mutex<std::collections::BTreeSet<u64>>,
 }
 
 impl Directory {
@@ -177,7 +185,25 @@ impl Directory {
                 .collect(),
             retention,
             cursor: AtomicUsize::new(0),
+            next_version: AtomicU64::new(1),
+            open_versions: Default::default(),
         }
+    }
+
+    /// Opens a new cart version, higher than any before it: `(version, settled_below)`,
+    /// every version below `settled_below` being complete on all its shards.
+    pub fn open_version(&self) -> (u64, u64) {
+        let mut open = self.open_versions.lock().expect("open versions lock");
+        let version = self.next_version.fetch_add(1, Ordering::Relaxed);
+        open.insert(version);
+        let settled_below = *open.first().expect("just inserted");
+        (version, settled_below)
+    }
+
+    /// Closes a cart version that answered on all its shards (or was undone on all).
+    pub fn close_version(&self, version: u64) {
+        let mut open = self.open_versions.lock().expect("open versions lock");
+        open.remove(&version);
     }
 
     /// The directory of the recovered engines (one per shard, in shard order).
@@ -206,10 +232,13 @@ impl Directory {
                 }
             }
         }
+        let version = engines.iter().map(Engine::max_hold_version).max();
         Directory {
             stripes: stripes.into_iter().map(Mutex::new).collect(),
             retention,
             cursor: AtomicUsize::new(0),
+            next_version: AtomicU64::new(version.unwrap_or(0) + 1),
+            open_versions: Default::default(),
         }
     }
 

@@ -96,8 +96,10 @@ impl Msg {
 /// The label of a write's command.
 fn command_kind(command: &Command) -> &'static str {
     match command {
-        Command::Reserve { .. } | Command::Reacquire { .. } => "reserve",
-        Command::UndoReserve(_) => "undo",
+        Command::Reserve { .. } | Command::Reacquire { .. } | Command::ReserveTagged { .. } => {
+            "reserve"
+        }
+        Command::UndoReserve(_) | Command::ResolveUpdate { .. } => "undo",
         Command::Confirm { .. } => "confirm",
         Command::Release { .. } => "release",
         Command::Fulfil { .. } => "fulfil",

@@ -18,6 +18,13 @@
 //! hold or order are serialised by a striped lock taken in a fixed order, so two
 //! concurrent carts never deadlock and never interleave their halves.
 //!
+//! A reserve on several shards is a cart version (`UpdateTag`): each shard learns the
+//! version and every shard it went to, and the watermark below which every version
+//! answered everywhere (`Directory::open_version`), so that recovery can keep a version
+//! cut by a crash whole or undo it whole, and shards drop their records of settled ones.
+//! A confirm under an order ref the directory places on shards where the hold has no
+//! part asks them first, so an order ref confirms one hold across shards.
+//!
 //! The router keeps routing, locking, scatter/gather and undo messages only. Every
 //! request is validated once, here, by the domain's `validate` functions (the shards'
 //! engines rely on it), and the per-shard answers are merged by the domain's
@@ -39,7 +46,7 @@ use stockd_domain::request::{check_batch, check_ref_field, validate_read};
 use stockd_domain::{
     AdjustStatus, Adjustment, CategoryConfig, ChannelConfig, Command, CountStatus, Error, FulfilOp,
     HoldState, HoldView, LineView, Millis, OrderLine, Outcome, PositionView, ProductConfig,
-    ReserveRequest, ReserveUndo, StockCount,
+    ReserveRequest, ReserveUndo, StockCount, UpdateTag,
 };
 
 /// The domain's batch limits, under their old path.
@@ -54,6 +61,15 @@ pub const LOCK_STRIPES: usize = 4_096;
 /// The shard that owns (product, location): a stable hash, the same on every start.
 pub fn shard_of(product_ref: &str, location_ref: &str, shards: usize) -> usize {
     (fnv1a(&[product_ref.as_bytes(), location_ref.as_bytes()]) % shards as u64) as usize
+}
+
+/// The cart version a reserve writes, while it is open (see `Router::close_version`).
+struct OpenVersion {
+    version: u64,
+    /// The watermark the reserve carries (`UpdateTag::settled_below`).
+    settled_below: u64,
+    /// Whether a shard's outcome is unknown (it stopped, or its disk failed).
+    unknown: bool,
 }
 
 /// A reserve's answer, with what a caller needs to take it back or go on: the undo of
@@ -187,10 +203,31 @@ impl Router {
     ) -> Result<ReserveResult, ShardError> {
         req.validate()?;
         let mut locked = self.directory.lock(now, &[&req.hold_ref]).await;
-        Ok(self
-            .reserve_locked(&mut locked, now, req, false)
-            .await?
-            .result)
+        let mut version = self.open_version();
+        let reserved = self
+            .reserve_locked(&mut locked, now, req, false, &mut version)
+            .await;
+        self.close_version(version);
+        Ok(reserved?.result)
+    }
+
+    /// A new cart version for a reserve (see `Directory::open_version`).
+    fn open_version(&self) -> OpenVersion {
+        let (version, settled_below) = self.directory.open_version();
+        OpenVersion {
+            version,
+            settled_below,
+            unknown: false,
+        }
+    }
+
+    /// Closes a cart version once its reserve (and any undo) answered on every shard;
+    /// one whose outcome on a shard is unknown (a stopped shard, a failed disk) stays
+    /// open, so no shard drops its record of it before a restart settles it.
+    fn close_version(&self, version: OpenVersion) {
+        if !version.unknown {
+            self.directory.close_version(version.version);
+        }
     }
 
     /// Sends the (validated) request to the shards of its lines and those keeping a part
@@ -204,6 +241,7 @@ impl Router {
         now: Millis,
         req: ReserveRequest,
         reacquire: bool,
+        version: &mut OpenVersion,
     ) -> Result<Reserved, ShardError> {
         let n = self.shards.len();
         let mut mine: Vec<Vec<u32>> = vec![Vec::new(); n];
@@ -214,17 +252,9 @@ impl Router {
         let targets: Vec<usize> = (0..n)
             .filter(|&s| !mine[s].is_empty() || known.contains(&(s as u32)))
             .collect();
-        let answers = join_all(targets.iter().map(|&s| {
-            let request = req.clone();
-            let mine = std::mem::take(&mut mine[s]);
-            let command = if reacquire {
-                Command::Reacquire { request, mine }
-            } else {
-                Command::Reserve { request, mine }
-            };
-            self.shards[s].write(now, command, Some(req.hold_ref.clone()))
-        }))
-        .await;
+        let answers = self
+            .send_reserve(now, &req, mine, &targets, reacquire, version)
+            .await;
         let mut parts = Vec::with_capacity(targets.len());
         let mut views: Vec<(usize, HoldView)> = Vec::new();
         let mut unchanged: Vec<HoldView> = Vec::new();
@@ -245,11 +275,17 @@ impl Router {
                     parts.push((part, hold));
                 }
                 Ok(other) => unreachable!("a reserve answers Reserved, got {:?}", other.outcome),
-                Err(e) => error = Some(first_error(error, e)),
+                Err(e) => {
+                    version.unknown |=
+                        !matches!(e, ShardError::Domain(_) | ShardError::Overloaded(_));
+                    error = Some(first_error(error, e));
+                }
             }
         }
         if let Some(e) = error {
-            self.undo(locked, now, undos, &req.hold_ref).await?;
+            self.undo(locked, now, undos, &req.hold_ref)
+                .await
+                .inspect_err(|_| version.unknown = true)?;
             return Err(e);
         }
         match outcome::merge_reserve(&req, parts) {
@@ -259,7 +295,8 @@ impl Router {
                 parts: views,
             }),
             ReserveMerge::Rejected(lines) => {
-                unchanged.extend(self.undo(locked, now, undos, &req.hold_ref).await?);
+                let undone = self.undo(locked, now, undos, &req.hold_ref).await;
+                unchanged.extend(undone.inspect_err(|_| version.unknown = true)?);
                 Ok(Reserved {
                     result: ReserveResult::rejected(lines, HoldView::merge(unchanged)),
                     undos: Vec::new(),
@@ -267,6 +304,38 @@ impl Router {
                 })
             }
         }
+    }
+
+    /// Sends a reserve to each of `targets` with its lines (`mine`, by shard), all at once,
+    /// as one cart version: every shard learns the version and all the shards it goes to,
+    /// so that recovery can make it whole or undo it whole after a crash between them.
+    async fn send_reserve(
+        &self,
+        now: Millis,
+        req: &ReserveRequest,
+        mut mine: Vec<Vec<u32>>,
+        targets: &[usize],
+        reacquire: bool,
+        version: &OpenVersion,
+    ) -> Vec<Result<WriteReply, ShardError>> {
+        let tag = UpdateTag {
+            version: version.version,
+            participants: targets
+                .iter()
+                .map(|&s| (s as u32, !mine[s].is_empty()))
+                .collect(),
+            settled_below: version.settled_below,
+        };
+        join_all(targets.iter().map(|&s| {
+            let command = Command::ReserveTagged {
+                request: req.clone(),
+                mine: std::mem::take(&mut mine[s]),
+                reacquire,
+                tag: tag.clone(),
+            };
+            self.shards[s].write(now, command, Some(req.hold_ref.clone()))
+        }))
+        .await
     }
 
     /// Takes back changes already made (a failed reserve's, a failed confirm's). These
@@ -368,6 +437,8 @@ impl Router {
         check_ref_field("order_ref", order_ref)?;
         let mut locked = self.directory.lock(now, &[hold_ref, order_ref]).await;
         let known = locked.shards(Ns::Hold, hold_ref);
+        self.check_order_free(&mut locked, now, hold_ref, order_ref, &known)
+            .await?;
         if let [shard] = known[..] {
             let one = self.confirm_one(&mut locked, now, hold_ref, order_ref, shard as usize);
             match one.await {
@@ -376,31 +447,97 @@ impl Router {
                 answer => return answer,
             }
         }
-        let mut parts = self.hold_parts(&mut locked, now, hold_ref).await?;
+        let parts = self.hold_parts(&mut locked, now, hold_ref).await?;
         let whole = outcome::whole_hold(hold_ref, parts.iter().map(|(_, p)| p.clone()).collect())?;
-        let mut reacquired = Vec::new();
         match outcome::confirm_step(whole, order_ref, reacquire)? {
-            ConfirmStep::Done(hold) => return Ok(hold),
-            ConfirmStep::Confirm => {}
+            ConfirmStep::Done(hold) => Ok(hold),
+            ConfirmStep::Confirm => {
+                self.confirm_parts(&mut locked, now, hold_ref, order_ref, &parts)
+                    .await
+            }
             ConfirmStep::Reacquire(request) => {
-                // Built from the stored hold, so valid; checked like any reserve all the same.
-                request.validate()?;
-                let again = self.reserve_locked(&mut locked, now, request, true).await?;
-                outcome::check_reacquired(hold_ref, &again.result)?;
-                reacquired = again.undos;
-                parts = again.parts;
+                // The reacquire's cart version stays open until the confirm (or its undo)
+                // answered everywhere.
+                let mut version = self.open_version();
+                let confirmed = self
+                    .reacquire_and_confirm(&mut locked, now, order_ref, request, &mut version)
+                    .await;
+                self.close_version(version);
+                confirmed
             }
         }
+    }
+
+    /// A confirm's reacquire: the ended hold reserved again, all or nothing, then
+    /// confirmed; if the confirm fails, the reacquired parts are taken back.
+    async fn reacquire_and_confirm(
+        &self,
+        locked: &mut Locked<'_>,
+        now: Millis,
+        order_ref: &str,
+        request: ReserveRequest,
+        version: &mut OpenVersion,
+    ) -> Result<HoldView, ShardError> {
+        let hold_ref = request.hold_ref.clone();
+        // Built from the stored hold, so valid; checked like any reserve all the same.
+        request.validate()?;
+        let again = self
+            .reserve_locked(locked, now, request, true, version)
+            .await?;
+        outcome::check_reacquired(&hold_ref, &again.result)?;
         match self
-            .confirm_parts(&mut locked, now, hold_ref, order_ref, &parts)
+            .confirm_parts(locked, now, &hold_ref, order_ref, &again.parts)
             .await
         {
             Ok(hold) => Ok(hold),
             Err(e) => {
-                self.undo(&mut locked, now, reacquired, hold_ref).await?;
+                version.unknown |= !matches!(e, ShardError::Domain(_) | ShardError::Overloaded(_));
+                self.undo(locked, now, again.undos, &hold_ref)
+                    .await
+                    .inspect_err(|_| version.unknown = true)?;
                 Err(e)
             }
         }
+    }
+
+    /// Refuses a confirm under an order ref that already confirms another hold on a shard
+    /// where this hold has no part (on the hold's own shards each engine refuses that
+    /// itself): those shards are asked with the confirm itself, which, with no part of
+    /// the hold there, changes nothing and is refused if the order is another hold's. A
+    /// new order ref has no shard in the directory and costs no message.
+    async fn check_order_free(
+        &self,
+        locked: &mut Locked<'_>,
+        now: Millis,
+        hold_ref: &str,
+        order_ref: &str,
+        hold_shards: &[u32],
+    ) -> Result<(), ShardError> {
+        if hold_shards.is_empty() {
+            return Ok(()); // an unknown hold is NOT_FOUND, whatever its order ref
+        }
+        let others: Vec<u32> = locked
+            .shards(Ns::Order, order_ref)
+            .into_iter()
+            .filter(|s| !hold_shards.contains(s))
+            .collect();
+        let command = Command::Confirm {
+            hold_ref: hold_ref.to_string(),
+            order_ref: order_ref.to_string(),
+        };
+        let answers = join_all(
+            others
+                .iter()
+                .map(|&s| self.shards[s as usize].write(now, command.clone(), None)),
+        )
+        .await;
+        let mut error = None;
+        for answer in answers {
+            if let Err(e) = answer {
+                error = Some(first_error(error, e));
+            }
+        }
+        error.map_or(Ok(()), Err)
     }
 
     /// The confirm of a hold whose parts all sit on one shard: that shard's part is the

@@ -8,7 +8,8 @@
 //! - `log`: the segment write-ahead log with real fdatasync group commit, behind `LogDir`.
 //! - `record`: the checksummed, versioned record format.
 //! - `wal`: a shard's handle to its log writer (`ShardLog`) and `Durability`.
-//! - `recovery`: checkpoint + replay, shard-count changes, repairs after a crash.
+//! - `recovery`: checkpoint + replay, shard-count changes, then the repairs.
+//! - `repair`: what a crash between the shards of one hold or order cut in two, made whole.
 
 pub mod backend;
 pub mod checkpoint;
@@ -18,6 +19,7 @@ pub mod events;
 pub mod log;
 pub mod record;
 pub mod recovery;
+mod repair;
 pub mod wal;
 
 pub use backend::{Storage, StorageBackend};

@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use stockd_domain::{Command, Millis};
 
 /// Version of the record layout and payload encoding. Bump it with any change to
-/// `LogRecord`, the domain's `Command` or `EngineSnapshot`.
-pub const FORMAT_VERSION: u8 = 1;
+/// `LogRecord`, the domain's `Command` or `EngineSnapshot`. Version 2: hold parts carry
+/// their cart version, update record and tombstone flag (issue #12).
+pub const FORMAT_VERSION: u8 = 2;
 
 /// Bytes before the payload: version (1) and CRC32 (4).
 const HEADER_LEN: usize = 5;

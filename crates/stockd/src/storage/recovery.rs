@@ -8,13 +8,14 @@
 //! 2. If the shard count changed, the states are merged and split by the new routing and
 //!    written as whole checkpoints of the next generation with fresh empty logs; the layout
 //!    record is flipped (one durable write), then the old generation is removed.
-//! 3. A hold whose parts on different shards disagree (a crash between them) is made
-//!    whole: rolled forward if a part was confirmed, otherwise rolled back everywhere.
+//! 3. A cart version cut by a crash between its shards is kept if every shard it went to
+//!    logged it, and otherwise put back to the previous version on every shard (before a
+//!    reshard, in the layout it was written in); a confirm cut between shards is rolled
+//!    forward (`repair`).
 //! 4. Holds whose deadline passed while stockd was down are expired, with their events.
 //!
 //! The commands of steps 3 and 4 are returned so the caller logs them before serving.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -25,9 +26,8 @@ use super::checkpointer::{self, ConfigKeys};
 use super::error::{RecoveryError, StorageError};
 use super::log::{self, Log, Lsn};
 use super::record::{self, LogRecord};
-use stockd_domain::{
-    Command, Engine, EngineSnapshot, HoldState, HoldView, LineView, Millis, OrderLine, Settings,
-};
+use super::repair::{repair_split_holds, resolve_updates};
+use stockd_domain::{Command, Engine, EngineSnapshot, Millis, Settings};
 
 /// The name of the layout record in the checkpoint store.
 const LAYOUT: &str = "layout";
@@ -158,6 +158,11 @@ pub fn recover_with_events(
     events.flush()?;
     let mut generation = meta.generation;
     if meta.shards != shards {
+        // Cart versions name the shards of the layout they were written in: settle them
+        // there. The reshard writes the result whole, so their records are not needed.
+        let mut old: Vec<&mut Engine> = states.iter_mut().map(|s| &mut s.engine).collect();
+        let mut unused = vec![Vec::new(); old.len()];
+        resolve_updates(&mut old, now, &mut unused, &mut report);
         states = reshard(storage, meta, states, shards, settings, route)?;
         generation = meta.generation + 1;
     }
@@ -491,196 +496,4 @@ fn expire_and_check_one(
         .check_consistency()
         .map_err(|reason| RecoveryError::Inconsistent { shard, reason })?;
     Ok(expired)
-}
-
-/// Makes every hold whole again after a crash between its shards.
-fn repair_split_holds(
-    engines: &mut [Engine],
-    now: Millis,
-    pending: &mut [Vec<Vec<u8>>],
-    report: &mut RecoveryReport,
-) -> Result<(), RecoveryError> {
-    let mut by_hold: BTreeMap<String, Vec<(usize, HoldView)>> = BTreeMap::new();
-    for (shard, engine) in engines.iter().enumerate() {
-        for view in engine.split_hold_views() {
-            by_hold
-                .entry(view.hold_ref.clone())
-                .or_default()
-                .push((shard, view));
-        }
-    }
-    add_whole_parts(engines, &mut by_hold);
-    for (hold_ref, parts) in by_hold {
-        let same_digest = parts.iter().all(|(_, p)| p.digest == parts[0].1.digest);
-        let answered: u32 = parts.iter().map(|(_, p)| p.answered_lines).sum();
-        let states: Vec<HoldState> = parts.iter().map(|(_, p)| p.state).collect();
-        let uniform = states.iter().all(|s| *s == states[0]);
-        let complete = same_digest && answered == parts[0].1.total_lines;
-        if (complete && uniform) || !states.contains(&HoldState::Active) {
-            continue;
-        }
-        report.holds_repaired += 1;
-        let confirmed = parts
-            .iter()
-            .find(|(_, p)| p.state == HoldState::Confirmed)
-            .and_then(|(_, p)| p.order_ref.clone());
-        for (shard, part) in &parts {
-            if part.state != HoldState::Active {
-                continue;
-            }
-            let command = match (&confirmed, complete) {
-                (Some(order_ref), true) => Command::Confirm {
-                    hold_ref: hold_ref.clone(),
-                    order_ref: order_ref.clone(),
-                },
-                _ => Command::Release {
-                    hold_ref: hold_ref.clone(),
-                },
-            };
-            let applied = engines[*shard].apply(now, &command);
-            if applied.is_err() {
-                // A confirm can fail on a part already past its deadline: release it instead.
-                let release = Command::Release {
-                    hold_ref: hold_ref.clone(),
-                };
-                engines[*shard]
-                    .apply(now, &release)
-                    .map_err(|source| RecoveryError::Repair {
-                        hold_ref: hold_ref.clone(),
-                        source,
-                    })?;
-                pending[*shard].push(record::encode(&LogRecord {
-                    now,
-                    command: release,
-                }));
-                continue;
-            }
-            pending[*shard].push(record::encode(&LogRecord { now, command }));
-        }
-    }
-    repair_split_orders(engines, now, pending, report);
-    Ok(())
-}
-
-/// Adds the parts of each split hold that hold their whole request on another shard: a
-/// cart update that moved every line onto one shard answers for all of its request there,
-/// while a shard that missed the update keeps the older, split version. Both must be
-/// compared, or the hold would come back half updated.
-fn add_whole_parts(engines: &[Engine], by_hold: &mut BTreeMap<String, Vec<(usize, HoldView)>>) {
-    for (hold_ref, parts) in by_hold.iter_mut() {
-        for (shard, engine) in engines.iter().enumerate() {
-            if parts.iter().any(|(s, _)| *s == shard) {
-                continue;
-            }
-            // `Millis::MIN`: the part's stored state, without the read-time expiry.
-            if let Some(view) = engine.hold(Millis::MIN, hold_ref) {
-                parts.push((shard, view));
-            }
-        }
-    }
-}
-
-/// Finishes a fulfilment or cancellation that a crash cut between shards: the router
-/// checked every shard before any wrote, so finishing is always allowed.
-fn repair_split_orders(
-    engines: &mut [Engine],
-    now: Millis,
-    pending: &mut [Vec<Vec<u8>>],
-    report: &mut RecoveryReport,
-) {
-    let mut orders: BTreeMap<String, Vec<(usize, HoldView)>> = BTreeMap::new();
-    for (shard, engine) in engines.iter().enumerate() {
-        for view in engine.split_hold_views() {
-            if view.state == HoldState::Confirmed {
-                orders
-                    .entry(view.hold_ref.clone())
-                    .or_default()
-                    .push((shard, view));
-            }
-        }
-    }
-    for (hold_ref, parts) in orders {
-        let Some(order_ref) = parts.iter().find_map(|(_, p)| p.order_ref.clone()) else {
-            continue;
-        };
-        let commands = order_repairs(&order_ref, &parts);
-        if !commands.is_empty() {
-            report.holds_repaired += 1;
-        }
-        for (shard, command) in commands {
-            match engines[shard].apply(now, &command) {
-                Ok(_) => pending[shard].push(record::encode(&LogRecord { now, command })),
-                Err(e) => report
-                    .repair_failures
-                    .push(format!("order {order_ref:?} of hold {hold_ref:?}: {e}")),
-            }
-        }
-    }
-}
-
-/// The commands that make an order's parts agree: a cancellation seen on one part is
-/// finished on the others; otherwise the latest fulfilment is finished on every part that
-/// missed it.
-fn order_repairs(order_ref: &str, parts: &[(usize, HoldView)]) -> Vec<(usize, Command)> {
-    if parts.iter().any(|(_, p)| p.cancelled) {
-        return parts
-            .iter()
-            .filter(|(_, p)| !p.cancelled)
-            .map(|(shard, _)| {
-                let order_ref = order_ref.to_string();
-                (*shard, Command::CancelOrder { order_ref })
-            })
-            .collect();
-    }
-    let Some(latest) = parts
-        .iter()
-        .filter_map(|(_, p)| p.last_fulfil.as_ref())
-        .max_by_key(|op| (op.at, op.id))
-    else {
-        return Vec::new();
-    };
-    let mut commands = Vec::new();
-    for (shard, p) in parts {
-        if p.last_fulfil.as_ref().map(|o| o.id) == Some(latest.id) {
-            continue;
-        }
-        let lines = match &latest.lines {
-            None if p.open == 0 => continue,
-            None => None,
-            Some(all) => match lines_on_part(all, p) {
-                Some(mine) => Some(mine),
-                None => continue,
-            },
-        };
-        commands.push((
-            *shard,
-            Command::Fulfil {
-                order_ref: order_ref.to_string(),
-                lines,
-                op: Some(latest.clone()),
-            },
-        ));
-    }
-    commands
-}
-
-/// The lines of a partial fulfilment that fall on this part, with their request index;
-/// `None` when none does.
-fn lines_on_part(all: &[LineView], part: &HoldView) -> Option<Vec<OrderLine>> {
-    let mine: Vec<OrderLine> = all
-        .iter()
-        .enumerate()
-        .filter(|(_, l)| {
-            part.lines
-                .iter()
-                .any(|pl| pl.product_ref == l.product_ref && pl.location_ref == l.location_ref)
-        })
-        .map(|(i, l)| OrderLine {
-            index: i as u32,
-            product_ref: l.product_ref.clone(),
-            location_ref: l.location_ref.clone(),
-            quantity: l.quantity,
-        })
-        .collect();
-    (!mine.is_empty()).then_some(mine)
 }

@@ -72,6 +72,63 @@ fn follow_up<T>(
     }
 }
 
+/// One to three lines (sorted) on random products, usually on different shards.
+fn pick_lines(rng: &mut StdRng, products: &[String]) -> Vec<(String, String, i64)> {
+    let k = *[1usize, 1, 2, 2, 3].choose(rng).unwrap();
+    let mut picked: Vec<String> = products.choose_multiple(rng, k).cloned().collect();
+    picked.sort();
+    picked
+        .into_iter()
+        .map(|p| (p, LOC.to_string(), rng.random_range(1..=3)))
+        .collect()
+}
+
+/// Records the answer to a cart update of the active hold `h` to `lines`: RESERVED
+/// replaces its lines, REJECTED keeps the old cart (which the answer must show), no
+/// answer leaves either cart possible. Returns the hold and the call's error.
+fn cart_update(
+    report: &mut TaskReport,
+    mut h: HoldM,
+    lines: Vec<(String, String, i64)>,
+    answer: Result<tonic::Response<pb::ReserveResponse>, tonic::Status>,
+) -> (HoldM, Option<tonic::Status>) {
+    let r = match answer {
+        Ok(r) => r.into_inner(),
+        Err(s) => {
+            h.note_unanswered(&s);
+            h.maybe_lines = Some(lines);
+            return (h, Some(s));
+        }
+    };
+    report.acked += 1;
+    let shown = r.hold.as_ref().map(|x| (x.state, hold_lines(x)));
+    let active = pb::HoldState::Active as i32;
+    if r.outcome == pb::ReserveOutcome::Reserved as i32 {
+        if shown != Some((active, lines.clone())) {
+            report.violations.push(format!(
+                "{}: cart update answered RESERVED with {shown:?}, expected ACTIVE {lines:?}",
+                h.hold_ref
+            ));
+        }
+        h.lines = lines;
+        h.history.push("  acked RESERVED".into());
+    } else if r.outcome == pb::ReserveOutcome::Rejected as i32 {
+        if shown != Some((active, h.lines.clone())) {
+            report.violations.push(format!(
+                "{}: cart update answered REJECTED with {shown:?}, expected the old cart {:?}",
+                h.hold_ref, h.lines
+            ));
+        }
+        h.history.push("  acked REJECTED".into());
+    } else {
+        report.violations.push(format!(
+            "{}: all-or-nothing cart update answered outcome {}",
+            h.hold_ref, r.outcome
+        ));
+    }
+    (h, None)
+}
+
 #[allow(clippy::too_many_arguments)]
 pub async fn traffic_task(
     id: usize,
@@ -99,20 +156,14 @@ pub async fn traffic_task(
         let failed: Option<tonic::Status>;
         if roll < 40 || (active.is_empty() && confirmed.is_empty() && roll < 85) {
             // Reserve: one to three lines, usually on different shards.
-            let k = *[1usize, 1, 2, 2, 3].choose(&mut rng).unwrap();
-            let mut picked: Vec<String> = products.choose_multiple(&mut rng, k).cloned().collect();
-            picked.sort();
-            let lines: Vec<(String, String, i64)> = picked
-                .into_iter()
-                .map(|p| (p, LOC.to_string(), rng.random_range(1..=3)))
-                .collect();
+            let lines = pick_lines(&mut rng, &products);
             let hold_ref = format!("h-c{cycle}-t{id}-{n}");
             let mut h = HoldM {
                 order_ref: format!("o-c{cycle}-t{id}-{n}"),
                 hold_ref: hold_ref.clone(),
                 lines: lines.clone(),
                 possible: BTreeSet::from([St::Absent]),
-                reserve_uncertain: false,
+                maybe_lines: None,
                 history: vec![format!("c{cycle}: reserve {lines:?}")],
                 touched_in_cycle: cycle,
             };
@@ -143,21 +194,37 @@ pub async fn traffic_task(
                             "{hold_ref}: all-or-nothing Reserve answered outcome {}",
                             r.outcome
                         ));
-                        h.possible = BTreeSet::from([St::Absent, St::Active, St::Released]);
-                        h.reserve_uncertain = true;
+                        h.possible = BTreeSet::from([St::Absent, St::Active]);
                         done.push(h);
                     }
                     failed = None;
                 }
                 Err(s) => {
-                    h.possible = BTreeSet::from([St::Absent, St::Active, St::Released]);
-                    h.reserve_uncertain = true;
+                    // A new hold cut by the kill is whole or absent: never released.
+                    h.possible = BTreeSet::from([St::Absent, St::Active]);
                     h.note_unanswered(&s);
                     done.push(h);
                     failed = Some(s);
                 }
             }
         } else if roll < 55 && !active.is_empty() {
+            // A cart update of one of this task's active holds, usually across shards.
+            let lines = pick_lines(&mut rng, &products);
+            report.updates += 1;
+            let h = take_one(&mut active, &mut rng, cycle, |_| {
+                format!("update {lines:?}")
+            });
+            let answer = inv
+                .reserve(reserve_request(&h.hold_ref, WEB, &lines, 3600))
+                .await;
+            let (h, error) = cart_update(&mut report, h, lines, answer);
+            if error.is_none() {
+                active.push(h);
+            } else {
+                done.push(h);
+            }
+            failed = error;
+        } else if roll < 63 && !active.is_empty() {
             // Confirm one of this task's active holds.
             let h = take_one(&mut active, &mut rng, cycle, |h| {
                 format!("confirm {}", h.order_ref)

@@ -20,6 +20,8 @@ use crate::{CountAck, CountM, HoldM, St, World};
 #[derive(Debug, Clone)]
 struct Observed {
     state: St,
+    /// Its lines: the model's, or those of the unanswered cart update it shows.
+    lines: Vec<(String, String, i64)>,
 }
 
 struct Ledger {
@@ -245,16 +247,18 @@ pub async fn verify(
                 h.possible, h.history
             ));
         }
+        // A cart update whose answer was lost: the hold is the old cart or the new one.
+        let lines = match (&hold, &h.maybe_lines) {
+            (Some(x), Some(new)) if hold_lines(x) == *new => new.clone(),
+            _ => h.lines.clone(),
+        };
         if let Some(x) = &hold {
             let got = hold_lines(x);
-            let whole = got == h.lines;
-            let partial_ok = h.reserve_uncertain
-                && state == St::Released
-                && got.iter().all(|l| h.lines.contains(l));
-            if !whole && !partial_ok {
+            if got != lines {
                 v.push(format!(
-                    "{r}: {state:?} with lines {got:?}, requested {:?} (a hold is whole or absent); history {:?}",
-                    h.lines, h.history
+                    "{r}: {state:?} with lines {got:?}, acknowledged {:?}, in flight {:?} \
+                     (a hold is whole, its last acknowledged cart or the one in flight); history {:?}",
+                    h.lines, h.maybe_lines, h.history
                 ));
             }
             if matches!(state, St::Confirmed | St::Fulfilled | St::HalfFulfilled)
@@ -267,8 +271,7 @@ pub async fn verify(
             }
         }
         // The ledger agrees with the hold's state.
-        let mut want: Vec<(String, i64)> =
-            h.lines.iter().map(|(p, _, q)| (p.clone(), *q)).collect();
+        let mut want: Vec<(String, i64)> = lines.iter().map(|(p, _, q)| (p.clone(), *q)).collect();
         want.sort();
         let mut soft = ledger.soft.get(&r).cloned().unwrap_or_default();
         soft.sort();
@@ -306,7 +309,7 @@ pub async fn verify(
                 }
             }
         }
-        observed.insert(r, Observed { state });
+        observed.insert(r, Observed { state, lines });
     }
 
     // Nothing in a ledger that no live hold explains.
@@ -333,7 +336,7 @@ pub async fn verify(
     let mut expected_held: BTreeMap<String, i64> = BTreeMap::new();
     for (r, o) in &observed {
         if matches!(o.state, St::Active | St::Confirmed) {
-            for (p, _, q) in &holds[r].lines {
+            for (p, _, q) in &o.lines {
                 *expected_held.entry(p.clone()).or_default() += q;
             }
         }
@@ -366,9 +369,8 @@ pub async fn verify(
             continue;
         }
         h.possible = BTreeSet::from([o.state]);
-        if !(h.reserve_uncertain && o.state == St::Released) {
-            h.reserve_uncertain = false;
-        }
+        h.lines = o.lines;
+        h.maybe_lines = None;
         h.history.push(format!("c{cycle}: verified {:?}", o.state));
     }
     v
