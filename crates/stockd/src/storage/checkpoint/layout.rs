@@ -19,9 +19,9 @@ use std::time::Instant;
 
 use super::entry::{self, EntrySpan, NamespaceDigest, PageDamage, ScopeRecord};
 use super::{
-    ApplyStats, BATCH_ENTRIES_MAX, CheckpointBatch, CheckpointError, KEY_BYTES_MAX, Loaded,
-    LoadedPage, META_NAME_BYTES_MAX, META_RECORDS_MAX, META_VALUE_BYTES_MAX, Namespace,
-    PAGE_ENTRIES_TARGET, REMOVE_CHUNK_PAGES, Scope, VALUE_BYTES_MAX, show_key,
+    ApplyStats, BATCH_ENTRIES_MAX, CheckpointBatch, CheckpointError, KEY_BYTES_MAX,
+    META_NAME_BYTES_MAX, META_RECORDS_MAX, META_VALUE_BYTES_MAX, Namespace, PAGE_ENTRIES_TARGET,
+    PageRef, PageVisitor, REMOVE_CHUNK_PAGES, Scope, VALUE_BYTES_MAX, show_key,
 };
 
 /// First byte of a page key.
@@ -492,14 +492,14 @@ pub fn apply(kv: &impl RawKv, batch: &CheckpointBatch) -> Result<ApplyStats, Che
     Ok(stats)
 }
 
-/// Checks one stored page and accounts its entries in `found`.
-fn load_page(
+/// Checks one stored page, accounts its entries in `found` and returns where they lie.
+fn check_page(
     folder: &Path,
     scope: Scope,
     key: &[u8],
     frame: &[u8],
     found: &mut ScopeRecord,
-) -> Result<LoadedPage, CheckpointError> {
+) -> Result<(Namespace, Vec<EntrySpan>), CheckpointError> {
     if key.len() != PAGE_KEY_BYTES {
         return Err(CheckpointError::UnknownKey {
             folder: folder.to_path_buf(),
@@ -519,34 +519,46 @@ fn load_page(
             s.value(frame),
         ));
     }
-    Ok(LoadedPage::new(namespace, frame.to_vec(), spans))
+    Ok((namespace, spans))
 }
 
-/// Reads and verifies a scope: the scope record, every page's checksum, then every
-/// namespace's count and digest against the record.
-pub fn load(kv: &impl RawKv, scope: Scope) -> Result<Option<Loaded>, CheckpointError> {
+/// Reads and verifies a scope, streaming: the scope record, every page's checksum before
+/// the page is handed to `visitor` (borrowed from the store's buffer), then every
+/// namespace's count and digest against the record. `Ok(None)`: no checkpoint, or the
+/// visitor stopped.
+pub fn load_each(
+    kv: &impl RawKv,
+    scope: Scope,
+    visitor: &mut dyn PageVisitor,
+) -> Result<Option<u64>, CheckpointError> {
     let folder = kv.folder();
     let expected = read_scope_record(kv, scope)?;
+    for (namespace, d) in expected.iter().flat_map(|r| &r.namespaces) {
+        visitor.expect(*namespace, d.entries);
+    }
     let mut found = ScopeRecord::default();
-    let mut pages = Vec::new();
-    let mut damaged = None;
-    kv.scan_prefix(&pages_prefix(scope), &mut |key, frame| match load_page(
-        folder, scope, key, frame, &mut found,
-    ) {
-        Ok(page) => {
-            pages.push(page);
-            true
+    let mut outcome = Ok(());
+    kv.scan_prefix(&pages_prefix(scope), &mut |key, frame| {
+        match check_page(folder, scope, key, frame, &mut found) {
+            Ok((namespace, spans)) if expected.is_some() => {
+                let page = PageRef::new(namespace, frame, &spans);
+                if !visitor.page(page) {
+                    outcome = Err(None);
+                }
+            }
+            // Pages without a record: counted, reported below, never handed over.
+            Ok(_) => {}
+            Err(error) => outcome = Err(Some(error)),
         }
-        Err(error) => {
-            damaged = Some(error);
-            false
-        }
+        outcome.is_ok()
     })?;
-    if let Some(error) = damaged {
-        return Err(error);
+    match outcome {
+        Err(Some(error)) => return Err(error),
+        Err(None) => return Ok(None),
+        Ok(()) => {}
     }
     let Some(expected) = expected else {
-        if pages.is_empty() {
+        if found.namespaces.is_empty() {
             return Ok(None);
         }
         return Err(CheckpointError::RecordMissing {
@@ -556,10 +568,7 @@ pub fn load(kv: &impl RawKv, scope: Scope) -> Result<Option<Loaded>, CheckpointE
         });
     };
     compare(folder, scope, &expected, &found)?;
-    Ok(Some(Loaded {
-        lsn_covered: expected.lsn_covered,
-        pages,
-    }))
+    Ok(Some(expected.lsn_covered))
 }
 
 /// Reports the first namespace whose count or digest differs from its record.

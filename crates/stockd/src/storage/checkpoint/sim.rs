@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use super::layout::{self, RawBatch, RawKv};
-use super::{ApplyStats, CheckpointBatch, CheckpointError, CheckpointStore, Loaded, Scope};
+use super::{ApplyStats, CheckpointBatch, CheckpointError, CheckpointStore, PageVisitor, Scope};
 
 /// A fault for the next write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -250,9 +250,13 @@ impl CheckpointStore for SimStore {
         layout::apply(self, batch)
     }
 
-    fn load(&self, scope: Scope) -> Result<Option<Loaded>, CheckpointError> {
+    fn load_each(
+        &self,
+        scope: Scope,
+        visitor: &mut dyn PageVisitor,
+    ) -> Result<Option<u64>, CheckpointError> {
         let _serial = lock(&self.serial);
-        layout::load(self, scope)
+        layout::load_each(self, scope, visitor)
     }
 
     fn scopes(&self) -> Result<Vec<Scope>, CheckpointError> {
