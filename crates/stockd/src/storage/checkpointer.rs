@@ -431,13 +431,8 @@ pub fn write_batch(
     let encoded = encode(scope, lsn_covered, delta, config_keys);
     let batch = &encoded.batch;
     let entries = batch.puts.len() + batch.deletes.len();
-    if entries > BATCH_ENTRIES_MAX {
-        // One batch is the unit of atomicity: a delta this large cannot be written whole.
-        return Err(super::StorageError::CheckpointTooLarge {
-            entries,
-            max: BATCH_ENTRIES_MAX,
-        });
-    }
+    // A batch over BATCH_ENTRIES_MAX is written by the store in several batches, published
+    // by its scope record alone (`checkpoint::rewrite`).
     store.apply(batch)?;
     encoded.written(config_keys);
     Ok(entries)
@@ -501,6 +496,36 @@ mod tests {
         let mut refs: Vec<String> = engine.channels().map(|c| c.channel_ref.clone()).collect();
         refs.sort();
         refs
+    }
+
+    #[test]
+    fn a_delta_larger_than_one_batch_is_written_and_restores_whole() {
+        let store = SimStore::with_batch_entries_max(3, 16);
+        let settings = Settings::default();
+        let mut engine = Engine::new(settings.clone());
+        engine
+            .upsert_channel(ChannelConfig {
+                channel_ref: "WEB".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        for i in 0..40 {
+            let count = stockd_domain::StockCount {
+                product_ref: format!("SKU-{i}"),
+                location_ref: "DC1".into(),
+                quantity: 5,
+                as_of: 1,
+            };
+            engine.set_stock(1, &count).unwrap();
+        }
+        let delta = engine.take_checkpoint_delta();
+        let keys = ConfigKeys::default();
+        let entries = write_batch(&store, SCOPE, 7, &delta, &keys).unwrap();
+        assert!(entries > 16, "{entries} entries: more than one batch holds");
+        let loaded = store.load(SCOPE).unwrap().unwrap();
+        assert_eq!(loaded.lsn_covered, 7);
+        let restored = restore(&loaded, &settings, &ConfigKeys::default()).unwrap();
+        assert_eq!(restored.snapshot(), engine.snapshot());
     }
 
     #[test]

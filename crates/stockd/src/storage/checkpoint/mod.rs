@@ -20,6 +20,8 @@
 //!
 //! - `entry`: the byte formats (pages, scope records, layout records) and the digest.
 //! - `layout`: the key layout, and the store-independent work of `apply` and `load`.
+//! - `rewrite`: a checkpoint too large for one atomic batch, written in several, published
+//!   by its scope record alone.
 //! - `sled_store`: the real store, on sled, with the fsyncs sled itself does not do.
 //! - `sim`: a simulated store for power-cut tests.
 
@@ -27,6 +29,7 @@ pub mod entry;
 #[cfg(test)]
 mod kill_tests;
 pub mod layout;
+pub mod rewrite;
 pub mod sim;
 pub mod sled_store;
 #[cfg(test)]
@@ -48,8 +51,10 @@ pub const KEY_BYTES_MAX: usize = 1024;
 /// a value well inside one 512 KiB sled segment.
 pub const VALUE_BYTES_MAX: usize = 256 * 1024;
 
-/// Most entries (puts plus deletes) in one checkpoint batch. A batch is held in memory
-/// twice (the copies and the sled batch): at ~200 bytes an entry, 1,000,000 is ~400 MB.
+/// Most entries (puts plus deletes) in one atomic sled batch. A batch is held in memory
+/// twice (the copies and the sled batch): at ~200 bytes an entry, 1,000,000 is ~400 MB. A
+/// larger checkpoint is written in several batches and published by its scope record
+/// (`rewrite`).
 pub const BATCH_ENTRIES_MAX: usize = 1_000_000;
 
 /// Most layout records in one batch (the layout is a handful of records).
