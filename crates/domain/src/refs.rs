@@ -45,6 +45,30 @@ fn ns_key(ns: u8, value: &str) -> String {
     key
 }
 
+/// Bytes of a namespaced key built on the stack: any valid ref and its namespace byte.
+const NS_KEY_STACK_BYTES: usize = REF_LEN_MAX + 1;
+
+/// The interner key of a ref in a namespace, in `buf`, without allocating (a restore
+/// looks up a million of them); `None` if it does not fit (a ref longer than any valid one).
+fn ns_key_on_stack<'a>(
+    buf: &'a mut [u8; NS_KEY_STACK_BYTES],
+    ns: u8,
+    value: &str,
+) -> Option<&'a str> {
+    debug_assert!(
+        ns < b' ',
+        "a namespace byte is a control byte no ref contains"
+    );
+    let len = value.len() + 1;
+    if len > buf.len() {
+        return None;
+    }
+    buf[0] = ns;
+    buf[1..len].copy_from_slice(value.as_bytes());
+    // A control byte followed by a `str` is UTF-8.
+    std::str::from_utf8(&buf[..len]).ok()
+}
+
 /// An interned ref: an index into the [`Interner`] of the engine that made it.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -97,12 +121,20 @@ impl Interner {
 
     /// Interns a ref in a namespace (`HOLD_NS`, `ORDER_NS`).
     pub fn intern_in(&mut self, ns: u8, value: &str) -> Sym {
-        self.intern(&ns_key(ns, value))
+        let mut buf = [0u8; NS_KEY_STACK_BYTES];
+        match ns_key_on_stack(&mut buf, ns, value) {
+            Some(key) => self.intern(key),
+            None => self.intern(&ns_key(ns, value)),
+        }
     }
 
     /// The symbol of a ref in a namespace, without interning it.
     pub fn get_in(&self, ns: u8, value: &str) -> Option<Sym> {
-        self.map.get(ns_key(ns, value).as_str()).copied()
+        let mut buf = [0u8; NS_KEY_STACK_BYTES];
+        match ns_key_on_stack(&mut buf, ns, value) {
+            Some(key) => self.get(key),
+            None => self.get(&ns_key(ns, value)),
+        }
     }
 
     /// The text of a symbol (without its namespace). Panics on a released symbol: that is

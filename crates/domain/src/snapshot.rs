@@ -421,6 +421,32 @@ impl HoldSnap {
     }
 }
 
+/// Most channels `counter_channels` tells apart; a position with more lets its counters grow.
+const COUNTED_CHANNELS_MAX: usize = 4;
+
+/// How many channel counters a position restored from `ps` keeps (one per channel with a
+/// reservation or a sale), so that they are allocated once, at their size (a `Vec` would
+/// make room for four at its first push): most positions keep one or none.
+fn counter_channels(ps: &PositionSnapRef<'_>) -> usize {
+    let reservations = ps.iqs.iter().filter(|iq| iq.kind.is_reservation());
+    // A reservation without a channel keeps a counter too (under no channel): "" is no ref.
+    let channels = reservations
+        .map(|iq| iq.channel.unwrap_or(""))
+        .chain(ps.sold.iter().map(|(c, _)| *c));
+    let mut seen = [""; COUNTED_CHANNELS_MAX];
+    let mut n = 0;
+    for c in channels {
+        if !seen[..n].contains(&c) {
+            if n == COUNTED_CHANNELS_MAX {
+                return n;
+            }
+            seen[n] = c;
+            n += 1;
+        }
+    }
+    n
+}
+
 /// Rebuilds an engine one piece at a time (configuration first, then positions, holds and
 /// adjustments in any order), so that a restore from stored entries needs no whole
 /// snapshot in memory, no sort, and no copy of a ref.
@@ -438,7 +464,26 @@ impl Restorer {
         config: ConfigSnap,
         counters: Counters,
     ) -> Result<Restorer, String> {
-        let mut engine = Engine::new(settings);
+        let mut restorer = Restorer::empty(settings);
+        restorer.configure(config, counters)?;
+        Ok(restorer)
+    }
+
+    /// A restorer whose configuration comes later (`configure`): a load that streams
+    /// entries in key order meets positions and holds before the configuration.
+    pub fn empty(settings: Settings) -> Restorer {
+        Restorer {
+            engine: Engine::new(settings),
+            expiry: Vec::new(),
+            forget: Vec::new(),
+        }
+    }
+
+    /// The configuration and counters. Before, between or after the positions and holds:
+    /// they share only interned refs with the configuration, and a ref interns to the
+    /// same symbol whichever comes first.
+    pub fn configure(&mut self, config: ConfigSnap, counters: Counters) -> Result<(), String> {
+        let engine = &mut self.engine;
         for channel in config.channels {
             engine
                 .upsert_channel(channel)
@@ -453,11 +498,7 @@ impl Restorer {
         engine.restore_network(config.network)?;
         engine.next_iq_id = counters.next_iq_id.max(1);
         engine.next_event_seq = counters.next_event_seq.max(1);
-        Ok(Restorer {
-            engine,
-            expiry: Vec::new(),
-            forget: Vec::new(),
-        })
+        Ok(())
     }
 
     /// Makes room for this many positions and holds at once, instead of growing the
@@ -478,6 +519,7 @@ impl Restorer {
         pos.counted_as_of = ps.counted_as_of;
         pos.allocation_base = ps.allocation_base;
         pos.iqs.reserve_exact(ps.iqs.len());
+        pos.channels.reserve_exact(counter_channels(ps));
         for iq in &ps.iqs {
             let channel = match iq.channel {
                 Some(c) => engine.interner.intern(c),

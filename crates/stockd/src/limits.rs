@@ -85,8 +85,9 @@ pub const SNAPSHOT_EVERY_RECORDS_DEFAULT: u64 = 100_000;
 pub const SNAPSHOT_EVERY_SECS_DEFAULT: u64 = 300;
 
 /// Start a checkpoint once this many entries are pending, whatever the record count: a
-/// delta is one atomic sled batch, bounded by `BATCH_ENTRIES_MAX`; half of it leaves room
-/// for the changes of the batches applied while one checkpoint is in flight.
+/// delta within `BATCH_ENTRIES_MAX` is one atomic sled batch (a larger one is written in
+/// several, `checkpoint::rewrite`, rewriting whole namespaces); half of it leaves room for
+/// the changes of the batches applied while one checkpoint is in flight.
 pub const CHECKPOINT_PENDING_MAX: usize = crate::storage::checkpoint::BATCH_ENTRIES_MAX / 2;
 
 /// Entries a shard copies for a checkpoint per wake-up, besides twice the entries changed

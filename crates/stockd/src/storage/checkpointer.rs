@@ -20,8 +20,8 @@ use stockd_domain::{
 };
 
 use super::checkpoint::{
-    ApplyStats, BATCH_ENTRIES_MAX, CheckpointBatch, CheckpointStore, Entry, Loaded, Namespace,
-    Scope, show_key,
+    ApplyStats, BATCH_ENTRIES_MAX, CheckpointBatch, CheckpointError, CheckpointStore, Entry,
+    EntryRef, Loaded, Namespace, PageRef, PageVisitor, Scope, show_key,
 };
 use super::log::LogWriter;
 use super::record;
@@ -143,40 +143,135 @@ fn encode_config(config: &ConfigSnap, puts: &mut Vec<Entry>) -> BTreeSet<(Namesp
     keys
 }
 
-/// Rebuilds a shard's engine from its loaded entries, decoding each where it lies (refs
-/// borrowed from the pages) straight into the engine: no whole snapshot, no sort, no copy
-/// of a ref. Also fills `config_keys`. The engine is not checked yet: the caller checks it
-/// once its log is replayed (`Engine::check_consistency`).
+/// Why a scope could not be restored: the store found damage (or failed), or a verified
+/// entry does not decode into the state it should hold.
+#[derive(Debug)]
+pub enum RestoreError {
+    Store(CheckpointError),
+    Entry(String),
+}
+
+/// Rebuilds a shard's engine while the store streams its verified pages: each entry is
+/// decoded where it lies in the store's buffer (refs borrowed) straight into the engine: no
+/// copy of a page, no whole snapshot, no sort, no copy of a ref. The engine is returned
+/// only once the store checked the whole checkpoint (counts and digests, at the end of
+/// the load): a damaged one is dropped, never used. Also fills `config_keys`. The engine
+/// is not checked yet: the caller checks it once its log is replayed
+/// (`Engine::check_consistency`). `None`: the scope was never checkpointed.
+pub fn restore_scope(
+    store: &dyn CheckpointStore,
+    scope: Scope,
+    settings: &Settings,
+    config_keys: &ConfigKeys,
+) -> Result<Option<Restored>, RestoreError> {
+    let mut shard = ShardRestore::new(settings);
+    let covered = store
+        .load_each(scope, &mut shard)
+        .map_err(RestoreError::Store)?;
+    if let Some(error) = shard.error {
+        return Err(RestoreError::Entry(error));
+    }
+    let Some(covered) = covered else {
+        return Ok(None);
+    };
+    let (pages, entries, decode) = (shard.pages, shard.entries, shard.decode);
+    let engine = shard.finish(config_keys).map_err(RestoreError::Entry)?;
+    Ok(Some(Restored {
+        engine,
+        lsn_covered: covered,
+        pages,
+        entries,
+        decode,
+    }))
+}
+
+/// A restored scope and what its restore cost.
+pub struct Restored {
+    pub engine: Engine,
+    /// Replay the log from here.
+    pub lsn_covered: u64,
+    pub pages: usize,
+    pub entries: usize,
+    /// Time spent decoding entries into the engine (the rest of the load is the store's
+    /// reading and checking).
+    pub decode: Duration,
+}
+
+/// `restore_scope` from pages already loaded (and verified) whole.
 pub fn restore(
     loaded: &Loaded,
     settings: &Settings,
     config_keys: &ConfigKeys,
 ) -> Result<Engine, String> {
-    let (config, counters) = decode_config(loaded, config_keys)?;
-    let count = |namespace: Namespace| -> usize {
-        let pages = loaded.pages.iter().filter(|p| p.namespace == namespace);
-        pages.map(|p| p.len()).sum()
-    };
-    let mut restorer = Restorer::new(settings.clone(), config, counters)?;
-    restorer.reserve(count(Namespace::POSITIONS), count(Namespace::HOLDS));
-    for e in loaded.entries() {
+    let mut shard = ShardRestore::new(settings);
+    for page in &loaded.pages {
+        if !shard.page(page.as_page_ref()) {
+            break;
+        }
+    }
+    match shard.error.take() {
+        Some(error) => Err(error),
+        None => shard.finish(config_keys),
+    }
+}
+
+/// The state of a restore between pages.
+struct ShardRestore {
+    restorer: Restorer,
+    /// Entries the scope record counts (positions, holds), to size the tables once.
+    expected: (usize, usize),
+    reserved: bool,
+    config: ConfigSnap,
+    counters: Counters,
+    keys: BTreeSet<(Namespace, Vec<u8>)>,
+    /// Why the restore stopped (an entry that does not decode).
+    error: Option<String>,
+    pages: usize,
+    entries: usize,
+    decode: Duration,
+}
+
+impl ShardRestore {
+    fn new(settings: &Settings) -> ShardRestore {
+        ShardRestore {
+            restorer: Restorer::empty(settings.clone()),
+            expected: (0, 0),
+            reserved: false,
+            config: ConfigSnap::default(),
+            counters: Counters::default(),
+            keys: BTreeSet::new(),
+            error: None,
+            pages: 0,
+            entries: 0,
+            decode: Duration::ZERO,
+        }
+    }
+
+    /// One entry into the engine (configuration entries are kept for `finish`).
+    fn entry(&mut self, e: EntryRef<'_>) -> Result<(), String> {
         let bad =
             |err: record::RecordError| format!("{} key {}: {err}", e.namespace, show_key(e.key));
         match e.namespace {
             Namespace::POSITIONS => {
                 let position: PositionSnapRef<'_> =
                     record::decode_borrowed(e.value).map_err(bad)?;
-                restorer.position(&position);
+                self.restorer.position(&position);
             }
             Namespace::HOLDS => {
                 let hold: HoldSnapRef<'_> = record::decode_borrowed(e.value).map_err(bad)?;
-                restorer.hold(&hold)?;
+                self.restorer.hold(&hold)?;
             }
             Namespace::IDEMPOTENCY => {
                 record::decode::<()>(e.value).map_err(bad)?;
-                restorer.adjustment(&String::from_utf8_lossy(e.key));
+                self.restorer.adjustment(&String::from_utf8_lossy(e.key));
             }
-            Namespace::CHANNELS | Namespace::CATALOGUE => {}
+            Namespace::CHANNELS => {
+                self.config
+                    .channels
+                    .push(record::decode(e.value).map_err(bad)?);
+                self.keys.insert((e.namespace, e.key.to_vec()));
+            }
+            Namespace::CATALOGUE => self.catalogue(e)?,
             other => {
                 return Err(format!(
                     "{other} key {} belongs to no known kind",
@@ -184,59 +279,78 @@ pub fn restore(
                 ));
             }
         }
+        Ok(())
     }
-    Ok(restorer.finish_unchecked())
-}
 
-/// The configuration and counters of loaded entries (read first: positions refer to
-/// channels); fills `config_keys` with the configuration keys the scope holds.
-fn decode_config(
-    loaded: &Loaded,
-    config_keys: &ConfigKeys,
-) -> Result<(ConfigSnap, Counters), String> {
-    let mut config = ConfigSnap::default();
-    let mut counters = Counters::default();
-    let mut keys = config_keys.lock().expect("config keys lock");
-    keys.clear();
-    let pages = loaded
-        .pages
-        .iter()
-        .filter(|p| matches!(p.namespace, Namespace::CHANNELS | Namespace::CATALOGUE));
-    for e in pages.flat_map(|p| p.entries()) {
+    /// A catalogue entry: a product, a category, or the counters.
+    fn catalogue(&mut self, e: EntryRef<'_>) -> Result<(), String> {
         let bad =
             |err: record::RecordError| format!("{} key {}: {err}", e.namespace, show_key(e.key));
-        match e.namespace {
-            Namespace::CHANNELS => config.channels.push(record::decode(e.value).map_err(bad)?),
-            _ if e.key == COUNTERS_KEY => {
-                counters = record::decode(e.value).map_err(bad)?;
-                continue;
-            }
-            _ if e.key.starts_with(b"p:") => {
-                config.products.push(record::decode(e.value).map_err(bad)?);
-            }
-            _ if e.key.starts_with(b"c:") => {
-                config
-                    .categories
-                    .push(record::decode(e.value).map_err(bad)?);
-            }
-            _ if e.key.starts_with(b"l:") => {
-                let location = record::decode(e.value).map_err(bad)?;
-                config.network.locations.push(location);
-            }
-            _ if e.key.starts_with(b"w:") => {
-                let network = record::decode(e.value).map_err(bad)?;
-                config.network.networks.push(network);
-            }
-            other => {
-                return Err(format!(
-                    "{other} key {} belongs to no known kind",
-                    show_key(e.key)
-                ));
+        if e.key == COUNTERS_KEY {
+            self.counters = record::decode(e.value).map_err(bad)?;
+            return Ok(());
+        }
+        if e.key.starts_with(b"p:") {
+            let product = record::decode(e.value).map_err(bad)?;
+            self.config.products.push(product);
+        } else if e.key.starts_with(b"c:") {
+            let category = record::decode(e.value).map_err(bad)?;
+            self.config.categories.push(category);
+        } else if e.key.starts_with(b"l:") {
+            let location = record::decode(e.value).map_err(bad)?;
+            self.config.network.locations.push(location);
+        } else if e.key.starts_with(b"w:") {
+            let network = record::decode(e.value).map_err(bad)?;
+            self.config.network.networks.push(network);
+        } else {
+            return Err(format!(
+                "{} key {} belongs to no known kind",
+                e.namespace,
+                show_key(e.key)
+            ));
+        }
+        self.keys.insert((e.namespace, e.key.to_vec()));
+        Ok(())
+    }
+
+    /// The engine, configured; `config_keys` now holds the scope's configuration keys.
+    fn finish(self, config_keys: &ConfigKeys) -> Result<Engine, String> {
+        let mut restorer = self.restorer;
+        restorer.configure(self.config, self.counters)?;
+        *config_keys.lock().expect("config keys lock") = self.keys;
+        Ok(restorer.finish_unchecked())
+    }
+}
+
+impl PageVisitor for ShardRestore {
+    fn expect(&mut self, namespace: Namespace, entries: u64) {
+        let entries = usize::try_from(entries).unwrap_or(0);
+        match namespace {
+            Namespace::POSITIONS => self.expected.0 = entries,
+            Namespace::HOLDS => self.expected.1 = entries,
+            _ => {}
+        }
+    }
+
+    fn page(&mut self, page: PageRef<'_>) -> bool {
+        let started = Instant::now();
+        if !self.reserved {
+            self.reserved = true;
+            self.restorer.reserve(self.expected.0, self.expected.1);
+        }
+        self.pages += 1;
+        self.entries += page.len();
+        let mut done = true;
+        for e in page.entries() {
+            if let Err(error) = self.entry(e) {
+                self.error = Some(error);
+                done = false;
+                break;
             }
         }
-        keys.insert((e.namespace, e.key.to_vec()));
+        self.decode += started.elapsed();
+        done
     }
-    Ok((config, counters))
 }
 
 /// Writes a whole scope that is not live yet (a new generation before the layout record
@@ -334,13 +448,8 @@ pub fn write_batch(
     let encoded = encode(scope, lsn_covered, delta, config_keys);
     let batch = &encoded.batch;
     let entries = batch.puts.len() + batch.deletes.len();
-    if entries > BATCH_ENTRIES_MAX {
-        // One batch is the unit of atomicity: a delta this large cannot be written whole.
-        return Err(super::StorageError::CheckpointTooLarge {
-            entries,
-            max: BATCH_ENTRIES_MAX,
-        });
-    }
+    // A batch over BATCH_ENTRIES_MAX is written by the store in several batches, published
+    // by its scope record alone (`checkpoint::rewrite`).
     store.apply(batch)?;
     encoded.written(config_keys);
     Ok(entries)
@@ -404,6 +513,36 @@ mod tests {
         let mut refs: Vec<String> = engine.channels().map(|c| c.channel_ref.clone()).collect();
         refs.sort();
         refs
+    }
+
+    #[test]
+    fn a_delta_larger_than_one_batch_is_written_and_restores_whole() {
+        let store = SimStore::with_batch_entries_max(3, 16);
+        let settings = Settings::default();
+        let mut engine = Engine::new(settings.clone());
+        engine
+            .upsert_channel(ChannelConfig {
+                channel_ref: "WEB".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        for i in 0..40 {
+            let count = stockd_domain::StockCount {
+                product_ref: format!("SKU-{i}"),
+                location_ref: "DC1".into(),
+                quantity: 5,
+                as_of: 1,
+            };
+            engine.set_stock(1, &count).unwrap();
+        }
+        let delta = engine.take_checkpoint_delta();
+        let keys = ConfigKeys::default();
+        let entries = write_batch(&store, SCOPE, 7, &delta, &keys).unwrap();
+        assert!(entries > 16, "{entries} entries: more than one batch holds");
+        let loaded = store.load(SCOPE).unwrap().unwrap();
+        assert_eq!(loaded.lsn_covered, 7);
+        let restored = restore(&loaded, &settings, &ConfigKeys::default()).unwrap();
+        assert_eq!(restored.snapshot(), engine.snapshot());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::backend::{AnyDir, Storage};
 use super::checkpoint::Scope;
-use super::checkpointer::{self, ConfigKeys};
+use super::checkpointer::{self, ConfigKeys, RestoreError};
 use super::error::{RecoveryError, StorageError};
 use super::log::{self, Log, Lsn};
 use super::record::{self, LogRecord};
@@ -245,29 +245,30 @@ fn load_checkpoint(
     let config_keys = ConfigKeys::default();
     let scope = Scope { generation, shard };
     let started = Instant::now();
-    let Some(loaded) = storage
-        .checkpoints
-        .load(scope)
-        .map_err(StorageError::from)?
-    else {
-        return Ok((Engine::new(settings.clone()), 0, config_keys));
+    let restored =
+        checkpointer::restore_scope(storage.checkpoints.as_ref(), scope, settings, &config_keys);
+    let restored = match restored {
+        Ok(Some(restored)) => restored,
+        Ok(None) => return Ok((Engine::new(settings.clone()), 0, config_keys)),
+        Err(RestoreError::Store(e)) => return Err(StorageError::from(e).into()),
+        Err(RestoreError::Entry(reason)) => {
+            return Err(RecoveryError::Checkpoint {
+                path: storage.data_dir.join("checkpoints"),
+                shard,
+                reason,
+            });
+        }
     };
-    let bad = |reason: String| RecoveryError::Checkpoint {
-        path: storage.data_dir.join("checkpoints"),
-        shard,
-        reason,
-    };
-    let loaded_at = Instant::now();
-    let engine = checkpointer::restore(&loaded, settings, &config_keys).map_err(bad)?;
+    let total = started.elapsed();
     tracing::info!(
         shard,
-        entries = loaded.entry_count(),
-        pages = loaded.pages.len(),
-        load_ms = (loaded_at - started).as_millis() as u64,
-        restore_ms = loaded_at.elapsed().as_millis() as u64,
+        entries = restored.entries,
+        pages = restored.pages,
+        load_ms = (total - restored.decode).as_millis() as u64,
+        restore_ms = restored.decode.as_millis() as u64,
         "checkpoint loaded"
     );
-    Ok((engine, loaded.lsn_covered, config_keys))
+    Ok((restored.engine, restored.lsn_covered, config_keys))
 }
 
 /// Applies a shard's log records, in LSN order, to its engine.

@@ -10,7 +10,8 @@
 //!   a flipped bit; each entry's CRC32C covers the version, the scope, the namespace, the
 //!   key's length, the key and the value, and names the damaged entry when a page fails.
 //! - A scope record is `version(1) crc32c(4) lsn(8) count(2) [namespace(1) entries(8)
-//!   digest(8) bucket_bits(1)]*`, all little-endian, its CRC32C covering the scope as well.
+//!   digest(8) bucket_bits(1)]*`, all little-endian, its CRC32C covering the scope as well;
+//!   a namespace byte's `SET_BIT` says its pages are in page set 1.
 //! - A layout record is `version(1) crc32c(4) value`, its CRC covering its name.
 //!
 //! The digest of a namespace is the XOR of `entry_hash` (64-bit rapidhash V3, a stable
@@ -32,8 +33,12 @@ pub const FORMAT_VERSION: u8 = 2;
 /// Bytes before a framed value: version (1) and CRC32C (4).
 pub const FRAME_HEADER_BYTES: usize = 5;
 
-/// Bytes of one namespace in a scope record: namespace (1), entries (8), digest (8),
-/// bucket bits (1).
+/// The bit of a stored namespace byte (in a page key and a scope record) that names page
+/// set 1; namespaces are below it.
+pub const SET_BIT: u8 = 0x80;
+
+/// Bytes of one namespace in a scope record: namespace (1, its page set in `SET_BIT`),
+/// entries (8), digest (8), bucket bits (1).
 const NAMESPACE_DIGEST_BYTES: usize = 18;
 
 /// Bytes of a page before its entries: header and entry count (4).
@@ -298,6 +303,9 @@ pub struct NamespaceDigest {
     pub digest: u64,
     /// The namespace's entries are in `1 << bucket_bits` pages (`bucket_of`).
     pub bucket_bits: u8,
+    /// The page set (0 or 1) its pages are stored under: a checkpoint too large for one
+    /// batch rewrites a namespace into the other set, then names it here (`rewrite`).
+    pub set: u8,
 }
 
 impl NamespaceDigest {
@@ -324,7 +332,9 @@ pub struct ScopeRecord {
 }
 
 impl ScopeRecord {
-    /// Drops namespaces left without entries (their digest is then zero).
+    /// Drops namespaces left without entries (their digest is then zero), except those in
+    /// page set 1: an absent namespace is in set 0, and leftover pages of set 0 (a rewrite's)
+    /// must stay ignored.
     pub fn prune(&mut self) {
         self.namespaces.retain(|namespace, d| {
             assert!(
@@ -332,8 +342,13 @@ impl ScopeRecord {
                 "{namespace}: no entries left but digest {:#x}: an old value was not XORed out",
                 d.digest
             );
-            d.entries > 0
+            d.entries > 0 || d.set == 1
         });
+    }
+
+    /// The page set a namespace's current pages are stored under.
+    pub fn set_of(&self, namespace: Namespace) -> u8 {
+        self.namespaces.get(&namespace).map_or(0, |d| d.set)
     }
 
     pub fn entries(&self) -> u64 {
@@ -357,10 +372,14 @@ pub fn encode_scope_record(scope: Scope, record: &ScopeRecord) -> Vec<u8> {
     out.extend_from_slice(&count.to_le_bytes());
     for (namespace, d) in &record.namespaces {
         assert!(
-            d.entries > 0,
-            "a scope record holds only non-empty namespaces"
+            d.entries > 0 || d.set == 1,
+            "a scope record holds only non-empty namespaces (or emptied ones of set 1)"
         );
-        out.push(namespace.0);
+        assert!(
+            namespace.0 < SET_BIT && d.set <= 1,
+            "namespace or set out of range"
+        );
+        out.push(namespace.0 | (d.set * SET_BIT));
         out.extend_from_slice(&d.entries.to_le_bytes());
         out.extend_from_slice(&d.digest.to_le_bytes());
         out.push(d.bucket_bits);
@@ -395,11 +414,13 @@ pub fn decode_scope_record(scope: Scope, bytes: &[u8]) -> Result<ScopeRecord, Da
             entries: u64::from_le_bytes(chunk[1..9].try_into().expect("8 bytes")),
             digest: u64::from_le_bytes(chunk[9..17].try_into().expect("8 bytes")),
             bucket_bits: chunk[17],
+            set: chunk[0] / SET_BIT,
         };
         if d.bucket_bits > BUCKET_BITS_MAX {
             return Err(Damage::Malformed("bucket bits over BUCKET_BITS_MAX"));
         }
-        if d.entries == 0 || namespaces.insert(Namespace(chunk[0]), d).is_some() {
+        let namespace = Namespace(chunk[0] % SET_BIT);
+        if (d.entries == 0 && d.set == 0) || namespaces.insert(namespace, d).is_some() {
             return Err(Damage::Malformed("empty or repeated namespace"));
         }
     }

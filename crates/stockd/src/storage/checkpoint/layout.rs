@@ -19,9 +19,9 @@ use std::time::Instant;
 
 use super::entry::{self, EntrySpan, NamespaceDigest, PageDamage, ScopeRecord};
 use super::{
-    ApplyStats, BATCH_ENTRIES_MAX, CheckpointBatch, CheckpointError, KEY_BYTES_MAX, Loaded,
-    LoadedPage, META_NAME_BYTES_MAX, META_RECORDS_MAX, META_VALUE_BYTES_MAX, Namespace,
-    PAGE_ENTRIES_TARGET, REMOVE_CHUNK_PAGES, Scope, VALUE_BYTES_MAX, show_key,
+    ApplyStats, BATCH_ENTRIES_MAX, CheckpointBatch, CheckpointError, KEY_BYTES_MAX,
+    META_NAME_BYTES_MAX, META_RECORDS_MAX, META_VALUE_BYTES_MAX, Namespace, PAGE_ENTRIES_TARGET,
+    PageRef, PageVisitor, REMOVE_CHUNK_PAGES, Scope, VALUE_BYTES_MAX, show_key,
 };
 
 /// First byte of a page key.
@@ -56,6 +56,11 @@ pub trait RawKv {
     /// Applies the batch atomically and makes it durable; fills the write, flush and sync
     /// fields of the stats.
     fn commit(&self, batch: RawBatch) -> Result<ApplyStats, CheckpointError>;
+    /// Most entries of one atomic checkpoint batch; a larger checkpoint is written as a
+    /// rewrite (`rewrite`). A test store makes it small.
+    fn batch_entries_max(&self) -> usize {
+        BATCH_ENTRIES_MAX
+    }
 }
 
 fn scope_prefix(tag: u8, scope: Scope) -> [u8; SCOPE_PREFIX_BYTES] {
@@ -66,11 +71,20 @@ fn scope_prefix(tag: u8, scope: Scope) -> [u8; SCOPE_PREFIX_BYTES] {
     k
 }
 
-/// The key of a page.
+/// The key of a page of page set 0 (tests).
 pub fn page_key(scope: Scope, namespace: Namespace, bucket: u32) -> [u8; PAGE_KEY_BYTES] {
+    page_key_in(scope, namespace, 0, bucket)
+}
+
+/// The key of a page in page set `set` (0 or 1: the set bit of its namespace byte).
+pub fn page_key_in(
+    scope: Scope,
+    namespace: Namespace,
+    set: u8,
+    bucket: u32,
+) -> [u8; PAGE_KEY_BYTES] {
     let mut k = [0u8; PAGE_KEY_BYTES];
-    k[..SCOPE_PREFIX_BYTES].copy_from_slice(&scope_prefix(PAGE_TAG, scope));
-    k[SCOPE_PREFIX_BYTES] = namespace.0;
+    k[..SCOPE_PREFIX_BYTES + 1].copy_from_slice(&namespace_prefix(scope, namespace, set));
     k[SCOPE_PREFIX_BYTES + 1..].copy_from_slice(&bucket.to_be_bytes());
     k
 }
@@ -80,10 +94,19 @@ pub fn pages_prefix(scope: Scope) -> [u8; SCOPE_PREFIX_BYTES] {
     scope_prefix(PAGE_TAG, scope)
 }
 
-fn namespace_prefix(scope: Scope, namespace: Namespace) -> [u8; SCOPE_PREFIX_BYTES + 1] {
+/// The prefix of the page keys of a namespace in page set `set`.
+pub(super) fn namespace_prefix(
+    scope: Scope,
+    namespace: Namespace,
+    set: u8,
+) -> [u8; SCOPE_PREFIX_BYTES + 1] {
+    assert!(
+        namespace.0 < entry::SET_BIT && set <= 1,
+        "namespace or set out of range"
+    );
     let mut k = [0u8; SCOPE_PREFIX_BYTES + 1];
     k[..SCOPE_PREFIX_BYTES].copy_from_slice(&pages_prefix(scope));
-    k[SCOPE_PREFIX_BYTES] = namespace.0;
+    k[SCOPE_PREFIX_BYTES] = namespace.0 | (set * entry::SET_BIT);
     k
 }
 
@@ -111,7 +134,8 @@ pub fn page_key_of(
         .namespaces
         .get(&namespace)
         .map_or(0, |d| d.bucket_bits);
-    Ok(page_key(scope, namespace, entry::bucket_of(key, bits)).to_vec())
+    let set = record.set_of(namespace);
+    Ok(page_key_in(scope, namespace, set, entry::bucket_of(key, bits)).to_vec())
 }
 
 fn parse_scope(key: &[u8]) -> Scope {
@@ -130,12 +154,17 @@ pub fn bits_for(entries: u64) -> u8 {
     bits
 }
 
-fn assert_bounds(batch: &CheckpointBatch) {
+fn assert_bounds(batch: &CheckpointBatch, entries_max: usize) {
     let entries = batch.puts.len() + batch.deletes.len();
     assert!(
-        entries <= BATCH_ENTRIES_MAX,
+        entries <= entries_max,
         "a checkpoint batch of {entries} entries exceeds BATCH_ENTRIES_MAX"
     );
+    assert_entry_bounds(batch);
+}
+
+/// The bounds of each entry and layout record of a batch, whatever its size.
+pub(super) fn assert_entry_bounds(batch: &CheckpointBatch) {
     assert!(
         batch.meta.len() <= META_RECORDS_MAX,
         "too many layout records"
@@ -192,7 +221,10 @@ fn has_pages(kv: &impl RawKv, scope: Scope) -> Result<bool, CheckpointError> {
 
 /// The record a checkpoint extends: the stored one, or an empty one for a new scope. A
 /// scope with pages but no record is damage, not a new scope.
-fn record_to_extend(kv: &impl RawKv, scope: Scope) -> Result<ScopeRecord, CheckpointError> {
+pub(super) fn record_to_extend(
+    kv: &impl RawKv,
+    scope: Scope,
+) -> Result<ScopeRecord, CheckpointError> {
     match read_scope_record(kv, scope)? {
         Some(record) => Ok(record),
         None if has_pages(kv, scope)? => Err(CheckpointError::RecordMissing {
@@ -204,7 +236,7 @@ fn record_to_extend(kv: &impl RawKv, scope: Scope) -> Result<ScopeRecord, Checkp
     }
 }
 
-fn page_damage(
+pub(super) fn page_damage(
     folder: &Path,
     scope: Scope,
     namespace: Namespace,
@@ -230,13 +262,13 @@ fn page_damage(
 }
 
 /// A stored page, checked: its bytes and where its entries lie (empty if there is none).
-fn read_page(
+pub(super) fn read_page(
     kv: &impl RawKv,
     scope: Scope,
-    namespace: Namespace,
+    (namespace, set): (Namespace, u8),
     bucket: u32,
 ) -> Result<(Vec<u8>, Vec<EntrySpan>), CheckpointError> {
-    let Some(bytes) = kv.get(&page_key(scope, namespace, bucket))? else {
+    let Some(bytes) = kv.get(&page_key_in(scope, namespace, set, bucket))? else {
         return Ok((Vec::new(), Vec::new()));
     };
     let spans = entry::decode_page(scope, namespace, bucket, &bytes)
@@ -245,10 +277,10 @@ fn read_page(
 }
 
 /// The changes of one namespace: key → new value, or `None` for a delete.
-type Changes<'a> = BTreeMap<&'a [u8], Option<&'a [u8]>>;
+pub(super) type Changes<'a> = BTreeMap<&'a [u8], Option<&'a [u8]>>;
 
 /// The batch's changes by namespace, each key once.
-fn changes_of(batch: &CheckpointBatch) -> BTreeMap<Namespace, Changes<'_>> {
+pub(super) fn changes_of(batch: &CheckpointBatch) -> BTreeMap<Namespace, Changes<'_>> {
     let mut all: BTreeMap<Namespace, Changes<'_>> = BTreeMap::new();
     let puts = batch
         .puts
@@ -267,14 +299,14 @@ fn changes_of(batch: &CheckpointBatch) -> BTreeMap<Namespace, Changes<'_>> {
 }
 
 /// One change: key, and new value or `None` for a delete.
-type Change<'a> = (&'a [u8], Option<&'a [u8]>);
+pub(super) type Change<'a> = (&'a [u8], Option<&'a [u8]>);
 
 /// A page's entries after a checkpoint, sorted by key.
 type PageEntries<'a> = Vec<(&'a [u8], &'a [u8])>;
 
 /// Merges a page's stored entries with its changes, keeping the namespace's digest up to
 /// date; `None` if nothing in it changes.
-fn merge_page<'a>(
+pub(super) fn merge_page<'a>(
     scope: Scope,
     namespace: Namespace,
     old: (&'a [u8], &[EntrySpan]),
@@ -335,7 +367,7 @@ fn plan_namespace(
     }
     let olds = by_bucket
         .keys()
-        .map(|&bucket| read_page(kv, scope, namespace, bucket))
+        .map(|&bucket| read_page(kv, scope, (namespace, digest.set), bucket))
         .collect::<Result<Vec<_>, _>>()?;
     let mut merged = BTreeMap::new();
     for ((bucket, changes), (bytes, spans)) in by_bucket.iter().zip(&olds) {
@@ -346,10 +378,17 @@ fn plan_namespace(
     let grown = bits_for(digest.entries);
     if grown > bits {
         digest.bucket_bits = grown;
-        return regrow(kv, scope, namespace, bits, grown, merged, raw);
+        return regrow(
+            kv,
+            scope,
+            (namespace, digest.set),
+            (bits, grown),
+            merged,
+            raw,
+        );
     }
     for (bucket, page) in merged {
-        let key = page_key(scope, namespace, bucket).to_vec();
+        let key = page_key_in(scope, namespace, digest.set, bucket).to_vec();
         if page.is_empty() {
             raw.removes.push(key);
         } else {
@@ -365,9 +404,8 @@ fn plan_namespace(
 fn regrow(
     kv: &impl RawKv,
     scope: Scope,
-    namespace: Namespace,
-    bits: u8,
-    grown: u8,
+    (namespace, set): (Namespace, u8),
+    (bits, grown): (u8, u8),
     merged: BTreeMap<u32, PageEntries<'_>>,
     raw: &mut RawBatch,
 ) -> Result<(), CheckpointError> {
@@ -382,25 +420,28 @@ fn regrow(
     };
     let mut old_buckets = Vec::new();
     let mut damaged = None;
-    kv.scan_prefix(&namespace_prefix(scope, namespace), &mut |key, frame| {
-        let bucket = bucket_of_page_key(key);
-        old_buckets.push(bucket);
-        if merged.contains_key(&bucket) {
-            return true;
-        }
-        match entry::decode_page(scope, namespace, bucket, frame) {
-            Ok(spans) => {
-                spans
-                    .iter()
-                    .for_each(|s| place(s.key(frame), s.value(frame)));
-                true
+    kv.scan_prefix(
+        &namespace_prefix(scope, namespace, set),
+        &mut |key, frame| {
+            let bucket = bucket_of_page_key(key);
+            old_buckets.push(bucket);
+            if merged.contains_key(&bucket) {
+                return true;
             }
-            Err(d) => {
-                damaged = Some(page_damage(folder, scope, namespace, bucket, d));
-                false
+            match entry::decode_page(scope, namespace, bucket, frame) {
+                Ok(spans) => {
+                    spans
+                        .iter()
+                        .for_each(|s| place(s.key(frame), s.value(frame)));
+                    true
+                }
+                Err(d) => {
+                    damaged = Some(page_damage(folder, scope, namespace, bucket, d));
+                    false
+                }
             }
-        }
-    })?;
+        },
+    )?;
     if let Some(error) = damaged {
         return Err(error);
     }
@@ -411,19 +452,25 @@ fn regrow(
     for bucket in old_buckets.iter().chain(merged.keys()) {
         if !pages.contains_key(bucket) {
             raw.removes
-                .push(page_key(scope, namespace, *bucket).to_vec());
+                .push(page_key_in(scope, namespace, set, *bucket).to_vec());
         }
     }
     for (bucket, page) in &pages {
         let entries = page.iter().map(|(k, v)| (&k[..], &v[..]));
         let frame = entry::encode_page(scope, namespace, *bucket, entries);
         raw.puts
-            .push((page_key(scope, namespace, *bucket).to_vec(), frame));
+            .push((page_key_in(scope, namespace, set, *bucket).to_vec(), frame));
     }
     Ok(())
 }
 
-fn bucket_of_page_key(key: &[u8]) -> u32 {
+/// The namespace and page set of a page key.
+pub(super) fn stored_namespace(key: &[u8]) -> (Namespace, u8) {
+    let byte = key[SCOPE_PREFIX_BYTES];
+    (Namespace(byte % entry::SET_BIT), byte / entry::SET_BIT)
+}
+
+pub(super) fn bucket_of_page_key(key: &[u8]) -> u32 {
     u32::from_be_bytes(
         key[SCOPE_PREFIX_BYTES + 1..PAGE_KEY_BYTES]
             .try_into()
@@ -439,7 +486,7 @@ pub fn plan_apply(
     batch: &CheckpointBatch,
 ) -> Result<(RawBatch, ApplyStats), CheckpointError> {
     let started = Instant::now();
-    assert_bounds(batch);
+    assert_bounds(batch, kv.batch_entries_max());
     let scope = batch.scope;
     let mut record = record_to_extend(kv, scope)?;
     assert!(
@@ -478,8 +525,12 @@ pub fn plan_apply(
     Ok((raw, stats))
 }
 
-/// Applies a checkpoint through `kv`: plan, then one atomic, durable commit.
+/// Applies a checkpoint through `kv`: plan, then one atomic, durable commit; or, for one
+/// too large for one batch, a rewrite of the namespaces it changes (`rewrite`).
 pub fn apply(kv: &impl RawKv, batch: &CheckpointBatch) -> Result<ApplyStats, CheckpointError> {
+    if batch.puts.len() + batch.deletes.len() > kv.batch_entries_max() {
+        return super::rewrite::apply(kv, batch);
+    }
     let started = Instant::now();
     let (raw, mut stats) = plan_apply(kv, batch)?;
     let committed = kv.commit(raw)?;
@@ -492,21 +543,21 @@ pub fn apply(kv: &impl RawKv, batch: &CheckpointBatch) -> Result<ApplyStats, Che
     Ok(stats)
 }
 
-/// Checks one stored page and accounts its entries in `found`.
-fn load_page(
+/// Checks one stored page, accounts its entries in `found` and returns where they lie.
+fn check_page(
     folder: &Path,
     scope: Scope,
     key: &[u8],
     frame: &[u8],
     found: &mut ScopeRecord,
-) -> Result<LoadedPage, CheckpointError> {
+) -> Result<(Namespace, Vec<EntrySpan>), CheckpointError> {
     if key.len() != PAGE_KEY_BYTES {
         return Err(CheckpointError::UnknownKey {
             folder: folder.to_path_buf(),
             key: show_key(key),
         });
     }
-    let namespace = Namespace(key[SCOPE_PREFIX_BYTES]);
+    let (namespace, _) = stored_namespace(key);
     let bucket = bucket_of_page_key(key);
     let spans = entry::decode_page(scope, namespace, bucket, frame)
         .map_err(|d| page_damage(folder, scope, namespace, bucket, d))?;
@@ -519,34 +570,54 @@ fn load_page(
             s.value(frame),
         ));
     }
-    Ok(LoadedPage::new(namespace, frame.to_vec(), spans))
+    Ok((namespace, spans))
 }
 
-/// Reads and verifies a scope: the scope record, every page's checksum, then every
-/// namespace's count and digest against the record.
-pub fn load(kv: &impl RawKv, scope: Scope) -> Result<Option<Loaded>, CheckpointError> {
+/// Reads and verifies a scope, streaming: the scope record, every page's checksum before
+/// the page is handed to `visitor` (borrowed from the store's buffer), then every
+/// namespace's count and digest against the record. `Ok(None)`: no checkpoint, or the
+/// visitor stopped.
+pub fn load_each(
+    kv: &impl RawKv,
+    scope: Scope,
+    visitor: &mut dyn PageVisitor,
+) -> Result<Option<u64>, CheckpointError> {
     let folder = kv.folder();
     let expected = read_scope_record(kv, scope)?;
+    for (namespace, d) in expected.iter().flat_map(|r| &r.namespaces) {
+        visitor.expect(*namespace, d.entries);
+    }
     let mut found = ScopeRecord::default();
-    let mut pages = Vec::new();
-    let mut damaged = None;
-    kv.scan_prefix(&pages_prefix(scope), &mut |key, frame| match load_page(
-        folder, scope, key, frame, &mut found,
-    ) {
-        Ok(page) => {
-            pages.push(page);
-            true
+    let mut outcome = Ok(());
+    kv.scan_prefix(&pages_prefix(scope), &mut |key, frame| {
+        if let (Some(record), true) = (&expected, key.len() == PAGE_KEY_BYTES) {
+            let (namespace, set) = stored_namespace(key);
+            if set != record.set_of(namespace) {
+                // A leftover of a rewrite into the other page set (`rewrite`): not the
+                // checkpoint, never read.
+                return true;
+            }
         }
-        Err(error) => {
-            damaged = Some(error);
-            false
+        match check_page(folder, scope, key, frame, &mut found) {
+            Ok((namespace, spans)) if expected.is_some() => {
+                let page = PageRef::new(namespace, frame, &spans);
+                if !visitor.page(page) {
+                    outcome = Err(None);
+                }
+            }
+            // Pages without a record: counted, reported below, never handed over.
+            Ok(_) => {}
+            Err(error) => outcome = Err(Some(error)),
         }
+        outcome.is_ok()
     })?;
-    if let Some(error) = damaged {
-        return Err(error);
+    match outcome {
+        Err(Some(error)) => return Err(error),
+        Err(None) => return Ok(None),
+        Ok(()) => {}
     }
     let Some(expected) = expected else {
-        if pages.is_empty() {
+        if found.namespaces.is_empty() {
             return Ok(None);
         }
         return Err(CheckpointError::RecordMissing {
@@ -556,10 +627,7 @@ pub fn load(kv: &impl RawKv, scope: Scope) -> Result<Option<Loaded>, CheckpointE
         });
     };
     compare(folder, scope, &expected, &found)?;
-    Ok(Some(Loaded {
-        lsn_covered: expected.lsn_covered,
-        pages,
-    }))
+    Ok(Some(expected.lsn_covered))
 }
 
 /// Reports the first namespace whose count or digest differs from its record.

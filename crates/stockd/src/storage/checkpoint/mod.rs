@@ -20,6 +20,8 @@
 //!
 //! - `entry`: the byte formats (pages, scope records, layout records) and the digest.
 //! - `layout`: the key layout, and the store-independent work of `apply` and `load`.
+//! - `rewrite`: a checkpoint too large for one atomic batch, written in several, published
+//!   by its scope record alone.
 //! - `sled_store`: the real store, on sled, with the fsyncs sled itself does not do.
 //! - `sim`: a simulated store for power-cut tests.
 
@@ -27,6 +29,7 @@ pub mod entry;
 #[cfg(test)]
 mod kill_tests;
 pub mod layout;
+pub mod rewrite;
 pub mod sim;
 pub mod sled_store;
 #[cfg(test)]
@@ -48,8 +51,10 @@ pub const KEY_BYTES_MAX: usize = 1024;
 /// a value well inside one 512 KiB sled segment.
 pub const VALUE_BYTES_MAX: usize = 256 * 1024;
 
-/// Most entries (puts plus deletes) in one checkpoint batch. A batch is held in memory
-/// twice (the copies and the sled batch): at ~200 bytes an entry, 1,000,000 is ~400 MB.
+/// Most entries (puts plus deletes) in one atomic sled batch. A batch is held in memory
+/// twice (the copies and the sled batch): at ~200 bytes an entry, 1,000,000 is ~400 MB. A
+/// larger checkpoint is written in several batches and published by its scope record
+/// (`rewrite`).
 pub const BATCH_ENTRIES_MAX: usize = 1_000_000;
 
 /// Most layout records in one batch (the layout is a handful of records).
@@ -202,11 +207,16 @@ impl LoadedPage {
     }
 
     pub fn entries(&self) -> impl Iterator<Item = EntryRef<'_>> {
-        self.spans.iter().map(|s| EntryRef {
+        self.as_page_ref().entries()
+    }
+
+    /// The page borrowed, as `CheckpointStore::load_each` hands pages over.
+    pub fn as_page_ref(&self) -> PageRef<'_> {
+        PageRef {
             namespace: self.namespace,
-            key: s.key(&self.bytes),
-            value: s.value(&self.bytes),
-        })
+            bytes: &self.bytes,
+            spans: &self.spans,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -216,6 +226,66 @@ impl LoadedPage {
     pub fn is_empty(&self) -> bool {
         self.spans.is_empty()
     }
+}
+
+/// One verified page, borrowed from where the store keeps it (sled's own buffer), so
+/// that a load decodes entries where they lie, without copying the page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PageRef<'a> {
+    pub namespace: Namespace,
+    bytes: &'a [u8],
+    spans: &'a [entry::EntrySpan],
+}
+
+impl<'a> PageRef<'a> {
+    pub(crate) fn new(
+        namespace: Namespace,
+        bytes: &'a [u8],
+        spans: &'a [entry::EntrySpan],
+    ) -> PageRef<'a> {
+        PageRef {
+            namespace,
+            bytes,
+            spans,
+        }
+    }
+
+    pub fn entries(self) -> impl Iterator<Item = EntryRef<'a>> {
+        self.spans.iter().map(move |s| EntryRef {
+            namespace: self.namespace,
+            key: s.key(self.bytes),
+            value: s.value(self.bytes),
+        })
+    }
+
+    pub fn len(self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// A copy that outlives the store's buffer.
+    pub fn to_loaded(self) -> LoadedPage {
+        LoadedPage::new(self.namespace, self.bytes.to_vec(), self.spans.to_vec())
+    }
+}
+
+/// What a streamed load (`CheckpointStore::load_each`) hands over: the scope record's
+/// counts first, then each page once its checksum is checked. Only when `load_each`
+/// returns `Ok(Some(lsn))` were all of them the whole, current checkpoint (counts and
+/// digests checked at the end): on any error the caller drops what it built.
+pub trait PageVisitor {
+    /// The entries of a namespace as the (checksummed) scope record counts them, before
+    /// any page: lets a caller size its tables once.
+    fn expect(&mut self, namespace: Namespace, entries: u64) {
+        let _ = (namespace, entries);
+    }
+
+    /// A page whose checksum is checked. `false` stops the load (the visitor keeps its
+    /// own reason); `load_each` then returns `Ok(None)`.
+    fn page(&mut self, page: PageRef<'_>) -> bool;
 }
 
 /// One loaded entry, borrowed from its page.
@@ -342,8 +412,31 @@ pub trait CheckpointStore: Send + Sync {
     /// Writes a batch and its scope record atomically, then makes it durable.
     fn apply(&self, batch: &CheckpointBatch) -> Result<ApplyStats, CheckpointError>;
 
-    /// The scope's verified state, or `None` if it was never checkpointed.
-    fn load(&self, scope: Scope) -> Result<Option<Loaded>, CheckpointError>;
+    /// Streams the scope's verified pages to `visitor` (see `PageVisitor`) and returns
+    /// the LSN the checkpoint covers, `None` if it was never checkpointed (or the visitor
+    /// stopped). Nothing is copied: pages are borrowed from the store's buffers.
+    fn load_each(
+        &self,
+        scope: Scope,
+        visitor: &mut dyn PageVisitor,
+    ) -> Result<Option<u64>, CheckpointError>;
+
+    /// The scope's verified state, copied, or `None` if it was never checkpointed.
+    fn load(&self, scope: Scope) -> Result<Option<Loaded>, CheckpointError> {
+        struct Collect(Vec<LoadedPage>);
+        impl PageVisitor for Collect {
+            fn page(&mut self, page: PageRef<'_>) -> bool {
+                self.0.push(page.to_loaded());
+                true
+            }
+        }
+        let mut pages = Collect(Vec::new());
+        let lsn = self.load_each(scope, &mut pages)?;
+        Ok(lsn.map(|lsn_covered| Loaded {
+            lsn_covered,
+            pages: pages.0,
+        }))
+    }
 
     /// Every scope with a checkpoint record, in order.
     fn scopes(&self) -> Result<Vec<Scope>, CheckpointError>;

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use super::layout::{self, RawBatch, RawKv};
-use super::{ApplyStats, CheckpointBatch, CheckpointError, CheckpointStore, Loaded, Scope};
+use super::{ApplyStats, CheckpointBatch, CheckpointError, CheckpointStore, PageVisitor, Scope};
 
 /// A fault for the next write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +38,8 @@ struct SimState {
     /// A batch whose fsync failed: visible, durable or not.
     unsynced: Option<RawBatch>,
     fault: Option<Fault>,
+    /// Writes that succeed before `fault` strikes.
+    fault_after: u64,
     crashed: bool,
     /// A write or fsync failed: writes are refused until `crash`.
     poisoned: bool,
@@ -48,6 +50,8 @@ struct SimState {
 /// The simulated store.
 pub struct SimStore {
     folder: PathBuf,
+    /// Most entries of one atomic batch (`BATCH_ENTRIES_MAX` unless a test makes it small).
+    batch_entries_max: usize,
     /// Serializes every call (the sled store serializes those of one scope; stricter is
     /// allowed).
     serial: Mutex<()>,
@@ -93,14 +97,32 @@ impl SimStore {
     fn over(state: SimState, seed: u64) -> SimStore {
         SimStore {
             folder: PathBuf::from(format!("<simulated, seed {seed}>")),
+            batch_entries_max: super::BATCH_ENTRIES_MAX,
             serial: Mutex::new(()),
             state: Mutex::new(state),
         }
     }
 
+    /// An empty store whose atomic batches hold at most `entries` entries, so that a test
+    /// can write a checkpoint too large for one batch (`rewrite`) with a few entries.
+    pub fn with_batch_entries_max(seed: u64, entries: usize) -> SimStore {
+        SimStore {
+            batch_entries_max: entries,
+            ..SimStore::new(seed)
+        }
+    }
+
     /// Makes the next write fail as `fault` says.
     pub fn inject(&self, fault: Fault) {
-        lock(&self.state).fault = Some(fault);
+        self.inject_after(0, fault);
+    }
+
+    /// Lets `writes` more writes (atomic batches) succeed, then fails the next as `fault`
+    /// says: a checkpoint written in several batches can be cut at each of them.
+    pub fn inject_after(&self, writes: u64, fault: Fault) {
+        let mut state = lock(&self.state);
+        state.fault = Some(fault);
+        state.fault_after = writes;
     }
 
     /// Cuts the power: this store is dead, and the one returned holds what was durable
@@ -115,15 +137,18 @@ impl SimStore {
             write(&mut durable, &batch);
         }
         let seed = next_random(&mut state.rng);
-        SimStore::over(
-            SimState {
-                visible: durable.clone(),
-                durable,
-                rng: seed,
-                ..SimState::default()
-            },
-            seed,
-        )
+        SimStore {
+            batch_entries_max: self.batch_entries_max,
+            ..SimStore::over(
+                SimState {
+                    visible: durable.clone(),
+                    durable,
+                    rng: seed,
+                    ..SimState::default()
+                },
+                seed,
+            )
+        }
     }
 
     /// Batches made durable so far (each is one sync point).
@@ -204,6 +229,10 @@ impl RawKv for SimStore {
         Ok(())
     }
 
+    fn batch_entries_max(&self) -> usize {
+        self.batch_entries_max
+    }
+
     fn commit(&self, raw: RawBatch) -> Result<ApplyStats, CheckpointError> {
         let mut state = self.live()?;
         if state.poisoned {
@@ -211,7 +240,14 @@ impl RawKv for SimStore {
                 folder: self.folder.clone(),
             });
         }
-        match state.fault.take() {
+        let fault = match state.fault_after {
+            0 => state.fault.take(),
+            _ => {
+                state.fault_after -= 1;
+                None
+            }
+        };
+        match fault {
             None => {
                 write(&mut state.visible, &raw);
                 write(&mut state.durable, &raw);
@@ -250,9 +286,13 @@ impl CheckpointStore for SimStore {
         layout::apply(self, batch)
     }
 
-    fn load(&self, scope: Scope) -> Result<Option<Loaded>, CheckpointError> {
+    fn load_each(
+        &self,
+        scope: Scope,
+        visitor: &mut dyn PageVisitor,
+    ) -> Result<Option<u64>, CheckpointError> {
         let _serial = lock(&self.serial);
-        layout::load(self, scope)
+        layout::load_each(self, scope, visitor)
     }
 
     fn scopes(&self) -> Result<Vec<Scope>, CheckpointError> {

@@ -22,7 +22,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use super::layout::{self, RawBatch, RawKv};
-use super::{ApplyStats, CheckpointBatch, CheckpointError, CheckpointStore, Loaded, Scope};
+use super::{ApplyStats, CheckpointBatch, CheckpointError, CheckpointStore, PageVisitor, Scope};
 
 /// The sled tree holding every checkpoint key (one tree, so one batch is atomic).
 const TREE_NAME: &str = "checkpoint";
@@ -143,9 +143,13 @@ impl CheckpointStore for SledCheckpointStore {
         layout::apply(&self.kv, batch)
     }
 
-    fn load(&self, scope: Scope) -> Result<Option<Loaded>, CheckpointError> {
+    fn load_each(
+        &self,
+        scope: Scope,
+        visitor: &mut dyn PageVisitor,
+    ) -> Result<Option<u64>, CheckpointError> {
         let _serial = self.serialized(scope);
-        layout::load(&self.kv, scope)
+        layout::load_each(&self.kv, scope, visitor)
     }
 
     fn scopes(&self) -> Result<Vec<Scope>, CheckpointError> {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use super::layout::{page_key, scope_key};
+use super::layout::{page_key, page_key_in, scope_key};
 use super::sled_store::expected_conf_for_tests;
 use super::*;
 
@@ -28,14 +28,15 @@ trait Raw {
 
     /// The key of the page that holds `key`, as the scope record pages its namespace.
     fn page_of(&self, scope: Scope, namespace: Namespace, key: &[u8]) -> Vec<u8> {
-        let bits = self.raw_get(&scope_key(scope)).map_or(0, |bytes| {
+        let (bits, set) = self.raw_get(&scope_key(scope)).map_or((0, 0), |bytes| {
             let record = entry::decode_scope_record(scope, &bytes).unwrap();
-            record
+            let bits = record
                 .namespaces
                 .get(&namespace)
-                .map_or(0, |d| d.bucket_bits)
+                .map_or(0, |d| d.bucket_bits);
+            (bits, record.set_of(namespace))
         });
-        page_key(scope, namespace, entry::bucket_of(key, bits)).to_vec()
+        page_key_in(scope, namespace, set, entry::bucket_of(key, bits)).to_vec()
     }
 }
 
@@ -774,4 +775,99 @@ fn checkpoint_timing_of_100k_entries() {
         started.elapsed()
     );
     assert_eq!(loaded.entry_count(), TIMING_ENTRIES + 1);
+}
+
+/// A batch of `n` puts per namespace (positions and holds), values tagged with `round`,
+/// deleting the holds of `deleted`.
+fn large_batch(lsn: u64, n: usize, round: u32, deleted: std::ops::Range<usize>) -> CheckpointBatch {
+    let mut puts = Vec::new();
+    for i in 0..n {
+        puts.push(put(
+            Namespace::POSITIONS,
+            &format!("p{i:03}"),
+            &format!("v{round}-{i}"),
+        ));
+        if !deleted.contains(&i) {
+            puts.push(put(
+                Namespace::HOLDS,
+                &format!("h{i:03}"),
+                &format!("v{round}-{i}"),
+            ));
+        }
+    }
+    CheckpointBatch {
+        deletes: deleted
+            .map(|i| (Namespace::HOLDS, format!("h{i:03}").into_bytes()))
+            .collect(),
+        ..batch(A, lsn, puts)
+    }
+}
+
+#[test]
+fn a_checkpoint_larger_than_one_batch_is_written_in_several_and_loads_whole() {
+    let store = SimStore::with_batch_entries_max(7, 10);
+    let mut model = Model::new();
+    // A first checkpoint, an incremental one in one batch, then large ones again that
+    // overwrite, delete and empty a namespace: each loads as the model says.
+    let batches = [
+        large_batch(10, 25, 1, 0..0),
+        batch(A, 11, vec![put(Namespace::HOLDS, "h001", "small")]),
+        large_batch(20, 40, 2, 5..15),
+        large_batch(30, 30, 3, 0..40),
+        batch(A, 31, vec![put(Namespace::HOLDS, "h002", "back")]),
+    ];
+    for b in &batches {
+        let syncs = store.syncs();
+        store.apply(b).unwrap();
+        let entries = b.puts.len() + b.deletes.len();
+        assert!(
+            entries <= 10 || store.syncs() - syncs > 2,
+            "written in several batches"
+        );
+        apply_to_model(&mut model, b);
+        let loaded = store.load(A).unwrap().unwrap();
+        assert_eq!(loaded.lsn_covered, b.lsn_covered);
+        assert_eq!(model_of(&loaded), model);
+    }
+}
+
+#[test]
+fn a_crash_in_any_batch_of_a_large_checkpoint_leaves_the_previous_or_the_next_one_whole() {
+    let before = large_batch(10, 20, 1, 0..0);
+    let next = large_batch(20, 30, 2, 3..9);
+    let (mut old, mut new) = (Model::new(), Model::new());
+    apply_to_model(&mut old, &before);
+    new.clone_from(&old);
+    apply_to_model(&mut new, &next);
+    let mut saw = (false, false);
+    for writes in 0.. {
+        let store = SimStore::with_batch_entries_max(writes, 10);
+        store.apply(&before).unwrap();
+        store.inject_after(writes, Fault::CrashDuringApply);
+        let finished = store.apply(&next).is_ok();
+        let store = store.crash();
+        let loaded = store.load(A).unwrap().unwrap();
+        let found = model_of(&loaded);
+        if loaded.lsn_covered == 10 {
+            assert_eq!(found, old, "cut at write {writes}: the previous checkpoint");
+            saw.0 = true;
+        } else {
+            assert_eq!(
+                (loaded.lsn_covered, &found),
+                (20, &new),
+                "cut at write {writes}"
+            );
+            saw.1 = true;
+        }
+        // Whatever the cut left behind, the next large checkpoint writes and loads whole.
+        let after = large_batch(30, 25, 3, 0..2);
+        store.apply(&after).unwrap();
+        let mut expected = found;
+        apply_to_model(&mut expected, &after);
+        assert_eq!(model_of(&store.load(A).unwrap().unwrap()), expected);
+        if finished {
+            break;
+        }
+    }
+    assert_eq!(saw, (true, true), "cuts before and after the scope record");
 }
