@@ -53,6 +53,18 @@ fn sorted(mut lines: Lines) -> Lines {
 /// last record of shard `cut` (the update's, checked) if asked, and checks twice that the
 /// hold comes back as `want` (`None`: absent), whole, with the ledger to match.
 async fn cut_update(name: &str, before: Option<Lines>, after: Lines, cut: Option<u32>) {
+    cut_update_then(name, before, after, cut, TWO_SHARDS).await;
+}
+
+/// `cut_update`, restarting with `restart` (another shard count: recovery settles the
+/// version in the layout it was written in, then reshards).
+async fn cut_update_then(
+    name: &str,
+    before: Option<Lines>,
+    after: Lines,
+    cut: Option<u32>,
+    restart: &[&str],
+) {
     let want = match cut {
         Some(_) => before.clone(),
         None => Some(after.clone()),
@@ -75,7 +87,7 @@ async fn cut_update(name: &str, before: Option<Lines>, after: Lines, cut: Option
         });
     }
     for round in ["after the restart", "after a second restart"] {
-        let mut server = folder.start(TWO_SHARDS).await;
+        let mut server = folder.start(restart).await;
         let seen = visible(&server, &keys, &["h".to_string()]).await;
         let got = hold_of(&seen);
         let expected = want
@@ -192,4 +204,14 @@ async fn an_update_logged_on_every_shard_survives_whole() {
         None,
     )
     .await;
+}
+
+/// A cut update, then a restart with three shards: the version is settled in the two-shard
+/// layout it was written in (its shard numbers are that layout's), then resharded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_update_comes_back_as_the_previous_cart_across_a_shard_count_change() {
+    let before = vec![line(0, 2), line(1, 3)];
+    let after = vec![line(0, 5)];
+    let three: &[&str] = &["--shards", "3"];
+    cut_update_then("to 3 shards", Some(before), after, Some(1), three).await;
 }
