@@ -315,9 +315,10 @@ impl AdminService for AdminApi {
         &self,
         request: Request<pb::SetChannelNetworkRequest>,
     ) -> Result<Response<pb::SetChannelNetworkResponse>, Status> {
+        let network = request.get_ref().network.as_ref();
+        let channel = network.map_or("", |n| n.channel_ref.as_str()).to_string();
+        check_channel(&request, &channel)?;
         let r = request.into_inner();
-        let channel = r.network.as_ref().map_or("", |n| n.channel_ref.as_str());
-        let channel = channel.to_string();
         observe(SERVICE, "SetChannelNetwork", &channel, "", async {
             let network = convert::network_in(r.network).map_err(to_status)?;
             self.router

@@ -13,6 +13,7 @@ use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::access::check_channel;
 use super::convert::{invalid, millis, timestamp};
 use super::status::{ApiError, to_status};
 use crate::limits::{
@@ -48,6 +49,11 @@ impl EventApi {
 
 type Sent = Result<pb::Event, Status>;
 
+/// The channel a request's filter names ("" when it names none).
+fn filter_channel(filter: Option<&pb::EventFilter>) -> &str {
+    filter.map_or("", |f| f.channel_ref.as_str())
+}
+
 #[tonic::async_trait]
 impl EventService for EventApi {
     type WatchEventsStream = ReceiverStream<Sent>;
@@ -56,6 +62,8 @@ impl EventService for EventApi {
         &self,
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        // A caller scoped to channels sees only the events of a channel it may use.
+        check_channel(&request, filter_channel(request.get_ref().filter.as_ref()))?;
         let req = request.into_inner();
         let filter = filter(req.filter)?;
         let start = Start::try_from(req.start)
@@ -106,6 +114,8 @@ impl EventService for EventApi {
         &self,
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        // A caller scoped to channels sees only the events of a channel it may use.
+        check_channel(&request, filter_channel(request.get_ref().filter.as_ref()))?;
         let req = request.into_inner();
         let filter = filter(req.filter)?;
         let size = match req.page_size as usize {

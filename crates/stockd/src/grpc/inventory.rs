@@ -33,6 +33,7 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::GetNetworkAvailabilityRequest>,
     ) -> Result<Response<pb::GetNetworkAvailabilityResponse>, Status> {
+        check_channel(&request, &request.get_ref().channel_ref)?;
         let r = request.into_inner();
         observe(
             SERVICE,
@@ -92,6 +93,7 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::GetFulfilmentOptionsRequest>,
     ) -> Result<Response<pb::GetFulfilmentOptionsResponse>, Status> {
+        check_channel(&request, &request.get_ref().channel_ref)?;
         let r = request.into_inner();
         let span = observe::span(SERVICE, "GetFulfilmentOptions", &r.channel_ref, &r.hold_ref);
         observe_in(span, SERVICE, "GetFulfilmentOptions", async move {

@@ -127,12 +127,27 @@ pub async fn serve(
     let events = Access::new(Decoding::new(events), rules.clone());
     let admin = guard(&overload, &rules, admin);
     let gate = Gate::new(limits.connections_max);
-    let with_admin = |routes: Routes| routes.add_service(admin.clone()).add_service(events.clone());
-    let sides = Sides { inventory, open, probes };
+    let with_admin = |routes: Routes| {
+        routes
+            .add_service(admin.clone())
+            .add_service(events.clone())
+    };
+    let sides = Sides {
+        inventory,
+        open,
+        probes,
+    };
     let ports = bind_ports(listeners, sides, with_admin, &tls, &gate, &limits)?;
     tls_log(&tls);
 
-    let draining = run_until(shutdown, ports, &health, watch_storage, drain_timeout, closing);
+    let draining = run_until(
+        shutdown,
+        ports,
+        &health,
+        watch_storage,
+        drain_timeout,
+        closing,
+    );
     draining.await
 }
 
@@ -154,15 +169,33 @@ fn bind_ports(
     gate: &Gate,
     limits: &ServeLimits,
 ) -> Result<Vec<Port>, ServeError> {
-    let Sides { inventory, open, probes } = sides;
+    let Sides {
+        inventory,
+        open,
+        probes,
+    } = sides;
     let mut ports = Vec::new();
     match listeners.admin {
         None => {
             let all = with_admin(inventory);
-            ports.push(port(listeners.grpc, all, "inventory+admin", tls, gate, limits)?);
+            ports.push(port(
+                listeners.grpc,
+                all,
+                "inventory+admin",
+                tls,
+                gate,
+                limits,
+            )?);
         }
         Some(admin) => {
-            ports.push(port(listeners.grpc, inventory, "inventory", tls, gate, limits)?);
+            ports.push(port(
+                listeners.grpc,
+                inventory,
+                "inventory",
+                tls,
+                gate,
+                limits,
+            )?);
             ports.push(port(admin, with_admin(open), "admin", tls, gate, limits)?);
         }
     }
