@@ -103,7 +103,9 @@ impl EventRecord {
 /// (nothing was created), so its record takes it from the command.
 pub fn command_hold(command: &Command) -> Option<&str> {
     match command {
-        Command::Reserve { request, .. } | Command::Reacquire { request, .. } => {
+        Command::Reserve { request, .. }
+        | Command::Reacquire { request, .. }
+        | Command::ReserveTagged { request, .. } => {
             Some(request.hold_ref.as_str())
         }
         _ => None,
