@@ -61,8 +61,40 @@ async fn seeded(checkpoint_every: u64) -> SimWorld {
             .into_inner();
         assert_eq!(r.outcome, pb::ReserveOutcome::Reserved as i32);
     }
+    if checkpoint_every == 1 {
+        wait_position_checkpointed(&world).await;
+    }
     server.stop().await;
     world
+}
+
+/// Waits (bounded) until a checkpoint wrote the page of the position's entry: checkpoints
+/// run off the shard, so the last one may still be on its way when the calls returned.
+async fn wait_position_checkpointed(world: &SimWorld) {
+    let scope = Scope {
+        generation: 0,
+        shard: 0,
+    };
+    let entry = format!("{P}:{LOC}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        // The scope record names the page set and size: read it anew each time.
+        let key = page_key_of(
+            world.store.as_ref(),
+            scope,
+            Namespace::POSITIONS,
+            entry.as_bytes(),
+        )
+        .expect("the page key of the position");
+        if world.store.durable_bytes().contains_key(&key) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint wrote the position within 20 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 /// Which of the seeded holds a server shows.

@@ -105,9 +105,7 @@ pub fn command_hold(command: &Command) -> Option<&str> {
     match command {
         Command::Reserve { request, .. }
         | Command::Reacquire { request, .. }
-        | Command::ReserveTagged { request, .. } => {
-            Some(request.hold_ref.as_str())
-        }
+        | Command::ReserveTagged { request, .. } => Some(request.hold_ref.as_str()),
         _ => None,
     }
 }
