@@ -18,6 +18,7 @@ use common::requests::{count_now, reserve_request, ts};
 use common::server::{InProcessServer, tempdir};
 use common::tls::{self, Ca};
 use stockd::proto::inventory::v1::admin_service_client::AdminServiceClient;
+use stockd::proto::inventory::v1::event_service_client::EventServiceClient;
 use stockd::proto::inventory::v1::inventory_service_client::InventoryServiceClient;
 use tonic::transport::Channel;
 
@@ -495,6 +496,74 @@ async fn bearer_tokens_and_the_policy_decide_methods_and_channels_and_reload() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    server.stop().await;
+}
+
+/// ListEvents as `token`'s identity, filtered by `channel_ref` ("" for no filter).
+async fn list_events_as(
+    channel: Channel,
+    token: &str,
+    channel_ref: &str,
+) -> Result<(), tonic::Status> {
+    let request = pb::ListEventsRequest {
+        from_sequence: 0,
+        page_size: 10,
+        filter: Some(pb::EventFilter {
+            channel_ref: channel_ref.into(),
+            ..Default::default()
+        }),
+    };
+    EventServiceClient::new(channel)
+        .list_events(with_token(request, token))
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_scoped_to_channels_reads_only_their_events() {
+    let dir = tempdir();
+    let policy_file = dir.path().join("policy.toml");
+    let tokens_file = dir.path().join("tokens");
+    let text = policy(&[
+        (
+            "social-analytics",
+            &["inventory.v1.EventService/*"],
+            Some(&["SOCIAL"]),
+        ),
+        ("operator", &["inventory.v1.EventService/*"], None),
+    ]);
+    std::fs::write(&policy_file, text).expect("policy");
+    let hash = |t: &str| hex(&stockd::grpc::identity::sha256(t.as_bytes()));
+    let tokens = format!(
+        "{} social-analytics\n{} operator\n",
+        hash("an-secret"),
+        hash("op-secret")
+    );
+    std::fs::write(&tokens_file, tokens).expect("tokens");
+    let (p, t) = (policy_file.clone(), tokens_file.clone());
+    let server = InProcessServer::start_configured(dir, move |c| {
+        c.shards = 1;
+        c.security.policy = Some(p);
+        c.security.tokens = Some(t);
+    })
+    .await;
+    let ch = server.channel();
+    list_events_as(ch.clone(), "an-secret", "SOCIAL")
+        .await
+        .expect("its channel");
+    assert_refused(
+        list_events_as(ch.clone(), "an-secret", "WEB").await,
+        Code::PermissionDenied,
+        "WEB",
+    );
+    assert_refused(
+        list_events_as(ch.clone(), "an-secret", "").await,
+        Code::PermissionDenied,
+        "channel",
+    );
+    list_events_as(ch.clone(), "op-secret", "")
+        .await
+        .expect("every channel");
     server.stop().await;
 }
 
