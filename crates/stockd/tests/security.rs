@@ -568,6 +568,117 @@ async fn an_identity_scoped_to_channels_reads_only_their_events() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_scoped_to_channels_cannot_touch_another_channels_hold_by_its_ref() {
+    const GET_HOLD: &str = "inventory.v1.InventoryService/GetHold";
+    const RELEASE: &str = "inventory.v1.InventoryService/ReleaseHold";
+    const CONFIRM: &str = "inventory.v1.InventoryService/ConfirmHold";
+    let dir = tempdir();
+    let policy_file = dir.path().join("policy.toml");
+    let tokens_file = dir.path().join("tokens");
+    let methods: &[&str] = &[RESERVE, GET_HOLD, RELEASE, CONFIRM];
+    let text = policy(&[
+        ("social", methods, Some(&["SOCIAL"])),
+        ("web", methods, Some(&["WEB"])),
+        ("operator", &["inventory.v1.AdminService/*"], None),
+    ]);
+    std::fs::write(&policy_file, text).expect("policy");
+    let hash = |t: &str| hex(&stockd::grpc::identity::sha256(t.as_bytes()));
+    let tokens = format!(
+        "{} social\n{} web\n{} operator\n",
+        hash("s-secret"),
+        hash("w-secret"),
+        hash("op-secret")
+    );
+    std::fs::write(&tokens_file, tokens).expect("tokens");
+    let (p, t) = (policy_file.clone(), tokens_file.clone());
+    let server = InProcessServer::start_configured(dir, move |c| {
+        c.shards = 2;
+        c.security.policy = Some(p);
+        c.security.tokens = Some(t);
+    })
+    .await;
+    let ch = server.channel();
+    let mut admin = AdminServiceClient::new(ch.clone());
+    for c in [
+        channel_bps("SOCIAL", 5_000, 0),
+        channel_bps("WEB", 5_000, 0),
+    ] {
+        let upsert = pb::UpsertChannelRequest { channel: Some(c) };
+        admin
+            .upsert_channel(with_token(upsert, "op-secret"))
+            .await
+            .expect("operator");
+    }
+    let set = pb::SetStockRequest {
+        counts: vec![count_now("P1", "DC1", 100)],
+    };
+    admin
+        .set_stock(with_token(set, "op-secret"))
+        .await
+        .expect("stock");
+    let mut inv = InventoryServiceClient::new(ch.clone());
+    let reserve = reserve_request("hw", "WEB", &[("P1", "DC1", 1)], 0);
+    inv.reserve(with_token(reserve, "w-secret"))
+        .await
+        .expect("web reserves");
+    let reader = inv.clone();
+    let get = |token: &'static str| {
+        let mut inv = reader.clone();
+        async move {
+            let request = pb::GetHoldRequest {
+                hold_ref: "hw".into(),
+            };
+            inv.get_hold(with_token(request, token))
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    // Another channel's caller can neither read, release nor confirm the hold.
+    assert_refused(
+        get("s-secret").await.map(|_| ()),
+        Code::PermissionDenied,
+        "WEB",
+    );
+    let release = pb::ReleaseHoldRequest {
+        hold_ref: "hw".into(),
+    };
+    let refused = inv
+        .release_hold(with_token(release.clone(), "s-secret"))
+        .await;
+    assert_refused(refused.map(|_| ()), Code::PermissionDenied, "WEB");
+    let confirm = pb::ConfirmHoldRequest {
+        hold_ref: "hw".into(),
+        order_ref: "o1".into(),
+        reacquire: false,
+    };
+    let refused = inv.confirm_hold(with_token(confirm, "s-secret")).await;
+    assert_refused(refused.map(|_| ()), Code::PermissionDenied, "WEB");
+    let hold = get("w-secret")
+        .await
+        .expect("its own hold")
+        .hold
+        .expect("hold");
+    assert_eq!(
+        hold.state,
+        pb::HoldState::Active as i32,
+        "the refusals changed nothing"
+    );
+    // An unknown ref is the call's own NOT_FOUND; the owner releases.
+    let unknown = pb::GetHoldRequest {
+        hold_ref: "nope".into(),
+    };
+    let status = inv
+        .get_hold(with_token(unknown, "s-secret"))
+        .await
+        .expect_err("unknown");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    inv.release_hold(with_token(release, "w-secret"))
+        .await
+        .expect("web releases");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificates_name_identities_for_the_policy() {
     let ca = Ca::new("stockd test CA");
     let clients = Ca::new("client CA");

@@ -63,6 +63,15 @@ pub fn check_channel<T>(
     }
 }
 
+/// Whether the caller of `request` may use only some channels (a call by hold ref must
+/// then look the hold's channel up before it acts).
+pub fn is_channel_scoped<T>(request: &tonic::Request<T>) -> bool {
+    request
+        .extensions()
+        .get::<Caller>()
+        .is_some_and(|c| c.channels.is_some())
+}
+
 impl Rules {
     /// The caller of `request`, or why it is refused (and the metric's reason).
     fn admit<B>(&self, request: &Request<B>) -> Result<Caller, (&'static str, ApiError)> {
