@@ -499,6 +499,48 @@ async fn bearer_tokens_and_the_policy_decide_methods_and_channels_and_reload() {
     server.stop().await;
 }
 
+/// A server with `policy_text` in force and bearer `tokens` (secret, identity).
+async fn policy_server(policy_text: &str, tokens: &[(&str, &str)], shards: u32) -> InProcessServer {
+    let dir = tempdir();
+    let policy_file = dir.path().join("policy.toml");
+    let tokens_file = dir.path().join("tokens");
+    std::fs::write(&policy_file, policy_text).expect("policy");
+    let hash = |t: &str| hex(&stockd::grpc::identity::sha256(t.as_bytes()));
+    let lines: String = tokens
+        .iter()
+        .map(|(secret, identity)| format!("{} {identity}\n", hash(secret)))
+        .collect();
+    std::fs::write(&tokens_file, lines).expect("tokens");
+    InProcessServer::start_configured(dir, move |c| {
+        c.shards = shards;
+        c.security.policy = Some(policy_file);
+        c.security.tokens = Some(tokens_file);
+    })
+    .await
+}
+
+/// SOCIAL and WEB, and 100 of P1 at DC1, set up as the identity of `token`.
+async fn seed_channels(ch: Channel, token: &str) {
+    let mut admin = AdminServiceClient::new(ch);
+    for c in [
+        channel_bps("SOCIAL", 5_000, 0),
+        channel_bps("WEB", 5_000, 0),
+    ] {
+        let upsert = pb::UpsertChannelRequest { channel: Some(c) };
+        admin
+            .upsert_channel(with_token(upsert, token))
+            .await
+            .expect("channels");
+    }
+    let set = pb::SetStockRequest {
+        counts: vec![count_now("P1", "DC1", 100)],
+    };
+    admin
+        .set_stock(with_token(set, token))
+        .await
+        .expect("stock");
+}
+
 /// ListEvents as `token`'s identity, filtered by `channel_ref` ("" for no filter).
 async fn list_events_as(
     channel: Channel,
@@ -521,9 +563,6 @@ async fn list_events_as(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_identity_scoped_to_channels_reads_only_their_events() {
-    let dir = tempdir();
-    let policy_file = dir.path().join("policy.toml");
-    let tokens_file = dir.path().join("tokens");
     let text = policy(&[
         (
             "social-analytics",
@@ -532,21 +571,8 @@ async fn an_identity_scoped_to_channels_reads_only_their_events() {
         ),
         ("operator", &["inventory.v1.EventService/*"], None),
     ]);
-    std::fs::write(&policy_file, text).expect("policy");
-    let hash = |t: &str| hex(&stockd::grpc::identity::sha256(t.as_bytes()));
-    let tokens = format!(
-        "{} social-analytics\n{} operator\n",
-        hash("an-secret"),
-        hash("op-secret")
-    );
-    std::fs::write(&tokens_file, tokens).expect("tokens");
-    let (p, t) = (policy_file.clone(), tokens_file.clone());
-    let server = InProcessServer::start_configured(dir, move |c| {
-        c.shards = 1;
-        c.security.policy = Some(p);
-        c.security.tokens = Some(t);
-    })
-    .await;
+    let tokens = [("an-secret", "social-analytics"), ("op-secret", "operator")];
+    let server = policy_server(&text, &tokens, 1).await;
     let ch = server.channel();
     list_events_as(ch.clone(), "an-secret", "SOCIAL")
         .await
@@ -572,50 +598,20 @@ async fn an_identity_scoped_to_channels_cannot_touch_another_channels_hold_by_it
     const GET_HOLD: &str = "inventory.v1.InventoryService/GetHold";
     const RELEASE: &str = "inventory.v1.InventoryService/ReleaseHold";
     const CONFIRM: &str = "inventory.v1.InventoryService/ConfirmHold";
-    let dir = tempdir();
-    let policy_file = dir.path().join("policy.toml");
-    let tokens_file = dir.path().join("tokens");
     let methods: &[&str] = &[RESERVE, GET_HOLD, RELEASE, CONFIRM];
     let text = policy(&[
         ("social", methods, Some(&["SOCIAL"])),
         ("web", methods, Some(&["WEB"])),
         ("operator", &["inventory.v1.AdminService/*"], None),
     ]);
-    std::fs::write(&policy_file, text).expect("policy");
-    let hash = |t: &str| hex(&stockd::grpc::identity::sha256(t.as_bytes()));
-    let tokens = format!(
-        "{} social\n{} web\n{} operator\n",
-        hash("s-secret"),
-        hash("w-secret"),
-        hash("op-secret")
-    );
-    std::fs::write(&tokens_file, tokens).expect("tokens");
-    let (p, t) = (policy_file.clone(), tokens_file.clone());
-    let server = InProcessServer::start_configured(dir, move |c| {
-        c.shards = 2;
-        c.security.policy = Some(p);
-        c.security.tokens = Some(t);
-    })
-    .await;
+    let tokens = [
+        ("s-secret", "social"),
+        ("w-secret", "web"),
+        ("op-secret", "operator"),
+    ];
+    let server = policy_server(&text, &tokens, 2).await;
     let ch = server.channel();
-    let mut admin = AdminServiceClient::new(ch.clone());
-    for c in [
-        channel_bps("SOCIAL", 5_000, 0),
-        channel_bps("WEB", 5_000, 0),
-    ] {
-        let upsert = pb::UpsertChannelRequest { channel: Some(c) };
-        admin
-            .upsert_channel(with_token(upsert, "op-secret"))
-            .await
-            .expect("operator");
-    }
-    let set = pb::SetStockRequest {
-        counts: vec![count_now("P1", "DC1", 100)],
-    };
-    admin
-        .set_stock(with_token(set, "op-secret"))
-        .await
-        .expect("stock");
+    seed_channels(ch.clone(), "op-secret").await;
     let mut inv = InventoryServiceClient::new(ch.clone());
     let reserve = reserve_request("hw", "WEB", &[("P1", "DC1", 1)], 0);
     inv.reserve(with_token(reserve, "w-secret"))
