@@ -127,7 +127,8 @@ async fn replay_rate(ch: Channel) -> (u64, f64) {
         .unwrap()
         .into_inner();
     let mut n = 0;
-    while let Some(e) = stream.message().await.unwrap() {
+    while let Some(sent) = stream.message().await.unwrap() {
+        let e = sent.event.expect("a streamed message carries its event");
         n += 1;
         if e.sequence >= last {
             break;

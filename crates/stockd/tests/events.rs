@@ -40,7 +40,7 @@ fn events_client(addr: std::net::SocketAddr) -> Ev {
     EventServiceClient::new(client::channel(addr))
 }
 
-async fn watch(ev: &mut Ev, start: Start, from: u64) -> Streaming<pb::Event> {
+async fn watch(ev: &mut Ev, start: Start, from: u64) -> Streaming<pb::WatchEventsResponse> {
     ev.watch_events(pb::WatchEventsRequest {
         start: start as i32,
         from_sequence: from,
@@ -49,6 +49,14 @@ async fn watch(ev: &mut Ev, start: Start, from: u64) -> Streaming<pb::Event> {
     .await
     .expect("WatchEvents")
     .into_inner()
+}
+
+/// The next event of a watch (`None` once the stream ended).
+async fn next_event(
+    stream: &mut Streaming<pb::WatchEventsResponse>,
+) -> Result<Option<pb::Event>, tonic::Status> {
+    let sent = stream.message().await?;
+    Ok(sent.map(|s| s.event.expect("a streamed message carries its event")))
 }
 
 /// Every retained event, through ListEvents pages.
@@ -124,9 +132,13 @@ async fn last_sequence(ev: &mut Ev) -> u64 {
 }
 
 /// Reads the stream until it delivered the event with sequence `last`.
-async fn read_until(stream: &mut Streaming<pb::Event>, last: u64, out: &mut Vec<pb::Event>) {
+async fn read_until(
+    stream: &mut Streaming<pb::WatchEventsResponse>,
+    last: u64,
+    out: &mut Vec<pb::Event>,
+) {
     while out.last().is_none_or(|e| e.sequence < last) {
-        let next = tokio::time::timeout(EVENT_WAIT, stream.message())
+        let next = tokio::time::timeout(EVENT_WAIT, next_event(stream))
             .await
             .expect("an event in time")
             .expect("the stream goes on")
@@ -340,14 +352,14 @@ async fn a_slow_watcher_is_cut_off_naming_its_last_sequence_and_resumes() {
     upsert_channel(&mut admin, channel(WEB)).await;
     let mut stream = watch(&mut ev, Start::Now, 0).await;
     stock(&mut admin, "FIRST", LOC, 1).await;
-    let mut got = vec![stream.message().await.unwrap().unwrap()];
+    let mut got = vec![next_event(&mut stream).await.unwrap().unwrap()];
     // The watcher stops reading while far more than its buffers' worth happens.
     for round in 0..6 {
         many_events(&mut admin, &format!("R{round}-"), 1000).await;
     }
     let last = barrier(&mut admin, &mut ev).await;
     let status = loop {
-        match tokio::time::timeout(EVENT_WAIT, stream.message())
+        match tokio::time::timeout(EVENT_WAIT, next_event(&mut stream))
             .await
             .unwrap()
         {
@@ -543,7 +555,7 @@ async fn abandoned_carts_are_the_expired_holds_of_a_channel_in_a_time_window() {
     reserve_ok(&mut inv, "cart-social-2", "SOCIAL", &line, 0).await;
     confirm_ok(&mut inv, "cart-social-2", "order-2").await;
     // The one-second SOCIAL cart expires with no order: the filtered watch shows only it.
-    let expired = tokio::time::timeout(EVENT_WAIT, abandoned.message())
+    let expired = tokio::time::timeout(EVENT_WAIT, next_event(&mut abandoned))
         .await
         .unwrap()
         .unwrap()

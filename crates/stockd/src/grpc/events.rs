@@ -47,7 +47,7 @@ impl EventApi {
     }
 }
 
-type Sent = Result<pb::Event, Status>;
+type Sent = Result<pb::WatchEventsResponse, Status>;
 
 /// The channel a request's filter names ("" when it names none).
 fn filter_channel(filter: Option<&pb::EventFilter>) -> &str {
@@ -71,7 +71,7 @@ impl EventService for EventApi {
         // Subscribed before `published` is read: every later event comes through `live`.
         let live = self.events.subscribe();
         let next = match start {
-            Start::Now => self.events.published() + 1,
+            Start::Unspecified | Start::Now => self.events.published() + 1,
             Start::Oldest => self.events.oldest(),
             Start::AtSequence if req.from_sequence == 0 => {
                 return Err(to_status(invalid(
@@ -272,7 +272,9 @@ impl Watch {
 
     async fn send(&mut self, event: &Stored) -> Result<(), Stop> {
         self.tx
-            .send(Ok(to_proto(event)))
+            .send(Ok(pb::WatchEventsResponse {
+                event: Some(to_proto(event)),
+            }))
             .await
             .map_err(|_| Stop::Gone)
     }
