@@ -24,9 +24,7 @@ use stockd::config::ServerConfig;
 use stockd::proto::inventory::v1 as pb;
 use stockd::proto::inventory::v1::event_service_client::EventServiceClient;
 use stockd::proto::inventory::v1::watch_events_request::Start;
-use stockd::storage::StorageBackend;
 use stockd::storage::checkpoint::SimStore;
-use stockd::storage::log::LogConfig;
 use stockd::storage::log::sim::{CrashMode, SimDisk};
 use tonic::Streaming;
 use tonic::transport::Channel;
@@ -444,18 +442,12 @@ async fn start_sim(disk: &SimDisk, store: &Arc<SimStore>) -> SimServer {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let grpc = listener.local_addr().unwrap();
-    let mut config = ServerConfig::new("sim-data".into());
-    config.shards = 2;
-    config.storage = StorageBackend::Sim {
+    // The shared two-shard sim configuration (small segments), on this disk and store.
+    let world = common::sim::SimWorld {
         disk: disk.clone(),
         store: store.clone(),
     };
-    config.log = LogConfig {
-        segment_bytes: 64 << 10,
-        segments_preallocated: 1,
-        segments_free_max: 2,
-        group_bytes_max: 16 << 10,
-    };
+    let mut config = world.config();
     config.limits.snapshot_every_records = 8;
     config.events.segment_bytes = 64 << 10;
     runtime.spawn(async move {
