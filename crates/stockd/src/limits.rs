@@ -252,6 +252,13 @@ pub const EVENTS_INBOX_CAPACITY: usize = 4_096;
 /// Most hand-overs taken into one event-log group.
 pub const EVENTS_GROUP_HANDOVERS_MAX: usize = 4_096;
 
+/// Shortest time between two syncs of the event log: 10 ms. The event log and the shard
+/// logs share a disk (and ext4's journal), so an event sync per shard-log sync doubled
+/// the syncs each Reserve waits behind (mixed traffic: 0.82 ms event syncs interleaved
+/// with 1.18 ms log syncs). Events become readable at most this much later; no reply
+/// waits for it (replies leave on the shard log's sync).
+pub const EVENTS_SYNC_INTERVAL_MS: u64 = 10;
+
 /// How often retention runs (it also runs at once when the byte bound is passed).
 pub const EVENTS_RETENTION_EVERY_MS: u64 = 1_000;
 

@@ -22,7 +22,9 @@ use super::EventsConfig;
 use super::record::EventRecord;
 use super::segments::SegInfo;
 use super::shared::{Shared, Stored};
-use crate::limits::{EVENTS_GROUP_HANDOVERS_MAX, EVENTS_RETENTION_EVERY_MS};
+use crate::limits::{
+    EVENTS_GROUP_HANDOVERS_MAX, EVENTS_RETENTION_EVERY_MS, EVENTS_SYNC_INTERVAL_MS,
+};
 use crate::metrics as m;
 use crate::storage::backend::AnyDir;
 use crate::storage::checkpoint::CheckpointStore;
@@ -93,22 +95,44 @@ impl Writer {
             .expect("spawn the event log writer thread")
     }
 
+    /// Takes hand-overs into a group until the inbox is empty, then syncs it, at most once
+    /// every `EVENTS_SYNC_INTERVAL_MS`: what arrives meanwhile joins the same group.
     fn run(mut self, mut rx: mpsc::Receiver<Handover>) -> Log<AnyDir> {
         let mut group = Group::default();
+        let interval = Duration::from_millis(EVENTS_SYNC_INTERVAL_MS);
+        let mut last_sync = Instant::now() - interval;
         while let Some(first) = rx.blocking_recv() {
-            let mut next = Some(first);
-            let mut taken = 0;
-            while let Some(handover) = next.take() {
-                taken += 1;
-                self.take(handover, &mut group);
-                if taken < EVENTS_GROUP_HANDOVERS_MAX {
-                    next = rx.try_recv().ok();
-                }
+            let taken = self.drain(Some(first), &mut rx, &mut group, 0);
+            let wait = interval.saturating_sub(last_sync.elapsed());
+            if !wait.is_zero() && taken < EVENTS_GROUP_HANDOVERS_MAX {
+                std::thread::sleep(wait);
+                self.drain(rx.try_recv().ok(), &mut rx, &mut group, taken);
             }
             self.commit(&mut group);
+            last_sync = Instant::now();
         }
         self.commit(&mut group);
         self.log
+    }
+
+    /// Takes `first` and whatever else waits in the inbox into `group`, up to
+    /// `EVENTS_GROUP_HANDOVERS_MAX` hand-overs in all; returns how many it holds now.
+    fn drain(
+        &mut self,
+        first: Option<Handover>,
+        rx: &mut mpsc::Receiver<Handover>,
+        group: &mut Group,
+        mut taken: usize,
+    ) -> usize {
+        let mut next = first;
+        while let Some(handover) = next.take() {
+            taken += 1;
+            self.take(handover, group);
+            if taken < EVENTS_GROUP_HANDOVERS_MAX {
+                next = rx.try_recv().ok();
+            }
+        }
+        taken
     }
 
     /// Appends one hand-over's events to the group (committing first when it is full).
