@@ -26,6 +26,7 @@ fn main() -> std::process::ExitCode {
             .with_env_filter(filter)
             .init(),
     }
+    stockd::storage::log::direct::set_enabled(args.log_direct_io);
     let config = match args.server_config() {
         Ok(c) => c,
         Err(e) => {

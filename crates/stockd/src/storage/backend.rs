@@ -161,6 +161,13 @@ impl LogFile for AnyFile {
     fn sync_data(&mut self) -> io::Result<()> {
         both!(self, f => f.sync_data())
     }
+    fn write_durable_at(
+        &mut self,
+        offset: u64,
+        buf: &[u8],
+    ) -> Result<(), (&'static str, io::Error)> {
+        both!(self, f => f.write_durable_at(offset, buf))
+    }
     fn len(&self) -> io::Result<u64> {
         both!(self, f => f.len())
     }

@@ -2,12 +2,15 @@
 //!
 //! `FsDir`/`FsFile` are the real implementation: `sync_data` is `fdatasync`, and
 //! `sync_dir` opens the directory and calls `fsync` on it, which makes creates, renames
-//! and removes in it durable.
+//! and removes in it durable. `write_durable_at` goes through `O_DIRECT | O_DSYNC`
+//! (`direct`) where the filesystem allows it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use super::direct::Direct;
 
 /// Size of the zero buffer `allocate` writes with: bounds its memory and the length of
 /// one write call.
@@ -21,6 +24,17 @@ pub trait LogFile: Send {
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()>;
     /// Makes every write so far durable (`fdatasync`).
     fn sync_data(&mut self) -> io::Result<()>;
+    /// Writes all of `buf` at `offset` and makes every write so far durable: `write_at`
+    /// then `sync_data`, or one synchronous direct write where the file supports it. An
+    /// error names the step that failed: "write" or "sync".
+    fn write_durable_at(
+        &mut self,
+        offset: u64,
+        buf: &[u8],
+    ) -> Result<(), (&'static str, io::Error)> {
+        self.write_at(offset, buf).map_err(|e| ("write", e))?;
+        self.sync_data().map_err(|e| ("sync", e))
+    }
     /// The file's length in bytes.
     fn len(&self) -> io::Result<u64>;
     /// Whether the file has no bytes yet.
@@ -85,7 +99,7 @@ impl LogDir for FsDir {
             .write(true)
             .create_new(true)
             .open(self.path.join(name))?;
-        Ok(FsFile { file })
+        Ok(FsFile::new(file, self.path.join(name)))
     }
 
     fn open(&self, name: &str) -> io::Result<FsFile> {
@@ -93,7 +107,7 @@ impl LogDir for FsDir {
             .read(true)
             .write(true)
             .open(self.path.join(name))?;
-        Ok(FsFile { file })
+        Ok(FsFile::new(file, self.path.join(name)))
     }
 
     fn rename(&self, from: &str, to: &str) -> io::Result<()> {
@@ -134,9 +148,46 @@ impl LogDir for FsDir {
 }
 
 /// An open segment file on the real filesystem.
-#[derive(Debug)]
 pub struct FsFile {
     file: File,
+    path: PathBuf,
+    direct: DirectState,
+}
+
+/// Whether the file's direct descriptor was opened yet (on the first durable write).
+enum DirectState {
+    Untried,
+    Unsupported,
+    Open(Box<Direct>),
+}
+
+impl std::fmt::Debug for FsFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsFile").field("path", &self.path).finish()
+    }
+}
+
+impl FsFile {
+    fn new(file: File, path: PathBuf) -> FsFile {
+        FsFile {
+            file,
+            path,
+            direct: DirectState::Untried,
+        }
+    }
+
+    fn direct(&mut self) -> Option<&mut Direct> {
+        if matches!(self.direct, DirectState::Untried) {
+            self.direct = match Direct::open(&self.file) {
+                Some(d) => DirectState::Open(Box::new(d)),
+                None => DirectState::Unsupported,
+            };
+        }
+        match &mut self.direct {
+            DirectState::Open(d) => Some(d),
+            _ => None,
+        }
+    }
 }
 
 impl LogFile for FsFile {
@@ -145,11 +196,28 @@ impl LogFile for FsFile {
     }
 
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        if let DirectState::Open(d) = &mut self.direct {
+            d.forget_tail();
+        }
         self.file.write_all_at(buf, offset)
     }
 
     fn sync_data(&mut self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    fn write_durable_at(
+        &mut self,
+        offset: u64,
+        buf: &[u8],
+    ) -> Result<(), (&'static str, io::Error)> {
+        if let Some(direct) = self.direct()
+            && direct.write(offset, buf).map_err(|e| ("write", e))?
+        {
+            return Ok(());
+        }
+        self.write_at(offset, buf).map_err(|e| ("write", e))?;
+        self.sync_data().map_err(|e| ("sync", e))
     }
 
     fn len(&self) -> io::Result<u64> {

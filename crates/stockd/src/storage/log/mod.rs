@@ -27,6 +27,7 @@
 //! - After any failed write, sync or directory operation the log is poisoned and refuses
 //!   every append until it is reopened (fsyncgate: the page cache state is unknown).
 
+pub mod direct;
 pub mod file;
 pub mod frame;
 pub mod group;

@@ -24,9 +24,8 @@ pub struct CommitStats {
     pub records: usize,
     /// Bytes of frames written.
     pub bytes: usize,
-    /// Time of the one `write_at`.
-    pub write_duration: Duration,
-    /// Time of the one `fdatasync`.
+    /// Time of the one durable write (`LogFile::write_durable_at`: a synchronous direct
+    /// write, or a write and an `fdatasync`).
     pub sync_duration: Duration,
     /// Whether the group opened a new segment first.
     pub rolled: bool,
@@ -303,21 +302,20 @@ impl<D: LogDir> Log<D> {
         let describe = |log: &Self| log.dir.describe(&log.active.name);
         // The end marker: the next group overwrites it; recovery stops at it.
         self.group.resize(len + FRAME_HEADER_LEN, 0);
+        // One durable write (a synchronous direct write where the filesystem allows it,
+        // else a write and an fdatasync): its whole time counts as the sync's.
         let started = Instant::now();
-        let written = self.active.file.write_at(self.active.offset, &self.group);
-        self.group.truncate(len);
-        written.map_err(|e| LogError::io("write", describe(self), e))?;
-        let synced_at = Instant::now();
-        self.active
+        let written = self
+            .active
             .file
-            .sync_data()
-            .map_err(|e| LogError::io("sync", describe(self), e))?;
+            .write_durable_at(self.active.offset, &self.group);
+        self.group.truncate(len);
+        written.map_err(|(op, e)| LogError::io(op, describe(self), e))?;
         let stats = CommitStats {
             durable_lsn: self.next_lsn - 1,
             records: self.group_records,
             bytes: len,
-            write_duration: synced_at - started,
-            sync_duration: synced_at.elapsed(),
+            sync_duration: started.elapsed(),
             rolled,
         };
         debug_assert_eq!(stats.durable_lsn, first + self.group_records as u64 - 1);
