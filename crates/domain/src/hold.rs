@@ -19,8 +19,8 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
 use super::Millis;
-use super::refs::{Sym, fnv1a};
 use super::order::OrderState;
+use super::refs::{Sym, fnv1a};
 use super::request::OrderLine;
 use super::snapshot::HoldSnap;
 
@@ -211,7 +211,8 @@ impl HoldTable {
             && self.parts.iter().all(|(s, p)| {
                 !p.listed()
                     || (self.by_created.contains(&(p.created_at, *s))
-                        && p.ended_at().is_none_or(|t| self.by_ended.contains(&(t, *s))))
+                        && p.ended_at()
+                            .is_none_or(|t| self.by_ended.contains(&(t, *s))))
             })
     }
 

@@ -65,9 +65,9 @@ pub use hold::{
 };
 pub use network::{ChannelNetwork, LocationConfig, LocationKind, NetworkSnap};
 pub use order::{OrderLineView, OrderState, OrderView};
-pub use query::{HoldFilter, HoldKey, HoldPage, HoldScan, HoldTime, ListedHold};
 pub use outcome::{LineOutcome, ReserveOutcome, ReserveResult};
 pub use position::IqKind;
+pub use query::{HoldFilter, HoldKey, HoldPage, HoldScan, HoldTime, ListedHold};
 pub use request::{Adjustment, AdjustmentKind, OrderLine, ReserveLine, ReserveRequest, StockCount};
 pub use snapshot::{
     EngineSnapshot, HoldSnap, HoldSnapRef, PositionSnap, PositionSnapRef, Restorer,

@@ -146,17 +146,32 @@ async fn abandoned_carts_of_a_channel_in_a_time_window_page_with_no_duplicate_an
     assert_eq!(unique, abandoned, "no gap, nothing else");
     let keys: Vec<(i64, String)> = holds
         .iter()
-        .map(|h| (ts_millis(&h.ended_at).expect("ended_at"), h.hold_ref.clone()))
+        .map(|h| {
+            (
+                ts_millis(&h.ended_at).expect("ended_at"),
+                h.hold_ref.clone(),
+            )
+        })
         .collect();
-    assert!(keys.is_sorted(), "ordered by (ended_at, hold_ref): {keys:?}");
+    assert!(
+        keys.is_sorted(),
+        "ordered by (ended_at, hold_ref): {keys:?}"
+    );
     for h in &holds {
         assert_eq!(h.state, pb::HoldState::Expired as i32);
-        assert_eq!(h.ended_at, h.expires_at, "an expired hold ended at its deadline");
+        assert_eq!(
+            h.ended_at, h.expires_at,
+            "an expired hold ended at its deadline"
+        );
         assert_eq!(h.lines.len(), 1);
     }
 
     // The window bounds the listing; one big page equals the small pages.
-    assert!(listed(&mut inv, expired_on("SOCIAL", since - 60_000, since, 0)).await.is_empty());
+    assert!(
+        listed(&mut inv, expired_on("SOCIAL", since - 60_000, since, 0))
+            .await
+            .is_empty()
+    );
     let one_page = listed(&mut inv, expired_on("SOCIAL", since, until, 500)).await;
     assert_eq!(one_page, refs);
     // Every state, by creation time, on SOCIAL; and the active carts.
@@ -205,7 +220,11 @@ async fn pages_resume_exactly_while_holds_keep_coming() {
     };
     let mut seen = Vec::new();
     for round in 0.. {
-        let page = inv.list_holds(request.clone()).await.expect("ListHolds").into_inner();
+        let page = inv
+            .list_holds(request.clone())
+            .await
+            .expect("ListHolds")
+            .into_inner();
         seen.extend(page.holds.into_iter().map(|h| h.hold_ref));
         // New carts arrive between pages: each lands after everything listed so far.
         let h = format!("late-{round:02}");
@@ -218,7 +237,11 @@ async fn pages_resume_exactly_while_holds_keep_coming() {
     }
     let unique: BTreeSet<&String> = seen.iter().collect();
     assert_eq!(unique.len(), seen.len(), "no duplicate");
-    assert_eq!(&seen[..40], &made[..40], "the early carts, in creation order, no gap");
+    assert_eq!(
+        &seen[..40],
+        &made[..40],
+        "the early carts, in creation order, no gap"
+    );
     assert!(seen[40..].iter().all(|h| h.starts_with("late-")));
     server.stop().await;
 }
@@ -239,7 +262,10 @@ async fn get_order_follows_confirm_partial_fulfil_and_cancel_and_get_hold_shows_
     confirm_ok(&mut inv, "cart-1", "order-1").await;
 
     let order = get_order(&mut inv, "order-1").await.expect("GetOrder");
-    assert_eq!((order.hold_ref.as_str(), order.channel_ref.as_str()), ("cart-1", "WEB"));
+    assert_eq!(
+        (order.hold_ref.as_str(), order.channel_ref.as_str()),
+        ("cart-1", "WEB")
+    );
     assert_eq!(order.state, pb::OrderState::Open as i32);
     assert_eq!(
         order_lines(&order),
@@ -263,11 +289,22 @@ async fn get_order_follows_confirm_partial_fulfil_and_cancel_and_get_hold_shows_
         vec![("P1".into(), 3, 0, 2, 1), ("P2".into(), 2, 0, 0, 2)]
     );
     cancel_ok(&mut inv, "order-1").await;
-    assert_eq!(get_order(&mut inv, "order-1").await.expect("again"), order, "idempotent");
+    assert_eq!(
+        get_order(&mut inv, "order-1").await.expect("again"),
+        order,
+        "idempotent"
+    );
     let hold = get_hold(&mut inv, "cart-1").await.unwrap().unwrap();
-    assert_eq!(hold.state, pb::HoldState::Confirmed as i32, "the hold stays confirmed");
+    assert_eq!(
+        hold.state,
+        pb::HoldState::Confirmed as i32,
+        "the hold stays confirmed"
+    );
     assert_eq!(hold.order_state, pb::OrderState::Cancelled as i32);
-    assert!(hold.ended_at.is_some(), "a confirmed hold ended when confirmed");
+    assert!(
+        hold.ended_at.is_some(),
+        "a confirmed hold ended when confirmed"
+    );
 
     reserve_ok(&mut inv, "cart-2", "WEB", &[line("P3", 4)], 600).await;
     confirm_ok(&mut inv, "cart-2", "order-2").await;
@@ -278,7 +315,9 @@ async fn get_order_follows_confirm_partial_fulfil_and_cancel_and_get_hold_shows_
     let hold = get_hold(&mut inv, "cart-2").await.unwrap().unwrap();
     assert_eq!(hold.order_state, pb::OrderState::Fulfilled as i32);
 
-    let unknown = get_order(&mut inv, "no-such-order").await.expect_err("unknown");
+    let unknown = get_order(&mut inv, "no-such-order")
+        .await
+        .expect_err("unknown");
     assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
     server.stop().await;
 }
@@ -289,9 +328,27 @@ async fn bad_filters_and_tokens_are_invalid_argument_naming_the_field() {
     let mut inv = server.inventory();
     let base = pb::ListHoldsRequest::default();
     let bad = [
-        (pb::ListHoldsRequest { page_size: -1, ..base.clone() }, "page_size"),
-        (pb::ListHoldsRequest { state: 42, ..base.clone() }, "state"),
-        (pb::ListHoldsRequest { time_field: 9, ..base.clone() }, "time_field"),
+        (
+            pb::ListHoldsRequest {
+                page_size: -1,
+                ..base.clone()
+            },
+            "page_size",
+        ),
+        (
+            pb::ListHoldsRequest {
+                state: 42,
+                ..base.clone()
+            },
+            "state",
+        ),
+        (
+            pb::ListHoldsRequest {
+                time_field: 9,
+                ..base.clone()
+            },
+            "time_field",
+        ),
         (
             pb::ListHoldsRequest {
                 channel_ref: "SO:CIAL".into(),
@@ -309,7 +366,10 @@ async fn bad_filters_and_tokens_are_invalid_argument_naming_the_field() {
         ),
         (
             pb::ListHoldsRequest {
-                start_time: Some(prost_types::Timestamp { seconds: 1, nanos: -5 }),
+                start_time: Some(prost_types::Timestamp {
+                    seconds: 1,
+                    nanos: -5,
+                }),
                 ..base.clone()
             },
             "start_time",
@@ -343,7 +403,11 @@ async fn bad_filters_and_tokens_are_invalid_argument_naming_the_field() {
         page_size: 1,
         ..base.clone()
     };
-    let page = inv.list_holds(first.clone()).await.expect("ListHolds").into_inner();
+    let page = inv
+        .list_holds(first.clone())
+        .await
+        .expect("ListHolds")
+        .into_inner();
     assert_eq!(page.holds.len(), 1);
     assert!(!page.next_page_token.is_empty());
     let other = pb::ListHoldsRequest {
@@ -355,7 +419,9 @@ async fn bad_filters_and_tokens_are_invalid_argument_naming_the_field() {
 
     assert_invalid(get_order(&mut inv, "").await, "order_ref");
     assert_invalid(get_order(&mut inv, "bad:ref").await, "order_ref");
-    let unknown = get_order(&mut inv, "never-confirmed").await.expect_err("unknown");
+    let unknown = get_order(&mut inv, "never-confirmed")
+        .await
+        .expect_err("unknown");
     assert_eq!(unknown.code(), Code::NotFound);
     server.stop().await;
 }
@@ -384,7 +450,11 @@ async fn a_caller_scoped_to_channels_lists_and_reads_only_its_channels() {
         let digest = stockd::grpc::identity::sha256(t.as_bytes());
         digest.iter().map(|b| format!("{b:02x}")).collect()
     };
-    let lines = format!("{} social\n{} operator\n", hash("s-secret"), hash("op-secret"));
+    let lines = format!(
+        "{} social\n{} operator\n",
+        hash("s-secret"),
+        hash("op-secret")
+    );
     std::fs::write(&tokens, lines).expect("tokens");
     let server = InProcessServer::start_configured(dir, move |c| {
         c.shards = 2;
@@ -393,48 +463,76 @@ async fn a_caller_scoped_to_channels_lists_and_reads_only_its_channels() {
     })
     .await;
     let ch = server.channel();
-    let mut admin = stockd::proto::inventory::v1::admin_service_client::AdminServiceClient::new(
-        ch.clone(),
-    );
+    let mut admin =
+        stockd::proto::inventory::v1::admin_service_client::AdminServiceClient::new(ch.clone());
     for c in ["WEB", "SOCIAL"] {
         let upsert = pb::UpsertChannelRequest {
             channel: Some(channel(c)),
         };
-        admin.upsert_channel(with_token(upsert, "op-secret")).await.expect("channel");
+        admin
+            .upsert_channel(with_token(upsert, "op-secret"))
+            .await
+            .expect("channel");
     }
     let count = pb::SetStockRequest {
         counts: vec![common::requests::count_now("P1", LOC, 100)],
     };
-    admin.set_stock(with_token(count, "op-secret")).await.expect("stock");
+    admin
+        .set_stock(with_token(count, "op-secret"))
+        .await
+        .expect("stock");
     let mut inv = InventoryServiceClient::new(ch);
     for (h, c, token) in [("hs", "SOCIAL", "s-secret"), ("hw", "WEB", "op-secret")] {
         let reserve = reserve_request(h, c, &[("P1", LOC, 1)], 600);
-        inv.reserve(with_token(reserve, token)).await.expect("reserve");
+        inv.reserve(with_token(reserve, token))
+            .await
+            .expect("reserve");
         let confirm = pb::ConfirmHoldRequest {
             hold_ref: h.into(),
             order_ref: format!("order-{h}"),
             reacquire: false,
         };
-        inv.confirm_hold(with_token(confirm, token)).await.expect("confirm");
+        inv.confirm_hold(with_token(confirm, token))
+            .await
+            .expect("confirm");
     }
     let list = |channel_ref: &str| pb::ListHoldsRequest {
         channel_ref: channel_ref.into(),
         ..Default::default()
     };
-    let mine = inv.list_holds(with_token(list("SOCIAL"), "s-secret")).await.expect("SOCIAL");
-    let refs: Vec<String> = mine.into_inner().holds.into_iter().map(|h| h.hold_ref).collect();
+    let mine = inv
+        .list_holds(with_token(list("SOCIAL"), "s-secret"))
+        .await
+        .expect("SOCIAL");
+    let refs: Vec<String> = mine
+        .into_inner()
+        .holds
+        .into_iter()
+        .map(|h| h.hold_ref)
+        .collect();
     assert_eq!(refs, vec!["hs".to_string()]);
     for (channel_ref, names) in [("WEB", "WEB"), ("", "channel_ref")] {
-        let refused = inv.list_holds(with_token(list(channel_ref), "s-secret")).await;
+        let refused = inv
+            .list_holds(with_token(list(channel_ref), "s-secret"))
+            .await;
         let status = refused.expect_err("another channel's holds");
         assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
         assert!(status.message().contains(names), "{status:?}");
     }
-    let all = inv.list_holds(with_token(list(""), "op-secret")).await.expect("every channel");
+    let all = inv
+        .list_holds(with_token(list(""), "op-secret"))
+        .await
+        .expect("every channel");
     assert_eq!(all.into_inner().holds.len(), 2);
-    let order = |r: &str| pb::GetOrderRequest { order_ref: r.into() };
-    inv.get_order(with_token(order("order-hs"), "s-secret")).await.expect("its order");
-    let refused = inv.get_order(with_token(order("order-hw"), "s-secret")).await;
+    let order = |r: &str| pb::GetOrderRequest {
+        order_ref: r.into(),
+    };
+    inv.get_order(with_token(order("order-hs"), "s-secret"))
+        .await
+        .expect("its order");
+    let refused = inv
+        .get_order(with_token(order("order-hw"), "s-secret"))
+        .await;
     let status = refused.expect_err("another channel's order");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     server.stop().await;
@@ -467,14 +565,20 @@ fn messages(addr: SocketAddr) -> BTreeMap<String, u64> {
     for l in scrape(addr).lines() {
         if let Some(rest) = l.strip_prefix("stockd_shard_messages_total{kind=\"") {
             let (kind, value) = rest.split_once("\"} ").expect("a labelled sample");
-            out.insert(kind.to_string(), value.trim().parse::<f64>().expect("number") as u64);
+            out.insert(
+                kind.to_string(),
+                value.trim().parse::<f64>().expect("number") as u64,
+            );
         }
     }
     out
 }
 
 fn metrics_addr(args: &[String]) -> SocketAddr {
-    let at = args.iter().position(|a| a == "--metrics-addr").expect("flag");
+    let at = args
+        .iter()
+        .position(|a| a == "--metrics-addr")
+        .expect("flag");
     args[at + 1].parse().expect("an address")
 }
 
@@ -514,32 +618,46 @@ async fn an_order_over_several_of_4_shards_contacts_only_them_and_all_survives_a
     let after = messages(metrics);
     let sent = after.get("order").copied().unwrap_or(0) - before.get("order").copied().unwrap_or(0);
     assert_eq!(sent, 2, "GetOrder asks the order's two shards only");
-    assert_eq!(
-        order_lines(&order),
-        {
-            let mut l = vec![
-                (products[0].clone(), 2, 2, 0, 0),
-                (products[2].clone(), 3, 3, 0, 0),
-            ];
-            l.sort();
-            l
-        }
-    );
+    assert_eq!(order_lines(&order), {
+        let mut l = vec![
+            (products[0].clone(), 2, 2, 0, 0),
+            (products[2].clone(), 3, 3, 0, 0),
+        ];
+        l.sort();
+        l
+    });
     // A partly fulfilled order over three shards, a cancelled one, an abandoned cart.
-    let three = [line(&products[1], 1), line(&products[2], 1), line(&products[3], 2)];
+    let three = [
+        line(&products[1], 1),
+        line(&products[2], 1),
+        line(&products[3], 2),
+    ];
     reserve_ok(&mut inv, "cart-part", "SOCIAL", &three, 600).await;
     confirm_ok(&mut inv, "cart-part", "order-part").await;
     fulfil_ok(&mut inv, "order-part", &[line(&products[3], 1)]).await;
-    reserve_ok(&mut inv, "cart-cancel", "WEB", &[line(&products[1], 1), line(&products[3], 1)], 600)
-        .await;
+    reserve_ok(
+        &mut inv,
+        "cart-cancel",
+        "WEB",
+        &[line(&products[1], 1), line(&products[3], 1)],
+        600,
+    )
+    .await;
     confirm_ok(&mut inv, "cart-cancel", "order-cancel").await;
     cancel_ok(&mut inv, "order-cancel").await;
     let gone = reserve_ok(&mut inv, "cart-gone", "SOCIAL", &wide, 1).await;
     sleep_past(ts_millis(&gone.expires_at).expect("expires_at")).await;
 
     let (holds, orders) = view(&mut inv).await;
-    assert_eq!(holds.len(), 4, "each hold once, however many shards it spans");
-    let part = holds.iter().find(|h| h.hold_ref == "cart-part").expect("listed");
+    assert_eq!(
+        holds.len(),
+        4,
+        "each hold once, however many shards it spans"
+    );
+    let part = holds
+        .iter()
+        .find(|h| h.hold_ref == "cart-part")
+        .expect("listed");
     assert_eq!(part.lines.len(), 3, "listed whole");
     assert_eq!(part.order_state, pb::OrderState::PartiallyFulfilled as i32);
     assert_eq!(orders[1].state, pb::OrderState::PartiallyFulfilled as i32);
@@ -552,7 +670,11 @@ async fn an_order_over_several_of_4_shards_contacts_only_them_and_all_survives_a
     server.kill();
     let server = folder.start(&["--shards", "4"]).await;
     let mut inv = server.inventory();
-    assert_eq!(view(&mut inv).await, (holds.clone(), orders.clone()), "after SIGKILL");
+    assert_eq!(
+        view(&mut inv).await,
+        (holds.clone(), orders.clone()),
+        "after SIGKILL"
+    );
     let mut server = server;
     server.terminate().await;
     let server = folder.start(&["--shards", "4"]).await;

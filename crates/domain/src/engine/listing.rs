@@ -96,8 +96,18 @@ impl Engine {
             let at = self.next_time(time, now, lower)?;
             let range = (at, SYM_MIN)..=(at, SYM_MAX);
             let mut syms: Vec<Sym> = match time {
-                HoldTime::Created => self.holds.by_created.range(range.clone()).map(|(_, h)| *h).collect(),
-                HoldTime::Ended => self.holds.by_ended.range(range.clone()).map(|(_, h)| *h).collect(),
+                HoldTime::Created => self
+                    .holds
+                    .by_created
+                    .range(range.clone())
+                    .map(|(_, h)| *h)
+                    .collect(),
+                HoldTime::Ended => self
+                    .holds
+                    .by_ended
+                    .range(range.clone())
+                    .map(|(_, h)| *h)
+                    .collect(),
             };
             if time == HoldTime::Ended && at <= now {
                 syms.extend(
@@ -108,7 +118,9 @@ impl Engine {
                 );
             }
             if !syms.is_empty() {
-                let refs = syms.into_iter().map(|h| self.interner.resolve(h).to_string());
+                let refs = syms
+                    .into_iter()
+                    .map(|h| self.interner.resolve(h).to_string());
                 return Some((at, refs.collect()));
             }
             lower = at.checked_add(1)?;
@@ -117,7 +129,8 @@ impl Engine {
 
     /// The earliest time at or after `lower` with an entry in the listing's index.
     fn next_time(&self, time: HoldTime, now: Millis, lower: Millis) -> Option<Millis> {
-        let first = |set: &BTreeSet<(Millis, Sym)>| set.range((lower, SYM_MIN)..).next().map(|(t, _)| *t);
+        let first =
+            |set: &BTreeSet<(Millis, Sym)>| set.range((lower, SYM_MIN)..).next().map(|(t, _)| *t);
         match time {
             HoldTime::Created => first(&self.holds.by_created),
             HoldTime::Ended => {

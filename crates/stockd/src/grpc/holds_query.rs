@@ -48,8 +48,7 @@ pub fn check_list_channel(request: &Request<pb::ListHoldsRequest>) -> Result<(),
     if channel_ref.is_empty() && is_channel_scoped(request) {
         metrics::auth_denied("channel");
         return Err(to_status(ApiError::PermissionDenied(
-            "channel_ref: this caller may list only the holds of its own channels; name one"
-                .into(),
+            "channel_ref: this caller may list only the holds of its own channels; name one".into(),
         )));
     }
     check_channel(request, channel_ref)
