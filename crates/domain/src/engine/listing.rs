@@ -11,11 +11,11 @@ use std::collections::BTreeSet;
 
 use super::Engine;
 use crate::Millis;
-use crate::hold::HoldPart;
+use crate::hold::{HoldPart, HoldState, HoldView};
 use crate::limits::LIST_HOLDS_SCAN_MAX;
 use crate::order::{OrderLineView, OrderView};
-use crate::query::{HoldKey, HoldPage, HoldScan, HoldTime, ListedHold};
-use crate::refs::{ORDER_NS, Sym};
+use crate::query::{HoldFilter, HoldKey, HoldPage, HoldScan, HoldTime, ListedHold};
+use crate::refs::{HOLD_NS, ORDER_NS, Sym};
 
 const SYM_MIN: Sym = Sym(0);
 const SYM_MAX: Sym = Sym(u32::MAX);
@@ -26,12 +26,14 @@ impl Engine {
     /// rest of the millisecond it stops in).
     pub fn list_holds(&self, now: Millis, scan: &HoldScan) -> HoldPage {
         let filter = &scan.filter;
-        if let Some(c) = &filter.channel_ref
-            && self.interner.get(c).is_none()
-        {
-            // No hold here names a channel this engine never saw.
-            return complete(Vec::new());
-        }
+        let channel = match &filter.channel_ref {
+            Some(c) => match self.interner.get(c) {
+                Some(sym) => Some(sym),
+                // No hold here names a channel this engine never saw.
+                None => return complete(Vec::new()),
+            },
+            None => None,
+        };
         let mut lower = filter.from.unwrap_or(Millis::MIN);
         if let Some(after) = &scan.after {
             lower = lower.max(after.at);
@@ -52,14 +54,7 @@ impl Engine {
                     continue;
                 }
                 examined += 1;
-                let Some(view) = self.hold(now, hold_ref) else {
-                    continue;
-                };
-                let channel_ok = filter
-                    .channel_ref
-                    .as_ref()
-                    .is_none_or(|c| *c == view.channel_ref);
-                if channel_ok && filter.state_matches(view.state) {
+                if let Some(view) = self.matching(now, filter, channel, hold_ref) {
                     let key = HoldKey {
                         at,
                         hold_ref: hold_ref.clone(),
@@ -148,6 +143,27 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// A listed part's view as of `now` if it passes the filter's channel and state (both
+    /// checked on the part, before any view is built).
+    fn matching(
+        &self,
+        now: Millis,
+        filter: &HoldFilter,
+        channel: Option<Sym>,
+        hold_ref: &str,
+    ) -> Option<HoldView> {
+        let sym = self.interner.get_in(HOLD_NS, hold_ref)?;
+        let part = self.holds.get(&sym)?;
+        let state = match part.state {
+            HoldState::Active if part.expires_at <= now => HoldState::Expired,
+            state => state,
+        };
+        if channel.is_some_and(|c| c != part.channel) || !filter.state_matches(state) {
+            return None;
+        }
+        self.hold(now, hold_ref)
     }
 
     /// This engine's part of an order: its lines with what is reserved, fulfilled and
