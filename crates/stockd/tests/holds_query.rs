@@ -1,8 +1,8 @@
 //! Holds and orders as queryable things, over real gRPC on 127.0.0.1: ListHolds (the
 //! abandoned carts of a channel in a time window, paged with no duplicate and no gap),
 //! GetOrder through its lifecycle, GetHold showing the order's state, an order over
-//! several shards (only its shards contacted), bad input, channel scopes, and a restart
-//! of the real binary.
+//! several shards (only its shards contacted), bad input, channel scopes, and a SIGKILL
+//! and restart of the real binary.
 
 mod common;
 
@@ -597,7 +597,7 @@ async fn view(inv: &mut Inv) -> (Vec<pb::Hold>, Vec<pb::Order>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_order_over_several_of_4_shards_contacts_only_them_and_all_survives_a_restart() {
+async fn an_order_over_several_of_4_shards_contacts_only_them_and_all_survives_a_sigkill() {
     let folder = TestFolder::new();
     let server = folder.start(&["--shards", "4"]).await;
     let (mut admin, mut inv) = (server.admin(), server.inventory());
@@ -665,21 +665,14 @@ async fn an_order_over_several_of_4_shards_contacts_only_them_and_all_survives_a
     let abandoned = listed(&mut inv, expired_on("SOCIAL", 0, now_millis() + 1, 0)).await;
     assert_eq!(abandoned, vec!["cart-gone".to_string()]);
 
-    // SIGKILL, then start on the same folder: the same listing and orders.
+    // SIGKILL, then start on the same folder: the same listing and orders (SIGTERM and
+    // other crashes are the durability tests'; the listing indexes come back with the
+    // engines from checkpoint and log).
     let mut server = server;
     server.kill();
     let server = folder.start(&["--shards", "4"]).await;
     let mut inv = server.inventory();
-    assert_eq!(
-        view(&mut inv).await,
-        (holds.clone(), orders.clone()),
-        "after SIGKILL"
-    );
-    let mut server = server;
-    server.terminate().await;
-    let server = folder.start(&["--shards", "4"]).await;
-    let mut inv = server.inventory();
-    assert_eq!(view(&mut inv).await, (holds, orders), "after SIGTERM");
+    assert_eq!(view(&mut inv).await, (holds, orders), "after SIGKILL");
     let abandoned = listed(&mut inv, expired_on("SOCIAL", 0, now_millis() + 1, 0)).await;
     assert_eq!(abandoned, vec!["cart-gone".to_string()]);
 }
