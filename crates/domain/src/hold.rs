@@ -13,10 +13,13 @@
 //! replaced. Recovery sees every shard: it puts every previous part back unless every
 //! participant logged the version, so a cart update is atomic across crashes.
 
+use std::collections::BTreeSet;
+
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
 use super::Millis;
+use super::order::OrderState;
 use super::refs::{Sym, fnv1a};
 use super::request::OrderLine;
 use super::snapshot::HoldSnap;
@@ -123,6 +126,12 @@ pub(crate) struct HoldTable {
     /// Holds inserted, changed or removed since the last `take_changed`. Every symbol here
     /// is live: the engine calls `untrack` before it releases a hold's symbol.
     changed: FxHashSet<Sym>,
+    /// The listed parts (primary, not tombstones) by (created_at, hold): ListHolds by
+    /// creation time. Kept by `insert`/`remove`, which every change of the fields it
+    /// orders by goes through (`get_mut` callers change only lines, timers and records).
+    pub(crate) by_created: BTreeSet<(Millis, Sym)>,
+    /// The listed parts that ended (confirmed, released, expired) by (`ended_at`, hold).
+    pub(crate) by_ended: BTreeSet<(Millis, Sym)>,
 }
 
 impl std::ops::Deref for HoldTable {
@@ -133,16 +142,78 @@ impl std::ops::Deref for HoldTable {
     }
 }
 
+impl HoldPart {
+    /// Whether ListHolds lists this part: the primary part speaks for its hold (one entry
+    /// per hold however many shards it spans); a tombstone is no part.
+    pub(crate) fn listed(&self) -> bool {
+        self.primary && !self.tombstone
+    }
+
+    /// When the hold ended: its confirmation or release, or its deadline for an expired
+    /// hold (the same on every shard, whenever each one's timer ran). `None`: active.
+    pub(crate) fn ended_at(&self) -> Option<Millis> {
+        match self.state {
+            HoldState::Active => None,
+            HoldState::Expired => Some(self.expires_at),
+            HoldState::Confirmed | HoldState::Released => Some(self.updated_at),
+        }
+    }
+
+    /// What the order still has reserved on each line: nothing once it was cancelled (a
+    /// cancelled part keeps `open` as it was, which is what the cancel returned to sale).
+    pub(crate) fn reserved(&self, line: &PartLine) -> i64 {
+        if self.cancelled { 0 } else { line.open }
+    }
+
+    /// Whether the order of this part has nothing left reserved.
+    pub(crate) fn closed(&self) -> bool {
+        self.cancelled || self.lines.iter().all(|l| l.open == 0)
+    }
+}
+
 impl HoldTable {
     pub fn insert(&mut self, hold: Sym, part: HoldPart) -> Option<HoldPart> {
         self.changed.insert(hold);
-        self.parts.insert(hold, part)
+        self.insert_untracked(hold, part)
     }
 
     pub fn remove(&mut self, hold: &Sym) -> Option<HoldPart> {
         let part = self.parts.remove(hold)?;
+        self.unindex(*hold, &part);
         self.changed.insert(*hold);
         Some(part)
+    }
+
+    fn index(&mut self, hold: Sym, part: &HoldPart) {
+        if part.listed() {
+            self.by_created.insert((part.created_at, hold));
+            if let Some(t) = part.ended_at() {
+                self.by_ended.insert((t, hold));
+            }
+        }
+    }
+
+    fn unindex(&mut self, hold: Sym, part: &HoldPart) {
+        if part.listed() {
+            self.by_created.remove(&(part.created_at, hold));
+            if let Some(t) = part.ended_at() {
+                self.by_ended.remove(&(t, hold));
+            }
+        }
+    }
+
+    /// Whether the listing indexes hold exactly the listed parts (`check_consistency`).
+    pub fn indexes_consistent(&self) -> bool {
+        let listed = self.parts.values().filter(|p| p.listed());
+        let ended = listed.clone().filter(|p| p.ended_at().is_some());
+        listed.count() == self.by_created.len()
+            && ended.count() == self.by_ended.len()
+            && self.parts.iter().all(|(s, p)| {
+                !p.listed()
+                    || (self.by_created.contains(&(p.created_at, *s))
+                        && p.ended_at()
+                            .is_none_or(|t| self.by_ended.contains(&(t, *s))))
+            })
     }
 
     pub fn get_mut(&mut self, hold: &Sym) -> Option<&mut HoldPart> {
@@ -182,7 +253,13 @@ impl HoldTable {
     /// Inserts a part without tracking it as changed: a restore, whose parts are already
     /// in the store.
     pub fn insert_untracked(&mut self, hold: Sym, part: HoldPart) -> Option<HoldPart> {
-        self.parts.insert(hold, part)
+        let old = self.parts.remove(&hold);
+        if let Some(old) = &old {
+            self.unindex(hold, old);
+        }
+        self.index(hold, &part);
+        self.parts.insert(hold, part);
+        old
     }
 }
 
@@ -255,6 +332,8 @@ pub struct HoldView {
     pub open: i64,
     /// The cart version that wrote the part (`UpdateTag::version`).
     pub version: u64,
+    /// When the hold ended (`HoldPart::ended_at`); `None` while it is active.
+    pub ended_at: Option<Millis>,
 }
 
 /// A part's cross-shard update not yet known complete, for recovery.
@@ -296,6 +375,8 @@ impl HoldView {
         for part in iter {
             whole.lines.extend(part.lines);
             whole.answered_lines += part.answered_lines;
+            whole.open += part.open;
+            whole.cancelled |= part.cancelled;
             whole.created_at = whole.created_at.min(part.created_at);
             whole.version = whole.version.max(part.version);
             if whole.order_ref.is_none() {
@@ -303,5 +384,14 @@ impl HoldView {
             }
         }
         Some(whole)
+    }
+
+    /// The state of the order a confirmed hold became (`None` unless confirmed), from the
+    /// whole hold's lines: see [`OrderState::of`].
+    pub fn order_state(&self) -> Option<OrderState> {
+        (self.state == HoldState::Confirmed).then(|| {
+            let quantity = self.lines.iter().map(|l| l.quantity).sum();
+            OrderState::of(quantity, self.open, self.cancelled)
+        })
     }
 }

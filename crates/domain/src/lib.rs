@@ -17,7 +17,11 @@
 //! - `engine`: the operations, one file each: `config` (settings, channels, catalogue),
 //!   `reads`, `stock` (counts, adjustments, rebalancing), `reserve`, `confirm` (and
 //!   release), `fulfil` (and cancel), `expire` (timers and refs' lifetime), `parts`
-//!   (hold parts in and out of the ledger), `locations` (locations and networks).
+//!   (hold parts in and out of the ledger), `locations` (locations and networks),
+//!   `listing` (a page of ListHolds from the hold indexes, an engine's part of an order).
+//! - `order`: orders as callers see them (`OrderView`, `OrderState`): reserved, fulfilled
+//!   and cancelled per line, derived from the confirmed hold parts.
+//! - `query`: ListHolds' filter, order (`HoldKey`), page tokens and the merge of shards' pages.
 //! - `outcome`: the outcomes of operations that span shards, and the merging of parts.
 //! - `event`: what every change emits.
 //! - `snapshot`: the engine's state in a form that can be stored, merged and split.
@@ -36,8 +40,10 @@ pub mod fulfilment;
 pub mod hold;
 pub mod limits;
 pub mod network;
+pub mod order;
 pub mod outcome;
 pub mod position;
+pub mod query;
 pub mod refs;
 pub mod request;
 pub mod snapshot;
@@ -58,8 +64,10 @@ pub use hold::{
     FulfilOp, HoldState, HoldView, LineView, PartRef, PartUpdate, PendingUpdate, UpdateTag,
 };
 pub use network::{ChannelNetwork, LocationConfig, LocationKind, NetworkSnap};
+pub use order::{OrderLineView, OrderState, OrderView};
 pub use outcome::{LineOutcome, ReserveOutcome, ReserveResult};
 pub use position::IqKind;
+pub use query::{HoldFilter, HoldKey, HoldPage, HoldScan, HoldTime, ListedHold};
 pub use request::{Adjustment, AdjustmentKind, OrderLine, ReserveLine, ReserveRequest, StockCount};
 pub use snapshot::{
     EngineSnapshot, HoldSnap, HoldSnapRef, PositionSnap, PositionSnapRef, Restorer,

@@ -46,6 +46,20 @@ pub const HOLD_RETENTION_MS_DEFAULT: Millis = MS_PER_DAY;
 /// as expired, so the grace never lets a hold outlive its deadline for a reader.
 pub const EXPIRY_GRACE_MS: Millis = 250;
 
+// ----- listings (ListHolds) -----
+
+/// Holds in a ListHolds page when the request does not say.
+pub const LIST_HOLDS_PAGE_SIZE_DEFAULT: usize = 100;
+/// Most holds in one ListHolds page (a larger page_size is served as this). Each shard
+/// answers up to a page, so a page costs at most shards × this many hold views; with
+/// `HOLD_LINES_MAX` lines of about 40 bytes each, the largest page stays near 2 MB, under
+/// a client's default 4 MiB message limit.
+pub const LIST_HOLDS_PAGE_SIZE_MAX: usize = 500;
+/// Most index entries one shard examines for one ListHolds page (plus the rest of the
+/// millisecond it stops in, which holds what one shard did in one millisecond): about
+/// 1 ms of the shard's time. A page that reaches it is short and carries a token.
+pub const LIST_HOLDS_SCAN_MAX: usize = 20_000;
+
 // ----- stock -----
 
 /// Largest counted quantity, and largest magnitude of one adjustment: far above any
@@ -126,4 +140,8 @@ const _: () = assert!(0 < REF_LEN_MAX && REF_LEN_MAX <= u8::MAX as usize);
 const _: () = assert!(0 < READ_KEYS_MAX && 0 < STOCK_BATCH_MAX);
 const _: () = assert!(NETWORK_LOCATIONS_MAX <= LOCATIONS_MAX && LOCATIONS_MAX <= STOCK_BATCH_MAX);
 const _: () = assert!(FULFIL_LINES_MAX <= HOLD_LINES_MAX && 0 < FULFIL_PLANS_MAX);
+const _: () = assert!(0 < LIST_HOLDS_PAGE_SIZE_DEFAULT);
+const _: () = assert!(LIST_HOLDS_PAGE_SIZE_DEFAULT <= LIST_HOLDS_PAGE_SIZE_MAX);
+// A page fits in the entries one scan may examine.
+const _: () = assert!(LIST_HOLDS_PAGE_SIZE_MAX <= LIST_HOLDS_SCAN_MAX);
 const _: () = assert!(1 < FULFIL_PLAN_LOCATIONS_MAX && 0 < FULFIL_SEARCH_STARTS_MAX);

@@ -47,6 +47,9 @@ pub struct ReserveResult {
 }
 
 /// The shards' reserve answers, merged.
+// Returned once per reserve and matched at once, never stored: boxing the accepted answer
+// would only add an allocation to every reserve.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum ReserveMerge {
     /// Every shard accepted and something is held: the answer as it is.

@@ -168,6 +168,7 @@ fn view(state: HoldState, lines: usize, primary: bool) -> HoldView {
         cancelled: false,
         open: 0,
         version: 1,
+        ended_at: None,
     }
 }
 

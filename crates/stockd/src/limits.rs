@@ -226,6 +226,16 @@ pub const DIRECTORY_PRUNE_GRACE_MS: i64 = 2_000;
 /// part (overloaded, stopped, a failed disk).
 pub const DIRECTORY_RETRY_MS: i64 = 1_000;
 
+// ---- ListHolds (`shard/router/holds_query.rs`) -----------------------------------------
+//
+// A page's size and each shard's scan are bounded in the domain (`LIST_HOLDS_PAGE_SIZE_MAX`,
+// `LIST_HOLDS_SCAN_MAX`). A listed hold with parts on several shards is read whole (as
+// GetHold reads it) before it is answered: at most a page of such reads per page.
+
+/// Most of a page's whole-hold reads in flight at once: each is one message per shard of
+/// the hold, so a page never fills a shard's mailbox with them.
+pub const LIST_HOLDS_WHOLE_READS_IN_FLIGHT: usize = 8;
+
 // ---- Event log (storage::events, grpc::events) -----------------------------------------
 
 /// Default `--events-retention-secs`: 7 days, so "yesterday's abandoned carts" and a week

@@ -100,7 +100,7 @@ pub fn describe() {
     describe_counter!(
         SHARD_MESSAGES,
         Unit::Count,
-        "Messages a shard's mailbox accepted (count) by kind: reserve, undo, hold, confirm, release, fulfil, fulfil_check, cancel, read, stock, config, expire."
+        "Messages a shard's mailbox accepted (count) by kind: reserve, undo, hold, confirm, release, fulfil, fulfil_check, cancel, list_holds, order, read, stock, config, expire."
     );
 }
 

@@ -60,7 +60,7 @@ impl Engine {
         for (i, q) in plan {
             self.ship_line(now, hold, i, q);
         }
-        if self.holds[&hold].lines.iter().all(|l| l.open == 0) {
+        if self.holds[&hold].closed() {
             self.schedule_forget(now, hold);
         }
         Ok(Some(shipped))
@@ -81,7 +81,7 @@ impl Engine {
                 .lines
                 .iter()
                 .enumerate()
-                .filter(|(_, line)| line.open > 0)
+                .filter(|(_, line)| part.reserved(line) > 0)
                 .map(|(i, line)| (i, line.open))
                 .collect());
         };
@@ -93,7 +93,7 @@ impl Engine {
                 self.interner.resolve(l.product) == req.product_ref
                     && self.interner.resolve(l.location) == req.location_ref
             });
-            let open = found.map_or(0, |i| part.lines[i].open);
+            let open = found.map_or(0, |i| part.reserved(&part.lines[i]));
             let already: i64 = plan
                 .iter()
                 .filter(|(i, _)| Some(*i) == found)
@@ -162,7 +162,8 @@ impl Engine {
     }
 
     /// Cancels what an order still has reserved here: the stock is sellable again.
-    /// Idempotent. `Ok(None)`: the order has no part here.
+    /// Idempotent. `Ok(None)`: the order has no part here. The part's lines keep their
+    /// `open` quantities, which the cancel returned to sale (GetOrder's `cancelled`).
     pub fn cancel_order(
         &mut self,
         now: Millis,
@@ -175,13 +176,12 @@ impl Engine {
         let part = self.holds[&hold].clone();
         let order = part.order.expect("an order part has its order");
         let mut cancelled = Vec::new();
-        for (i, line) in part.lines.iter().enumerate() {
-            if line.open <= 0 {
+        for line in &part.lines {
+            if part.reserved(line) <= 0 {
                 continue;
             }
             let taken = self.take_reserved(now, line, order);
             assert_eq!(taken, line.open, "RESERVED IQs match the open quantity");
-            self.holds.get_mut(&hold).expect("exists").lines[i].open = 0;
             cancelled.push(LineView {
                 product_ref: self.interner.resolve(line.product).to_string(),
                 location_ref: self.interner.resolve(line.location).to_string(),

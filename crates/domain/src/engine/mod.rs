@@ -16,6 +16,7 @@ mod config;
 mod confirm;
 mod expire;
 mod fulfil;
+mod listing;
 mod locations;
 mod parts;
 mod reads;

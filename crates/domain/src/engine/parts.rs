@@ -46,7 +46,7 @@ impl Engine {
         {
             self.orders.insert(order, hold);
             for line in &part.lines {
-                if line.open > 0 {
+                if part.reserved(line) > 0 {
                     let iq = self.new_iq(IqKind::Reserved, part.channel, order, -line.open, now);
                     self.positions
                         .entry((line.product, line.location))

@@ -197,6 +197,7 @@ impl Engine {
         let mut view = self.view(part);
         if view.state == HoldState::Active && part.expires_at <= now {
             view.state = HoldState::Expired;
+            view.ended_at = Some(part.expires_at);
         }
         Some(view)
     }
@@ -224,8 +225,9 @@ impl Engine {
             primary: part.primary,
             last_fulfil: part.last_fulfil.clone(),
             cancelled: part.cancelled,
-            open: part.lines.iter().map(|l| l.open).sum(),
+            open: part.lines.iter().map(|l| part.reserved(l)).sum(),
             version: part.version,
+            ended_at: part.ended_at(),
         }
     }
 
@@ -256,6 +258,9 @@ impl Engine {
     /// Checks the counters against the ledger and the hold records; used by tests and after
     /// recovery. Returns a description of the first inconsistency.
     pub fn check_consistency(&self) -> Result<(), String> {
+        if !self.holds.indexes_consistent() {
+            return Err("the hold listing indexes drifted from the hold table".into());
+        }
         for ((p, l), pos) in &self.positions {
             let (physical, on_hand, held) = pos.recount();
             let name = || {

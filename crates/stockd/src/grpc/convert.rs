@@ -90,6 +90,7 @@ pub fn reserve_request(r: pb::ReserveRequest) -> Result<domain::ReserveRequest, 
 }
 
 pub fn hold(view: HoldView) -> pb::Hold {
+    let order_state = super::holds_query::order_state(view.order_state()) as i32;
     pb::Hold {
         hold_ref: view.hold_ref,
         channel_ref: view.channel_ref,
@@ -111,6 +112,8 @@ pub fn hold(view: HoldView) -> pb::Hold {
         created_at: Some(timestamp(view.created_at)),
         expires_at: Some(timestamp(view.expires_at)),
         order_ref: view.order_ref.unwrap_or_default(),
+        ended_at: view.ended_at.map(timestamp),
+        order_state,
     }
 }
 

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::access::{check_channel, is_channel_scoped};
 use super::convert;
+use super::holds_query;
 use super::observe::{self, observe, observe_in};
 use super::status::to_status;
 use crate::clock::now_millis;
@@ -228,6 +229,29 @@ impl InventoryService for InventoryApi {
             Ok(pb::GetHoldResponse {
                 hold: Some(convert::hold(hold)),
             })
+        })
+        .await
+    }
+
+    async fn list_holds(
+        &self,
+        request: Request<pb::ListHoldsRequest>,
+    ) -> Result<Response<pb::ListHoldsResponse>, Status> {
+        holds_query::check_list_channel(&request)?;
+        let r = request.into_inner();
+        let span = observe::span(SERVICE, "ListHolds", &r.channel_ref, "");
+        observe_in(span, SERVICE, "ListHolds", async move {
+            holds_query::list_holds(&self.router, r).await
+        })
+        .await
+    }
+
+    async fn get_order(
+        &self,
+        request: Request<pb::GetOrderRequest>,
+    ) -> Result<Response<pb::GetOrderResponse>, Status> {
+        observe(SERVICE, "GetOrder", "", "", async {
+            holds_query::get_order(&self.router, &request).await
         })
         .await
     }

@@ -1,6 +1,7 @@
 //! The gRPC transport: the only module that knows tonic and the protobuf types.
 //!
 //! - `inventory`, `admin`: the two services, thin handlers over the router.
+//! - `holds_query`: ListHolds and GetOrder (holds and orders as queryable things).
 //! - `events`: `EventService` (WatchEvents, ListEvents) over the event log.
 //! - `convert`: protobuf ↔ domain, naming the field of every bad input.
 //! - `status`: errors → `tonic::Status`, one exhaustive mapping.
@@ -19,6 +20,7 @@ pub mod admin;
 pub mod convert;
 pub mod decode;
 pub mod events;
+pub mod holds_query;
 pub mod identity;
 pub mod inventory;
 pub mod listen;

@@ -339,6 +339,12 @@ impl ShardActor {
                     .map_err(ShardError::Domain);
                 defer(replies, respond, result);
             }
+            Msg::ListHolds { now, scan, respond } => {
+                defer(replies, respond, Ok(self.engine.list_holds(now, &scan)))
+            }
+            Msg::Order { order_ref, respond } => {
+                defer(replies, respond, Ok(self.engine.order(&order_ref)));
+            }
             Msg::Channels { respond } => {
                 let channels = self.engine.channels().cloned().collect();
                 defer(replies, respond, Ok(channels));

@@ -13,8 +13,8 @@
 use tokio::sync::{mpsc, oneshot};
 
 use stockd_domain::{
-    ChannelConfig, Command, Error, HoldView, LineView, Millis, NetworkSnap, OrderLine, Outcome,
-    PositionView,
+    ChannelConfig, Command, Error, HoldPage, HoldScan, HoldView, LineView, Millis, NetworkSnap,
+    OrderLine, OrderView, Outcome, PositionView,
 };
 
 /// Why a shard could not answer.
@@ -73,6 +73,17 @@ pub(crate) enum Msg {
         lines: Option<Vec<OrderLine>>,
         respond: Respond<Option<Vec<LineView>>>,
     },
+    /// One shard's page of a ListHolds.
+    ListHolds {
+        now: Millis,
+        scan: HoldScan,
+        respond: Respond<HoldPage>,
+    },
+    /// The shard's part of an order.
+    Order {
+        order_ref: String,
+        respond: Respond<Option<OrderView>>,
+    },
     Channels {
         respond: Respond<Vec<ChannelConfig>>,
     },
@@ -88,6 +99,8 @@ impl Msg {
             Msg::Availability { .. } | Msg::Position { .. } => "read",
             Msg::Hold { .. } => "hold",
             Msg::FulfilCheck { .. } => "fulfil_check",
+            Msg::ListHolds { .. } => "list_holds",
+            Msg::Order { .. } => "order",
             Msg::Channels { .. } | Msg::Network { .. } => "config",
         }
     }
@@ -259,6 +272,17 @@ impl ShardHandle {
             respond,
         })
         .await
+    }
+
+    /// This shard's page of a ListHolds.
+    pub async fn list_holds(&self, now: Millis, scan: HoldScan) -> Result<HoldPage, ShardError> {
+        self.call(|respond| Msg::ListHolds { now, scan, respond })
+            .await
+    }
+
+    /// This shard's part of an order (`None`: no part here).
+    pub async fn order(&self, order_ref: String) -> Result<Option<OrderView>, ShardError> {
+        self.call(|respond| Msg::Order { order_ref, respond }).await
     }
 
     pub async fn channels(&self) -> Result<Vec<ChannelConfig>, ShardError> {

@@ -32,7 +32,9 @@
 
 use std::sync::Weak;
 
+mod holds_query;
 mod network;
+pub use holds_query::HoldListing;
 pub use network::NetworkView;
 
 use futures::future::join_all;
