@@ -53,7 +53,7 @@ pub use engine::{
     ReserveKind, ReservePart, ReserveUndo, Settings,
 };
 pub use error::Error;
-pub use event::{Event, EventKind};
+pub use event::{Event, EventKind, IqChange};
 pub use hold::{
     FulfilOp, HoldState, HoldView, LineView, PartRef, PartUpdate, PendingUpdate, UpdateTag,
 };

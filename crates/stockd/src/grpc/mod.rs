@@ -1,7 +1,8 @@
 //! The gRPC transport: the only module that knows tonic and the protobuf types.
 //!
 //! - `inventory`, `admin`: the two services, thin handlers over the router.
-//! - `events`: `EventService` (WatchEvents, ListEvents) over the event log.
+//! - `events`: `EventService` (WatchEvents, ListEvents) over the event log; `history`
+//!   (GetPositionHistory) and `reports` (GetChannelReport), its other two methods.
 //! - `convert`: protobuf ↔ domain, naming the field of every bad input.
 //! - `status`: errors → `tonic::Status`, one exhaustive mapping.
 //! - `observe`: the span and latency histogram around every RPC.
@@ -19,6 +20,7 @@ pub mod admin;
 pub mod convert;
 pub mod decode;
 pub mod events;
+pub mod history;
 pub mod identity;
 pub mod inventory;
 pub mod listen;
@@ -26,6 +28,7 @@ pub mod observe;
 pub mod overload;
 pub mod policy;
 pub mod reload;
+pub mod reports;
 pub mod serve;
 pub mod status;
 pub mod tls;

@@ -181,7 +181,14 @@ impl Opened {
             failed: AtomicBool::new(false),
             index: Mutex::default(),
             watch_buffer: self.config.watch_buffer.max(1),
+            reports: super::report::Reports::new(self.config.retention_secs),
         });
+        // The events stored before now go into the report beside the writer's new ones.
+        let rebuilt = shared.clone();
+        std::thread::Builder::new()
+            .name("stockd-report".into())
+            .spawn(move || super::report::rebuild(rebuilt, published))
+            .expect("spawn the report rebuild thread");
         let (tx, rx) = mpsc::channel(EVENTS_INBOX_CAPACITY);
         let writer = Writer {
             log,

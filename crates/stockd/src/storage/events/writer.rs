@@ -221,12 +221,15 @@ impl Writer {
         self.shared
             .published
             .store(stats.durable_lsn, Ordering::Release);
+        let mut report = self.shared.reports.report.write().expect("report lock");
         for (lsns, events) in group.appended.drain(..) {
             for (seq, record) in lsns.zip(events) {
                 note(&mut self.last, &record);
+                report.add(&record);
                 let _ = self.shared.live.send(Arc::new(Stored { seq, record }));
             }
         }
+        drop(report);
         for (generation, shard, lsn) in group.covered.drain(..) {
             if generation == self.generation
                 && let Some(c) = self.shared.covered.get(shard as usize)
