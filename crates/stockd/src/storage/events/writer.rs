@@ -216,20 +216,25 @@ impl Writer {
             self.retention();
             self.last_retention = Instant::now();
         }
+        // Into the channel reports before it is published: a report asked after an event
+        // was read counts that event.
+        {
+            let mut report = self.shared.reports.report.write().expect("report lock");
+            for record in group.appended.iter().flat_map(|(_, events)| events) {
+                report.add(record);
+            }
+        }
         // Published before it is sent: a reader that subscribes, then reads `published`,
         // misses nothing (it may see an event twice and skips it by sequence).
         self.shared
             .published
             .store(stats.durable_lsn, Ordering::Release);
-        let mut report = self.shared.reports.report.write().expect("report lock");
         for (lsns, events) in group.appended.drain(..) {
             for (seq, record) in lsns.zip(events) {
                 note(&mut self.last, &record);
-                report.add(&record);
                 let _ = self.shared.live.send(Arc::new(Stored { seq, record }));
             }
         }
-        drop(report);
         for (generation, shard, lsn) in group.covered.drain(..) {
             if generation == self.generation
                 && let Some(c) = self.shared.covered.get(shard as usize)
