@@ -285,9 +285,9 @@ fn figures_of(events: &[pb::Event], channel: &str) -> pb::ChannelFigures {
             _ => {}
         }
     }
-    if f.holds_created > 0 {
-        f.conversion_bps = (f.holds_confirmed * 10_000 / f.holds_created) as u32;
-    }
+    f.conversion_bps = (f.holds_confirmed * 10_000)
+        .checked_div(f.holds_created)
+        .unwrap_or(0) as u32;
     confirm_ms.sort();
     let pct = |p: usize| {
         let rank = (p * confirm_ms.len()).div_ceil(100).max(1);
@@ -369,7 +369,7 @@ async fn a_channel_report_equals_what_the_event_stream_says() {
     };
     let got = report(&mut ev, whole.clone()).await;
     let want = figures_of(&events, WEB);
-    assert_eq!(got.figures, Some(want.clone()));
+    assert_eq!(got.figures, Some(want));
     assert!(want.holds_created == 4 && want.holds_updated == 1 && want.stockout_rejections == 3);
     assert!(got.products_complete);
     let ranked: Vec<(&str, i64)> = got
