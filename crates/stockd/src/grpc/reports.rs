@@ -117,3 +117,20 @@ fn figures(s: &Stats) -> pb::ChannelFigures {
         units_available: s.units_available,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_policy_knows_the_report_and_history_methods() {
+        let text = br#"
+[[identities]]
+name = "analyst"
+methods = ["inventory.v1.EventService/GetChannelReport", "inventory.v1.EventService/GetPositionHistory"]
+channels = ["WEB"]
+"#;
+        let policy = crate::grpc::policy::Policy::parse(text).expect("a valid policy");
+        let (_, grant) = policy.grant(&["analyst"]).expect("the analyst");
+        assert!(grant.allows("inventory.v1.EventService", "GetChannelReport"));
+        assert!(grant.allows("inventory.v1.EventService", "GetPositionHistory"));
+    }
+}
