@@ -4,7 +4,7 @@
 //!   Confirm / Fulfil made ACTIVE or INACTIVE, in order, each with the event that caused
 //!   it, across small pages; what stays ACTIVE is the position's ledger;
 //! - GetChannelReport's figures equal those this test computes from the same run's
-//!   events (ListEvents);
+//!   events (ListEvents), and again after a restart rebuilt them from the log;
 //! - bad input is INVALID_ARGUMENT naming the field.
 
 mod common;
@@ -19,7 +19,7 @@ use common::calls::{
 use common::client::{self, wait_serving};
 use common::fixtures::{LOC, WEB};
 use common::requests::{channel, now_millis, reserve_request, ts};
-use common::server::{READY_TIMEOUT, Spawned, spawn_in_process, tempdir};
+use common::server::{InProcessServer, READY_TIMEOUT, Spawned, spawn_in_process, tempdir};
 use stockd::config::ServerConfig;
 use stockd::proto::inventory::v1 as pb;
 use stockd::proto::inventory::v1::event_service_client::EventServiceClient;
@@ -324,7 +324,7 @@ async fn report(ev: &mut Ev, request: pb::GetChannelReportRequest) -> pb::GetCha
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_report_equals_what_the_event_stream_says() {
-    let (server, _dir) = start(2).await;
+    let server = InProcessServer::start(2).await;
     let (mut admin, mut inv) = (client::admin(server.grpc), client::inventory(server.grpc));
     let mut ev = EventServiceClient::new(client::channel(server.grpc));
     upsert_channel(&mut admin, channel(WEB)).await;
@@ -409,12 +409,21 @@ async fn a_channel_report_equals_what_the_event_stream_says() {
         &mut ev,
         pb::GetChannelReportRequest {
             channel_ref: "SOCIAL".into(),
-            ..whole
+            ..whole.clone()
         },
     )
     .await;
     assert_eq!(social.figures, Some(figures_of(&events, "SOCIAL")));
-    let _ = server.stop.send(());
+
+    // After a restart (and a shard-count change) the buckets are rebuilt from the log.
+    let server = server.restart(1).await;
+    let mut ev = EventServiceClient::new(client::channel(server.grpc));
+    let again = report(&mut ev, whole).await;
+    assert_eq!(
+        (again.figures, again.top_rejected),
+        (got.figures, got.top_rejected)
+    );
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
