@@ -285,6 +285,11 @@ pub const EVENTS_LIST_PAGE_MAX: usize = 1_000;
 /// its `next_sequence` says where to go on.
 pub const EVENTS_SCAN_MAX: usize = 100_000;
 
+/// Most IQ changes one event stores (~45 bytes each: a count superseding thousands of
+/// adjustments would otherwise make one huge record); beyond, the event says how many it
+/// omitted. An event whose record would still pass the log's record bound stores none.
+pub const EVENTS_IQS_PER_EVENT_MAX: usize = 1_000;
+
 // ---- Channel reports (storage::events::report, grpc::reports) --------------------------
 
 /// A channel's figures are kept per minute: the finest `from_time`/`to_time` of a report.

@@ -355,6 +355,7 @@ fn to_proto(event: &Stored) -> pb::Event {
         ats: r.ats,
         primary: r.primary,
         hold_created_time: r.hold_created_at.map(timestamp),
+        quantity_changes_omitted: r.iqs_omitted,
         quantity_changes: r
             .iqs
             .iter()

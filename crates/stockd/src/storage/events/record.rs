@@ -11,6 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits::EVENTS_IQS_PER_EVENT_MAX;
 use stockd_domain::{Command, Engine, Event, EventKind, IqChange, IqKind, Millis};
 
 /// Version of the event payload. Bump it with any change to `EventRecord`, and keep
@@ -96,8 +97,11 @@ pub struct EventRecord {
     pub origin: Origin,
     /// HOLD_CONFIRMED: when the hold was first reserved (its time to confirmation).
     pub hold_created_at: Option<Millis>,
-    /// The IQs this change turned ACTIVE or INACTIVE, at any position.
+    /// The IQs this change turned ACTIVE or INACTIVE, at any position (at most
+    /// `EVENTS_IQS_PER_EVENT_MAX`, and none if they would make the record too large).
     pub iqs: Vec<IqRecord>,
+    /// How many IQ changes of this event are not in `iqs` (a count that superseded more).
+    pub iqs_omitted: u32,
 }
 
 /// Whose an IQ is, relative to its event (most name the event's hold or order: stored
@@ -204,6 +208,7 @@ impl From<EventRecordV1> for EventRecord {
             origin: v.origin,
             hold_created_at: None,
             iqs: Vec::new(),
+            iqs_omitted: 0,
         }
     }
 }
@@ -215,6 +220,18 @@ impl EventRecord {
 
     pub fn encode(&self) -> Vec<u8> {
         postcard::to_extend(self, vec![EVENT_FORMAT_VERSION]).expect("in-memory encoding")
+    }
+
+    /// Encodes the record within `max` bytes: one too large (its IQ changes) is stored
+    /// without them, counted in `iqs_omitted`, rather than refused by the log.
+    pub fn encode_within(&mut self, max: usize) -> Vec<u8> {
+        let bytes = self.encode();
+        if bytes.len() <= max || self.iqs.is_empty() {
+            return bytes;
+        }
+        self.iqs_omitted = self.iqs_omitted.saturating_add(self.iqs.len() as u32);
+        self.iqs = Vec::new();
+        self.encode()
     }
 
     pub fn decode(bytes: &[u8]) -> Result<EventRecord, String> {
@@ -262,6 +279,10 @@ pub fn resolve(
         .collect();
     for change in engine.pending_iq_changes() {
         if let Some(i) = cause(events, change) {
+            if records[i].iqs.len() >= EVENTS_IQS_PER_EVENT_MAX {
+                records[i].iqs_omitted += 1;
+                continue;
+            }
             let iq = iq_record(engine, change, &records[i]);
             records[i].iqs.push(iq);
         }
@@ -312,6 +333,7 @@ fn resolve_one(
         origin: Origin { index, ..origin },
         hold_created_at,
         iqs: Vec::new(),
+        iqs_omitted: 0,
     }
 }
 
@@ -422,6 +444,18 @@ mod tests {
                 .unwrap_err()
                 .contains("version 9")
         );
+    }
+
+    #[test]
+    fn a_record_too_large_keeps_its_event_without_its_iqs() {
+        let mut record = EventRecord {
+            iqs: vec![IqRecord::default(); 100],
+            ..EventRecord::default()
+        };
+        let small = record.encode_within(64);
+        let read = EventRecord::decode(&small).unwrap();
+        assert!(small.len() <= 64 && read.iqs.is_empty());
+        assert_eq!(read.iqs_omitted, 100);
     }
 
     #[test]

@@ -140,8 +140,9 @@ impl Writer {
         if self.shared.failed() {
             return;
         }
-        let payloads: Vec<Vec<u8>> = h.events.iter().map(EventRecord::encode).collect();
         let mut events = h.events;
+        let max = self.log.config().record_bytes_max();
+        let payloads: Vec<Vec<u8>> = events.iter_mut().map(|e| e.encode_within(max)).collect();
         let mut start = 0;
         while start < payloads.len() {
             let fit = self.fitting(&payloads[start..]);
