@@ -1,4 +1,6 @@
-//! Events: one record for every state change, for analysts, metrics and the log.
+//! Events: one record for every state change, for analysts, metrics and the log; and
+//! `IqChange`, the journal of IQs a change turned ACTIVE or INACTIVE (a position's history,
+//! which the position itself does not keep), drained with the events.
 //!
 //! Events carry symbols, not strings, so emitting one allocates nothing on the hot
 //! path; `Engine::describe` resolves them. The sequence number is per engine and never

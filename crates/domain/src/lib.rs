@@ -19,7 +19,7 @@
 //!   release), `fulfil` (and cancel), `expire` (timers and refs' lifetime), `parts`
 //!   (hold parts in and out of the ledger), `locations` (locations and networks).
 //! - `outcome`: the outcomes of operations that span shards, and the merging of parts.
-//! - `event`: what every change emits.
+//! - `event`: what every change emits, and the IQs it turned ACTIVE or INACTIVE (`IqChange`).
 //! - `snapshot`: the engine's state in a form that can be stored, merged and split.
 //! - `checkpoint`: incremental checkpoints, the entries changed since the last one
 //!   (`CheckpointDelta`), and the snapshot rebuilt from a store's entries.
