@@ -1,10 +1,13 @@
-//! Events: one record for every state change, for analysts, metrics and the log.
+//! Events: one record for every state change, for analysts, metrics and the log; and
+//! `IqChange`, the journal of IQs a change turned ACTIVE or INACTIVE (a position's history,
+//! which the position itself does not keep), drained with the events.
 //!
 //! Events carry symbols, not strings, so emitting one allocates nothing on the hot
 //! path; `Engine::describe` resolves them. The sequence number is per engine and never
 //! goes backwards; the service pairs it with the shard id for a global order.
 
 use super::Millis;
+use super::position::{Iq, IqKind, NO_SYM};
 use super::refs::Sym;
 
 /// What happened.
@@ -82,4 +85,61 @@ impl Event {
             primary: true,
         }
     }
+}
+
+/// One Inventory Quantity that became ACTIVE or INACTIVE: the ledger's history, which the
+/// position itself forgets (only ACTIVE IQs stay in memory). A change carries no event of
+/// its own: the service pairs it with the event of the same change that caused it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IqChange {
+    pub product: Sym,
+    pub location: Sym,
+    /// The IQ's id: its ref is `{product}:{location}:{id}`, as in `IqView`.
+    pub id: u64,
+    pub kind: IqKind,
+    /// ACTIVE (added) or INACTIVE (taken out of the ledger).
+    pub active: bool,
+    pub quantity: i64,
+    pub channel: Option<Sym>,
+    /// The hold, order or adjustment it belongs to.
+    pub owner: Option<Sym>,
+    pub occurred_at: Millis,
+    /// SOFT_RESERVE: when it expires.
+    pub expires_at: Option<Millis>,
+    /// The engine's next event sequence when it changed: the events numbered below it
+    /// were emitted before it.
+    pub after_seq: u64,
+}
+
+impl IqChange {
+    pub(crate) fn of(key: (Sym, Sym), iq: &Iq, active: bool, after_seq: u64) -> IqChange {
+        let sym = |s: Sym| (s != NO_SYM).then_some(s);
+        IqChange {
+            product: key.0,
+            location: key.1,
+            id: iq.id,
+            kind: iq.kind,
+            active,
+            quantity: iq.quantity,
+            channel: sym(iq.channel),
+            owner: sym(iq.owner),
+            occurred_at: iq.occurred_at,
+            expires_at: (iq.kind == IqKind::SoftReserve).then_some(iq.expires_at),
+            after_seq,
+        }
+    }
+}
+
+/// Notes `iqs` at `key` turning ACTIVE or INACTIVE into `log` (the engine's journal).
+pub(crate) fn note_iqs(
+    log: &mut Vec<IqChange>,
+    after_seq: u64,
+    key: (Sym, Sym),
+    iqs: &[Iq],
+    active: bool,
+) {
+    log.extend(
+        iqs.iter()
+            .map(|iq| IqChange::of(key, iq, active, after_seq)),
+    );
 }

@@ -23,7 +23,7 @@
 //!   and cancelled per line, derived from the confirmed hold parts.
 //! - `query`: ListHolds' filter, order (`HoldKey`), page tokens and the merge of shards' pages.
 //! - `outcome`: the outcomes of operations that span shards, and the merging of parts.
-//! - `event`: what every change emits.
+//! - `event`: what every change emits, and the IQs it turned ACTIVE or INACTIVE (`IqChange`).
 //! - `snapshot`: the engine's state in a form that can be stored, merged and split.
 //! - `checkpoint`: incremental checkpoints, the entries changed since the last one
 //!   (`CheckpointDelta`), and the snapshot rebuilt from a store's entries.
@@ -59,7 +59,7 @@ pub use engine::{
     ReserveKind, ReservePart, ReserveUndo, Settings,
 };
 pub use error::Error;
-pub use event::{Event, EventKind};
+pub use event::{Event, EventKind, IqChange};
 pub use hold::{
     FulfilOp, HoldState, HoldView, LineView, PartRef, PartUpdate, PendingUpdate, UpdateTag,
 };

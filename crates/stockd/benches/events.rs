@@ -1,6 +1,12 @@
 //! Event log figures (issue #14): Reserve throughput with one live watcher against none,
 //! the rate WatchEvents delivers to one consumer (replaying the retained log, then live),
-//! and the event log's bytes per event.
+//! the event log's bytes per event, and a 24-hour channel report over
+//! `REPORT_BENCH_EVENTS` events (default 10,000,000; 0 skips it).
+//!
+//! The report part feeds the report's buckets (`storage::events::report::Report`) directly
+//! with synthetic events spread over 24 hours (4 channels, 1,000 products): filling them
+//! through the server would take hours at the service's Reserve rate. It then times
+//! `Report::query` for the whole day, for one product, and the time the adds took.
 //!
 //! `cargo bench -p stockd --bench events`. An in-process server on 127.0.0.1 (a temporary
 //! data folder on the real disk, `--durability sync`), `EVENTS_BENCH_CALLERS` concurrent
@@ -20,7 +26,9 @@ use stockd::proto::inventory::v1 as pb;
 use stockd::proto::inventory::v1::admin_service_client::AdminServiceClient;
 use stockd::proto::inventory::v1::event_service_client::EventServiceClient;
 use stockd::proto::inventory::v1::inventory_service_client::InventoryServiceClient;
-use stockd::storage::events::{EventRecord, Origin, record::kind_code};
+use stockd::storage::events::record::{IqRecord, Owner, kind_code};
+use stockd::storage::events::report::{Query, Report};
+use stockd::storage::events::{EventRecord, Origin};
 use stockd::storage::log::frame::frame_len;
 use stockd_domain::EventKind;
 use tonic::transport::{Channel, Endpoint};
@@ -137,8 +145,32 @@ async fn replay_rate(ch: Channel) -> (u64, f64) {
     (n, n as f64 / started.elapsed().as_secs_f64())
 }
 
-/// The frame size of a typical HOLD_CREATED and STOCK_COUNTED record.
+/// The frame size of a typical HOLD_CREATED (one line: its SOFT_RESERVE) and STOCK_COUNTED
+/// (the previous count INACTIVE, the new one ACTIVE) record.
 fn bytes_per_event() -> (usize, usize) {
+    let soft = IqRecord {
+        product: Some("SKU-0001234".into()),
+        location: Some("DC1".into()),
+        id: 2_345_678,
+        kind: 5,
+        active: true,
+        quantity: -2,
+        channel: None,
+        owner: Owner::Hold,
+        occurred_at: 1_764_600_000_000,
+        expires_at: Some(1_764_600_900_000),
+    };
+    let counted = |active: bool| IqRecord {
+        product: None,
+        location: None,
+        kind: 0,
+        active,
+        quantity: 100,
+        channel: None,
+        owner: Owner::None,
+        expires_at: None,
+        ..soft.clone()
+    };
     let hold = EventRecord {
         at: 1_764_600_000_000,
         kind: kind_code(EventKind::HoldCreated),
@@ -152,6 +184,7 @@ fn bytes_per_event() -> (usize, usize) {
             lsn: 1_234_567,
             index: 0,
         },
+        iqs: vec![soft.clone()],
         ..EventRecord::default()
     };
     let count = EventRecord {
@@ -163,6 +196,7 @@ fn bytes_per_event() -> (usize, usize) {
         quantity: 100,
         available: 95,
         on_hand: Some(95),
+        iqs: vec![counted(false), counted(true)],
         ..hold.clone()
     };
     (
@@ -171,7 +205,123 @@ fn bytes_per_event() -> (usize, usize) {
     )
 }
 
+/// Synthetic events of one channel and product: created, confirmed (a minute after), expired,
+/// released, fulfilled, rejected.
+fn templates(channel: &str, product: &str) -> Vec<EventRecord> {
+    let iq = |kind: u8, active: bool, q: i64| IqRecord {
+        product: Some(product.into()),
+        location: Some("DC1".into()),
+        kind,
+        active,
+        quantity: q,
+        owner: Owner::Hold,
+        ..IqRecord::default()
+    };
+    let base = EventRecord {
+        channel: Some(channel.into()),
+        hold: Some("cart-abc123-20240315".into()),
+        quantity: 1,
+        primary: true,
+        ..EventRecord::default()
+    };
+    let of = |kind: EventKind, iqs: Vec<IqRecord>| EventRecord {
+        kind: kind_code(kind),
+        iqs,
+        ..base.clone()
+    };
+    let at_product = |kind: EventKind| EventRecord {
+        product: Some(product.into()),
+        location: Some("DC1".into()),
+        available: 0,
+        ..of(kind, Vec::new())
+    };
+    vec![
+        of(EventKind::HoldCreated, vec![iq(5, true, -1)]),
+        of(EventKind::HoldCreated, vec![iq(5, true, -1)]),
+        of(
+            EventKind::HoldConfirmed,
+            vec![iq(5, false, -1), iq(6, true, -1)],
+        ),
+        of(EventKind::HoldExpired, vec![iq(5, false, -1)]),
+        of(EventKind::HoldReleased, vec![iq(5, false, -1)]),
+        at_product(EventKind::OrderFulfilled),
+        at_product(EventKind::ReserveRejected),
+    ]
+}
+
+/// Fills a report with `n` events over 24 hours, then times day and product reports.
+fn report_bench(n: u64) {
+    let channels = ["WEB", "SOCIAL", "MARKETPLACE", "STORE"];
+    let all: Vec<EventRecord> = channels
+        .iter()
+        .flat_map(|c| (0..PRODUCTS).flat_map(move |p| templates(c, &format!("SKU-{p}"))))
+        .collect();
+    let day_ms: i64 = 86_400_000;
+    let start = 1_764_547_200_000; // a midnight
+    let mut report = Report::new(7 * 24 * 3600);
+    let fill = Instant::now();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for i in 0..n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let mut r = all[(x % all.len() as u64) as usize].clone();
+        r.at = start + (i as i64 * day_ms) / n as i64;
+        r.hold_created_at = Some(r.at - (x % 600_000) as i64);
+        report.add(&r);
+    }
+    let filled = fill.elapsed();
+    let q = Query {
+        channel: "WEB".into(),
+        from: start,
+        to: start + day_ms,
+        top: 10,
+        ..Query::default()
+    };
+    let time = |q: &Query| {
+        let mut runs: Vec<Duration> = (0..20)
+            .map(|_| {
+                let t = Instant::now();
+                std::hint::black_box(report.query(q));
+                t.elapsed()
+            })
+            .collect();
+        runs.sort();
+        (runs[runs.len() / 2], runs[runs.len() - 1])
+    };
+    let (day_p50, day_max) = time(&q);
+    let product = Query {
+        product: Some("SKU-7".into()),
+        ..q.clone()
+    };
+    let (product_p50, product_max) = time(&product);
+    let answer = report.query(&q);
+    println!("report bench: {n} synthetic events over 24 h, 4 channels, {PRODUCTS} products");
+    println!(
+        "  adding them took {filled:.2?} ({:.0} events/s)",
+        n as f64 / filled.as_secs_f64()
+    );
+    println!("  24-hour report of one channel: median {day_p50:.2?}, slowest of 20 {day_max:.2?}");
+    println!(
+        "  24-hour report of one product: median {product_p50:.2?}, slowest of 20 {product_max:.2?}"
+    );
+    println!(
+        "  (its figures: {} holds created, {} rejections, top product {:?}, complete {})",
+        answer.figures.holds_created,
+        answer.figures.rejections,
+        answer.top.first().map(|r| &r.product),
+        answer.complete
+    );
+}
+
 fn main() {
+    let report_events = env("REPORT_BENCH_EVENTS", 10_000_000);
+    if report_events > 0 {
+        report_bench(report_events);
+    }
+    if env("EVENTS_BENCH_SERVER", 1) == 0 {
+        return;
+    }
     let secs = env("EVENTS_BENCH_SECS", 5);
     let callers = env("EVENTS_BENCH_CALLERS", 32);
     let rounds = env("EVENTS_BENCH_ROUNDS", 2);

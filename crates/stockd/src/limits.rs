@@ -295,6 +295,41 @@ pub const EVENTS_LIST_PAGE_MAX: usize = 1_000;
 /// its `next_sequence` says where to go on.
 pub const EVENTS_SCAN_MAX: usize = 100_000;
 
+/// Most IQ changes one event stores (~45 bytes each: a count superseding thousands of
+/// adjustments would otherwise make one huge record); beyond, the event says how many it
+/// omitted. An event whose record would still pass the log's record bound stores none.
+pub const EVENTS_IQS_PER_EVENT_MAX: usize = 1_000;
+
+// ---- Channel reports (storage::events::report, grpc::reports) --------------------------
+
+/// A channel's figures are kept per minute: the finest `from_time`/`to_time` of a report.
+pub const REPORT_BUCKET_MS: i64 = 60_000;
+
+/// Product and location rows are kept per hour: a product's figures (and the ranking of
+/// rejected demand) are to the hour. Finer would cost a row per product per minute.
+pub const REPORT_ROW_BUCKET_MS: i64 = 3_600_000;
+
+/// Most minute buckets kept (31 days), whatever `--events-retention-secs` says: each holds
+/// a ~180-byte row per channel.
+pub const REPORT_MINUTES_MAX: usize = 31 * 24 * 60;
+
+/// Most (channel, product, location) hour rows kept in all, ~250 bytes each (~60 MiB at
+/// most). Beyond it an hour's new rows fold into one "other" row (the report says its
+/// products are not complete); the channel's own figures stay whole.
+pub const REPORT_ROWS_MAX: usize = 250_000;
+
+/// Most distinct refs (channels, products, locations) the report interns (~80 bytes each);
+/// beyond it new refs fold into "other", as above. Kept until restart.
+pub const REPORT_REFS_MAX: usize = 500_000;
+
+/// Default and largest `top_products` of GetChannelReport.
+pub const REPORT_TOP_PRODUCTS_DEFAULT: usize = 10;
+pub const REPORT_TOP_PRODUCTS_MAX: usize = 100;
+
+/// Events the start-up rebuild of the report reads from the log per step (it holds the
+/// report's lock for one step at a time).
+pub const REPORT_REBUILD_PAGE: usize = 10_000;
+
 // ---- Relations, checked at compile time -------------------------------------------------
 
 // A prune wake visits at least one stripe, and a full pass visits each.
@@ -323,6 +358,15 @@ const _: () = assert!(EVENTS_GROUP_BYTES_MAX as u64 <= EVENTS_SEGMENT_BYTES / 4)
 const _: () =
     assert!(EVENTS_LIST_PAGE_MAX <= EVENTS_SCAN_MAX && EVENTS_REPLAY_PAGE <= EVENTS_SCAN_MAX);
 const _: () = assert!(EVENTS_RETENTION_BYTES_DEFAULT >= 2 * EVENTS_SEGMENT_BYTES);
+// Hour rows are whole minutes; the default retention fits the buckets kept.
+const _: () = assert!(REPORT_ROW_BUCKET_MS % REPORT_BUCKET_MS == 0);
+const _: () = assert!(
+    EVENTS_RETENTION_SECS_DEFAULT as i64 * 1000 <= REPORT_MINUTES_MAX as i64 * REPORT_BUCKET_MS
+);
+const _: () = assert!(
+    REPORT_TOP_PRODUCTS_DEFAULT <= REPORT_TOP_PRODUCTS_MAX
+        && REPORT_REBUILD_PAGE <= EVENTS_SCAN_MAX
+);
 // A hold expires within the second domain.md promises.
 const _: () = assert!(EXPIRY_GRACE_MS > 0 && EXPIRY_GRACE_MS < 1_000);
 // The largest valid request fits: a stock batch of three refs per item (plus the item's

@@ -8,7 +8,7 @@
 use super::Engine;
 use crate::Millis;
 use crate::error::Error;
-use crate::event::{Event, EventKind};
+use crate::event::{Event, EventKind, note_iqs};
 use crate::hold::HoldState;
 use crate::position::IqKind;
 use crate::refs::{HOLD_NS, ORDER_NS, Sym, check_ref};
@@ -118,6 +118,15 @@ impl Engine {
                 .expect("a held line has a position");
             let taken = pos.take_where(|iq| iq.kind == IqKind::SoftReserve && iq.owner == hold);
             assert_eq!(taken.len(), 1, "a hold line has exactly one SOFT_RESERVE");
+            let seq = self.next_event_seq;
+            note_iqs(&mut self.iq_changes, seq, key, &taken, false);
+            note_iqs(
+                &mut self.iq_changes,
+                seq,
+                key,
+                std::slice::from_ref(&reserved),
+                true,
+            );
             pos.push(reserved);
             line.open = line.quantity;
         }

@@ -25,6 +25,7 @@ impl Engine {
     /// Takes the events emitted since the last call.
     pub fn drain_events(&mut self) -> std::vec::Drain<'_, Event> {
         self.release_scheduled();
+        self.iq_changes.clear();
         self.events.drain(..)
     }
 

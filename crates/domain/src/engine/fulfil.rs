@@ -7,7 +7,7 @@
 use super::Engine;
 use crate::Millis;
 use crate::error::Error;
-use crate::event::{Event, EventKind};
+use crate::event::{Event, EventKind, note_iqs};
 use crate::hold::{FulfilOp, LineView};
 use crate::position::IqKind;
 use crate::refs::{ORDER_NS, Sym, check_ref};
@@ -131,6 +131,15 @@ impl Engine {
             sale.occurred_at = now;
             let rest =
                 (left > 0).then(|| engine.new_iq(IqKind::Reserved, channel, order, -left, now));
+            let seq = engine.next_event_seq;
+            note_iqs(
+                &mut engine.iq_changes,
+                seq,
+                key,
+                std::slice::from_ref(&sale),
+                true,
+            );
+            note_iqs(&mut engine.iq_changes, seq, key, rest.as_slice(), true);
             let pos = engine
                 .positions
                 .get_mut(&key)

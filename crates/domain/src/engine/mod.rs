@@ -30,7 +30,7 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use crate::Millis;
 use crate::channel::Channel;
 use crate::checkpoint::CheckpointTracker;
-use crate::event::{Event, EventKind};
+use crate::event::{Event, EventKind, IqChange};
 use crate::hold::HoldTable;
 use crate::position::{Iq, IqKind, PositionTable};
 use crate::refs::{Interner, Sym};
@@ -65,6 +65,8 @@ pub struct Engine {
     pub(crate) next_iq_id: u64,
     pub(crate) next_event_seq: u64,
     pub(crate) events: Vec<Event>,
+    /// The IQs that turned ACTIVE or INACTIVE since the last event drain (`event::note_iqs`).
+    pub(crate) iq_changes: Vec<IqChange>,
     /// Refs of forgotten holds and orders, released at the drain after next.
     pub(crate) release_later: Vec<(Sym, u8)>,
     pub(crate) release_ready: Vec<(Sym, u8)>,
@@ -93,6 +95,7 @@ impl Engine {
             next_iq_id: 1,
             next_event_seq: 1,
             events: Vec::new(),
+            iq_changes: Vec::new(),
             release_later: Vec::new(),
             release_ready: Vec::new(),
             checkpoint: CheckpointTracker::default(),

@@ -5,7 +5,7 @@
 
 use super::Engine;
 use crate::Millis;
-use crate::event::{Event, EventKind};
+use crate::event::{Event, EventKind, note_iqs};
 use crate::hold::{HoldPart, HoldState, PartLine, PartRef};
 use crate::position::IqKind;
 use crate::refs::Sym;
@@ -34,6 +34,14 @@ impl Engine {
                 iq.expires_at = part.expires_at;
                 let key = (line.product, line.location);
                 self.watching(now, key.0, key.1, |engine| {
+                    let seq = engine.next_event_seq;
+                    note_iqs(
+                        &mut engine.iq_changes,
+                        seq,
+                        key,
+                        std::slice::from_ref(&iq),
+                        true,
+                    );
                     engine.positions.entry(key).or_default().push(iq);
                 });
             }
@@ -48,10 +56,16 @@ impl Engine {
             for line in &part.lines {
                 if part.reserved(line) > 0 {
                     let iq = self.new_iq(IqKind::Reserved, part.channel, order, -line.open, now);
-                    self.positions
-                        .entry((line.product, line.location))
-                        .or_default()
-                        .push(iq);
+                    let key = (line.product, line.location);
+                    let seq = self.next_event_seq;
+                    note_iqs(
+                        &mut self.iq_changes,
+                        seq,
+                        key,
+                        std::slice::from_ref(&iq),
+                        true,
+                    );
+                    self.positions.entry(key).or_default().push(iq);
                 }
             }
         }
@@ -102,6 +116,8 @@ impl Engine {
                     let taken = pos
                         .take_where(|iq| iq.kind == IqKind::SoftReserve && iq.owner == part.hold);
                     assert_eq!(taken.len(), 1, "a hold line has exactly one SOFT_RESERVE");
+                    let seq = engine.next_event_seq;
+                    note_iqs(&mut engine.iq_changes, seq, key, &taken, false);
                 }
             });
         }
@@ -119,10 +135,15 @@ impl Engine {
         let Some(pos) = self.positions.get_mut(&key) else {
             return 0;
         };
-        pos.take_where(|iq| iq.kind == IqKind::Reserved && iq.owner == order)
-            .iter()
-            .map(|iq| -iq.quantity)
-            .sum()
+        let taken = pos.take_where(|iq| iq.kind == IqKind::Reserved && iq.owner == order);
+        note_iqs(
+            &mut self.iq_changes,
+            self.next_event_seq,
+            key,
+            &taken,
+            false,
+        );
+        taken.iter().map(|iq| -iq.quantity).sum()
     }
 
     /// Turns an active part EXPIRED: its stock is sellable again.

@@ -236,6 +236,11 @@ impl Engine {
         &self.events
     }
 
+    /// The IQs that turned ACTIVE or INACTIVE since the last drain, in order.
+    pub fn pending_iq_changes(&self) -> &[crate::event::IqChange] {
+        &self.iq_changes
+    }
+
     /// Every hold part, for recovery's completeness check.
     pub fn hold_views(&self) -> Vec<HoldView> {
         self.holds

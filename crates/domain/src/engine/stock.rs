@@ -7,7 +7,7 @@ use super::Engine;
 use crate::Millis;
 use crate::channel::RebalanceMode;
 use crate::error::Error;
-use crate::event::{Event, EventKind};
+use crate::event::{Event, EventKind, note_iqs};
 use crate::position::{IqKind, NEVER_COUNTED, NO_SYM};
 use crate::refs::Sym;
 use crate::request::{Adjustment, AdjustmentKind, StockCount};
@@ -80,10 +80,19 @@ impl Engine {
         let as_of = count.as_of;
         self.watching(now, product, location, |engine| {
             let pos = engine.positions.entry(key).or_default();
-            pos.take_where(|iq| {
+            let taken = pos.take_where(|iq| {
                 iq.kind == IqKind::LastOnHand
                     || (iq.kind.superseded_by_count() && iq.occurred_at <= as_of)
             });
+            let seq = engine.next_event_seq;
+            note_iqs(&mut engine.iq_changes, seq, key, &taken, false);
+            note_iqs(
+                &mut engine.iq_changes,
+                seq,
+                key,
+                std::slice::from_ref(&iq),
+                true,
+            );
             pos.push(iq);
             pos.counted_as_of = as_of;
             engine.stock_changed(EventKind::StockCounted, now, key, count.quantity);
@@ -114,6 +123,14 @@ impl Engine {
         let mut iq = self.new_iq(kind, NO_SYM, owner, adj.quantity, now);
         iq.occurred_at = adj.occurred_at.unwrap_or(now);
         self.watching(now, product, location, |engine| {
+            let seq = engine.next_event_seq;
+            note_iqs(
+                &mut engine.iq_changes,
+                seq,
+                key,
+                std::slice::from_ref(&iq),
+                true,
+            );
             let pos = engine.positions.entry(key).or_default();
             pos.push(iq);
             engine.stock_changed(EventKind::StockAdjusted, now, key, adj.quantity);

@@ -142,6 +142,27 @@ impl EventService for EventApi {
             last_sequence: self.events.published(),
         }))
     }
+
+    async fn get_position_history(
+        &self,
+        request: Request<pb::GetPositionHistoryRequest>,
+    ) -> Result<Response<pb::GetPositionHistoryResponse>, Status> {
+        // The history shows every channel's quantities: not for a caller scoped to some.
+        check_channel(&request, "")?;
+        super::history::get_position_history(&self.events, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_channel_report(
+        &self,
+        request: Request<pb::GetChannelReportRequest>,
+    ) -> Result<Response<pb::GetChannelReportResponse>, Status> {
+        check_channel(&request, &request.get_ref().channel_ref)?;
+        super::reports::get_channel_report(&self.events, request.into_inner())
+            .await
+            .map(Response::new)
+    }
 }
 
 /// Reads a page off the async workers (file reads).
@@ -311,6 +332,7 @@ fn filter(f: Option<pb::EventFilter>) -> Result<Filter, Status> {
         location: named("filter.location_ref", f.location_ref)?,
         from_at: from,
         to_at: to,
+        touches: None,
     })
 }
 
@@ -332,5 +354,19 @@ fn to_proto(event: &Stored) -> pb::Event {
         on_hand: r.on_hand,
         ats: r.ats,
         primary: r.primary,
+        hold_created_time: r.hold_created_at.map(timestamp),
+        quantity_changes_omitted: r.iqs_omitted,
+        quantity_changes: r
+            .iqs
+            .iter()
+            .map(|iq| {
+                let ((product_ref, location_ref), quantity) = super::history::quantity(r, iq);
+                pb::QuantityChange {
+                    product_ref,
+                    location_ref,
+                    quantity: Some(quantity),
+                }
+            })
+            .collect(),
     }
 }

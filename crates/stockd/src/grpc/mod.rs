@@ -2,7 +2,8 @@
 //!
 //! - `inventory`, `admin`: the two services, thin handlers over the router.
 //! - `holds_query`: ListHolds and GetOrder (holds and orders as queryable things).
-//! - `events`: `EventService` (WatchEvents, ListEvents) over the event log.
+//! - `events`: `EventService` (WatchEvents, ListEvents) over the event log; `history`
+//!   (GetPositionHistory) and `reports` (GetChannelReport), its other two methods.
 //! - `convert`: protobuf ↔ domain, naming the field of every bad input.
 //! - `status`: errors → `tonic::Status`, one exhaustive mapping.
 //! - `observe`: the span and latency histogram around every RPC.
@@ -20,6 +21,7 @@ pub mod admin;
 pub mod convert;
 pub mod decode;
 pub mod events;
+pub mod history;
 pub mod holds_query;
 pub mod identity;
 pub mod inventory;
@@ -28,6 +30,7 @@ pub mod observe;
 pub mod overload;
 pub mod policy;
 pub mod reload;
+pub mod reports;
 pub mod serve;
 pub mod status;
 pub mod tls;

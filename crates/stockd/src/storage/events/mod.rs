@@ -25,12 +25,16 @@
 //! - `segments`: reading segment files directly (listing, a frame cursor).
 //! - `shared`: the state readers see (published and oldest sequence, live feed).
 //! - `read`: reading retained events by sequence with a `Filter`.
+//! - `history`: a position's IQ changes over the retention, in pages (`GetPositionHistory`).
+//! - `report`: channel reports' time buckets, fed by the writer, rebuilt at start-up.
 //! - `writer`: the writer thread, the cursor, retention.
 //! - `open`: opening the log at start-up and regenerating what a crash lost.
 
+pub mod history;
 pub mod open;
 pub mod read;
 pub mod record;
+pub mod report;
 pub mod segments;
 pub mod shared;
 pub mod writer;

@@ -130,8 +130,10 @@ impl ReplayEvents for Opened {
         let mut log = self.log.lock().expect("log lock");
         let mut last = self.last.lock().expect("last lock");
         let fail = |e: LogError| RecoveryError::from(StorageError::Log(e));
-        for event in &pending {
-            let payload = [event.encode()];
+        let max = log.config().record_bytes_max();
+        let mut regenerated = 0;
+        for mut event in pending {
+            let payload = [event.encode_within(max)];
             match log.append(0, &payload) {
                 Err(LogError::GroupFull { .. }) => {
                     log.commit().map_err(fail)?;
@@ -141,11 +143,12 @@ impl ReplayEvents for Opened {
                     other.map_err(fail)?;
                 }
             }
-            note(&mut last, event);
+            note(&mut last, &event);
+            regenerated += 1;
         }
         log.commit().map_err(fail)?;
         tracing::info!(
-            events = pending.len(),
+            events = regenerated,
             "event log: events of shard records it lacked regenerated"
         );
         Ok(())
@@ -181,7 +184,14 @@ impl Opened {
             failed: AtomicBool::new(false),
             index: Mutex::default(),
             watch_buffer: self.config.watch_buffer.max(1),
+            reports: super::report::Reports::new(self.config.retention_secs),
         });
+        // The events stored before now go into the report beside the writer's new ones.
+        let rebuilt = shared.clone();
+        std::thread::Builder::new()
+            .name("stockd-report".into())
+            .spawn(move || super::report::rebuild(rebuilt, published))
+            .expect("spawn the report rebuild thread");
         let (tx, rx) = mpsc::channel(EVENTS_INBOX_CAPACITY);
         let writer = Writer {
             log,

@@ -19,6 +19,8 @@ pub struct Filter {
     pub from_at: Option<i64>,
     /// …and before this one.
     pub to_at: Option<i64>,
+    /// Only events that changed an IQ at this (product, location) (a position's history).
+    pub touches: Option<(String, String)>,
 }
 
 impl Filter {
@@ -32,6 +34,11 @@ impl Filter {
             && same(&self.location, &r.location)
             && self.from_at.is_none_or(|t| r.at >= t)
             && self.to_at.is_none_or(|t| r.at < t)
+            && self.touches.as_ref().is_none_or(|(p, l)| {
+                r.iqs
+                    .iter()
+                    .any(|iq| iq.position(r) == (Some(p.as_str()), Some(l.as_str())))
+            })
     }
 }
 

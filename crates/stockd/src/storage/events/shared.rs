@@ -40,6 +40,8 @@ pub struct Shared {
     /// Sparse index: every `INDEX_EVERY`th sequence → (segment epoch, frame offset).
     pub(super) index: Mutex<BTreeMap<Lsn, (u64, u64)>>,
     pub(super) watch_buffer: usize,
+    /// The channel reports' buckets, fed by the writer after each group.
+    pub(super) reports: super::report::Reports,
 }
 
 /// A sequence is indexed every this many events (bounds how far a read scans to its start).
@@ -75,6 +77,11 @@ impl Shared {
     /// The shard-log LSN up to which `shard`'s events are durable.
     pub fn covered(&self, shard: usize) -> Arc<AtomicU64> {
         self.covered[shard].clone()
+    }
+
+    /// The channel reports.
+    pub fn reports(&self) -> &super::report::Reports {
+        &self.reports
     }
 
     /// Live segment count.

@@ -140,8 +140,9 @@ impl Writer {
         if self.shared.failed() {
             return;
         }
-        let payloads: Vec<Vec<u8>> = h.events.iter().map(EventRecord::encode).collect();
         let mut events = h.events;
+        let max = self.log.config().record_bytes_max();
+        let payloads: Vec<Vec<u8>> = events.iter_mut().map(|e| e.encode_within(max)).collect();
         let mut start = 0;
         while start < payloads.len() {
             let fit = self.fitting(&payloads[start..]);
@@ -215,6 +216,14 @@ impl Writer {
         {
             self.retention();
             self.last_retention = Instant::now();
+        }
+        // Into the channel reports before it is published: a report asked after an event
+        // was read counts that event.
+        {
+            let mut report = self.shared.reports.report.write().expect("report lock");
+            for record in group.appended.iter().flat_map(|(_, events)| events) {
+                report.add(record);
+            }
         }
         // Published before it is sent: a reader that subscribes, then reads `published`,
         // misses nothing (it may see an event twice and skips it by sequence).
