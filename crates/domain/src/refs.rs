@@ -4,9 +4,11 @@
 //! (1 to 128 bytes of `A-Z a-z 0-9 _ . - /`) and interned, so that a ledger entry
 //! carries a 4-byte [`Sym`] instead of a copy of the string.
 
-use std::sync::Arc;
+use std::hash::BuildHasher;
 
-use rustc_hash::FxHashMap;
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
+use rustc_hash::FxBuildHasher;
 
 pub use super::limits::REF_LEN_MAX;
 
@@ -79,44 +81,74 @@ pub struct Sym(pub(crate) u32);
 ///
 /// Hold and order refs come and go with carts, so their entries can be released and
 /// their slots reused; catalogue refs (products, locations, channels) stay.
+///
+/// The lookup table holds only symbol numbers (4 bytes a slot), found by the hash of
+/// their text in `strs`: a restore interns a million refs per shard, and every byte of
+/// table is fresh memory the kernel zeroes first. One hash and one probe per intern.
 #[derive(Clone, Default, Debug)]
 pub struct Interner {
-    map: FxHashMap<Arc<str>, Sym>,
-    strs: Vec<Option<Arc<str>>>,
+    table: HashTable<u32>,
+    strs: Vec<Option<Box<str>>>,
     free: Vec<u32>,
+}
+
+/// The hash of a ref's text (the same for a lookup and for a rehash).
+fn text_hash(value: &str) -> u64 {
+    FxBuildHasher.hash_one(value)
+}
+
+/// The text of a live slot (a table entry always names one).
+fn slot_text(strs: &[Option<Box<str>>], sym: u32) -> &str {
+    strs[sym as usize]
+        .as_deref()
+        .expect("the interner's table names only live slots")
 }
 
 impl Interner {
     /// Returns the symbol of `value`, interning it if it is new.
     pub fn intern(&mut self, value: &str) -> Sym {
-        if let Some(sym) = self.map.get(value) {
-            return *sym;
-        }
-        let text: Arc<str> = Arc::from(value);
-        let sym = match self.free.pop() {
+        let strs = &self.strs;
+        let entry = self.table.entry(
+            text_hash(value),
+            |&s| strs[s as usize].as_deref() == Some(value),
+            |&s| text_hash(slot_text(strs, s)),
+        );
+        let vacant = match entry {
+            Entry::Occupied(found) => return Sym(*found.get()),
+            Entry::Vacant(vacant) => vacant,
+        };
+        let text: Box<str> = Box::from(value);
+        let slot = match self.free.pop() {
             Some(slot) => {
-                self.strs[slot as usize] = Some(text.clone());
-                Sym(slot)
+                self.strs[slot as usize] = Some(text);
+                slot
             }
             None => {
                 let slot = u32::try_from(self.strs.len()).expect("more than 2^32 refs interned");
-                self.strs.push(Some(text.clone()));
-                Sym(slot)
+                self.strs.push(Some(text));
+                slot
             }
         };
-        self.map.insert(text, sym);
-        sym
+        vacant.insert(slot);
+        Sym(slot)
     }
 
     /// Makes room for `additional` more refs (a restore knows how many are coming).
     pub fn reserve(&mut self, additional: usize) {
-        self.map.reserve(additional);
+        let strs = &self.strs;
+        self.table
+            .reserve(additional, |&s| text_hash(slot_text(strs, s)));
         self.strs.reserve(additional);
     }
 
     /// Returns the symbol of `value` if it was interned, without interning it.
     pub fn get(&self, value: &str) -> Option<Sym> {
-        self.map.get(value).copied()
+        let strs = &self.strs;
+        self.table
+            .find(text_hash(value), |&s| {
+                strs[s as usize].as_deref() == Some(value)
+            })
+            .map(|&s| Sym(s))
     }
 
     /// Interns a ref in a namespace (`HOLD_NS`, `ORDER_NS`).
@@ -152,7 +184,9 @@ impl Interner {
     /// Forgets a ref that nothing refers to any more (a forgotten hold or order).
     pub fn release(&mut self, sym: Sym) {
         if let Some(text) = self.strs[sym.0 as usize].take() {
-            self.map.remove(&*text);
+            if let Ok(found) = self.table.find_entry(text_hash(&text), |&s| s == sym.0) {
+                found.remove();
+            }
             self.free.push(sym.0);
         }
     }
@@ -166,17 +200,28 @@ impl Interner {
     pub fn from_slots(slots: Vec<Option<String>>) -> Result<Interner, String> {
         let mut interner = Interner::default();
         for (i, slot) in slots.into_iter().enumerate() {
+            let i = u32::try_from(i).map_err(|_| "more than 2^32 refs".to_string())?;
             match slot {
                 Some(text) => {
-                    let text: Arc<str> = Arc::from(text);
-                    if interner.map.insert(text.clone(), Sym(i as u32)).is_some() {
-                        return Err(format!("ref {text:?} is interned twice"));
+                    let strs = &interner.strs;
+                    let entry = interner.table.entry(
+                        text_hash(&text),
+                        |&s| strs[s as usize].as_deref() == Some(text.as_str()),
+                        |&s| text_hash(slot_text(strs, s)),
+                    );
+                    match entry {
+                        Entry::Occupied(_) => {
+                            return Err(format!("ref {text:?} is interned twice"));
+                        }
+                        Entry::Vacant(vacant) => {
+                            vacant.insert(i);
+                        }
                     }
-                    interner.strs.push(Some(text));
+                    interner.strs.push(Some(text.into_boxed_str()));
                 }
                 None => {
                     interner.strs.push(None);
-                    interner.free.push(i as u32);
+                    interner.free.push(i);
                 }
             }
         }
@@ -190,12 +235,12 @@ impl Interner {
 
     /// Number of live interned refs.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.table.len()
     }
 
     /// Whether nothing is interned.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.table.is_empty()
     }
 }
 
@@ -242,5 +287,30 @@ mod tests {
         assert_eq!(c, a);
         assert_eq!(interner.resolve(b), "b");
         assert_eq!(interner.resolve(c), "c");
+    }
+
+    #[test]
+    fn symbols_survive_growth_and_release() {
+        let mut interner = Interner::default();
+        let syms: Vec<Sym> = (0..5_000)
+            .map(|i| interner.intern(&format!("r{i}")))
+            .collect();
+        for (i, sym) in syms.iter().enumerate().step_by(3) {
+            assert_eq!(interner.resolve(*sym), format!("r{i}"));
+            interner.release(*sym);
+        }
+        for (i, sym) in syms.iter().enumerate() {
+            let want = (i % 3 != 0).then_some(*sym);
+            assert_eq!(interner.get(&format!("r{i}")), want);
+        }
+        assert_eq!(interner.len(), 5_000 - 5_000_usize.div_ceil(3));
+        let again = interner.intern_in(HOLD_NS, "r0");
+        assert_eq!(interner.resolve(again), "r0");
+        assert_eq!(interner.get("r0"), None);
+        assert_eq!(interner.get_in(HOLD_NS, "r0"), Some(again));
+        let slots: Vec<Option<String>> = interner.slots().map(|s| s.map(str::to_owned)).collect();
+        let rebuilt = Interner::from_slots(slots).unwrap();
+        assert_eq!(rebuilt.get("r1"), Some(syms[1]));
+        assert_eq!(rebuilt.len(), interner.len());
     }
 }

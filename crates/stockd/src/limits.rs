@@ -67,6 +67,8 @@ pub const PENDING_BATCHES_MAX: usize = WRITER_INBOX_CAPACITY + GROUP_BATCHES_MAX
 
 pub use crate::storage::log::WRITER_INBOX_CAPACITY;
 pub use crate::storage::log::group::GROUP_BATCHES_MAX;
+/// The one buffer a log's recovery scan reads its segments through (4 MiB).
+pub use crate::storage::log::reader::LOG_READ_WINDOW_BYTES;
 
 /// Flush period of `--durability async` by default (`--flush-interval-ms`). The log writer
 /// syncs each group as soon as the previous sync returned, so a crash loses what was

@@ -100,17 +100,19 @@ pub(crate) fn scan<D: LogDir>(dir: &D, after: Lsn) -> Result<Scan, LogError> {
     let mut next_lsn = None;
     let mut last_term = 0;
     let mut end_offset = SEGMENT_HEADER_LEN as u64;
+    // One window for every segment: fresh memory costs more than the reading itself.
+    let mut buffer = vec![0u8; LOG_READ_WINDOW_BYTES];
     for (i, (epoch, name)) in live.iter().enumerate() {
         let file = dir.describe(name);
-        let bytes = read_all(dir, name)?;
-        let header =
-            SegmentHeader::decode(&bytes).map_err(|r| damaged(file.clone(), 0, r.into()))?;
-        check_header(&file, &header, *epoch, bytes.len() as u64, next_lsn)?;
+        let mut bytes = Window::open(dir, name, &mut buffer)?;
+        let head = bytes.at(0, SEGMENT_HEADER_LEN)?;
+        let header = SegmentHeader::decode(head).map_err(|r| damaged(file.clone(), 0, r.into()))?;
+        check_header(&file, &header, *epoch, bytes.len, next_lsn)?;
         if i == 0 {
             recovered.first_lsn = header.first_lsn;
         }
         let end = scan_segment(
-            &bytes,
+            &mut bytes,
             &file,
             header.first_lsn,
             last_term,
@@ -118,7 +120,7 @@ pub(crate) fn scan<D: LogDir>(dir: &D, after: Lsn) -> Result<Scan, LogError> {
             &mut recovered,
         )?;
         let last = i + 1 == live.len();
-        check_end(&bytes, &file, &end, last)?;
+        check_end(&mut bytes, &file, &end, last)?;
         if let (Some(reason), true) = (end.torn, last) {
             recovered.dropped = Some(DroppedTail {
                 file: file.clone(),
@@ -195,13 +197,79 @@ fn list<D: LogDir>(dir: &D) -> Result<Listing, LogError> {
     Ok((live, free))
 }
 
-fn read_all<D: LogDir>(dir: &D, name: &str) -> Result<Vec<u8>, LogError> {
-    let err = |op| move |e| LogError::io(op, dir.describe(name), e);
-    let file = dir.open(name).map_err(err("open"))?;
-    let len = file.len().map_err(err("stat"))?;
-    let mut bytes = vec![0u8; len as usize];
-    file.read_at(0, &mut bytes).map_err(err("read"))?;
-    Ok(bytes)
+/// Bytes of the window a segment is read through at recovery (one buffer, reused for
+/// every segment and every part of one): room for the largest frame twice over, so a
+/// frame never needs more than one read. A 64 MiB segment read whole was 64 MiB of fresh
+/// memory per segment, which the kernel zeroes first.
+pub const LOG_READ_WINDOW_BYTES: usize = 4 << 20;
+
+const _: () = assert!(LOG_READ_WINDOW_BYTES >= 2 * frame::frame_len(frame::RECORD_BYTES_MAX));
+const _: () = assert!(LOG_READ_WINDOW_BYTES >= SEGMENT_HEADER_LEN);
+
+/// A segment file read through a window of `LOG_READ_WINDOW_BYTES`, moved forward as the
+/// scan goes.
+struct Window<'b, F: LogFile> {
+    file: F,
+    name: String,
+    /// The file's length.
+    len: u64,
+    buffer: &'b mut [u8],
+    /// The file offset of `buffer[0]` and how many bytes of it were read.
+    start: u64,
+    filled: usize,
+}
+
+impl<'b, F: LogFile> Window<'b, F> {
+    fn open<D: LogDir<File = F>>(
+        dir: &D,
+        name: &str,
+        buffer: &'b mut [u8],
+    ) -> Result<Window<'b, F>, LogError> {
+        let file = dir
+            .open(name)
+            .map_err(|e| LogError::io("open", dir.describe(name), e))?;
+        let len = file
+            .len()
+            .map_err(|e| LogError::io("stat", dir.describe(name), e))?;
+        Ok(Window {
+            file,
+            name: dir.describe(name),
+            len,
+            buffer,
+            start: 0,
+            filled: 0,
+        })
+    }
+
+    /// The bytes from offset `at`: `want` of them, or fewer where the file ends first.
+    /// `want` is at most half the window.
+    fn at(&mut self, at: u64, want: usize) -> Result<&[u8], LogError> {
+        debug_assert!(want <= self.buffer.len() / 2);
+        let end = at.saturating_add(want as u64).min(self.len).max(at);
+        if at < self.start || end > self.start + self.filled as u64 {
+            let n = usize::try_from(self.len.saturating_sub(at))
+                .unwrap_or(usize::MAX)
+                .min(self.buffer.len());
+            self.file
+                .read_at(at, &mut self.buffer[..n])
+                .map_err(|e| LogError::io("read", self.name.clone(), e))?;
+            self.start = at;
+            self.filled = n;
+        }
+        let from = (at - self.start) as usize;
+        Ok(&self.buffer[from..from + (end - at) as usize])
+    }
+
+    /// The frame at offset `at`, read whole (as far as the file goes).
+    fn frame(&mut self, at: u64) -> Result<Decoded<'_>, LogError> {
+        let head = self.at(at, FRAME_HEADER_LEN)?;
+        let len = head.get(..4).map_or(0, |b| {
+            u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize
+        });
+        // A length past the limit is refused from the header alone.
+        let want = FRAME_HEADER_LEN + len.min(frame::RECORD_BYTES_MAX);
+        Ok(frame::decode(self.at(at, want)?))
+    }
 }
 
 fn check_header(
@@ -235,8 +303,8 @@ fn check_header(
 }
 
 /// Reads the frames of one segment, pushing those above `after` into `out.records`.
-fn scan_segment(
-    bytes: &[u8],
+fn scan_segment<F: LogFile>(
+    bytes: &mut Window<'_, F>,
     file: &str,
     first_lsn: Lsn,
     mut term: u64,
@@ -251,8 +319,8 @@ fn scan_segment(
         last_term: term,
         torn,
     };
-    while at + FRAME_HEADER_LEN <= bytes.len() {
-        let (frame, len) = match frame::decode(&bytes[at..]) {
+    while (at + FRAME_HEADER_LEN) as u64 <= bytes.len {
+        let (frame, len) = match bytes.frame(at as u64)? {
             Decoded::End => return Ok(end(at, lsn, term, None)),
             Decoded::Invalid(reason) => return Ok(end(at, lsn, term, Some(reason))),
             Decoded::Valid { frame, len } => (frame, len),
@@ -284,12 +352,17 @@ fn scan_segment(
 }
 
 /// Refuses a segment whose end is not a clean end or a torn tail of the last segment.
-fn check_end(bytes: &[u8], file: &str, end: &End, last: bool) -> Result<(), LogError> {
+fn check_end<F: LogFile>(
+    bytes: &mut Window<'_, F>,
+    file: &str,
+    end: &End,
+    last: bool,
+) -> Result<(), LogError> {
     let what = match end.torn {
         Some(reason) => format!("bad frame ({reason})"),
         None => "end of the log".to_owned(),
     };
-    if let Some((offset, lsn)) = find_stray(bytes, end.offset + FRAME_ALIGN as u64, end.next_lsn) {
+    if let Some((offset, lsn)) = find_stray(bytes, end.offset + FRAME_ALIGN as u64, end.next_lsn)? {
         let reason =
             format!("{what}, yet a valid record with LSN {lsn} follows at offset {offset}");
         return Err(damaged(file.into(), end.offset, reason));
@@ -302,16 +375,20 @@ fn check_end(bytes: &[u8], file: &str, end: &End, last: bool) -> Result<(), LogE
 }
 
 /// The first valid frame at or after `from` with an LSN of at least `lsn_min`.
-fn find_stray(bytes: &[u8], from: u64, lsn_min: Lsn) -> Option<(u64, Lsn)> {
-    let mut at = from as usize;
-    while at + FRAME_HEADER_LEN <= bytes.len() {
+fn find_stray<F: LogFile>(
+    bytes: &mut Window<'_, F>,
+    from: u64,
+    lsn_min: Lsn,
+) -> Result<Option<(u64, Lsn)>, LogError> {
+    let mut at = from;
+    while at + FRAME_HEADER_LEN as u64 <= bytes.len {
         // Cheap test first: most positions hold zeros or stale frames with lower LSNs.
-        if frame::peek_lsn(&bytes[at..]).is_some_and(|l| l >= lsn_min)
-            && let Decoded::Valid { frame, .. } = frame::decode(&bytes[at..])
+        if frame::peek_lsn(bytes.at(at, FRAME_HEADER_LEN)?).is_some_and(|l| l >= lsn_min)
+            && let Decoded::Valid { frame, .. } = bytes.frame(at)?
         {
-            return Some((at as u64, frame.lsn));
+            return Ok(Some((at, frame.lsn)));
         }
-        at += FRAME_ALIGN;
+        at += FRAME_ALIGN as u64;
     }
-    None
+    Ok(None)
 }

@@ -361,6 +361,39 @@ fn a_flipped_byte_followed_by_good_records_is_refused() {
     assert!(reason.contains("LSN 12"), "{reason}");
 }
 
+/// Segments larger than the recovery scan's window: frames that straddle two windows read
+/// back whole, and damage past the first window is still found and named.
+#[test]
+fn segments_larger_than_the_read_window_read_back_and_refuse_damage() {
+    let config = LogConfig {
+        segment_bytes: 3 * reader::LOG_READ_WINDOW_BYTES as u64,
+        segments_preallocated: 1,
+        segments_free_max: 1,
+        group_bytes_max: 1 << 20,
+    };
+    let len = 100_003;
+    let disk = SimDisk::new(8);
+    let (mut log, _) = open(&disk, config, 0);
+    write(&mut log, 100, len, 3);
+    drop(log);
+    let (_, found) = open(&disk, config, 0);
+    check_records(&found.records, 1, 100, len);
+    assert_eq!(found.dropped, None);
+    let name = first_segment(&disk);
+    let offset = (segment::SEGMENT_HEADER_LEN + 60 * frame::frame_len(len)) as u64;
+    assert!(offset > reader::LOG_READ_WINDOW_BYTES as u64);
+    disk.flip("log", &name, offset + 1_000, 0x10);
+    let e = Log::open(disk.dir("log"), config, 0)
+        .err()
+        .expect("refused");
+    let (file, at, reason) = damaged(e);
+    assert_eq!(
+        (file.as_str(), at),
+        (format!("sim:log/{name}").as_str(), offset)
+    );
+    assert!(reason.contains("LSN 62"), "{reason}");
+}
+
 #[test]
 fn a_truncated_tail_is_dropped_and_reported() {
     let disk = SimDisk::new(9);
