@@ -139,8 +139,18 @@ impl Refs {
     }
 }
 
+/// How many reserve+release pairs run between two expiry passes, which forget the holds
+/// released by then: each pair takes a fresh hold ref (a released ref answers
+/// FAILED_PRECONDITION if reserved again), so without them released holds pile up.
+const FORGET_EVERY: usize = 1024;
+
 fn new_engine() -> Engine {
-    let mut engine = Engine::new(Settings::default());
+    let mut engine = Engine::new(Settings {
+        // Released holds are forgotten a millisecond after they end (the bench's clock moves
+        // one millisecond a pair), so memory stays flat however long criterion runs.
+        hold_retention_ms: 1,
+        ..Settings::default()
+    });
     engine
         .upsert_channel(ChannelConfig {
             channel_ref: CHANNEL.into(),
@@ -148,6 +158,12 @@ fn new_engine() -> Engine {
         })
         .expect("valid channel");
     engine
+}
+
+/// Gives `req` the hold ref `{prefix}{i}`, written into its own buffer (no allocation).
+fn fresh_ref(req: &mut ReserveRequest, prefix: &str, i: usize) {
+    req.hold_ref.clear();
+    let _ = write!(req.hold_ref, "{prefix}{i}");
 }
 
 fn one_line(hold: &str, product: &str, location: &str) -> ReserveRequest {
@@ -234,21 +250,24 @@ fn hot_position(c: &mut Criterion) {
         as_of: NOW,
     };
     engine.set_stock(NOW, &count).expect("valid count");
-    let holds: Vec<ReserveRequest> = (0..8)
-        .map(|i| one_line(&format!("cart-hot-{i}"), "SKU-HOT", "STORE-001"))
-        .collect();
+    let mut req = one_line("cart-hot", "SKU-HOT", "STORE-001");
     let mut group = c.benchmark_group("hot_position");
     group.throughput(Throughput::Elements(1));
     let mut i = 0usize;
     group.bench_function("reserve_release_1_unit", |b| {
         b.iter(|| {
-            let req = &holds[i % holds.len()];
             i += 1;
-            let part = engine.reserve(NOW, req, &[0]).expect("reserve");
+            let now = NOW + i as Millis;
+            fresh_ref(&mut req, "cart-hot-", i);
+            let part = engine.reserve(now, &req, &[0]).expect("reserve");
             debug_assert_eq!(part.lines[0].reserved, 1);
             black_box(part);
-            black_box(engine.release(NOW, &req.hold_ref).expect("release"));
+            black_box(engine.release(now, &req.hold_ref).expect("release"));
             engine.drain_events().for_each(drop);
+            if i % FORGET_EVERY == 0 {
+                engine.expire_due(now + 2);
+                engine.drain_events().for_each(drop);
+            }
         });
     });
     group.finish();
@@ -263,15 +282,23 @@ fn random_positions(c: &mut Criterion, engine: &mut Engine, refs: &Refs, n: usiz
     let mut req = one_line("cart-random", "x", "x");
     let mut group = c.benchmark_group(format!("{n}_positions"));
     group.throughput(Throughput::Elements(1));
+    let mut i = 0usize;
     group.bench_function("reserve_release_1_unit_random_position", |b| {
         b.iter(|| {
+            i += 1;
+            let now = NOW + i as Millis;
             let (p, l) = refs.of(rng.below(n));
             retarget(&mut req, p, l);
-            let part = engine.reserve(NOW, &req, &[0]).expect("reserve");
+            fresh_ref(&mut req, "cart-random-", i);
+            let part = engine.reserve(now, &req, &[0]).expect("reserve");
             debug_assert_eq!(part.lines[0].reserved, 1);
             black_box(part);
-            black_box(engine.release(NOW, &req.hold_ref).expect("release"));
+            black_box(engine.release(now, &req.hold_ref).expect("release"));
             engine.drain_events().for_each(drop);
+            if i % FORGET_EVERY == 0 {
+                engine.expire_due(now + 2);
+                engine.drain_events().for_each(drop);
+            }
         });
     });
     group.bench_function("availability_random_position", |b| {
