@@ -1,71 +1,58 @@
-//! The client side: a codec that sends pre-encoded request bytes, connections, ghz's
-//! names for status codes, and the loopback-only safety check.
+//! The client side: pre-framed requests, the raw HTTP/2 load client, the tonic channel
+//! scenarios seed through, ghz's names for status codes, and the loopback-only check.
 
-use std::marker::PhantomData;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use prost::bytes::{BufMut, Bytes};
+use http::uri::{Authority, Scheme, Uri};
+use http::{HeaderMap, HeaderValue};
+use prost::bytes::{BufMut, Bytes, BytesMut};
+use tokio::net::TcpStream;
 use tonic::Status;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::schema::Method;
 
-/// A codec whose requests are already-encoded protobuf bytes, and whose responses are
-/// decoded as `D` (`()` skips every field: the cheapest way to check a response).
-pub struct RawCodec<D>(PhantomData<fn() -> D>);
+/// One gRPC message as it goes on the wire: the uncompressed flag (0), the big-endian
+/// length, the protobuf bytes. Requests are framed once, when they are encoded, so a
+/// call sends them as they are, in one DATA frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Framed(Bytes);
 
-impl<D> Default for RawCodec<D> {
-    fn default() -> Self {
-        RawCodec(PhantomData)
+impl Framed {
+    /// Frames an encoded protobuf message.
+    pub fn from_message(message: &[u8]) -> Framed {
+        let mut framed = BytesMut::with_capacity(GRPC_HEADER + message.len());
+        framed.put_u8(0);
+        framed.put_u32(message.len() as u32);
+        framed.put_slice(message);
+        Framed(framed.freeze())
+    }
+
+    /// Encodes and frames `m` in one buffer.
+    pub fn encode<M: prost::Message>(m: &M) -> Framed {
+        let len = m.encoded_len();
+        let mut framed = BytesMut::with_capacity(GRPC_HEADER + len);
+        framed.put_u8(0);
+        framed.put_u32(len as u32);
+        m.encode(&mut framed).expect("the buffer holds the message");
+        Framed(framed.freeze())
+    }
+
+    /// The bytes on the wire (what `--dump-request` writes for h2load).
+    pub fn wire(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The protobuf message without the frame header.
+    #[cfg(test)]
+    pub fn message(&self) -> &[u8] {
+        &self.0[GRPC_HEADER..]
     }
 }
 
-impl<D: prost::Message + Default + Send + 'static> Codec for RawCodec<D> {
-    type Encode = Bytes;
-    type Decode = D;
-    type Encoder = RawEncoder;
-    type Decoder = MessageDecoder<D>;
-
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-
-    fn decoder(&mut self) -> MessageDecoder<D> {
-        MessageDecoder(PhantomData)
-    }
-}
-
-pub struct RawEncoder;
-
-impl Encoder for RawEncoder {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-
-    /// Requests are small: tonic's default 8 KiB buffer per call is mostly wasted.
-    fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::new(512, 32 * 1024)
-    }
-}
-
-pub struct MessageDecoder<D>(PhantomData<fn() -> D>);
-
-impl<D: prost::Message + Default> Decoder for MessageDecoder<D> {
-    type Item = D;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<D>, Status> {
-        D::decode(src)
-            .map(Some)
-            .map_err(|e| Status::internal(format!("cannot decode the response: {e}")))
-    }
-}
+/// The gRPC message header: the compression flag and the length.
+const GRPC_HEADER: usize = 5;
 
 /// The only field of ReserveResponse the load generator reads.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -74,29 +61,180 @@ pub struct ReserveOutcomeOnly {
     pub outcome: i32,
 }
 
-pub type Client = tonic::client::Grpc<Channel>;
-
-/// Sends one unary call with pre-encoded `body` and decodes the response as `D`.
-pub async fn unary<D: prost::Message + Default + Send + 'static>(
-    client: &mut Client,
-    method: Method,
-    body: Bytes,
-) -> Result<D, Status> {
-    client
-        .ready()
-        .await
-        .map_err(|e| Status::unavailable(format!("connection not ready: {e}")))?;
-    client
-        .unary(
-            tonic::Request::new(body),
-            method.path(),
-            RawCodec::<D>::default(),
-        )
-        .await
-        .map(tonic::Response::into_inner)
+/// A worker's handle on one load connection: a raw HTTP/2 client (the `h2` crate) that
+/// sends pre-framed requests and reads the answer's bytes, without tonic's channel
+/// (a tower buffer task and hyper's dispatch task per request) or a codec. The load
+/// generator must cost less than the server it measures: this is the h2load path.
+#[derive(Clone)]
+pub struct Client {
+    send: h2::client::SendRequest<Bytes>,
+    authority: Authority,
+    headers: HeaderMap,
 }
 
-/// Opens `n` HTTP/2 connections to `addr` (`host:port`).
+/// Sends one unary call with the pre-framed `body` and decodes the answer as `D` (`()`
+/// skips every field: the cheapest way to check an answer).
+pub async fn unary<D: prost::Message + Default>(
+    client: &mut Client,
+    method: Method,
+    body: Framed,
+) -> Result<D, Status> {
+    std::future::poll_fn(|cx| client.send.poll_ready(cx))
+        .await
+        .map_err(|e| h2_status(&e))?;
+    let mut request = http::Request::new(());
+    *request.method_mut() = http::Method::POST;
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(client.authority.clone());
+    uri.path_and_query = Some(method.path());
+    *request.uri_mut() =
+        Uri::from_parts(uri).map_err(|e| Status::internal(format!("bad request URI: {e}")))?;
+    *request.headers_mut() = client.headers.clone();
+    let (answer, mut stream) = client
+        .send
+        .send_request(request, false)
+        .map_err(|e| h2_status(&e))?;
+    stream.send_data(body.0, true).map_err(|e| h2_status(&e))?;
+    let answer = answer.await.map_err(|e| h2_status(&e))?;
+    let (head, mut body) = answer.into_parts();
+    // A trailers-only answer (an error) carries grpc-status in its headers.
+    if let Some(status) = Status::from_header_map(&head.headers) {
+        return match status.code() {
+            tonic::Code::Ok => decode(&[]),
+            _ => Err(status),
+        };
+    }
+    if head.status != http::StatusCode::OK {
+        return Err(http_status(head.status));
+    }
+    let message = read_body(&mut body).await?;
+    let trailers = body.trailers().await.map_err(|e| h2_status(&e))?;
+    match trailers.as_ref().and_then(Status::from_header_map) {
+        Some(status) if status.code() == tonic::Code::Ok => decode(&message),
+        Some(status) => Err(status),
+        None => Err(Status::unknown("the answer ended without a grpc-status")),
+    }
+}
+
+/// Reads the answer's DATA frames, giving their flow-control window back at once.
+async fn read_body(body: &mut h2::RecvStream) -> Result<Bytes, Status> {
+    let mut first: Option<Bytes> = None;
+    let mut more = BytesMut::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.map_err(|e| h2_status(&e))?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        match &first {
+            None => first = Some(chunk),
+            Some(f) => {
+                if more.is_empty() {
+                    more.extend_from_slice(f);
+                }
+                more.extend_from_slice(&chunk);
+            }
+        }
+    }
+    Ok(if more.is_empty() {
+        first.unwrap_or_default()
+    } else {
+        more.freeze()
+    })
+}
+
+/// Decodes the one gRPC message of an answer (none: the empty message).
+fn decode<D: prost::Message + Default>(framed: &[u8]) -> Result<D, Status> {
+    if framed.is_empty() {
+        return Ok(D::default());
+    }
+    let bad = |why: &str| Status::internal(format!("cannot decode the response: {why}"));
+    let (head, rest) = framed
+        .split_at_checked(GRPC_HEADER)
+        .ok_or_else(|| bad("a truncated message header"))?;
+    if head[0] != 0 {
+        return Err(bad("a compressed message"));
+    }
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let message = rest.get(..len).ok_or_else(|| bad("a truncated message"))?;
+    D::decode(message).map_err(|e| bad(&e.to_string()))
+}
+
+/// The status of an HTTP/2 failure, as gRPC's HTTP/2 mapping gives it.
+fn h2_status(e: &h2::Error) -> Status {
+    let code = match e.reason() {
+        Some(h2::Reason::REFUSED_STREAM) => tonic::Code::Unavailable,
+        Some(h2::Reason::CANCEL) => tonic::Code::Cancelled,
+        Some(h2::Reason::ENHANCE_YOUR_CALM) => tonic::Code::ResourceExhausted,
+        Some(h2::Reason::INADEQUATE_SECURITY) => tonic::Code::PermissionDenied,
+        Some(_) => tonic::Code::Internal,
+        None => tonic::Code::Unavailable,
+    };
+    Status::new(code, format!("h2 protocol error: {e}"))
+}
+
+/// The status of a non-gRPC HTTP answer (gRPC's HTTP-to-gRPC status mapping).
+fn http_status(status: http::StatusCode) -> Status {
+    use http::StatusCode as H;
+    let code = match status {
+        H::BAD_REQUEST => tonic::Code::Internal,
+        H::UNAUTHORIZED => tonic::Code::Unauthenticated,
+        H::FORBIDDEN => tonic::Code::PermissionDenied,
+        H::NOT_FOUND => tonic::Code::Unimplemented,
+        H::TOO_MANY_REQUESTS | H::BAD_GATEWAY | H::SERVICE_UNAVAILABLE | H::GATEWAY_TIMEOUT => {
+            tonic::Code::Unavailable
+        }
+        _ => tonic::Code::Unknown,
+    };
+    Status::new(code, format!("HTTP status {status} without a grpc-status"))
+}
+
+/// HTTP/2 flow-control windows of a load connection, as hyper's client (tonic) sets them.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+
+/// Opens `n` raw HTTP/2 load connections to `addr` (`host:port`); each one's connection
+/// task runs on the calling (current-thread) runtime.
+pub async fn open_load(
+    addr: &str,
+    n: usize,
+    connect_timeout: Duration,
+) -> Result<Vec<Client>, String> {
+    let authority: Authority = addr
+        .parse()
+        .map_err(|e| format!("bad address {addr:?}: {e}"))?;
+    let mut headers = HeaderMap::with_capacity(2);
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    let mut clients = Vec::with_capacity(n);
+    for _ in 0..n.max(1) {
+        let cannot = |e: &dyn std::fmt::Display| format!("cannot connect to {addr}: {e}");
+        let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| cannot(&"connect timeout"))?
+            .map_err(|e| cannot(&e))?;
+        tcp.set_nodelay(true).map_err(|e| cannot(&e))?;
+        let (send, connection) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .enable_push(false)
+            .handshake::<_, Bytes>(tcp)
+            .await
+            .map_err(|e| cannot(&e))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        clients.push(Client {
+            send,
+            authority: authority.clone(),
+            headers: headers.clone(),
+        });
+    }
+    Ok(clients)
+}
+
+/// Opens `n` tonic channels (for seeding and checks) to `addr` (`host:port`).
 pub async fn connect(
     addr: &str,
     n: usize,
@@ -190,6 +328,73 @@ pub fn check_target(target: &str, allow_remote: bool) -> Result<String, String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stockd::proto::inventory::v1 as pb;
+    use stockd::storage::Durability;
+    use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+
+    /// The raw client against a real stockd: answers decode, and failures carry the
+    /// server's gRPC status and message, as a gRPC client reports them.
+    #[test]
+    fn raw_client_reads_answers_and_statuses() {
+        let durability = Durability::Async {
+            flush_interval: Duration::from_millis(10),
+        };
+        let server = crate::embedded::start(durability, Some(1)).expect("embedded stockd");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let mut clients = open_load(&server.addr, 2, Duration::from_secs(5))
+                .await
+                .expect("connects");
+            assert_eq!(clients.len(), 2);
+            let c = &mut clients[1];
+            let check = |service: &str| {
+                Framed::encode(&HealthCheckRequest {
+                    service: service.into(),
+                })
+            };
+            let serving: HealthCheckResponse = unary(c, Method::health_check(), check(""))
+                .await
+                .expect("the health check answers");
+            assert_eq!(serving.status, 1, "SERVING");
+            let unknown = unary::<()>(c, Method::health_check(), check("no.such.Service"))
+                .await
+                .expect_err("an unknown service is NOT_FOUND");
+            assert_eq!(unknown.code(), tonic::Code::NotFound);
+            let bad = unary::<ReserveOutcomeOnly>(
+                c,
+                Method::reserve(),
+                Framed::encode(&pb::ReserveRequest::default()),
+            )
+            .await
+            .expect_err("an empty Reserve is refused");
+            assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+            assert!(!bad.message().is_empty(), "the server's message is kept");
+        });
+        // Closes the connections, whose tasks live on this runtime: the server drains them.
+        drop(runtime);
+        server.stop().expect("the embedded stockd stops");
+    }
+
+    #[test]
+    fn framing_is_grpc_wire_format() {
+        let framed = Framed::from_message(b"abc");
+        assert_eq!(framed.wire(), b"\0\0\0\0\x03abc");
+        assert_eq!(framed.message(), b"abc");
+        let request = HealthCheckRequest {
+            service: "s".into(),
+        };
+        let encoded = Framed::encode(&request);
+        assert_eq!(
+            encoded,
+            Framed::from_message(&prost::Message::encode_to_vec(&request))
+        );
+        let decoded: HealthCheckRequest = decode(encoded.wire()).expect("decodes");
+        assert_eq!(decoded, request);
+        assert!(decode::<HealthCheckRequest>(&encoded.wire()[..6]).is_err());
+    }
 
     #[test]
     fn only_loopback_without_allow_remote() {

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use tonic::Status;
-use tonic::transport::Channel;
 
 use crate::rpc;
 use crate::schema::Method;
@@ -67,8 +66,8 @@ pub trait Load: Send + Sync + 'static {
     /// Per-worker state (a client, an RNG, buffers).
     type Worker: Send + 'static;
 
-    /// The state of worker `index`, which calls over `channel`.
-    fn worker(&self, index: usize, channel: Channel) -> Self::Worker;
+    /// The state of worker `index`, which calls over `client`'s connection.
+    fn worker(&self, index: usize, client: rpc::Client) -> Self::Worker;
 
     /// Called once, with the instant the first operation may start.
     fn started(&self, _at: Instant) {}
@@ -421,7 +420,7 @@ fn spawn_thread<L: Load>(
                 }
             };
             runtime.block_on(async move {
-                let conns = rpc::connect(&addr, share.connections, connect_timeout).await;
+                let conns = rpc::open_load(&addr, share.connections, connect_timeout).await;
                 if let Some(stats) = thread_load(load, shared, share, starter, conns, bounds).await
                 {
                     let _ = done_tx.send(stats);
@@ -439,7 +438,7 @@ async fn thread_load<L: Load>(
     shared: Arc<Shared>,
     share: Share,
     starter: Starter,
-    channels: Result<Vec<Channel>, String>,
+    channels: Result<Vec<rpc::Client>, String>,
     bounds: Bounds,
 ) -> Option<Vec<Option<MethodStats>>> {
     let Starter { ready, mut start } = starter;
