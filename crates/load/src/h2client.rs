@@ -126,22 +126,30 @@ pub async fn unary<D: prost::Message + Default>(
     let answer = answer.await.map_err(|e| h2_status(&e))?;
     let (head, mut body) = answer.into_parts();
     // A trailers-only answer (an error) carries grpc-status in its headers.
-    if let Some(status) = Status::from_header_map(&head.headers) {
-        return match status.code() {
-            tonic::Code::Ok => decode(&[]),
-            _ => Err(status),
-        };
+    if let Some(outcome) = outcome(&head.headers) {
+        return outcome.and_then(|()| decode(&[]));
     }
     if head.status != http::StatusCode::OK {
         return Err(http_status(head.status));
     }
     let message = read_body(&mut body).await?;
     let trailers = body.trailers().await.map_err(|e| h2_status(&e))?;
-    match trailers.as_ref().and_then(Status::from_header_map) {
-        Some(status) if status.code() == tonic::Code::Ok => decode(&message),
-        Some(status) => Err(status),
+    match trailers.as_ref().and_then(outcome) {
+        Some(outcome) => outcome.and_then(|()| decode(&message)),
         None => Err(Status::unknown("the answer ended without a grpc-status")),
     }
+}
+
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
+/// The call's outcome from the `grpc-status` in `headers`, if there is one. OK costs one
+/// lookup; only a failure builds its Status (tonic's `from_header_map` copies the map).
+fn outcome(headers: &HeaderMap) -> Option<Result<(), Status>> {
+    let code = headers.get(GRPC_STATUS)?;
+    if code.as_bytes() == b"0" {
+        return Some(Ok(()));
+    }
+    Some(Err(Status::from_header_map(headers)?))
 }
 
 /// Reads the answer's DATA frames, giving their flow-control window back at once.
