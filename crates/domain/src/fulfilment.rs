@@ -313,17 +313,14 @@ fn push_plan(out: &mut Vec<Plan>, seen: &mut BTreeSet<Vec<PlanPart>>, mut parts:
 }
 
 /// (lines `c` can take whole, units it can take) of what `remaining` still needs.
+/// One pass: the split search calls it for every candidate in every round.
 fn contributes(c: &Candidate, remaining: &[i64]) -> (usize, i64) {
-    let whole = remaining
-        .iter()
-        .zip(&c.ats)
-        .filter(|(r, a)| **r > 0 && a >= r)
-        .count();
-    let units = remaining
-        .iter()
-        .zip(&c.ats)
-        .map(|(r, a)| (*r).min(*a))
-        .sum();
+    let mut whole = 0;
+    let mut units = 0;
+    for (r, a) in remaining.iter().zip(&c.ats) {
+        whole += usize::from(*r > 0 && a >= r);
+        units += (*r).min(*a);
+    }
     (whole, units)
 }
 
