@@ -263,12 +263,13 @@ pub fn plans(
     // Split plans rank after every single-location plan: once those fill the answer,
     // the search for splits could only add plans the truncation drops.
     if allow_split && out.len() < max_plans {
-        let starts = order
-            .iter()
-            .filter(|c| contributes(c, quantities) > (0, 0))
+        let starts = (0..order.len())
+            .filter(|&i| contributes(order[i], quantities) > (0, 0))
             .take(FULFIL_SEARCH_STARTS_MAX);
+        let mut used = vec![false; order.len()];
         for start in starts {
-            if let Some(parts) = greedy(quantities, &order, start) {
+            used.fill(false);
+            if let Some(parts) = greedy(quantities, &order, start, &mut used) {
                 push_plan(&mut out, &mut seen, parts);
             }
         }
@@ -312,17 +313,14 @@ fn push_plan(out: &mut Vec<Plan>, seen: &mut BTreeSet<Vec<PlanPart>>, mut parts:
 }
 
 /// (lines `c` can take whole, units it can take) of what `remaining` still needs.
+/// One pass: the split search calls it for every candidate in every round.
 fn contributes(c: &Candidate, remaining: &[i64]) -> (usize, i64) {
-    let whole = remaining
-        .iter()
-        .zip(&c.ats)
-        .filter(|(r, a)| **r > 0 && a >= r)
-        .count();
-    let units = remaining
-        .iter()
-        .zip(&c.ats)
-        .map(|(r, a)| (*r).min(*a))
-        .sum();
+    let mut whole = 0;
+    let mut units = 0;
+    for (r, a) in remaining.iter().zip(&c.ats) {
+        whole += usize::from(*r > 0 && a >= r);
+        units += (*r).min(*a);
+    }
     (whole, units)
 }
 
@@ -339,33 +337,41 @@ fn take(c: &Candidate, remaining: &mut [i64], partial: bool) -> Vec<(usize, i64)
     lines
 }
 
-/// One greedy search from `start`: bounded by `FULFIL_PLAN_LOCATIONS_MAX` rounds.
-fn greedy(quantities: &[i64], order: &[&Candidate], start: &Candidate) -> Option<Vec<PlanPart>> {
+/// One greedy search from `order[start]`: bounded by `FULFIL_PLAN_LOCATIONS_MAX` rounds.
+/// `used` (all false, one per candidate in `order`) marks the locations taken: the
+/// search runs up to `FULFIL_SEARCH_STARTS_MAX` times a request, so it compares no refs.
+fn greedy(
+    quantities: &[i64],
+    order: &[&Candidate],
+    start: usize,
+    used: &mut [bool],
+) -> Option<Vec<PlanPart>> {
     let mut remaining = quantities.to_vec();
-    let first = contributes(start, &remaining).0 == 0;
-    let mut parts = vec![part(start, take(start, &mut remaining, first))];
-    let mut used: BTreeSet<&str> = BTreeSet::from([start.location_ref.as_str()]);
+    let first = contributes(order[start], &remaining).0 == 0;
+    let mut parts = vec![part(
+        order[start],
+        take(order[start], &mut remaining, first),
+    )];
+    used[start] = true;
     while remaining.iter().any(|r| *r > 0) {
         if parts.len() >= FULFIL_PLAN_LOCATIONS_MAX {
             return None;
         }
         // The first best-ranked candidate with the most whole lines, then the most units.
-        let mut best: Option<(&Candidate, (usize, i64))> = None;
-        for c in order
-            .iter()
-            .filter(|c| !used.contains(c.location_ref.as_str()))
-        {
+        let mut best: Option<(usize, (usize, i64))> = None;
+        for (i, c) in order.iter().enumerate().filter(|(i, _)| !used[*i]) {
             let score = contributes(c, &remaining);
             if score > (0, 0) && best.is_none_or(|(_, s)| score > s) {
-                best = Some((c, score));
+                best = Some((i, score));
             }
         }
-        let Some((c, (whole, _))) = best else {
+        let Some((i, (whole, _))) = best else {
             // No new location helps: what the chosen ones still have, partly.
             top_up(order, &mut parts, &mut remaining);
             return remaining.iter().all(|r| *r == 0).then_some(parts);
         };
-        used.insert(c.location_ref.as_str());
+        used[i] = true;
+        let c = order[i];
         parts.push(part(c, take(c, &mut remaining, whole == 0)));
     }
     Some(parts)

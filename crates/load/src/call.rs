@@ -6,15 +6,13 @@ use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 
-use prost::bytes::Bytes;
 use rand::rngs::SmallRng;
 use serde_json::Value;
 use tonic::Status;
-use tonic::transport::Channel;
 
 use crate::cli::CallArgs;
 use crate::report::Ran;
-use crate::rpc::{self, Client};
+use crate::rpc::{self, Client, Framed};
 use crate::runner::{self, Load, Recorder};
 use crate::scenarios::rng_for;
 use crate::schema::Method;
@@ -27,8 +25,8 @@ pub struct Setup {
     template: Template,
     /// The data as JSON (request 0 rendered), for the report.
     data: Value,
-    /// Request 0, encoded.
-    first: Bytes,
+    /// Request 0, encoded and framed.
+    first: Framed,
 }
 
 impl Setup {
@@ -57,13 +55,10 @@ impl Setup {
     /// Writes request 0 framed as gRPC does on the wire: a 0 (uncompressed) byte, the
     /// big-endian length, the protobuf bytes.
     pub fn dump_request(&self, path: &Path) -> Result<(), String> {
-        let mut framed = Vec::with_capacity(5 + self.first.len());
-        framed.push(0u8);
-        framed.extend_from_slice(&(self.first.len() as u32).to_be_bytes());
-        framed.extend_from_slice(&self.first);
+        let framed = self.first.wire();
         if path.as_os_str() == "-" {
             let mut out = std::io::stdout().lock();
-            out.write_all(&framed).map_err(|e| e.to_string())?;
+            out.write_all(framed).map_err(|e| e.to_string())?;
             out.flush().map_err(|e| e.to_string())
         } else {
             std::fs::write(path, framed)
@@ -99,7 +94,7 @@ fn render_once(
     template: &Template,
     n: u64,
     worker_id: &str,
-) -> Result<(String, Bytes), String> {
+) -> Result<(String, Framed), String> {
     let mut text = String::new();
     let mut rng = rng_for(0);
     template.render(
@@ -112,13 +107,13 @@ fn render_once(
         &mut text,
     );
     let body = method.encode_json(&text)?;
-    Ok((text, body))
+    Ok((text, Framed::from_message(&body)))
 }
 
 /// What a call sends.
 pub enum Payload {
-    /// Data without template actions: encoded once for the whole run.
-    Static(Bytes),
+    /// Data without template actions: encoded and framed once for the whole run.
+    Static(Framed),
     /// Rendered, parsed and encoded per request.
     Template(Template),
 }
@@ -141,9 +136,9 @@ pub struct CallWorker {
 impl Load for CallLoad {
     type Worker = CallWorker;
 
-    fn worker(&self, index: usize, channel: Channel) -> CallWorker {
+    fn worker(&self, index: usize, client: Client) -> CallWorker {
         CallWorker {
-            client: Client::new(channel),
+            client,
             id: format!("g{index}c{}", index % self.connections.max(1)),
             rng: rng_for(index),
             text: String::new(),
@@ -160,7 +155,9 @@ impl Load for CallLoad {
                     method: self.method.names(),
                 };
                 t.render(&ctx, &mut w.rng, &mut w.text);
-                self.method.encode_json(&w.text)
+                self.method
+                    .encode_json(&w.text)
+                    .map(|m| Framed::from_message(&m))
             }
         };
         let _ = match body {

@@ -12,8 +12,9 @@
 //! - `scenarios`: the scenarios, one file each, and the seeding they share.
 //! - `schema`: the API's descriptors (prost-reflect): callable methods, `-d` JSON to protobuf.
 //! - `template`: ghz's template variables in `-d`.
-//! - `runner`: load threads, workers, open and closed loop, per-worker HdrHistograms.
-//! - `rpc`: the pre-encoded-bytes codec, connections, status names, the loopback check.
+//! - `runner`: load threads, workers, open and closed loop, per-thread HdrHistograms.
+//! - `h2client`: the load's raw HTTP/2 gRPC client (pre-framed requests, reconnects).
+//! - `rpc`: tonic channels for seeding, status names, the loopback check.
 //! - `report`: ghz's text summary and JSON report.
 //! - `duration`: ghz's durations (`-z 10s`, `-t 500ms`) through humantime.
 //! - `embedded`: `--embedded`, a stockd in this process.
@@ -22,6 +23,7 @@ mod call;
 mod cli;
 mod duration;
 mod embedded;
+mod h2client;
 mod report;
 mod rpc;
 mod runner;

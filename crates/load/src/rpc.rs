@@ -1,71 +1,13 @@
-//! The client side: a codec that sends pre-encoded request bytes, connections, ghz's
-//! names for status codes, and the loopback-only safety check.
+//! The client side: the raw HTTP/2 load client (from `h2client`), the tonic channels
+//! scenarios seed through, ghz's names for status codes, and the loopback-only check.
 
-use std::marker::PhantomData;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use prost::bytes::{BufMut, Bytes};
 use tonic::Status;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::schema::Method;
-
-/// A codec whose requests are already-encoded protobuf bytes, and whose responses are
-/// decoded as `D` (`()` skips every field: the cheapest way to check a response).
-pub struct RawCodec<D>(PhantomData<fn() -> D>);
-
-impl<D> Default for RawCodec<D> {
-    fn default() -> Self {
-        RawCodec(PhantomData)
-    }
-}
-
-impl<D: prost::Message + Default + Send + 'static> Codec for RawCodec<D> {
-    type Encode = Bytes;
-    type Decode = D;
-    type Encoder = RawEncoder;
-    type Decoder = MessageDecoder<D>;
-
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-
-    fn decoder(&mut self) -> MessageDecoder<D> {
-        MessageDecoder(PhantomData)
-    }
-}
-
-pub struct RawEncoder;
-
-impl Encoder for RawEncoder {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-
-    /// Requests are small: tonic's default 8 KiB buffer per call is mostly wasted.
-    fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::new(512, 32 * 1024)
-    }
-}
-
-pub struct MessageDecoder<D>(PhantomData<fn() -> D>);
-
-impl<D: prost::Message + Default> Decoder for MessageDecoder<D> {
-    type Item = D;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<D>, Status> {
-        D::decode(src)
-            .map(Some)
-            .map_err(|e| Status::internal(format!("cannot decode the response: {e}")))
-    }
-}
+pub use crate::h2client::{Client, Framed, open_load, unary};
 
 /// The only field of ReserveResponse the load generator reads.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -74,29 +16,7 @@ pub struct ReserveOutcomeOnly {
     pub outcome: i32,
 }
 
-pub type Client = tonic::client::Grpc<Channel>;
-
-/// Sends one unary call with pre-encoded `body` and decodes the response as `D`.
-pub async fn unary<D: prost::Message + Default + Send + 'static>(
-    client: &mut Client,
-    method: Method,
-    body: Bytes,
-) -> Result<D, Status> {
-    client
-        .ready()
-        .await
-        .map_err(|e| Status::unavailable(format!("connection not ready: {e}")))?;
-    client
-        .unary(
-            tonic::Request::new(body),
-            method.path(),
-            RawCodec::<D>::default(),
-        )
-        .await
-        .map(tonic::Response::into_inner)
-}
-
-/// Opens `n` HTTP/2 connections to `addr` (`host:port`).
+/// Opens `n` tonic channels (for seeding and checks) to `addr` (`host:port`).
 pub async fn connect(
     addr: &str,
     n: usize,

@@ -3,12 +3,10 @@
 
 use std::sync::Arc;
 
-use prost::bytes::Bytes;
-use tonic::transport::Channel;
-
 use super::{Worker, browse_pool, read_from_pool, seed_for, worker};
 use crate::cli::BrowseArgs;
 use crate::report::{Ran, ScenarioReport};
+use crate::rpc::{Client, Framed};
 use crate::runner::{self, Load, Recorder};
 use crate::schema::Method;
 use crate::session::Session;
@@ -43,14 +41,14 @@ pub async fn run(args: &BrowseArgs, session: &Session) -> Result<Ran, String> {
 }
 
 pub struct BrowseLoad {
-    pub pool: Vec<Bytes>,
+    pub pool: Vec<Framed>,
 }
 
 impl Load for BrowseLoad {
     type Worker = Worker;
 
-    fn worker(&self, index: usize, channel: Channel) -> Worker {
-        worker(index, channel)
+    fn worker(&self, index: usize, client: Client) -> Worker {
+        worker(index, client)
     }
 
     async fn run(&self, w: &mut Worker, _n: u64, rec: &mut Recorder) {

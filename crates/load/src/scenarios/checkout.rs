@@ -3,18 +3,16 @@
 
 use std::sync::Arc;
 
-use prost::bytes::Bytes;
 use rand::Rng as _;
 use serde_json::json;
 use stockd::proto::inventory::v1 as pb;
-use tonic::transport::Channel;
 
 use super::{
     Counts, Seeded, Worker, browse_pool, encode, read_from_pool, reserve_request, seed_for, worker,
 };
 use crate::cli::{CheckoutArgs, CheckoutOpts, MixedArgs};
 use crate::report::{Ran, ScenarioReport};
-use crate::rpc::{self, ReserveOutcomeOnly};
+use crate::rpc::{self, Client, Framed, ReserveOutcomeOnly};
 use crate::runner::{self, Load, Outcome, Recorder};
 use crate::schema::Method;
 use crate::session::Session;
@@ -92,15 +90,15 @@ pub struct CheckoutLoad {
     release: u8,
     /// Percentage of operations that are GetAvailability (0 for `checkout`).
     reads: u8,
-    pool: Vec<Bytes>,
+    pool: Vec<Framed>,
     counts: Counts,
 }
 
 impl Load for CheckoutLoad {
     type Worker = Worker;
 
-    fn worker(&self, index: usize, channel: Channel) -> Worker {
-        worker(index, channel)
+    fn worker(&self, index: usize, client: Client) -> Worker {
+        worker(index, client)
     }
 
     async fn run(&self, w: &mut Worker, n: u64, rec: &mut Recorder) {

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use prost::bytes::Bytes;
 use serde_json::json;
 use stockd::proto::inventory::v1 as pb;
 use stockd::proto::inventory::v1::admin_service_client::AdminServiceClient;
@@ -22,7 +21,7 @@ use tonic::transport::Channel;
 use super::{Seeded, Worker, browse_pool, read_from_pool, worker};
 use crate::cli::CheckpointReadArgs;
 use crate::report::{Ran, ScenarioReport};
-use crate::rpc;
+use crate::rpc::{self, Client, Framed};
 use crate::runner::{self, Load, Recorder};
 use crate::schema::Method;
 use crate::session::Session;
@@ -88,14 +87,14 @@ fn filled(args: &CheckpointReadArgs, session: &Session) -> Seeded {
 }
 
 pub struct ReadLoad {
-    pool: Vec<Bytes>,
+    pool: Vec<Framed>,
 }
 
 impl Load for ReadLoad {
     type Worker = Worker;
 
-    fn worker(&self, index: usize, channel: Channel) -> Worker {
-        worker(index, channel)
+    fn worker(&self, index: usize, client: Client) -> Worker {
+        worker(index, client)
     }
 
     async fn run(&self, w: &mut Worker, _n: u64, rec: &mut Recorder) {

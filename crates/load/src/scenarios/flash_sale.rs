@@ -15,7 +15,7 @@ use super::{Counts, Seeded, Worker, reserve_request, seed_products, worker};
 use crate::cli::FlashSaleArgs;
 use crate::duration::ms;
 use crate::report::{Ran, ScenarioReport};
-use crate::rpc::{self, ReserveOutcomeOnly};
+use crate::rpc::{self, Client, ReserveOutcomeOnly};
 use crate::runner::{self, Load, Outcome, Recorder};
 use crate::schema::Method;
 use crate::session::Session;
@@ -65,8 +65,8 @@ impl Load for FlashSaleLoad {
         let _ = self.started.set(at);
     }
 
-    fn worker(&self, index: usize, channel: Channel) -> Worker {
-        worker(index, channel)
+    fn worker(&self, index: usize, client: Client) -> Worker {
+        worker(index, client)
     }
 
     async fn run(&self, w: &mut Worker, n: u64, rec: &mut Recorder) {

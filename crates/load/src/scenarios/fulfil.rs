@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use prost::bytes::Bytes;
 use rand::Rng;
 use stockd::proto::inventory::v1 as pb;
 use stockd::proto::inventory::v1::admin_service_client::AdminServiceClient;
@@ -13,7 +12,7 @@ use tonic::transport::Channel;
 use super::{Worker, encode, rng_for, worker};
 use crate::cli::{FulfilArgs, FulfilRead};
 use crate::report::{Ran, ScenarioReport};
-use crate::rpc;
+use crate::rpc::{self, Client, Framed};
 use crate::runner::{self, Load, Recorder};
 use crate::schema::Method;
 use crate::session::Session;
@@ -140,7 +139,7 @@ fn pool(
     channel_ref: &str,
     locations: &[String],
     products: &[String],
-) -> Result<(Method, Vec<Bytes>), String> {
+) -> Result<(Method, Vec<Framed>), String> {
     let mut rng = rng_for(usize::MAX);
     let lines = (args.lines as usize).min(products.len());
     let pick = |rng: &mut rand::rngs::SmallRng| {
@@ -199,15 +198,15 @@ fn pool(
 
 /// Sends a request picked at random from a pre-encoded pool; the answer is not needed.
 struct PoolLoad {
-    pool: Vec<Bytes>,
+    pool: Vec<Framed>,
     method: Method,
 }
 
 impl Load for PoolLoad {
     type Worker = Worker;
 
-    fn worker(&self, index: usize, channel: Channel) -> Worker {
-        worker(index, channel)
+    fn worker(&self, index: usize, client: Client) -> Worker {
+        worker(index, client)
     }
 
     async fn run(&self, w: &mut Worker, _n: u64, rec: &mut Recorder) {

@@ -13,7 +13,6 @@ pub mod reserve;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prost::Message;
-use prost::bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -23,7 +22,7 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 use crate::report::ScenarioReport;
-use crate::rpc::{self, Client, ReserveOutcomeOnly};
+use crate::rpc::{self, Client, Framed, ReserveOutcomeOnly};
 use crate::runner::Recorder;
 use crate::schema::Method;
 use crate::session::Session;
@@ -33,8 +32,9 @@ const SEED_BATCH: usize = 1_000;
 /// Distinct pre-encoded GetAvailability requests a browsing worker picks from.
 const BROWSE_POOL: usize = 4_096;
 
-pub fn encode<M: Message>(m: &M) -> Bytes {
-    Bytes::from(m.encode_to_vec())
+/// A request encoded and framed once, sent as it is.
+pub fn encode<M: Message>(m: &M) -> Framed {
+    Framed::encode(m)
 }
 
 /// An RNG of its own for each worker, so workers never share one.
@@ -122,7 +122,7 @@ pub async fn seed_products(
 }
 
 /// Pre-encodes `BROWSE_POOL` GetAvailability requests of `keys` distinct random products.
-pub fn browse_pool(seeded: &Seeded, keys: usize) -> Vec<Bytes> {
+pub fn browse_pool(seeded: &Seeded, keys: usize) -> Vec<Framed> {
     let mut rng = rng_for(usize::MAX);
     let keys = keys.min(seeded.products.len()).max(1);
     let pool = BROWSE_POOL.min(seeded.products.len().pow(keys.min(3) as u32).max(1));
@@ -151,7 +151,7 @@ pub fn browse_pool(seeded: &Seeded, keys: usize) -> Vec<Bytes> {
 
 /// Sends one GetAvailability picked at random from a pool of `browse_pool`'s, recording
 /// it; its answer is not needed.
-pub async fn read_from_pool(pool: &[Bytes], w: &mut Worker, rec: &mut Recorder) {
+pub async fn read_from_pool(pool: &[Framed], w: &mut Worker, rec: &mut Recorder) {
     let body = pool[w.rng.random_range(0..pool.len())].clone();
     let _ = rec
         .call(
@@ -229,7 +229,7 @@ pub fn reserve_request(
     hold_ref: String,
     product: &str,
     ttl_seconds: i64,
-) -> Bytes {
+) -> Framed {
     reserve_request_lines(seeded, hold_ref, &[product], ttl_seconds)
 }
 
@@ -239,7 +239,7 @@ pub fn reserve_request_lines(
     hold_ref: String,
     products: &[&str],
     ttl_seconds: i64,
-) -> Bytes {
+) -> Framed {
     encode(&pb::ReserveRequest {
         hold_ref,
         channel_ref: seeded.channel_ref.clone(),
@@ -263,9 +263,9 @@ pub struct Worker {
     pub rng: SmallRng,
 }
 
-pub fn worker(index: usize, channel: Channel) -> Worker {
+pub fn worker(index: usize, client: Client) -> Worker {
     Worker {
-        client: Client::new(channel),
+        client,
         rng: rng_for(index),
     }
 }

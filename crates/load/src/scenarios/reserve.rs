@@ -5,14 +5,13 @@ use std::sync::Arc;
 
 use serde_json::json;
 use stockd::proto::inventory::v1 as pb;
-use tonic::transport::Channel;
 
 use super::{
     Counts, Seeded, Worker, encode, reserve_request, reserve_request_lines, seed_for, worker,
 };
 use crate::cli::ReserveArgs;
 use crate::report::{Ran, ScenarioReport};
-use crate::rpc::{self, ReserveOutcomeOnly};
+use crate::rpc::{self, Client, ReserveOutcomeOnly};
 use crate::runner::{self, Load, Outcome, Recorder};
 use crate::schema::Method;
 use crate::session::Session;
@@ -46,8 +45,8 @@ pub struct ReserveLoad {
 impl Load for ReserveLoad {
     type Worker = Worker;
 
-    fn worker(&self, index: usize, channel: Channel) -> Worker {
-        worker(index, channel)
+    fn worker(&self, index: usize, client: Client) -> Worker {
+        worker(index, client)
     }
 
     async fn run(&self, w: &mut Worker, n: u64, rec: &mut Recorder) {
