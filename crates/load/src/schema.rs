@@ -299,6 +299,8 @@ mod tests {
                 "ConfirmHold",
                 "ReleaseHold",
                 "GetHold",
+                "ListHolds",
+                "GetOrder",
                 "FulfilOrder",
                 "CancelOrder",
                 "GetNetworkAvailability",
