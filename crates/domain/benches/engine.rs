@@ -264,7 +264,7 @@ fn hot_position(c: &mut Criterion) {
             black_box(part);
             black_box(engine.release(now, &req.hold_ref).expect("release"));
             engine.drain_events().for_each(drop);
-            if i % FORGET_EVERY == 0 {
+            if i.is_multiple_of(FORGET_EVERY) {
                 engine.expire_due(now + 2);
                 engine.drain_events().for_each(drop);
             }
@@ -295,7 +295,7 @@ fn random_positions(c: &mut Criterion, engine: &mut Engine, refs: &Refs, n: usiz
             black_box(part);
             black_box(engine.release(now, &req.hold_ref).expect("release"));
             engine.drain_events().for_each(drop);
-            if i % FORGET_EVERY == 0 {
+            if i.is_multiple_of(FORGET_EVERY) {
                 engine.expire_due(now + 2);
                 engine.drain_events().for_each(drop);
             }

@@ -169,7 +169,7 @@ mod tests {
         let mut n = 1usize;
         while at + n as u64 + 8192 < len {
             let data: Vec<u8> = (0..n).map(|i| (i * 7 + n) as u8).collect();
-            if n % 5 == 0 {
+            if n.is_multiple_of(5) {
                 // A buffered write (the log's end marker or a header) in between.
                 file.write_at(at, &data).unwrap();
                 file.sync_data().unwrap();
