@@ -35,7 +35,7 @@ pub const DIRECT_WRITE_BYTES_MAX: usize = (1 << 20) + 2 * DIRECT_ALIGN;
 
 /// `--log-direct-io`: whether files opened from now on try the direct path (the process's
 /// one setting, read when a file makes its first durable write).
-static ENABLED: AtomicBool = AtomicBool::new(true);
+static ENABLED: AtomicBool = AtomicBool::new(false);
 
 /// Sets `--log-direct-io` (before the logs open).
 pub fn set_enabled(on: bool) {
@@ -62,6 +62,11 @@ impl Direct {
         if !ENABLED.load(Ordering::Relaxed) {
             return None;
         }
+        Direct::open_always(file)
+    }
+
+    /// `open` whatever `--log-direct-io` says (the tests of the direct path).
+    pub(crate) fn open_always(file: &File) -> Option<Direct> {
         let path = format!("/proc/self/fd/{}", file.as_raw_fd());
         let file = OpenOptions::new()
             .read(true)
@@ -153,8 +158,7 @@ mod tests {
         let fs = FsDir::open(dir.path()).unwrap();
         let mut file = fs.create("seg").unwrap();
         // Where the filesystem refuses O_DIRECT (tmpfs), the buffered path pads nothing.
-        let direct =
-            super::Direct::open(&std::fs::File::open(dir.path().join("seg")).unwrap()).is_some();
+        let direct = file.force_direct();
         let pad = |expect: &mut Vec<u8>, end: usize| {
             if direct {
                 expect[end..end.div_ceil(super::DIRECT_ALIGN) * super::DIRECT_ALIGN].fill(0);
@@ -186,6 +190,7 @@ mod tests {
         }
         // Reopened: the cached tail block is gone, the next write reads it back.
         let mut file = fs.open("seg").unwrap();
+        assert_eq!(file.force_direct(), direct);
         file.write_durable_at(at, b"after reopen").unwrap();
         expect[at as usize..at as usize + 12].copy_from_slice(b"after reopen");
         pad(&mut expect, at as usize + 12);

@@ -190,6 +190,18 @@ impl FsFile {
     }
 }
 
+#[cfg(test)]
+impl FsFile {
+    /// Opens the direct descriptor whatever `--log-direct-io` says; whether it could.
+    pub(crate) fn force_direct(&mut self) -> bool {
+        self.direct = match Direct::open_always(&self.file) {
+            Some(d) => DirectState::Open(Box::new(d)),
+            None => DirectState::Unsupported,
+        };
+        matches!(self.direct, DirectState::Open(_))
+    }
+}
+
 impl LogFile for FsFile {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)
