@@ -260,7 +260,7 @@ pub fn category_in(i: usize, c: pb::Category) -> Result<CategoryConfig, domain::
     })
 }
 
-fn quantity_type(kind: IqKind) -> pb::QuantityType {
+pub(crate) fn quantity_type(kind: IqKind) -> pb::QuantityType {
     match kind {
         IqKind::LastOnHand => pb::QuantityType::LastOnHand,
         IqKind::Delta => pb::QuantityType::Delta,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tonic::Status;
 
-use super::convert::{invalid, timestamp};
+use super::convert::{invalid, quantity_type, timestamp};
 use super::status::{ApiError, to_status};
 use crate::limits::{EVENTS_LIST_PAGE_DEFAULT, EVENTS_LIST_PAGE_MAX};
 use crate::proto::inventory::v1 as pb;
@@ -111,16 +111,4 @@ pub fn quantity(e: &EventRecord, iq: &IqRecord) -> ((String, String), pb::Invent
         expires_at: iq.expires_at.map(timestamp),
     };
     ((product, location), quantity)
-}
-
-fn quantity_type(kind: IqKind) -> pb::QuantityType {
-    match kind {
-        IqKind::LastOnHand => pb::QuantityType::LastOnHand,
-        IqKind::Delta => pb::QuantityType::Delta,
-        IqKind::Correction => pb::QuantityType::Correction,
-        IqKind::Returned => pb::QuantityType::Returned,
-        IqKind::Sale => pb::QuantityType::Sale,
-        IqKind::SoftReserve => pb::QuantityType::SoftReserve,
-        IqKind::Reserved => pb::QuantityType::Reserved,
-    }
 }
