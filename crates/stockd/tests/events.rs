@@ -15,7 +15,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::calls::{confirm_ok, release_ok, reserve_ok, reserve_reply, stock, upsert_channel};
+use common::calls::{
+    confirm_ok, list_all, release_ok, reserve_ok, reserve_reply, stock, upsert_channel,
+};
 use common::client::{self, wait_serving};
 use common::fixtures::{LOC, TestFolder, WEB};
 use common::requests::{channel, count_now, reserve_request};
@@ -55,28 +57,6 @@ async fn next_event(
 ) -> Result<Option<pb::Event>, tonic::Status> {
     let sent = stream.message().await?;
     Ok(sent.map(|s| s.event.expect("a streamed message carries its event")))
-}
-
-/// Every retained event, through ListEvents pages.
-async fn list_all(ev: &mut Ev) -> Vec<pb::Event> {
-    let mut out = Vec::new();
-    let mut from = 0;
-    loop {
-        let page = ev
-            .list_events(pb::ListEventsRequest {
-                from_sequence: from,
-                page_size: 1000,
-                filter: None,
-            })
-            .await
-            .expect("ListEvents")
-            .into_inner();
-        out.extend(page.events);
-        if page.next_sequence > page.last_sequence {
-            return out;
-        }
-        from = page.next_sequence;
-    }
 }
 
 /// Makes one more change and waits until its event is readable: then every event of the

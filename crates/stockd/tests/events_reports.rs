@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::calls::{
-    cancel_ok, confirm_ok, fulfil_ok, get_position, release_ok, reserve_ok, reserve_reply, stock,
-    upsert_channel,
+    cancel_ok, confirm_ok, fulfil_ok, get_position, list_all, release_ok, reserve_ok,
+    reserve_reply, stock, upsert_channel,
 };
 use common::client::{self, wait_serving};
 use common::fixtures::{LOC, WEB};
@@ -43,28 +43,6 @@ async fn start(shards: u32) -> (Spawned, tempfile::TempDir) {
         .await
         .expect("the server starts");
     (spawned, dir)
-}
-
-/// Every retained event, through ListEvents pages.
-async fn list_all(ev: &mut Ev) -> Vec<pb::Event> {
-    let mut out = Vec::new();
-    let mut from = 0;
-    loop {
-        let page = ev
-            .list_events(pb::ListEventsRequest {
-                from_sequence: from,
-                page_size: 1000,
-                filter: None,
-            })
-            .await
-            .expect("ListEvents")
-            .into_inner();
-        out.extend(page.events);
-        if page.next_sequence > page.last_sequence {
-            return out;
-        }
-        from = page.next_sequence;
-    }
 }
 
 /// Counts one more position and waits until its event is readable: every event of the

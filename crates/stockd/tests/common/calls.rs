@@ -193,3 +193,29 @@ pub fn hold_lines(h: &pb::Hold) -> Vec<(String, String, i64)> {
     lines.sort();
     lines
 }
+
+/// Every retained event, through ListEvents pages.
+pub async fn list_all(
+    ev: &mut stockd::proto::inventory::v1::event_service_client::EventServiceClient<
+        tonic::transport::Channel,
+    >,
+) -> Vec<pb::Event> {
+    let mut out = Vec::new();
+    let mut from = 0;
+    loop {
+        let page = ev
+            .list_events(pb::ListEventsRequest {
+                from_sequence: from,
+                page_size: 1000,
+                filter: None,
+            })
+            .await
+            .expect("ListEvents")
+            .into_inner();
+        out.extend(page.events);
+        if page.next_sequence > page.last_sequence {
+            return out;
+        }
+        from = page.next_sequence;
+    }
+}
