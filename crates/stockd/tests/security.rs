@@ -675,6 +675,147 @@ async fn an_identity_scoped_to_channels_cannot_touch_another_channels_hold_by_it
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_scoped_to_channels_cannot_fulfil_or_cancel_another_channels_order() {
+    let methods: &[&str] = &[
+        RESERVE,
+        "inventory.v1.InventoryService/ConfirmHold",
+        "inventory.v1.InventoryService/GetOrder",
+        "inventory.v1.InventoryService/FulfilOrder",
+        "inventory.v1.InventoryService/CancelOrder",
+    ];
+    let text = policy(&[
+        ("social", methods, Some(&["SOCIAL"])),
+        ("web", methods, Some(&["WEB"])),
+        ("operator", &["inventory.v1.AdminService/*"], None),
+    ]);
+    let tokens = [
+        ("s-secret", "social"),
+        ("w-secret", "web"),
+        ("op-secret", "operator"),
+    ];
+    let server = policy_server(&text, &tokens, 2).await;
+    let ch = server.channel();
+    seed_channels(ch.clone(), "op-secret").await;
+    let mut inv = InventoryServiceClient::new(ch.clone());
+    let reserve = reserve_request("hw", "WEB", &[("P1", "DC1", 2)], 0);
+    inv.reserve(with_token(reserve, "w-secret"))
+        .await
+        .expect("web reserves");
+    let confirm = pb::ConfirmHoldRequest {
+        hold_ref: "hw".into(),
+        order_ref: "ow".into(),
+        reacquire: false,
+    };
+    inv.confirm_hold(with_token(confirm, "w-secret"))
+        .await
+        .expect("web confirms");
+    let fulfil = pb::FulfilOrderRequest {
+        order_ref: "ow".into(),
+        lines: vec![pb::OrderLine {
+            product_ref: "P1".into(),
+            location_ref: "DC1".into(),
+            quantity: 1,
+        }],
+    };
+    let cancel = pb::CancelOrderRequest {
+        order_ref: "ow".into(),
+    };
+    // Another channel's caller can neither ship nor cancel the order.
+    let refused = inv
+        .fulfil_order(with_token(fulfil.clone(), "s-secret"))
+        .await;
+    assert_refused(refused.map(|_| ()), Code::PermissionDenied, "WEB");
+    let refused = inv
+        .cancel_order(with_token(cancel.clone(), "s-secret"))
+        .await;
+    assert_refused(refused.map(|_| ()), Code::PermissionDenied, "WEB");
+    let get = pb::GetOrderRequest {
+        order_ref: "ow".into(),
+    };
+    let order = inv
+        .get_order(with_token(get, "w-secret"))
+        .await
+        .expect("its own order")
+        .into_inner()
+        .order
+        .expect("order");
+    let line = &order.lines[0];
+    assert_eq!(
+        (line.reserved, line.fulfilled, line.cancelled),
+        (2, 0, 0),
+        "the refusals changed nothing: {order:?}"
+    );
+    // An unknown order is the call's own NOT_FOUND; the owner ships and cancels the rest.
+    let unknown = pb::CancelOrderRequest {
+        order_ref: "nope".into(),
+    };
+    let status = inv
+        .cancel_order(with_token(unknown, "s-secret"))
+        .await
+        .expect_err("unknown");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    inv.fulfil_order(with_token(fulfil, "w-secret"))
+        .await
+        .expect("web ships");
+    inv.cancel_order(with_token(cancel, "w-secret"))
+        .await
+        .expect("web cancels the rest");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_scoped_to_channels_gets_its_channel_report_but_no_position_history() {
+    let text = policy(&[
+        (
+            "social-analytics",
+            &["inventory.v1.EventService/*"],
+            Some(&["SOCIAL"]),
+        ),
+        ("operator", &["inventory.v1.EventService/*"], None),
+    ]);
+    let tokens = [("an-secret", "social-analytics"), ("op-secret", "operator")];
+    let server = policy_server(&text, &tokens, 1).await;
+    let mut events = EventServiceClient::new(server.channel());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let report = |channel: &str| pb::GetChannelReportRequest {
+        channel_ref: channel.into(),
+        from_time: Some(ts(now - 3_600_000)),
+        to_time: Some(ts(now + 60_000)),
+        ..Default::default()
+    };
+    let history = pb::GetPositionHistoryRequest {
+        product_ref: "P1".into(),
+        location_ref: "DC1".into(),
+        ..Default::default()
+    };
+    let refused = events
+        .get_channel_report(with_token(report("WEB"), "an-secret"))
+        .await;
+    assert_refused(refused.map(|_| ()), Code::PermissionDenied, "WEB");
+    // The history shows every channel's quantities: refused to a scoped caller.
+    let refused = events
+        .get_position_history(with_token(history.clone(), "an-secret"))
+        .await;
+    assert_refused(refused.map(|_| ()), Code::PermissionDenied, "channel");
+    events
+        .get_position_history(with_token(history, "op-secret"))
+        .await
+        .expect("the operator reads the history");
+    // Its own channel's report is allowed: it answers, or UNAVAILABLE while the reports
+    // are rebuilt from the log at start, never a refusal.
+    let own = events
+        .get_channel_report(with_token(report("SOCIAL"), "an-secret"))
+        .await;
+    if let Err(status) = own {
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_certificates_name_identities_for_the_policy() {
     let ca = Ca::new("stockd test CA");
     let clients = Ca::new("client CA");
