@@ -12,7 +12,8 @@
 #     the ratios browse ÷ health and Reserve ÷ health;
 #   - Reserve p50/p99/p99.9 at 50% of its maximum throughput (open loop, --rps);
 #   - sync ÷ async durability throughput for Reserve (the server restarted with
-#     --durability async);
+#     --durability async), and Reserve with one live WatchEvents consumer ÷ without;
+#   - the disk's floor: what one fdatasync of 4 KiB costs alone (python3);
 #   - one hot product against 10,000 products spread evenly;
 #   - stockd-load against h2load (nghttp2-client) on the same server with the same
 #     gRPC-framed request, so a slow load generator cannot pass for a slow server;
@@ -195,6 +196,8 @@ common=(-c "$CONC" --connections "$CONNS" -z "${SECS}s")
 load health health "${common[@]}"
 load browse browse --prefix suite --products 1000 --keys 3 "${common[@]}"
 load reserve reserve --products 10000 "${common[@]}"
+# The same load with one live WatchEvents consumer beside it (issue #14).
+load reserve-watch reserve --products 10000 --watch "${common[@]}"
 load hot reserve --hot "${common[@]}"
 RESERVE_RPS=$(jget "$WORK/reserve.json" 'd["rps"]')
 HALF=$(python3 -c "import sys; print(max(1, round(float(sys.argv[1]) / 2)))" "$RESERVE_RPS")
@@ -228,7 +231,31 @@ log "async durability"
 start_server async
 "${LOAD_PIN[@]}" "$LOAD" health -z 1s -c "$CONC" --connections "$CONNS" -O json "127.0.0.1:$PORT" >/dev/null # warm-up
 load reserve-async reserve --products 10000 "${common[@]}"
+load reserve-async-watch reserve --products 10000 --watch "${common[@]}"
 stop_server
+
+# --- the disk's own floor -------------------------------------------------------------
+# What one fdatasync of a 4 KiB block costs on the filesystem of the data folders, timed
+# alone: no sync-durability reply can be faster than the sync it waits for.
+log "disk floor (fdatasync)"
+python3 - "$WORK" >"$WORK/fdatasync.json" <<'PY'
+import json, os, sys, time
+path = os.path.join(sys.argv[1], "fdatasync-probe")
+fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+os.write(fd, b"\0" * (8 << 20))
+os.fsync(fd)
+block, times = b"x" * 4096, []
+for i in range(2000):
+    os.pwrite(fd, block, (i * 4096) % (8 << 20))
+    t = time.perf_counter()
+    os.fdatasync(fd)
+    times.append(time.perf_counter() - t)
+os.close(fd)
+os.unlink(path)
+times.sort()
+q = lambda p: times[min(len(times) - 1, int(p * len(times)))] * 1e3
+print(json.dumps({"count": len(times), "p50": q(0.5), "p99": q(0.99), "p999": q(0.999)}))
+PY
 
 # --- shard scaling --------------------------------------------------------------------
 # The same load at --shards 1 and --shards 8, the server on the same one pinned core: a
@@ -289,6 +316,8 @@ def h2load(name):
 health, browse, reserve, hot = rep("health"), rep("browse"), rep("reserve"), rep("hot")
 openl, flash, checkout, mixed = rep("open"), rep("flash"), rep("checkout"), rep("mixed")
 call_ga, reserve_async = rep("call-ga"), rep("reserve-async")
+reserve_watch, reserve_async_watch = rep("reserve-watch"), rep("reserve-async-watch")
+disk = rep("fdatasync")
 
 def row(label, d, rps=None):
     rps = d["rps"] if rps is None else rps
@@ -326,6 +355,14 @@ r_mixed = ratio(mixed['rps'], browse['rps'])
 print(f"  mixed ÷ browse                 {r_mixed:6.2f}   (goal ≥ 0.80: {'met' if r_mixed >= 0.8 else 'NOT met'})")
 print(f"  sync ÷ async (Reserve)         {ratio(reserve['rps'], reserve_async['rps']):6.2f}")
 print(f"  hot ÷ spread (Reserve)         {ratio(hot['rps'], reserve['rps']):6.2f}")
+for label, with_, without in (("sync", reserve_watch, reserve), ("async", reserve_async_watch, reserve_async)):
+    r = ratio(with_["rps"], without["rps"])
+    w = with_.get("watch") or {}
+    seen = f"{w.get('eventsPerSecond', 0):.0f} events/s, {w.get('gaps', 0)} missing"
+    if w.get("ended"):
+        seen += "; the stream ended: " + w["ended"]
+    print(f"  Reserve with a watcher ÷ without, {label:<5} {r:5.2f}   (goal ≥ 0.95: {'met' if r >= 0.95 else 'NOT met'}; "
+          f"the watcher received {seen})")
 print()
 
 target = openl["options"]["rps"]
@@ -335,6 +372,8 @@ print(f"  achieved {openl['rps']:.0f} req/s; p50 {pct(openl, 50):.2f} ms, p99 {p
       f"p99.9 {pct(openl, 99.9):.2f} ms  (goal p99 ≤ 1 ms, p99.9 ≤ 2 ms: "
       f"{'met' if p99 <= 1.0 and pct(openl, 99.9) <= 2.0 else 'NOT met'})"
       + (f"  ({errors(openl)} errors)" if errors(openl) else ""))
+print(f"  the disk's floor: one fdatasync of 4 KiB alone, {disk['count']} times: p50 {disk['p50']:.2f} ms, "
+      f"p99 {disk['p99']:.2f} ms, p99.9 {disk['p999']:.2f} ms")
 print()
 
 print(f"Flash sale: {fs['units']} units, {fs['buyers']} buyers, {conc} concurrent")

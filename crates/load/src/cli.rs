@@ -56,6 +56,7 @@ Examples:
   stockd-load reserve --products 10000 -c 50 -z 10s
   stockd-load reserve --hot -c 50 -z 10s
   stockd-load reserve --products 10000 --rps 4000 -z 10s   # open loop: honest p99
+  stockd-load reserve --products 10000 -z 10s --watch       # and a WatchEvents consumer beside it
   stockd-load fulfil --read fulfil --locations 50 --lines 5 -c 20 -z 10s   # also --read network|keys
 
 Template variables in -d (as in ghz): {{.RequestNumber}}, {{.WorkerID}}, {{.UUID}},
@@ -236,6 +237,10 @@ pub struct LoadArgs {
     /// Prefix of the refs a scenario creates [default: a random one per run].
     #[arg(long, global = true)]
     pub prefix: Option<String>,
+    /// Also keep one EventService.WatchEvents stream open (from now, no filter, on a
+    /// connection of its own) and report the events it received per second, and any gap.
+    #[arg(long, global = true)]
+    pub watch: bool,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

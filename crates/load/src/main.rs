@@ -18,6 +18,7 @@
 //! - `report`: ghz's text summary and JSON report.
 //! - `duration`: ghz's durations (`-z 10s`, `-t 500ms`) through humantime.
 //! - `embedded`: `--embedded`, a stockd in this process.
+//! - `watch`: `--watch`, a WatchEvents stream beside the load.
 
 mod call;
 mod cli;
@@ -31,6 +32,7 @@ mod scenarios;
 mod schema;
 mod session;
 mod template;
+mod watch;
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -19,6 +19,7 @@ use crate::duration::ms;
 use crate::rpc::code_name;
 use crate::runner::{MethodStats, Outcome, Plan};
 use crate::schema::Method;
+use crate::watch::WatchReport;
 
 /// ghz's percentiles.
 pub const PERCENTILES: [u32; 7] = [10, 25, 50, 75, 90, 95, 99];
@@ -90,6 +91,8 @@ pub struct Report<'a> {
     pub data: Option<Value>,
     pub outcome: &'a Outcome,
     pub scenario: Option<ScenarioReport>,
+    /// `--watch`: what the stream beside the load received.
+    pub watch: Option<WatchReport>,
     pub date: SystemTime,
 }
 
@@ -199,6 +202,9 @@ impl Report<'_> {
         if let Some(sc) = &self.scenario {
             scenario_text(sc, &mut out);
         }
+        if let Some(w) = &self.watch {
+            watch_text(w, &mut out);
+        }
         out
     }
 
@@ -303,6 +309,9 @@ impl Report<'_> {
             }
             report.insert("scenario".into(), Value::Object(s));
         }
+        if let Some(w) = &self.watch {
+            report.insert("watch".into(), watch_json(w));
+        }
         Value::Object(report)
     }
 
@@ -389,6 +398,33 @@ fn scenario_text(sc: &ScenarioReport, out: &mut String) {
         None => {}
     }
     out.push('\n');
+}
+
+fn watch_text(w: &WatchReport, out: &mut String) {
+    let _ = writeln!(out, "Watch (WatchEvents from now, no filter):");
+    let _ = writeln!(out, "  events:     {}", w.events);
+    let _ = writeln!(out, "  events/s:   {:.0}", w.rate());
+    let _ = writeln!(
+        out,
+        "  sequences:  {}..{}, {} missing",
+        w.first_sequence, w.last_sequence, w.gaps
+    );
+    if let Some(why) = &w.ended {
+        let _ = writeln!(out, "  ended:      {why}");
+    }
+    out.push('\n');
+}
+
+fn watch_json(w: &WatchReport) -> Value {
+    json!({
+        "events": w.events,
+        "eventsPerSecond": w.rate(),
+        "firstSequence": w.first_sequence,
+        "lastSequence": w.last_sequence,
+        "gaps": w.gaps,
+        "spanSeconds": w.span.as_secs_f64(),
+        "ended": w.ended,
+    })
 }
 
 /// Writes the report in `format` to `output`, or to stdout.
@@ -489,6 +525,7 @@ mod tests {
             data: None,
             outcome: &outcome,
             scenario: None,
+            watch: None,
             date: SystemTime::now(),
         };
         let j = report.json();

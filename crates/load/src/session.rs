@@ -15,6 +15,7 @@ use crate::report::{self, Ran, Report};
 use crate::rpc;
 use crate::runner::{Plan, Target};
 use crate::scenarios;
+use crate::watch::Watch;
 
 /// The default target, like ghz's examples.
 const DEFAULT_TARGET: &str = "127.0.0.1:50051";
@@ -32,6 +33,8 @@ pub struct Session {
     /// Progress messages and bars only go to a terminal: piped output is the report alone.
     tty: bool,
     embedded: Option<Embedded>,
+    /// `--watch`: the stream beside the load.
+    watch: Option<Watch>,
 }
 
 impl Session {
@@ -60,6 +63,17 @@ impl Session {
                 return Err(e);
             }
         };
+        let watch = if load.watch {
+            match Watch::start(&target.addr, load.connect_timeout).await {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    stop_embedded(embedded, tty).await?;
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
         let prefix = scenarios::run_prefix(load.prefix.as_deref());
         Ok(Session {
             load,
@@ -68,6 +82,7 @@ impl Session {
             prefix,
             tty,
             embedded,
+            watch,
         })
     }
 
@@ -99,6 +114,10 @@ impl Session {
     /// Stops the embedded server, then reports `ran`; exit status 1 when a scenario's
     /// check failed.
     pub async fn finish(mut self, ran: Result<Ran, String>) -> Result<ExitCode, String> {
+        let watch = match self.watch.take() {
+            Some(w) => Some(w.finish().await),
+            None => None,
+        };
         stop_embedded(self.embedded.take(), self.tty).await?;
         let ran = ran?;
         let plan = self.plan();
@@ -111,6 +130,7 @@ impl Session {
             data: ran.data,
             outcome: &ran.outcome,
             scenario: ran.scenario,
+            watch,
             date: SystemTime::now(),
         };
         report::write(&report, self.load.format, self.load.output.as_deref())?;
