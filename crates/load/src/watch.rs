@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stockd::proto::inventory::v1 as pb;
-use stockd::proto::inventory::v1::event_service_client::EventServiceClient;
 use tonic::transport::Channel;
 
 use crate::rpc;
@@ -68,11 +67,9 @@ impl Watch {
             start: pb::watch_events_request::Start::Now as i32,
             ..Default::default()
         };
-        let stream = EventServiceClient::new(channel)
-            .watch_events(request)
+        let stream = open(channel, request)
             .await
-            .map_err(|s| format!("--watch: WatchEvents: {}", rpc::error_text(&s)))?
-            .into_inner();
+            .map_err(|s| format!("--watch: WatchEvents: {}", rpc::error_text(&s)))?;
         let seen = Arc::new(Mutex::new(Seen::default()));
         let task = tokio::spawn(count(stream, seen.clone()));
         Ok(Watch { seen, task })
@@ -101,7 +98,38 @@ impl Watch {
     }
 }
 
-async fn count(mut stream: tonic::Streaming<pb::WatchEventsResponse>, seen: Arc<Mutex<Seen>>) {
+/// The only field of a WatchEventsResponse the watch reads: its event's sequence (prost
+/// skips the rest unparsed, so counting costs the load generator little of its core).
+#[derive(Clone, PartialEq, prost::Message)]
+struct SequenceOnly {
+    #[prost(message, optional, tag = "1")]
+    event: Option<EventSequence>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct EventSequence {
+    #[prost(uint64, tag = "1")]
+    sequence: u64,
+}
+
+/// WatchEvents, decoding each answer as [`SequenceOnly`].
+async fn open(
+    channel: Channel,
+    request: pb::WatchEventsRequest,
+) -> Result<tonic::Streaming<SequenceOnly>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let path = http::uri::PathAndQuery::from_static("/inventory.v1.EventService/WatchEvents");
+    let codec = tonic_prost::ProstCodec::<pb::WatchEventsRequest, SequenceOnly>::default();
+    let response = grpc
+        .server_streaming(tonic::Request::new(request), path, codec)
+        .await?;
+    Ok(response.into_inner())
+}
+
+async fn count(mut stream: tonic::Streaming<SequenceOnly>, seen: Arc<Mutex<Seen>>) {
     loop {
         let next = stream.message().await;
         let mut seen = seen.lock().expect("watch counters");

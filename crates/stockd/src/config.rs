@@ -110,8 +110,9 @@ pub struct ServeArgs {
     /// Keep the event log below this many bytes (whole segments of 8 MiB; at least two kept).
     #[arg(long, env = "STOCKD_EVENTS_RETENTION_BYTES", default_value_t = limits::EVENTS_RETENTION_BYTES_DEFAULT)]
     pub events_retention_bytes: u64,
-    /// How many events a live WatchEvents stream may fall behind before it ends with
-    /// RESOURCE_EXHAUSTED (the consumer resumes from the last sequence it got).
+    /// Live events every WatchEvents stream reads from memory; a stream the ring laps reads
+    /// on from the log. One more than this many events behind whose consumer takes nothing
+    /// for 1 s ends with RESOURCE_EXHAUSTED (it resumes from the last sequence it got).
     #[arg(long, env = "STOCKD_EVENTS_WATCH_BUFFER", default_value_t = limits::EVENTS_WATCH_BUFFER_DEFAULT)]
     pub events_watch_buffer: usize,
     /// Checkpoint a shard after this many seconds with at least one record.

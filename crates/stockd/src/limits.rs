@@ -274,10 +274,15 @@ pub const EVENTS_SYNC_INTERVAL_MS: u64 = 10;
 /// How often retention runs (it also runs at once when the byte bound is passed).
 pub const EVENTS_RETENTION_EVERY_MS: u64 = 1_000;
 
-/// Default `--events-watch-buffer`: how many events a live watcher may fall behind (the
-/// broadcast ring every watcher reads; ~200 bytes an event: ~3 MiB, shared by all).
-/// Beyond it the watch ends with RESOURCE_EXHAUSTED naming the last sequence sent.
+/// Default `--events-watch-buffer`: the live events every watcher reads from memory (a
+/// broadcast ring; ~200 bytes an event: ~3 MiB, shared by all). A watch the ring laps (a
+/// burst, such as a SetStock of 10,000 products) reads on from the retained log.
 pub const EVENTS_WATCH_BUFFER_DEFAULT: usize = 16_384;
+
+/// A watch more than `--events-watch-buffer` events behind whose consumer takes nothing
+/// for this long (its HTTP/2 window and send buffer full) ends with RESOURCE_EXHAUSTED
+/// naming the last sequence sent: a stopped consumer holds no task forever.
+pub const EVENTS_WATCH_STALL_MS: u64 = 1_000;
 
 /// Messages queued between a watch's task and its HTTP/2 stream.
 pub const EVENTS_WATCH_SEND_BUFFER: usize = 256;

@@ -318,6 +318,17 @@ async fn many_events(admin: &mut client::Adm, tag: &str, n: usize) {
         .unwrap();
 }
 
+/// A client whose HTTP/2 windows hold only 16 KiB: a watcher on it that stops reading
+/// backs up to the server at once, instead of after megabytes of socket and window space.
+fn small_window_events_client(addr: std::net::SocketAddr) -> Ev {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .initial_stream_window_size(16 << 10)
+        .initial_connection_window_size(16 << 10)
+        .connect_lazy();
+    EventServiceClient::new(channel)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_watcher_is_cut_off_naming_its_last_sequence_and_resumes() {
     let dir = tempdir();
@@ -328,7 +339,8 @@ async fn a_slow_watcher_is_cut_off_naming_its_last_sequence_and_resumes() {
     let mut admin = client::admin(server.grpc);
     let mut ev = events_client(server.grpc);
     upsert_channel(&mut admin, channel(WEB)).await;
-    let mut stream = watch(&mut ev, Start::Now, 0).await;
+    let mut slow = small_window_events_client(server.grpc);
+    let mut stream = watch(&mut slow, Start::Now, 0).await;
     stock(&mut admin, "FIRST", LOC, 1).await;
     let mut got = vec![next_event(&mut stream).await.unwrap().unwrap()];
     // The watcher stops reading while far more than its buffers' worth happens.
@@ -336,11 +348,19 @@ async fn a_slow_watcher_is_cut_off_naming_its_last_sequence_and_resumes() {
         many_events(&mut admin, &format!("R{round}-"), 1000).await;
     }
     let last = barrier(&mut admin, &mut ev).await;
+    // ...and for longer than a stalled consumer may take nothing.
+    let stall = Duration::from_millis(stockd::limits::EVENTS_WATCH_STALL_MS);
+    tokio::time::sleep(stall * 2).await;
     let status = loop {
-        match tokio::time::timeout(EVENT_WAIT, next_event(&mut stream))
-            .await
-            .unwrap()
-        {
+        let next = tokio::time::timeout(EVENT_WAIT, next_event(&mut stream)).await;
+        let Ok(next) = next else {
+            panic!(
+                "no event and no status for {EVENT_WAIT:?}: got {} events, the last {:?}, of {last}",
+                got.len(),
+                got.last().map(|e| e.sequence)
+            );
+        };
+        match next {
             Ok(Some(e)) => got.push(e),
             Ok(None) => panic!("the stream ended without a status"),
             Err(status) => break status,
@@ -357,6 +377,47 @@ async fn a_slow_watcher_is_cut_off_naming_its_last_sequence_and_resumes() {
     assert!(last_sent < last, "it was cut off before the end");
     let mut resumed = watch(&mut ev, Start::AtSequence, last_sent + 1).await;
     read_until(&mut resumed, last, &mut got).await;
+    assert_dense(&got, got[0].sequence);
+    stop(server).await;
+}
+
+/// Regression (found with `stockd-load --watch`): a burst larger than the watch buffer,
+/// such as one SetStock of 1,000 products, laps the live ring before the watch can read
+/// it. A watcher that keeps reading must not be cut off for that: it reads on from the
+/// retained log and sees every event, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_larger_than_the_buffer_does_not_cut_off_a_watcher_that_keeps_reading() {
+    let dir = tempdir();
+    let mut config = ServerConfig::new(dir.path().join("data"));
+    config.shards = 2;
+    config.events.watch_buffer = 16;
+    let server = start_with(config).await;
+    let mut admin = client::admin(server.grpc);
+    let mut ev = events_client(server.grpc);
+    upsert_channel(&mut admin, channel(WEB)).await;
+    let mut stream = watch(&mut ev, Start::Now, 0).await;
+    stock(&mut admin, "FIRST", LOC, 1).await;
+    let first = next_event(&mut stream).await.unwrap().unwrap();
+    // The watcher reads all the time, until the barrier's event (the last change).
+    let reader = tokio::spawn(async move {
+        let mut got = vec![first];
+        while !got.last().unwrap().product_ref.starts_with("BARRIER") {
+            let next = tokio::time::timeout(EVENT_WAIT, next_event(&mut stream))
+                .await
+                .expect("an event in time");
+            got.push(
+                next.expect("the stream goes on")
+                    .expect("the stream is open"),
+            );
+        }
+        (got, stream)
+    });
+    for round in 0..3 {
+        many_events(&mut admin, &format!("B{round}-"), 1000).await;
+    }
+    let last = barrier(&mut admin, &mut ev).await;
+    let (mut got, mut stream) = reader.await.expect("the reader");
+    read_until(&mut stream, last, &mut got).await;
     assert_dense(&got, got[0].sequence);
     stop(server).await;
 }

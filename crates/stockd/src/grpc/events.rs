@@ -3,11 +3,15 @@
 //!
 //! A watch is a task of its own feeding a bounded channel to its HTTP/2 stream. It
 //! subscribes to the live feed before it reads the published sequence, so the switch
-//! from replay to live loses nothing; events seen twice are skipped by sequence. A
-//! consumer too slow for the live feed (the feed's ring moved a whole `watch_buffer` past
-//! it) gets RESOURCE_EXHAUSTED naming where it was; the writer never waits for anyone.
+//! from replay to live loses nothing; events seen twice are skipped by sequence. When the
+//! feed's ring moves a whole `watch_buffer` past a watch (a burst such as a bulk SetStock,
+//! or a consumer slower than events arrive), the watch reads on from the retained log, so
+//! a consumer that keeps reading is never cut off by a burst. A consumer more than
+//! `watch_buffer` behind that takes nothing for `EVENTS_WATCH_STALL_MS` gets
+//! RESOURCE_EXHAUSTED naming where it was. The writer never waits for anyone.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -18,7 +22,7 @@ use super::convert::{invalid, millis, timestamp};
 use super::status::{ApiError, to_status};
 use crate::limits::{
     EVENTS_LIST_PAGE_DEFAULT, EVENTS_LIST_PAGE_MAX, EVENTS_REPLAY_PAGE, EVENTS_WATCH_SEND_BUFFER,
-    EVENTS_WATCHERS_MAX,
+    EVENTS_WATCH_STALL_MS, EVENTS_WATCHERS_MAX,
 };
 use crate::metrics as m;
 use crate::proto::inventory::v1 as pb;
@@ -259,7 +263,6 @@ impl Watch {
     /// Follows the live feed. `Ok` when it must go back to disk: a gap in what it received
     /// (it lagged before it sent anything live).
     async fn follow(&mut self) -> Result<(), Stop> {
-        let mut live_sent = false;
         loop {
             let received = tokio::select! {
                 received = self.live.recv() => received,
@@ -269,13 +272,9 @@ impl Watch {
             let event = match received {
                 Ok(event) => event,
                 Err(broadcast::error::RecvError::Closed) => return Err(Stop::Gone),
-                Err(broadcast::error::RecvError::Lagged(_)) if !live_sent => return Ok(()),
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    return Err(Stop::Error(EventsError::Behind {
-                        last_sent: self.next - 1,
-                        buffer: self.events.watch_buffer(),
-                    }));
-                }
+                // The ring lapped this watch (a burst, or a consumer slower than events
+                // arrive): it reads on from the retained log, at its consumer's pace.
+                Err(broadcast::error::RecvError::Lagged(_)) => return Ok(()),
             };
             if event.seq < self.next {
                 continue;
@@ -283,7 +282,6 @@ impl Watch {
             if event.seq > self.next {
                 return Ok(());
             }
-            live_sent = true;
             if self.filter.matches(&event.record) {
                 self.send(&event).await?;
             }
@@ -291,13 +289,42 @@ impl Watch {
         }
     }
 
+    /// Sends one event. A watch more than the watch buffer behind whose consumer takes
+    /// nothing for `EVENTS_WATCH_STALL_MS` is cut off (a consumer that reads, however
+    /// slowly, is served from the retained log instead).
     async fn send(&mut self, event: &Stored) -> Result<(), Stop> {
-        self.tx
-            .send(Ok(pb::WatchEventsResponse {
-                event: Some(to_proto(event)),
-            }))
-            .await
-            .map_err(|_| Stop::Gone)
+        let message = Ok(pb::WatchEventsResponse {
+            event: Some(to_proto(event)),
+        });
+        let message = match self.tx.try_send(message) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Stop::Gone),
+            Err(mpsc::error::TrySendError::Full(message)) => message,
+        };
+        // The consumer takes nothing for now: wait in steps, and cut it off once it has
+        // been stalled for EVENTS_WATCH_STALL_MS while more than the buffer behind.
+        let step = Duration::from_millis(EVENTS_WATCH_STALL_MS / 10);
+        let buffer = self.events.watch_buffer();
+        let mut stalled = Duration::ZERO;
+        loop {
+            match tokio::time::timeout(step, self.tx.reserve()).await {
+                Ok(Ok(permit)) => {
+                    permit.send(message);
+                    return Ok(());
+                }
+                Ok(Err(_)) => return Err(Stop::Gone),
+                Err(_) if self.events.published().saturating_sub(self.next) > buffer as u64 => {
+                    stalled += step;
+                    if stalled >= Duration::from_millis(EVENTS_WATCH_STALL_MS) {
+                        return Err(Stop::Error(EventsError::Behind {
+                            last_sent: self.next - 1,
+                            buffer,
+                        }));
+                    }
+                }
+                Err(_) => stalled = Duration::ZERO,
+            }
+        }
     }
 }
 

@@ -93,9 +93,9 @@ pub enum EventsError {
         "sequence {asked} is older than the event log's retention; the oldest retained is {oldest}"
     )]
     Expired { asked: u64, oldest: u64 },
-    /// A live watcher fell more than the watch buffer behind.
+    /// A watcher more than the watch buffer behind took nothing for `EVENTS_WATCH_STALL_MS`.
     #[error(
-        "the watcher fell more than {buffer} events behind; the last sequence sent was {last_sent}: resume from {}",
+        "the watcher fell more than {buffer} events behind and took nothing for 1 s; the last sequence sent was {last_sent}: resume from {}",
         last_sent + 1
     )]
     Behind { last_sent: u64, buffer: usize },
