@@ -202,6 +202,9 @@ impl Report<'_> {
         if let Some(sc) = &self.scenario {
             scenario_text(sc, &mut out);
         }
+        if let Some(late) = &self.outcome.send_late {
+            late_text(late, &mut out);
+        }
         if let Some(w) = &self.watch {
             watch_text(w, &mut out);
         }
@@ -312,6 +315,9 @@ impl Report<'_> {
         if let Some(w) = &self.watch {
             report.insert("watch".into(), watch_json(w));
         }
+        if let Some(late) = &self.outcome.send_late {
+            report.insert("openLoop".into(), late_json(late));
+        }
         Value::Object(report)
     }
 
@@ -398,6 +404,30 @@ fn scenario_text(sc: &ScenarioReport, out: &mut String) {
         None => {}
     }
     out.push('\n');
+}
+
+/// Open loop: how late stockd-load itself started operations (its own error, included
+/// in every latency above since latency runs from the intended start).
+fn late_text(late: &hdrhistogram::Histogram<u64>, out: &mut String) {
+    let q = |p: f64| late.value_at_quantile(p) as f64 / 1e6;
+    let _ = writeln!(
+        out,
+        "Open loop, operations started late by stockd-load itself: p50 {:.2} ms, p99 {:.2} ms, \
+         p99.9 {:.2} ms, max {:.2} ms\n",
+        q(0.5),
+        q(0.99),
+        q(0.999),
+        late.max() as f64 / 1e6
+    );
+}
+
+fn late_json(late: &hdrhistogram::Histogram<u64>) -> Value {
+    json!({
+        "startedLateP50": late.value_at_quantile(0.5),
+        "startedLateP99": late.value_at_quantile(0.99),
+        "startedLateP999": late.value_at_quantile(0.999),
+        "startedLateMax": late.max(),
+    })
 }
 
 fn watch_text(w: &WatchReport, out: &mut String) {
@@ -505,6 +535,7 @@ mod tests {
             total: Duration::from_secs(2),
             end_reason: EndReason::Normal,
             operations: 1002,
+            send_late: None,
         };
         let plan = Plan {
             concurrency: 50,

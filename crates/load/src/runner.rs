@@ -164,13 +164,39 @@ struct Shared {
     skip_first: u64,
     count_errors: bool,
     timeout: Duration,
+    /// Open loop: how late operations started after their intended start (the load
+    /// generator's own error), merged from every load thread at the end.
+    send_late: std::sync::Mutex<Option<Histogram<u64>>>,
 }
 
 thread_local! {
+    /// Open loop: this load thread's starting lateness, in nanoseconds.
+    static THREAD_LATE: RefCell<Option<Histogram<u64>>> = const { RefCell::new(None) };
     /// The statistics of one load thread. Its workers all run on its current-thread
     /// runtime, so they share one histogram per method: fewer and hotter in the cache
     /// than one per worker (each is ~150 KiB), and never contended.
     static THREAD_STATS: RefCell<Vec<Option<MethodStats>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Records how late an open-loop operation started.
+fn record_late(late: Duration) {
+    THREAD_LATE.with_borrow_mut(|h| {
+        let h = h.get_or_insert_with(|| {
+            Histogram::new_with_bounds(1_000, 60_000_000_000, 3).expect("valid histogram bounds")
+        });
+        h.saturating_record((late.as_nanos() as u64).max(1_000));
+    });
+}
+
+/// Adds this thread's starting lateness to the run's.
+fn merge_thread_late(shared: &Shared) {
+    if let Some(late) = THREAD_LATE.take() {
+        let mut all = shared.send_late.lock().expect("lateness lock");
+        match all.as_mut() {
+            Some(h) => h.add(&late).expect("histograms with the same bounds"),
+            None => *all = Some(late),
+        }
+    }
 }
 
 /// Takes what this thread's workers recorded.
@@ -264,6 +290,8 @@ pub struct Outcome {
     pub end_reason: EndReason,
     /// Operations run.
     pub operations: u64,
+    /// Open loop: how late operations started after their intended start, in ns.
+    pub send_late: Option<Histogram<u64>>,
 }
 
 impl Outcome {
@@ -324,6 +352,7 @@ pub async fn run<L: Load>(load: Arc<L>, plan: &Plan, target: &Target) -> Result<
         skip_first: plan.skip_first,
         count_errors: plan.count_errors,
         timeout: plan.timeout,
+        send_late: std::sync::Mutex::new(None),
     });
     let concurrency = plan.concurrency.max(1);
     let threads = target.threads_for(concurrency);
@@ -378,11 +407,13 @@ pub async fn run<L: Load>(load: Arc<L>, plan: &Plan, target: &Target) -> Result<
         let _ = p.await;
     }
     let operations = shared.ops_done.load(Ordering::Relaxed);
+    let send_late = shared.send_late.lock().expect("lateness lock").take();
     Ok(Outcome {
         methods,
         total: elapsed,
         end_reason: bounds.end_reason(&shared, operations),
         operations,
+        send_late,
     })
 }
 
@@ -521,6 +552,7 @@ async fn thread_load<L: Load>(
     for task in tasks {
         let _ = task.await;
     }
+    merge_thread_late(&shared);
     Some(take_thread_stats())
 }
 
@@ -580,6 +612,7 @@ async fn worker_loop<L: Load>(load: Arc<L>, mut state: L::Worker, shared: Arc<Sh
                 break;
             }
             pace_until(intended, &shared.stop).await;
+            record_late(Instant::now().saturating_duration_since(intended));
             rec.intended = Some(intended);
         } else if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
