@@ -372,6 +372,11 @@ print(f"  achieved {openl['rps']:.0f} req/s; p50 {pct(openl, 50):.2f} ms, p99 {p
       f"p99.9 {pct(openl, 99.9):.2f} ms  (goal p99 ≤ 1 ms, p99.9 ≤ 2 ms: "
       f"{'met' if p99 <= 1.0 and pct(openl, 99.9) <= 2.0 else 'NOT met'})"
       + (f"  ({errors(openl)} errors)" if errors(openl) else ""))
+late = openl.get("openLoop")
+if late:
+    print(f"  stockd-load's own error: it started calls late by p50 {late['startedLateP50'] / 1e6:.2f} ms, "
+          f"p99 {late['startedLateP99'] / 1e6:.2f} ms, p99.9 {late['startedLateP999'] / 1e6:.2f} ms "
+          f"(included in the latencies above)")
 print(f"  the disk's floor: one fdatasync of 4 KiB alone, {disk['count']} times: p50 {disk['p50']:.2f} ms, "
       f"p99 {disk['p99']:.2f} ms, p99.9 {disk['p999']:.2f} ms")
 print()
