@@ -54,10 +54,18 @@ pub fn check_channel<T>(
     match &caller.channels {
         Some(channels) if !channels.contains(channel_ref) => {
             metrics::auth_denied("channel");
-            Err(to_status(ApiError::PermissionDenied(format!(
-                "{} may not use channel {channel_ref:?}",
-                caller.identity
-            ))))
+            let why = if channel_ref.is_empty() {
+                let mut names: Vec<&str> = channels.iter().map(String::as_str).collect();
+                names.sort_unstable();
+                format!(
+                    "{} may use only the channels {names:?}, and this call names none: it would \
+                     show every channel's",
+                    caller.identity
+                )
+            } else {
+                format!("{} may not use channel {channel_ref:?}", caller.identity)
+            };
+            Err(to_status(ApiError::PermissionDenied(why)))
         }
         _ => Ok(()),
     }
