@@ -435,8 +435,41 @@ proptest! {
                 .sum();
             let want: i64 = (0..n).map(|i| reference_ats(&model, i, counts[i])).sum();
             prop_assert_eq!(got, want, "channel {}", channel_ref);
+            // The batched read answers what the per-key read answers, pair for pair,
+            // unknown refs included.
+            let products = ["SKU".to_string(), "NONE".to_string()];
+            let mut refs: Vec<String> = (0..n).map(loc).collect();
+            refs.push("NOWHERE".into());
+            let pairs: Vec<(u32, u32)> = (0..refs.len() as u32)
+                .rev()
+                .flat_map(|l| [(0, l), (1, l)])
+                .collect();
+            let mut keys = 0;
+            let grid = engine
+                .availability_grid(&channel_ref, &products, &refs, &pairs, |_| keys += 1)
+                .unwrap();
+            let per_key: Vec<i64> = pairs
+                .iter()
+                .map(|&(p, l)| {
+                    engine
+                        .availability(&channel_ref, &products[p as usize], &refs[l as usize])
+                        .unwrap()
+                })
+                .collect();
+            prop_assert_eq!(grid, per_key);
+            prop_assert_eq!(keys, n, "one key per pair of known refs");
         }
     }
+}
+
+#[test]
+fn a_grid_read_of_an_unknown_channel_is_not_found() {
+    let engine = Engine::new(Settings::default());
+    let refs = ["A".to_string()];
+    assert_eq!(
+        engine.availability_grid("WEB", &refs, &refs, &[(0, 0)], |_| {}),
+        Err(Error::UnknownChannel("WEB".into()))
+    );
 }
 
 #[test]

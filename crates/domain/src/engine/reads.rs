@@ -81,6 +81,40 @@ impl Engine {
         Ok(self.ats(ci, product, location, None, 0))
     }
 
+    /// The ATS of a channel at each (product, location) pair, as `availability` answers
+    /// it, in pair order: a pair is (index into `products`, index into `locations`), so a
+    /// cart's lines over a network's members cost one ref lookup per product and location
+    /// instead of two per pair. `key` sees the position key of every pair whose refs are
+    /// both known (for the shard's check that no pending write touched them), also when
+    /// the channel is unknown.
+    pub fn availability_grid(
+        &self,
+        channel_ref: &str,
+        products: &[String],
+        locations: &[String],
+        pairs: &[(u32, u32)],
+        mut key: impl FnMut((Sym, Sym)),
+    ) -> Result<Vec<i64>, Error> {
+        let ci = self.channel_index(channel_ref);
+        let products: Vec<Option<Sym>> = products.iter().map(|p| self.interner.get(p)).collect();
+        let mut syms: Vec<Option<Option<Sym>>> = vec![None; locations.len()];
+        let mut out = Vec::with_capacity(pairs.len());
+        for &(p, l) in pairs {
+            let location =
+                *syms[l as usize].get_or_insert_with(|| self.interner.get(&locations[l as usize]));
+            let q = match (products[p as usize], location, &ci) {
+                (Some(product), Some(location), ci) => {
+                    key((product, location));
+                    ci.as_ref()
+                        .map_or(0, |&ci| self.ats(ci, product, location, None, 0))
+                }
+                _ => 0,
+            };
+            out.push(q);
+        }
+        ci.map(|_| out)
+    }
+
     /// ATS of channel `ci` at (product, location), with `own` units of the caller's own
     /// hold at that position counted as free (a cart update's view).
     pub(super) fn ats(

@@ -5,14 +5,16 @@
 //! The router keeps a copy of the channels, locations and networks (`NetworkView`), read
 //! from shard 0 on first use under the configuration lock and dropped by every
 //! configuration change, so a network read costs no extra message. The ATS of the
-//! (product, location) keys goes to the shards that own them, one message per involved
-//! shard. A fulfilment's reserve goes through `Router::reserve`, plan after plan.
+//! (product, location) pairs goes to the shards that own them, one message per involved
+//! shard carrying the product and location lists once (shared) and the pairs as indices
+//! (`ats_grid`): a 5-line cart over 50 locations is 250 pairs, and owned key strings for
+//! each were most of the read's cost. A fulfilment's reserve goes through `Router::reserve`, plan after plan.
 
 use std::sync::Arc;
 
 use futures::future::join_all;
 
-use super::{Router, shard_of};
+use super::Router;
 use crate::shard::handle::ShardError;
 use stockd_domain::fulfilment::{self, Candidate, FulfilAnswer, FulfilRequest, Plan};
 use stockd_domain::network::{NetworkAts, sum_network, validate_network_read};
@@ -113,36 +115,51 @@ impl Router {
         validate_network_read(channel_ref, &products)?;
         let view = self.network().await?;
         let members = view.members(channel_ref)?;
-        let keys = products
-            .iter()
-            .flat_map(|p| members.iter().map(|l| (p.clone(), l.location_ref.clone())))
-            .collect();
-        let ats = self.ats_of(channel_ref, keys).await?;
+        let refs: Arc<[String]> = members.iter().map(|l| l.location_ref.clone()).collect();
+        let ats = self
+            .ats_grid(channel_ref, products.clone().into(), refs)
+            .await?;
         Ok(sum_network(products, &members, &ats, by_location))
     }
 
-    /// The ATS of `channel_ref` at each (product, location) key, in key order: one message
-    /// per shard that owns a key. The caller validated the refs and bounded the keys.
-    pub(crate) async fn ats_of(
+    /// The ATS of `channel_ref` at every (product, location), product-major (the ATS of
+    /// `products[p]` at `locations[l]` at `p * locations.len() + l`): one message per
+    /// shard that owns a pair, carrying both lists once and the pairs as indices. The
+    /// caller validated the refs and bounded the lists.
+    pub(crate) async fn ats_grid(
         &self,
         channel_ref: &str,
-        keys: Vec<(String, String)>,
+        products: Arc<[String]>,
+        locations: Arc<[String]>,
     ) -> Result<Vec<i64>, ShardError> {
         let n = self.shards.len();
-        let total = keys.len();
-        let mut by_shard: Vec<Vec<(usize, String, String)>> = vec![Vec::new(); n];
-        for (i, (p, l)) in keys.into_iter().enumerate() {
-            by_shard[shard_of(&p, &l, n)].push((i, p, l));
+        let width = locations.len();
+        let mut by_shard: Vec<Vec<(u32, u32)>> = vec![Vec::new(); n];
+        for (p, product) in products.iter().enumerate() {
+            // `shard_of`'s hash, with the product's part computed once per product.
+            let prefix = fnv_continue(FNV_OFFSET, product.as_bytes());
+            for (l, location) in locations.iter().enumerate() {
+                let shard = (fnv_continue(prefix, location.as_bytes()) % n as u64) as usize;
+                by_shard[shard].push((p as u32, l as u32));
+            }
         }
         let calls = by_shard
-            .into_iter()
+            .iter()
             .enumerate()
-            .filter(|(_, k)| !k.is_empty())
-            .map(|(s, k)| self.shards[s].availability(channel_ref.to_string(), k));
-        let mut out = vec![0; total];
-        for answer in join_all(calls).await {
-            for (i, q) in answer? {
-                out[i] = q;
+            .filter(|(_, pairs)| !pairs.is_empty())
+            .map(|(s, pairs)| {
+                let answer = self.shards[s].availability_grid(
+                    channel_ref.to_string(),
+                    products.clone(),
+                    locations.clone(),
+                    pairs.clone(),
+                );
+                async move { (pairs, answer.await) }
+            });
+        let mut out = vec![0; products.len() * width];
+        for (pairs, answer) in join_all(calls).await {
+            for (&(p, l), q) in pairs.iter().zip(answer?) {
+                out[p as usize * width + l as usize] = q;
             }
         }
         Ok(out)
@@ -159,17 +176,13 @@ impl Router {
         let view = self.network().await?;
         let members = view.members(&req.channel_ref)?;
         let eligible = fulfilment::eligible(&view.snap, &members, &req.delivery)?;
-        let keys = eligible
+        let products: Arc<[String]> = req.lines.iter().map(|l| l.product_ref.clone()).collect();
+        let refs: Arc<[String]> = eligible
             .iter()
-            .flat_map(|(l, _)| {
-                let location = &l.location_ref;
-                req.lines
-                    .iter()
-                    .map(|line| (line.product_ref.clone(), location.clone()))
-            })
+            .map(|(l, _)| l.location_ref.clone())
             .collect();
-        let ats = self.ats_of(&req.channel_ref, keys).await?;
-        let n = req.lines.len();
+        let ats = self.ats_grid(&req.channel_ref, products, refs).await?;
+        let width = eligible.len();
         let mut candidates: Vec<Candidate> = eligible
             .iter()
             .enumerate()
@@ -177,7 +190,7 @@ impl Router {
                 location_ref: l.location_ref.clone(),
                 priority: l.priority,
                 transfer: *transfer,
-                ats: ats[i * n..(i + 1) * n].to_vec(),
+                ats: (0..req.lines.len()).map(|j| ats[j * width + i]).collect(),
             })
             .collect();
         if let Some(hold_ref) = &req.hold_ref {
@@ -259,5 +272,41 @@ impl Router {
             }
         }
         Ok(None)
+    }
+}
+
+/// FNV-1a's start: `fnv_continue` over a product then a location is `shard_of`'s hash.
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// `stockd_domain::refs::fnv1a` continued over one more part (its bytes, then the
+/// separator), so a network read hashes each product once instead of once per location.
+fn fnv_continue(mut hash: u64, part: &[u8]) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    for byte in part {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(PRIME);
+    }
+    (hash ^ 0xff).wrapping_mul(PRIME)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::router::shard_of;
+
+    /// The network read sends each pair to the shard that owns it.
+    #[test]
+    fn the_grid_hash_is_shard_of() {
+        for (p, l) in [
+            ("SKU-1", "DC1"),
+            ("", "x"),
+            ("p-123456789", ""),
+            ("ab", "c"),
+        ] {
+            let hash = fnv_continue(fnv_continue(FNV_OFFSET, p.as_bytes()), l.as_bytes());
+            for n in 1..=8 {
+                assert_eq!((hash % n as u64) as usize, shard_of(p, l, n), "{p} {l} {n}");
+            }
+        }
     }
 }
