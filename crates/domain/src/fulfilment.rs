@@ -241,11 +241,12 @@ pub fn eligible<'a>(
 
 /// The ranked plans that cover `quantities` (one per request line) from `candidates`, at
 /// most `max_plans` of them; split plans only with `allow_split`. Candidates name distinct
-/// locations (as `eligible` gives them).
+/// locations (as `eligible` gives them), and every quantity is at least 1 (as
+/// `FulfilRequest::validate` checks).
 ///
-/// The search works on candidate indices and dense per-line quantities, and makes the
-/// `Plan`s (their refs) only for the answer: a 5-line cart over 50 locations runs up to
-/// 32 greedy searches, and most of what they find is ranked out.
+/// The search works on candidate indices and dense per-line quantities in reused scratch,
+/// and makes the `Plan`s (their refs) only for the answer: a 5-line cart over 50 locations
+/// runs up to 32 greedy searches, and most of what they find is ranked out.
 pub fn plans(
     quantities: &[i64],
     candidates: &[Candidate],
@@ -254,21 +255,24 @@ pub fn plans(
 ) -> Vec<Plan> {
     let max_plans = max_plans.min(FULFIL_PLANS_MAX);
     let search = Search::new(quantities, candidates);
-    let mut found = Found::default();
-    let whole: Vec<bool> = (0..search.order.len())
+    let count = search.order.len();
+    let whole: Vec<bool> = (0..count)
         .map(|k| quantities.iter().zip(search.ats(k)).all(|(q, a)| a >= q))
         .collect();
-    for k in (0..search.order.len()).filter(|&k| whole[k]) {
-        let lines = quantities.iter().copied().enumerate().collect();
-        found.push(&search, vec![(k, lines)]);
+    let mut found = Found::default();
+    let mut draft = Draft::default();
+    for k in (0..count).filter(|&k| whole[k]) {
+        draft.clear();
+        draft.push(k, quantities);
+        found.push(&search, &draft);
     }
     // Split plans rank after every single-location plan: once those fill the answer,
     // the search for splits could only add plans the truncation drops.
     if allow_split && found.drafts.len() < max_plans {
-        let starts = (0..search.order.len())
+        let starts = (0..count)
             .filter(|&k| contributes(search.ats(k), quantities) > (0, 0))
             .take(FULFIL_SEARCH_STARTS_MAX);
-        let mut used = vec![false; search.order.len()];
+        let mut used = vec![false; count];
         let mut remaining = quantities.to_vec();
         for start in starts {
             // From a location that holds the whole cart, the greedy search takes it all
@@ -277,8 +281,8 @@ pub fn plans(
                 continue;
             }
             used.fill(false);
-            if let Some(parts) = search.greedy(start, &mut used, &mut remaining) {
-                found.push(&search, parts);
+            if search.greedy(start, &mut used, &mut remaining, &mut draft) {
+                found.push(&search, &draft);
             }
         }
     }
@@ -302,8 +306,25 @@ pub fn available(quantities: &[i64], candidates: &[Candidate]) -> Vec<i64> {
         .collect()
 }
 
-/// A plan part while searching: (index in `Search::order`, (line, quantity) by line).
-type Draft = (usize, Vec<(usize, i64)>);
+/// A plan while searching: its parts' candidates (indices in `Search::order`) and, part
+/// after part, the quantity each takes of every line (0: none).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Draft {
+    parts: Vec<usize>,
+    quantities: Vec<i64>,
+}
+
+impl Draft {
+    fn clear(&mut self) {
+        self.parts.clear();
+        self.quantities.clear();
+    }
+
+    fn push(&mut self, k: usize, quantities: &[i64]) {
+        self.parts.push(k);
+        self.quantities.extend_from_slice(quantities);
+    }
+}
 
 /// The candidates in rank order, their ATS in one array, and each one's place by ref.
 struct Search<'a> {
@@ -318,31 +339,33 @@ struct Search<'a> {
 
 impl<'a> Search<'a> {
     fn new(quantities: &'a [i64], candidates: &'a [Candidate]) -> Self {
-        let mut order: Vec<&Candidate> = candidates.iter().collect();
-        order.sort_by(|a, b| {
-            (a.transfer, a.priority, &a.location_ref).cmp(&(
-                b.transfer,
-                b.priority,
-                &b.location_ref,
-            ))
-        });
-        let ats = order.iter().flat_map(|c| c.ats.iter().copied()).collect();
-        let mut places: Vec<usize> = (0..order.len()).collect();
-        places.sort_by(|&a, &b| {
-            let (x, y) = (order[a], order[b]);
-            (&x.location_ref, x.priority, x.transfer)
-                .cmp(&(&y.location_ref, y.priority, y.transfer))
-                .then(a.cmp(&b))
-        });
-        let mut by_ref = vec![0; order.len()];
-        for (place, k) in places.into_iter().enumerate() {
-            by_ref[k] = place as u32;
+        let ref_key = |i: usize| {
+            let c = &candidates[i];
+            (&c.location_ref, c.priority, c.transfer)
+        };
+        let mut places: Vec<usize> = (0..candidates.len()).collect();
+        // Candidates usually come by ref (`NetworkSnap::members`): one pass checks it.
+        if !places.is_sorted_by(|&a, &b| ref_key(a) <= ref_key(b)) {
+            places.sort_by(|&a, &b| ref_key(a).cmp(&ref_key(b)));
         }
+        let mut place_of = vec![0u32; candidates.len()];
+        for (place, &i) in places.iter().enumerate() {
+            place_of[i] = place as u32;
+        }
+        // (transfer, priority, ref), ties in candidate order: the place stands for the
+        // ref and, among equal refs, for the candidate order.
+        let mut order: Vec<usize> = (0..candidates.len()).collect();
+        order.sort_unstable_by_key(|&i| {
+            (candidates[i].transfer, candidates[i].priority, place_of[i])
+        });
         Search {
             quantities,
-            order,
-            ats,
-            by_ref,
+            ats: order
+                .iter()
+                .flat_map(|&i| candidates[i].ats.iter().copied())
+                .collect(),
+            by_ref: order.iter().map(|&i| place_of[i]).collect(),
+            order: order.into_iter().map(|i| &candidates[i]).collect(),
         }
     }
 
@@ -351,27 +374,35 @@ impl<'a> Search<'a> {
         &self.ats[k * n..(k + 1) * n]
     }
 
-    /// One greedy search from `order[start]`: bounded by `FULFIL_PLAN_LOCATIONS_MAX`
-    /// rounds. `used` (all false, one per candidate) marks the locations taken;
-    /// `remaining` is scratch of one entry per line.
-    fn greedy(&self, start: usize, used: &mut [bool], remaining: &mut [i64]) -> Option<Vec<Draft>> {
+    /// One greedy search from `order[start]` into `draft`, bounded by
+    /// `FULFIL_PLAN_LOCATIONS_MAX` rounds; whether it covers the cart. `used` (all false,
+    /// one per candidate) marks the locations taken; `remaining` is scratch of one entry
+    /// per line.
+    fn greedy(
+        &self,
+        start: usize,
+        used: &mut [bool],
+        remaining: &mut [i64],
+        draft: &mut Draft,
+    ) -> bool {
         remaining.copy_from_slice(self.quantities);
+        draft.clear();
         let first = contributes(self.ats(start), remaining).0 == 0;
-        let mut parts = vec![(start, take(self.ats(start), remaining, first))];
+        self.take(start, remaining, first, draft);
         used[start] = true;
         while remaining.iter().any(|r| *r > 0) {
-            if parts.len() >= FULFIL_PLAN_LOCATIONS_MAX {
-                return None;
+            if draft.parts.len() >= FULFIL_PLAN_LOCATIONS_MAX {
+                return false;
             }
             let Some((k, (whole, _))) = self.best(used, remaining) else {
                 // No new location helps: what the chosen ones still have, partly.
-                self.top_up(&mut parts, remaining);
-                return remaining.iter().all(|r| *r == 0).then_some(parts);
+                self.top_up(draft, remaining);
+                return remaining.iter().all(|r| *r == 0);
             };
             used[k] = true;
-            parts.push((k, take(self.ats(k), remaining, whole == 0)));
+            self.take(k, remaining, whole == 0, draft);
         }
-        Some(parts)
+        true
     }
 
     /// The first best-ranked unused candidate with the most whole lines, then the most
@@ -395,22 +426,30 @@ impl<'a> Search<'a> {
         best
     }
 
-    /// Adds to the plan's parts what their locations have beyond what they already give.
-    fn top_up(&self, parts: &mut [Draft], remaining: &mut [i64]) {
-        for (k, lines) in parts.iter_mut() {
-            let ats = self.ats(*k);
-            for (i, r) in remaining.iter_mut().enumerate() {
-                let given: i64 = lines.iter().filter(|l| l.0 == i).map(|l| l.1).sum();
-                let q = (*r).min(ats[i] - given);
+    /// Adds to `draft` a part at `order[k]` with the remaining lines it can serve whole,
+    /// or (`partial`) whatever it has of them.
+    fn take(&self, k: usize, remaining: &mut [i64], partial: bool, draft: &mut Draft) {
+        draft.parts.push(k);
+        for (r, a) in remaining.iter_mut().zip(self.ats(k)) {
+            let q = if *a >= *r || partial { (*r).min(*a) } else { 0 };
+            let q = if *r > 0 && q > 0 { q } else { 0 };
+            draft.quantities.push(q);
+            *r -= q;
+        }
+    }
+
+    /// Adds to the draft's parts what their locations have beyond what they already give.
+    fn top_up(&self, draft: &mut Draft, remaining: &mut [i64]) {
+        let n = self.quantities.len();
+        for (j, &k) in draft.parts.iter().enumerate() {
+            let row = &mut draft.quantities[j * n..(j + 1) * n];
+            for ((r, a), given) in remaining.iter_mut().zip(self.ats(k)).zip(row) {
+                let q = (*r).min(a - *given);
                 if q > 0 {
-                    match lines.iter_mut().find(|l| l.0 == i) {
-                        Some(l) => l.1 += q,
-                        None => lines.push((i, q)),
-                    }
+                    *given += q;
                     *r -= q;
                 }
             }
-            lines.sort_unstable();
         }
     }
 }
@@ -418,33 +457,46 @@ impl<'a> Search<'a> {
 /// The distinct plans found, in the order found, parts sorted by ref.
 #[derive(Default)]
 struct Found {
-    drafts: Vec<Vec<Draft>>,
+    drafts: Vec<Draft>,
+    /// Scratch: the draft being pushed, its parts sorted.
+    sorted: Draft,
 }
 
 impl Found {
-    fn push(&mut self, search: &Search, mut parts: Vec<Draft>) {
-        parts.sort_by_key(|(k, _)| search.by_ref[*k]);
-        if !self.drafts.contains(&parts) {
-            self.drafts.push(parts);
+    fn push(&mut self, search: &Search, draft: &Draft) {
+        let n = search.quantities.len();
+        let mut js: Vec<usize> = (0..draft.parts.len()).collect();
+        js.sort_unstable_by_key(|&j| search.by_ref[draft.parts[j]]);
+        self.sorted.clear();
+        for j in js {
+            let row = &draft.quantities[j * n..(j + 1) * n];
+            self.sorted.push(draft.parts[j], row);
+        }
+        if !self.drafts.contains(&self.sorted) {
+            self.drafts.push(self.sorted.clone());
         }
     }
 
     /// The best `max_plans`, ranked as `rank_key` ranks the plans they become (a stable
     /// sort: ties keep the order found), made into `Plan`s.
     fn ranked(self, search: &Search, max_plans: usize) -> Vec<Plan> {
-        let mut keyed: Vec<(DraftKey, Vec<Draft>)> = self
+        let n = search.quantities.len();
+        let mut keyed: Vec<(DraftKey, Draft)> = self
             .drafts
             .into_iter()
-            .map(|d| (draft_key(search, &d), d))
+            .map(|d| (draft_key(search, &d.parts), d))
             .collect();
         keyed.sort_by_key(|a| a.0);
         keyed.truncate(max_plans);
         keyed
             .into_iter()
-            .map(|(_, parts)| Plan {
-                parts: parts
-                    .into_iter()
-                    .map(|(k, lines)| part(search.order[k], lines))
+            .map(|(_, d)| Plan {
+                parts: (d.parts.iter().enumerate())
+                    .map(|(j, &k)| {
+                        let row = &d.quantities[j * n..(j + 1) * n];
+                        let lines = row.iter().copied().enumerate().filter(|l| l.1 > 0);
+                        part(search.order[k], lines.collect())
+                    })
                     .collect(),
             })
             .collect()
@@ -460,18 +512,15 @@ type DraftKey = (
     [u32; FULFIL_PLAN_LOCATIONS_MAX],
 );
 
-fn draft_key(search: &Search, parts: &[Draft]) -> DraftKey {
+fn draft_key(search: &Search, parts: &[usize]) -> DraftKey {
     let mut priorities = [0; FULFIL_PLAN_LOCATIONS_MAX];
     let mut places = [0; FULFIL_PLAN_LOCATIONS_MAX];
-    for (j, (k, _)) in parts.iter().enumerate() {
-        priorities[j] = search.order[*k].priority;
-        places[j] = search.by_ref[*k];
+    for (j, &k) in parts.iter().enumerate() {
+        priorities[j] = search.order[k].priority;
+        places[j] = search.by_ref[k];
     }
     priorities[..parts.len()].sort_unstable();
-    let transfers = parts
-        .iter()
-        .filter(|(k, _)| search.order[*k].transfer)
-        .count();
+    let transfers = parts.iter().filter(|&&k| search.order[k].transfer).count();
     (parts.len(), transfers, priorities, places)
 }
 
@@ -494,19 +543,6 @@ fn contributes(ats: &[i64], remaining: &[i64]) -> (usize, i64) {
         units += (*r).min(*a);
     }
     (whole, units)
-}
-
-/// Takes from `ats` the remaining lines it can serve whole, or (`partial`) whatever it has.
-fn take(ats: &[i64], remaining: &mut [i64], partial: bool) -> Vec<(usize, i64)> {
-    let mut lines = Vec::new();
-    for (i, (r, a)) in remaining.iter_mut().zip(ats).enumerate() {
-        let q = if *a >= *r || partial { (*r).min(*a) } else { 0 };
-        if *r > 0 && q > 0 {
-            lines.push((i, q));
-            *r -= q;
-        }
-    }
-    lines
 }
 
 #[cfg(test)]

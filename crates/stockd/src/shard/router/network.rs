@@ -10,13 +10,14 @@
 //! (`ats_grid`): a 5-line cart over 50 locations is 250 pairs, and owned key strings for
 //! each were most of the read's cost. A fulfilment's reserve goes through `Router::reserve`, plan after plan.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::future::join_all;
+use rustc_hash::FxHashMap;
 
 use super::Router;
 use crate::shard::handle::ShardError;
-use stockd_domain::fulfilment::{self, Candidate, FulfilAnswer, FulfilRequest, Plan};
+use stockd_domain::fulfilment::{self, Candidate, Delivery, FulfilAnswer, FulfilRequest, Plan};
 use stockd_domain::network::{NetworkAts, sum_network, validate_network_read};
 use stockd_domain::request::check_ref_field;
 use stockd_domain::{
@@ -29,18 +30,66 @@ use stockd_domain::{
 pub struct NetworkView {
     pub channels: Vec<ChannelConfig>,
     pub snap: NetworkSnap,
+    /// Each channel's members, worked out on first use in this view: otherwise every
+    /// network read filters and sorts the locations and copies their refs. At most one
+    /// entry per configured channel; the view is dropped by every configuration change.
+    members: Mutex<FxHashMap<String, Arc<Members>>>,
+}
+
+/// A channel's members in a view, by ref.
+#[derive(Debug)]
+pub struct Members {
+    /// Their places in `snap.locations`.
+    at: Vec<usize>,
+    /// Their refs (shared with the shards a network read goes to).
+    pub refs: Arc<[String]>,
+    /// The refs of those that ship home deliveries: `Delivery::HomeDelivery`'s candidates.
+    pub shipping: Arc<[String]>,
 }
 
 impl NetworkView {
+    pub fn new(channels: Vec<ChannelConfig>, snap: NetworkSnap) -> Self {
+        NetworkView {
+            channels,
+            snap,
+            members: Mutex::new(FxHashMap::default()),
+        }
+    }
+
     /// The configured locations `channel_ref` sells from, by ref; NOT_FOUND for an
     /// unknown channel.
     pub fn members(&self, channel_ref: &str) -> Result<Vec<&LocationConfig>, Error> {
+        let members = self.channel_members(channel_ref)?;
+        Ok(members
+            .at
+            .iter()
+            .map(|&i| &self.snap.locations[i])
+            .collect())
+    }
+
+    /// `members`, with their refs, from this view's cache.
+    pub fn channel_members(&self, channel_ref: &str) -> Result<Arc<Members>, Error> {
+        let cache = || self.members.lock().expect("members cache lock");
+        if let Some(members) = cache().get(channel_ref) {
+            return Ok(members.clone());
+        }
         let channel = self
             .channels
             .iter()
             .find(|c| c.channel_ref == channel_ref)
             .ok_or_else(|| Error::UnknownChannel(channel_ref.to_string()))?;
-        Ok(self.snap.members(channel_ref, &channel.excluded_locations))
+        let list = self.snap.members(channel_ref, &channel.excluded_locations);
+        let locations = &self.snap.locations;
+        let place = |l: &LocationConfig| locations.iter().position(|x| std::ptr::eq(x, l));
+        let members = Arc::new(Members {
+            at: list.iter().filter_map(|l| place(l)).collect(),
+            refs: list.iter().map(|l| l.location_ref.clone()).collect(),
+            shipping: (list.iter().filter(|l| l.ships_home_delivery))
+                .map(|l| l.location_ref.clone())
+                .collect(),
+        });
+        cache().insert(channel_ref.to_string(), members.clone());
+        Ok(members)
     }
 }
 
@@ -55,10 +104,10 @@ impl Router {
         if let Some(view) = self.network.lock().expect("network cache lock").clone() {
             return Ok(view);
         }
-        let view = Arc::new(NetworkView {
-            channels: self.shards[0].channels().await?,
-            snap: self.shards[0].network().await?,
-        });
+        let view = Arc::new(NetworkView::new(
+            self.shards[0].channels().await?,
+            self.shards[0].network().await?,
+        ));
         *self.network.lock().expect("network cache lock") = Some(view.clone());
         Ok(view)
     }
@@ -115,7 +164,7 @@ impl Router {
         validate_network_read(channel_ref, &products)?;
         let view = self.network().await?;
         let members = view.members(channel_ref)?;
-        let refs: Arc<[String]> = members.iter().map(|l| l.location_ref.clone()).collect();
+        let refs = view.channel_members(channel_ref)?.refs.clone();
         let ats = self
             .ats_grid(channel_ref, products.clone().into(), refs)
             .await?;
@@ -177,10 +226,14 @@ impl Router {
         let members = view.members(&req.channel_ref)?;
         let eligible = fulfilment::eligible(&view.snap, &members, &req.delivery)?;
         let products: Arc<[String]> = req.lines.iter().map(|l| l.product_ref.clone()).collect();
-        let refs: Arc<[String]> = eligible
-            .iter()
-            .map(|(l, _)| l.location_ref.clone())
-            .collect();
+        let refs: Arc<[String]> = match req.delivery {
+            Delivery::HomeDelivery => view.channel_members(&req.channel_ref)?.shipping.clone(),
+            Delivery::ClickAndCollect { .. } => eligible
+                .iter()
+                .map(|(l, _)| l.location_ref.clone())
+                .collect(),
+        };
+        debug_assert_eq!(refs.len(), eligible.len());
         let ats = self.ats_grid(&req.channel_ref, products, refs).await?;
         let width = eligible.len();
         let mut candidates: Vec<Candidate> = eligible
