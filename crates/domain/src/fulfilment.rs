@@ -308,7 +308,7 @@ pub fn available(quantities: &[i64], candidates: &[Candidate]) -> Vec<i64> {
 
 /// A plan while searching: its parts' candidates (indices in `Search::order`) and, part
 /// after part, the quantity each takes of every line (0: none).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 struct Draft {
     parts: Vec<usize>,
     quantities: Vec<i64>,
@@ -454,10 +454,12 @@ impl<'a> Search<'a> {
     }
 }
 
-/// The distinct plans found, in the order found, parts sorted by ref.
+/// The distinct plans found, in the order found, parts sorted by ref: all in one pair
+/// of arrays (`all`), each plan a range of its parts.
 #[derive(Default)]
 struct Found {
-    drafts: Vec<Draft>,
+    all: Draft,
+    drafts: Vec<std::ops::Range<usize>>,
     /// Scratch: the draft being pushed, its parts sorted.
     sorted: Draft,
 }
@@ -465,15 +467,30 @@ struct Found {
 impl Found {
     fn push(&mut self, search: &Search, draft: &Draft) {
         let n = search.quantities.len();
-        let mut js: Vec<usize> = (0..draft.parts.len()).collect();
+        // A draft has at most `FULFIL_PLAN_LOCATIONS_MAX` parts (`Search::greedy`).
+        let mut js = [0; FULFIL_PLAN_LOCATIONS_MAX];
+        let js = &mut js[..draft.parts.len()];
+        for (j, slot) in js.iter_mut().enumerate() {
+            *slot = j;
+        }
         js.sort_unstable_by_key(|&j| search.by_ref[draft.parts[j]]);
         self.sorted.clear();
-        for j in js {
+        for &j in js.iter() {
             let row = &draft.quantities[j * n..(j + 1) * n];
             self.sorted.push(draft.parts[j], row);
         }
-        if !self.drafts.contains(&self.sorted) {
-            self.drafts.push(self.sorted.clone());
+        let (all, sorted) = (&self.all, &self.sorted);
+        let same = |r: &std::ops::Range<usize>| {
+            all.parts[r.clone()] == sorted.parts[..]
+                && all.quantities[r.start * n..r.end * n] == sorted.quantities[..]
+        };
+        if !self.drafts.iter().any(same) {
+            let at = self.all.parts.len();
+            self.all.parts.extend_from_slice(&self.sorted.parts);
+            self.all
+                .quantities
+                .extend_from_slice(&self.sorted.quantities);
+            self.drafts.push(at..self.all.parts.len());
         }
     }
 
@@ -481,21 +498,20 @@ impl Found {
     /// sort: ties keep the order found), made into `Plan`s.
     fn ranked(self, search: &Search, max_plans: usize) -> Vec<Plan> {
         let n = search.quantities.len();
-        let mut keyed: Vec<(DraftKey, Draft)> = self
-            .drafts
-            .into_iter()
-            .map(|d| (draft_key(search, &d.parts), d))
+        let all = &self.all;
+        let mut keyed: Vec<(DraftKey, std::ops::Range<usize>)> = (self.drafts.into_iter())
+            .map(|r| (draft_key(search, &all.parts[r.clone()]), r))
             .collect();
         keyed.sort_by_key(|a| a.0);
         keyed.truncate(max_plans);
         keyed
             .into_iter()
-            .map(|(_, d)| Plan {
-                parts: (d.parts.iter().enumerate())
-                    .map(|(j, &k)| {
-                        let row = &d.quantities[j * n..(j + 1) * n];
+            .map(|(_, r)| Plan {
+                parts: r
+                    .map(|j| {
+                        let row = &all.quantities[j * n..(j + 1) * n];
                         let lines = row.iter().copied().enumerate().filter(|l| l.1 > 0);
-                        part(search.order[k], lines.collect())
+                        part(search.order[all.parts[j]], lines.collect())
                     })
                     .collect(),
             })

@@ -188,7 +188,7 @@ impl Router {
             // `shard_of`'s hash, with the product's part computed once per product.
             let prefix = fnv_continue(FNV_OFFSET, product.as_bytes());
             for (l, location) in locations.iter().enumerate() {
-                let shard = (fnv_continue(prefix, location.as_bytes()) % n as u64) as usize;
+                let shard = shard_of_hash(fnv_continue(prefix, location.as_bytes()), n);
                 by_shard[shard].push((p as u32, l as u32));
             }
         }
@@ -342,6 +342,16 @@ fn fnv_continue(mut hash: u64, part: &[u8]) -> u64 {
     (hash ^ 0xff).wrapping_mul(PRIME)
 }
 
+/// `shard_of` from its hash: `hash % shards`, without a 64-bit division per pair when
+/// the shard count is a power of two.
+fn shard_of_hash(hash: u64, shards: usize) -> usize {
+    if shards.is_power_of_two() {
+        (hash & (shards as u64 - 1)) as usize
+    } else {
+        (hash % shards as u64) as usize
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,7 +368,7 @@ mod tests {
         ] {
             let hash = fnv_continue(fnv_continue(FNV_OFFSET, p.as_bytes()), l.as_bytes());
             for n in 1..=8 {
-                assert_eq!((hash % n as u64) as usize, shard_of(p, l, n), "{p} {l} {n}");
+                assert_eq!(shard_of_hash(hash, n), shard_of(p, l, n), "{p} {l} {n}");
             }
         }
     }
