@@ -96,17 +96,25 @@ impl Engine {
         mut key: impl FnMut((Sym, Sym)),
     ) -> Result<Vec<i64>, Error> {
         let ci = self.channel_index(channel_ref);
-        let products: Vec<Option<Sym>> = products.iter().map(|p| self.interner.get(p)).collect();
-        let mut syms: Vec<Option<Option<Sym>>> = vec![None; locations.len()];
+        // Per product its category, per location whether the channel sells there: what
+        // `ats` would work out again for every pair.
+        let products: Vec<Option<(Sym, Option<Sym>)>> = (products.iter())
+            .map(|p| self.interner.get(p).map(|s| (s, self.category_of(s, None))))
+            .collect();
+        let mut places: Vec<Option<Option<(Sym, bool)>>> = vec![None; locations.len()];
         let mut out = Vec::with_capacity(pairs.len());
         for &(p, l) in pairs {
-            let location =
-                *syms[l as usize].get_or_insert_with(|| self.interner.get(&locations[l as usize]));
+            let location = *places[l as usize].get_or_insert_with(|| {
+                let sym = self.interner.get(&locations[l as usize])?;
+                Some((sym, ci.as_ref().is_ok_and(|&ci| self.sells_at(ci, sym))))
+            });
             let q = match (products[p as usize], location, &ci) {
-                (Some(product), Some(location), ci) => {
+                (Some((product, category)), Some((location, sells)), ci) => {
                     key((product, location));
-                    ci.as_ref()
-                        .map_or(0, |&ci| self.ats(ci, product, location, None, 0))
+                    match ci {
+                        Ok(ci) if sells => self.ats_sold(*ci, product, location, category, 0),
+                        _ => 0,
+                    }
                 }
                 _ => 0,
             };
@@ -125,14 +133,32 @@ impl Engine {
         hint: Option<Sym>,
         own: i64,
     ) -> i64 {
-        let channel = &self.channels[ci];
-        if channel.excluded.contains(&location) || !self.in_network(channel.sym, location) {
+        if !self.sells_at(ci, location) {
             return 0;
         }
+        self.ats_sold(ci, product, location, self.category_of(product, hint), own)
+    }
+
+    /// Whether channel `ci` sells from `location` (in its network, not excluded).
+    fn sells_at(&self, ci: usize, location: Sym) -> bool {
+        let channel = &self.channels[ci];
+        !channel.excluded.contains(&location) && self.in_network(channel.sym, location)
+    }
+
+    /// `ats` at a location the channel sells from, the product's category known.
+    fn ats_sold(
+        &self,
+        ci: usize,
+        product: Sym,
+        location: Sym,
+        category: Option<Sym>,
+        own: i64,
+    ) -> i64 {
+        let channel = &self.channels[ci];
         let Some(pos) = self.positions.get(&(product, location)) else {
             return 0;
         };
-        let numbers = channel.numbers(product, location, self.category_of(product, hint));
+        let numbers = channel.numbers(product, location, category);
         available_to_sell(
             numbers,
             pos.allocation_base,
