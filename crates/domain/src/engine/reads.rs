@@ -9,7 +9,7 @@ use crate::channel::{BPS_FULL, Numbers, available_to_sell, entitlement};
 use crate::error::Error;
 use crate::event::Event;
 use crate::hold::{HoldPart, HoldState, HoldView, LineView};
-use crate::position::{Iq, IqKind, NO_SYM};
+use crate::position::{Iq, IqKind, NO_SYM, Position};
 use crate::refs::{HOLD_NS, Sym};
 
 /// A channel's view of a position.
@@ -102,25 +102,34 @@ impl Engine {
             .map(|p| self.interner.get(p).map(|s| (s, self.category_of(s, None))))
             .collect();
         let mut places: Vec<Option<Option<(Sym, bool)>>> = vec![None; locations.len()];
-        let mut out = Vec::with_capacity(pairs.len());
+        // First every pair's position, then every ATS: the position lookups (cache misses
+        // at random places of the table) are independent, and a loop of nothing else lets
+        // the processor wait for several at once.
+        let mut found = Vec::with_capacity(pairs.len());
         for &(p, l) in pairs {
             let location = *places[l as usize].get_or_insert_with(|| {
                 let sym = self.interner.get(&locations[l as usize])?;
                 Some((sym, ci.as_ref().is_ok_and(|&ci| self.sells_at(ci, sym))))
             });
-            let q = match (products[p as usize], location, &ci) {
-                (Some((product, category)), Some((location, sells)), ci) => {
+            let at = match (products[p as usize], location) {
+                (Some((product, category)), Some((location, sells))) => {
                     key((product, location));
-                    match ci {
-                        Ok(ci) if sells => self.ats_sold(*ci, product, location, category, 0),
-                        _ => 0,
-                    }
+                    let pos = sells.then(|| self.positions.get(&(product, location)));
+                    pos.flatten().map(|pos| (pos, product, location, category))
                 }
-                _ => 0,
+                _ => None,
             };
-            out.push(q);
+            found.push(at);
         }
-        ci.map(|_| out)
+        let ci = ci?;
+        Ok(found
+            .into_iter()
+            .map(|at| {
+                at.map_or(0, |(pos, p, l, category)| {
+                    self.ats_of(ci, pos, p, l, category, 0)
+                })
+            })
+            .collect())
     }
 
     /// ATS of channel `ci` at (product, location), with `own` units of the caller's own
@@ -154,10 +163,23 @@ impl Engine {
         category: Option<Sym>,
         own: i64,
     ) -> i64 {
-        let channel = &self.channels[ci];
         let Some(pos) = self.positions.get(&(product, location)) else {
             return 0;
         };
+        self.ats_of(ci, pos, product, location, category, own)
+    }
+
+    /// `ats_sold` of the position at (product, location).
+    fn ats_of(
+        &self,
+        ci: usize,
+        pos: &Position,
+        product: Sym,
+        location: Sym,
+        category: Option<Sym>,
+        own: i64,
+    ) -> i64 {
+        let channel = &self.channels[ci];
         let numbers = channel.numbers(product, location, category);
         available_to_sell(
             numbers,
