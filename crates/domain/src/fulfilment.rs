@@ -240,7 +240,13 @@ pub fn eligible<'a>(
 }
 
 /// The ranked plans that cover `quantities` (one per request line) from `candidates`, at
-/// most `max_plans` of them; split plans only with `allow_split`.
+/// most `max_plans` of them; split plans only with `allow_split`. Candidates name distinct
+/// locations (as `eligible` gives them), and every quantity is at least 1 (as
+/// `FulfilRequest::validate` checks).
+///
+/// The search works on candidate indices and dense per-line quantities in reused scratch,
+/// and makes the `Plan`s (their refs) only for the answer: a 5-line cart over 50 locations
+/// runs up to 32 greedy searches, and most of what they find is ranked out.
 pub fn plans(
     quantities: &[i64],
     candidates: &[Candidate],
@@ -248,35 +254,39 @@ pub fn plans(
     max_plans: usize,
 ) -> Vec<Plan> {
     let max_plans = max_plans.min(FULFIL_PLANS_MAX);
-    let mut order: Vec<&Candidate> = candidates.iter().collect();
-    order.sort_by(|a, b| {
-        (a.transfer, a.priority, &a.location_ref).cmp(&(b.transfer, b.priority, &b.location_ref))
-    });
-    let mut out: Vec<Plan> = Vec::new();
-    let mut seen: BTreeSet<Vec<PlanPart>> = BTreeSet::new();
-    for c in &order {
-        if quantities.iter().zip(&c.ats).all(|(q, a)| a >= q) {
-            let lines = quantities.iter().copied().enumerate().collect();
-            push_plan(&mut out, &mut seen, vec![part(c, lines)]);
-        }
+    let search = Search::new(quantities, candidates);
+    let count = search.order.len();
+    let whole: Vec<bool> = (0..count)
+        .map(|k| quantities.iter().zip(search.ats(k)).all(|(q, a)| a >= q))
+        .collect();
+    let mut found = Found::default();
+    let mut draft = Draft::default();
+    for k in (0..count).filter(|&k| whole[k]) {
+        draft.clear();
+        draft.push(k, quantities);
+        found.push(&search, &draft);
     }
     // Split plans rank after every single-location plan: once those fill the answer,
     // the search for splits could only add plans the truncation drops.
-    if allow_split && out.len() < max_plans {
-        let starts = (0..order.len())
-            .filter(|&i| contributes(order[i], quantities) > (0, 0))
+    if allow_split && found.drafts.len() < max_plans {
+        let starts = (0..count)
+            .filter(|&k| contributes(search.ats(k), quantities) > (0, 0))
             .take(FULFIL_SEARCH_STARTS_MAX);
-        let mut used = vec![false; order.len()];
+        let mut used = vec![false; count];
+        let mut remaining = quantities.to_vec();
         for start in starts {
+            // From a location that holds the whole cart, the greedy search takes it all
+            // there: the single-location plan already found.
+            if whole[start] {
+                continue;
+            }
             used.fill(false);
-            if let Some(parts) = greedy(quantities, &order, start, &mut used) {
-                push_plan(&mut out, &mut seen, parts);
+            if search.greedy(start, &mut used, &mut remaining, &mut draft) {
+                found.push(&search, &draft);
             }
         }
     }
-    out.sort_by_cached_key(rank_key);
-    out.truncate(max_plans);
-    out
+    found.ranked(&search, max_plans)
 }
 
 /// For each line: (line, requested, available over every candidate) where the
@@ -296,6 +306,240 @@ pub fn available(quantities: &[i64], candidates: &[Candidate]) -> Vec<i64> {
         .collect()
 }
 
+/// A plan while searching: its parts' candidates (indices in `Search::order`) and, part
+/// after part, the quantity each takes of every line (0: none).
+#[derive(Debug, Default)]
+struct Draft {
+    parts: Vec<usize>,
+    quantities: Vec<i64>,
+}
+
+impl Draft {
+    fn clear(&mut self) {
+        self.parts.clear();
+        self.quantities.clear();
+    }
+
+    fn push(&mut self, k: usize, quantities: &[i64]) {
+        self.parts.push(k);
+        self.quantities.extend_from_slice(quantities);
+    }
+}
+
+/// The candidates in rank order, their ATS in one array, and each one's place by ref.
+struct Search<'a> {
+    quantities: &'a [i64],
+    /// The candidates by (transfer, priority, ref): the search's preference.
+    order: Vec<&'a Candidate>,
+    /// `order[k]`'s ATS of line i at `ats[k * lines + i]`.
+    ats: Vec<i64>,
+    /// `order[k]`'s place by (ref, priority, transfer): how a plan's parts are sorted.
+    by_ref: Vec<u32>,
+}
+
+impl<'a> Search<'a> {
+    fn new(quantities: &'a [i64], candidates: &'a [Candidate]) -> Self {
+        let ref_key = |i: usize| {
+            let c = &candidates[i];
+            (&c.location_ref, c.priority, c.transfer)
+        };
+        let mut places: Vec<usize> = (0..candidates.len()).collect();
+        // Candidates usually come by ref (`NetworkSnap::members`): one pass checks it.
+        if !places.is_sorted_by(|&a, &b| ref_key(a) <= ref_key(b)) {
+            places.sort_by(|&a, &b| ref_key(a).cmp(&ref_key(b)));
+        }
+        let mut place_of = vec![0u32; candidates.len()];
+        for (place, &i) in places.iter().enumerate() {
+            place_of[i] = place as u32;
+        }
+        // (transfer, priority, ref), ties in candidate order: the place stands for the
+        // ref and, among equal refs, for the candidate order.
+        let mut order: Vec<usize> = (0..candidates.len()).collect();
+        order.sort_unstable_by_key(|&i| {
+            (candidates[i].transfer, candidates[i].priority, place_of[i])
+        });
+        Search {
+            quantities,
+            ats: order
+                .iter()
+                .flat_map(|&i| candidates[i].ats.iter().copied())
+                .collect(),
+            by_ref: order.iter().map(|&i| place_of[i]).collect(),
+            order: order.into_iter().map(|i| &candidates[i]).collect(),
+        }
+    }
+
+    fn ats(&self, k: usize) -> &[i64] {
+        let n = self.quantities.len();
+        &self.ats[k * n..(k + 1) * n]
+    }
+
+    /// One greedy search from `order[start]` into `draft`, bounded by
+    /// `FULFIL_PLAN_LOCATIONS_MAX` rounds; whether it covers the cart. `used` (all false,
+    /// one per candidate) marks the locations taken; `remaining` is scratch of one entry
+    /// per line.
+    fn greedy(
+        &self,
+        start: usize,
+        used: &mut [bool],
+        remaining: &mut [i64],
+        draft: &mut Draft,
+    ) -> bool {
+        remaining.copy_from_slice(self.quantities);
+        draft.clear();
+        let first = contributes(self.ats(start), remaining).0 == 0;
+        self.take(start, remaining, first, draft);
+        used[start] = true;
+        while remaining.iter().any(|r| *r > 0) {
+            if draft.parts.len() >= FULFIL_PLAN_LOCATIONS_MAX {
+                return false;
+            }
+            let Some((k, (whole, _))) = self.best(used, remaining) else {
+                // No new location helps: what the chosen ones still have, partly.
+                self.top_up(draft, remaining);
+                return remaining.iter().all(|r| *r == 0);
+            };
+            used[k] = true;
+            self.take(k, remaining, whole == 0, draft);
+        }
+        true
+    }
+
+    /// The first best-ranked unused candidate with the most whole lines, then the most
+    /// units, if any helps. A candidate that takes every remaining line whole has the
+    /// highest score there can be: no later one can beat it, so the scan stops there.
+    fn best(&self, used: &[bool], remaining: &[i64]) -> Option<(usize, (usize, i64))> {
+        let most = (
+            remaining.iter().filter(|r| **r > 0).count(),
+            remaining.iter().filter(|r| **r > 0).sum::<i64>(),
+        );
+        let mut best: Option<(usize, (usize, i64))> = None;
+        for k in (0..self.order.len()).filter(|k| !used[*k]) {
+            let score = contributes(self.ats(k), remaining);
+            if score > (0, 0) && best.is_none_or(|(_, s)| score > s) {
+                best = Some((k, score));
+                if score == most {
+                    break;
+                }
+            }
+        }
+        best
+    }
+
+    /// Adds to `draft` a part at `order[k]` with the remaining lines it can serve whole,
+    /// or (`partial`) whatever it has of them.
+    fn take(&self, k: usize, remaining: &mut [i64], partial: bool, draft: &mut Draft) {
+        draft.parts.push(k);
+        for (r, a) in remaining.iter_mut().zip(self.ats(k)) {
+            let q = if *a >= *r || partial { (*r).min(*a) } else { 0 };
+            let q = if *r > 0 && q > 0 { q } else { 0 };
+            draft.quantities.push(q);
+            *r -= q;
+        }
+    }
+
+    /// Adds to the draft's parts what their locations have beyond what they already give.
+    fn top_up(&self, draft: &mut Draft, remaining: &mut [i64]) {
+        let n = self.quantities.len();
+        for (j, &k) in draft.parts.iter().enumerate() {
+            let row = &mut draft.quantities[j * n..(j + 1) * n];
+            for ((r, a), given) in remaining.iter_mut().zip(self.ats(k)).zip(row) {
+                let q = (*r).min(a - *given);
+                if q > 0 {
+                    *given += q;
+                    *r -= q;
+                }
+            }
+        }
+    }
+}
+
+/// The distinct plans found, in the order found, parts sorted by ref: all in one pair
+/// of arrays (`all`), each plan a range of its parts.
+#[derive(Default)]
+struct Found {
+    all: Draft,
+    drafts: Vec<std::ops::Range<usize>>,
+    /// Scratch: the draft being pushed, its parts sorted.
+    sorted: Draft,
+}
+
+impl Found {
+    fn push(&mut self, search: &Search, draft: &Draft) {
+        let n = search.quantities.len();
+        // A draft has at most `FULFIL_PLAN_LOCATIONS_MAX` parts (`Search::greedy`).
+        let mut js = [0; FULFIL_PLAN_LOCATIONS_MAX];
+        let js = &mut js[..draft.parts.len()];
+        for (j, slot) in js.iter_mut().enumerate() {
+            *slot = j;
+        }
+        js.sort_unstable_by_key(|&j| search.by_ref[draft.parts[j]]);
+        self.sorted.clear();
+        for &j in js.iter() {
+            let row = &draft.quantities[j * n..(j + 1) * n];
+            self.sorted.push(draft.parts[j], row);
+        }
+        let (all, sorted) = (&self.all, &self.sorted);
+        let same = |r: &std::ops::Range<usize>| {
+            all.parts[r.clone()] == sorted.parts[..]
+                && all.quantities[r.start * n..r.end * n] == sorted.quantities[..]
+        };
+        if !self.drafts.iter().any(same) {
+            let at = self.all.parts.len();
+            self.all.parts.extend_from_slice(&self.sorted.parts);
+            self.all
+                .quantities
+                .extend_from_slice(&self.sorted.quantities);
+            self.drafts.push(at..self.all.parts.len());
+        }
+    }
+
+    /// The best `max_plans`, ranked as `rank_key` ranks the plans they become (a stable
+    /// sort: ties keep the order found), made into `Plan`s.
+    fn ranked(self, search: &Search, max_plans: usize) -> Vec<Plan> {
+        let n = search.quantities.len();
+        let all = &self.all;
+        let mut keyed: Vec<(DraftKey, std::ops::Range<usize>)> = (self.drafts.into_iter())
+            .map(|r| (draft_key(search, &all.parts[r.clone()]), r))
+            .collect();
+        keyed.sort_by_key(|a| a.0);
+        keyed.truncate(max_plans);
+        keyed
+            .into_iter()
+            .map(|(_, r)| Plan {
+                parts: r
+                    .map(|j| {
+                        let row = &all.quantities[j * n..(j + 1) * n];
+                        let lines = row.iter().copied().enumerate().filter(|l| l.1 > 0);
+                        part(search.order[all.parts[j]], lines.collect())
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+/// `rank_key` of a draft without its refs: the parts' places by ref stand for them (the
+/// parts are sorted by place, and places order as the refs do).
+type DraftKey = (
+    usize,
+    usize,
+    [u32; FULFIL_PLAN_LOCATIONS_MAX],
+    [u32; FULFIL_PLAN_LOCATIONS_MAX],
+);
+
+fn draft_key(search: &Search, parts: &[usize]) -> DraftKey {
+    let mut priorities = [0; FULFIL_PLAN_LOCATIONS_MAX];
+    let mut places = [0; FULFIL_PLAN_LOCATIONS_MAX];
+    for (j, &k) in parts.iter().enumerate() {
+        priorities[j] = search.order[k].priority;
+        places[j] = search.by_ref[k];
+    }
+    priorities[..parts.len()].sort_unstable();
+    let transfers = parts.iter().filter(|&&k| search.order[k].transfer).count();
+    (parts.len(), transfers, priorities, places)
+}
+
 fn part(c: &Candidate, lines: Vec<(usize, i64)>) -> PlanPart {
     PlanPart {
         location_ref: c.location_ref.clone(),
@@ -305,97 +549,16 @@ fn part(c: &Candidate, lines: Vec<(usize, i64)>) -> PlanPart {
     }
 }
 
-fn push_plan(out: &mut Vec<Plan>, seen: &mut BTreeSet<Vec<PlanPart>>, mut parts: Vec<PlanPart>) {
-    parts.sort();
-    if seen.insert(parts.clone()) {
-        out.push(Plan { parts });
-    }
-}
-
-/// (lines `c` can take whole, units it can take) of what `remaining` still needs.
+/// (lines `ats` can take whole, units it can take) of what `remaining` still needs.
 /// One pass: the split search calls it for every candidate in every round.
-fn contributes(c: &Candidate, remaining: &[i64]) -> (usize, i64) {
+fn contributes(ats: &[i64], remaining: &[i64]) -> (usize, i64) {
     let mut whole = 0;
     let mut units = 0;
-    for (r, a) in remaining.iter().zip(&c.ats) {
+    for (r, a) in remaining.iter().zip(ats) {
         whole += usize::from(*r > 0 && a >= r);
         units += (*r).min(*a);
     }
     (whole, units)
-}
-
-/// Takes from `c` the remaining lines it can serve whole, or (`partial`) whatever it has.
-fn take(c: &Candidate, remaining: &mut [i64], partial: bool) -> Vec<(usize, i64)> {
-    let mut lines = Vec::new();
-    for (i, (r, a)) in remaining.iter_mut().zip(&c.ats).enumerate() {
-        let q = if *a >= *r || partial { (*r).min(*a) } else { 0 };
-        if *r > 0 && q > 0 {
-            lines.push((i, q));
-            *r -= q;
-        }
-    }
-    lines
-}
-
-/// One greedy search from `order[start]`: bounded by `FULFIL_PLAN_LOCATIONS_MAX` rounds.
-/// `used` (all false, one per candidate in `order`) marks the locations taken: the
-/// search runs up to `FULFIL_SEARCH_STARTS_MAX` times a request, so it compares no refs.
-fn greedy(
-    quantities: &[i64],
-    order: &[&Candidate],
-    start: usize,
-    used: &mut [bool],
-) -> Option<Vec<PlanPart>> {
-    let mut remaining = quantities.to_vec();
-    let first = contributes(order[start], &remaining).0 == 0;
-    let mut parts = vec![part(
-        order[start],
-        take(order[start], &mut remaining, first),
-    )];
-    used[start] = true;
-    while remaining.iter().any(|r| *r > 0) {
-        if parts.len() >= FULFIL_PLAN_LOCATIONS_MAX {
-            return None;
-        }
-        // The first best-ranked candidate with the most whole lines, then the most units.
-        let mut best: Option<(usize, (usize, i64))> = None;
-        for (i, c) in order.iter().enumerate().filter(|(i, _)| !used[*i]) {
-            let score = contributes(c, &remaining);
-            if score > (0, 0) && best.is_none_or(|(_, s)| score > s) {
-                best = Some((i, score));
-            }
-        }
-        let Some((i, (whole, _))) = best else {
-            // No new location helps: what the chosen ones still have, partly.
-            top_up(order, &mut parts, &mut remaining);
-            return remaining.iter().all(|r| *r == 0).then_some(parts);
-        };
-        used[i] = true;
-        let c = order[i];
-        parts.push(part(c, take(c, &mut remaining, whole == 0)));
-    }
-    Some(parts)
-}
-
-/// Adds to the plan's parts what their locations have beyond what they already give.
-fn top_up(order: &[&Candidate], parts: &mut [PlanPart], remaining: &mut [i64]) {
-    for p in parts.iter_mut() {
-        let Some(c) = order.iter().find(|c| c.location_ref == p.location_ref) else {
-            continue;
-        };
-        for (i, r) in remaining.iter_mut().enumerate() {
-            let given: i64 = p.lines.iter().filter(|l| l.0 == i).map(|l| l.1).sum();
-            let q = (*r).min(c.ats[i] - given);
-            if q > 0 {
-                match p.lines.iter_mut().find(|l| l.0 == i) {
-                    Some(l) => l.1 += q,
-                    None => p.lines.push((i, q)),
-                }
-                *r -= q;
-            }
-        }
-        p.lines.sort_unstable();
-    }
 }
 
 #[cfg(test)]

@@ -116,6 +116,214 @@ proptest! {
     }
 }
 
+// ----- the search against the one it replaced -----
+
+/// The plan search before it worked on candidate indices: the optimised `plans` must
+/// answer exactly what it answered, plan for plan and in the same order.
+mod reference {
+    use std::collections::BTreeSet;
+
+    use stockd_domain::fulfilment::{Candidate, Plan, PlanPart, rank_key};
+    use stockd_domain::limits::{
+        FULFIL_PLAN_LOCATIONS_MAX, FULFIL_PLANS_MAX, FULFIL_SEARCH_STARTS_MAX,
+    };
+
+    /// The search as it was before it worked on indices (commit dbbb6a5), verbatim.
+    pub fn plans(
+        quantities: &[i64],
+        candidates: &[Candidate],
+        allow_split: bool,
+        max_plans: usize,
+    ) -> Vec<Plan> {
+        let max_plans = max_plans.min(FULFIL_PLANS_MAX);
+        let mut order: Vec<&Candidate> = candidates.iter().collect();
+        order.sort_by(|a, b| {
+            (a.transfer, a.priority, &a.location_ref).cmp(&(
+                b.transfer,
+                b.priority,
+                &b.location_ref,
+            ))
+        });
+        let mut out: Vec<Plan> = Vec::new();
+        let mut seen: BTreeSet<Vec<PlanPart>> = BTreeSet::new();
+        for c in &order {
+            if quantities.iter().zip(&c.ats).all(|(q, a)| a >= q) {
+                let lines = quantities.iter().copied().enumerate().collect();
+                push_plan(&mut out, &mut seen, vec![part(c, lines)]);
+            }
+        }
+        // Split plans rank after every single-location plan: once those fill the answer,
+        // the search for splits could only add plans the truncation drops.
+        if allow_split && out.len() < max_plans {
+            let starts = (0..order.len())
+                .filter(|&i| contributes(order[i], quantities) > (0, 0))
+                .take(FULFIL_SEARCH_STARTS_MAX);
+            let mut used = vec![false; order.len()];
+            for start in starts {
+                used.fill(false);
+                if let Some(parts) = greedy(quantities, &order, start, &mut used) {
+                    push_plan(&mut out, &mut seen, parts);
+                }
+            }
+        }
+        out.sort_by_cached_key(rank_key);
+        out.truncate(max_plans);
+        out
+    }
+
+    fn part(c: &Candidate, lines: Vec<(usize, i64)>) -> PlanPart {
+        PlanPart {
+            location_ref: c.location_ref.clone(),
+            priority: c.priority,
+            transfer: c.transfer,
+            lines,
+        }
+    }
+
+    fn push_plan(
+        out: &mut Vec<Plan>,
+        seen: &mut BTreeSet<Vec<PlanPart>>,
+        mut parts: Vec<PlanPart>,
+    ) {
+        parts.sort();
+        if seen.insert(parts.clone()) {
+            out.push(Plan { parts });
+        }
+    }
+
+    /// (lines `c` can take whole, units it can take) of what `remaining` still needs.
+    /// One pass: the split search calls it for every candidate in every round.
+    fn contributes(c: &Candidate, remaining: &[i64]) -> (usize, i64) {
+        let mut whole = 0;
+        let mut units = 0;
+        for (r, a) in remaining.iter().zip(&c.ats) {
+            whole += usize::from(*r > 0 && a >= r);
+            units += (*r).min(*a);
+        }
+        (whole, units)
+    }
+
+    /// Takes from `c` the remaining lines it can serve whole, or (`partial`) whatever it has.
+    fn take(c: &Candidate, remaining: &mut [i64], partial: bool) -> Vec<(usize, i64)> {
+        let mut lines = Vec::new();
+        for (i, (r, a)) in remaining.iter_mut().zip(&c.ats).enumerate() {
+            let q = if *a >= *r || partial { (*r).min(*a) } else { 0 };
+            if *r > 0 && q > 0 {
+                lines.push((i, q));
+                *r -= q;
+            }
+        }
+        lines
+    }
+
+    /// One greedy search from `order[start]`: bounded by `FULFIL_PLAN_LOCATIONS_MAX` rounds.
+    /// `used` (all false, one per candidate in `order`) marks the locations taken: the
+    /// search runs up to `FULFIL_SEARCH_STARTS_MAX` times a request, so it compares no refs.
+    fn greedy(
+        quantities: &[i64],
+        order: &[&Candidate],
+        start: usize,
+        used: &mut [bool],
+    ) -> Option<Vec<PlanPart>> {
+        let mut remaining = quantities.to_vec();
+        let first = contributes(order[start], &remaining).0 == 0;
+        let mut parts = vec![part(
+            order[start],
+            take(order[start], &mut remaining, first),
+        )];
+        used[start] = true;
+        while remaining.iter().any(|r| *r > 0) {
+            if parts.len() >= FULFIL_PLAN_LOCATIONS_MAX {
+                return None;
+            }
+            // The first best-ranked candidate with the most whole lines, then the most units.
+            let mut best: Option<(usize, (usize, i64))> = None;
+            for (i, c) in order.iter().enumerate().filter(|(i, _)| !used[*i]) {
+                let score = contributes(c, &remaining);
+                if score > (0, 0) && best.is_none_or(|(_, s)| score > s) {
+                    best = Some((i, score));
+                }
+            }
+            let Some((i, (whole, _))) = best else {
+                // No new location helps: what the chosen ones still have, partly.
+                top_up(order, &mut parts, &mut remaining);
+                return remaining.iter().all(|r| *r == 0).then_some(parts);
+            };
+            used[i] = true;
+            let c = order[i];
+            parts.push(part(c, take(c, &mut remaining, whole == 0)));
+        }
+        Some(parts)
+    }
+
+    /// Adds to the plan's parts what their locations have beyond what they already give.
+    fn top_up(order: &[&Candidate], parts: &mut [PlanPart], remaining: &mut [i64]) {
+        for p in parts.iter_mut() {
+            let Some(c) = order.iter().find(|c| c.location_ref == p.location_ref) else {
+                continue;
+            };
+            for (i, r) in remaining.iter_mut().enumerate() {
+                let given: i64 = p.lines.iter().filter(|l| l.0 == i).map(|l| l.1).sum();
+                let q = (*r).min(c.ats[i] - given);
+                if q > 0 {
+                    match p.lines.iter_mut().find(|l| l.0 == i) {
+                        Some(l) => l.1 += q,
+                        None => p.lines.push((i, q)),
+                    }
+                    *r -= q;
+                }
+            }
+            p.lines.sort_unstable();
+        }
+    }
+}
+
+/// Candidates like a real network's: many locations, each holding a line or not (as the
+/// `fulfil` load seeds them), or small random quantities.
+fn wide_candidates() -> impl Strategy<Value = (Vec<i64>, Vec<Candidate>)> {
+    (1usize..=6, 1usize..=60, any::<bool>()).prop_flat_map(|(lines, locations, binary)| {
+        let quantities = if binary {
+            prop::collection::vec(1i64..=1, lines).boxed()
+        } else {
+            prop::collection::vec(1i64..=6, lines).boxed()
+        };
+        let ats = if binary {
+            prop::collection::vec(prop_oneof![Just(0i64), Just(5i64)], lines).boxed()
+        } else {
+            prop::collection::vec(0i64..=8, lines).boxed()
+        };
+        let cands = prop::collection::vec((0u32..7, any::<bool>(), ats), locations).prop_map(|v| {
+            v.into_iter()
+                .enumerate()
+                .map(|(i, (priority, transfer, ats))| Candidate {
+                    // Refs out of rank order, so that ref order and rank order differ.
+                    location_ref: format!("L{:02}", (i * 37) % 61),
+                    priority,
+                    transfer,
+                    ats,
+                })
+                .collect::<Vec<_>>()
+        });
+        (quantities, cands)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn plans_answer_what_the_reference_search_answers(
+        (quantities, cands) in wide_candidates(),
+        allow_split in any::<bool>(),
+        max_plans in 1usize..=FULFIL_PLANS_MAX,
+    ) {
+        prop_assert_eq!(
+            plans(&quantities, &cands, allow_split, max_plans),
+            reference::plans(&quantities, &cands, allow_split, max_plans)
+        );
+    }
+}
+
 // ----- network ATS against a reference model -----
 
 const NOW: i64 = 1_700_000_000_000;
@@ -227,8 +435,41 @@ proptest! {
                 .sum();
             let want: i64 = (0..n).map(|i| reference_ats(&model, i, counts[i])).sum();
             prop_assert_eq!(got, want, "channel {}", channel_ref);
+            // The batched read answers what the per-key read answers, pair for pair,
+            // unknown refs included.
+            let products = ["SKU".to_string(), "NONE".to_string()];
+            let mut refs: Vec<String> = (0..n).map(loc).collect();
+            refs.push("NOWHERE".into());
+            let pairs: Vec<(u32, u32)> = (0..refs.len() as u32)
+                .rev()
+                .flat_map(|l| [(0, l), (1, l)])
+                .collect();
+            let mut keys = 0;
+            let grid = engine
+                .availability_grid(&channel_ref, &products, &refs, &pairs, |_| keys += 1)
+                .unwrap();
+            let per_key: Vec<i64> = pairs
+                .iter()
+                .map(|&(p, l)| {
+                    engine
+                        .availability(&channel_ref, &products[p as usize], &refs[l as usize])
+                        .unwrap()
+                })
+                .collect();
+            prop_assert_eq!(grid, per_key);
+            prop_assert_eq!(keys, n, "one key per pair of known refs");
         }
     }
+}
+
+#[test]
+fn a_grid_read_of_an_unknown_channel_is_not_found() {
+    let engine = Engine::new(Settings::default());
+    let refs = ["A".to_string()];
+    assert_eq!(
+        engine.availability_grid("WEB", &refs, &refs, &[(0, 0)], |_| {}),
+        Err(Error::UnknownChannel("WEB".into()))
+    );
 }
 
 #[test]

@@ -9,7 +9,7 @@ use crate::channel::{BPS_FULL, Numbers, available_to_sell, entitlement};
 use crate::error::Error;
 use crate::event::Event;
 use crate::hold::{HoldPart, HoldState, HoldView, LineView};
-use crate::position::{Iq, IqKind, NO_SYM};
+use crate::position::{Iq, IqKind, NO_SYM, Position};
 use crate::refs::{HOLD_NS, Sym};
 
 /// A channel's view of a position.
@@ -81,6 +81,57 @@ impl Engine {
         Ok(self.ats(ci, product, location, None, 0))
     }
 
+    /// The ATS of a channel at each (product, location) pair, as `availability` answers
+    /// it, in pair order: a pair is (index into `products`, index into `locations`), so a
+    /// cart's lines over a network's members cost one ref lookup per product and location
+    /// instead of two per pair. `key` sees the position key of every pair whose refs are
+    /// both known (for the shard's check that no pending write touched them), also when
+    /// the channel is unknown.
+    pub fn availability_grid(
+        &self,
+        channel_ref: &str,
+        products: &[String],
+        locations: &[String],
+        pairs: &[(u32, u32)],
+        mut key: impl FnMut((Sym, Sym)),
+    ) -> Result<Vec<i64>, Error> {
+        let ci = self.channel_index(channel_ref);
+        // Per product its category, per location whether the channel sells there: what
+        // `ats` would work out again for every pair.
+        let products: Vec<Option<(Sym, Option<Sym>)>> = (products.iter())
+            .map(|p| self.interner.get(p).map(|s| (s, self.category_of(s, None))))
+            .collect();
+        let mut places: Vec<Option<Option<(Sym, bool)>>> = vec![None; locations.len()];
+        // First every pair's position, then every ATS: the position lookups (cache misses
+        // at random places of the table) are independent, and a loop of nothing else lets
+        // the processor wait for several at once.
+        let mut found = Vec::with_capacity(pairs.len());
+        for &(p, l) in pairs {
+            let location = *places[l as usize].get_or_insert_with(|| {
+                let sym = self.interner.get(&locations[l as usize])?;
+                Some((sym, ci.as_ref().is_ok_and(|&ci| self.sells_at(ci, sym))))
+            });
+            let at = match (products[p as usize], location) {
+                (Some((product, category)), Some((location, sells))) => {
+                    key((product, location));
+                    let pos = sells.then(|| self.positions.get(&(product, location)));
+                    pos.flatten().map(|pos| (pos, product, location, category))
+                }
+                _ => None,
+            };
+            found.push(at);
+        }
+        let ci = ci?;
+        Ok(found
+            .into_iter()
+            .map(|at| {
+                at.map_or(0, |(pos, p, l, category)| {
+                    self.ats_of(ci, pos, p, l, category, 0)
+                })
+            })
+            .collect())
+    }
+
     /// ATS of channel `ci` at (product, location), with `own` units of the caller's own
     /// hold at that position counted as free (a cart update's view).
     pub(super) fn ats(
@@ -91,14 +142,45 @@ impl Engine {
         hint: Option<Sym>,
         own: i64,
     ) -> i64 {
-        let channel = &self.channels[ci];
-        if channel.excluded.contains(&location) || !self.in_network(channel.sym, location) {
+        if !self.sells_at(ci, location) {
             return 0;
         }
+        self.ats_sold(ci, product, location, self.category_of(product, hint), own)
+    }
+
+    /// Whether channel `ci` sells from `location` (in its network, not excluded).
+    fn sells_at(&self, ci: usize, location: Sym) -> bool {
+        let channel = &self.channels[ci];
+        !channel.excluded.contains(&location) && self.in_network(channel.sym, location)
+    }
+
+    /// `ats` at a location the channel sells from, the product's category known.
+    fn ats_sold(
+        &self,
+        ci: usize,
+        product: Sym,
+        location: Sym,
+        category: Option<Sym>,
+        own: i64,
+    ) -> i64 {
         let Some(pos) = self.positions.get(&(product, location)) else {
             return 0;
         };
-        let numbers = channel.numbers(product, location, self.category_of(product, hint));
+        self.ats_of(ci, pos, product, location, category, own)
+    }
+
+    /// `ats_sold` of the position at (product, location).
+    fn ats_of(
+        &self,
+        ci: usize,
+        pos: &Position,
+        product: Sym,
+        location: Sym,
+        category: Option<Sym>,
+        own: i64,
+    ) -> i64 {
+        let channel = &self.channels[ci];
+        let numbers = channel.numbers(product, location, category);
         available_to_sell(
             numbers,
             pos.allocation_base,

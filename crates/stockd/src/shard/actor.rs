@@ -311,6 +311,16 @@ impl ShardActor {
                 keys,
                 respond,
             } => self.availability(&channel_ref, keys, respond, replies),
+            Msg::AvailabilityGrid {
+                channel_ref,
+                products,
+                locations,
+                pairs,
+                respond,
+            } => {
+                let lists = (products.as_ref(), locations.as_ref());
+                self.availability_grid(&channel_ref, lists, &pairs, respond, replies);
+            }
             Msg::Position {
                 product_ref,
                 location_ref,
@@ -443,6 +453,37 @@ impl ShardActor {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(ShardError::Domain);
+        self.answer_read(clean, respond, result, replies);
+    }
+
+    /// Answers a network read (`Engine::availability_grid`) as `availability` answers.
+    fn availability_grid(
+        &mut self,
+        channel_ref: &str,
+        (products, locations): (&[String], &[String]),
+        pairs: &[(u32, u32)],
+        respond: Respond<Vec<i64>>,
+        replies: &mut Vec<Reply>,
+    ) {
+        let (dirty, mut clean) = (&self.dirty, self.dirty_all == 0);
+        let result = self
+            .engine
+            .availability_grid(channel_ref, products, locations, pairs, |k| {
+                clean &= !dirty.contains_key(&k)
+            })
+            .map_err(ShardError::Domain);
+        self.answer_read(clean, respond, result, replies);
+    }
+
+    /// Sends a read's answer at once if no pending batch changed what it read (`clean`),
+    /// otherwise with the batch.
+    fn answer_read<T: Send + 'static>(
+        &self,
+        clean: bool,
+        respond: Respond<T>,
+        result: Result<T, ShardError>,
+        replies: &mut Vec<Reply>,
+    ) {
         if clean && !self.failed.load(Ordering::Relaxed) {
             // Nothing pending touches these positions: what the engine holds for
             // them is durable, so the answer need not wait for anyone's flush.

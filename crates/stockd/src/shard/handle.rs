@@ -10,6 +10,8 @@
 //! reply) while a handle still calls means the task died (a panic): the call answers
 //! UNAVAILABLE and says so in the log.
 
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, oneshot};
 
 use stockd_domain::{
@@ -56,6 +58,15 @@ pub(crate) enum Msg {
         keys: Vec<(usize, String, String)>,
         respond: Respond<Vec<(usize, i64)>>,
     },
+    /// ATS of a channel at (product, location) pairs, indices into the two lists (shared
+    /// by every shard a network read goes to), answered in pair order.
+    AvailabilityGrid {
+        channel_ref: String,
+        products: Arc<[String]>,
+        locations: Arc<[String]>,
+        pairs: Vec<(u32, u32)>,
+        respond: Respond<Vec<i64>>,
+    },
     Position {
         product_ref: String,
         location_ref: String,
@@ -96,7 +107,9 @@ impl Msg {
     fn kind(&self) -> &'static str {
         match self {
             Msg::Write { command, .. } => command_kind(command),
-            Msg::Availability { .. } | Msg::Position { .. } => "read",
+            Msg::Availability { .. } | Msg::AvailabilityGrid { .. } | Msg::Position { .. } => {
+                "read"
+            }
             Msg::Hold { .. } => "hold",
             Msg::FulfilCheck { .. } => "fulfil_check",
             Msg::ListHolds { .. } => "list_holds",
@@ -225,6 +238,25 @@ impl ShardHandle {
         self.call(|respond| Msg::Availability {
             channel_ref,
             keys,
+            respond,
+        })
+        .await
+    }
+
+    /// ATS of a channel at each (product, location) pair of `pairs` (indices into
+    /// `products` and `locations`), in pair order.
+    pub async fn availability_grid(
+        &self,
+        channel_ref: String,
+        products: Arc<[String]>,
+        locations: Arc<[String]>,
+        pairs: Vec<(u32, u32)>,
+    ) -> Result<Vec<i64>, ShardError> {
+        self.call(|respond| Msg::AvailabilityGrid {
+            channel_ref,
+            products,
+            locations,
+            pairs,
             respond,
         })
         .await

@@ -5,16 +5,19 @@
 //! The router keeps a copy of the channels, locations and networks (`NetworkView`), read
 //! from shard 0 on first use under the configuration lock and dropped by every
 //! configuration change, so a network read costs no extra message. The ATS of the
-//! (product, location) keys goes to the shards that own them, one message per involved
-//! shard. A fulfilment's reserve goes through `Router::reserve`, plan after plan.
+//! (product, location) pairs goes to the shards that own them, one message per involved
+//! shard carrying the product and location lists once (shared) and the pairs as indices
+//! (`ats_grid`): a 5-line cart over 50 locations is 250 pairs, and owned key strings for
+//! each were most of the read's cost. A fulfilment's reserve goes through `Router::reserve`, plan after plan.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::future::join_all;
+use rustc_hash::FxHashMap;
 
-use super::{Router, shard_of};
+use super::Router;
 use crate::shard::handle::ShardError;
-use stockd_domain::fulfilment::{self, Candidate, FulfilAnswer, FulfilRequest, Plan};
+use stockd_domain::fulfilment::{self, Candidate, Delivery, FulfilAnswer, FulfilRequest, Plan};
 use stockd_domain::network::{NetworkAts, sum_network, validate_network_read};
 use stockd_domain::request::check_ref_field;
 use stockd_domain::{
@@ -27,18 +30,66 @@ use stockd_domain::{
 pub struct NetworkView {
     pub channels: Vec<ChannelConfig>,
     pub snap: NetworkSnap,
+    /// Each channel's members, worked out on first use in this view: otherwise every
+    /// network read filters and sorts the locations and copies their refs. At most one
+    /// entry per configured channel; the view is dropped by every configuration change.
+    members: Mutex<FxHashMap<String, Arc<Members>>>,
+}
+
+/// A channel's members in a view, by ref.
+#[derive(Debug)]
+pub struct Members {
+    /// Their places in `snap.locations`.
+    at: Vec<usize>,
+    /// Their refs (shared with the shards a network read goes to).
+    pub refs: Arc<[String]>,
+    /// The refs of those that ship home deliveries: `Delivery::HomeDelivery`'s candidates.
+    pub shipping: Arc<[String]>,
 }
 
 impl NetworkView {
+    pub fn new(channels: Vec<ChannelConfig>, snap: NetworkSnap) -> Self {
+        NetworkView {
+            channels,
+            snap,
+            members: Mutex::new(FxHashMap::default()),
+        }
+    }
+
     /// The configured locations `channel_ref` sells from, by ref; NOT_FOUND for an
     /// unknown channel.
     pub fn members(&self, channel_ref: &str) -> Result<Vec<&LocationConfig>, Error> {
+        let members = self.channel_members(channel_ref)?;
+        Ok(members
+            .at
+            .iter()
+            .map(|&i| &self.snap.locations[i])
+            .collect())
+    }
+
+    /// `members`, with their refs, from this view's cache.
+    pub fn channel_members(&self, channel_ref: &str) -> Result<Arc<Members>, Error> {
+        let cache = || self.members.lock().expect("members cache lock");
+        if let Some(members) = cache().get(channel_ref) {
+            return Ok(members.clone());
+        }
         let channel = self
             .channels
             .iter()
             .find(|c| c.channel_ref == channel_ref)
             .ok_or_else(|| Error::UnknownChannel(channel_ref.to_string()))?;
-        Ok(self.snap.members(channel_ref, &channel.excluded_locations))
+        let list = self.snap.members(channel_ref, &channel.excluded_locations);
+        let locations = &self.snap.locations;
+        let place = |l: &LocationConfig| locations.iter().position(|x| std::ptr::eq(x, l));
+        let members = Arc::new(Members {
+            at: list.iter().filter_map(|l| place(l)).collect(),
+            refs: list.iter().map(|l| l.location_ref.clone()).collect(),
+            shipping: (list.iter().filter(|l| l.ships_home_delivery))
+                .map(|l| l.location_ref.clone())
+                .collect(),
+        });
+        cache().insert(channel_ref.to_string(), members.clone());
+        Ok(members)
     }
 }
 
@@ -53,10 +104,10 @@ impl Router {
         if let Some(view) = self.network.lock().expect("network cache lock").clone() {
             return Ok(view);
         }
-        let view = Arc::new(NetworkView {
-            channels: self.shards[0].channels().await?,
-            snap: self.shards[0].network().await?,
-        });
+        let view = Arc::new(NetworkView::new(
+            self.shards[0].channels().await?,
+            self.shards[0].network().await?,
+        ));
         *self.network.lock().expect("network cache lock") = Some(view.clone());
         Ok(view)
     }
@@ -113,36 +164,51 @@ impl Router {
         validate_network_read(channel_ref, &products)?;
         let view = self.network().await?;
         let members = view.members(channel_ref)?;
-        let keys = products
-            .iter()
-            .flat_map(|p| members.iter().map(|l| (p.clone(), l.location_ref.clone())))
-            .collect();
-        let ats = self.ats_of(channel_ref, keys).await?;
+        let refs = view.channel_members(channel_ref)?.refs.clone();
+        let ats = self
+            .ats_grid(channel_ref, products.clone().into(), refs)
+            .await?;
         Ok(sum_network(products, &members, &ats, by_location))
     }
 
-    /// The ATS of `channel_ref` at each (product, location) key, in key order: one message
-    /// per shard that owns a key. The caller validated the refs and bounded the keys.
-    pub(crate) async fn ats_of(
+    /// The ATS of `channel_ref` at every (product, location), product-major (the ATS of
+    /// `products[p]` at `locations[l]` at `p * locations.len() + l`): one message per
+    /// shard that owns a pair, carrying both lists once and the pairs as indices. The
+    /// caller validated the refs and bounded the lists.
+    pub(crate) async fn ats_grid(
         &self,
         channel_ref: &str,
-        keys: Vec<(String, String)>,
+        products: Arc<[String]>,
+        locations: Arc<[String]>,
     ) -> Result<Vec<i64>, ShardError> {
         let n = self.shards.len();
-        let total = keys.len();
-        let mut by_shard: Vec<Vec<(usize, String, String)>> = vec![Vec::new(); n];
-        for (i, (p, l)) in keys.into_iter().enumerate() {
-            by_shard[shard_of(&p, &l, n)].push((i, p, l));
+        let width = locations.len();
+        let mut by_shard: Vec<Vec<(u32, u32)>> = vec![Vec::new(); n];
+        for (p, product) in products.iter().enumerate() {
+            // `shard_of`'s hash, with the product's part computed once per product.
+            let prefix = fnv_continue(FNV_OFFSET, product.as_bytes());
+            for (l, location) in locations.iter().enumerate() {
+                let shard = shard_of_hash(fnv_continue(prefix, location.as_bytes()), n);
+                by_shard[shard].push((p as u32, l as u32));
+            }
         }
         let calls = by_shard
-            .into_iter()
+            .iter()
             .enumerate()
-            .filter(|(_, k)| !k.is_empty())
-            .map(|(s, k)| self.shards[s].availability(channel_ref.to_string(), k));
-        let mut out = vec![0; total];
-        for answer in join_all(calls).await {
-            for (i, q) in answer? {
-                out[i] = q;
+            .filter(|(_, pairs)| !pairs.is_empty())
+            .map(|(s, pairs)| {
+                let answer = self.shards[s].availability_grid(
+                    channel_ref.to_string(),
+                    products.clone(),
+                    locations.clone(),
+                    pairs.clone(),
+                );
+                async move { (pairs, answer.await) }
+            });
+        let mut out = vec![0; products.len() * width];
+        for (pairs, answer) in join_all(calls).await {
+            for (&(p, l), q) in pairs.iter().zip(answer?) {
+                out[p as usize * width + l as usize] = q;
             }
         }
         Ok(out)
@@ -159,17 +225,17 @@ impl Router {
         let view = self.network().await?;
         let members = view.members(&req.channel_ref)?;
         let eligible = fulfilment::eligible(&view.snap, &members, &req.delivery)?;
-        let keys = eligible
-            .iter()
-            .flat_map(|(l, _)| {
-                let location = &l.location_ref;
-                req.lines
-                    .iter()
-                    .map(|line| (line.product_ref.clone(), location.clone()))
-            })
-            .collect();
-        let ats = self.ats_of(&req.channel_ref, keys).await?;
-        let n = req.lines.len();
+        let products: Arc<[String]> = req.lines.iter().map(|l| l.product_ref.clone()).collect();
+        let refs: Arc<[String]> = match req.delivery {
+            Delivery::HomeDelivery => view.channel_members(&req.channel_ref)?.shipping.clone(),
+            Delivery::ClickAndCollect { .. } => eligible
+                .iter()
+                .map(|(l, _)| l.location_ref.clone())
+                .collect(),
+        };
+        debug_assert_eq!(refs.len(), eligible.len());
+        let ats = self.ats_grid(&req.channel_ref, products, refs).await?;
+        let width = eligible.len();
         let mut candidates: Vec<Candidate> = eligible
             .iter()
             .enumerate()
@@ -177,7 +243,7 @@ impl Router {
                 location_ref: l.location_ref.clone(),
                 priority: l.priority,
                 transfer: *transfer,
-                ats: ats[i * n..(i + 1) * n].to_vec(),
+                ats: (0..req.lines.len()).map(|j| ats[j * width + i]).collect(),
             })
             .collect();
         if let Some(hold_ref) = &req.hold_ref {
@@ -259,5 +325,51 @@ impl Router {
             }
         }
         Ok(None)
+    }
+}
+
+/// FNV-1a's start: `fnv_continue` over a product then a location is `shard_of`'s hash.
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// `stockd_domain::refs::fnv1a` continued over one more part (its bytes, then the
+/// separator), so a network read hashes each product once instead of once per location.
+fn fnv_continue(mut hash: u64, part: &[u8]) -> u64 {
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    for byte in part {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(PRIME);
+    }
+    (hash ^ 0xff).wrapping_mul(PRIME)
+}
+
+/// `shard_of` from its hash: `hash % shards`, without a 64-bit division per pair when
+/// the shard count is a power of two.
+fn shard_of_hash(hash: u64, shards: usize) -> usize {
+    if shards.is_power_of_two() {
+        (hash & (shards as u64 - 1)) as usize
+    } else {
+        (hash % shards as u64) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shard::router::shard_of;
+
+    /// The network read sends each pair to the shard that owns it.
+    #[test]
+    fn the_grid_hash_is_shard_of() {
+        for (p, l) in [
+            ("SKU-1", "DC1"),
+            ("", "x"),
+            ("p-123456789", ""),
+            ("ab", "c"),
+        ] {
+            let hash = fnv_continue(fnv_continue(FNV_OFFSET, p.as_bytes()), l.as_bytes());
+            for n in 1..=8 {
+                assert_eq!(shard_of_hash(hash, n), shard_of(p, l, n), "{p} {l} {n}");
+            }
+        }
     }
 }
