@@ -154,13 +154,21 @@ load() {
     local cmd=("${LOAD_PIN[@]}" "$LOAD" "$@" -O json -o "$WORK/$name.json" "127.0.0.1:$PORT")
     echo "${cmd[*]}" >>"$COMMANDS"
     log "  $name"
-    local status=0
+    local status=0 before
+    before=$(server_ticks)
     "${cmd[@]}" || status=$?
+    # The server's CPU over the run (seeding included), in clock ticks.
+    echo "$(($(server_ticks) - before)) $(getconf CLK_TCK)" >"$WORK/$name.cpu"
     # 1 is a scenario check failing (reported in the table); anything else is an error.
     if [[ $status -ne 0 && $status -ne 1 ]]; then
         log "stockd-load failed ($status): ${cmd[*]}"
         exit 1
     fi
+}
+
+# The server's user + system CPU so far, in clock ticks (0 when unknown).
+server_ticks() {
+    awk '{print $14 + $15}' "/proc/$SERVER_PID/stat" 2>/dev/null || echo 0
 }
 
 jget() { # FILE PYTHON-EXPRESSION-ON-d
@@ -296,6 +304,15 @@ def pct(d, p):
             return x["latency"] / 1e6
     return float("nan")
 
+def cpu_us(name):
+    """The server's CPU per call of run `name`, in µs (NaN when unknown)."""
+    try:
+        ticks, hz = open(os.path.join(work, name + ".cpu")).read().split()
+        calls = rep(name)["count"]
+        return int(ticks) / int(hz) * 1e6 / calls if calls and int(ticks) else float("nan")
+    except (OSError, ValueError):
+        return float("nan")
+
 def errors(d):
     return d["count"] - d["statusCodeDistribution"].get("OK", 0)
 
@@ -319,23 +336,24 @@ call_ga, reserve_async = rep("call-ga"), rep("reserve-async")
 reserve_watch, reserve_async_watch = rep("reserve-watch"), rep("reserve-async-watch")
 disk = rep("fdatasync")
 
-def row(label, d, rps=None):
+def row(label, d, rps=None, name=None):
     rps = d["rps"] if rps is None else rps
     err = errors(d)
     note = f"  ({err} errors)" if err else ""
-    print(f"  {label:<50} {rps:>10.0f} {pct(d, 50):>9.2f} {pct(d, 99):>9.2f} {pct(d, 99.9):>9.2f}{note}")
+    cpu = f"{cpu_us(name):>9.1f}" if name else f"{'':>9}"
+    print(f"  {label:<50} {rps:>10.0f} {pct(d, 50):>9.2f} {pct(d, 99):>9.2f} {pct(d, 99.9):>9.2f} {cpu}{note}")
 
-print(f"Throughput, closed loop, {conc} concurrent callers ({secs} s each)")
-print(f"  {'':<50} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'p99.9 ms':>9}")
-row("health       grpc.health.v1.Health/Check", health)
-row("browse       GetAvailability, 3 of 1000 keys", browse)
-row("reserve      sync, 10,000 products", reserve)
-row("reserve      sync, 1 hot product", hot)
-row("reserve      async, 10,000 products", reserve_async)
+print(f"Throughput, closed loop, {conc} concurrent callers ({secs} s each); server µs: its CPU per call (seeding included)")
+print(f"  {'':<50} {'req/s':>10} {'p50 ms':>9} {'p99 ms':>9} {'p99.9 ms':>9} {'server µs':>9}")
+row("health       grpc.health.v1.Health/Check", health, name="health")
+row("browse       GetAvailability, 3 of 1000 keys", browse, name="browse")
+row("reserve      sync, 10,000 products", reserve, name="reserve")
+row("reserve      sync, 1 hot product", hot, name="hot")
+row("reserve      async, 10,000 products", reserve_async, name="reserve-async")
 fs = flash["scenario"]
-row(f"flash-sale   sync, {fs['units']} units, {fs['buyers']} buyers", flash)
-row("checkout     sync, all calls (Reserve, Confirm...)", checkout)
-row("mixed        sync, all calls (90% GetAvailability)", mixed)
+row(f"flash-sale   sync, {fs['units']} units, {fs['buyers']} buyers", flash, name="flash")
+row("checkout     sync, all calls (Reserve, Confirm...)", checkout, name="checkout")
+row("mixed        sync, all calls (90% GetAvailability)", mixed, name="mixed")
 for method in ("GetAvailability", "Reserve"):
     if method in mixed.get("methods", {}):
         row(f"  mixed: {method} only", mixed["methods"][method])
@@ -363,6 +381,9 @@ for label, with_, without in (("sync", reserve_watch, reserve), ("async", reserv
         seen += "; the stream ended: " + w["ended"]
     print(f"  Reserve with a watcher ÷ without, {label:<5} {r:5.2f}   (goal ≥ 0.95: {'met' if r >= 0.95 else 'NOT met'}; "
           f"the watcher received {seen})")
+    names = ("reserve", "reserve-watch") if label == "sync" else ("reserve-async", "reserve-async-watch")
+    print(f"    server CPU per Reserve (seeding included): {cpu_us(names[0]):.1f} µs without, "
+          f"{cpu_us(names[1]):.1f} µs with the watcher (its consumer shares stockd-load's core)")
 print()
 
 target = openl["options"]["rps"]
@@ -374,9 +395,10 @@ print(f"  achieved {openl['rps']:.0f} req/s; p50 {pct(openl, 50):.2f} ms, p99 {p
       + (f"  ({errors(openl)} errors)" if errors(openl) else ""))
 late = openl.get("openLoop")
 if late:
-    print(f"  stockd-load's own error: it started calls late by p50 {late['startedLateP50'] / 1e6:.2f} ms, "
-          f"p99 {late['startedLateP99'] / 1e6:.2f} ms, p99.9 {late['startedLateP999'] / 1e6:.2f} ms "
-          f"(included in the latencies above)")
+    print(f"  stockd-load's own error: calls a worker was waiting for started late by p50 "
+          f"{late['startedLateP50'] / 1e6:.2f} ms, p99 {late['startedLateP99'] / 1e6:.2f} ms, "
+          f"p99.9 {late['startedLateP999'] / 1e6:.2f} ms (included in the latencies above); "
+          f"{late.get('noFreeWorker', 0)} calls found all {int(conc) * 4} workers busy")
 print(f"  the disk's floor: one fdatasync of 4 KiB alone, {disk['count']} times: p50 {disk['p50']:.2f} ms, "
       f"p99 {disk['p99']:.2f} ms, p99.9 {disk['p999']:.2f} ms")
 print()

@@ -203,7 +203,7 @@ impl Report<'_> {
             scenario_text(sc, &mut out);
         }
         if let Some(late) = &self.outcome.send_late {
-            late_text(late, &mut out);
+            late_text(late, self.outcome.late_no_worker, &mut out);
         }
         if let Some(w) = &self.watch {
             watch_text(w, &mut out);
@@ -316,7 +316,10 @@ impl Report<'_> {
             report.insert("watch".into(), watch_json(w));
         }
         if let Some(late) = &self.outcome.send_late {
-            report.insert("openLoop".into(), late_json(late));
+            report.insert(
+                "openLoop".into(),
+                late_json(late, self.outcome.late_no_worker),
+            );
         }
         Value::Object(report)
     }
@@ -406,14 +409,15 @@ fn scenario_text(sc: &ScenarioReport, out: &mut String) {
     out.push('\n');
 }
 
-/// Open loop: how late stockd-load itself started operations (its own error, included
-/// in every latency above since latency runs from the intended start).
-fn late_text(late: &hdrhistogram::Histogram<u64>, out: &mut String) {
+/// Open loop: how late stockd-load itself started operations a worker was waiting for
+/// (its own error, included in every latency above since latency runs from the intended
+/// start), and how many found every worker busy (waiting on the server).
+fn late_text(late: &hdrhistogram::Histogram<u64>, no_worker: u64, out: &mut String) {
     let q = |p: f64| late.value_at_quantile(p) as f64 / 1e6;
     let _ = writeln!(
         out,
         "Open loop, operations started late by stockd-load itself: p50 {:.2} ms, p99 {:.2} ms, \
-         p99.9 {:.2} ms, max {:.2} ms\n",
+         p99.9 {:.2} ms, max {:.2} ms; {no_worker} found every worker busy\n",
         q(0.5),
         q(0.99),
         q(0.999),
@@ -421,12 +425,13 @@ fn late_text(late: &hdrhistogram::Histogram<u64>, out: &mut String) {
     );
 }
 
-fn late_json(late: &hdrhistogram::Histogram<u64>) -> Value {
+fn late_json(late: &hdrhistogram::Histogram<u64>, no_worker: u64) -> Value {
     json!({
         "startedLateP50": late.value_at_quantile(0.5),
         "startedLateP99": late.value_at_quantile(0.99),
         "startedLateP999": late.value_at_quantile(0.999),
         "startedLateMax": late.max(),
+        "noFreeWorker": no_worker,
     })
 }
 
@@ -536,6 +541,7 @@ mod tests {
             end_reason: EndReason::Normal,
             operations: 1002,
             send_late: None,
+            late_no_worker: 0,
         };
         let plan = Plan {
             concurrency: 50,

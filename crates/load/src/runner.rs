@@ -167,6 +167,8 @@ struct Shared {
     /// Open loop: how late operations started after their intended start (the load
     /// generator's own error), merged from every load thread at the end.
     send_late: std::sync::Mutex<Option<Histogram<u64>>>,
+    /// Open loop: operations whose worker became free only after their intended start.
+    late_no_worker: AtomicU64,
 }
 
 thread_local! {
@@ -290,8 +292,11 @@ pub struct Outcome {
     pub end_reason: EndReason,
     /// Operations run.
     pub operations: u64,
-    /// Open loop: how late operations started after their intended start, in ns.
+    /// Open loop: how late operations whose worker was waiting for them started after
+    /// their intended start (the generator's own error), in ns.
     pub send_late: Option<Histogram<u64>>,
+    /// Open loop: operations that found no free worker at their intended start.
+    pub late_no_worker: u64,
 }
 
 impl Outcome {
@@ -353,6 +358,7 @@ pub async fn run<L: Load>(load: Arc<L>, plan: &Plan, target: &Target) -> Result<
         count_errors: plan.count_errors,
         timeout: plan.timeout,
         send_late: std::sync::Mutex::new(None),
+        late_no_worker: AtomicU64::new(0),
     });
     let concurrency = plan.concurrency.max(1);
     let threads = target.threads_for(concurrency);
@@ -408,12 +414,14 @@ pub async fn run<L: Load>(load: Arc<L>, plan: &Plan, target: &Target) -> Result<
     }
     let operations = shared.ops_done.load(Ordering::Relaxed);
     let send_late = shared.send_late.lock().expect("lateness lock").take();
+    let late_no_worker = shared.late_no_worker.load(Ordering::Relaxed);
     Ok(Outcome {
         methods,
         total: elapsed,
         end_reason: bounds.end_reason(&shared, operations),
         operations,
         send_late,
+        late_no_worker,
     })
 }
 
@@ -611,8 +619,16 @@ async fn worker_loop<L: Load>(load: Arc<L>, mut state: L::Worker, shared: Arc<Sh
             if deadline.is_some_and(|d| intended >= d) {
                 break;
             }
+            // A worker that takes its operation early and then starts it late is the
+            // generator's own error; one that takes it late found every worker busy (all
+            // waiting on the server): the server's queue, part of the latency it records.
+            let waiting = Instant::now() < intended;
             pace_until(intended, &shared.stop).await;
-            record_late(Instant::now().saturating_duration_since(intended));
+            if waiting {
+                record_late(Instant::now().saturating_duration_since(intended));
+            } else {
+                shared.late_no_worker.fetch_add(1, Ordering::Relaxed);
+            }
             rec.intended = Some(intended);
         } else if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
