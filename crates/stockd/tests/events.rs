@@ -318,6 +318,16 @@ async fn many_events(admin: &mut client::Adm, tag: &str, n: usize) {
         .unwrap();
 }
 
+/// Two shards and a live ring of only 16 events (`--events-watch-buffer 16`); the data
+/// folder lives as long as the returned guard.
+async fn small_buffer_server() -> (Spawned, tempfile::TempDir) {
+    let dir = tempdir();
+    let mut config = ServerConfig::new(dir.path().join("data"));
+    config.shards = 2;
+    config.events.watch_buffer = 16;
+    (start_with(config).await, dir)
+}
+
 /// A client whose HTTP/2 windows hold only 16 KiB: a watcher on it that stops reading
 /// backs up to the server at once, instead of after megabytes of socket and window space.
 fn small_window_events_client(addr: std::net::SocketAddr) -> Ev {
@@ -331,11 +341,7 @@ fn small_window_events_client(addr: std::net::SocketAddr) -> Ev {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_watcher_is_cut_off_naming_its_last_sequence_and_resumes() {
-    let dir = tempdir();
-    let mut config = ServerConfig::new(dir.path().join("data"));
-    config.shards = 2;
-    config.events.watch_buffer = 16;
-    let server = start_with(config).await;
+    let (server, _dir) = small_buffer_server().await;
     let mut admin = client::admin(server.grpc);
     let mut ev = events_client(server.grpc);
     upsert_channel(&mut admin, channel(WEB)).await;
@@ -387,11 +393,7 @@ async fn a_slow_watcher_is_cut_off_naming_its_last_sequence_and_resumes() {
 /// retained log and sees every event, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_larger_than_the_buffer_does_not_cut_off_a_watcher_that_keeps_reading() {
-    let dir = tempdir();
-    let mut config = ServerConfig::new(dir.path().join("data"));
-    config.shards = 2;
-    config.events.watch_buffer = 16;
-    let server = start_with(config).await;
+    let (server, _dir) = small_buffer_server().await;
     let mut admin = client::admin(server.grpc);
     let mut ev = events_client(server.grpc);
     upsert_channel(&mut admin, channel(WEB)).await;

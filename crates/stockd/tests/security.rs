@@ -541,6 +541,25 @@ async fn seed_channels(ch: Channel, token: &str) {
         .expect("stock");
 }
 
+/// Two shards, SOCIAL and WEB seeded, and a policy where `social` (token `s-secret`) and
+/// `web` (`w-secret`) may call `methods` for their own channel only, and `operator`
+/// (`op-secret`) may administer.
+async fn two_channel_server(methods: &[&str]) -> InProcessServer {
+    let text = policy(&[
+        ("social", methods, Some(&["SOCIAL"])),
+        ("web", methods, Some(&["WEB"])),
+        ("operator", &["inventory.v1.AdminService/*"], None),
+    ]);
+    let tokens = [
+        ("s-secret", "social"),
+        ("w-secret", "web"),
+        ("op-secret", "operator"),
+    ];
+    let server = policy_server(&text, &tokens, 2).await;
+    seed_channels(server.channel(), "op-secret").await;
+    server
+}
+
 /// ListEvents as `token`'s identity, filtered by `channel_ref` ("" for no filter).
 async fn list_events_as(
     channel: Channel,
@@ -599,19 +618,8 @@ async fn an_identity_scoped_to_channels_cannot_touch_another_channels_hold_by_it
     const RELEASE: &str = "inventory.v1.InventoryService/ReleaseHold";
     const CONFIRM: &str = "inventory.v1.InventoryService/ConfirmHold";
     let methods: &[&str] = &[RESERVE, GET_HOLD, RELEASE, CONFIRM];
-    let text = policy(&[
-        ("social", methods, Some(&["SOCIAL"])),
-        ("web", methods, Some(&["WEB"])),
-        ("operator", &["inventory.v1.AdminService/*"], None),
-    ]);
-    let tokens = [
-        ("s-secret", "social"),
-        ("w-secret", "web"),
-        ("op-secret", "operator"),
-    ];
-    let server = policy_server(&text, &tokens, 2).await;
+    let server = two_channel_server(methods).await;
     let ch = server.channel();
-    seed_channels(ch.clone(), "op-secret").await;
     let mut inv = InventoryServiceClient::new(ch.clone());
     let reserve = reserve_request("hw", "WEB", &[("P1", "DC1", 1)], 0);
     inv.reserve(with_token(reserve, "w-secret"))
@@ -683,19 +691,8 @@ async fn an_identity_scoped_to_channels_cannot_fulfil_or_cancel_another_channels
         "inventory.v1.InventoryService/FulfilOrder",
         "inventory.v1.InventoryService/CancelOrder",
     ];
-    let text = policy(&[
-        ("social", methods, Some(&["SOCIAL"])),
-        ("web", methods, Some(&["WEB"])),
-        ("operator", &["inventory.v1.AdminService/*"], None),
-    ]);
-    let tokens = [
-        ("s-secret", "social"),
-        ("w-secret", "web"),
-        ("op-secret", "operator"),
-    ];
-    let server = policy_server(&text, &tokens, 2).await;
+    let server = two_channel_server(methods).await;
     let ch = server.channel();
-    seed_channels(ch.clone(), "op-secret").await;
     let mut inv = InventoryServiceClient::new(ch.clone());
     let reserve = reserve_request("hw", "WEB", &[("P1", "DC1", 2)], 0);
     inv.reserve(with_token(reserve, "w-secret"))
