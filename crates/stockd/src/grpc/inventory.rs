@@ -30,37 +30,48 @@ pub struct InventoryApi {
 
 impl InventoryApi {
     /// For a caller scoped to channels: PERMISSION_DENIED unless the hold named by
-    /// `hold_ref` is of one of its channels (one extra read; an unknown or bad ref is left
-    /// to the call itself, which answers NOT_FOUND or INVALID_ARGUMENT).
+    /// `hold_ref` is of one of its channels.
     async fn check_hold_channel<T>(
         &self,
         request: &Request<T>,
         hold_ref: &str,
     ) -> Result<(), Status> {
-        if !is_channel_scoped(request) {
-            return Ok(());
-        }
-        match self.router.hold(now_millis(), hold_ref).await {
-            Ok(hold) => check_channel(request, &hold.channel_ref),
-            Err(_) => Ok(()),
-        }
+        let read = async {
+            let hold = self.router.hold(now_millis(), hold_ref).await.ok()?;
+            Some(hold.channel_ref)
+        };
+        check_owner_channel(request, read).await
     }
 
     /// For a caller scoped to channels: PERMISSION_DENIED unless the order named by
-    /// `order_ref` is of one of its channels (one extra read, as for holds; an unknown or
-    /// bad ref is left to the call itself).
+    /// `order_ref` is of one of its channels.
     async fn check_order_channel<T>(
         &self,
         request: &Request<T>,
         order_ref: &str,
     ) -> Result<(), Status> {
-        if !is_channel_scoped(request) {
-            return Ok(());
-        }
-        match self.router.order(now_millis(), order_ref).await {
-            Ok(order) => check_channel(request, &order.channel_ref),
-            Err(_) => Ok(()),
-        }
+        let read = async {
+            let order = self.router.order(now_millis(), order_ref).await.ok()?;
+            Some(order.channel_ref)
+        };
+        check_owner_channel(request, read).await
+    }
+}
+
+/// The channel check of a call by hold or order ref: only for a caller scoped to channels
+/// is the owner's channel read (one extra read, `read` is not polled otherwise); an
+/// unknown or bad ref (`None`) is left to the call itself, which answers NOT_FOUND or
+/// INVALID_ARGUMENT.
+async fn check_owner_channel<T>(
+    request: &Request<T>,
+    read: impl std::future::Future<Output = Option<String>>,
+) -> Result<(), Status> {
+    if !is_channel_scoped(request) {
+        return Ok(());
+    }
+    match read.await {
+        Some(channel_ref) => check_channel(request, &channel_ref),
+        None => Ok(()),
     }
 }
 
