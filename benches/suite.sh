@@ -12,7 +12,9 @@
 #     the ratios browse ÷ health and Reserve ÷ health;
 #   - Reserve p50/p99/p99.9 at 50% of its maximum throughput (open loop, --rps);
 #   - sync ÷ async durability throughput for Reserve (the server restarted with
-#     --durability async), and Reserve with one live WatchEvents consumer ÷ without;
+#     --durability async);
+#   - Reserve with one live WatchEvents consumer ÷ without, in alternating pairs of runs,
+#     each on a fresh server (so neither side inherits the other's holds or checkpoints);
 #   - the disk's floor: what one fdatasync of 4 KiB costs alone (python3);
 #   - one hot product against 10,000 products spread evenly;
 #   - stockd-load against h2load (nghttp2-client) on the same server with the same
@@ -27,6 +29,7 @@
 #   SUITE_CONNECTIONS  HTTP/2 connections they share (default 5; h2load gets the same)
 #   SUITE_SERVER_CPU   core of the server (default 0); SUITE_LOAD_CPU: of the load (1)
 #   SUITE_SHARDS       server shards (default 1: it has one core)
+#   SUITE_WATCH_PAIRS  watcher comparison: pairs of runs per durability (default 4; 1 quick)
 #   SUITE_KEEP=1       keep the JSON reports and the server logs
 #   SUITE_NO_BUILD=1   use the binaries already in target/release
 set -euo pipefail
@@ -204,8 +207,6 @@ common=(-c "$CONC" --connections "$CONNS" -z "${SECS}s")
 load health health "${common[@]}"
 load browse browse --prefix suite --products 1000 --keys 3 "${common[@]}"
 load reserve reserve --products 10000 "${common[@]}"
-# The same load with one live WatchEvents consumer beside it (issue #14).
-load reserve-watch reserve --products 10000 --watch "${common[@]}"
 load hot reserve --hot "${common[@]}"
 RESERVE_RPS=$(jget "$WORK/reserve.json" 'd["rps"]')
 HALF=$(python3 -c "import sys; print(max(1, round(float(sys.argv[1]) / 2)))" "$RESERVE_RPS")
@@ -239,8 +240,29 @@ log "async durability"
 start_server async
 "${LOAD_PIN[@]}" "$LOAD" health -z 1s -c "$CONC" --connections "$CONNS" -O json "127.0.0.1:$PORT" >/dev/null # warm-up
 load reserve-async reserve --products 10000 "${common[@]}"
-load reserve-async-watch reserve --products 10000 --watch "${common[@]}"
 stop_server
+
+# --- a live watcher -------------------------------------------------------------------
+# Reserve with one live WatchEvents consumer beside it against without (issue #14). A
+# server that has taken a run's holds is slower for the next run (more state, and its
+# checkpoints), so each run gets a fresh server, and the order alternates in each pair
+# (without-with, then with-without) so that drift over time falls on both sides alike.
+WATCH_PAIRS=${SUITE_WATCH_PAIRS:-$([[ "$QUICK" == 1 ]] && echo 1 || echo 4)}
+watch_run() { # DURABILITY PAIR with|without
+    start_server "$1"
+    "${LOAD_PIN[@]}" "$LOAD" health -z 1s -c "$CONC" --connections "$CONNS" -O json "127.0.0.1:$PORT" >/dev/null # warm-up
+    local flag=()
+    [[ $3 == with ]] && flag=(--watch)
+    load "watch-$1-$2-$3" reserve --products 10000 "${flag[@]}" "${common[@]}"
+    stop_server
+}
+log "a live watcher ($WATCH_PAIRS pairs of fresh servers per durability)"
+for mode in sync async; do
+    for pair in $(seq 1 "$WATCH_PAIRS"); do
+        if ((pair % 2)); then order=(without with); else order=(with without); fi
+        for side in "${order[@]}"; do watch_run "$mode" "$pair" "$side"; done
+    done
+done
 
 # --- the disk's own floor -------------------------------------------------------------
 # What one fdatasync of a 4 KiB block costs on the filesystem of the data folders, timed
@@ -289,10 +311,10 @@ done
 SHARDS=$MAIN_SHARDS
 
 # --- table ----------------------------------------------------------------------------
-python3 - "$WORK" "$SECS" "$CONC" "$CONNS" "$STREAMS" "$HAVE_H2LOAD" <<'PY'
-import json, os, re, sys
+python3 - "$WORK" "$SECS" "$CONC" "$CONNS" "$STREAMS" "$HAVE_H2LOAD" "$WATCH_PAIRS" <<'PY'
+import json, os, re, statistics, sys
 
-work, secs, conc, conns, streams, have_h2 = sys.argv[1:7]
+work, secs, conc, conns, streams, have_h2, watch_pairs = sys.argv[1:8]
 
 def rep(name):
     with open(os.path.join(work, name + ".json")) as f:
@@ -333,7 +355,6 @@ def h2load(name):
 health, browse, reserve, hot = rep("health"), rep("browse"), rep("reserve"), rep("hot")
 openl, flash, checkout, mixed = rep("open"), rep("flash"), rep("checkout"), rep("mixed")
 call_ga, reserve_async = rep("call-ga"), rep("reserve-async")
-reserve_watch, reserve_async_watch = rep("reserve-watch"), rep("reserve-async-watch")
 disk = rep("fdatasync")
 
 def row(label, d, rps=None, name=None):
@@ -373,17 +394,37 @@ r_mixed = ratio(mixed['rps'], browse['rps'])
 print(f"  mixed ÷ browse                 {r_mixed:6.2f}   (goal ≥ 0.80: {'met' if r_mixed >= 0.8 else 'NOT met'})")
 print(f"  sync ÷ async (Reserve)         {ratio(reserve['rps'], reserve_async['rps']):6.2f}")
 print(f"  hot ÷ spread (Reserve)         {ratio(hot['rps'], reserve['rps']):6.2f}")
-for label, with_, without in (("sync", reserve_watch, reserve), ("async", reserve_async_watch, reserve_async)):
-    r = ratio(with_["rps"], without["rps"])
-    w = with_.get("watch") or {}
-    seen = f"{w.get('eventsPerSecond', 0):.0f} events/s, {w.get('gaps', 0)} missing"
-    if w.get("ended"):
-        seen += "; the stream ended: " + w["ended"]
-    print(f"  Reserve with a watcher ÷ without, {label:<5} {r:5.2f}   (goal ≥ 0.95: {'met' if r >= 0.95 else 'NOT met'}; "
-          f"the watcher received {seen})")
-    names = ("reserve", "reserve-watch") if label == "sync" else ("reserve-async", "reserve-async-watch")
-    print(f"    server CPU per Reserve (seeding included): {cpu_us(names[0]):.1f} µs without, "
-          f"{cpu_us(names[1]):.1f} µs with the watcher (its consumer shares stockd-load's core)")
+print()
+
+def ticks(name):
+    try:
+        t, hz = open(os.path.join(work, name + ".cpu")).read().split()
+        return int(t) / int(hz)
+    except (OSError, ValueError):
+        return float("nan")
+
+print(f"Reserve with one live watcher ÷ without: {watch_pairs} alternating pairs of {secs} s runs per durability,"
+      " each on a fresh server")
+for mode in ("sync", "async"):
+    pairs, seen, cpu = [], [], {"with": [0.0, 0], "without": [0.0, 0]}
+    for i in range(1, int(watch_pairs) + 1):
+        w, o = rep(f"watch-{mode}-{i}-with"), rep(f"watch-{mode}-{i}-without")
+        pairs.append((w["rps"], o["rps"]))
+        seen.append(w.get("watch") or {})
+        for side, d in (("with", w), ("without", o)):
+            cpu[side][0] += ticks(f"watch-{mode}-{i}-{side}")
+            cpu[side][1] += d["count"]
+    r = ratio(sum(p[0] for p in pairs), sum(p[1] for p in pairs))
+    each = ", ".join(f"{a / b:.2f}" for a, b in pairs)
+    print(f"  {mode:<5} all runs' req/s with ÷ without {r:5.2f}   (goal ≥ 0.95: {'met' if r >= 0.95 else 'NOT met'});"
+          f" pair by pair {each}; median {statistics.median(a / b for a, b in pairs):.2f}")
+    us = {k: v[0] * 1e6 / v[1] if v[1] else float("nan") for k, v in cpu.items()}
+    got = sum(x.get("eventsPerSecond", 0) for x in seen) / len(seen)
+    gaps = sum(x.get("gaps", 0) for x in seen)
+    ended = [x["ended"] for x in seen if x.get("ended")]
+    print(f"        server CPU per Reserve {us['without']:.1f} µs without, {us['with']:.1f} µs with"
+          f" (seeding included); the watcher received {got:.0f} events/s, {gaps} missing"
+          + (f"; a stream ended: {ended[0]}" if ended else ""))
 print()
 
 target = openl["options"]["rps"]
