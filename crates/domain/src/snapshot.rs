@@ -456,6 +456,9 @@ pub struct Restorer {
     /// the end (from sorted input) instead of one random insert at a time.
     expiry: Vec<(Millis, Sym)>,
     forget: Vec<(Millis, Sym)>,
+    /// The restored parts' places in the hold table's listing indexes, filed the same way.
+    created: Vec<(Millis, Sym)>,
+    ended: Vec<(Millis, Sym)>,
 }
 
 impl Restorer {
@@ -476,6 +479,8 @@ impl Restorer {
             engine: Engine::new(settings),
             expiry: Vec::new(),
             forget: Vec::new(),
+            created: Vec::new(),
+            ended: Vec::new(),
         }
     }
 
@@ -508,6 +513,7 @@ impl Restorer {
         self.engine.holds.reserve(holds);
         self.engine.interner.reserve(positions + holds);
         self.expiry.reserve(holds);
+        self.created.reserve(holds);
     }
 
     /// One position with its ledger (a position given twice keeps the last).
@@ -554,16 +560,16 @@ impl Restorer {
     /// One hold part; a hold given twice is refused.
     pub fn hold(&mut self, hs: &HoldSnapRef<'_>) -> Result<(), String> {
         let part = self.engine.unsnap_part_ref(hs);
+        let hold = part.hold;
         let (expiry, forget) = self.engine.index_part(&part);
+        let Ok(listed) = self.engine.holds.insert_unlisted(hold, part) else {
+            return Err(format!("snapshot holds hold {:?} twice", hs.hold_ref));
+        };
         self.expiry.extend(expiry);
         self.forget.extend(forget);
-        if self
-            .engine
-            .holds
-            .insert_untracked(part.hold, part)
-            .is_some()
-        {
-            return Err(format!("snapshot holds hold {:?} twice", hs.hold_ref));
+        if let Some((created, ended)) = listed {
+            self.created.push((created, hold));
+            self.ended.extend(ended.map(|t| (t, hold)));
         }
         Ok(())
     }
@@ -576,8 +582,9 @@ impl Restorer {
 
     /// The engine, its counters checked against its ledgers and hold records.
     pub fn finish(self) -> Result<Engine, String> {
-        self.engine.check_consistency()?;
-        Ok(self.finish_unchecked())
+        let engine = self.finish_unchecked();
+        engine.check_consistency()?;
+        Ok(engine)
     }
 
     /// The engine, unchecked: for a caller that checks it itself once it is complete
@@ -591,6 +598,7 @@ impl Restorer {
         let mut forget: std::collections::BTreeSet<_> = self.forget.into_iter().collect();
         forget.append(&mut engine.forget);
         engine.forget = forget;
+        engine.holds.list_restored(self.created, self.ended);
         engine.clear_checkpoint_tracking();
         self.engine
     }
