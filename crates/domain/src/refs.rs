@@ -77,6 +77,50 @@ fn ns_key_on_stack<'a>(
 )]
 pub struct Sym(pub(crate) u32);
 
+/// Longest text kept inline in its slot: SKUs, locations and cart refs mostly fit, so
+/// they need no allocation of their own and a lookup reads no second cache line.
+const INLINE_TEXT_BYTES: usize = 22;
+
+/// The text of one symbol (its namespace byte first, if it has one).
+#[derive(Clone, Debug)]
+enum Text {
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_TEXT_BYTES],
+    },
+    Heap(Box<str>),
+}
+
+const _: () = assert!(std::mem::size_of::<Option<Text>>() == 24);
+
+impl Text {
+    fn new(value: &str) -> Text {
+        match u8::try_from(value.len()) {
+            Ok(len) if value.len() <= INLINE_TEXT_BYTES => {
+                let mut bytes = [0u8; INLINE_TEXT_BYTES];
+                bytes[..value.len()].copy_from_slice(value.as_bytes());
+                Text::Inline { len, bytes }
+            }
+            _ => Text::Heap(Box::from(value)),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Text::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Text::Heap(text) => text.as_bytes(),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Text::Inline { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)])
+                .expect("inline text is copied whole from a str"),
+            Text::Heap(text) => text,
+        }
+    }
+}
+
 /// Interns strings so each distinct ref is stored once per engine.
 ///
 /// Hold and order refs come and go with carts, so their entries can be released and
@@ -84,40 +128,50 @@ pub struct Sym(pub(crate) u32);
 ///
 /// The lookup table holds only symbol numbers (4 bytes a slot), found by the hash of
 /// their text in `strs`: a restore interns a million refs per shard, and every byte of
-/// table is fresh memory the kernel zeroes first. One hash and one probe per intern.
+/// table is fresh memory the kernel zeroes first. One hash and one probe per intern; a
+/// short text lies in its slot (`INLINE_TEXT_BYTES`).
 #[derive(Clone, Default, Debug)]
 pub struct Interner {
     table: HashTable<u32>,
-    strs: Vec<Option<Box<str>>>,
+    strs: Vec<Option<Text>>,
     free: Vec<u32>,
 }
 
 /// The hash of a ref's text (the same for a lookup and for a rehash).
-fn text_hash(value: &str) -> u64 {
+fn text_hash(value: &[u8]) -> u64 {
     FxBuildHasher.hash_one(value)
 }
 
 /// The text of a live slot (a table entry always names one).
-fn slot_text(strs: &[Option<Box<str>>], sym: u32) -> &str {
+fn slot_text(strs: &[Option<Text>], sym: u32) -> &[u8] {
     strs[sym as usize]
-        .as_deref()
+        .as_ref()
         .expect("the interner's table names only live slots")
+        .as_bytes()
+}
+
+/// Whether slot `sym` holds `value`.
+fn holds(strs: &[Option<Text>], sym: u32, value: &[u8]) -> bool {
+    strs[sym as usize]
+        .as_ref()
+        .is_some_and(|t| t.as_bytes() == value)
 }
 
 impl Interner {
     /// Returns the symbol of `value`, interning it if it is new.
     pub fn intern(&mut self, value: &str) -> Sym {
         let strs = &self.strs;
+        let bytes = value.as_bytes();
         let entry = self.table.entry(
-            text_hash(value),
-            |&s| strs[s as usize].as_deref() == Some(value),
+            text_hash(bytes),
+            |&s| holds(strs, s, bytes),
             |&s| text_hash(slot_text(strs, s)),
         );
         let vacant = match entry {
             Entry::Occupied(found) => return Sym(*found.get()),
             Entry::Vacant(vacant) => vacant,
         };
-        let text: Box<str> = Box::from(value);
+        let text = Text::new(value);
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.strs[slot as usize] = Some(text);
@@ -144,10 +198,9 @@ impl Interner {
     /// Returns the symbol of `value` if it was interned, without interning it.
     pub fn get(&self, value: &str) -> Option<Sym> {
         let strs = &self.strs;
+        let bytes = value.as_bytes();
         self.table
-            .find(text_hash(value), |&s| {
-                strs[s as usize].as_deref() == Some(value)
-            })
+            .find(text_hash(bytes), |&s| holds(strs, s, bytes))
             .map(|&s| Sym(s))
     }
 
@@ -173,8 +226,9 @@ impl Interner {
     /// a programmer error.
     pub fn resolve(&self, sym: Sym) -> &str {
         let text = self.strs[sym.0 as usize]
-            .as_deref()
-            .expect("resolve of a released symbol");
+            .as_ref()
+            .expect("resolve of a released symbol")
+            .as_str();
         match text.as_bytes().first() {
             Some(b) if *b < b' ' => &text[1..],
             _ => text,
@@ -184,7 +238,10 @@ impl Interner {
     /// Forgets a ref that nothing refers to any more (a forgotten hold or order).
     pub fn release(&mut self, sym: Sym) {
         if let Some(text) = self.strs[sym.0 as usize].take() {
-            if let Ok(found) = self.table.find_entry(text_hash(&text), |&s| s == sym.0) {
+            if let Ok(found) = self
+                .table
+                .find_entry(text_hash(text.as_bytes()), |&s| s == sym.0)
+            {
                 found.remove();
             }
             self.free.push(sym.0);
@@ -193,7 +250,7 @@ impl Interner {
 
     /// The slots, in symbol order (`None` for a released slot): a snapshot of the interner.
     pub fn slots(&self) -> impl Iterator<Item = Option<&str>> + '_ {
-        self.strs.iter().map(|s| s.as_deref())
+        self.strs.iter().map(|s| s.as_ref().map(Text::as_str))
     }
 
     /// Rebuilds an interner from its slots, keeping every symbol's number.
@@ -204,9 +261,10 @@ impl Interner {
             match slot {
                 Some(text) => {
                     let strs = &interner.strs;
+                    let bytes = text.as_bytes();
                     let entry = interner.table.entry(
-                        text_hash(&text),
-                        |&s| strs[s as usize].as_deref() == Some(text.as_str()),
+                        text_hash(bytes),
+                        |&s| holds(strs, s, bytes),
                         |&s| text_hash(slot_text(strs, s)),
                     );
                     match entry {
@@ -217,7 +275,7 @@ impl Interner {
                             vacant.insert(i);
                         }
                     }
-                    interner.strs.push(Some(text.into_boxed_str()));
+                    interner.strs.push(Some(Text::new(&text)));
                 }
                 None => {
                     interner.strs.push(None);
@@ -287,6 +345,20 @@ mod tests {
         assert_eq!(c, a);
         assert_eq!(interner.resolve(b), "b");
         assert_eq!(interner.resolve(c), "c");
+    }
+
+    #[test]
+    fn long_and_short_texts_intern_alike() {
+        let mut interner = Interner::default();
+        let short = "x".repeat(INLINE_TEXT_BYTES);
+        let long = "x".repeat(INLINE_TEXT_BYTES + 1);
+        let (a, b) = (interner.intern(&short), interner.intern(&long));
+        assert_ne!(a, b);
+        assert_eq!((interner.intern(&short), interner.intern(&long)), (a, b));
+        assert_eq!((interner.resolve(a), interner.resolve(b)), (&*short, &*long));
+        let c = interner.intern_in(HOLD_NS, &short);
+        assert_eq!(interner.resolve(c), short);
+        assert_eq!(interner.get_in(HOLD_NS, &short), Some(c));
     }
 
     #[test]
