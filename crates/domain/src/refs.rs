@@ -6,8 +6,6 @@
 
 use std::hash::BuildHasher;
 
-use hashbrown::HashTable;
-use hashbrown::hash_table::Entry;
 use rustc_hash::FxBuildHasher;
 
 pub use super::limits::REF_LEN_MAX;
@@ -121,33 +119,132 @@ impl Text {
     }
 }
 
+/// The interner's lookup table: open addressing with linear probing over 8-byte slots,
+/// each 32 bits of its text's hash and its symbol number + 1 (0: an empty slot). A probe
+/// reads one cache line and compares a text only when the hash bits match; growing and
+/// removing move slots by their stored bits, without reading any text. (hashbrown keeps
+/// its control bytes apart from its slots: two cache misses a probe in a table of a
+/// million refs, which a restore probes four million times a shard.)
+#[derive(Clone, Default, Debug)]
+struct SymTable {
+    /// A power of two long, or empty.
+    slots: Vec<u64>,
+    len: usize,
+}
+
+/// Fewest slots of a table that holds anything.
+const SYM_TABLE_SLOTS_MIN: usize = 16;
+
+/// The bits of a text's hash a slot keeps (they also place it).
+fn hash_tag(hash: u64) -> u32 {
+    (hash >> 32) as u32
+}
+
+impl SymTable {
+    /// The slot a tag's probe starts at (Fibonacci hashing of the tag).
+    fn home(&self, tag: u32) -> usize {
+        let bits = self.slots.len().trailing_zeros();
+        (u64::from(tag).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as usize
+    }
+
+    /// The slot holding the symbol for which `eq` holds among those with `hash`, or the
+    /// empty slot where it would go. The table must have room (`reserve`).
+    fn probe(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Result<usize, usize> {
+        let tag = hash_tag(hash);
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(tag);
+        loop {
+            let slot = self.slots[i];
+            if slot == 0 {
+                return Err(i);
+            }
+            if hash_tag(slot) == tag && eq(slot as u32 - 1) {
+                return Ok(i);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn find(&self, hash: u64, eq: impl FnMut(u32) -> bool) -> Option<u32> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        self.probe(hash, eq).ok().map(|i| self.slots[i] as u32 - 1)
+    }
+
+    /// Fills the empty slot `at` (from `probe`) with `sym`.
+    fn fill(&mut self, at: usize, hash: u64, sym: u32) {
+        debug_assert_eq!(self.slots[at], 0);
+        let sym = sym.checked_add(1).expect("fewer than 2^32 - 1 refs");
+        self.slots[at] = (u64::from(hash_tag(hash)) << 32) | u64::from(sym);
+        self.len += 1;
+    }
+
+    /// Makes room for `total` symbols at a load of at most 3/4.
+    fn reserve(&mut self, total: usize) {
+        if total * 4 <= self.slots.len() * 3 {
+            return;
+        }
+        let wanted = (total * 4 / 3 + 1)
+            .next_power_of_two()
+            .max(SYM_TABLE_SLOTS_MIN);
+        let old = std::mem::replace(&mut self.slots, vec![0; wanted]);
+        let mask = wanted - 1;
+        for slot in old.into_iter().filter(|&s| s != 0) {
+            let mut i = self.home(hash_tag(slot));
+            while self.slots[i] != 0 {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = slot;
+        }
+    }
+
+    /// Empties slot `at`, shifting back the slots after it that probed past it.
+    fn remove_at(&mut self, mut at: usize) {
+        let mask = self.slots.len() - 1;
+        let mut j = at;
+        loop {
+            j = (j + 1) & mask;
+            let slot = self.slots[j];
+            if slot == 0 {
+                break;
+            }
+            let home = self.home(hash_tag(slot));
+            // It stays if its home lies cyclically in (at, j]: its probe never passed `at`.
+            let stays = if at <= j {
+                at < home && home <= j
+            } else {
+                at < home || home <= j
+            };
+            if !stays {
+                self.slots[at] = slot;
+                at = j;
+            }
+        }
+        self.slots[at] = 0;
+        self.len -= 1;
+    }
+}
+
 /// Interns strings so each distinct ref is stored once per engine.
 ///
 /// Hold and order refs come and go with carts, so their entries can be released and
 /// their slots reused; catalogue refs (products, locations, channels) stay.
 ///
-/// The lookup table holds only symbol numbers (4 bytes a slot), found by the hash of
-/// their text in `strs`: a restore interns a million refs per shard, and every byte of
+/// The lookup table holds symbol numbers and hash bits (8 bytes a slot, `SymTable`), the
+/// texts lie in `strs`: a restore interns a million refs per shard, and every byte of
 /// table is fresh memory the kernel zeroes first. One hash and one probe per intern; a
 /// short text lies in its slot (`INLINE_TEXT_BYTES`).
 #[derive(Clone, Default, Debug)]
 pub struct Interner {
-    table: HashTable<u32>,
+    table: SymTable,
     strs: Vec<Option<Text>>,
     free: Vec<u32>,
 }
 
-/// The hash of a ref's text (the same for a lookup and for a rehash).
+/// The hash of a ref's text.
 fn text_hash(value: &[u8]) -> u64 {
     FxBuildHasher.hash_one(value)
-}
-
-/// The text of a live slot (a table entry always names one).
-fn slot_text(strs: &[Option<Text>], sym: u32) -> &[u8] {
-    strs[sym as usize]
-        .as_ref()
-        .expect("the interner's table names only live slots")
-        .as_bytes()
 }
 
 /// Whether slot `sym` holds `value`.
@@ -160,16 +257,13 @@ fn holds(strs: &[Option<Text>], sym: u32, value: &[u8]) -> bool {
 impl Interner {
     /// Returns the symbol of `value`, interning it if it is new.
     pub fn intern(&mut self, value: &str) -> Sym {
-        let strs = &self.strs;
         let bytes = value.as_bytes();
-        let entry = self.table.entry(
-            text_hash(bytes),
-            |&s| holds(strs, s, bytes),
-            |&s| text_hash(slot_text(strs, s)),
-        );
-        let vacant = match entry {
-            Entry::Occupied(found) => return Sym(*found.get()),
-            Entry::Vacant(vacant) => vacant,
+        let hash = text_hash(bytes);
+        self.table.reserve(self.table.len + 1);
+        let strs = &self.strs;
+        let at = match self.table.probe(hash, |s| holds(strs, s, bytes)) {
+            Ok(found) => return Sym(self.table.slots[found] as u32 - 1),
+            Err(empty) => empty,
         };
         let text = Text::new(value);
         let slot = match self.free.pop() {
@@ -183,15 +277,13 @@ impl Interner {
                 slot
             }
         };
-        vacant.insert(slot);
+        self.table.fill(at, hash, slot);
         Sym(slot)
     }
 
     /// Makes room for `additional` more refs (a restore knows how many are coming).
     pub fn reserve(&mut self, additional: usize) {
-        let strs = &self.strs;
-        self.table
-            .reserve(additional, |&s| text_hash(slot_text(strs, s)));
+        self.table.reserve(self.table.len + additional);
         self.strs.reserve(additional);
     }
 
@@ -200,8 +292,8 @@ impl Interner {
         let strs = &self.strs;
         let bytes = value.as_bytes();
         self.table
-            .find(text_hash(bytes), |&s| holds(strs, s, bytes))
-            .map(|&s| Sym(s))
+            .find(text_hash(bytes), |s| holds(strs, s, bytes))
+            .map(Sym)
     }
 
     /// Interns a ref in a namespace (`HOLD_NS`, `ORDER_NS`).
@@ -238,11 +330,9 @@ impl Interner {
     /// Forgets a ref that nothing refers to any more (a forgotten hold or order).
     pub fn release(&mut self, sym: Sym) {
         if let Some(text) = self.strs[sym.0 as usize].take() {
-            if let Ok(found) = self
-                .table
-                .find_entry(text_hash(text.as_bytes()), |&s| s == sym.0)
-            {
-                found.remove();
+            let hash = text_hash(text.as_bytes());
+            if let Ok(at) = self.table.probe(hash, |s| s == sym.0) {
+                self.table.remove_at(at);
             }
             self.free.push(sym.0);
         }
@@ -256,24 +346,17 @@ impl Interner {
     /// Rebuilds an interner from its slots, keeping every symbol's number.
     pub fn from_slots(slots: Vec<Option<String>>) -> Result<Interner, String> {
         let mut interner = Interner::default();
+        interner.table.reserve(slots.iter().flatten().count());
         for (i, slot) in slots.into_iter().enumerate() {
             let i = u32::try_from(i).map_err(|_| "more than 2^32 refs".to_string())?;
             match slot {
                 Some(text) => {
                     let strs = &interner.strs;
                     let bytes = text.as_bytes();
-                    let entry = interner.table.entry(
-                        text_hash(bytes),
-                        |&s| holds(strs, s, bytes),
-                        |&s| text_hash(slot_text(strs, s)),
-                    );
-                    match entry {
-                        Entry::Occupied(_) => {
-                            return Err(format!("ref {text:?} is interned twice"));
-                        }
-                        Entry::Vacant(vacant) => {
-                            vacant.insert(i);
-                        }
+                    let hash = text_hash(bytes);
+                    match interner.table.probe(hash, |s| holds(strs, s, bytes)) {
+                        Ok(_) => return Err(format!("ref {text:?} is interned twice")),
+                        Err(at) => interner.table.fill(at, hash, i),
                     }
                     interner.strs.push(Some(Text::new(&text)));
                 }
@@ -293,12 +376,12 @@ impl Interner {
 
     /// Number of live interned refs.
     pub fn len(&self) -> usize {
-        self.table.len()
+        self.table.len
     }
 
     /// Whether nothing is interned.
     pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
+        self.table.len == 0
     }
 }
 
@@ -348,6 +431,35 @@ mod tests {
     }
 
     #[test]
+    fn releases_in_any_order_keep_every_other_ref_found() {
+        let mut interner = Interner::default();
+        let syms: Vec<Sym> = (0..20_000)
+            .map(|i| interner.intern(&format!("h{i}")))
+            .collect();
+        // Release in a scrambled order, checking the survivors now and then.
+        let mut released = vec![false; syms.len()];
+        for k in 0..15_000usize {
+            let i = (k * 7_919) % syms.len();
+            if !released[i] {
+                interner.release(syms[i]);
+                released[i] = true;
+            }
+            if k % 2_500 == 0 {
+                for (j, sym) in syms.iter().enumerate() {
+                    let want = (!released[j]).then_some(*sym);
+                    assert_eq!(interner.get(&format!("h{j}")), want);
+                }
+            }
+        }
+        let live = released.iter().filter(|r| !**r).count();
+        assert_eq!(interner.len(), live);
+        for (j, sym) in syms.iter().enumerate() {
+            let want = (!released[j]).then_some(*sym);
+            assert_eq!(interner.get(&format!("h{j}")), want);
+        }
+    }
+
+    #[test]
     fn long_and_short_texts_intern_alike() {
         let mut interner = Interner::default();
         let short = "x".repeat(INLINE_TEXT_BYTES);
@@ -355,7 +467,10 @@ mod tests {
         let (a, b) = (interner.intern(&short), interner.intern(&long));
         assert_ne!(a, b);
         assert_eq!((interner.intern(&short), interner.intern(&long)), (a, b));
-        assert_eq!((interner.resolve(a), interner.resolve(b)), (&*short, &*long));
+        assert_eq!(
+            (interner.resolve(a), interner.resolve(b)),
+            (&*short, &*long)
+        );
         let c = interner.intern_in(HOLD_NS, &short);
         assert_eq!(interner.resolve(c), short);
         assert_eq!(interner.get_in(HOLD_NS, &short), Some(c));

@@ -26,7 +26,15 @@ fn thp_disabled() -> Option<bool> {
 
 fn set_thp_disabled(disabled: bool) -> bool {
     // SAFETY: PR_SET_THP_DISABLE sets one flag of this process; it takes no pointer.
-    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, libc::c_ulong::from(disabled), 0, 0, 0) == 0 }
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_THP_DISABLE,
+            libc::c_ulong::from(disabled),
+            0,
+            0,
+            0,
+        ) == 0
+    }
 }
 
 /// Turns transparent huge pages off for the process until the last one is dropped, which
@@ -69,7 +77,11 @@ mod tests {
         let inner = SmallPages::during_recovery();
         drop(inner);
         if supported {
-            assert_eq!(thp_disabled(), Some(true), "still off while one guard lives");
+            assert_eq!(
+                thp_disabled(),
+                Some(true),
+                "still off while one guard lives"
+            );
         }
         drop(guard);
     }
