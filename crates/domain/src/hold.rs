@@ -294,17 +294,17 @@ impl HoldTable {
     /// Inserts a part of a restore without tracking it as changed and without listing it:
     /// its listing is returned for the caller to file with every other part's at once
     /// (`list_restored`), instead of one random insert into each tree at a time. A hold
-    /// that already has a part is refused (`Err`, the table unchanged).
-    pub fn insert_unlisted(&mut self, hold: Sym, part: HoldPart) -> Result<Listing, HoldPart> {
+    /// that already has a part is refused (`None`, the table unchanged).
+    pub fn insert_unlisted(&mut self, hold: Sym, part: HoldPart) -> Option<Listing> {
         let next = u32::try_from(self.parts.len()).expect("at most 2^32 holds per shard");
         match self.index.entry(hold) {
-            Entry::Occupied(_) => Err(part),
+            Entry::Occupied(_) => None,
             Entry::Vacant(at) => {
                 at.insert(next);
                 let listed = listing(&part);
                 self.parts.push(part);
                 self.keys.push(hold);
-                Ok(listed)
+                Some(listed)
             }
         }
     }

@@ -562,7 +562,7 @@ impl Restorer {
         let part = self.engine.unsnap_part_ref(hs);
         let hold = part.hold;
         let (expiry, forget) = self.engine.index_part(&part);
-        let Ok(listed) = self.engine.holds.insert_unlisted(hold, part) else {
+        let Some(listed) = self.engine.holds.insert_unlisted(hold, part) else {
             return Err(format!("snapshot holds hold {:?} twice", hs.hold_ref));
         };
         self.expiry.extend(expiry);
