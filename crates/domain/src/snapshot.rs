@@ -447,6 +447,14 @@ fn counter_channels(ps: &PositionSnapRef<'_>) -> usize {
     n
 }
 
+/// A restore sizes its dense tables for a quarter more entries than it restores (and at
+/// least `RESTORE_HEADROOM_MIN` more): a table sized exactly grows at the first hold the
+/// log's replay adds, and growing the hold parts of a million-hold shard copies 80 MB
+/// into fresh memory (measured: 93 ms to replay 5,000 records, most of it that copy).
+/// Capacity never written costs no memory (the kernel maps a page at its first write).
+const RESTORE_HEADROOM_DIVISOR: usize = 4;
+const RESTORE_HEADROOM_MIN: usize = 1_024;
+
 /// Rebuilds an engine one piece at a time (configuration first, then positions, holds and
 /// adjustments in any order), so that a restore from stored entries needs no whole
 /// snapshot in memory, no sort, and no copy of a ref.
@@ -507,11 +515,13 @@ impl Restorer {
     }
 
     /// Makes room for this many positions and holds at once, instead of growing the
-    /// tables (and rehashing them) step by step.
+    /// tables (and rehashing them) step by step, with headroom for what comes next (the
+    /// log's replay, the first changes after it, the few configuration refs).
     pub fn reserve(&mut self, positions: usize, holds: usize) {
-        self.engine.positions.reserve(positions);
-        self.engine.holds.reserve(holds);
-        self.engine.interner.reserve(positions + holds);
+        let room = |n: usize| n + n / RESTORE_HEADROOM_DIVISOR + RESTORE_HEADROOM_MIN;
+        self.engine.positions.reserve(room(positions));
+        self.engine.holds.reserve(room(holds));
+        self.engine.interner.reserve(room(positions + holds));
         self.expiry.reserve(holds);
         self.created.reserve(holds);
     }
