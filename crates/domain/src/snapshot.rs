@@ -526,6 +526,27 @@ impl Restorer {
         self.created.reserve(holds);
     }
 
+    /// Starts loading what `position` will look up first (its product's and its holds'
+    /// refs), for a caller that restores a few entries ahead of it (only a hint).
+    pub fn prefetch_position(&self, ps: &PositionSnapRef<'_>) {
+        let interner = &self.engine.interner;
+        interner.prefetch(ps.product_ref);
+        for iq in &ps.iqs {
+            if let (Some(o), IqKind::SoftReserve) = (iq.owner, iq.kind) {
+                interner.prefetch_in(HOLD_NS, o);
+            }
+        }
+    }
+
+    /// Starts loading what `hold` will look up first (its ref and its lines' products).
+    pub fn prefetch_hold(&self, hs: &HoldSnapRef<'_>) {
+        let interner = &self.engine.interner;
+        interner.prefetch_in(HOLD_NS, hs.hold_ref);
+        for l in &hs.lines {
+            interner.prefetch(l.product_ref);
+        }
+    }
+
     /// One position with its ledger (a position given twice keeps the last).
     pub fn position(&mut self, ps: &PositionSnapRef<'_>) {
         let engine = &mut self.engine;
