@@ -83,6 +83,13 @@ fn prefetch_read<T>(at: &T) {
     let _ = at;
 }
 
+/// What [`Interner::prefetch`] brings into cache: first the table slot, then the text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prefetch {
+    Slot,
+    Text,
+}
+
 /// An interned ref: an index into the [`Interner`] of the engine that made it.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -310,34 +317,39 @@ impl Interner {
             .map(Sym)
     }
 
-    /// Starts loading what a lookup of `value` soon after reads first: the table slot its
-    /// probe begins at, and, when that slot is already in cache and its hash bits match,
-    /// the text it names. Only a hint (a restore prefetches the refs of the entries ahead
-    /// of the one it interns, so that their cache misses overlap).
-    pub fn prefetch(&self, value: &str) {
-        self.prefetch_bytes(value.as_bytes());
+    /// Starts loading what a lookup of `value` soon after reads: at `Prefetch::Slot` the
+    /// table slot its probe begins at; at `Prefetch::Text` (later, once that slot is in
+    /// cache) the text the slot names, if its hash bits match. Only a hint: a restore
+    /// prefetches the refs of the entries ahead of the one it interns, so that their cache
+    /// misses overlap instead of waiting one after the other.
+    pub fn prefetch(&self, value: &str, stage: Prefetch) {
+        self.prefetch_bytes(value.as_bytes(), stage);
     }
 
     /// [`Interner::prefetch`] of a ref in a namespace.
-    pub fn prefetch_in(&self, ns: u8, value: &str) {
+    pub fn prefetch_in(&self, ns: u8, value: &str, stage: Prefetch) {
         let mut buf = [0u8; NS_KEY_STACK_BYTES];
         if let Some(key) = ns_key_on_stack(&mut buf, ns, value) {
-            self.prefetch_bytes(key.as_bytes());
+            self.prefetch_bytes(key.as_bytes(), stage);
         }
     }
 
-    fn prefetch_bytes(&self, bytes: &[u8]) {
+    fn prefetch_bytes(&self, bytes: &[u8], stage: Prefetch) {
         if self.table.slots.is_empty() {
             return;
         }
         let hash = text_hash(bytes);
         let slot = &self.table.slots[self.table.home(hash_tag(hash))];
-        prefetch_read(slot);
-        let sym = *slot as u32;
-        if hash_tag(*slot) == hash_tag(hash)
-            && let Some(text) = self.strs.get(sym.wrapping_sub(1) as usize)
-        {
-            prefetch_read(text);
+        match stage {
+            Prefetch::Slot => prefetch_read(slot),
+            Prefetch::Text => {
+                let sym = *slot as u32;
+                if hash_tag(*slot) == hash_tag(hash)
+                    && let Some(text) = self.strs.get(sym.wrapping_sub(1) as usize)
+                {
+                    prefetch_read(text);
+                }
+            }
         }
     }
 

@@ -12,7 +12,7 @@ use super::checkpoint::{ConfigSnap, Counters};
 use super::engine::{Engine, Settings};
 use super::hold::{HoldPart, HoldState, PartLine, PartUpdate};
 use super::position::{Iq, IqKind, NO_SYM, Position};
-use super::refs::{HOLD_NS, ORDER_NS, Sym};
+use super::refs::{HOLD_NS, ORDER_NS, Prefetch, Sym};
 
 /// A hold timer as the engine files it: (when, hold).
 type Timer = (Millis, Sym);
@@ -526,24 +526,24 @@ impl Restorer {
         self.created.reserve(holds);
     }
 
-    /// Starts loading what `position` will look up first (its product's and its holds'
-    /// refs), for a caller that restores a few entries ahead of it (only a hint).
-    pub fn prefetch_position(&self, ps: &PositionSnapRef<'_>) {
+    /// Starts loading what `position` will look up (its product's and its holds' refs, at
+    /// `stage`), for a caller that restores a few entries ahead of it (only a hint).
+    pub fn prefetch_position(&self, ps: &PositionSnapRef<'_>, stage: Prefetch) {
         let interner = &self.engine.interner;
-        interner.prefetch(ps.product_ref);
+        interner.prefetch(ps.product_ref, stage);
         for iq in &ps.iqs {
             if let (Some(o), IqKind::SoftReserve) = (iq.owner, iq.kind) {
-                interner.prefetch_in(HOLD_NS, o);
+                interner.prefetch_in(HOLD_NS, o, stage);
             }
         }
     }
 
-    /// Starts loading what `hold` will look up first (its ref and its lines' products).
-    pub fn prefetch_hold(&self, hs: &HoldSnapRef<'_>) {
+    /// Starts loading what `hold` will look up (its ref and its lines' products).
+    pub fn prefetch_hold(&self, hs: &HoldSnapRef<'_>, stage: Prefetch) {
         let interner = &self.engine.interner;
-        interner.prefetch_in(HOLD_NS, hs.hold_ref);
+        interner.prefetch_in(HOLD_NS, hs.hold_ref, stage);
         for l in &hs.lines {
-            interner.prefetch(l.product_ref);
+            interner.prefetch(l.product_ref, stage);
         }
     }
 

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use stockd_domain::refs::Prefetch;
 use stockd_domain::{
     CheckpointDelta, ConfigSnap, Counters, Engine, HoldSnapRef, PositionSnapRef, Restorer, Settings,
 };
@@ -259,11 +260,11 @@ impl ShardRestore {
         }
     }
 
-    /// Starts loading what restoring `d` looks up first (only a hint).
-    fn prefetch(&self, d: &Decoded<'_>) {
+    /// Starts loading what restoring `d` looks up (only a hint).
+    fn prefetch(&self, d: &Decoded<'_>, stage: Prefetch) {
         match d {
-            Decoded::Position(position) => self.restorer.prefetch_position(position),
-            Decoded::Hold(hold) => self.restorer.prefetch_hold(hold),
+            Decoded::Position(position) => self.restorer.prefetch_position(position, stage),
+            Decoded::Hold(hold) => self.restorer.prefetch_hold(hold, stage),
             Decoded::Other(_) => {}
         }
     }
@@ -353,7 +354,8 @@ impl PageVisitor for ShardRestore {
         self.pages += 1;
         self.entries += page.len();
         // Decoded first (up to the first entry that does not decode), then restored in
-        // order, each `RESTORE_LOOKAHEAD` entries after its refs were prefetched.
+        // order: `RESTORE_LOOKAHEAD` entries ahead its refs' table slots are prefetched,
+        // half as far ahead (those slots now in cache) their texts.
         let mut failed = None;
         let mut decoded = Vec::with_capacity(page.len());
         for e in page.entries() {
@@ -365,12 +367,19 @@ impl PageVisitor for ShardRestore {
                 }
             }
         }
+        let half = RESTORE_LOOKAHEAD / 2;
         for d in decoded.iter().take(RESTORE_LOOKAHEAD) {
-            self.prefetch(d);
+            self.prefetch(d, Prefetch::Slot);
+        }
+        for d in decoded.iter().take(half) {
+            self.prefetch(d, Prefetch::Text);
         }
         for (i, d) in decoded.iter().enumerate() {
             if let Some(ahead) = decoded.get(i + RESTORE_LOOKAHEAD) {
-                self.prefetch(ahead);
+                self.prefetch(ahead, Prefetch::Slot);
+            }
+            if let Some(ahead) = decoded.get(i + half) {
+                self.prefetch(ahead, Prefetch::Text);
             }
             if let Err(error) = self.restore(d) {
                 failed = Some(error);
