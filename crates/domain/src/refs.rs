@@ -6,8 +6,6 @@
 
 use std::hash::BuildHasher;
 
-use hashbrown::HashTable;
-use hashbrown::hash_table::Entry;
 use rustc_hash::FxBuildHasher;
 
 pub use super::limits::REF_LEN_MAX;
@@ -71,53 +69,224 @@ fn ns_key_on_stack<'a>(
     std::str::from_utf8(&buf[..len]).ok()
 }
 
+/// Asks the processor to bring `at`'s cache line in, without waiting for it.
+#[inline]
+fn prefetch_read<T>(at: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint: it changes no memory and cannot fault, and `at` is
+    // a live reference anyway.
+    unsafe {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(at).cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
+}
+
+/// What [`Interner::prefetch`] brings into cache: first the table slot, then the text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prefetch {
+    Slot,
+    Text,
+}
+
 /// An interned ref: an index into the [`Interner`] of the engine that made it.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
 pub struct Sym(pub(crate) u32);
 
+/// Longest text kept inline in its slot: SKUs, locations and cart refs mostly fit, so
+/// they need no allocation of their own and a lookup reads no second cache line.
+const INLINE_TEXT_BYTES: usize = 22;
+
+/// The text of one symbol (its namespace byte first, if it has one).
+#[derive(Clone, Debug)]
+enum Text {
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_TEXT_BYTES],
+    },
+    Heap(Box<str>),
+}
+
+const _: () = assert!(std::mem::size_of::<Option<Text>>() == 24);
+
+impl Text {
+    fn new(value: &str) -> Text {
+        match u8::try_from(value.len()) {
+            Ok(len) if value.len() <= INLINE_TEXT_BYTES => {
+                let mut bytes = [0u8; INLINE_TEXT_BYTES];
+                bytes[..value.len()].copy_from_slice(value.as_bytes());
+                Text::Inline { len, bytes }
+            }
+            _ => Text::Heap(Box::from(value)),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Text::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Text::Heap(text) => text.as_bytes(),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Text::Inline { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)])
+                .expect("inline text is copied whole from a str"),
+            Text::Heap(text) => text,
+        }
+    }
+}
+
+/// The interner's lookup table: open addressing with linear probing over 8-byte slots,
+/// each 32 bits of its text's hash and its symbol number + 1 (0: an empty slot). A probe
+/// reads one cache line and compares a text only when the hash bits match; growing and
+/// removing move slots by their stored bits, without reading any text. (hashbrown keeps
+/// its control bytes apart from its slots: two cache misses a probe in a table of a
+/// million refs, which a restore probes four million times a shard.)
+#[derive(Clone, Default, Debug)]
+struct SymTable {
+    /// A power of two long, or empty.
+    slots: Vec<u64>,
+    len: usize,
+}
+
+/// Fewest slots of a table that holds anything.
+const SYM_TABLE_SLOTS_MIN: usize = 16;
+
+/// The bits of a text's hash a slot keeps (they also place it).
+fn hash_tag(hash: u64) -> u32 {
+    (hash >> 32) as u32
+}
+
+impl SymTable {
+    /// The slot a tag's probe starts at (Fibonacci hashing of the tag).
+    fn home(&self, tag: u32) -> usize {
+        let bits = self.slots.len().trailing_zeros();
+        (u64::from(tag).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - bits)) as usize
+    }
+
+    /// The slot holding the symbol for which `eq` holds among those with `hash`, or the
+    /// empty slot where it would go. The table must have room (`reserve`).
+    fn probe(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Result<usize, usize> {
+        let tag = hash_tag(hash);
+        let mask = self.slots.len() - 1;
+        let mut i = self.home(tag);
+        loop {
+            let slot = self.slots[i];
+            if slot == 0 {
+                return Err(i);
+            }
+            if hash_tag(slot) == tag && eq(slot as u32 - 1) {
+                return Ok(i);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn find(&self, hash: u64, eq: impl FnMut(u32) -> bool) -> Option<u32> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        self.probe(hash, eq).ok().map(|i| self.slots[i] as u32 - 1)
+    }
+
+    /// Fills the empty slot `at` (from `probe`) with `sym`.
+    fn fill(&mut self, at: usize, hash: u64, sym: u32) {
+        debug_assert_eq!(self.slots[at], 0);
+        let sym = sym.checked_add(1).expect("fewer than 2^32 - 1 refs");
+        self.slots[at] = (u64::from(hash_tag(hash)) << 32) | u64::from(sym);
+        self.len += 1;
+    }
+
+    /// Makes room for `total` symbols at a load of at most 3/4.
+    fn reserve(&mut self, total: usize) {
+        if total * 4 <= self.slots.len() * 3 {
+            return;
+        }
+        let wanted = (total * 4 / 3 + 1)
+            .next_power_of_two()
+            .max(SYM_TABLE_SLOTS_MIN);
+        let old = std::mem::replace(&mut self.slots, vec![0; wanted]);
+        let mask = wanted - 1;
+        for slot in old.into_iter().filter(|&s| s != 0) {
+            let mut i = self.home(hash_tag(slot));
+            while self.slots[i] != 0 {
+                i = (i + 1) & mask;
+            }
+            self.slots[i] = slot;
+        }
+    }
+
+    /// Empties slot `at`, shifting back the slots after it that probed past it.
+    fn remove_at(&mut self, mut at: usize) {
+        let mask = self.slots.len() - 1;
+        let mut j = at;
+        loop {
+            j = (j + 1) & mask;
+            let slot = self.slots[j];
+            if slot == 0 {
+                break;
+            }
+            let home = self.home(hash_tag(slot));
+            // It stays if its home lies cyclically in (at, j]: its probe never passed `at`.
+            let stays = if at <= j {
+                at < home && home <= j
+            } else {
+                at < home || home <= j
+            };
+            if !stays {
+                self.slots[at] = slot;
+                at = j;
+            }
+        }
+        self.slots[at] = 0;
+        self.len -= 1;
+    }
+}
+
 /// Interns strings so each distinct ref is stored once per engine.
 ///
 /// Hold and order refs come and go with carts, so their entries can be released and
 /// their slots reused; catalogue refs (products, locations, channels) stay.
 ///
-/// The lookup table holds only symbol numbers (4 bytes a slot), found by the hash of
-/// their text in `strs`: a restore interns a million refs per shard, and every byte of
-/// table is fresh memory the kernel zeroes first. One hash and one probe per intern.
+/// The lookup table holds symbol numbers and hash bits (8 bytes a slot, `SymTable`), the
+/// texts lie in `strs`: a restore interns a million refs per shard, and every byte of
+/// table is fresh memory the kernel zeroes first. One hash and one probe per intern; a
+/// short text lies in its slot (`INLINE_TEXT_BYTES`).
 #[derive(Clone, Default, Debug)]
 pub struct Interner {
-    table: HashTable<u32>,
-    strs: Vec<Option<Box<str>>>,
+    table: SymTable,
+    strs: Vec<Option<Text>>,
     free: Vec<u32>,
 }
 
-/// The hash of a ref's text (the same for a lookup and for a rehash).
-fn text_hash(value: &str) -> u64 {
+/// The hash of a ref's text.
+fn text_hash(value: &[u8]) -> u64 {
     FxBuildHasher.hash_one(value)
 }
 
-/// The text of a live slot (a table entry always names one).
-fn slot_text(strs: &[Option<Box<str>>], sym: u32) -> &str {
+/// Whether slot `sym` holds `value`.
+fn holds(strs: &[Option<Text>], sym: u32, value: &[u8]) -> bool {
     strs[sym as usize]
-        .as_deref()
-        .expect("the interner's table names only live slots")
+        .as_ref()
+        .is_some_and(|t| t.as_bytes() == value)
 }
 
 impl Interner {
     /// Returns the symbol of `value`, interning it if it is new.
     pub fn intern(&mut self, value: &str) -> Sym {
+        let bytes = value.as_bytes();
+        let hash = text_hash(bytes);
+        self.table.reserve(self.table.len + 1);
         let strs = &self.strs;
-        let entry = self.table.entry(
-            text_hash(value),
-            |&s| strs[s as usize].as_deref() == Some(value),
-            |&s| text_hash(slot_text(strs, s)),
-        );
-        let vacant = match entry {
-            Entry::Occupied(found) => return Sym(*found.get()),
-            Entry::Vacant(vacant) => vacant,
+        let at = match self.table.probe(hash, |s| holds(strs, s, bytes)) {
+            Ok(found) => return Sym(self.table.slots[found] as u32 - 1),
+            Err(empty) => empty,
         };
-        let text: Box<str> = Box::from(value);
+        let text = Text::new(value);
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.strs[slot as usize] = Some(text);
@@ -129,26 +298,59 @@ impl Interner {
                 slot
             }
         };
-        vacant.insert(slot);
+        self.table.fill(at, hash, slot);
         Sym(slot)
     }
 
     /// Makes room for `additional` more refs (a restore knows how many are coming).
     pub fn reserve(&mut self, additional: usize) {
-        let strs = &self.strs;
-        self.table
-            .reserve(additional, |&s| text_hash(slot_text(strs, s)));
+        self.table.reserve(self.table.len + additional);
         self.strs.reserve(additional);
     }
 
     /// Returns the symbol of `value` if it was interned, without interning it.
     pub fn get(&self, value: &str) -> Option<Sym> {
         let strs = &self.strs;
+        let bytes = value.as_bytes();
         self.table
-            .find(text_hash(value), |&s| {
-                strs[s as usize].as_deref() == Some(value)
-            })
-            .map(|&s| Sym(s))
+            .find(text_hash(bytes), |s| holds(strs, s, bytes))
+            .map(Sym)
+    }
+
+    /// Starts loading what a lookup of `value` soon after reads: at `Prefetch::Slot` the
+    /// table slot its probe begins at; at `Prefetch::Text` (later, once that slot is in
+    /// cache) the text the slot names, if its hash bits match. Only a hint: a restore
+    /// prefetches the refs of the entries ahead of the one it interns, so that their cache
+    /// misses overlap instead of waiting one after the other.
+    pub fn prefetch(&self, value: &str, stage: Prefetch) {
+        self.prefetch_bytes(value.as_bytes(), stage);
+    }
+
+    /// [`Interner::prefetch`] of a ref in a namespace.
+    pub fn prefetch_in(&self, ns: u8, value: &str, stage: Prefetch) {
+        let mut buf = [0u8; NS_KEY_STACK_BYTES];
+        if let Some(key) = ns_key_on_stack(&mut buf, ns, value) {
+            self.prefetch_bytes(key.as_bytes(), stage);
+        }
+    }
+
+    fn prefetch_bytes(&self, bytes: &[u8], stage: Prefetch) {
+        if self.table.slots.is_empty() {
+            return;
+        }
+        let hash = text_hash(bytes);
+        let slot = &self.table.slots[self.table.home(hash_tag(hash))];
+        match stage {
+            Prefetch::Slot => prefetch_read(slot),
+            Prefetch::Text => {
+                let sym = *slot as u32;
+                if hash_tag(*slot) == hash_tag(hash)
+                    && let Some(text) = self.strs.get(sym.wrapping_sub(1) as usize)
+                {
+                    prefetch_read(text);
+                }
+            }
+        }
     }
 
     /// Interns a ref in a namespace (`HOLD_NS`, `ORDER_NS`).
@@ -173,8 +375,9 @@ impl Interner {
     /// a programmer error.
     pub fn resolve(&self, sym: Sym) -> &str {
         let text = self.strs[sym.0 as usize]
-            .as_deref()
-            .expect("resolve of a released symbol");
+            .as_ref()
+            .expect("resolve of a released symbol")
+            .as_str();
         match text.as_bytes().first() {
             Some(b) if *b < b' ' => &text[1..],
             _ => text,
@@ -184,8 +387,9 @@ impl Interner {
     /// Forgets a ref that nothing refers to any more (a forgotten hold or order).
     pub fn release(&mut self, sym: Sym) {
         if let Some(text) = self.strs[sym.0 as usize].take() {
-            if let Ok(found) = self.table.find_entry(text_hash(&text), |&s| s == sym.0) {
-                found.remove();
+            let hash = text_hash(text.as_bytes());
+            if let Ok(at) = self.table.probe(hash, |s| s == sym.0) {
+                self.table.remove_at(at);
             }
             self.free.push(sym.0);
         }
@@ -193,31 +397,25 @@ impl Interner {
 
     /// The slots, in symbol order (`None` for a released slot): a snapshot of the interner.
     pub fn slots(&self) -> impl Iterator<Item = Option<&str>> + '_ {
-        self.strs.iter().map(|s| s.as_deref())
+        self.strs.iter().map(|s| s.as_ref().map(Text::as_str))
     }
 
     /// Rebuilds an interner from its slots, keeping every symbol's number.
     pub fn from_slots(slots: Vec<Option<String>>) -> Result<Interner, String> {
         let mut interner = Interner::default();
+        interner.table.reserve(slots.iter().flatten().count());
         for (i, slot) in slots.into_iter().enumerate() {
             let i = u32::try_from(i).map_err(|_| "more than 2^32 refs".to_string())?;
             match slot {
                 Some(text) => {
                     let strs = &interner.strs;
-                    let entry = interner.table.entry(
-                        text_hash(&text),
-                        |&s| strs[s as usize].as_deref() == Some(text.as_str()),
-                        |&s| text_hash(slot_text(strs, s)),
-                    );
-                    match entry {
-                        Entry::Occupied(_) => {
-                            return Err(format!("ref {text:?} is interned twice"));
-                        }
-                        Entry::Vacant(vacant) => {
-                            vacant.insert(i);
-                        }
+                    let bytes = text.as_bytes();
+                    let hash = text_hash(bytes);
+                    match interner.table.probe(hash, |s| holds(strs, s, bytes)) {
+                        Ok(_) => return Err(format!("ref {text:?} is interned twice")),
+                        Err(at) => interner.table.fill(at, hash, i),
                     }
-                    interner.strs.push(Some(text.into_boxed_str()));
+                    interner.strs.push(Some(Text::new(&text)));
                 }
                 None => {
                     interner.strs.push(None);
@@ -235,12 +433,12 @@ impl Interner {
 
     /// Number of live interned refs.
     pub fn len(&self) -> usize {
-        self.table.len()
+        self.table.len
     }
 
     /// Whether nothing is interned.
     pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
+        self.table.len == 0
     }
 }
 
@@ -287,6 +485,52 @@ mod tests {
         assert_eq!(c, a);
         assert_eq!(interner.resolve(b), "b");
         assert_eq!(interner.resolve(c), "c");
+    }
+
+    #[test]
+    fn releases_in_any_order_keep_every_other_ref_found() {
+        let mut interner = Interner::default();
+        let syms: Vec<Sym> = (0..20_000)
+            .map(|i| interner.intern(&format!("h{i}")))
+            .collect();
+        // Release in a scrambled order, checking the survivors now and then.
+        let mut released = vec![false; syms.len()];
+        for k in 0..15_000usize {
+            let i = (k * 7_919) % syms.len();
+            if !released[i] {
+                interner.release(syms[i]);
+                released[i] = true;
+            }
+            if k % 2_500 == 0 {
+                for (j, sym) in syms.iter().enumerate() {
+                    let want = (!released[j]).then_some(*sym);
+                    assert_eq!(interner.get(&format!("h{j}")), want);
+                }
+            }
+        }
+        let live = released.iter().filter(|r| !**r).count();
+        assert_eq!(interner.len(), live);
+        for (j, sym) in syms.iter().enumerate() {
+            let want = (!released[j]).then_some(*sym);
+            assert_eq!(interner.get(&format!("h{j}")), want);
+        }
+    }
+
+    #[test]
+    fn long_and_short_texts_intern_alike() {
+        let mut interner = Interner::default();
+        let short = "x".repeat(INLINE_TEXT_BYTES);
+        let long = "x".repeat(INLINE_TEXT_BYTES + 1);
+        let (a, b) = (interner.intern(&short), interner.intern(&long));
+        assert_ne!(a, b);
+        assert_eq!((interner.intern(&short), interner.intern(&long)), (a, b));
+        assert_eq!(
+            (interner.resolve(a), interner.resolve(b)),
+            (&*short, &*long)
+        );
+        let c = interner.intern_in(HOLD_NS, &short);
+        assert_eq!(interner.resolve(c), short);
+        assert_eq!(interner.get_in(HOLD_NS, &short), Some(c));
     }
 
     #[test]

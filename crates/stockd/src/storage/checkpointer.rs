@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use stockd_domain::refs::Prefetch;
 use stockd_domain::{
     CheckpointDelta, ConfigSnap, Counters, Engine, HoldSnapRef, PositionSnapRef, Restorer, Settings,
 };
@@ -247,20 +248,32 @@ impl ShardRestore {
         }
     }
 
-    /// One entry into the engine (configuration entries are kept for `finish`).
-    fn entry(&mut self, e: EntryRef<'_>) -> Result<(), String> {
+    /// One decoded entry into the engine (configuration entries are kept for `finish`).
+    fn restore(&mut self, d: &Decoded<'_>) -> Result<(), String> {
+        match d {
+            Decoded::Position(position) => {
+                self.restorer.position(position);
+                Ok(())
+            }
+            Decoded::Hold(hold) => self.restorer.hold(hold),
+            Decoded::Other(e) => self.other(*e),
+        }
+    }
+
+    /// Starts loading what restoring `d` looks up (only a hint).
+    fn prefetch(&self, d: &Decoded<'_>, stage: Prefetch) {
+        match d {
+            Decoded::Position(position) => self.restorer.prefetch_position(position, stage),
+            Decoded::Hold(hold) => self.restorer.prefetch_hold(hold, stage),
+            Decoded::Other(_) => {}
+        }
+    }
+
+    /// An entry other than a position or a hold.
+    fn other(&mut self, e: EntryRef<'_>) -> Result<(), String> {
         let bad =
             |err: record::RecordError| format!("{} key {}: {err}", e.namespace, show_key(e.key));
         match e.namespace {
-            Namespace::POSITIONS => {
-                let position: PositionSnapRef<'_> =
-                    record::decode_borrowed(e.value).map_err(bad)?;
-                self.restorer.position(&position);
-            }
-            Namespace::HOLDS => {
-                let hold: HoldSnapRef<'_> = record::decode_borrowed(e.value).map_err(bad)?;
-                self.restorer.hold(&hold)?;
-            }
             Namespace::IDEMPOTENCY => {
                 record::decode::<()>(e.value).map_err(bad)?;
                 self.restorer.adjustment(&String::from_utf8_lossy(e.key));
@@ -340,17 +353,70 @@ impl PageVisitor for ShardRestore {
         }
         self.pages += 1;
         self.entries += page.len();
-        let mut done = true;
+        // Decoded first (up to the first entry that does not decode), then restored in
+        // order: `RESTORE_LOOKAHEAD` entries ahead its refs' table slots are prefetched,
+        // half as far ahead (those slots now in cache) their texts.
+        let mut failed = None;
+        let mut decoded = Vec::with_capacity(page.len());
         for e in page.entries() {
-            if let Err(error) = self.entry(e) {
-                self.error = Some(error);
-                done = false;
+            match decode_entry(e) {
+                Ok(d) => decoded.push(d),
+                Err(error) => {
+                    failed = Some(error);
+                    break;
+                }
+            }
+        }
+        let half = RESTORE_LOOKAHEAD / 2;
+        for d in decoded.iter().take(RESTORE_LOOKAHEAD) {
+            self.prefetch(d, Prefetch::Slot);
+        }
+        for d in decoded.iter().take(half) {
+            self.prefetch(d, Prefetch::Text);
+        }
+        for (i, d) in decoded.iter().enumerate() {
+            if let Some(ahead) = decoded.get(i + RESTORE_LOOKAHEAD) {
+                self.prefetch(ahead, Prefetch::Slot);
+            }
+            if let Some(ahead) = decoded.get(i + half) {
+                self.prefetch(ahead, Prefetch::Text);
+            }
+            if let Err(error) = self.restore(d) {
+                failed = Some(error);
                 break;
             }
         }
         self.decode += started.elapsed();
-        done
+        match failed {
+            Some(error) => {
+                self.error = Some(error);
+                false
+            }
+            None => true,
+        }
     }
+}
+
+/// Entries a restore decodes ahead of the one it restores, prefetching their refs, so that
+/// the cache misses of their lookups overlap instead of waiting one after the other.
+const RESTORE_LOOKAHEAD: usize = 8;
+
+/// One stored entry, decoded (refs borrowed from its page), ready to restore.
+enum Decoded<'a> {
+    Position(PositionSnapRef<'a>),
+    Hold(HoldSnapRef<'a>),
+    /// Configuration, counters or an idempotency ref (or an unknown kind): small and few,
+    /// decoded when restored.
+    Other(EntryRef<'a>),
+}
+
+fn decode_entry(e: EntryRef<'_>) -> Result<Decoded<'_>, String> {
+    let bad = |err: record::RecordError| format!("{} key {}: {err}", e.namespace, show_key(e.key));
+    Ok(match e.namespace {
+        Namespace::POSITIONS => Decoded::Position(record::decode_borrowed(e.value).map_err(bad)?),
+        Namespace::HOLDS => Decoded::Hold(record::decode_borrowed(e.value).map_err(bad)?),
+        _ => Decoded::Other(e),
+    })
 }
 
 /// Writes a whole scope that is not live yet (a new generation before the layout record

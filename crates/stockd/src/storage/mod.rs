@@ -6,6 +6,7 @@
 //! - `events`: the durable event log (global sequence, retention, readers, live feed).
 //! - `error`: `StorageError` and `RecoveryError`, typed and named by folder, shard, record.
 //! - `log`: the segment write-ahead log with real fdatasync group commit, behind `LogDir`.
+//! - `pages`: transparent huge pages off while recovery builds the engines (`SmallPages`).
 //! - `record`: the checksummed, versioned record format.
 //! - `wal`: a shard's handle to its log writer (`ShardLog`) and `Durability`.
 //! - `recovery`: checkpoint + replay, shard-count changes, then the repairs.
@@ -17,6 +18,7 @@ pub mod checkpointer;
 pub mod error;
 pub mod events;
 pub mod log;
+mod pages;
 pub mod record;
 pub mod recovery;
 mod repair;

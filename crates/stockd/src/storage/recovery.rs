@@ -25,6 +25,7 @@ use super::checkpoint::Scope;
 use super::checkpointer::{self, ConfigKeys, RestoreError};
 use super::error::{RecoveryError, StorageError};
 use super::log::{self, Log, Lsn};
+use super::pages::SmallPages;
 use super::record::{self, LogRecord};
 use super::repair::{repair_split_holds, resolve_updates};
 use stockd_domain::{Command, Engine, EngineSnapshot, Millis, Settings};
@@ -138,6 +139,7 @@ pub fn recover_with_events(
     events: &dyn ReplayEvents,
 ) -> Result<Recovered, RecoveryError> {
     let started = Instant::now();
+    let _small_pages = SmallPages::during_recovery();
     let mut report = RecoveryReport {
         shards_after: shards,
         ..Default::default()
@@ -363,6 +365,7 @@ pub fn reload_shard(
     shard: u32,
     settings: &Settings,
 ) -> Result<Engine, RecoveryError> {
+    let _small_pages = SmallPages::during_recovery();
     let (mut engine, covered, _) = load_checkpoint(storage, generation, shard, settings)?;
     let dir = storage.log_dir(generation, shard)?;
     let found = log::read_records(&dir, covered).map_err(log_error(storage, shard))?;
