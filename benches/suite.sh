@@ -326,14 +326,18 @@ def pct(d, p):
             return x["latency"] / 1e6
     return float("nan")
 
-def cpu_us(name):
-    """The server's CPU per call of run `name`, in µs (NaN when unknown)."""
+def cpu_seconds(name):
+    """The server's CPU over run `name`, in seconds (NaN when unknown)."""
     try:
         ticks, hz = open(os.path.join(work, name + ".cpu")).read().split()
-        calls = rep(name)["count"]
-        return int(ticks) / int(hz) * 1e6 / calls if calls and int(ticks) else float("nan")
+        return int(ticks) / int(hz)
     except (OSError, ValueError):
         return float("nan")
+
+def cpu_us(name):
+    """The server's CPU per call of run `name`, in µs (NaN when unknown)."""
+    secs, calls = cpu_seconds(name), rep(name)["count"]
+    return secs * 1e6 / calls if calls and secs else float("nan")
 
 def errors(d):
     return d["count"] - d["statusCodeDistribution"].get("OK", 0)
@@ -396,13 +400,6 @@ print(f"  sync ÷ async (Reserve)         {ratio(reserve['rps'], reserve_async['
 print(f"  hot ÷ spread (Reserve)         {ratio(hot['rps'], reserve['rps']):6.2f}")
 print()
 
-def ticks(name):
-    try:
-        t, hz = open(os.path.join(work, name + ".cpu")).read().split()
-        return int(t) / int(hz)
-    except (OSError, ValueError):
-        return float("nan")
-
 print(f"Reserve with one live watcher ÷ without: {watch_pairs} alternating pairs of {secs} s runs per durability,"
       " each on a fresh server")
 for mode in ("sync", "async"):
@@ -412,7 +409,7 @@ for mode in ("sync", "async"):
         pairs.append((w["rps"], o["rps"]))
         seen.append(w.get("watch") or {})
         for side, d in (("with", w), ("without", o)):
-            cpu[side][0] += ticks(f"watch-{mode}-{i}-{side}")
+            cpu[side][0] += cpu_seconds(f"watch-{mode}-{i}-{side}")
             cpu[side][1] += d["count"]
     r = ratio(sum(p[0] for p in pairs), sum(p[1] for p in pairs))
     each = ", ".join(f"{a / b:.2f}" for a, b in pairs)
