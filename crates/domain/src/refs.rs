@@ -493,6 +493,13 @@ mod tests {
         let syms: Vec<Sym> = (0..20_000)
             .map(|i| interner.intern(&format!("h{i}")))
             .collect();
+        // Every ref not released is found under its symbol; every released one is gone.
+        let check = |interner: &Interner, released: &[bool]| {
+            for (j, sym) in syms.iter().enumerate() {
+                let want = (!released[j]).then_some(*sym);
+                assert_eq!(interner.get(&format!("h{j}")), want);
+            }
+        };
         // Release in a scrambled order, checking the survivors now and then.
         let mut released = vec![false; syms.len()];
         for k in 0..15_000usize {
@@ -502,18 +509,12 @@ mod tests {
                 released[i] = true;
             }
             if k % 2_500 == 0 {
-                for (j, sym) in syms.iter().enumerate() {
-                    let want = (!released[j]).then_some(*sym);
-                    assert_eq!(interner.get(&format!("h{j}")), want);
-                }
+                check(&interner, &released);
             }
         }
         let live = released.iter().filter(|r| !**r).count();
         assert_eq!(interner.len(), live);
-        for (j, sym) in syms.iter().enumerate() {
-            let want = (!released[j]).then_some(*sym);
-            assert_eq!(interner.get(&format!("h{j}")), want);
-        }
+        check(&interner, &released);
     }
 
     #[test]
