@@ -271,8 +271,7 @@ impl ShardRestore {
 
     /// An entry other than a position or a hold.
     fn other(&mut self, e: EntryRef<'_>) -> Result<(), String> {
-        let bad =
-            |err: record::RecordError| format!("{} key {}: {err}", e.namespace, show_key(e.key));
+        let bad = |err| bad_entry(&e, err);
         match e.namespace {
             Namespace::IDEMPOTENCY => {
                 record::decode::<()>(e.value).map_err(bad)?;
@@ -410,8 +409,13 @@ enum Decoded<'a> {
     Other(EntryRef<'a>),
 }
 
+/// What a restore says of an entry whose value does not decode: its namespace and key.
+fn bad_entry(e: &EntryRef<'_>, err: record::RecordError) -> String {
+    format!("{} key {}: {err}", e.namespace, show_key(e.key))
+}
+
 fn decode_entry(e: EntryRef<'_>) -> Result<Decoded<'_>, String> {
-    let bad = |err: record::RecordError| format!("{} key {}: {err}", e.namespace, show_key(e.key));
+    let bad = |err| bad_entry(&e, err);
     Ok(match e.namespace {
         Namespace::POSITIONS => Decoded::Position(record::decode_borrowed(e.value).map_err(bad)?),
         Namespace::HOLDS => Decoded::Hold(record::decode_borrowed(e.value).map_err(bad)?),
