@@ -19,7 +19,7 @@ use stockd::storage::checkpoint::Scope;
 use stockd::storage::checkpointer::{self, ConfigKeys};
 use stockd::storage::log::{Log, LogError};
 use stockd::storage::record::{self, LogRecord};
-use stockd::storage::recovery::{self, Meta};
+use stockd::storage::recovery::{self, Layout, Meta};
 use stockd::storage::{Storage, StorageBackend};
 use stockd_domain::{
     ChannelConfig, Command, Engine, ReserveLine, ReserveRequest, Settings, StockCount,
@@ -73,7 +73,12 @@ fn main() {
     let started = Instant::now();
     let cpu_before = cpu_seconds();
     let route = |p: &str, l: &str| shard_of(p, l, shards as usize);
-    let recovered = recovery::recover(&storage, shards, &settings, now + 1_000, &route)
+    // One log per shard, as on this 2-core machine by default.
+    let layout = Layout {
+        shards,
+        logs: shards,
+    };
+    let recovered = recovery::recover(&storage, layout, &settings, now + 1_000, &route)
         .unwrap_or_else(|e| panic!("recovery failed: {e}"));
     let elapsed = started.elapsed();
     let cpu = cpu_seconds() - cpu_before;
@@ -119,6 +124,7 @@ fn store_state(
         Meta {
             generation: 0,
             shards,
+            logs: shards,
         },
     )
     .unwrap();
@@ -268,9 +274,10 @@ fn store_log_tail(storage: &Storage, shards: u32, now: i64, positions: usize, ta
     let mut logs: Vec<_> = (0..shards)
         .map(|s| {
             let dir = storage.log_dir(0, s).unwrap();
-            Log::open(dir, storage.log_config, 0).unwrap().0
+            Log::open_shared(dir, storage.log_config).unwrap().0
         })
         .collect();
+    let mut seqs = vec![1u64; shards as usize];
     for i in 0..tail {
         let p = product(i % positions.max(1));
         let s = shard_of(&p, "DC1", shards as usize);
@@ -282,10 +289,12 @@ fn store_log_tail(storage: &Storage, shards: u32, now: i64, positions: usize, ta
             },
         };
         let payload = [record::encode(&rec)];
-        match logs[s].append(0, &payload) {
+        let seq = seqs[s];
+        seqs[s] += 1;
+        match logs[s].append_tagged(0, s as u32, seq, &payload) {
             Err(LogError::GroupFull { .. }) => {
                 logs[s].commit().unwrap();
-                logs[s].append(0, &payload).unwrap();
+                logs[s].append_tagged(0, s as u32, seq, &payload).unwrap();
             }
             other => {
                 other.unwrap();

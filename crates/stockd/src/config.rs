@@ -77,6 +77,11 @@ pub struct ServeArgs {
     /// between runs: state is re-split at start.
     #[arg(long, env = "STOCKD_SHARDS")]
     pub shards: Option<u32>,
+    /// Number of write-ahead logs the shards share (shard s writes to log s % logs; each
+    /// log is one writer thread and one fdatasync per group); default: one per core, at
+    /// most one per shard. May change between runs: state is re-split at start.
+    #[arg(long, env = "STOCKD_LOGS")]
+    pub logs: Option<u32>,
     /// TOML file with [[channels]], [[products]] and [[categories]] applied at start.
     #[arg(long, env = "STOCKD_CONFIG")]
     pub config: Option<PathBuf>,
@@ -311,6 +316,9 @@ impl Default for SecurityConfig {
 pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub shards: u32,
+    /// Write-ahead logs the shards share; `None`: one per core, at most one per shard
+    /// (`logs()`).
+    pub logs: Option<u32>,
     pub durability: Durability,
     pub settings: Settings,
     pub limits: ShardLimits,
@@ -334,8 +342,8 @@ impl ServerConfig {
     pub fn new(data_dir: PathBuf) -> Self {
         ServerConfig {
             data_dir,
-            shards: std::thread::available_parallelism()
-                .map_or(limits::SHARDS_FALLBACK, |n| n.get() as u32),
+            shards: cores(),
+            logs: None,
             durability: Durability::Sync,
             settings: Settings::default(),
             limits: ShardLimits::default(),
@@ -351,6 +359,18 @@ impl ServerConfig {
     }
 }
 
+/// The cores this process may run on (its CPU affinity counts).
+fn cores() -> u32 {
+    std::thread::available_parallelism().map_or(limits::SHARDS_FALLBACK, |n| n.get() as u32)
+}
+
+impl ServerConfig {
+    /// The number of logs: as set, or one per core; never more than the shards.
+    pub fn logs(&self) -> u32 {
+        self.logs.unwrap_or_else(cores).clamp(1, self.shards.max(1))
+    }
+}
+
 impl ServeArgs {
     /// Resolves the flags into a server configuration, reading the config file.
     pub fn server_config(&self) -> Result<ServerConfig, ConfigError> {
@@ -358,6 +378,12 @@ impl ServeArgs {
             return Err(ConfigError::Flag {
                 flag: "--shards",
                 rule: "must be at least 1",
+            });
+        }
+        if self.logs == Some(0) {
+            return Err(ConfigError::Flag {
+                flag: "--logs",
+                rule: "must be at least 1 (more than --shards counts as --shards)",
             });
         }
         if self.hold_ttl_min_secs == 0 || self.hold_ttl_min_secs > self.hold_ttl_max_secs {
@@ -388,6 +414,7 @@ impl ServeArgs {
         if let Some(shards) = self.shards {
             config.shards = shards;
         }
+        config.logs = self.logs;
         config.durability = match self.durability {
             DurabilityArg::Sync => Durability::Sync,
             DurabilityArg::Async => Durability::Async {

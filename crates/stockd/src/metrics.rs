@@ -442,9 +442,9 @@ pub fn wal_committed(stats: &crate::storage::log::CommitStats) {
     counter!(WAL_BYTES).increment(stats.bytes as u64);
 }
 
-/// Live segments of a shard's log.
-pub fn wal_segments(shard: usize, segments: i64) {
-    gauge!(WAL_SEGMENTS, "shard" => shard.to_string()).set(segments as f64);
+/// Live segments of a write-ahead log (one per core, shared by its shards).
+pub fn wal_segments(log: usize, segments: i64) {
+    gauge!(WAL_SEGMENTS, "log" => log.to_string()).set(segments as f64);
 }
 
 pub fn snapshot_taken(elapsed: Duration) {

@@ -23,7 +23,8 @@ use crate::storage::backend::AnyDir;
 use crate::storage::checkpointer::ConfigKeys;
 use crate::storage::events::{self, EventLog, Handover, Origin};
 use crate::storage::log::Log;
-use crate::storage::recovery::{self, Recovered, RecoveryReport};
+use crate::storage::recovery::{self, Layout, Recovered, RecoveryReport, log_of};
+use crate::storage::wal::LogGroup;
 use crate::storage::{RecoveryError, ShardLog, Storage, StorageError};
 
 pub use crate::limits::DECODED_MESSAGE_BYTES_MAX;
@@ -89,11 +90,7 @@ pub async fn try_run(
     let generation = recovered.generation;
     let storage_failed = Arc::new(tokio::sync::Notify::new());
     // Every replayed record's events are stored by now: each shard is covered up to its log.
-    let covered: Vec<u64> = recovered
-        .shards
-        .iter()
-        .map(|s| s.log.next_lsn() - 1)
-        .collect();
+    let covered: Vec<u64> = recovered.shards.iter().map(|s| s.next_seq - 1).collect();
     let opened = Arc::try_unwrap(opened)
         .unwrap_or_else(|_| unreachable!("recovery returned its reference to the event log"));
     let (events, events_thread) =
@@ -160,12 +157,16 @@ async fn recover(
     events: Arc<events::Opened>,
 ) -> Result<Recovered, StartError> {
     let shards = config.shards;
+    let layout = Layout {
+        shards,
+        logs: config.logs(),
+    };
     let storage = storage.clone();
     let settings = config.settings.clone();
     let recovered = tokio::task::spawn_blocking(move || {
         let route = move |p: &str, l: &str| shard_of(p, l, shards as usize);
         let now = now_millis();
-        recovery::recover_with_events(&storage, shards, &settings, now, &route, &*events)
+        recovery::recover_with_events(&storage, layout, &settings, now, &route, &*events)
     })
     .await
     .map_err(|e| StartError::RecoveryPanicked(e.to_string()))??;
@@ -202,9 +203,9 @@ type Started = (
     Vec<ConfigKeys>,
 );
 
-/// Starts each shard's log writer and makes recovery's repairs and expiries durable before
-/// anything is served. Returns the logs, their threads, each shard's next LSN, the engines
-/// and the checkpoint configuration keys.
+/// Starts each log's writer and makes recovery's repairs and expiries durable before
+/// anything is served. Returns each shard's handle to its log, the log threads, each
+/// shard's next sequence, the engines and the checkpoint configuration keys.
 async fn start_logs(
     config: &ServerConfig,
     recovered: Recovered,
@@ -213,14 +214,28 @@ async fn start_logs(
     let mut started: Started = Default::default();
     let pending = recovered.pending;
     let generation = recovered.generation;
+    let logs = recovered.logs.len() as u32;
+    let mut groups = Vec::with_capacity(recovered.logs.len());
+    for (index, state) in recovered.logs.into_iter().enumerate() {
+        let (group, thread) = LogGroup::start(index, state.log, state.uncovered);
+        groups.push(group);
+        started.1.push(thread);
+    }
     for (id, (mut state, records)) in recovered.shards.into_iter().zip(pending).enumerate() {
-        let mut next = state.log.next_lsn();
-        let (log, thread) =
-            ShardLog::start(id, state.log, config.durability, config.fault_file.clone());
+        let index = log_of(id as u32, logs) as usize;
+        let mut next = state.next_seq;
+        let log = ShardLog::new(
+            id,
+            (index, &groups[index]),
+            config.durability,
+            config.fault_file.clone(),
+            next - 1,
+        );
         let logged = !records.is_empty();
         if logged {
+            let first = next;
             next += records.len() as u64;
-            log.append_durable(records)
+            log.append_durable(first, records)
                 .await
                 .map_err(|source| StartError::Write {
                     path: config.data_dir.join("log"),
@@ -236,7 +251,6 @@ async fn start_logs(
                 source,
             })?;
         started.0.push(log);
-        started.1.push(thread);
         started.2.push(next);
         started.3.push(state.engine);
         started.4.push(state.config_keys);
@@ -303,6 +317,7 @@ fn start_shards(
             let reload = Reload {
                 storage: shared.storage.clone(),
                 generation: shared.generation,
+                logs: config.logs(),
                 settings: config.settings.clone(),
                 config_keys,
                 storage_failed: shared.storage_failed.clone(),

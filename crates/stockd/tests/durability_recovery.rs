@@ -20,7 +20,7 @@ use common::fixtures::{
 use common::requests::keys_at;
 use common::server::{ServerProcess, fail};
 use common::store::{
-    append_garbage_frame, drop_last_log_record, flip_byte, generation, log_frames,
+    append_garbage_frame, drop_last_log_record, flip_byte, generation, log_frames, shard_log,
 };
 use common::visible::{Visible, assert_same, visible};
 
@@ -129,20 +129,21 @@ async fn corrupted_tail_record_is_dropped_and_nothing_acknowledged_is_lost() {
     // A torn write: a frame after the last one of shard 1, with a bad checksum.
     let (torn_file, torn_offset) = append_garbage_frame(data, generation(data), 1);
 
+    let shard_log = shard_log(data, 1);
     let mut server = folder.start(TWO_SHARDS).await;
     let log = server.log();
     let torn_file = torn_file.display().to_string();
     let reported = log.lines().any(|l| {
         l.contains(&torn_file)
             && l.contains(&format!("offset {torn_offset}"))
-            && l.contains("shard 1")
+            && l.contains(&format!("log {shard_log}"))
             && l.contains("dropped")
     });
     if !reported {
         fail(
             &log,
             format!(
-                "the dropped tail (shard 1, {torn_file} at offset {torn_offset}) is not reported in the log"
+                "the dropped tail (log {shard_log}, {torn_file} at offset {torn_offset}) is not reported in the log"
             ),
         );
     }
@@ -187,10 +188,10 @@ async fn corrupted_middle_record_refuses_to_start_and_names_the_record() {
     let data = &folder.data;
     let (keys, holds, before) = damaged_setup(&folder).await;
 
-    // A flipped payload byte of a frame in the middle of shard 0's log.
+    // A flipped payload byte of a frame in the middle of log 0 (shard 0's).
     let damaged = {
         let frames = log_frames(data, generation(data), 0);
-        assert!(frames.len() >= 3, "shard 0 needs a few records: {frames:?}");
+        assert!(frames.len() >= 3, "log 0 needs a few records: {frames:?}");
         let frame = frames[frames.len() / 2].clone();
         flip_byte(&frame.file, frame.offset + 24, 0x5a);
         frame
@@ -214,13 +215,13 @@ async fn corrupted_middle_record_refuses_to_start_and_names_the_record() {
     let named = log.lines().any(|l| {
         l.contains(&file_shown)
             && l.contains(&format!("offset {}", damaged.offset))
-            && l.contains("shard 0")
+            && l.contains("log 0")
     });
     if !named {
         fail(
             &log,
             format!(
-                "the error must name shard 0's segment {file_shown} and offset {} (record {})",
+                "the error must name log 0's segment {file_shown} and offset {} (record {})",
                 damaged.offset, damaged.lsn
             ),
         );

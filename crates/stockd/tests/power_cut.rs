@@ -71,9 +71,12 @@ struct SimServer {
     grpc: std::net::SocketAddr,
 }
 
+/// Two shards sharing one log: a checkpoint of one shard must not recycle the segments
+/// holding the other's records that no checkpoint covers yet.
 fn config(disk: &SimDisk, store: &Arc<SimStore>) -> ServerConfig {
     let mut config = ServerConfig::new("sim-data".into());
     config.shards = 2;
+    config.logs = Some(1);
     config.storage = StorageBackend::Sim {
         disk: disk.clone(),
         store: store.clone(),

@@ -121,18 +121,18 @@ async fn a_flipped_byte_in_the_middle_of_the_log_refuses_to_start_naming_file_an
     let mid = frames[frames.len() / 2].clone();
     // A payload byte: the frame's checksum no longer matches.
     let at = mid.offset + 24;
-    world.disk.flip("g0-s0", &mid.file, at, 0x5a);
+    world.disk.flip("g0-l0", &mid.file, at, 0x5a);
     let refused = sim::run(world.config())
         .await
         .err()
         .expect("the start is refused");
-    let file = format!("sim:g0-s0/{}", mid.file);
+    let file = format!("sim:g0-l0/{}", mid.file);
     assert!(
         refused.contains(&file) && refused.contains(&format!("offset {}", mid.offset)),
         "the refusal names {file} at offset {}: {refused}",
         mid.offset
     );
-    world.disk.flip("g0-s0", &mid.file, at, 0x5a);
+    world.disk.flip("g0-l0", &mid.file, at, 0x5a);
     let (present, report) = holds_present(&world).await;
     assert!(
         present.iter().all(|p| *p),
@@ -155,7 +155,7 @@ async fn a_torn_last_record_is_dropped_and_reported() {
         &zeros,
     );
     let (present, report) = holds_present(&world).await;
-    let file = format!("sim:g0-s0/{}", last.file);
+    let file = format!("sim:g0-l0/{}", last.file);
     assert!(
         report
             .dropped_tail_records

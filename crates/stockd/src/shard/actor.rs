@@ -83,6 +83,8 @@ struct Pending {
 pub struct Reload {
     pub storage: Storage,
     pub generation: u32,
+    /// How many logs the shards share (this shard's is `id % logs`).
+    pub logs: u32,
     pub settings: Settings,
     /// The configuration keys its checkpoint scope holds.
     pub config_keys: ConfigKeys,
@@ -583,8 +585,10 @@ impl ShardActor {
         // Runs on the log writer's thread once the batch is durable: the events go to the
         // event log then, never before (and not at all if the write failed). A full event
         // inbox makes the log thread wait: backpressure.
+        let (mark_durable, last_seq) = (self.wal.mark_durable(), self.next_lsn + count - 1);
         let hand_over = move |ok: bool| {
             if ok {
+                mark_durable(last_seq);
                 let _ = events_tx.blocking_send(handover);
             }
         };
@@ -605,7 +609,11 @@ impl ShardActor {
                 }
             })
         };
-        if let Err(e) = self.wal.append_with(records, completion).await {
+        if let Err(e) = self
+            .wal
+            .append_with(self.next_lsn, records, completion)
+            .await
+        {
             self.failed.store(true, Ordering::Relaxed);
             for reply in replies {
                 reply(Some(&e));
@@ -712,7 +720,9 @@ impl ShardActor {
             delta: Delta::default(),
             store: self.reload.storage.checkpoints.clone(),
             writer: self.wal.writer().clone(),
-            durable_lsn: self.wal.durable_lsn().clone(),
+            stream: self.wal.stream(),
+            log_index: self.wal.log_index(),
+            durable_seq: self.wal.durable_seq().clone(),
             segments: self.wal.segments().clone(),
             config_keys: self.reload.config_keys.clone(),
             failed: self.checkpoint_failed.clone(),
@@ -774,7 +784,7 @@ impl ShardActor {
         match crate::storage::recovery::reload_shard(
             &r.storage,
             r.generation,
-            self.id as u32,
+            (self.id as u32, r.logs),
             &r.settings,
         ) {
             Ok(engine) => {

@@ -52,9 +52,9 @@ enum Logs {
     Sim(super::log::sim::SimDisk),
 }
 
-/// The folder name of a shard's log within `data/log`.
-pub fn log_dir_name(generation: u32, shard: u32) -> String {
-    format!("g{generation}-s{shard}")
+/// The folder name of one log (shared by the shards `s` with `s % logs == log`) within `data/log`.
+pub fn log_dir_name(generation: u32, log: u32) -> String {
+    format!("g{generation}-l{log}")
 }
 
 impl Storage {
@@ -88,9 +88,9 @@ impl Storage {
         }
     }
 
-    /// The log directory of one shard of one generation, created if absent.
-    pub fn log_dir(&self, generation: u32, shard: u32) -> Result<AnyDir, StorageError> {
-        let name = log_dir_name(generation, shard);
+    /// The directory of one log of one generation, created if absent.
+    pub fn log_dir(&self, generation: u32, log: u32) -> Result<AnyDir, StorageError> {
+        let name = log_dir_name(generation, log);
         match &self.logs {
             Logs::Fs(root) => {
                 let path = root.join(&name);
@@ -115,9 +115,9 @@ impl Storage {
         }
     }
 
-    /// Removes every file of a shard's log (after a newer generation replaced it).
-    pub fn remove_log(&self, generation: u32, shard: u32) -> Result<(), StorageError> {
-        let dir = self.log_dir(generation, shard)?;
+    /// Removes every file of one log (after a newer generation replaced it).
+    pub fn remove_log(&self, generation: u32, log: u32) -> Result<(), StorageError> {
+        let dir = self.log_dir(generation, log)?;
         let fail = |e: io::Error| StorageError::file(dir.describe(""), e);
         for name in dir.list().map_err(fail)? {
             dir.remove(&name).map_err(fail)?;

@@ -472,10 +472,13 @@ pub struct Job {
     pub lsn_covered: u64,
     pub delta: Delta,
     pub store: Arc<dyn CheckpointStore>,
+    /// The writer of the log the shard shares, its stream there, and which log it is.
     pub writer: LogWriter,
-    /// The log's durable LSN, published by its commit hook.
-    pub durable_lsn: Arc<AtomicU64>,
-    /// The log's live segment count (see `ShardLog`).
+    pub stream: u32,
+    pub log_index: usize,
+    /// The shard's sequence up to which its records are durable (`ShardLog`).
+    pub durable_seq: Arc<AtomicU64>,
+    /// The log's live segment count (see `LogGroup`).
     pub segments: Arc<AtomicI64>,
     pub config_keys: ConfigKeys,
     /// Where a failed checkpoint leaves its delta, for the shard to merge into its next
@@ -527,7 +530,7 @@ pub fn write_batch(
 
 fn write(job: &Job, delta: &Delta) -> Result<usize, super::StorageError> {
     let deadline = Instant::now() + Duration::from_millis(CHECKPOINT_DURABLE_WAIT_MS);
-    while job.durable_lsn.load(Ordering::Acquire) < job.lsn_covered {
+    while job.durable_seq.load(Ordering::Acquire) < job.lsn_covered {
         if Instant::now() >= deadline {
             return Err(super::StorageError::NotDurable(job.lsn_covered));
         }
@@ -540,10 +543,11 @@ fn write(job: &Job, delta: &Delta) -> Result<usize, super::StorageError> {
         delta,
         &job.config_keys,
     )?;
-    let truncated = job.writer.blocking_truncate_below(job.lsn_covered + 1)?;
+    // Recycles what no shard of the log needs any more.
+    let truncated = job.writer.blocking_covered(job.stream, job.lsn_covered)?;
     let gone = (truncated.recycled + truncated.removed) as i64;
     m::wal_segments(
-        job.shard,
+        job.log_index,
         job.segments.fetch_sub(gone, Ordering::Relaxed) - gone,
     );
     Ok(entries)

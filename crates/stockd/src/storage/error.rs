@@ -82,15 +82,38 @@ pub enum RecoveryError {
         shard: u32,
         reason: String,
     },
-    /// A shard's log cannot be read back: damage before its end names the file and offset.
+    /// A log cannot be read back: damage before its end names the file and offset.
     #[error(
-        "{}: shard {shard}: {source}; refusing to start rather than lose acknowledged changes",
+        "{}: log {log}: {source}; refusing to start rather than lose acknowledged changes",
         path.display()
     )]
     Log {
         path: PathBuf,
-        shard: u32,
+        log: u32,
         source: LogError,
+    },
+    /// A shared log's record is not where it belongs: no tag, a shard of another log, or
+    /// a sequence that skips or repeats one.
+    #[error(
+        "{}: log {log} record {lsn}: {reason}; refusing to start rather than lose acknowledged changes",
+        path.display()
+    )]
+    Misplaced {
+        path: PathBuf,
+        log: u32,
+        lsn: u64,
+        reason: String,
+    },
+    /// A shard's records after its checkpoint are not all in its log.
+    #[error(
+        "{}: shard {shard}: its checkpoint covers record {covered}, but the log's next record of it is {found}; refusing to start rather than lose acknowledged changes",
+        path.display()
+    )]
+    Missing {
+        path: PathBuf,
+        shard: u32,
+        covered: u64,
+        found: u64,
     },
     /// A log record passed the log's checksum but does not decode.
     #[error("{}: shard {shard} log record {lsn} does not decode: {reason}", path.display())]

@@ -9,8 +9,10 @@ use stockd_domain::{Command, Millis};
 
 /// Version of the record layout and payload encoding. Bump it with any change to
 /// `LogRecord`, the domain's `Command` or `EngineSnapshot`. Version 2: hold parts carry
-/// their cart version, update record and tombstone flag (issue #12).
-pub const FORMAT_VERSION: u8 = 2;
+/// their cart version, update record and tombstone flag (issue #12). Version 3: the shards
+/// of a core share one log, whose frames carry their shard and sequence; the layout
+/// record counts the logs (issue #12).
+pub const FORMAT_VERSION: u8 = 3;
 
 /// Bytes before the payload: version (1) and CRC32 (4).
 const HEADER_LEN: usize = 5;

@@ -1,11 +1,13 @@
 //! Recovery at start: checkpoint plus log replay per shard, then the repairs a crash needs.
 //!
 //! 1. Each shard of the current generation is rebuilt from its checkpoint (entries verified
-//!    by the checkpoint store) and the records of its segment log after the LSN the
-//!    checkpoint covers. A torn tail (a group write that never finished, so was never
+//!    by the checkpoint store) and its records after the sequence the checkpoint covers,
+//!    read from the segment log it shares with the other shards of its log (shard `s`
+//!    writes to log `s % logs`; every frame is tagged with its shard and sequence, see
+//!    `log::streams`). A torn tail (a group write that never finished, so was never
 //!    acknowledged) is dropped by the log and reported; damage anywhere else stops the
 //!    start, naming the file and offset.
-//! 2. If the shard count changed, the states are merged and split by the new routing and
+//! 2. If the shard count or the log count changed, the states are merged and split by the new routing and
 //!    written as whole checkpoints of the next generation with fresh empty logs; the layout
 //!    record is flipped (one durable write), then the old generation is removed.
 //! 3. A cart version cut by a crash between its shards is kept if every shard it went to
@@ -24,6 +26,7 @@ use super::backend::{AnyDir, Storage};
 use super::checkpoint::Scope;
 use super::checkpointer::{self, ConfigKeys, RestoreError};
 use super::error::{RecoveryError, StorageError};
+use super::log::streams::{Tag, Uncovered};
 use super::log::{self, Log, Lsn};
 use super::pages::SmallPages;
 use super::record::{self, LogRecord};
@@ -33,11 +36,17 @@ use stockd_domain::{Command, Engine, EngineSnapshot, Millis, Settings};
 /// The name of the layout record in the checkpoint store.
 const LAYOUT: &str = "layout";
 
-/// The layout in use: which generation, how many shards.
+/// The layout in use: which generation, how many shards, how many logs they share.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Meta {
     pub generation: u32,
     pub shards: u32,
+    pub logs: u32,
+}
+
+/// The log shard `shard` writes to, of `logs`.
+pub fn log_of(shard: u32, logs: u32) -> u32 {
+    shard % logs.max(1)
 }
 
 /// What recovery found and did, for the start-up log.
@@ -60,14 +69,24 @@ pub struct RecoveryReport {
 /// One shard ready to serve.
 pub struct ShardState {
     pub engine: Engine,
-    /// Its log, opened for appending.
-    pub log: Log<AnyDir>,
     pub config_keys: ConfigKeys,
+    /// The sequence number its next record gets (its records are durable up to the one
+    /// before).
+    pub next_seq: u64,
+}
+
+/// One log ready for appending.
+pub struct LogState {
+    pub log: Log<AnyDir>,
+    /// Where its records that no checkpoint covers yet lie (for recycling).
+    pub uncovered: Uncovered,
 }
 
 /// Engines ready to serve, and what must be logged before serving.
 pub struct Recovered {
     pub shards: Vec<ShardState>,
+    /// The logs, `log_of(shard, logs.len())` for each shard.
+    pub logs: Vec<LogState>,
     /// The storage generation (shard layout) to append to.
     pub generation: u32,
     /// Per shard: records (repairs and expiries) to append before serving.
@@ -117,22 +136,29 @@ impl ReplayEvents for DropEvents {
     }
 }
 
-/// Rebuilds the state in `storage` for `shards` shards routed by `route`.
+/// The layout to recover into: shards, and the logs they share.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub shards: u32,
+    pub logs: u32,
+}
+
+/// Rebuilds the state in `storage` for `layout`, keys routed by `route`.
 pub fn recover(
     storage: &Storage,
-    shards: u32,
+    layout: Layout,
     settings: &Settings,
     now: Millis,
     route: &dyn Fn(&str, &str) -> usize,
 ) -> Result<Recovered, RecoveryError> {
-    recover_with_events(storage, shards, settings, now, route, &DropEvents)
+    recover_with_events(storage, layout, settings, now, route, &DropEvents)
 }
 
 /// [`recover`], handing the events of the replayed records to `events`, which makes the
 /// ones it keeps durable before the shard count changes.
 pub fn recover_with_events(
     storage: &Storage,
-    shards: u32,
+    layout: Layout,
     settings: &Settings,
     now: Millis,
     route: &dyn Fn(&str, &str) -> usize,
@@ -140,6 +166,11 @@ pub fn recover_with_events(
 ) -> Result<Recovered, RecoveryError> {
     let started = Instant::now();
     let _small_pages = SmallPages::during_recovery();
+    let Layout { shards, logs } = layout;
+    assert!(
+        (1..=shards).contains(&logs),
+        "between one log and one per shard"
+    );
     let mut report = RecoveryReport {
         shards_after: shards,
         ..Default::default()
@@ -150,29 +181,31 @@ pub fn recover_with_events(
             let meta = Meta {
                 generation: 0,
                 shards,
+                logs,
             };
             write_meta(storage, meta)?;
             meta
         }
     };
     report.shards_before = meta.shards;
-    let mut states = load_all(storage, meta, settings, &mut report, events)?;
+    let (mut states, mut opened) = load_all(storage, meta, settings, &mut report, events)?;
     events.flush()?;
     let mut generation = meta.generation;
-    if meta.shards != shards {
+    if meta.shards != shards || meta.logs != logs {
         // Cart versions name the shards of the layout they were written in: settle them
         // there. The reshard writes the result whole, so their records are not needed.
         let mut old: Vec<&mut Engine> = states.iter_mut().map(|s| &mut s.engine).collect();
         let mut unused = vec![Vec::new(); old.len()];
         resolve_updates(&mut old, now, &mut unused, &mut report);
-        states = reshard(storage, meta, states, shards, settings, route)?;
+        drop(opened);
+        (states, opened) = reshard(storage, meta, states, layout, settings, route)?;
         generation = meta.generation + 1;
     }
     let mut engines: Vec<Engine> = Vec::with_capacity(states.len());
     let mut rest = Vec::with_capacity(states.len());
     for s in states {
         engines.push(s.engine);
-        rest.push((s.log, s.config_keys));
+        rest.push((s.config_keys, s.next_seq));
     }
     let mut pending: Vec<Vec<Vec<u8>>> = vec![Vec::new(); shards as usize];
     repair_split_holds(&mut engines, now, &mut pending, &mut report)?;
@@ -181,69 +214,239 @@ pub fn recover_with_events(
     let shards = engines
         .into_iter()
         .zip(rest)
-        .map(|(engine, (log, config_keys))| ShardState {
+        .map(|(engine, (config_keys, next_seq))| ShardState {
             engine,
-            log,
             config_keys,
+            next_seq,
         })
         .collect();
     Ok(Recovered {
         shards,
+        logs: opened,
         generation,
         pending,
         report,
     })
 }
 
-/// Rebuilds every shard of the layout `meta`, side by side: shards are independent until
-/// the repairs.
+/// A checkpoint as loaded: the engine, the sequence it covers, its configuration keys.
+type Loaded = (Engine, Lsn, ConfigKeys);
+
+/// Rebuilds every shard of the layout `meta`, side by side: the checkpoints and the logs
+/// are read at once, then each shard replays its records on a thread of its own (shards
+/// are independent until the repairs).
 fn load_all(
     storage: &Storage,
     meta: Meta,
     settings: &Settings,
     report: &mut RecoveryReport,
     events: &dyn ReplayEvents,
-) -> Result<Vec<ShardState>, RecoveryError> {
-    type Loaded = Result<(ShardState, RecoveryReport), RecoveryError>;
-    let loaded: Vec<Loaded> = std::thread::scope(|scope| {
-        let threads: Vec<_> = (0..meta.shards)
+) -> Result<(Vec<ShardState>, Vec<LogState>), RecoveryError> {
+    let (checkpoints, logs) = std::thread::scope(|scope| {
+        let logs: Vec<_> = (0..meta.logs)
+            .map(|log| scope.spawn(move || open_log(storage, meta, log)))
+            .collect();
+        let checkpoints: Vec<_> = (0..meta.shards)
             .map(|shard| {
+                scope.spawn(move || load_checkpoint(storage, meta.generation, shard, settings))
+            })
+            .collect();
+        let logs: Vec<Result<_, _>> = logs
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or(Err(RecoveryError::Panicked { shard: 0 }))
+            })
+            .collect();
+        let checkpoints: Vec<Result<Loaded, _>> = (0..meta.shards)
+            .zip(checkpoints)
+            .map(|(shard, t)| t.join().unwrap_or(Err(RecoveryError::Panicked { shard })))
+            .collect();
+        (checkpoints, logs)
+    });
+    let logs: Vec<(Log<AnyDir>, log::Recovered)> = logs.into_iter().collect::<Result<_, _>>()?;
+    let checkpoints: Vec<Loaded> = checkpoints.into_iter().collect::<Result<_, _>>()?;
+    for (l, (_, found)) in logs.iter().enumerate() {
+        if let Some(tail) = &found.dropped {
+            report.dropped_tail_records.push(format!(
+                "log {l}: torn tail dropped: {} at offset {} ({}); it was never acknowledged",
+                tail.file, tail.offset, tail.reason
+            ));
+        }
+    }
+    let replayed = replay_all(storage, meta, checkpoints, &logs, events)?;
+    let mut uncovered: Vec<Uncovered> = (0..meta.logs).map(|_| Uncovered::default()).collect();
+    let mut states = Vec::with_capacity(meta.shards as usize);
+    for (shard, (state, runs, records)) in replayed.into_iter().enumerate() {
+        let u = &mut uncovered[log_of(shard as u32, meta.logs) as usize];
+        for (seq, lsn) in runs {
+            u.appended(shard as u32, seq, lsn..lsn + 1);
+        }
+        report.records_replayed += records;
+        states.push(state);
+    }
+    let logs = logs
+        .into_iter()
+        .zip(uncovered)
+        .map(|((log, _), uncovered)| LogState { log, uncovered })
+        .collect();
+    Ok((states, logs))
+}
+
+/// A shard after its replay, the (sequence, LSN) of each record it replayed, and their count.
+type Replayed = (ShardState, Vec<(u64, Lsn)>, u64);
+
+/// Replays every shard's records after its checkpoint, each shard on its own thread.
+fn replay_all(
+    storage: &Storage,
+    meta: Meta,
+    checkpoints: Vec<Loaded>,
+    logs: &[(Log<AnyDir>, log::Recovered)],
+    events: &dyn ReplayEvents,
+) -> Result<Vec<Replayed>, RecoveryError> {
+    let results: Vec<Result<Replayed, RecoveryError>> = std::thread::scope(|scope| {
+        let threads: Vec<_> = checkpoints
+            .into_iter()
+            .enumerate()
+            .map(|(shard, (mut engine, covered, config_keys))| {
+                let shard = shard as u32;
+                let log = log_of(shard, meta.logs);
+                let records = &logs[log as usize].1.records;
                 scope.spawn(move || {
-                    let mut part = RecoveryReport::default();
-                    open_shard(storage, meta.generation, shard, settings, &mut part, events)
-                        .map(|state| (state, part))
+                    let started = Instant::now();
+                    let mine = mine(storage, (log, shard), covered, records)?;
+                    let count = mine.len() as u64;
+                    replay(
+                        storage,
+                        (meta.generation, shard),
+                        &mut engine,
+                        &mine,
+                        events,
+                    )?;
+                    tracing::info!(
+                        shard,
+                        log,
+                        records = count,
+                        replay_ms = started.elapsed().as_millis() as u64,
+                        "log replayed"
+                    );
+                    let next_seq = mine.last().map_or(covered, |(seq, _, _)| *seq) + 1;
+                    let runs = mine.iter().map(|(seq, lsn, _)| (*seq, *lsn)).collect();
+                    let state = ShardState {
+                        engine,
+                        config_keys,
+                        next_seq,
+                    };
+                    Ok((state, runs, count))
                 })
             })
             .collect();
-        (0..meta.shards)
-            .zip(threads)
+        threads
+            .into_iter()
+            .enumerate()
             .map(|(shard, t)| {
-                t.join()
-                    .unwrap_or_else(|_| Err(RecoveryError::Panicked { shard }))
+                t.join().unwrap_or(Err(RecoveryError::Panicked {
+                    shard: shard as u32,
+                }))
             })
             .collect()
     });
-    let mut states = Vec::with_capacity(meta.shards as usize);
-    for result in loaded {
-        let (state, part) = result?;
-        report.records_replayed += part.records_replayed;
-        report
-            .dropped_tail_records
-            .extend(part.dropped_tail_records);
-        states.push(state);
-    }
-    Ok(states)
+    results.into_iter().collect()
 }
 
-/// A shard's engine from its checkpoint (empty without one), the LSN it covers, and the
-/// configuration keys it holds. The engine is checked by the caller, once its log is
+/// One of a shard's records: its sequence, its LSN in the log, the record.
+type Mine<'a> = (u64, Lsn, &'a [u8]);
+
+/// One shard's records of a shared log after the sequence `covered`: (sequence, LSN,
+/// record), in order. The log's records were checked by `open_log`; here a gap between
+/// the checkpoint and the first record is refused.
+fn mine<'a>(
+    storage: &Storage,
+    (log, shard): (u32, u32),
+    covered: u64,
+    records: &'a [log::Record],
+) -> Result<Vec<Mine<'a>>, RecoveryError> {
+    let mut out = Vec::new();
+    for r in records {
+        let Some((tag, record)) = Tag::split(&r.payload) else {
+            unreachable!("open_log checked every tag of log {log}");
+        };
+        if tag.stream != shard || tag.seq <= covered {
+            continue;
+        }
+        let expected = out.last().map_or(covered, |(seq, _, _)| *seq) + 1;
+        if tag.seq != expected {
+            return Err(RecoveryError::Missing {
+                path: storage.data_dir.join("log"),
+                shard,
+                covered: expected - 1,
+                found: tag.seq,
+            });
+        }
+        out.push((tag.seq, r.lsn, record));
+    }
+    Ok(out)
+}
+
+/// Opens log `log` of the layout `meta` and checks that each record is tagged with a
+/// shard of this log, each shard's sequence contiguous.
+fn open_log(
+    storage: &Storage,
+    meta: Meta,
+    log: u32,
+) -> Result<(Log<AnyDir>, log::Recovered), RecoveryError> {
+    let opened = Instant::now();
+    let dir = storage.log_dir(meta.generation, log)?;
+    let (writer, found) =
+        Log::open_shared(dir, storage.log_config).map_err(log_error(storage, log))?;
+    let misplaced = |lsn, reason: String| RecoveryError::Misplaced {
+        path: storage.data_dir.join("log"),
+        log,
+        lsn,
+        reason,
+    };
+    let mut last: Vec<Option<u64>> = vec![None; meta.shards as usize];
+    for r in &found.records {
+        let Some((tag, _)) = Tag::split(&r.payload) else {
+            return Err(misplaced(r.lsn, "shorter than its tag".into()));
+        };
+        if tag.stream >= meta.shards || log_of(tag.stream, meta.logs) != log {
+            let reason = format!(
+                "tagged with shard {}, which does not write here",
+                tag.stream
+            );
+            return Err(misplaced(r.lsn, reason));
+        }
+        let before = &mut last[tag.stream as usize];
+        if let Some(before) = *before
+            && tag.seq != before + 1
+        {
+            let reason = format!(
+                "shard {}'s record {} follows its record {before}",
+                tag.stream, tag.seq
+            );
+            return Err(misplaced(r.lsn, reason));
+        }
+        *before = Some(tag.seq);
+    }
+    tracing::info!(
+        log,
+        records = found.records.len(),
+        log_open_ms = opened.elapsed().as_millis() as u64,
+        "log opened"
+    );
+    Ok((writer, found))
+}
+
+/// A shard's engine from its checkpoint (empty without one), the sequence it covers, and
+/// the configuration keys it holds. The engine is checked by the caller, once its log is
 /// replayed.
 fn load_checkpoint(
     storage: &Storage,
     generation: u32,
     shard: u32,
     settings: &Settings,
-) -> Result<(Engine, Lsn, ConfigKeys), RecoveryError> {
+) -> Result<Loaded, RecoveryError> {
     let config_keys = ConfigKeys::default();
     let scope = Scope { generation, shard };
     let started = Instant::now();
@@ -273,88 +476,41 @@ fn load_checkpoint(
     Ok((restored.engine, restored.lsn_covered, config_keys))
 }
 
-/// Applies a shard's log records, in LSN order, to its engine.
+/// Applies a shard's records, in sequence order, to its engine.
 fn replay(
     storage: &Storage,
     (generation, shard): (u32, u32),
     engine: &mut Engine,
-    records: &[log::Record],
-    report: &mut RecoveryReport,
+    records: &[Mine<'_>],
     events: &dyn ReplayEvents,
 ) -> Result<(), RecoveryError> {
     let path = || storage.data_dir.join("log");
-    for r in records {
-        let rec: LogRecord =
-            record::decode(&r.payload).map_err(|e| RecoveryError::DamagedRecord {
-                path: path(),
-                shard,
-                lsn: r.lsn,
-                reason: e.to_string(),
-            })?;
+    for &(seq, _, payload) in records {
+        let rec: LogRecord = record::decode(payload).map_err(|e| RecoveryError::DamagedRecord {
+            path: path(),
+            shard,
+            lsn: seq,
+            reason: e.to_string(),
+        })?;
         engine
             .apply(rec.now, &rec.command)
             .map_err(|source| RecoveryError::Replay {
                 path: path(),
                 shard,
-                lsn: r.lsn,
+                lsn: seq,
                 source,
             })?;
-        events.replayed((generation, shard, r.lsn), &rec.command, engine);
-        report.records_replayed += 1;
+        events.replayed((generation, shard, seq), &rec.command, engine);
     }
     Ok(())
 }
 
-fn log_error(storage: &Storage, shard: u32) -> impl Fn(log::LogError) -> RecoveryError + '_ {
+fn log_error(storage: &Storage, log: u32) -> impl Fn(log::LogError) -> RecoveryError + '_ {
     move |source| RecoveryError::Log {
         path: storage.data_dir.clone(),
-        shard,
+        log,
         source,
     }
-}
-
-/// Opens one shard: checkpoint, then its log after the covered LSN, replayed.
-fn open_shard(
-    storage: &Storage,
-    generation: u32,
-    shard: u32,
-    settings: &Settings,
-    report: &mut RecoveryReport,
-    events: &dyn ReplayEvents,
-) -> Result<ShardState, RecoveryError> {
-    let (mut engine, covered, config_keys) = load_checkpoint(storage, generation, shard, settings)?;
-    let opened = Instant::now();
-    let dir = storage.log_dir(generation, shard)?;
-    let (log, found) =
-        Log::open(dir, storage.log_config, covered).map_err(log_error(storage, shard))?;
-    let open_ms = opened.elapsed().as_millis() as u64;
-    if let Some(tail) = &found.dropped {
-        report.dropped_tail_records.push(format!(
-            "shard {shard}: torn tail of the log dropped: {} at offset {} ({}); it was never acknowledged",
-            tail.file, tail.offset, tail.reason
-        ));
-    }
-    let replayed = Instant::now();
-    replay(
-        storage,
-        (generation, shard),
-        &mut engine,
-        &found.records,
-        report,
-        events,
-    )?;
-    tracing::info!(
-        shard,
-        records = found.records.len(),
-        log_open_ms = open_ms,
-        replay_ms = replayed.elapsed().as_millis() as u64,
-        "log replayed"
-    );
-    Ok(ShardState {
-        engine,
-        log,
-        config_keys,
-    })
 }
 
 /// Rebuilds one shard from what is durable, without taking its log over (after a failed
@@ -362,19 +518,30 @@ fn open_shard(
 pub fn reload_shard(
     storage: &Storage,
     generation: u32,
-    shard: u32,
+    (shard, logs): (u32, u32),
     settings: &Settings,
 ) -> Result<Engine, RecoveryError> {
     let _small_pages = SmallPages::during_recovery();
     let (mut engine, covered, _) = load_checkpoint(storage, generation, shard, settings)?;
-    let dir = storage.log_dir(generation, shard)?;
-    let found = log::read_records(&dir, covered).map_err(log_error(storage, shard))?;
+    let log = log_of(shard, logs);
+    let dir = storage.log_dir(generation, log)?;
+    let found = log::read_shared_records(&dir).map_err(log_error(storage, log))?;
+    for r in &found.records {
+        if Tag::split(&r.payload).is_none() {
+            return Err(RecoveryError::Misplaced {
+                path: storage.data_dir.join("log"),
+                log,
+                lsn: r.lsn,
+                reason: "shorter than its tag".into(),
+            });
+        }
+    }
+    let mine = mine(storage, (log, shard), covered, &found.records)?;
     replay(
         storage,
         (generation, shard),
         &mut engine,
-        &found.records,
-        &mut RecoveryReport::default(),
+        &mine,
         &DropEvents,
     )?;
     engine
@@ -383,7 +550,7 @@ pub fn reload_shard(
     Ok(engine)
 }
 
-/// Merges the state of the layout `old` and splits it for `shards` shards, stored as whole
+/// Merges the state of the layout `old` and splits it for `layout`, stored as whole
 /// checkpoints of the next generation with fresh logs. It writes the new layout, flips the
 /// layout record, then removes the old generation: a crash anywhere leaves one whole
 /// layout.
@@ -391,10 +558,11 @@ fn reshard(
     storage: &Storage,
     old: Meta,
     states: Vec<ShardState>,
-    shards: u32,
+    layout: Layout,
     settings: &Settings,
     route: &dyn Fn(&str, &str) -> usize,
-) -> Result<Vec<ShardState>, RecoveryError> {
+) -> Result<(Vec<ShardState>, Vec<LogState>), RecoveryError> {
+    let Layout { shards, logs } = layout;
     let merged = EngineSnapshot::merge(states.iter().map(|s| s.engine.snapshot()).collect());
     drop(states);
     let parts = merged.split(shards as usize, route);
@@ -406,7 +574,6 @@ fn reshard(
     let mut out = Vec::with_capacity(shards as usize);
     for (shard, snap) in parts.into_iter().enumerate() {
         let shard = shard as u32;
-        storage.remove_log(next, shard)?;
         let engine = Engine::restore(settings.clone(), snap.clone()).map_err(|reason| {
             RecoveryError::Split {
                 shards,
@@ -421,12 +588,21 @@ fn reshard(
         };
         let encoded = checkpointer::encode(scope, 0, &snap.into_delta(), &config_keys);
         checkpointer::apply_unpublished(storage.checkpoints.as_ref(), encoded, &config_keys)?;
-        let dir = storage.log_dir(next, shard)?;
-        let (log, _) = Log::open(dir, storage.log_config, 0).map_err(log_error(storage, shard))?;
         out.push(ShardState {
             engine,
-            log,
             config_keys,
+            next_seq: 1,
+        });
+    }
+    let mut opened = Vec::with_capacity(logs as usize);
+    for log in 0..logs {
+        storage.remove_log(next, log)?;
+        let dir = storage.log_dir(next, log)?;
+        let (log, _) =
+            Log::open_shared(dir, storage.log_config).map_err(log_error(storage, log))?;
+        opened.push(LogState {
+            log,
+            uncovered: Uncovered::default(),
         });
     }
     write_meta(
@@ -434,16 +610,17 @@ fn reshard(
         Meta {
             generation: next,
             shards,
+            logs,
         },
     )?;
     storage
         .checkpoints
         .remove_generation(old.generation)
         .map_err(StorageError::from)?;
-    for shard in 0..old.shards {
-        storage.remove_log(old.generation, shard)?;
+    for log in 0..old.logs {
+        storage.remove_log(old.generation, log)?;
     }
-    Ok(out)
+    Ok((out, opened))
 }
 
 /// Expires the holds whose deadline passed while stockd was down (their records join

@@ -34,10 +34,12 @@ impl SimWorld {
         }
     }
 
-    /// A two-shard configuration on this world, with small segments.
+    /// A two-shard configuration on this world, with small segments, a log per shard (so
+    /// log 0 holds shard 0's records only, on any machine).
     pub fn config(&self) -> ServerConfig {
         let mut config = ServerConfig::new("sim-data".into());
         config.shards = 2;
+        config.logs = Some(2);
         config.storage = StorageBackend::Sim {
             disk: self.disk.clone(),
             store: self.store.clone(),
@@ -99,9 +101,9 @@ pub struct SimFrame {
     pub len: usize,
 }
 
-/// The frames of a shard's live segments (generation 0), in LSN order.
-pub fn frames(disk: &SimDisk, shard: u32) -> Vec<SimFrame> {
-    let dir_name = format!("g0-s{shard}");
+/// The frames of a log's live segments (generation 0), in LSN order.
+pub fn frames(disk: &SimDisk, log: u32) -> Vec<SimFrame> {
+    let dir_name = format!("g0-l{log}");
     let dir = disk.dir(&dir_name);
     let mut out: Vec<SimFrame> = Vec::new();
     for name in disk.names(&dir_name) {
@@ -130,8 +132,8 @@ pub fn frames(disk: &SimDisk, shard: u32) -> Vec<SimFrame> {
 }
 
 /// Overwrites bytes of a simulated file, durably (as a disk would have written them).
-pub fn overwrite(disk: &SimDisk, shard: u32, file: &str, offset: u64, bytes: &[u8]) {
-    let dir = disk.dir(&format!("g0-s{shard}"));
+pub fn overwrite(disk: &SimDisk, log: u32, file: &str, offset: u64, bytes: &[u8]) {
+    let dir = disk.dir(&format!("g0-l{log}"));
     let mut f = dir.open(file).expect("open a segment");
     f.write_at(offset, bytes).expect("write a segment");
     f.sync_data().expect("sync a segment");

@@ -1,6 +1,7 @@
 //! The data folder of a stopped server, read and damaged as a crash or a bad disk would.
 //!
-//! The logs are segment files (`data/log/g{generation}-s{shard}/seg-*.log`), read here
+//! The logs are segment files (`data/log/g{generation}-l{log}/seg-*.log`; shard `s` writes
+//! to log `s % logs`, each frame tagged with its shard and sequence), read here
 //! with the crate's own frame decoder so the tests follow the format when it changes; the
 //! layout record comes from the checkpoint store. The server must be stopped: sled locks
 //! the checkpoint folder.
@@ -9,21 +10,36 @@ use std::path::{Path, PathBuf};
 
 use stockd::storage::log::frame::{self, Decoded};
 use stockd::storage::log::segment::{SEGMENT_HEADER_LEN, SegmentName, parse_name};
+use stockd::storage::log::streams::Tag;
 use stockd::storage::record::{self, LogRecord};
 use stockd::storage::{Storage, StorageBackend, backend, recovery};
 use stockd_domain::Command as DomainCommand;
 
-/// One record of a shard's log as it lies on disk.
+/// One record of a log as it lies on disk.
 #[derive(Clone, Debug)]
 pub struct LogFrame {
     pub lsn: u64,
+    /// The shard that wrote it, and its number in that shard's sequence.
+    pub shard: u32,
+    pub seq: u64,
     /// The segment file that holds it.
     pub file: PathBuf,
     /// Where the frame starts in that file.
     pub offset: u64,
     /// Its size on disk, padding included.
     pub len: usize,
+    /// The record, after the tag.
     pub payload: Vec<u8>,
+}
+
+/// The log a shard of a stopped server's folder writes to.
+pub fn shard_log(data: &Path, shard: u32) -> u32 {
+    let storage = Storage::open(&StorageBackend::Real, data, Default::default())
+        .expect("open the data folder");
+    let meta = recovery::read_meta(&storage)
+        .expect("read the layout record")
+        .expect("the folder has a layout");
+    recovery::log_of(shard, meta.logs)
 }
 
 /// The generation (shard layout) a stopped server's folder uses.
@@ -36,15 +52,15 @@ pub fn generation(data: &Path) -> u32 {
         .generation
 }
 
-/// The log folder of one shard.
-pub fn log_dir(data: &Path, generation: u32, shard: u32) -> PathBuf {
+/// The folder of one log.
+pub fn log_dir(data: &Path, generation: u32, log: u32) -> PathBuf {
     data.join("log")
-        .join(backend::log_dir_name(generation, shard))
+        .join(backend::log_dir_name(generation, log))
 }
 
-/// Every record of a shard's log, in LSN order, read from its live segments.
-pub fn log_frames(data: &Path, generation: u32, shard: u32) -> Vec<LogFrame> {
-    let dir = log_dir(data, generation, shard);
+/// Every record of a log, in LSN order, read from its live segments.
+pub fn log_frames(data: &Path, generation: u32, log: u32) -> Vec<LogFrame> {
+    let dir = log_dir(data, generation, log);
     let mut segments: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
         .expect("list the log folder")
         .flatten()
@@ -65,25 +81,20 @@ pub fn log_frames(data: &Path, generation: u32, shard: u32) -> Vec<LogFrame> {
             if frames.last().is_some_and(|f| frame.lsn != f.lsn + 1) {
                 break; // a stale frame from an earlier use of a recycled segment
             }
+            let (tag, record) = Tag::split(frame.payload).expect("a tagged frame");
             frames.push(LogFrame {
                 lsn: frame.lsn,
+                shard: tag.stream,
+                seq: tag.seq,
                 file: file.clone(),
                 offset: at as u64,
                 len,
-                payload: frame.payload.to_vec(),
+                payload: record.to_vec(),
             });
             at += len;
         }
     }
     frames
-}
-
-/// The LSNs of one shard's log, in order.
-pub fn log_seqs(data: &Path, generation: u32, shard: u32) -> Vec<u64> {
-    log_frames(data, generation, shard)
-        .iter()
-        .map(|f| f.lsn)
-        .collect()
 }
 
 /// The decoded command of a log frame.
@@ -112,6 +123,17 @@ pub fn flip_byte(file: &Path, offset: u64, mask: u8) -> u8 {
     old
 }
 
+/// The frames of the log `shard` writes to; the last one must be `shard`'s.
+fn shard_frames(data: &Path, generation: u32, shard: u32) -> Vec<LogFrame> {
+    let frames = log_frames(data, generation, shard_log(data, shard));
+    let last = frames.last().expect("the shard's log has records");
+    assert_eq!(
+        last.shard, shard,
+        "the log's last record is another shard's"
+    );
+    frames
+}
+
 /// Zeroes the last frame of a shard's log, as if the crash came before it was written,
 /// after checking it is the one the test means. Returns its command.
 pub fn drop_last_log_record(
@@ -120,7 +142,7 @@ pub fn drop_last_log_record(
     shard: u32,
     is_it: impl Fn(&DomainCommand) -> bool,
 ) -> DomainCommand {
-    let frames = log_frames(data, generation, shard);
+    let frames = shard_frames(data, generation, shard);
     let last = frames.last().expect("the shard has log records");
     let command = frame_command(last);
     assert!(
@@ -134,7 +156,7 @@ pub fn drop_last_log_record(
 /// Tears the last frame of a shard's log: its second half is zeroed, as a write cut short
 /// by a power loss leaves it. Returns the frame.
 pub fn tear_last_log_record(data: &Path, generation: u32, shard: u32) -> LogFrame {
-    let frames = log_frames(data, generation, shard);
+    let frames = shard_frames(data, generation, shard);
     let last = frames.last().expect("the shard has log records").clone();
     let half = last.len / 2;
     write_at(
@@ -148,7 +170,7 @@ pub fn tear_last_log_record(data: &Path, generation: u32, shard: u32) -> LogFram
 /// Writes a garbage frame after the last one of a shard's log (a torn write of a group
 /// that was never acknowledged). Returns the file and offset it starts at.
 pub fn append_garbage_frame(data: &Path, generation: u32, shard: u32) -> (PathBuf, u64) {
-    let frames = log_frames(data, generation, shard);
+    let frames = shard_frames(data, generation, shard);
     let last = frames.last().expect("the shard has log records");
     let offset = last.offset + last.len as u64;
     let mut garbage = Vec::new();

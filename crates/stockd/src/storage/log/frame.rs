@@ -57,27 +57,32 @@ fn crc(header: &[u8], payload: &[u8]) -> u32 {
 /// Appends one frame to `out`. A payload over `RECORD_BYTES_MAX` is a programmer error:
 /// callers check it first and return `LogError::RecordTooLarge`.
 pub fn encode(out: &mut Vec<u8>, lsn: Lsn, term: u64, payload: &[u8]) {
+    encode_parts(out, lsn, term, &[], payload);
+}
+
+/// Appends one frame whose payload is `head` then `payload` (a shared log's tag before
+/// the record), without joining them first.
+pub fn encode_parts(out: &mut Vec<u8>, lsn: Lsn, term: u64, head: &[u8], payload: &[u8]) {
+    let len = head.len() + payload.len();
     assert!(
-        payload.len() <= RECORD_BYTES_MAX,
+        len <= RECORD_BYTES_MAX,
         "record size checked before encoding"
     );
     assert!(lsn > 0, "LSNs start at 1");
     let start = out.len();
     let mut header = [0u8; FRAME_HEADER_LEN];
-    header[0..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    header[0..4].copy_from_slice(&(len as u32).to_le_bytes());
     header[8..16].copy_from_slice(&lsn.to_le_bytes());
     header[16..24].copy_from_slice(&term.to_le_bytes());
-    let sum = crc(&header, payload);
+    let sum = crc32c::crc32c_append(crc(&header, head), payload);
     header[4..8].copy_from_slice(&sum.to_le_bytes());
     out.extend_from_slice(&header);
+    out.extend_from_slice(head);
     out.extend_from_slice(payload);
-    out.resize(start + frame_len(payload.len()), 0);
-    debug_assert_eq!(
-        decode(&out[start..]),
-        Decoded::Valid {
-            frame: Frame { lsn, term, payload },
-            len: frame_len(payload.len())
-        },
+    out.resize(start + frame_len(len), 0);
+    debug_assert!(
+        matches!(decode(&out[start..]), Decoded::Valid { frame, .. }
+            if frame.lsn == lsn && frame.term == term && frame.payload.len() == len),
         "a frame is checked right after it is encoded"
     );
 }

@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot};
 
 use super::file::LogDir;
+use super::streams::Uncovered;
 use super::writer::{CommitStats, Log, TruncateStats};
 use super::{LogError, Lsn};
 
@@ -69,11 +70,19 @@ impl Drop for Completion {
 enum Message {
     Append {
         term: u64,
+        /// In a shared log: the stream and the sequence of the first record.
+        tag: Option<(u32, u64)>,
         payloads: Vec<Vec<u8>>,
         done: Completion,
     },
     TruncateBelow {
         lsn: Lsn,
+        done: Done<TruncateStats>,
+    },
+    /// A checkpoint of `stream` covers its records up to `seq`.
+    Covered {
+        stream: u32,
+        seq: u64,
         done: Done<TruncateStats>,
     },
 }
@@ -92,10 +101,25 @@ impl LogWriter {
         D: LogDir + 'static,
         F: FnMut(&CommitStats) + Send + 'static,
     {
+        Self::spawn_shared(log, Uncovered::default(), on_commit)
+    }
+
+    /// [`spawn`](Self::spawn) for a log shared by several streams: `uncovered` says where
+    /// the records recovery found and no checkpoint covers lie, so that no stream's
+    /// checkpoint recycles them.
+    pub fn spawn_shared<D, F>(
+        log: Log<D>,
+        uncovered: Uncovered,
+        on_commit: F,
+    ) -> (LogWriter, JoinHandle<Log<D>>)
+    where
+        D: LogDir + 'static,
+        F: FnMut(&CommitStats) + Send + 'static,
+    {
         let (tx, rx) = mpsc::channel(WRITER_INBOX_CAPACITY);
         let thread = std::thread::Builder::new()
             .name("stockd-log".into())
-            .spawn(move || run(log, rx, on_commit))
+            .spawn(move || run(log, uncovered, rx, on_commit))
             .expect("spawn the log writer thread");
         (LogWriter { tx }, thread)
     }
@@ -132,8 +156,32 @@ impl LogWriter {
         payloads: Vec<Vec<u8>>,
         done: Completion,
     ) -> Result<(), LogError> {
+        self.send_append(term, None, payloads, done).await
+    }
+
+    /// Queues a batch of `stream`'s records, numbered from `first_seq`, into a shared log;
+    /// `done` runs like [`submit_with`](Self::submit_with)'s.
+    pub async fn submit_tagged_with(
+        &self,
+        term: u64,
+        (stream, first_seq): (u32, u64),
+        payloads: Vec<Vec<u8>>,
+        done: Completion,
+    ) -> Result<(), LogError> {
+        self.send_append(term, Some((stream, first_seq)), payloads, done)
+            .await
+    }
+
+    async fn send_append(
+        &self,
+        term: u64,
+        tag: Option<(u32, u64)>,
+        payloads: Vec<Vec<u8>>,
+        done: Completion,
+    ) -> Result<(), LogError> {
         let message = Message::Append {
             term,
+            tag,
             payloads,
             done,
         };
@@ -151,6 +199,38 @@ impl LogWriter {
     pub fn blocking_truncate_below(&self, lsn: Lsn) -> Result<TruncateStats, LogError> {
         let (done, rx) = oneshot::channel();
         let message = Message::TruncateBelow { lsn, done };
+        self.tx
+            .blocking_send(message)
+            .map_err(|_| LogError::WriterStopped)?;
+        rx.blocking_recv().map_err(|_| LogError::WriterStopped)?
+    }
+
+    /// A checkpoint of `stream` covers its records up to `seq`: recycles the segments no
+    /// stream of the log needs any more (for the checkpointer, outside the runtime).
+    pub fn blocking_covered(&self, stream: u32, seq: u64) -> Result<TruncateStats, LogError> {
+        let (done, rx) = oneshot::channel();
+        let message = Message::Covered { stream, seq, done };
+        self.tx
+            .blocking_send(message)
+            .map_err(|_| LogError::WriterStopped)?;
+        rx.blocking_recv().map_err(|_| LogError::WriterStopped)?
+    }
+
+    /// [`blocking_append`](Self::blocking_append) of `stream`'s records, numbered from
+    /// `first_seq`, into a shared log (tests, tools).
+    pub fn blocking_append_tagged(
+        &self,
+        term: u64,
+        (stream, first_seq): (u32, u64),
+        payloads: Vec<Vec<u8>>,
+    ) -> Result<Appended, LogError> {
+        let (done, rx) = oneshot::channel();
+        let message = Message::Append {
+            term,
+            tag: Some((stream, first_seq)),
+            payloads,
+            done: Completion::oneshot(done),
+        };
         self.tx
             .blocking_send(message)
             .map_err(|_| LogError::WriterStopped)?;
@@ -180,6 +260,7 @@ impl LogWriter {
 
 fn run<D: LogDir>(
     mut log: Log<D>,
+    mut uncovered: Uncovered,
     mut rx: mpsc::Receiver<Message>,
     mut on_commit: impl FnMut(&CommitStats),
 ) -> Log<D> {
@@ -192,24 +273,40 @@ fn run<D: LogDir>(
             match message {
                 Message::Append {
                     term,
+                    tag,
                     payloads,
                     done,
                 } => {
-                    let appended = match log.append(term, &payloads) {
+                    let append = |log: &mut Log<D>| match tag {
+                        Some((stream, seq)) => log.append_tagged(term, stream, seq, &payloads),
+                        None => log.append(term, &payloads),
+                    };
+                    let appended = match append(&mut log) {
                         Err(LogError::GroupFull { .. }) if log.pending_records() > 0 => {
                             commit(&mut log, &mut waiting, &mut on_commit);
-                            log.append(term, &payloads)
+                            append(&mut log)
                         }
                         other => other,
                     };
                     match appended {
-                        Ok(lsns) => waiting.push((lsns, done)),
+                        Ok(lsns) => {
+                            if let Some((stream, seq)) = tag {
+                                uncovered.appended(stream, seq, lsns.clone());
+                            }
+                            waiting.push((lsns, done));
+                        }
                         Err(e) => done.complete(Err(e)),
                     }
                 }
                 Message::TruncateBelow { lsn, done } => {
                     commit(&mut log, &mut waiting, &mut on_commit);
                     let _ = done.send(log.truncate_below(lsn));
+                }
+                Message::Covered { stream, seq, done } => {
+                    commit(&mut log, &mut waiting, &mut on_commit);
+                    uncovered.covered(stream, seq);
+                    let floor = uncovered.floor(log.next_lsn());
+                    let _ = done.send(log.truncate_below(floor));
                 }
             }
             if taken < GROUP_BATCHES_MAX {
@@ -259,6 +356,7 @@ fn append_message(
     let (done, rx) = oneshot::channel();
     let message = Message::Append {
         term,
+        tag: None,
         payloads,
         done: Completion::oneshot(done),
     };

@@ -12,6 +12,7 @@
 //! - `reader`: the recovery scan and its rule for a torn tail versus damage.
 //! - `writer`: the `Log` itself: open, append, commit (group commit), truncate_below.
 //! - `group`: a thin thread that owns a `Log` and commits what arrived while it synced.
+//! - `streams`: several shards sharing one log: each frame's tag, and what each still needs.
 //!
 //! # On disk
 //! A log directory holds `seg-{epoch:016x}.log` (live, contiguous epochs) and
@@ -21,8 +22,8 @@
 //! See `segment` and `frame`; recovery's rules are in `reader`.
 //!
 //! # Invariants
-//! - A log is one directory; N logs (one per shard) are N directories side by side. Nothing
-//!   here is shared between logs.
+//! - A log is one directory; N logs are N directories side by side. Nothing here is shared
+//!   between logs. The shards of one core share one log (`streams`).
 //! - LSNs are contiguous per log, starting at 1; LSN 0 means "nothing".
 //! - After any failed write, sync or directory operation the log is poisoned and refuses
 //!   every append until it is reopened (fsyncgate: the page cache state is unknown).
@@ -34,6 +35,7 @@ pub mod group;
 pub mod reader;
 pub mod segment;
 pub mod sim;
+pub mod streams;
 pub mod writer;
 
 #[cfg(test)]
@@ -135,7 +137,12 @@ impl LogConfig {
 /// checks as `Log::open`, but nothing is created, repaired or removed. Used to rebuild a
 /// shard's state from disk while its writer still owns the directory.
 pub fn read_records<D: LogDir>(dir: &D, after: Lsn) -> Result<Recovered, LogError> {
-    reader::scan(dir, after).map(|scan| scan.recovered)
+    reader::scan(dir, Some(after)).map(|scan| scan.recovered)
+}
+
+/// [`read_records`] of a shared log (`streams`): every live record.
+pub fn read_shared_records<D: LogDir>(dir: &D) -> Result<Recovered, LogError> {
+    reader::scan(dir, None).map(|scan| scan.recovered)
 }
 
 /// Why the log refused or failed. Operating errors are values; the service maps them

@@ -87,9 +87,12 @@ fn damaged(file: String, offset: u64, reason: String) -> LogError {
     }
 }
 
-/// Scans the directory. `after`: the last LSN the checkpoint covers.
-pub(crate) fn scan<D: LogDir>(dir: &D, after: Lsn) -> Result<Scan, LogError> {
+/// Scans the directory. `after`: the last LSN the checkpoint covers, or `None` for a
+/// shared log (`streams`), whose records all come back: each stream's checkpoint covers
+/// its own sequence, so only the caller can tell which ones it still needs.
+pub(crate) fn scan<D: LogDir>(dir: &D, covered: Option<Lsn>) -> Result<Scan, LogError> {
     let (live, free) = list(dir)?;
+    let mut after = covered.unwrap_or(0);
     let mut recovered = Recovered {
         first_lsn: after + 1,
         last_lsn: after,
@@ -110,6 +113,9 @@ pub(crate) fn scan<D: LogDir>(dir: &D, after: Lsn) -> Result<Scan, LogError> {
         check_header(&file, &header, *epoch, bytes.len, next_lsn)?;
         if i == 0 {
             recovered.first_lsn = header.first_lsn;
+            if covered.is_none() {
+                after = header.first_lsn - 1;
+            }
         }
         let end = scan_segment(
             &mut bytes,
@@ -140,7 +146,9 @@ pub(crate) fn scan<D: LogDir>(dir: &D, after: Lsn) -> Result<Scan, LogError> {
     if let Some(next) = next_lsn {
         recovered.last_lsn = next - 1;
         recovered.last_term = last_term;
-        if after + 1 < recovered.first_lsn {
+        if covered.is_none() {
+            // A shared log: its streams check their own sequences.
+        } else if after + 1 < recovered.first_lsn {
             return Err(LogError::Missing {
                 wanted: after + 1,
                 first: recovered.first_lsn,

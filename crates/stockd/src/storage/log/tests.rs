@@ -562,6 +562,87 @@ fn logs_side_by_side_are_independent() {
     assert_eq!((ra.records[0].lsn, rb.records[0].lsn), (1, 501));
 }
 
+/// The records of `stream` in a shared log's recovered records: (sequence, record).
+fn stream_records(recovered: &Recovered, stream: u32) -> Vec<(u64, Vec<u8>)> {
+    recovered
+        .records
+        .iter()
+        .filter_map(|r| {
+            let (tag, record) = streams::Tag::split(&r.payload).expect("tagged");
+            (tag.stream == stream).then(|| (tag.seq, record.to_vec()))
+        })
+        .collect()
+}
+
+#[test]
+fn a_checkpoint_of_one_stream_keeps_what_another_still_needs() {
+    let disk = SimDisk::new(16);
+    let (log, _) = Log::open_shared(disk.dir("log"), small()).unwrap();
+    let (writer, thread) = LogWriter::spawn(log, |_| {});
+    // Stream 1 writes one record that no checkpoint covers; stream 0 then fills several
+    // segments, and its checkpoint covers all of them.
+    writer
+        .blocking_append_tagged(1, (1, 1), vec![b"stream 1, record 1".to_vec()])
+        .unwrap();
+    for seq in 1..=200u64 {
+        writer
+            .blocking_append_tagged(1, (0, seq), vec![payload(seq, 1000)])
+            .unwrap();
+    }
+    let kept = writer.blocking_covered(0, 200).unwrap();
+    assert_eq!(
+        kept.recycled + kept.removed,
+        0,
+        "stream 1's record is in the oldest segment"
+    );
+    let live_before = live_segments(&disk);
+    assert!(live_before >= 3, "stream 0 filled several segments");
+    // Once stream 1's checkpoint covers it too, every sealed segment goes.
+    let gone = writer.blocking_covered(1, 1).unwrap();
+    assert!(gone.recycled + gone.removed >= 2, "{gone:?}");
+    assert!(live_segments(&disk) < live_before);
+    drop(writer);
+    let log = thread.join().unwrap();
+    drop(log);
+    let (_, recovered) = Log::open_shared(disk.dir("log"), small()).unwrap();
+    assert!(stream_records(&recovered, 1).is_empty(), "recycled");
+    let zero = stream_records(&recovered, 0);
+    assert_eq!(zero.last().map(|(seq, _)| *seq), Some(200));
+}
+
+#[test]
+fn a_shared_log_hands_each_stream_its_records_after_a_crash() {
+    let disk = SimDisk::new(17);
+    let (log, _) = Log::open_shared(disk.dir("log"), small()).unwrap();
+    let (writer, thread) = LogWriter::spawn(log, |_| {});
+    writer
+        .blocking_append_tagged(1, (1, 1), vec![b"one".to_vec()])
+        .unwrap();
+    for seq in 1..=200u64 {
+        writer
+            .blocking_append_tagged(1, (0, seq), vec![payload(seq, 1000)])
+            .unwrap();
+    }
+    writer.blocking_covered(0, 200).unwrap();
+    drop(writer);
+    drop(thread.join().unwrap());
+    disk.crash(CrashMode::DropUnsynced);
+    let (_, recovered) = Log::open_shared(disk.dir("log"), small()).unwrap();
+    assert_eq!(
+        stream_records(&recovered, 1),
+        vec![(1, b"one".to_vec())],
+        "stream 0's checkpoint did not recycle stream 1's record"
+    );
+}
+
+/// Live segments in the simulated directory "log".
+fn live_segments(disk: &SimDisk) -> usize {
+    disk.names("log")
+        .iter()
+        .filter(|n| n.starts_with("seg-"))
+        .count()
+}
+
 #[test]
 fn the_writer_thread_groups_concurrent_batches() {
     let disk = SimDisk::new(15);

@@ -13,6 +13,7 @@ use super::file::{LogDir, LogFile};
 use super::frame::{self, FRAME_HEADER_LEN};
 use super::reader::{self, Recovered};
 use super::segment::{self, SEGMENT_HEADER_LEN, SegmentHeader};
+use super::streams::{TAG_LEN, Tag};
 use super::{LogConfig, LogError, Lsn};
 
 /// What one `commit` did: for the integrator's metrics.
@@ -178,8 +179,23 @@ impl<D: LogDir> Log<D> {
     /// covers (0 without one): the records above it come back in `Recovered`, and a fresh
     /// log starts at `after + 1`.
     pub fn open(dir: D, config: LogConfig, after: Lsn) -> Result<(Log<D>, Recovered), LogError> {
+        Self::open_from(dir, config, Some(after))
+    }
+
+    /// Opens a log shared by several streams (`streams`): every live record comes back, and
+    /// a fresh log starts at LSN 1.
+    pub fn open_shared(dir: D, config: LogConfig) -> Result<(Log<D>, Recovered), LogError> {
+        Self::open_from(dir, config, None)
+    }
+
+    fn open_from(
+        dir: D,
+        config: LogConfig,
+        covered: Option<Lsn>,
+    ) -> Result<(Log<D>, Recovered), LogError> {
         config.validate()?;
-        let scan = reader::scan(&dir, after)?;
+        let after = covered.unwrap_or(0);
+        let scan = reader::scan(&dir, covered)?;
         let next_free_id = scan.free.iter().map(|(id, _, _)| id + 1).max().unwrap_or(1);
         let mut free = Vec::new();
         for (_, name, len) in scan.free {
@@ -238,15 +254,37 @@ impl<D: LogDir> Log<D> {
         term: u64,
         payloads: &[P],
     ) -> Result<Range<Lsn>, LogError> {
+        self.append_inner(term, None, payloads)
+    }
+
+    /// [`append`](Self::append) into a log shared by several streams: each frame starts
+    /// with its [`Tag`], the records numbered from `first_seq` in `stream`.
+    pub fn append_tagged<P: AsRef<[u8]>>(
+        &mut self,
+        term: u64,
+        stream: u32,
+        first_seq: u64,
+        payloads: &[P],
+    ) -> Result<Range<Lsn>, LogError> {
+        self.append_inner(term, Some((stream, first_seq)), payloads)
+    }
+
+    fn append_inner<P: AsRef<[u8]>>(
+        &mut self,
+        term: u64,
+        tag: Option<(u32, u64)>,
+        payloads: &[P],
+    ) -> Result<Range<Lsn>, LogError> {
         self.check_poisoned()?;
         assert!(
             term >= self.last_term,
             "terms never go backwards within a log"
         );
+        let head_len = if tag.is_some() { TAG_LEN } else { 0 };
         let mut bytes = 0;
         let max = self.config.record_bytes_max();
         for p in payloads {
-            let len = p.as_ref().len();
+            let len = p.as_ref().len() + head_len;
             if len > max {
                 return Err(LogError::RecordTooLarge { len, max });
             }
@@ -259,8 +297,16 @@ impl<D: LogDir> Log<D> {
             });
         }
         let first = self.next_lsn;
-        for p in payloads {
-            frame::encode(&mut self.group, self.next_lsn, term, p.as_ref());
+        for (i, p) in payloads.iter().enumerate() {
+            let head = tag.map(|(stream, seq)| {
+                Tag {
+                    stream,
+                    seq: seq + i as u64,
+                }
+                .encode()
+            });
+            let head: &[u8] = head.as_ref().map_or(&[], |h| &h[..]);
+            frame::encode_parts(&mut self.group, self.next_lsn, term, head, p.as_ref());
             self.next_lsn += 1;
         }
         self.group_records += payloads.len();
