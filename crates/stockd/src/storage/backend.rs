@@ -16,7 +16,7 @@ use super::log::{FsDir, FsFile, LogConfig, LogDir, LogFile};
 /// Which storage a server uses.
 #[derive(Clone, Default)]
 pub enum StorageBackend {
-    /// `data/log/g{generation}-s{shard}/` segment logs and `data/checkpoints` (sled).
+    /// `data/log/g{generation}-l{log}/` segment logs and `data/checkpoints` (sled).
     #[default]
     Real,
     /// A simulated disk for the logs and a simulated checkpoint store (power-cut tests).
