@@ -30,6 +30,7 @@
 #   SUITE_SERVER_CPU   core of the server (default 0); SUITE_LOAD_CPU: of the load (1)
 #   SUITE_SHARDS       server shards (default 1: it has one core)
 #   SUITE_WATCH_PAIRS  watcher comparison: pairs of runs per durability (default 4; 1 quick)
+#   SUITE_SCALE_PAIRS  shard scaling: pairs of fresh servers, 1 and 8 shards (default 2; 1 quick)
 #   SUITE_KEEP=1       keep the JSON reports and the server logs
 #   SUITE_NO_BUILD=1   use the binaries already in target/release
 set -euo pipefail
@@ -248,6 +249,7 @@ stop_server
 # checkpoints), so each run gets a fresh server, and the order alternates in each pair
 # (without-with, then with-without) so that drift over time falls on both sides alike.
 WATCH_PAIRS=${SUITE_WATCH_PAIRS:-$([[ "$QUICK" == 1 ]] && echo 1 || echo 4)}
+SCALE_PAIRS=${SUITE_SCALE_PAIRS:-$([[ "$QUICK" == 1 ]] && echo 1 || echo 2)}
 watch_run() { # DURABILITY PAIR with|without
     start_server "$1"
     "${LOAD_PIN[@]}" "$LOAD" health -z 1s -c "$CONC" --connections "$CONNS" -O json "127.0.0.1:$PORT" >/dev/null # warm-up
@@ -295,26 +297,32 @@ PY
 log "shard scaling (--shards 1 and 8)"
 MAIN_SHARDS=$SHARDS
 GH_CALL=inventory.v1.InventoryService.GetHold
-for S in 1 8; do
-    SHARDS=$S
-    start_server sync
-    "${LOAD_PIN[@]}" "$LOAD" health -z 1s -c "$CONC" --connections "$CONNS" -O json "127.0.0.1:$PORT" >/dev/null # warm-up
-    # Warm-up writes too: each shard's log creates its segments on its first writes.
-    "${LOAD_PIN[@]}" "$LOAD" reserve --products 10000 -z 1s -c "$CONC" --connections "$CONNS" -O json "127.0.0.1:$PORT" >/dev/null
-    load "scale$S-reserve1" reserve --products 10000 "${common[@]}"
-    load "scale$S-reserve3" reserve --products 10000 --lines 3 "${common[@]}"
-    load "scale$S-holds" reserve --prefix "gh$S" --products 1000 --lines 3 -n 1000 -c "$CONC" --connections "$CONNS"
-    load "scale$S-gethold" call --call "$GH_CALL" -d "{\"holdRef\":\"gh$S-h{{randomInt 0 1000}}\"}" "${common[@]}"
-    load "scale$S-flash" flash-sale --units "$UNITS" --buyers "$BUYERS" -c "$CONC" --connections "$CONNS"
-    stop_server
+# Alternating fresh servers (1 then 8, then 8 then 1…): a drift of the machine over the
+# runs falls on both sides.
+for ((PAIR = 1; PAIR <= SCALE_PAIRS; PAIR++)); do
+    if ((PAIR % 2)); then ORDER=(1 8); else ORDER=(8 1); fi
+    for S in "${ORDER[@]}"; do
+        SHARDS=$S
+        T="scale$S-p$PAIR"
+        start_server sync
+        "${LOAD_PIN[@]}" "$LOAD" health -z 1s -c "$CONC" --connections "$CONNS" -O json "127.0.0.1:$PORT" >/dev/null # warm-up
+        # Warm-up writes too: each log creates its segments on its first writes.
+        "${LOAD_PIN[@]}" "$LOAD" reserve --products 10000 -z 1s -c "$CONC" --connections "$CONNS" -O json "127.0.0.1:$PORT" >/dev/null
+        load "$T-reserve1" reserve --products 10000 "${common[@]}"
+        load "$T-reserve3" reserve --products 10000 --lines 3 "${common[@]}"
+        load "$T-holds" reserve --prefix "gh$S" --products 1000 --lines 3 -n 1000 -c "$CONC" --connections "$CONNS"
+        load "$T-gethold" call --call "$GH_CALL" -d "{\"holdRef\":\"gh$S-h{{randomInt 0 1000}}\"}" "${common[@]}"
+        load "$T-flash" flash-sale --units "$UNITS" --buyers "$BUYERS" -c "$CONC" --connections "$CONNS"
+        stop_server
+    done
 done
 SHARDS=$MAIN_SHARDS
 
 # --- table ----------------------------------------------------------------------------
-python3 - "$WORK" "$SECS" "$CONC" "$CONNS" "$STREAMS" "$HAVE_H2LOAD" "$WATCH_PAIRS" <<'PY'
+python3 - "$WORK" "$SECS" "$CONC" "$CONNS" "$STREAMS" "$HAVE_H2LOAD" "$WATCH_PAIRS" "$SCALE_PAIRS" <<'PY'
 import json, os, re, statistics, sys
 
-work, secs, conc, conns, streams, have_h2, watch_pairs = sys.argv[1:8]
+work, secs, conc, conns, streams, have_h2, watch_pairs, scale_pairs = sys.argv[1:9]
 
 def rep(name):
     with open(os.path.join(work, name + ".json")) as f:
@@ -461,17 +469,24 @@ else:
     print("  h2load not available (apt-get install nghttp2-client): comparison skipped")
 print()
 
-print(f"Shard scaling: the same server core, --shards 8 against --shards 1 ({conc} callers, {secs} s each)")
-print(f"  {'':<38} {'shards 1':>10} {'shards 8':>10} {'8 ÷ 1':>7}")
+print(f"Shard scaling: the same server core, --shards 8 against --shards 1 ({conc} callers, {secs} s each, "
+      f"{scale_pairs} pair(s) of fresh servers, alternating)")
+print(f"  {'':<34} {'shards 1':>9} {'shards 8':>9} {'8 ÷ 1':>6}  {'CPU µs/call 1 → 8':>18}  pair by pair")
 for label, name in (("Reserve, 1 line, 10,000 products", "reserve1"),
                     ("Reserve, 3 lines (3 shards at 8)", "reserve3"),
                     ("GetHold, 3-line holds", "gethold"),
                     ("flash sale, Reserve", "flash")):
-    one, eight = rep(f"scale1-{name}"), rep(f"scale8-{name}")
-    r = ratio(eight["rps"], one["rps"])
-    errs = errors(one) + errors(eight)
+    ones = [f"scale1-p{p}-{name}" for p in range(1, int(scale_pairs) + 1)]
+    eights = [f"scale8-p{p}-{name}" for p in range(1, int(scale_pairs) + 1)]
+    one = statistics.mean(rep(n)["rps"] for n in ones)
+    eight = statistics.mean(rep(n)["rps"] for n in eights)
+    r = ratio(eight, one)
+    pairs = ", ".join(f"{ratio(rep(b)['rps'], rep(a)['rps']):.2f}" for a, b in zip(ones, eights))
+    cpu1 = statistics.mean(cpu_us(n) for n in ones)
+    cpu8 = statistics.mean(cpu_us(n) for n in eights)
+    errs = sum(errors(rep(n)) for n in ones + eights)
     note = f"  ({errs} errors)" if errs else ""
-    print(f"  {label:<38} {one['rps']:>10.0f} {eight['rps']:>10.0f} {r:>7.2f}"
+    print(f"  {label:<34} {one:>9.0f} {eight:>9.0f} {r:>6.2f}  {cpu1:>8.1f} → {cpu8:<8.1f}  {pairs}"
           f"   (goal ≥ 0.90: {'met' if r >= 0.9 else 'NOT met'}){note}")
 PY
 

@@ -266,6 +266,12 @@ fn run<D: LogDir>(
 ) -> Log<D> {
     let mut waiting: Vec<(Range<Lsn>, Completion)> = Vec::with_capacity(64);
     while let Some(first) = rx.blocking_recv() {
+        // Woken by the first batch of a round, on a core shared with the shards that send
+        // them: let them finish the round (their batches queue meanwhile), so the group
+        // carries every shard's batch and not just the first one's (issue #12: eight shards
+        // on one core made eight times more, smaller groups). With a core to itself, the
+        // thread has nobody to yield to and goes on at once.
+        std::thread::yield_now();
         let mut next = Some(first);
         let mut taken = 0;
         while let Some(message) = next.take() {
