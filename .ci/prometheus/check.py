@@ -38,8 +38,9 @@ MESSAGE_KINDS = {
     "read", "stock", "config", "expire", "position", "channels", "reacquire",
 }
 
-# Label names a stockd metric may carry: all bounded (channels are configured).
-ALLOWED_LABELS = {"service", "method", "code", "channel", "outcome", "event", "shard", "kind", "le"}
+# Label names a stockd metric may carry: all bounded (channels are configured; shards and
+# logs are counted at start).
+ALLOWED_LABELS = {"service", "method", "code", "channel", "outcome", "event", "shard", "log", "kind", "le"}
 
 # family -> (type, labels it must carry besides le)
 REQUIRED_FAMILIES = {
@@ -57,7 +58,7 @@ REQUIRED_FAMILIES = {
     "stockd_snapshot_duration_seconds": ("histogram", set()),
     "stockd_recovery_duration_seconds": ("gauge", set()),
     "stockd_wal_fsync_duration_seconds": ("histogram", set()),
-    "stockd_wal_segments": ("gauge", set()),
+    "stockd_wal_segments": ("gauge", {"log"}),
     "stockd_shard_messages_total": ("counter", {"kind"}),
 }
 
