@@ -574,21 +574,26 @@ fn stream_records(recovered: &Recovered, stream: u32) -> Vec<(u64, Vec<u8>)> {
         .collect()
 }
 
-#[test]
-fn a_checkpoint_of_one_stream_keeps_what_another_still_needs() {
-    let disk = SimDisk::new(16);
+/// A shared log on `disk` where stream 1 wrote one record ("one") that no checkpoint
+/// covers, then stream 0 filled several segments, all covered by its checkpoint.
+fn busy_and_quiet_streams(disk: &SimDisk) -> (LogWriter, std::thread::JoinHandle<Log<SimDir>>) {
     let (log, _) = Log::open_shared(disk.dir("log"), small()).unwrap();
     let (writer, thread) = LogWriter::spawn(log, |_| {});
-    // Stream 1 writes one record that no checkpoint covers; stream 0 then fills several
-    // segments, and its checkpoint covers all of them.
     writer
-        .blocking_append_tagged(1, (1, 1), vec![b"stream 1, record 1".to_vec()])
+        .blocking_append_tagged(1, (1, 1), vec![b"one".to_vec()])
         .unwrap();
     for seq in 1..=200u64 {
         writer
             .blocking_append_tagged(1, (0, seq), vec![payload(seq, 1000)])
             .unwrap();
     }
+    (writer, thread)
+}
+
+#[test]
+fn a_checkpoint_of_one_stream_keeps_what_another_still_needs() {
+    let disk = SimDisk::new(16);
+    let (writer, thread) = busy_and_quiet_streams(&disk);
     let kept = writer.blocking_covered(0, 200).unwrap();
     assert_eq!(
         kept.recycled + kept.removed,
@@ -613,16 +618,7 @@ fn a_checkpoint_of_one_stream_keeps_what_another_still_needs() {
 #[test]
 fn a_shared_log_hands_each_stream_its_records_after_a_crash() {
     let disk = SimDisk::new(17);
-    let (log, _) = Log::open_shared(disk.dir("log"), small()).unwrap();
-    let (writer, thread) = LogWriter::spawn(log, |_| {});
-    writer
-        .blocking_append_tagged(1, (1, 1), vec![b"one".to_vec()])
-        .unwrap();
-    for seq in 1..=200u64 {
-        writer
-            .blocking_append_tagged(1, (0, seq), vec![payload(seq, 1000)])
-            .unwrap();
-    }
+    let (writer, thread) = busy_and_quiet_streams(&disk);
     writer.blocking_covered(0, 200).unwrap();
     drop(writer);
     drop(thread.join().unwrap());
