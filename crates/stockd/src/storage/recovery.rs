@@ -358,8 +358,8 @@ fn replay_all(
 type Mine<'a> = (u64, Lsn, &'a [u8]);
 
 /// One shard's records of a shared log after the sequence `covered`: (sequence, LSN,
-/// record), in order. The log's records were checked by `open_log`; here a gap between
-/// the checkpoint and the first record is refused.
+/// record), in order. A record without a tag, or a gap between the checkpoint and the
+/// shard's first record, is refused (`open_log` checks the rest of the log).
 fn mine<'a>(
     storage: &Storage,
     (log, shard): (u32, u32),
@@ -369,7 +369,12 @@ fn mine<'a>(
     let mut out = Vec::new();
     for r in records {
         let Some((tag, record)) = Tag::split(&r.payload) else {
-            unreachable!("open_log checked every tag of log {log}");
+            return Err(RecoveryError::Misplaced {
+                path: storage.data_dir.join("log"),
+                log,
+                lsn: r.lsn,
+                reason: "shorter than its tag".into(),
+            });
         };
         if tag.stream != shard || tag.seq <= covered {
             continue;
@@ -526,16 +531,6 @@ pub fn reload_shard(
     let log = log_of(shard, logs);
     let dir = storage.log_dir(generation, log)?;
     let found = log::read_shared_records(&dir).map_err(log_error(storage, log))?;
-    for r in &found.records {
-        if Tag::split(&r.payload).is_none() {
-            return Err(RecoveryError::Misplaced {
-                path: storage.data_dir.join("log"),
-                log,
-                lsn: r.lsn,
-                reason: "shorter than its tag".into(),
-            });
-        }
-    }
     let mine = mine(storage, (log, shard), covered, &found.records)?;
     replay(
         storage,
