@@ -147,11 +147,11 @@ impl ShardLog {
         records: Vec<Vec<u8>>,
     ) -> Result<Ticket, StorageError> {
         let (done, rx) = oneshot::channel();
-        let durable = self.durable_seq.clone();
+        let mark_durable = self.mark_durable();
         let last_seq = first_seq + records.len() as u64 - 1;
         let done = Completion::new(move |result: Result<Appended, LogError>| {
             if result.is_ok() {
-                durable.fetch_max(last_seq, Ordering::Release);
+                mark_durable(last_seq);
             }
             let _ = done.send(result);
         });
