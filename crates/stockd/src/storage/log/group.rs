@@ -126,7 +126,7 @@ impl LogWriter {
 
     /// Appends a batch and waits until it is durable.
     pub async fn append(&self, term: u64, payloads: Vec<Vec<u8>>) -> Result<Appended, LogError> {
-        let (message, rx) = append_message(term, payloads);
+        let (message, rx) = append_message(term, None, payloads);
         self.tx
             .send(message)
             .await
@@ -224,22 +224,18 @@ impl LogWriter {
         (stream, first_seq): (u32, u64),
         payloads: Vec<Vec<u8>>,
     ) -> Result<Appended, LogError> {
-        let (done, rx) = oneshot::channel();
-        let message = Message::Append {
-            term,
-            tag: Some((stream, first_seq)),
-            payloads,
-            done: Completion::oneshot(done),
-        };
-        self.tx
-            .blocking_send(message)
-            .map_err(|_| LogError::WriterStopped)?;
-        rx.blocking_recv().map_err(|_| LogError::WriterStopped)?
+        self.blocking_append_message(append_message(term, Some((stream, first_seq)), payloads))
     }
 
     /// `append` for callers outside the runtime (tests, tools).
     pub fn blocking_append(&self, term: u64, payloads: Vec<Vec<u8>>) -> Result<Appended, LogError> {
-        let (message, rx) = append_message(term, payloads);
+        self.blocking_append_message(append_message(term, None, payloads))
+    }
+
+    fn blocking_append_message(
+        &self,
+        (message, rx): (Message, oneshot::Receiver<Result<Appended, LogError>>),
+    ) -> Result<Appended, LogError> {
         self.tx
             .blocking_send(message)
             .map_err(|_| LogError::WriterStopped)?;
@@ -357,12 +353,13 @@ fn commit<D: LogDir>(
 /// An append message and the receiver its completion arrives on.
 fn append_message(
     term: u64,
+    tag: Option<(u32, u64)>,
     payloads: Vec<Vec<u8>>,
 ) -> (Message, oneshot::Receiver<Result<Appended, LogError>>) {
     let (done, rx) = oneshot::channel();
     let message = Message::Append {
         term,
-        tag: None,
+        tag,
         payloads,
         done: Completion::oneshot(done),
     };
