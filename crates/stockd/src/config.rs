@@ -357,18 +357,16 @@ impl ServerConfig {
             events: crate::storage::events::EventsConfig::default(),
         }
     }
+
+    /// The number of logs: as set, or one per core; never more than the shards.
+    pub fn logs(&self) -> u32 {
+        self.logs.unwrap_or_else(cores).clamp(1, self.shards.max(1))
+    }
 }
 
 /// The cores this process may run on (its CPU affinity counts).
 fn cores() -> u32 {
     std::thread::available_parallelism().map_or(limits::SHARDS_FALLBACK, |n| n.get() as u32)
-}
-
-impl ServerConfig {
-    /// The number of logs: as set, or one per core; never more than the shards.
-    pub fn logs(&self) -> u32 {
-        self.logs.unwrap_or_else(cores).clamp(1, self.shards.max(1))
-    }
 }
 
 impl ServeArgs {
