@@ -32,24 +32,23 @@ pub struct LogFrame {
     pub payload: Vec<u8>,
 }
 
-/// The log a shard of a stopped server's folder writes to.
-pub fn shard_log(data: &Path, shard: u32) -> u32 {
-    let storage = Storage::open(&StorageBackend::Real, data, Default::default())
-        .expect("open the data folder");
-    let meta = recovery::read_meta(&storage)
-        .expect("read the layout record")
-        .expect("the folder has a layout");
-    recovery::log_of(shard, meta.logs)
-}
-
-/// The generation (shard layout) a stopped server's folder uses.
-pub fn generation(data: &Path) -> u32 {
+/// The layout record of a stopped server's folder.
+fn layout(data: &Path) -> recovery::Meta {
     let storage = Storage::open(&StorageBackend::Real, data, Default::default())
         .expect("open the data folder");
     recovery::read_meta(&storage)
         .expect("read the layout record")
         .expect("the folder has a layout")
-        .generation
+}
+
+/// The log a shard of a stopped server's folder writes to.
+pub fn shard_log(data: &Path, shard: u32) -> u32 {
+    recovery::log_of(shard, layout(data).logs)
+}
+
+/// The generation (shard layout) a stopped server's folder uses.
+pub fn generation(data: &Path) -> u32 {
+    layout(data).generation
 }
 
 /// The folder of one log.
