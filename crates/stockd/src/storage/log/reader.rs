@@ -146,9 +146,9 @@ pub(crate) fn scan<D: LogDir>(dir: &D, covered: Option<Lsn>) -> Result<Scan, Log
     if let Some(next) = next_lsn {
         recovered.last_lsn = next - 1;
         recovered.last_term = last_term;
-        if covered.is_none() {
-            // A shared log: its streams check their own sequences.
-        } else if after + 1 < recovered.first_lsn {
+        // A shared log starts `after` at its first record: both checks then pass, and its
+        // streams check their own sequences.
+        if after + 1 < recovered.first_lsn {
             return Err(LogError::Missing {
                 wanted: after + 1,
                 first: recovered.first_lsn,
