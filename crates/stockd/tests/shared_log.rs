@@ -36,8 +36,7 @@ fn product_of(shard: usize) -> String {
         .expect("a product of each shard")
 }
 
-async fn reserve(grpc: std::net::SocketAddr, hold_ref: &str, product: &str) {
-    let mut inv = client::inventory(grpc);
+async fn reserve(inv: &mut client::Inv, hold_ref: &str, product: &str) {
     let lines = [(product, LOC, 1)];
     let r = inv
         .reserve(reserve_request(hold_ref, WEB, &lines, 3600))
@@ -49,8 +48,9 @@ async fn reserve(grpc: std::net::SocketAddr, hold_ref: &str, product: &str) {
 
 /// `n` one-line holds of `product`.
 async fn holds(grpc: std::net::SocketAddr, prefix: &str, product: &str, n: usize) {
+    let mut inv = client::inventory(grpc);
     for i in 0..n {
-        reserve(grpc, &format!("{prefix}-{i}"), product).await;
+        reserve(&mut inv, &format!("{prefix}-{i}"), product).await;
     }
 }
 
@@ -79,13 +79,13 @@ async fn a_busy_shards_checkpoints_keep_a_quiet_shards_records() {
         vec![count(&busy, LOC, 1_000_000, t), count(&quiet, LOC, 100, t)],
     )
     .await;
-    reserve(server.grpc, "quiet-1", &quiet).await;
+    reserve(&mut client::inventory(server.grpc), "quiet-1", &quiet).await;
     holds(server.grpc, "busy-1", &busy, BUSY_HOLDS).await;
     server.stop().await;
     assert_active(&world, "quiet-1", "written in the same run").await;
 
     let server = sim::run(config(&world)).await.expect("restart");
-    reserve(server.grpc, "quiet-2", &quiet).await;
+    reserve(&mut client::inventory(server.grpc), "quiet-2", &quiet).await;
     server.stop().await;
     // Now only recovery knows where quiet-2's record lies.
     let server = sim::run(config(&world)).await.expect("restart");
