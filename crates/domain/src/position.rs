@@ -222,6 +222,12 @@ impl Position {
 pub(crate) struct PositionTable {
     index: rustc_hash::FxHashMap<(Sym, Sym), u32>,
     slots: Vec<((Sym, Sym), Position)>,
+    /// Each product's positions as a list through the slots: the product's last slot and
+    /// its position count here, then `next[slot]` the product's slot before it
+    /// (`NO_SLOT` ends it). A read of one product at many locations (a network read)
+    /// walks its list instead of looking up every (product, location) pair.
+    by_product: rustc_hash::FxHashMap<Sym, (u32, u32)>,
+    next: Vec<u32>,
     /// Keys handed out for change since the last `take_touched`: lets the shard know which
     /// positions a write changed without the engine knowing why it is asked.
     touched: Vec<(Sym, Sym)>,
@@ -229,6 +235,9 @@ pub(crate) struct PositionTable {
     /// apart from `touched`, which the shard drains on its own schedule for reads.
     changed: rustc_hash::FxHashSet<(Sym, Sym)>,
 }
+
+/// The end of a product's list of slots (`PositionTable::next`).
+const NO_SLOT: u32 = u32::MAX;
 
 /// The slot of a key, as `HashMap::entry` gives it.
 pub(crate) struct PositionEntry<'a> {
@@ -244,15 +253,7 @@ impl<'a> PositionEntry<'a> {
         table.changed.insert(self.key);
         let slot = match table.index.get(&self.key) {
             Some(i) => *i as usize,
-            None => {
-                let i = table.slots.len();
-                table.index.insert(
-                    self.key,
-                    u32::try_from(i).expect("at most 2^32 positions per shard"),
-                );
-                table.slots.push((self.key, Position::default()));
-                i
-            }
+            None => table.push(self.key, Position::default()),
         };
         &mut table.slots[slot].1
     }
@@ -312,16 +313,48 @@ impl PositionTable {
         match self.index.get(&key) {
             Some(i) => self.slots[*i as usize].1 = position,
             None => {
-                let i = u32::try_from(self.slots.len()).expect("at most 2^32 positions per shard");
-                self.index.insert(key, i);
-                self.slots.push((key, position));
+                self.push(key, position);
             }
         }
+    }
+
+    /// A new slot for a key not in the table, filed in the index and its product's list.
+    fn push(&mut self, key: (Sym, Sym), position: Position) -> usize {
+        let i = self.slots.len();
+        let slot = u32::try_from(i).expect("at most 2^32 positions per shard");
+        assert!(slot != NO_SLOT, "at most 2^32 - 1 positions per shard");
+        self.index.insert(key, slot);
+        self.slots.push((key, position));
+        let (last, count) = self.by_product.entry(key.0).or_insert((NO_SLOT, 0));
+        self.next.push(*last);
+        *last = slot;
+        *count += 1;
+        i
+    }
+
+    /// How many positions `product` has here.
+    pub fn product_len(&self, product: Sym) -> usize {
+        self.by_product
+            .get(&product)
+            .map_or(0, |(_, n)| *n as usize)
+    }
+
+    /// Every position of `product` here, newest first.
+    pub fn of_product(&self, product: Sym) -> impl Iterator<Item = (&(Sym, Sym), &Position)> + '_ {
+        let mut at = self.by_product.get(&product).map_or(NO_SLOT, |(s, _)| *s);
+        std::iter::from_fn(move || {
+            (at != NO_SLOT).then(|| {
+                let (key, pos) = &self.slots[at as usize];
+                at = self.next[at as usize];
+                (key, pos)
+            })
+        })
     }
 
     pub fn reserve(&mut self, additional: usize) {
         self.index.reserve(additional);
         self.slots.reserve_exact(additional);
+        self.next.reserve_exact(additional);
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &(Sym, Sym)> + '_ {

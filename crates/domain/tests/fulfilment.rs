@@ -435,29 +435,29 @@ proptest! {
                 .sum();
             let want: i64 = (0..n).map(|i| reference_ats(&model, i, counts[i])).sum();
             prop_assert_eq!(got, want, "channel {}", channel_ref);
-            // The batched read answers what the per-key read answers, pair for pair,
-            // unknown refs included.
-            let products = ["SKU".to_string(), "NONE".to_string()];
-            let mut refs: Vec<String> = (0..n).map(loc).collect();
+            // The grid read answers what the per-key read answers, pair for pair, unknown
+            // refs included: over every location (walking the product's positions) and
+            // over one (looking each location up).
+            let products = ["NONE".to_string(), "SKU".to_string()];
+            let mut refs: Vec<String> = (0..n).rev().map(loc).collect();
             refs.push("NOWHERE".into());
-            let pairs: Vec<(u32, u32)> = (0..refs.len() as u32)
-                .rev()
-                .flat_map(|l| [(0, l), (1, l)])
-                .collect();
-            let mut keys = 0;
-            let grid = engine
-                .availability_grid(&channel_ref, &products, &refs, &pairs, |_| keys += 1)
-                .unwrap();
-            let per_key: Vec<i64> = pairs
-                .iter()
-                .map(|&(p, l)| {
-                    engine
-                        .availability(&channel_ref, &products[p as usize], &refs[l as usize])
-                        .unwrap()
-                })
-                .collect();
-            prop_assert_eq!(grid, per_key);
-            prop_assert_eq!(keys, n, "one key per pair of known refs");
+            for refs in [&refs[..], &refs[..1], &refs[n..]] {
+                let mut keys = 0;
+                let sparse = engine
+                    .availability_grid(&channel_ref, &products, refs, |_| keys += 1)
+                    .unwrap();
+                let mut grid = vec![0; products.len() * refs.len()];
+                for &(at, q) in &sparse {
+                    prop_assert_eq!(grid[at], 0, "one answer per pair");
+                    grid[at] = q;
+                }
+                let per_key: Vec<i64> = (products.iter())
+                    .flat_map(|p| refs.iter().map(move |l| (p, l)))
+                    .map(|(p, l)| engine.availability(&channel_ref, p, l).unwrap())
+                    .collect();
+                prop_assert_eq!(grid, per_key);
+                prop_assert_eq!(keys, sparse.len(), "one key per position read");
+            }
         }
     }
 }
@@ -467,7 +467,7 @@ fn a_grid_read_of_an_unknown_channel_is_not_found() {
     let engine = Engine::new(Settings::default());
     let refs = ["A".to_string()];
     assert_eq!(
-        engine.availability_grid("WEB", &refs, &refs, &[(0, 0)], |_| {}),
+        engine.availability_grid("WEB", &refs, &refs, |_| {}),
         Err(Error::UnknownChannel("WEB".into()))
     );
 }

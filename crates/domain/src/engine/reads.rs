@@ -81,53 +81,66 @@ impl Engine {
         Ok(self.ats(ci, product, location, None, 0))
     }
 
-    /// The ATS of a channel at each (product, location) pair, as `availability` answers
-    /// it, in pair order: a pair is (index into `products`, index into `locations`), so a
-    /// cart's lines over a network's members cost one ref lookup per product and location
-    /// instead of two per pair. `key` sees the position key of every pair whose refs are
-    /// both known (for the shard's check that no pending write touched them), also when
-    /// the channel is unknown.
+    /// The ATS of a channel over the grid `products` × `locations` (distinct refs), as
+    /// `availability` answers it, for every pair where this engine keeps a position: (p ×
+    /// `locations.len()` + l, ATS), in no set order. Every other pair's ATS is 0 (no
+    /// position here, an unknown ref, or a location the channel does not sell from), so
+    /// the shards' answers together are the whole grid. A product with few positions here
+    /// is read by walking its positions (`PositionTable::of_product`), one with many by
+    /// looking up each location: a network read costs one ref lookup per product and
+    /// location, never one per pair. `key` sees the key of every position read (for the
+    /// shard's check that no pending write touched it).
     pub fn availability_grid(
         &self,
         channel_ref: &str,
         products: &[String],
         locations: &[String],
-        pairs: &[(u32, u32)],
         mut key: impl FnMut((Sym, Sym)),
-    ) -> Result<Vec<i64>, Error> {
-        let ci = self.channel_index(channel_ref);
-        // Per product its category, per location whether the channel sells there: what
-        // `ats` would work out again for every pair.
-        let products: Vec<Option<(Sym, Option<Sym>)>> = (products.iter())
-            .map(|p| self.interner.get(p).map(|s| (s, self.category_of(s, None))))
-            .collect();
-        let mut places: Vec<Option<Option<(Sym, bool)>>> = vec![None; locations.len()];
-        // First every pair's position, then every ATS: the position lookups (cache misses
-        // at random places of the table) are independent, and a loop of nothing else lets
-        // the processor wait for several at once.
-        let mut found = Vec::with_capacity(pairs.len());
-        for &(p, l) in pairs {
-            let location = *places[l as usize].get_or_insert_with(|| {
-                let sym = self.interner.get(&locations[l as usize])?;
-                Some((sym, ci.as_ref().is_ok_and(|&ci| self.sells_at(ci, sym))))
-            });
-            let at = match (products[p as usize], location) {
-                (Some((product, category)), Some((location, sells))) => {
-                    key((product, location));
-                    let pos = sells.then(|| self.positions.get(&(product, location)));
-                    pos.flatten().map(|pos| (pos, product, location, category))
-                }
-                _ => None,
-            };
-            found.push(at);
+    ) -> Result<Vec<(usize, i64)>, Error> {
+        let ci = self.channel_index(channel_ref)?;
+        let width = locations.len();
+        // The column of each location the channel sells from: the others stay 0.
+        let mut columns = rustc_hash::FxHashMap::default();
+        columns.reserve(width);
+        for (l, location) in locations.iter().enumerate() {
+            let sym = self.interner.get(location);
+            if let Some(sym) = sym.filter(|&sym| self.sells_at(ci, sym)) {
+                columns.insert(sym, l);
+            }
         }
-        let ci = ci?;
+        // First every position, then every ATS: the positions' cache misses are
+        // independent, and a loop of nothing else lets the processor wait for several.
+        let mut found = Vec::new();
+        for (p, product) in products.iter().enumerate() {
+            let Some(product) = self.interner.get(product) else {
+                continue;
+            };
+            let category = self.category_of(product, None);
+            let row = |(location, l, pos)| (p * width + l, pos, (product, location), category);
+            if self.positions.product_len(product) <= 2 * columns.len() {
+                let of_product = self.positions.of_product(product);
+                found.extend(
+                    of_product
+                        .filter_map(|(&(_, location), pos)| {
+                            Some((location, *columns.get(&location)?, pos))
+                        })
+                        .map(row),
+                );
+            } else {
+                found.extend(
+                    (columns.iter())
+                        .filter_map(|(&location, &l)| {
+                            Some((location, l, self.positions.get(&(product, location))?))
+                        })
+                        .map(row),
+                );
+            }
+        }
         Ok(found
             .into_iter()
-            .map(|at| {
-                at.map_or(0, |(pos, p, l, category)| {
-                    self.ats_of(ci, pos, p, l, category, 0)
-                })
+            .map(|(at, pos, (p, l), category)| {
+                key((p, l));
+                (at, self.ats_of(ci, pos, p, l, category, 0))
             })
             .collect())
     }

@@ -317,11 +317,10 @@ impl ShardActor {
                 channel_ref,
                 products,
                 locations,
-                pairs,
                 respond,
             } => {
                 let lists = (products.as_ref(), locations.as_ref());
-                self.availability_grid(&channel_ref, lists, &pairs, respond, replies);
+                self.availability_grid(&channel_ref, lists, respond, replies);
             }
             Msg::Position {
                 product_ref,
@@ -463,14 +462,13 @@ impl ShardActor {
         &mut self,
         channel_ref: &str,
         (products, locations): (&[String], &[String]),
-        pairs: &[(u32, u32)],
-        respond: Respond<Vec<i64>>,
+        respond: Respond<Vec<(usize, i64)>>,
         replies: &mut Vec<Reply>,
     ) {
         let (dirty, mut clean) = (&self.dirty, self.dirty_all == 0);
         let result = self
             .engine
-            .availability_grid(channel_ref, products, locations, pairs, |k| {
+            .availability_grid(channel_ref, products, locations, |k| {
                 clean &= !dirty.contains_key(&k)
             })
             .map_err(ShardError::Domain);

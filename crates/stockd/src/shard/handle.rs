@@ -58,14 +58,14 @@ pub(crate) enum Msg {
         keys: Vec<(usize, String, String)>,
         respond: Respond<Vec<(usize, i64)>>,
     },
-    /// ATS of a channel at (product, location) pairs, indices into the two lists (shared
-    /// by every shard a network read goes to), answered in pair order.
+    /// ATS of a channel over the grid of two lists (shared by every shard a network read
+    /// goes to), answered for the pairs where the shard keeps a position
+    /// (`Engine::availability_grid`).
     AvailabilityGrid {
         channel_ref: String,
         products: Arc<[String]>,
         locations: Arc<[String]>,
-        pairs: Vec<(u32, u32)>,
-        respond: Respond<Vec<i64>>,
+        respond: Respond<Vec<(usize, i64)>>,
     },
     Position {
         product_ref: String,
@@ -243,20 +243,18 @@ impl ShardHandle {
         .await
     }
 
-    /// ATS of a channel at each (product, location) pair of `pairs` (indices into
-    /// `products` and `locations`), in pair order.
+    /// ATS of a channel over the grid `products` × `locations` at the pairs where this
+    /// shard keeps a position, as (product index × `locations.len()` + location index, ATS).
     pub async fn availability_grid(
         &self,
         channel_ref: String,
         products: Arc<[String]>,
         locations: Arc<[String]>,
-        pairs: Vec<(u32, u32)>,
-    ) -> Result<Vec<i64>, ShardError> {
+    ) -> Result<Vec<(usize, i64)>, ShardError> {
         self.call(|respond| Msg::AvailabilityGrid {
             channel_ref,
             products,
             locations,
-            pairs,
             respond,
         })
         .await

@@ -5,17 +5,18 @@
 //! The router keeps a copy of the channels, locations and networks (`NetworkView`), read
 //! from shard 0 on first use under the configuration lock and dropped by every
 //! configuration change, so a network read costs no extra message. The ATS of the
-//! (product, location) pairs goes to the shards that own them, one message per involved
-//! shard carrying the product and location lists once (shared) and the pairs as indices
-//! (`ats_grid`): a 5-line cart over 50 locations is 250 pairs, and owned key strings for
-//! each were most of the read's cost. A fulfilment's reserve goes through `Router::reserve`, plan after plan.
+//! (product, location) pairs is one message per shard that may own one, carrying the
+//! product and location lists once (shared), and each shard answers for the positions it
+//! keeps (`ats_grid`): a 5-line cart over 50 locations is 250 pairs, and owned key strings
+//! for each, then hashing each to its shard, were most of the read's cost. A fulfilment's
+//! reserve goes through `Router::reserve`, plan after plan.
 
 use std::sync::{Arc, Mutex};
 
 use futures::future::join_all;
 use rustc_hash::FxHashMap;
 
-use super::Router;
+use super::{Router, shard_of};
 use crate::shard::handle::ShardError;
 use stockd_domain::fulfilment::{self, Candidate, Delivery, FulfilAnswer, FulfilRequest, Plan};
 use stockd_domain::network::{NetworkAts, sum_network, validate_network_read};
@@ -173,8 +174,11 @@ impl Router {
 
     /// The ATS of `channel_ref` at every (product, location), product-major (the ATS of
     /// `products[p]` at `locations[l]` at `p * locations.len() + l`): one message per
-    /// shard that owns a pair, carrying both lists once and the pairs as indices. The
-    /// caller validated the refs and bounded the lists.
+    /// shard that may own a pair, carrying both lists once; each shard answers for the
+    /// positions it keeps. A grid of at least `GRID_PAIRS_PER_SHARD_ASK_ALL` pairs per
+    /// shard goes to every shard without hashing a pair (nearly every shard owns one); a
+    /// smaller one only to the shards of its pairs. The caller validated the refs and
+    /// bounded the lists; `locations` are distinct.
     pub(crate) async fn ats_grid(
         &self,
         channel_ref: &str,
@@ -182,33 +186,29 @@ impl Router {
         locations: Arc<[String]>,
     ) -> Result<Vec<i64>, ShardError> {
         let n = self.shards.len();
-        let width = locations.len();
-        let mut by_shard: Vec<Vec<(u32, u32)>> = vec![Vec::new(); n];
-        for (p, product) in products.iter().enumerate() {
-            // `shard_of`'s hash, with the product's part computed once per product.
-            let prefix = fnv_continue(FNV_OFFSET, product.as_bytes());
-            for (l, location) in locations.iter().enumerate() {
-                let shard = shard_of_hash(fnv_continue(prefix, location.as_bytes()), n);
-                by_shard[shard].push((p as u32, l as u32));
+        let cells = products.len() * locations.len();
+        let every = cells >= n * GRID_PAIRS_PER_SHARD_ASK_ALL;
+        let mut asked = vec![every; n];
+        if !every {
+            for product in products.iter() {
+                for location in locations.iter() {
+                    asked[shard_of(product, location, n)] = true;
+                }
             }
         }
-        let calls = by_shard
-            .iter()
-            .enumerate()
-            .filter(|(_, pairs)| !pairs.is_empty())
-            .map(|(s, pairs)| {
-                let answer = self.shards[s].availability_grid(
+        let calls = (self.shards.iter().zip(&asked))
+            .filter(|(_, asked)| **asked)
+            .map(|(shard, _)| {
+                shard.availability_grid(
                     channel_ref.to_string(),
                     products.clone(),
                     locations.clone(),
-                    pairs.clone(),
-                );
-                async move { (pairs, answer.await) }
+                )
             });
-        let mut out = vec![0; products.len() * width];
-        for (pairs, answer) in join_all(calls).await {
-            for (&(p, l), q) in pairs.iter().zip(answer?) {
-                out[p as usize * width + l as usize] = q;
+        let mut out = vec![0; cells];
+        for answer in join_all(calls).await {
+            for (at, q) in answer? {
+                out[at] = q;
             }
         }
         Ok(out)
@@ -328,48 +328,7 @@ impl Router {
     }
 }
 
-/// FNV-1a's start: `fnv_continue` over a product then a location is `shard_of`'s hash.
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-
-/// `stockd_domain::refs::fnv1a` continued over one more part (its bytes, then the
-/// separator), so a network read hashes each product once instead of once per location.
-fn fnv_continue(mut hash: u64, part: &[u8]) -> u64 {
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    for byte in part {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(PRIME);
-    }
-    (hash ^ 0xff).wrapping_mul(PRIME)
-}
-
-/// `shard_of` from its hash: `hash % shards`, without a 64-bit division per pair when
-/// the shard count is a power of two.
-fn shard_of_hash(hash: u64, shards: usize) -> usize {
-    if shards.is_power_of_two() {
-        (hash & (shards as u64 - 1)) as usize
-    } else {
-        (hash % shards as u64) as usize
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::shard::router::shard_of;
-
-    /// The network read sends each pair to the shard that owns it.
-    #[test]
-    fn the_grid_hash_is_shard_of() {
-        for (p, l) in [
-            ("SKU-1", "DC1"),
-            ("", "x"),
-            ("p-123456789", ""),
-            ("ab", "c"),
-        ] {
-            let hash = fnv_continue(fnv_continue(FNV_OFFSET, p.as_bytes()), l.as_bytes());
-            for n in 1..=8 {
-                assert_eq!(shard_of_hash(hash, n), shard_of(p, l, n), "{p} {l} {n}");
-            }
-        }
-    }
-}
+/// A network read of at least this many (product, location) pairs per shard asks every
+/// shard: with pairs spread by hash, at 4 a shard owns none of them with a chance of about
+/// e⁻⁴ (2%), and hashing every pair to find out would cost more than that shard's answer.
+const GRID_PAIRS_PER_SHARD_ASK_ALL: usize = 4;
