@@ -159,6 +159,13 @@ pub const H2_FRAME_BYTES_MAX: u32 = 16 << 10;
 /// hyper's buffers (tens of KiB) and, with TLS, rustls' (about 34 KiB).
 pub const CONNECTIONS_MAX: usize = 4_096;
 
+/// A connection's gathered writes (`grpc::gather`): answers wait here for one turn of the
+/// connection's task, then leave in one write; a write that would pass it sends the
+/// buffer first. Kept allocated per connection once used, so at most
+/// `CONNECTIONS_MAX` × 16 KiB (64 MiB) in all; a write of a whole buffer or more (a full
+/// `H2_FRAME_BYTES_MAX` frame) goes straight to the socket after it.
+pub const CONN_WRITE_BUFFER_BYTES: usize = 16 << 10;
+
 /// How often HTTP/2 pings an idle connection, and how long it waits for the answer before
 /// it closes it: a peer that vanished (no FIN) gives its connection slot back within
 /// their sum.

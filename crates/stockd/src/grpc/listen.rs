@@ -23,6 +23,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
+use super::gather::Gathered;
 use super::identity::cert_names;
 use super::reload::Watched;
 use crate::limits::{
@@ -40,7 +41,7 @@ pub struct Peer {
 
 /// An accepted connection, plaintext or TLS, holding its slot of `CONNECTIONS_MAX`.
 pub struct Conn {
-    io: Io,
+    io: Gathered<Io>,
     peer: Peer,
     _slot: OwnedSemaphorePermit,
 }
@@ -110,7 +111,7 @@ pub fn incoming(
                     cert_names: Arc::from([]),
                 };
                 let conn = Conn {
-                    io: Io::Plain(tcp),
+                    io: Gathered::new(Io::Plain(tcp)),
                     peer,
                     _slot: slot,
                 };
@@ -165,7 +166,7 @@ impl Handshake {
             .map(|leaf| cert_names(leaf))
             .unwrap_or_default();
         let conn = Conn {
-            io: Io::Tls(Box::new(stream)),
+            io: Gathered::new(Io::Tls(Box::new(stream))),
             peer: Peer {
                 remote,
                 cert_names: names.into(),
@@ -182,56 +183,68 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
-            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
     }
 }
 
+/// Writes go through `Gathered`, which says it does not write vectored (so that h2 copies
+/// small payloads into its buffer) and sends one turn's frames in one write.
 impl AsyncWrite for Conn {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().io {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().io {
-            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    /// Always false, on purpose. h2 copies a DATA frame's payload into its write buffer
-    /// only below a "chain threshold" (256 bytes when the socket says it writes vectored,
-    /// 1,024 when it does not); a larger payload is chained, and nothing more is buffered
-    /// until it is flushed. A Reserve or a 3-key GetAvailability answer is 250–600 bytes,
-    /// so with vectored writes each answer cost one `writev` of its own (1.1 a request,
-    /// against 0.1 when answers share a write), and the loopback TCP that comes with it.
-    /// Answers up to 1 KiB now leave together, many to a `write`.
-    fn is_write_vectored(&self) -> bool {
-        false
-    }
-
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
+        match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_flush(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
+        match self.get_mut() {
             Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }

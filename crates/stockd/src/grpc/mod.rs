@@ -9,7 +9,8 @@
 //! - `observe`: the span and latency histogram around every RPC.
 //! - `decode`: a request body tonic cannot decode answers INVALID_ARGUMENT, not INTERNAL.
 //! - `overload`: the concurrency limit and load shedding (tower layers) before the services.
-//! - `listen`: accepting connections: the connection bound, TLS handshakes, `Peer`.
+//! - `listen`: accepting connections: the connection bound, TLS handshakes, `Peer`;
+//!   `gather`: a connection's writes gathered into one `write` per turn of its task.
 //! - `tls`: rustls' server configuration from PEM files; `reload`: files re-read on change.
 //! - `identity`: client certificate names, bearer tokens; `policy`: the `--auth-policy`
 //!   file; `access`: the policy's checks (method before the service, channel in handlers).
@@ -21,6 +22,7 @@ pub mod admin;
 pub mod convert;
 pub mod decode;
 pub mod events;
+pub mod gather;
 pub mod history;
 pub mod holds_query;
 pub mod identity;
