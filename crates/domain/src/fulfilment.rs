@@ -15,14 +15,16 @@
 //! quantity only when no location can take it whole. It can miss a split plan an
 //! exhaustive search would find; it never offers one that does not cover the cart.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
+use std::hash::{Hash, Hasher};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::limits::{
     FULFIL_LINES_MAX, FULFIL_PLAN_LOCATIONS_MAX, FULFIL_PLANS_MAX, FULFIL_SEARCH_STARTS_MAX,
-    HOLD_QUANTITY_MAX,
+    HOLD_QUANTITY_MAX, LOCATIONS_MAX,
 };
 use crate::network::{LocationConfig, NetworkSnap};
 use crate::request::check_ref_field;
@@ -154,10 +156,12 @@ impl FulfilRequest {
     }
 }
 
-/// A location the search may use: its rank fields and the ATS of each line there.
+/// A location the search may use: its rank fields and the ATS of each line there. The
+/// ref is borrowed from the network's configuration where the caller has it, so that
+/// a read over 50 locations copies only the refs of the plans it answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Candidate {
-    pub location_ref: String,
+pub struct Candidate<'a> {
+    pub location_ref: Cow<'a, str>,
     pub priority: u32,
     /// Using it for click & collect needs a transfer to the store.
     pub transfer: bool,
@@ -249,7 +253,7 @@ pub fn eligible<'a>(
 /// runs up to 32 greedy searches, and most of what they find is ranked out.
 pub fn plans(
     quantities: &[i64],
-    candidates: &[Candidate],
+    candidates: &[Candidate<'_>],
     allow_split: bool,
     max_plans: usize,
 ) -> Vec<Plan> {
@@ -259,7 +263,7 @@ pub fn plans(
     let whole: Vec<bool> = (0..count)
         .map(|k| quantities.iter().zip(search.ats(k)).all(|(q, a)| a >= q))
         .collect();
-    let mut found = Found::default();
+    let mut found = Found::with_capacity(count + FULFIL_SEARCH_STARTS_MAX, quantities.len());
     let mut draft = Draft::default();
     for k in (0..count).filter(|&k| whole[k]) {
         draft.clear();
@@ -291,7 +295,7 @@ pub fn plans(
 
 /// For each line: (line, requested, available over every candidate) where the
 /// candidates together have less than requested: a stockout's detail.
-pub fn shortfall(quantities: &[i64], candidates: &[Candidate]) -> Vec<(usize, i64, i64)> {
+pub fn shortfall(quantities: &[i64], candidates: &[Candidate<'_>]) -> Vec<(usize, i64, i64)> {
     (0..quantities.len())
         .map(|i| (i, quantities[i], candidates.iter().map(|c| c.ats[i]).sum()))
         .filter(|(_, want, have)| have < want)
@@ -300,7 +304,7 @@ pub fn shortfall(quantities: &[i64], candidates: &[Candidate]) -> Vec<(usize, i6
 
 /// The total available of each line over every candidate (the stockout signal's
 /// "available" when the cart cannot be served whole).
-pub fn available(quantities: &[i64], candidates: &[Candidate]) -> Vec<i64> {
+pub fn available(quantities: &[i64], candidates: &[Candidate<'_>]) -> Vec<i64> {
     (0..quantities.len())
         .map(|i| candidates.iter().map(|c| c.ats[i]).sum())
         .collect()
@@ -330,7 +334,7 @@ impl Draft {
 struct Search<'a> {
     quantities: &'a [i64],
     /// The candidates by (transfer, priority, ref): the search's preference.
-    order: Vec<&'a Candidate>,
+    order: Vec<&'a Candidate<'a>>,
     /// `order[k]`'s ATS of line i at `ats[k * lines + i]`.
     ats: Vec<i64>,
     /// `order[k]`'s place by (ref, priority, transfer): how a plan's parts are sorted.
@@ -338,34 +342,41 @@ struct Search<'a> {
 }
 
 impl<'a> Search<'a> {
-    fn new(quantities: &'a [i64], candidates: &'a [Candidate]) -> Self {
+    fn new(quantities: &'a [i64], candidates: &'a [Candidate<'a>]) -> Self {
         let ref_key = |i: usize| {
             let c = &candidates[i];
-            (&c.location_ref, c.priority, c.transfer)
+            (c.location_ref.as_ref(), c.priority, c.transfer)
         };
         let mut places: Vec<usize> = (0..candidates.len()).collect();
         // Candidates usually come by ref (`NetworkSnap::members`): one pass checks it.
         if !places.is_sorted_by(|&a, &b| ref_key(a) <= ref_key(b)) {
             places.sort_by(|&a, &b| ref_key(a).cmp(&ref_key(b)));
         }
-        let mut place_of = vec![0u32; candidates.len()];
-        for (place, &i) in places.iter().enumerate() {
-            place_of[i] = place as u32;
+        // (transfer, priority, place) packed in one word, so that the sort compares
+        // integers; the place stands for the ref and, among equal refs, for the
+        // candidate order, and makes every key distinct.
+        let mut keys: Vec<u64> = places
+            .iter()
+            .enumerate()
+            .map(|(place, &i)| order_key(&candidates[i], place))
+            .collect();
+        keys.sort_unstable();
+        let n = quantities.len();
+        let mut ats = Vec::with_capacity(keys.len() * n);
+        let mut by_ref = Vec::with_capacity(keys.len());
+        let mut order = Vec::with_capacity(keys.len());
+        for key in keys {
+            let place = (key & PLACE_MASK) as usize;
+            let c = &candidates[places[place]];
+            ats.extend_from_slice(&c.ats);
+            by_ref.push(place as u32);
+            order.push(c);
         }
-        // (transfer, priority, ref), ties in candidate order: the place stands for the
-        // ref and, among equal refs, for the candidate order.
-        let mut order: Vec<usize> = (0..candidates.len()).collect();
-        order.sort_unstable_by_key(|&i| {
-            (candidates[i].transfer, candidates[i].priority, place_of[i])
-        });
         Search {
             quantities,
-            ats: order
-                .iter()
-                .flat_map(|&i| candidates[i].ats.iter().copied())
-                .collect(),
-            by_ref: order.iter().map(|&i| place_of[i]).collect(),
-            order: order.into_iter().map(|i| &candidates[i]).collect(),
+            order,
+            ats,
+            by_ref,
         }
     }
 
@@ -455,16 +466,29 @@ impl<'a> Search<'a> {
 }
 
 /// The distinct plans found, in the order found, parts sorted by ref: all in one pair
-/// of arrays (`all`), each plan a range of its parts.
+/// of arrays (`all`), each plan a range of its parts, with a hash of it so that telling
+/// a new plan from those found compares their contents only when the hashes match.
 #[derive(Default)]
 struct Found {
     all: Draft,
     drafts: Vec<std::ops::Range<usize>>,
+    hashes: Vec<u64>,
     /// Scratch: the draft being pushed, its parts sorted.
     sorted: Draft,
 }
 
 impl Found {
+    /// Room for `plans` plans of two parts over `lines` lines, so that most searches
+    /// never grow the arrays.
+    fn with_capacity(plans: usize, lines: usize) -> Self {
+        let mut found = Found::default();
+        found.drafts.reserve(plans);
+        found.hashes.reserve(plans);
+        found.all.parts.reserve(2 * plans);
+        found.all.quantities.reserve(2 * plans * lines);
+        found
+    }
+
     fn push(&mut self, search: &Search, draft: &Draft) {
         let n = search.quantities.len();
         // A draft has at most `FULFIL_PLAN_LOCATIONS_MAX` parts (`Search::greedy`).
@@ -479,35 +503,52 @@ impl Found {
             let row = &draft.quantities[j * n..(j + 1) * n];
             self.sorted.push(draft.parts[j], row);
         }
+        let hash = {
+            let mut h = rustc_hash::FxHasher::default();
+            self.sorted.parts.hash(&mut h);
+            self.sorted.quantities.hash(&mut h);
+            h.finish()
+        };
         let (all, sorted) = (&self.all, &self.sorted);
-        let same = |r: &std::ops::Range<usize>| {
-            all.parts[r.clone()] == sorted.parts[..]
+        let same = |(r, h): (&std::ops::Range<usize>, &u64)| {
+            *h == hash
+                && all.parts[r.clone()] == sorted.parts[..]
                 && all.quantities[r.start * n..r.end * n] == sorted.quantities[..]
         };
-        if !self.drafts.iter().any(same) {
+        if !self.drafts.iter().zip(&self.hashes).any(same) {
             let at = self.all.parts.len();
             self.all.parts.extend_from_slice(&self.sorted.parts);
             self.all
                 .quantities
                 .extend_from_slice(&self.sorted.quantities);
             self.drafts.push(at..self.all.parts.len());
+            self.hashes.push(hash);
         }
     }
 
-    /// The best `max_plans`, ranked as `rank_key` ranks the plans they become (a stable
-    /// sort: ties keep the order found), made into `Plan`s.
+    /// The best `max_plans`, ranked as `rank_key` ranks the plans they become (ties keep
+    /// the order found), made into `Plan`s: only those are sorted and made.
     fn ranked(self, search: &Search, max_plans: usize) -> Vec<Plan> {
+        if max_plans == 0 {
+            return Vec::new();
+        }
         let n = search.quantities.len();
         let all = &self.all;
-        let mut keyed: Vec<(DraftKey, std::ops::Range<usize>)> = (self.drafts.into_iter())
-            .map(|r| (draft_key(search, &all.parts[r.clone()]), r))
+        // The index found makes every key distinct, so that an unstable selection and
+        // sort rank ties in the order found.
+        let mut keyed: Vec<(DraftKey, usize)> = (self.drafts.iter().enumerate())
+            .map(|(i, r)| (draft_key(search, &all.parts[r.clone()]), i))
             .collect();
-        keyed.sort_by_key(|a| a.0);
-        keyed.truncate(max_plans);
+        if keyed.len() > max_plans {
+            keyed.select_nth_unstable(max_plans - 1);
+            keyed.truncate(max_plans);
+        }
+        keyed.sort_unstable();
         keyed
             .into_iter()
-            .map(|(_, r)| Plan {
-                parts: r
+            .map(|(_, i)| Plan {
+                parts: self.drafts[i]
+                    .clone()
                     .map(|j| {
                         let row = &all.quantities[j * n..(j + 1) * n];
                         let lines = row.iter().copied().enumerate().filter(|l| l.1 > 0);
@@ -542,11 +583,23 @@ fn draft_key(search: &Search, parts: &[usize]) -> DraftKey {
 
 fn part(c: &Candidate, lines: Vec<(usize, i64)>) -> PlanPart {
     PlanPart {
-        location_ref: c.location_ref.clone(),
+        location_ref: c.location_ref.to_string(),
         priority: c.priority,
         transfer: c.transfer,
         lines,
     }
+}
+
+/// The low bits of an `order_key`: the candidate's place by ref. Candidates are distinct
+/// locations, at most `LOCATIONS_MAX`.
+const PLACE_MASK: u64 = (1 << 31) - 1;
+const _: () = assert!(LOCATIONS_MAX as u64 <= PLACE_MASK);
+
+/// `(transfer, priority, place)` as one integer that orders as the tuple does: transfer
+/// in bit 63, the priority in bits 31–62, the place below.
+fn order_key(c: &Candidate, place: usize) -> u64 {
+    debug_assert!(place as u64 <= PLACE_MASK);
+    (u64::from(c.transfer) << 63) | (u64::from(c.priority) << 31) | place as u64
 }
 
 /// (lines `ats` can take whole, units it can take) of what `remaining` still needs.
@@ -565,9 +618,9 @@ fn contributes(ats: &[i64], remaining: &[i64]) -> (usize, i64) {
 mod tests {
     use super::*;
 
-    fn cand(r: &str, priority: u32, ats: &[i64]) -> Candidate {
+    fn cand(r: &str, priority: u32, ats: &[i64]) -> Candidate<'static> {
         Candidate {
-            location_ref: r.into(),
+            location_ref: r.to_string().into(),
             priority,
             transfer: false,
             ats: ats.to_vec(),

@@ -14,7 +14,7 @@ use stockd_domain::{
     ChannelConfig, ChannelNetwork, Engine, Error, LocationConfig, Settings, StockCount,
 };
 
-fn candidates() -> impl Strategy<Value = (Vec<i64>, Vec<Candidate>)> {
+fn candidates() -> impl Strategy<Value = (Vec<i64>, Vec<Candidate<'static>>)> {
     (1usize..=5, 1usize..=12).prop_flat_map(|(lines, locations)| {
         let quantities = prop::collection::vec(1i64..=6, lines);
         let cands = prop::collection::vec(
@@ -29,7 +29,7 @@ fn candidates() -> impl Strategy<Value = (Vec<i64>, Vec<Candidate>)> {
             v.into_iter()
                 .enumerate()
                 .map(|(i, (priority, transfer, ats))| Candidate {
-                    location_ref: format!("L{i:02}"),
+                    location_ref: format!("L{i:02}").into(),
                     priority,
                     transfer,
                     ats,
@@ -173,7 +173,7 @@ mod reference {
 
     fn part(c: &Candidate, lines: Vec<(usize, i64)>) -> PlanPart {
         PlanPart {
-            location_ref: c.location_ref.clone(),
+            location_ref: c.location_ref.to_string(),
             priority: c.priority,
             transfer: c.transfer,
             lines,
@@ -280,7 +280,7 @@ mod reference {
 
 /// Candidates like a real network's: many locations, each holding a line or not (as the
 /// `fulfil` load seeds them), or small random quantities.
-fn wide_candidates() -> impl Strategy<Value = (Vec<i64>, Vec<Candidate>)> {
+fn wide_candidates() -> impl Strategy<Value = (Vec<i64>, Vec<Candidate<'static>>)> {
     (1usize..=6, 1usize..=60, any::<bool>()).prop_flat_map(|(lines, locations, binary)| {
         let quantities = if binary {
             prop::collection::vec(1i64..=1, lines).boxed()
@@ -297,7 +297,7 @@ fn wide_candidates() -> impl Strategy<Value = (Vec<i64>, Vec<Candidate>)> {
                 .enumerate()
                 .map(|(i, (priority, transfer, ats))| Candidate {
                     // Refs out of rank order, so that ref order and rank order differ.
-                    location_ref: format!("L{:02}", (i * 37) % 61),
+                    location_ref: format!("L{:02}", (i * 37) % 61).into(),
                     priority,
                     transfer,
                     ats,

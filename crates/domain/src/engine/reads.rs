@@ -110,7 +110,7 @@ impl Engine {
         }
         // First every position, then every ATS: the positions' cache misses are
         // independent, and a loop of nothing else lets the processor wait for several.
-        let mut found = Vec::new();
+        let mut found = Vec::with_capacity(products.len() * columns.len());
         for (p, product) in products.iter().enumerate() {
             let Some(product) = self.interner.get(product) else {
                 continue;

@@ -240,7 +240,7 @@ impl Router {
             .iter()
             .enumerate()
             .map(|(i, (l, transfer))| Candidate {
-                location_ref: l.location_ref.clone(),
+                location_ref: l.location_ref.as_str().into(),
                 priority: l.priority,
                 transfer: *transfer,
                 ats: (0..req.lines.len()).map(|j| ats[j * width + i]).collect(),
@@ -282,7 +282,7 @@ impl Router {
         now: Millis,
         hold_ref: &str,
         req: &FulfilRequest,
-        candidates: &mut [Candidate],
+        candidates: &mut [Candidate<'_>],
     ) -> Result<(), ShardError> {
         let hold = match self.hold(now, hold_ref).await {
             Ok(h) => h,
@@ -299,7 +299,7 @@ impl Router {
                 .position(|l| l.product_ref == line.product_ref);
             let c = candidates
                 .iter_mut()
-                .find(|c| c.location_ref == line.location_ref);
+                .find(|c| *c.location_ref == *line.location_ref);
             if let (Some(i), Some(c)) = (i, c) {
                 c.ats[i] += line.quantity;
             }
