@@ -165,8 +165,9 @@ pub struct Candidate<'a> {
     pub priority: u32,
     /// Using it for click & collect needs a transfer to the store.
     pub transfer: bool,
-    /// ATS of the channel for each request line, in line order.
-    pub ats: Vec<i64>,
+    /// ATS of the channel for each request line, in line order (borrowed, like the ref,
+    /// from the caller's grid where it has one).
+    pub ats: Cow<'a, [i64]>,
 }
 
 /// The part of a plan served from one location.
@@ -623,7 +624,7 @@ mod tests {
             location_ref: r.to_string().into(),
             priority,
             transfer: false,
-            ats: ats.to_vec(),
+            ats: ats.to_vec().into(),
         }
     }
 

@@ -32,7 +32,7 @@ fn candidates() -> impl Strategy<Value = (Vec<i64>, Vec<Candidate<'static>>)> {
                     location_ref: format!("L{i:02}").into(),
                     priority,
                     transfer,
-                    ats,
+                    ats: ats.into(),
                 })
                 .collect::<Vec<_>>()
         });
@@ -92,7 +92,7 @@ proptest! {
         // The single-location plans are exactly the locations that hold the whole cart.
         let whole: Vec<&Candidate> = cands
             .iter()
-            .filter(|c| quantities.iter().zip(&c.ats).all(|(q, a)| a >= q))
+            .filter(|c| quantities.iter().zip(c.ats.iter()).all(|(q, a)| a >= q))
             .collect();
         if !whole.is_empty() {
             prop_assert_eq!(out[0].parts.len(), 1);
@@ -147,7 +147,7 @@ mod reference {
         let mut out: Vec<Plan> = Vec::new();
         let mut seen: BTreeSet<Vec<PlanPart>> = BTreeSet::new();
         for c in &order {
-            if quantities.iter().zip(&c.ats).all(|(q, a)| a >= q) {
+            if quantities.iter().zip(c.ats.iter()).all(|(q, a)| a >= q) {
                 let lines = quantities.iter().copied().enumerate().collect();
                 push_plan(&mut out, &mut seen, vec![part(c, lines)]);
             }
@@ -196,7 +196,7 @@ mod reference {
     fn contributes(c: &Candidate, remaining: &[i64]) -> (usize, i64) {
         let mut whole = 0;
         let mut units = 0;
-        for (r, a) in remaining.iter().zip(&c.ats) {
+        for (r, a) in remaining.iter().zip(c.ats.iter()) {
             whole += usize::from(*r > 0 && a >= r);
             units += (*r).min(*a);
         }
@@ -206,7 +206,7 @@ mod reference {
     /// Takes from `c` the remaining lines it can serve whole, or (`partial`) whatever it has.
     fn take(c: &Candidate, remaining: &mut [i64], partial: bool) -> Vec<(usize, i64)> {
         let mut lines = Vec::new();
-        for (i, (r, a)) in remaining.iter_mut().zip(&c.ats).enumerate() {
+        for (i, (r, a)) in remaining.iter_mut().zip(c.ats.iter()).enumerate() {
             let q = if *a >= *r || partial { (*r).min(*a) } else { 0 };
             if *r > 0 && q > 0 {
                 lines.push((i, q));
@@ -300,7 +300,7 @@ fn wide_candidates() -> impl Strategy<Value = (Vec<i64>, Vec<Candidate<'static>>
                     location_ref: format!("L{:02}", (i * 37) % 61).into(),
                     priority,
                     transfer,
-                    ats,
+                    ats: ats.into(),
                 })
                 .collect::<Vec<_>>()
         });

@@ -235,15 +235,18 @@ impl Router {
         };
         debug_assert_eq!(refs.len(), eligible.len());
         let ats = self.ats_grid(&req.channel_ref, products, refs).await?;
-        let width = eligible.len();
-        let mut candidates: Vec<Candidate> = eligible
-            .iter()
-            .enumerate()
-            .map(|(i, (l, transfer))| Candidate {
+        // By location, then line: each candidate's row is a slice of it.
+        let (width, lines) = (eligible.len(), req.lines.len());
+        let by_location: Vec<i64> = (0..width * lines)
+            .map(|x| ats[(x % lines) * width + x / lines])
+            .collect();
+        let mut candidates: Vec<Candidate> = (eligible.iter())
+            .zip(by_location.chunks_exact(lines.max(1)))
+            .map(|((l, transfer), row)| Candidate {
                 location_ref: l.location_ref.as_str().into(),
                 priority: l.priority,
                 transfer: *transfer,
-                ats: (0..req.lines.len()).map(|j| ats[j * width + i]).collect(),
+                ats: row.into(),
             })
             .collect();
         if let Some(hold_ref) = &req.hold_ref {
@@ -301,7 +304,7 @@ impl Router {
                 .iter_mut()
                 .find(|c| *c.location_ref == *line.location_ref);
             if let (Some(i), Some(c)) = (i, c) {
-                c.ats[i] += line.quantity;
+                c.ats.to_mut()[i] += line.quantity;
             }
         }
         Ok(())
