@@ -112,12 +112,15 @@ impl Hold {
     }
 
     /// Whether the hold's stock is in the ledger at a read between `t0` and `t1`: until
-    /// its timer ran. `None`: it may or may not be.
+    /// its timer ran. `None`: it may or may not be. An expired hold may still hold its
+    /// stock until its timer runs: a cart update refused for the deadline answers
+    /// FAILED_PRECONDITION and leaves the expiry to the timer (domain.md: "within one
+    /// second").
     fn held_at(&self, t0: i64, t1: i64) -> Option<bool> {
         match self.st {
             St::Active if t1 < self.expires_at => Some(true),
-            St::Active if t0 > self.expires_at + TIMER_SLACK_MS => Some(false),
-            St::Active => None,
+            St::Active | St::Expired if t0 > self.expires_at + TIMER_SLACK_MS => Some(false),
+            St::Active | St::Expired => None,
             _ => Some(false),
         }
     }
@@ -563,7 +566,9 @@ async fn run_seed(seed: u64, rounds: usize) {
     let all: Vec<Hold> = workers.into_iter().flat_map(|w| w.holds).collect();
     let last = all
         .iter()
-        .filter(|h| h.st == St::Active && h.expires_at < now_millis() + 60_000)
+        .filter(|h| {
+            matches!(h.st, St::Active | St::Expired) && h.expires_at < now_millis() + 60_000
+        })
         .map(|h| h.expires_at)
         .max();
     if let Some(last) = last {
