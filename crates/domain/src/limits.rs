@@ -98,6 +98,10 @@ pub const STOCK_BATCH_MAX: usize = 1_000;
 /// whole list (about 200 bytes a location), and a fulfilment or network read considers
 /// each member once per line.
 pub const LOCATIONS_MAX: usize = 1_000;
+/// Most location lists a shard's engine keeps resolved for network reads
+/// (`engine::GridMemo`): two a channel (its members, and those that ship), each at most
+/// `LOCATIONS_MAX` refs.
+pub const GRID_MEMO_LISTS_MAX: usize = 16;
 /// Most locations in a named network.
 pub const NETWORK_LOCATIONS_MAX: usize = LOCATIONS_MAX;
 /// Most products in one aggregate (network) availability read. With `LOCATIONS_MAX`

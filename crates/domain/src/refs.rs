@@ -256,11 +256,50 @@ impl SymTable {
 /// texts lie in `strs`: a restore interns a million refs per shard, and every byte of
 /// table is fresh memory the kernel zeroes first. One hash and one probe per intern; a
 /// short text lies in its slot (`INLINE_TEXT_BYTES`).
-#[derive(Clone, Default, Debug)]
+#[derive(Clone, Debug)]
 pub struct Interner {
     table: SymTable,
     strs: Vec<Option<Text>>,
     free: Vec<u32>,
+    /// Which interner this is and how often a plain ref (one outside every namespace)
+    /// came or went: see `PlainEpoch`.
+    epoch: PlainEpoch,
+}
+
+/// Changes whenever what a plain ref (a product, location or channel: outside every
+/// namespace) resolves to may have changed: a plain ref interned or released, or another
+/// interner. A memo of plain lookups (`engine::GridMemo`) is still true while the epoch
+/// it was built at is. Hold and order refs come and go with every cart without changing
+/// it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlainEpoch {
+    /// Unique to each interner made (`Interner::default`, `from_slots`); a clone shares it
+    /// and counts on from the same numbers, and a memo it copied stays true of it.
+    pub interner: u64,
+    pub interned: u64,
+    pub released: u64,
+}
+
+impl Default for Interner {
+    fn default() -> Self {
+        static INTERNERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = INTERNERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Interner {
+            table: SymTable::default(),
+            strs: Vec::new(),
+            free: Vec::new(),
+            epoch: PlainEpoch {
+                interner: id,
+                interned: 0,
+                released: 0,
+            },
+        }
+    }
+}
+
+/// Whether an interner key is a plain ref: namespaced keys start with a control byte.
+fn is_plain(key: &[u8]) -> bool {
+    key.first().is_none_or(|b| *b >= b' ')
 }
 
 /// The hash of a ref's text.
@@ -287,6 +326,9 @@ impl Interner {
             Err(empty) => empty,
         };
         let text = Text::new(value);
+        if is_plain(bytes) {
+            self.epoch.interned += 1;
+        }
         let slot = match self.free.pop() {
             Some(slot) => {
                 self.strs[slot as usize] = Some(text);
@@ -387,6 +429,9 @@ impl Interner {
     /// Forgets a ref that nothing refers to any more (a forgotten hold or order).
     pub fn release(&mut self, sym: Sym) {
         if let Some(text) = self.strs[sym.0 as usize].take() {
+            if is_plain(text.as_bytes()) {
+                self.epoch.released += 1;
+            }
             let hash = text_hash(text.as_bytes());
             if let Ok(at) = self.table.probe(hash, |s| s == sym.0) {
                 self.table.remove_at(at);
@@ -424,6 +469,11 @@ impl Interner {
             }
         }
         Ok(interner)
+    }
+
+    /// The epoch of plain refs (see `PlainEpoch`).
+    pub fn plain_epoch(&self) -> PlainEpoch {
+        self.epoch
     }
 
     /// Whether a symbol names a live ref.

@@ -7,7 +7,10 @@
 //!   reference model of domain.md's formula, with exclusions, named networks and
 //!   ring-fenced allocations.
 
+use std::sync::Arc;
+
 use proptest::prelude::*;
+use stockd_domain::engine::GridLocations;
 use stockd_domain::fulfilment::{Candidate, Plan, plans, rank_key};
 use stockd_domain::limits::{FULFIL_PLAN_LOCATIONS_MAX, FULFIL_PLANS_MAX};
 use stockd_domain::{
@@ -441,22 +444,30 @@ proptest! {
             let products = ["NONE".to_string(), "SKU".to_string()];
             let mut refs: Vec<String> = (0..n).rev().map(loc).collect();
             refs.push("NOWHERE".into());
+            // Each list once as made for the read, then twice as kept (the second answered
+            // from the engine's memo).
             for refs in [&refs[..], &refs[..1], &refs[n..]] {
-                let mut keys = 0;
-                let sparse = engine
-                    .availability_grid(&channel_ref, &products, refs, |_| keys += 1)
-                    .unwrap();
-                let mut grid = vec![0; products.len() * refs.len()];
-                for &(at, q) in &sparse {
-                    prop_assert_eq!(grid[at], 0, "one answer per pair");
-                    grid[at] = q;
-                }
+                let kept: Arc<[String]> = refs.into();
                 let per_key: Vec<i64> = (products.iter())
                     .flat_map(|p| refs.iter().map(move |l| (p, l)))
                     .map(|(p, l)| engine.availability(&channel_ref, p, l).unwrap())
                     .collect();
-                prop_assert_eq!(grid, per_key);
-                prop_assert_eq!(keys, sparse.len(), "one key per position read");
+                let reads = [GridLocations::Once(refs), GridLocations::Kept(&kept), GridLocations::Kept(&kept)];
+                for locations in reads {
+                    let mut keys = 0;
+                    let sparse = engine
+                        .availability_grid(&channel_ref, &products, locations, |_| keys += 1)
+                        .unwrap();
+                    let mut grid = vec![0; products.len() * refs.len()];
+                    for &(at, q) in &sparse {
+                        prop_assert_eq!(grid[at], 0, "one answer per pair");
+                        grid[at] = q;
+                    }
+                    prop_assert_eq!(&grid, &per_key);
+                    // Every position read is a key; one with nothing on hand is not answered.
+                    let held = refs.iter().filter(|l| (0..n).any(|i| loc(i) == **l)).count();
+                    prop_assert!(sparse.len() <= keys && keys <= held, "{} {} {}", sparse.len(), keys, held);
+                }
             }
         }
     }
@@ -464,12 +475,44 @@ proptest! {
 
 #[test]
 fn a_grid_read_of_an_unknown_channel_is_not_found() {
-    let engine = Engine::new(Settings::default());
+    let mut engine = Engine::new(Settings::default());
     let refs = ["A".to_string()];
     assert_eq!(
-        engine.availability_grid("WEB", &refs, &refs, |_| {}),
+        engine.availability_grid("WEB", &refs, GridLocations::Once(&refs), |_| {}),
         Err(Error::UnknownChannel("WEB".into()))
     );
+}
+
+/// A kept list read before one of its locations had stock here: once a position appears
+/// there (its ref new to this engine), the next read of the same list sees it.
+#[test]
+fn a_kept_grid_list_sees_a_location_that_gets_its_first_position_later() {
+    let mut engine = Engine::new(Settings::default());
+    engine
+        .upsert_channel(ChannelConfig {
+            channel_ref: "WEB".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    let stock = |location: &str, quantity| StockCount {
+        product_ref: "SKU".into(),
+        location_ref: location.into(),
+        quantity,
+        as_of: NOW,
+    };
+    engine.set_stock(NOW, &stock("L0", 3)).unwrap();
+    let products = ["SKU".to_string()];
+    let list: Arc<[String]> = ["L0".to_string(), "L1".to_string()].into();
+    let read = |engine: &mut Engine| {
+        let mut grid = engine
+            .availability_grid("WEB", &products, GridLocations::Kept(&list), |_| {})
+            .unwrap();
+        grid.sort_unstable();
+        grid
+    };
+    assert_eq!(read(&mut engine), vec![(0, 3)]);
+    engine.set_stock(NOW, &stock("L1", 5)).unwrap();
+    assert_eq!(read(&mut engine), vec![(0, 3), (1, 5)]);
 }
 
 #[test]

@@ -16,6 +16,7 @@ mod config;
 mod confirm;
 mod expire;
 mod fulfil;
+mod grid_memo;
 mod listing;
 mod locations;
 mod parts;
@@ -37,6 +38,7 @@ use crate::refs::{Interner, Sym};
 
 pub(crate) use config::ProductEntry;
 pub use config::Settings;
+pub use grid_memo::GridLocations;
 pub use reads::{ChannelPositionView, IqView, PositionView};
 pub use reserve::{LineResult, ReserveKind, ReservePart, ReserveUndo};
 pub use stock::{AdjustStatus, CountStatus};
@@ -73,6 +75,9 @@ pub struct Engine {
     /// What changed since the last checkpoint delta, beyond what the position and hold
     /// tables track themselves (see `crate::checkpoint`).
     pub(crate) checkpoint: CheckpointTracker,
+    /// The location lists of recent network reads, resolved (`grid_memo.rs`): not state,
+    /// only what the interner already says.
+    pub(crate) grid_memo: grid_memo::GridMemo,
 }
 
 impl Engine {
@@ -99,6 +104,7 @@ impl Engine {
             release_later: Vec::new(),
             release_ready: Vec::new(),
             checkpoint: CheckpointTracker::default(),
+            grid_memo: grid_memo::GridMemo::default(),
         }
     }
 

@@ -3,7 +3,7 @@
 //! Everything a caller may ask an engine without changing it lives here, with the ATS
 //! computation every operation uses and the views that resolve symbols into refs.
 
-use super::Engine;
+use super::{Engine, GridLocations};
 use crate::Millis;
 use crate::channel::{BPS_FULL, Numbers, available_to_sell, entitlement};
 use crate::error::Error;
@@ -82,67 +82,72 @@ impl Engine {
     }
 
     /// The ATS of a channel over the grid `products` × `locations` (distinct refs), as
-    /// `availability` answers it, for every pair where this engine keeps a position: (p ×
-    /// `locations.len()` + l, ATS), in no set order. Every other pair's ATS is 0 (no
-    /// position here, an unknown ref, or a location the channel does not sell from), so
+    /// `availability` answers it, for every pair where this engine keeps a position with
+    /// stock on hand: (p × `locations.len()` + l, ATS), in no set order. Every other
+    /// pair's ATS is 0 (no position here, nothing on hand, an unknown ref, or a location
+    /// the channel does not sell from), so
     /// the shards' answers together are the whole grid. A product with few positions here
     /// is read by walking its positions (`PositionTable::of_product`), one with many by
     /// looking up each location: a network read costs one ref lookup per product and
-    /// location, never one per pair. `key` sees the key of every position read (for the
+    /// location, never one per pair, and a kept list's locations are looked up once for
+    /// many reads (`GridMemo`). `key` sees the key of every position read (for the
     /// shard's check that no pending write touched it).
     pub fn availability_grid(
-        &self,
+        &mut self,
         channel_ref: &str,
         products: &[String],
-        locations: &[String],
+        locations: GridLocations,
         mut key: impl FnMut((Sym, Sym)),
     ) -> Result<Vec<(usize, i64)>, Error> {
         let ci = self.channel_index(channel_ref)?;
-        let width = locations.len();
-        // The column of each location the channel sells from: the others stay 0.
-        let mut columns = rustc_hash::FxHashMap::default();
-        columns.reserve(width);
-        for (l, location) in locations.iter().enumerate() {
-            let sym = self.interner.get(location);
-            if let Some(sym) = sym.filter(|&sym| self.sells_at(ci, sym)) {
-                columns.insert(sym, l);
-            }
-        }
+        let width = locations.refs().len();
+        let columns = self.grid_memo.columns(&self.interner, locations);
+        // The columns of the locations the channel sells from: the others stay 0.
+        let sells: Vec<bool> = (columns.syms.iter())
+            .map(|sym| sym.is_some_and(|sym| self.sells_at(ci, sym)))
+            .collect();
+        let sold = sells.iter().filter(|s| **s).count();
+        let column = |location: Sym| columns.column(location).filter(|&l| sells[l]);
         // First every position, then every ATS: the positions' cache misses are
         // independent, and a loop of nothing else lets the processor wait for several.
-        let mut found = Vec::with_capacity(products.len() * columns.len());
+        let mut found = Vec::with_capacity(products.len() * sold);
         for (p, product) in products.iter().enumerate() {
             let Some(product) = self.interner.get(product) else {
                 continue;
             };
             let category = self.category_of(product, None);
             let row = |(location, l, pos)| (p * width + l, pos, (product, location), category);
-            if self.positions.product_len(product) <= 2 * columns.len() {
+            if self.positions.product_len(product) <= 2 * sold {
                 let of_product = self.positions.of_product(product);
                 found.extend(
                     of_product
                         .filter_map(|(&(_, location), pos)| {
-                            Some((location, *columns.get(&location)?, pos))
+                            Some((location, column(location)?, pos))
                         })
                         .map(row),
                 );
             } else {
                 found.extend(
-                    (columns.iter())
-                        .filter_map(|(&location, &l)| {
+                    (columns.syms.iter().enumerate())
+                        .filter(|(l, _)| sells[*l])
+                        .filter_map(|(l, &location)| {
+                            let location = location?;
                             Some((location, l, self.positions.get(&(product, location))?))
                         })
                         .map(row),
                 );
             }
         }
-        Ok(found
-            .into_iter()
-            .map(|(at, pos, (p, l), category)| {
-                key((p, l));
-                (at, self.ats_of(ci, pos, p, l, category, 0))
-            })
-            .collect())
+        // A position with nothing on hand has an ATS of 0 for every channel: it is read
+        // (`key`), and left out of the answer like a pair without a position.
+        let mut answer = Vec::with_capacity(found.len());
+        for (at, pos, (p, l), category) in found {
+            key((p, l));
+            if pos.on_hand > 0 {
+                answer.push((at, self.ats_of(ci, pos, p, l, category, 0)));
+            }
+        }
+        Ok(answer)
     }
 
     /// ATS of channel `ci` at (product, location), with `own` units of the caller's own
@@ -183,6 +188,7 @@ impl Engine {
     }
 
     /// `ats_sold` of the position at (product, location).
+    #[inline]
     fn ats_of(
         &self,
         ci: usize,
@@ -194,12 +200,14 @@ impl Engine {
     ) -> i64 {
         let channel = &self.channels[ci];
         let numbers = channel.numbers(product, location, category);
-        available_to_sell(
-            numbers,
-            pos.allocation_base,
-            pos.used(channel.sym) - own,
-            pos.on_hand + own,
-        )
+        // At a full allocation `used` plays no part: not reading the position's counters
+        // saves a read of memory of their own for every position of a network read.
+        let used = if numbers.allocation_bps >= BPS_FULL {
+            0
+        } else {
+            pos.used(channel.sym) - own
+        };
+        available_to_sell(numbers, pos.allocation_base, used, pos.on_hand + own)
     }
 
     fn numbers_at(&self, ci: usize, product: Sym, location: Sym) -> Numbers {

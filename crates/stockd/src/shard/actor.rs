@@ -38,6 +38,7 @@ use crate::storage::log::LogError;
 use crate::storage::log::group::Completion;
 use crate::storage::record::{self, LogRecord};
 use crate::storage::{Durability, ShardLog, Storage, StorageError};
+use stockd_domain::engine::GridLocations;
 use stockd_domain::refs::Sym;
 use stockd_domain::{Command, Engine, Event, EventKind, Millis, Settings, StepDelta};
 
@@ -317,10 +318,14 @@ impl ShardActor {
                 channel_ref,
                 products,
                 locations,
+                kept,
                 respond,
             } => {
-                let lists = (products.as_ref(), locations.as_ref());
-                self.availability_grid(&channel_ref, lists, respond, replies);
+                let locations = match kept {
+                    true => GridLocations::Kept(&locations),
+                    false => GridLocations::Once(&locations),
+                };
+                self.availability_grid(&channel_ref, (&products, locations), respond, replies);
             }
             Msg::Position {
                 product_ref,
@@ -461,7 +466,7 @@ impl ShardActor {
     fn availability_grid(
         &mut self,
         channel_ref: &str,
-        (products, locations): (&[String], &[String]),
+        (products, locations): (&[String], GridLocations),
         respond: Respond<Vec<(usize, i64)>>,
         replies: &mut Vec<Reply>,
     ) {

@@ -65,6 +65,9 @@ pub(crate) enum Msg {
         channel_ref: String,
         products: Arc<[String]>,
         locations: Arc<[String]>,
+        /// `locations` is a list the router sends again unchanged (a channel's members in
+        /// its configuration view): the engine keeps it resolved (`GridLocations::Kept`).
+        kept: bool,
         respond: Respond<Vec<(usize, i64)>>,
     },
     Position {
@@ -250,11 +253,13 @@ impl ShardHandle {
         channel_ref: String,
         products: Arc<[String]>,
         locations: Arc<[String]>,
+        kept: bool,
     ) -> Result<Vec<(usize, i64)>, ShardError> {
         self.call(|respond| Msg::AvailabilityGrid {
             channel_ref,
             products,
             locations,
+            kept,
             respond,
         })
         .await

@@ -167,7 +167,7 @@ impl Router {
         let members = view.members(channel_ref)?;
         let refs = view.channel_members(channel_ref)?.refs.clone();
         let ats = self
-            .ats_grid(channel_ref, products.clone().into(), refs)
+            .ats_grid(channel_ref, products.clone().into(), (refs, true))
             .await?;
         Ok(sum_network(products, &members, &ats, by_location))
     }
@@ -178,12 +178,13 @@ impl Router {
     /// positions it keeps. A grid of at least `GRID_PAIRS_PER_SHARD_ASK_ALL` pairs per
     /// shard goes to every shard without hashing a pair (nearly every shard owns one); a
     /// smaller one only to the shards of its pairs. The caller validated the refs and
-    /// bounded the lists; `locations` are distinct.
+    /// bounded the lists; `locations` are distinct, and `kept` when the list is one the
+    /// router sends again unchanged (`Msg::AvailabilityGrid`).
     pub(crate) async fn ats_grid(
         &self,
         channel_ref: &str,
         products: Arc<[String]>,
-        locations: Arc<[String]>,
+        (locations, kept): (Arc<[String]>, bool),
     ) -> Result<Vec<i64>, ShardError> {
         let n = self.shards.len();
         let cells = products.len() * locations.len();
@@ -203,6 +204,7 @@ impl Router {
                     channel_ref.to_string(),
                     products.clone(),
                     locations.clone(),
+                    kept,
                 )
             });
         let mut out = vec![0; cells];
@@ -226,14 +228,19 @@ impl Router {
         let members = view.members(&req.channel_ref)?;
         let eligible = fulfilment::eligible(&view.snap, &members, &req.delivery)?;
         let products: Arc<[String]> = req.lines.iter().map(|l| l.product_ref.clone()).collect();
-        let refs: Arc<[String]> = match req.delivery {
-            Delivery::HomeDelivery => view.channel_members(&req.channel_ref)?.shipping.clone(),
-            Delivery::ClickAndCollect { .. } => eligible
-                .iter()
-                .map(|(l, _)| l.location_ref.clone())
-                .collect(),
+        // Home delivery's list is the view's, sent again by every such read (kept); a
+        // click & collect list is made for this read.
+        let refs: (Arc<[String]>, bool) = match req.delivery {
+            Delivery::HomeDelivery => {
+                let shipping = view.channel_members(&req.channel_ref)?.shipping.clone();
+                (shipping, true)
+            }
+            Delivery::ClickAndCollect { .. } => {
+                let list = eligible.iter().map(|(l, _)| l.location_ref.clone());
+                (list.collect(), false)
+            }
         };
-        debug_assert_eq!(refs.len(), eligible.len());
+        debug_assert_eq!(refs.0.len(), eligible.len());
         let ats = self.ats_grid(&req.channel_ref, products, refs).await?;
         // By location, then line: each candidate's row is a slice of it.
         let (width, lines) = (eligible.len(), req.lines.len());
