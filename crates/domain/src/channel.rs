@@ -283,25 +283,17 @@ impl Channel {
 
     /// The numbers that apply at (product, location), most specific rule first.
     pub fn numbers(&self, product: Sym, location: Sym, category: Option<Sym>) -> Numbers {
-        if let Some(n) = found(&self.by_product_location, (product, location)) {
-            return n;
+        if let Some(n) = self.by_product_location.get(&(product, location)) {
+            return *n;
         }
-        if let Some(n) = found(&self.by_product, product) {
-            return n;
+        if let Some(n) = self.by_product.get(&product) {
+            return *n;
         }
-        if let Some(n) = category.and_then(|c| found(&self.by_category, c)) {
-            return n;
+        if let Some(n) = category.and_then(|c| self.by_category.get(&c)) {
+            return *n;
         }
         self.defaults
     }
-}
-
-/// An override from `map`; most channels set few or none, and an empty map costs no hash.
-fn found<K: std::hash::Hash + Eq>(map: &FxHashMap<K, Numbers>, key: K) -> Option<Numbers> {
-    if map.is_empty() {
-        return None;
-    }
-    map.get(&key).copied()
 }
 
 /// ATS from domain.md, in integer arithmetic:
