@@ -194,11 +194,13 @@ impl Position {
         self.channels.retain(|c| c.held != 0);
     }
 
-    /// Recomputes the counters from the ledger; used to check them in tests and after restore.
-    pub fn recount(&self) -> (i64, i64, Vec<(Sym, i64)>) {
+    /// Recomputes the counters from the ledger into `held` (cleared first: one scratch for
+    /// every position); used to check them in tests and after restore. Returns `physical`
+    /// and `on_hand`.
+    pub fn recount(&self, held: &mut Vec<(Sym, i64)>) -> (i64, i64) {
         let mut physical = 0;
         let mut on_hand = 0;
-        let mut held: Vec<(Sym, i64)> = Vec::new();
+        held.clear();
         for iq in &self.iqs {
             on_hand += iq.quantity;
             if iq.kind.is_reservation() {
@@ -210,7 +212,7 @@ impl Position {
                 physical += iq.quantity;
             }
         }
-        (physical, on_hand, held)
+        (physical, on_hand)
     }
 }
 

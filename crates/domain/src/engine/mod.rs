@@ -14,6 +14,7 @@
 
 mod config;
 mod confirm;
+mod consistency;
 mod expire;
 mod fulfil;
 mod grid_memo;
