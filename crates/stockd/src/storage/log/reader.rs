@@ -268,6 +268,38 @@ impl<'b, F: LogFile> Window<'b, F> {
         Ok(&self.buffer[from..from + (end - at) as usize])
     }
 
+    /// The first frame position at or after `at` (in steps of `FRAME_ALIGN`, with a whole
+    /// header before the file ends) whose LSN field reads at least `lsn_min`, found by
+    /// scanning the window's bytes as words rather than decoding each position.
+    fn next_lsn_at_least(&mut self, mut at: u64, lsn_min: Lsn) -> Result<Option<u64>, LogError> {
+        const LSN_AT: usize = 8;
+        const BLOCK_WORDS: usize = 16;
+        while at + FRAME_HEADER_LEN as u64 <= self.len {
+            let chunk = self.at(at, self.buffer.len() / 2)?;
+            // Positions p = 0, 8, … with p + FRAME_HEADER_LEN within the chunk.
+            let positions = (chunk.len() - FRAME_HEADER_LEN) / FRAME_ALIGN + 1;
+            let words = &chunk[LSN_AT..LSN_AT + positions * FRAME_ALIGN];
+            let lsn = |w: &[u8]| u64::from_le_bytes(w.try_into().expect("8 bytes"));
+            let mut block_at = 0;
+            for block in words.chunks(BLOCK_WORDS * FRAME_ALIGN) {
+                // No early exit inside a block, so the comparison vectorises.
+                let any = block
+                    .chunks_exact(FRAME_ALIGN)
+                    .fold(false, |hit, w| hit | (lsn(w) >= lsn_min));
+                if any {
+                    let k = block
+                        .chunks_exact(FRAME_ALIGN)
+                        .position(|w| lsn(w) >= lsn_min)
+                        .expect("a word of the block matched");
+                    return Ok(Some(at + (block_at + k * FRAME_ALIGN) as u64));
+                }
+                block_at += block.len();
+            }
+            at += (positions * FRAME_ALIGN) as u64;
+        }
+        Ok(None)
+    }
+
     /// The frame at offset `at`, read whole (as far as the file goes).
     fn frame(&mut self, at: u64) -> Result<Decoded<'_>, LogError> {
         let head = self.at(at, FRAME_HEADER_LEN)?;
@@ -389,14 +421,62 @@ fn find_stray<F: LogFile>(
     lsn_min: Lsn,
 ) -> Result<Option<(u64, Lsn)>, LogError> {
     let mut at = from;
-    while at + FRAME_HEADER_LEN as u64 <= bytes.len {
-        // Cheap test first: most positions hold zeros or stale frames with lower LSNs.
-        if frame::peek_lsn(bytes.at(at, FRAME_HEADER_LEN)?).is_some_and(|l| l >= lsn_min)
-            && let Decoded::Valid { frame, .. } = bytes.frame(at)?
-        {
-            return Ok(Some((at, frame.lsn)));
+    // Cheap test first: most positions hold zeros or stale frames with lower LSNs, so the
+    // window is scanned for a plausible LSN field and only a hit is decoded.
+    while let Some(hit) = bytes.next_lsn_at_least(at, lsn_min)? {
+        if let Decoded::Valid { frame, .. } = bytes.frame(hit)? {
+            return Ok(Some((hit, frame.lsn)));
         }
-        at += FRAME_ALIGN as u64;
+        at = hit + FRAME_ALIGN as u64;
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod scan_tests {
+    use super::*;
+    use crate::storage::log::sim::SimDisk;
+
+    /// The word scan finds what a position-by-position test finds, from every start,
+    /// across window refills, at the segment's last whole header and not past it.
+    #[test]
+    fn the_word_scan_agrees_with_a_position_by_position_scan() {
+        let disk = SimDisk::new(3);
+        let dir = disk.dir("log");
+        let len = 4_096 + 36; // not a multiple of FRAME_ALIGN: the last header is cut off
+        let mut bytes = vec![0u8; len];
+        let mut put =
+            |at: usize, lsn: u64| bytes[at + 8..at + 16].copy_from_slice(&lsn.to_le_bytes());
+        for (at, lsn) in [
+            (0, 5),
+            (8, 2),
+            (120, 9),
+            (1_016, 7),
+            (1_024, 30),
+            (2_048, 8),
+        ] {
+            put(at, lsn);
+        }
+        let last_whole = (len - FRAME_HEADER_LEN) / FRAME_ALIGN * FRAME_ALIGN;
+        put(last_whole, 40);
+        put(last_whole + FRAME_ALIGN, 50); // its LSN field is in the file, its header is not
+        let mut file = dir.create("seg").unwrap();
+        file.write_at(0, &bytes).unwrap();
+        let naive = |from: usize, min: u64| {
+            (from..)
+                .step_by(FRAME_ALIGN)
+                .take_while(|at| at + FRAME_HEADER_LEN <= len)
+                .find(|&at| frame::peek_lsn(&bytes[at..]).is_some_and(|l| l >= min))
+                .map(|at| at as u64)
+        };
+        // A small window, so that the scan refills it many times.
+        let mut buffer = vec![0u8; 96];
+        let mut window = Window::open(&dir, "seg", &mut buffer).unwrap();
+        for from in (0..len).step_by(FRAME_ALIGN) {
+            for min in [1, 6, 8, 10, 31, 40, 41, 50] {
+                let found = window.next_lsn_at_least(from as u64, min).unwrap();
+                assert_eq!(found, naive(from, min), "from {from}, lsn at least {min}");
+            }
+        }
+    }
 }
