@@ -239,6 +239,47 @@ fn build_world(n: usize, refs: &Refs) -> Engine {
     engine
 }
 
+/// Live bytes per finished hold: `n` holds reserved and released on a fresh engine with
+/// the default retention, so each stays queryable (GetHold, ListHolds, idempotent retries)
+/// for `hold_retention_ms` after it ends.
+fn finished_hold_bytes(n: usize, refs: &Refs) {
+    let mut engine = Engine::new(Settings::default());
+    engine
+        .upsert_channel(ChannelConfig {
+            channel_ref: CHANNEL.into(),
+            ..ChannelConfig::default()
+        })
+        .expect("valid channel");
+    let mut count = StockCount {
+        product_ref: String::new(),
+        location_ref: String::new(),
+        quantity: STOCK,
+        as_of: NOW,
+    };
+    let positions = n.min(100_000);
+    for i in 0..positions {
+        let (p, l) = refs.of(i);
+        count.product_ref = p.into();
+        count.location_ref = l.into();
+        engine.set_stock(NOW, &count).expect("valid count");
+    }
+    engine.drain_events().for_each(drop);
+    let before = live();
+    let mut req = one_line("x", "x", "x");
+    for i in 0..n {
+        let (p, l) = refs.of(i % positions);
+        retarget(&mut req, p, l);
+        fresh_ref(&mut req, "done-", i);
+        engine.reserve(NOW, &req, &[0]).expect("valid reserve");
+        engine.release(NOW, &req.hold_ref).expect("release");
+        engine.drain_events().for_each(drop);
+    }
+    let per_hold = (live() - before) as f64 / n as f64;
+    println!(
+        "memory: {per_hold:.1} bytes per finished hold ({n} reserved and released, kept for the default retention)"
+    );
+}
+
 // ----- benchmarks -----
 
 fn hot_position(c: &mut Criterion) {
@@ -320,6 +361,7 @@ fn main() {
         .unwrap_or(if benching { 1_000_000usize } else { 10_000 })
         .max(1);
     let refs = Refs::new(n);
+    finished_hold_bytes(n, &refs);
     let mut engine = build_world(n, &refs);
     let mut c = Criterion::default().configure_from_args();
     hot_position(&mut c);
