@@ -13,7 +13,7 @@
 //! checkpoint that makes it grow rewrites all its pages with twice (or more) the buckets,
 //! so each entry is rewritten by growth about once in all.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Instant;
 
@@ -346,8 +346,16 @@ pub(super) fn merge_page<'a>(
     changed.then_some(out)
 }
 
-/// Plans one namespace's changes: the touched pages rewritten (or removed when empty),
-/// or every page of the namespace when it outgrows its buckets.
+/// What planning a checkpoint as one atomic batch found.
+enum Plan {
+    Atomic(RawBatch, ApplyStats),
+    /// A namespace outgrows its buckets, so every one of its pages is rewritten: that goes
+    /// through `rewrite`, a bounded chunk at a time.
+    Grows,
+}
+
+/// Plans one namespace's changes: the touched pages rewritten (or removed when empty).
+/// `Ok(false)` when the namespace outgrows its buckets (nothing planned).
 fn plan_namespace(
     kv: &impl RawKv,
     scope: Scope,
@@ -355,7 +363,7 @@ fn plan_namespace(
     changes: &Changes<'_>,
     digest: &mut NamespaceDigest,
     raw: &mut RawBatch,
-) -> Result<(), CheckpointError> {
+) -> Result<bool, CheckpointError> {
     if digest.entries == 0 {
         digest.bucket_bits = bits_for(changes.values().filter(|v| v.is_some()).count() as u64);
     }
@@ -375,17 +383,8 @@ fn plan_namespace(
             merged.insert(*bucket, page);
         }
     }
-    let grown = bits_for(digest.entries);
-    if grown > bits {
-        digest.bucket_bits = grown;
-        return regrow(
-            kv,
-            scope,
-            (namespace, digest.set),
-            (bits, grown),
-            merged,
-            raw,
-        );
+    if bits_for(digest.entries) > bits {
+        return Ok(false);
     }
     for (bucket, page) in merged {
         let key = page_key_in(scope, namespace, digest.set, bucket).to_vec();
@@ -396,72 +395,7 @@ fn plan_namespace(
             raw.puts.push((key, frame));
         }
     }
-    Ok(())
-}
-
-/// Rewrites every page of a namespace with `1 << grown` buckets: the merged pages as
-/// planned, the others as stored (each checked). Old keys left without entries go.
-fn regrow(
-    kv: &impl RawKv,
-    scope: Scope,
-    (namespace, set): (Namespace, u8),
-    (bits, grown): (u8, u8),
-    merged: BTreeMap<u32, PageEntries<'_>>,
-    raw: &mut RawBatch,
-) -> Result<(), CheckpointError> {
-    let folder = kv.folder();
-    let mut pages: BTreeMap<u32, BTreeMap<Vec<u8>, Vec<u8>>> = BTreeMap::new();
-    let mut place = |key: &[u8], value: &[u8]| {
-        let bucket = entry::bucket_of(key, grown);
-        pages
-            .entry(bucket)
-            .or_default()
-            .insert(key.to_vec(), value.to_vec());
-    };
-    let mut old_buckets = Vec::new();
-    let mut damaged = None;
-    kv.scan_prefix(
-        &namespace_prefix(scope, namespace, set),
-        &mut |key, frame| {
-            let bucket = bucket_of_page_key(key);
-            old_buckets.push(bucket);
-            if merged.contains_key(&bucket) {
-                return true;
-            }
-            match entry::decode_page(scope, namespace, bucket, frame) {
-                Ok(spans) => {
-                    spans
-                        .iter()
-                        .for_each(|s| place(s.key(frame), s.value(frame)));
-                    true
-                }
-                Err(d) => {
-                    damaged = Some(page_damage(folder, scope, namespace, bucket, d));
-                    false
-                }
-            }
-        },
-    )?;
-    if let Some(error) = damaged {
-        return Err(error);
-    }
-    for page in merged.values() {
-        page.iter().for_each(|(k, v)| place(k, v));
-    }
-    debug_assert!(old_buckets.iter().all(|b| *b < 1 << bits));
-    for bucket in old_buckets.iter().chain(merged.keys()) {
-        if !pages.contains_key(bucket) {
-            raw.removes
-                .push(page_key_in(scope, namespace, set, *bucket).to_vec());
-        }
-    }
-    for (bucket, page) in &pages {
-        let entries = page.iter().map(|(k, v)| (&k[..], &v[..]));
-        let frame = entry::encode_page(scope, namespace, *bucket, entries);
-        raw.puts
-            .push((page_key_in(scope, namespace, set, *bucket).to_vec(), frame));
-    }
-    Ok(())
+    Ok(true)
 }
 
 /// The namespace and page set of a page key.
@@ -481,10 +415,7 @@ pub(super) fn bucket_of_page_key(key: &[u8]) -> u32 {
 /// Builds the raw batch of a checkpoint: the pages its entries fall in, each old value
 /// XORed out of its namespace's digest and the new one XORed in, the layout records and
 /// the new scope record. Reads and checks every page it rewrites.
-pub fn plan_apply(
-    kv: &impl RawKv,
-    batch: &CheckpointBatch,
-) -> Result<(RawBatch, ApplyStats), CheckpointError> {
+fn plan_apply(kv: &impl RawKv, batch: &CheckpointBatch) -> Result<Plan, CheckpointError> {
     let started = Instant::now();
     assert_bounds(batch, kv.batch_entries_max());
     let scope = batch.scope;
@@ -498,7 +429,9 @@ pub fn plan_apply(
     let mut raw = RawBatch::default();
     for (namespace, changes) in changes_of(batch) {
         let digest = record.namespaces.entry(namespace).or_default();
-        plan_namespace(kv, scope, namespace, &changes, digest, &mut raw)?;
+        if !plan_namespace(kv, scope, namespace, &changes, digest, &mut raw)? {
+            return Ok(Plan::Grows);
+        }
     }
     for m in &batch.meta {
         raw.puts
@@ -522,17 +455,26 @@ pub fn plan_apply(
         prepare: started.elapsed(),
         ..ApplyStats::default()
     };
-    Ok((raw, stats))
+    Ok(Plan::Atomic(raw, stats))
 }
 
-/// Applies a checkpoint through `kv`: plan, then one atomic, durable commit; or, for one
-/// too large for one batch, a rewrite of the namespaces it changes (`rewrite`).
+/// Applies a checkpoint through `kv`: plan, then one atomic, durable commit; or a rewrite
+/// of the namespaces it changes (`rewrite`), in batches, for one whose atomic batch would
+/// not be bounded: more entries than one batch may hold, pages holding more than that to
+/// rewrite, or a namespace that outgrows its buckets (all its pages rewritten). Memory
+/// then stays within a batch, whatever the size of the state (a namespace of 8,400,000
+/// holds that grew in one batch took a shard past 24 GiB).
 pub fn apply(kv: &impl RawKv, batch: &CheckpointBatch) -> Result<ApplyStats, CheckpointError> {
-    if batch.puts.len() + batch.deletes.len() > kv.batch_entries_max() {
+    if batch.puts.len() + batch.deletes.len() > kv.batch_entries_max()
+        || rewrites_more_than_a_batch(kv, batch)?
+    {
         return super::rewrite::apply(kv, batch);
     }
     let started = Instant::now();
-    let (raw, mut stats) = plan_apply(kv, batch)?;
+    let (raw, mut stats) = match plan_apply(kv, batch)? {
+        Plan::Atomic(raw, stats) => (raw, stats),
+        Plan::Grows => return super::rewrite::apply(kv, batch),
+    };
     let committed = kv.commit(raw)?;
     stats.write = committed.write;
     stats.flush = committed.flush;
@@ -541,6 +483,28 @@ pub fn apply(kv: &impl RawKv, batch: &CheckpointBatch) -> Result<ApplyStats, Che
     stats.dirs_synced = committed.dirs_synced;
     stats.total = started.elapsed();
     Ok(stats)
+}
+
+/// Whether the pages `batch` touches hold more stored entries than one batch may hold
+/// (`batch_entries_max`), judged from the scope record's counts without reading a page.
+fn rewrites_more_than_a_batch(
+    kv: &impl RawKv,
+    batch: &CheckpointBatch,
+) -> Result<bool, CheckpointError> {
+    let record = record_to_extend(kv, batch.scope)?;
+    let mut rewritten = 0u64;
+    for (namespace, changes) in changes_of(batch) {
+        let Some(d) = record.namespaces.get(&namespace).filter(|d| d.entries > 0) else {
+            continue;
+        };
+        let touched: BTreeSet<u32> = changes
+            .keys()
+            .map(|key| entry::bucket_of(key, d.bucket_bits))
+            .collect();
+        let per_page = d.entries.div_ceil(1u64 << d.bucket_bits);
+        rewritten += touched.len() as u64 * per_page;
+    }
+    Ok(rewritten > kv.batch_entries_max() as u64)
 }
 
 /// Checks one stored page, accounts its entries in `found` and returns where they lie.

@@ -871,3 +871,51 @@ fn a_crash_in_any_batch_of_a_large_checkpoint_leaves_the_previous_or_the_next_on
     }
     assert_eq!(saw, (true, true), "cuts before and after the scope record");
 }
+
+/// A checkpoint whose atomic batch would rewrite more stored entries than one batch may
+/// hold (a namespace that outgrows its buckets rewrites all its pages; or the pages it
+/// touches hold that many) goes through the rewrite, a bounded batch at a time, and loads
+/// whole; a small one is still one atomic commit. (Regression: a namespace of 8,400,000
+/// holds that grew in one atomic batch took a shard past 24 GiB.)
+#[test]
+fn a_checkpoint_that_would_rewrite_more_than_a_batch_is_written_in_several() {
+    let store = SimStore::with_batch_entries_max(11, 100);
+    let mut model = Model::new();
+    let holds = |lsn: u64, range: std::ops::Range<usize>| {
+        let puts = range
+            .map(|i| put(Namespace::HOLDS, &format!("h{i:04}"), &format!("v{lsn}")))
+            .collect();
+        batch(A, lsn, puts)
+    };
+    let mut commits = |b: &CheckpointBatch| {
+        let syncs = store.syncs();
+        store.apply(b).unwrap();
+        apply_to_model(&mut model, b);
+        assert_eq!(model_of(&store.load(A).unwrap().unwrap()), model);
+        store.syncs() - syncs
+    };
+    // 128 entries: 4 buckets (PAGE_ENTRIES_TARGET 32 a page), filled 100 at a time.
+    assert_eq!(commits(&holds(1, 0..100)), 1);
+    assert_eq!(
+        commits(&holds(2, 100..128)),
+        1,
+        "28 new entries in pages of 32"
+    );
+    assert_eq!(commits(&holds(3, 5..6)), 1, "one page rewritten: atomic");
+    // The 129th entry makes the namespace grow to 8 buckets: every page is rewritten.
+    assert!(
+        commits(&holds(4, 128..129)) > 2,
+        "the growth is written in batches"
+    );
+    // Entries spread over every page: together they hold more than a batch.
+    let spread = (0..129).step_by(5);
+    let spread = batch(
+        A,
+        5,
+        spread
+            .map(|i| put(Namespace::HOLDS, &format!("h{i:04}"), "again"))
+            .collect(),
+    );
+    assert!(commits(&spread) > 2, "touched pages hold over 100 entries");
+    assert_eq!(commits(&holds(6, 7..8)), 1, "one page again: atomic");
+}
