@@ -13,7 +13,7 @@
 //! checkpoint that makes it grow rewrites all its pages with twice (or more) the buckets,
 //! so each entry is rewritten by growth about once in all.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -349,20 +349,23 @@ pub(super) fn merge_page<'a>(
 /// What planning a checkpoint as one atomic batch found.
 enum Plan {
     Atomic(RawBatch, ApplyStats),
-    /// A namespace outgrows its buckets, so every one of its pages is rewritten: that goes
-    /// through `rewrite`, a bounded chunk at a time.
-    Grows,
+    /// The atomic batch would not be bounded: the touched pages hold more stored entries
+    /// than one batch may, or a namespace outgrows its buckets (every one of its pages
+    /// rewritten). That goes through `rewrite`, a bounded chunk at a time.
+    Rewrite,
 }
 
 /// Plans one namespace's changes: the touched pages rewritten (or removed when empty).
-/// `Ok(false)` when the namespace outgrows its buckets (nothing planned).
+/// `Ok(false)` (nothing planned) when the namespace outgrows its buckets, or when its
+/// touched pages, judged from the counts before any is read, take the stored entries left
+/// to rewrite in `budget` (of one batch) below zero.
 fn plan_namespace(
     kv: &impl RawKv,
     scope: Scope,
     namespace: Namespace,
     changes: &Changes<'_>,
     digest: &mut NamespaceDigest,
-    raw: &mut RawBatch,
+    (raw, budget): (&mut RawBatch, &mut u64),
 ) -> Result<bool, CheckpointError> {
     if digest.entries == 0 {
         digest.bucket_bits = bits_for(changes.values().filter(|v| v.is_some()).count() as u64);
@@ -372,6 +375,11 @@ fn plan_namespace(
     for (key, value) in changes {
         let bucket = entry::bucket_of(key, bits);
         by_bucket.entry(bucket).or_default().push((key, *value));
+    }
+    let per_page = digest.entries.div_ceil(1u64 << bits);
+    match budget.checked_sub(by_bucket.len() as u64 * per_page) {
+        Some(left) => *budget = left,
+        None => return Ok(false),
     }
     let olds = by_bucket
         .keys()
@@ -427,10 +435,18 @@ fn plan_apply(kv: &impl RawKv, batch: &CheckpointBatch) -> Result<Plan, Checkpoi
         batch.lsn_covered
     );
     let mut raw = RawBatch::default();
+    let mut budget = kv.batch_entries_max() as u64;
     for (namespace, changes) in changes_of(batch) {
         let digest = record.namespaces.entry(namespace).or_default();
-        if !plan_namespace(kv, scope, namespace, &changes, digest, &mut raw)? {
-            return Ok(Plan::Grows);
+        if !plan_namespace(
+            kv,
+            scope,
+            namespace,
+            &changes,
+            digest,
+            (&mut raw, &mut budget),
+        )? {
+            return Ok(Plan::Rewrite);
         }
     }
     for m in &batch.meta {
@@ -465,15 +481,13 @@ fn plan_apply(kv: &impl RawKv, batch: &CheckpointBatch) -> Result<Plan, Checkpoi
 /// then stays within a batch, whatever the size of the state (a namespace of 8,400,000
 /// holds that grew in one batch took a shard past 24 GiB).
 pub fn apply(kv: &impl RawKv, batch: &CheckpointBatch) -> Result<ApplyStats, CheckpointError> {
-    if batch.puts.len() + batch.deletes.len() > kv.batch_entries_max()
-        || rewrites_more_than_a_batch(kv, batch)?
-    {
+    if batch.puts.len() + batch.deletes.len() > kv.batch_entries_max() {
         return super::rewrite::apply(kv, batch);
     }
     let started = Instant::now();
     let (raw, mut stats) = match plan_apply(kv, batch)? {
         Plan::Atomic(raw, stats) => (raw, stats),
-        Plan::Grows => return super::rewrite::apply(kv, batch),
+        Plan::Rewrite => return super::rewrite::apply(kv, batch),
     };
     let committed = kv.commit(raw)?;
     stats.write = committed.write;
@@ -483,28 +497,6 @@ pub fn apply(kv: &impl RawKv, batch: &CheckpointBatch) -> Result<ApplyStats, Che
     stats.dirs_synced = committed.dirs_synced;
     stats.total = started.elapsed();
     Ok(stats)
-}
-
-/// Whether the pages `batch` touches hold more stored entries than one batch may hold
-/// (`batch_entries_max`), judged from the scope record's counts without reading a page.
-fn rewrites_more_than_a_batch(
-    kv: &impl RawKv,
-    batch: &CheckpointBatch,
-) -> Result<bool, CheckpointError> {
-    let record = record_to_extend(kv, batch.scope)?;
-    let mut rewritten = 0u64;
-    for (namespace, changes) in changes_of(batch) {
-        let Some(d) = record.namespaces.get(&namespace).filter(|d| d.entries > 0) else {
-            continue;
-        };
-        let touched: BTreeSet<u32> = changes
-            .keys()
-            .map(|key| entry::bucket_of(key, d.bucket_bits))
-            .collect();
-        let per_page = d.entries.div_ceil(1u64 << d.bucket_bits);
-        rewritten += touched.len() as u64 * per_page;
-    }
-    Ok(rewritten > kv.batch_entries_max() as u64)
 }
 
 /// Checks one stored page, accounts its entries in `found` and returns where they lie.

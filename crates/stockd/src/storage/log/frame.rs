@@ -16,6 +16,9 @@ pub const FRAME_HEADER_LEN: usize = 24;
 /// padding per record.
 pub const FRAME_ALIGN: usize = 8;
 
+/// Offset of the `lsn` field in a frame header.
+pub const LSN_AT: usize = 8;
+
 /// Largest payload of one record (1 MiB). Bounds the memory a single corrupt length can
 /// make recovery consider, and keeps one record well inside a group and a segment.
 pub const RECORD_BYTES_MAX: usize = 1 << 20;
@@ -90,7 +93,7 @@ pub fn encode_parts(out: &mut Vec<u8>, lsn: Lsn, term: u64, head: &[u8], payload
 /// Reads the LSN field of a header without checking anything: for the cheap first test
 /// of the scan for stray frames.
 pub fn peek_lsn(bytes: &[u8]) -> Option<Lsn> {
-    let raw = bytes.get(8..16)?;
+    let raw = bytes.get(LSN_AT..LSN_AT + 8)?;
     Some(u64::from_le_bytes(raw.try_into().expect("8 bytes")))
 }
 

@@ -10,7 +10,7 @@
 //! damage too.
 
 use super::file::{LogDir, LogFile};
-use super::frame::{self, Decoded, FRAME_ALIGN, FRAME_HEADER_LEN};
+use super::frame::{self, Decoded, FRAME_ALIGN, FRAME_HEADER_LEN, LSN_AT};
 use super::segment::{self, SEGMENT_HEADER_LEN, SegmentHeader, SegmentName};
 use super::{LogError, Lsn};
 
@@ -272,7 +272,6 @@ impl<'b, F: LogFile> Window<'b, F> {
     /// header before the file ends) whose LSN field reads at least `lsn_min`, found by
     /// scanning the window's bytes as words rather than decoding each position.
     fn next_lsn_at_least(&mut self, mut at: u64, lsn_min: Lsn) -> Result<Option<u64>, LogError> {
-        const LSN_AT: usize = 8;
         const BLOCK_WORDS: usize = 16;
         while at + FRAME_HEADER_LEN as u64 <= self.len {
             let chunk = self.at(at, self.buffer.len() / 2)?;
@@ -445,8 +444,9 @@ mod scan_tests {
         let dir = disk.dir("log");
         let len = 4_096 + 36; // not a multiple of FRAME_ALIGN: the last header is cut off
         let mut bytes = vec![0u8; len];
-        let mut put =
-            |at: usize, lsn: u64| bytes[at + 8..at + 16].copy_from_slice(&lsn.to_le_bytes());
+        let mut put = |at: usize, lsn: u64| {
+            bytes[at + LSN_AT..at + LSN_AT + 8].copy_from_slice(&lsn.to_le_bytes())
+        };
         for (at, lsn) in [
             (0, 5),
             (8, 2),
