@@ -23,7 +23,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::channel::{CategoryConfig, ChannelConfig, ProductConfig};
 use crate::engine::Engine;
-use crate::limits::CHECKPOINT_ROUNDS_MAX;
+use crate::limits::{
+    CHECKPOINT_PART_ENTRIES_MAX, CHECKPOINT_ROUNDS_MAX, CHECKPOINT_STEP_ENTRIES_MAX,
+};
 use crate::network::NetworkSnap;
 use crate::refs::Sym;
 use crate::snapshot::{EngineSnapshot, HoldSnap, PositionSnap};
@@ -85,35 +87,56 @@ impl CheckpointDelta {
     /// writing both in order. Lets a checkpointer whose write failed keep the delta and
     /// write it with the next one, instead of marking the whole state.
     pub fn merge(self, later: CheckpointDelta) -> CheckpointDelta {
-        let mut positions: BTreeMap<(String, String), PositionSnap> = BTreeMap::new();
-        for p in self.positions.into_iter().chain(later.positions) {
-            positions.insert((p.product_ref.clone(), p.location_ref.clone()), p);
-        }
-        let mut holds: BTreeMap<String, HoldSnap> = BTreeMap::new();
-        let mut removed: BTreeSet<String> = self.holds_removed.into_iter().collect();
-        for h in self.holds {
-            holds.insert(h.hold_ref.clone(), h);
+        let mut merged = Merged::default();
+        merged.add(self);
+        merged.add(later);
+        merged.finish()
+    }
+}
+
+/// Deltas being merged in order, in one pass: each entry is keyed once however many
+/// deltas there are (folding with `merge` re-keyed everything merged so far per delta).
+#[derive(Default)]
+struct Merged {
+    positions: BTreeMap<(String, String), PositionSnap>,
+    holds: BTreeMap<String, HoldSnap>,
+    removed: BTreeSet<String>,
+    adjustments: BTreeSet<String>,
+    config: Option<ConfigSnap>,
+    counters: Counters,
+}
+
+impl Merged {
+    /// Applies `later` after everything added so far: its removals, then its copies (a
+    /// delta's own copies and removals are disjoint), later entries winning.
+    fn add(&mut self, later: CheckpointDelta) {
+        for p in later.positions {
+            self.positions
+                .insert((p.product_ref.clone(), p.location_ref.clone()), p);
         }
         for r in later.holds_removed {
-            holds.remove(&r);
-            removed.insert(r);
+            self.holds.remove(&r);
+            self.removed.insert(r);
         }
         for h in later.holds {
-            removed.remove(&h.hold_ref);
-            holds.insert(h.hold_ref.clone(), h);
+            self.removed.remove(&h.hold_ref);
+            self.holds.insert(h.hold_ref.clone(), h);
         }
-        let adjustments: BTreeSet<String> = self
-            .adjustments
-            .into_iter()
-            .chain(later.adjustments)
-            .collect();
+        self.adjustments.extend(later.adjustments);
+        if later.config.is_some() {
+            self.config = later.config;
+        }
+        self.counters = later.counters;
+    }
+
+    fn finish(self) -> CheckpointDelta {
         CheckpointDelta {
-            positions: positions.into_values().collect(),
-            holds: holds.into_values().collect(),
-            holds_removed: removed.into_iter().collect(),
-            adjustments: adjustments.into_iter().collect(),
-            config: later.config.or(self.config),
-            counters: later.counters,
+            positions: self.positions.into_values().collect(),
+            holds: self.holds.into_values().collect(),
+            holds_removed: self.removed.into_iter().collect(),
+            adjustments: self.adjustments.into_iter().collect(),
+            config: self.config,
+            counters: self.counters,
         }
     }
 }
@@ -165,6 +188,15 @@ impl Capture {
         self.done.push(std::mem::take(&mut self.copied));
         self.copied_holds.clear();
     }
+
+    /// Ends the current part if it holds `part_entries` entries, so the shard never grows
+    /// (and moves) one vector of a whole large delta: growing one of a million copies
+    /// moved hundreds of megabytes in one step and stalled the shard for tens of ms.
+    fn end_full_part(&mut self, part_entries: usize) {
+        if self.copied.entries() >= part_entries {
+            self.new_part();
+        }
+    }
 }
 
 /// A finished delta taken in steps: its parts, in the order they were taken. Turning them
@@ -180,11 +212,13 @@ impl StepDelta {
         self.parts.iter().map(CheckpointDelta::entries).sum()
     }
 
-    /// The parts as one delta, sorted, later copies winning.
+    /// The parts as one delta, sorted, later copies winning (one pass over all parts).
     pub fn into_delta(self) -> CheckpointDelta {
-        self.parts
-            .into_iter()
-            .fold(CheckpointDelta::default(), CheckpointDelta::merge)
+        let mut merged = Merged::default();
+        for part in self.parts {
+            merged.add(part);
+        }
+        merged.finish()
     }
 }
 
@@ -281,20 +315,46 @@ impl Engine {
         self.checkpoint.capture.is_some()
     }
 
+    /// Entries set aside for the delta being taken in steps and not yet copied.
+    pub fn checkpoint_set_aside(&self) -> usize {
+        self.checkpoint
+            .capture
+            .as_ref()
+            .map_or(0, |c| c.positions.len() + c.holds.len())
+    }
+
     /// Copies `budget` entries of the delta being taken, plus twice as many as changed
-    /// since the previous step (so the copy always outpaces the changes, and a step costs
-    /// at most a small multiple of the work just done). Once every entry set aside is
+    /// since the previous step (so the copy outpaces the changes, and a step costs at most
+    /// a small multiple of the work just done), but never more than
+    /// `CHECKPOINT_STEP_ENTRIES_MAX` (a step is one stretch of the shard's time: after a
+    /// large batch, twice its changes copied at once stalled the shard for ~10 ms; the
+    /// caller paces the steps, so the copy keeps its share of the shard's time whatever
+    /// the batches are). Once every entry set aside is
     /// copied: if no more than what is left of the step changed since (or after
     /// `CHECKPOINT_ROUNDS_MAX` rounds), those are copied too and the finished delta is
     /// returned (it is the state as of this call); otherwise those are set aside in turn.
     /// `None` while unfinished, or when no delta is being taken.
     pub fn step_checkpoint_delta(&mut self, budget: usize) -> Option<StepDelta> {
+        self.step_checkpoint_delta_in_parts(budget, CHECKPOINT_PART_ENTRIES_MAX)
+    }
+
+    /// `step_checkpoint_delta`, with copies gathered in parts of at most `part_entries`
+    /// entries (tests use small parts, to cross part boundaries with small states).
+    pub fn step_checkpoint_delta_in_parts(
+        &mut self,
+        budget: usize,
+        part_entries: usize,
+    ) -> Option<StepDelta> {
         let mut capture = self.checkpoint.capture.take()?;
         let tracked = self.positions.changed_len() + self.holds.changed_len();
         let grown = tracked.saturating_sub(capture.changed_after_step);
-        let mut left = budget.max(1).saturating_add(grown.saturating_mul(2));
-        self.copy_positions(&mut capture, &mut left);
-        self.copy_holds(&mut capture, &mut left);
+        let mut left = budget
+            .max(1)
+            .saturating_add(grown.saturating_mul(2))
+            .min(CHECKPOINT_STEP_ENTRIES_MAX.max(budget));
+        let part_entries = part_entries.max(1);
+        self.copy_positions(&mut capture, &mut left, part_entries);
+        self.copy_holds(&mut capture, &mut left, part_entries);
         if !capture.positions.is_empty() || !capture.holds.is_empty() {
             capture.changed_after_step = tracked;
             self.checkpoint.capture = Some(capture);
@@ -317,11 +377,12 @@ impl Engine {
         Some(StepDelta { parts })
     }
 
-    fn copy_positions(&self, capture: &mut Capture, left: &mut usize) {
+    fn copy_positions(&self, capture: &mut Capture, left: &mut usize, part_entries: usize) {
         let keys: Vec<(Sym, Sym)> = capture.positions.iter().take(*left).copied().collect();
         for key in keys {
             capture.positions.remove(&key);
             *left -= 1;
+            capture.end_full_part(part_entries);
             // Positions are never removed.
             if let Some(pos) = self.positions.get(&key) {
                 capture.copied.positions.push(self.snap_position(key, pos));
@@ -329,11 +390,12 @@ impl Engine {
         }
     }
 
-    fn copy_holds(&self, capture: &mut Capture, left: &mut usize) {
+    fn copy_holds(&self, capture: &mut Capture, left: &mut usize, part_entries: usize) {
         let syms: Vec<Sym> = capture.holds.iter().take(*left).copied().collect();
         for sym in syms {
             capture.holds.remove(&sym);
             *left -= 1;
+            capture.end_full_part(part_entries);
             match self.holds.get(&sym) {
                 Some(part) => {
                     capture.copied.holds.push(self.snap_part(part));

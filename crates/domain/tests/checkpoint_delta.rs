@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use common::*;
 use proptest::prelude::*;
 use proptest::test_runner::{FileFailurePersistence, TestCaseError};
+use stockd_domain::limits::CHECKPOINT_STEP_ENTRIES_MAX;
 use stockd_domain::{
     CheckpointDelta, ConfigSnap, Counters, Engine, EngineSnapshot, HoldSnap, Millis, PositionSnap,
     ReserveLine, ReserveRequest, Settings, StockCount,
@@ -136,25 +137,29 @@ proptest! {
         prop_assert!(h.engine.take_checkpoint_delta().is_empty());
     }
 
-    /// Deltas taken in steps of a few entries, with operations between the steps, folded
-    /// in order, rebuild the engine's state: an entry changed after its copy is copied
-    /// again, a hold forgotten (and its symbol released or reused) while set aside is
-    /// removed by its ref.
+    /// Deltas taken in steps of a few entries, gathered in parts of a few entries, with
+    /// operations between the steps, folded in order, rebuild the engine's state: an
+    /// entry changed after its copy is copied again, a hold forgotten (and its symbol
+    /// released or reused) while set aside is removed by its ref, whatever part its copy
+    /// and its removal fall in.
     #[test]
     fn deltas_taken_in_steps_rebuild_the_state(
         s in scenario(60),
-        plan in prop::collection::vec((0u8..6, 1usize..4), 60),
+        plan in prop::collection::vec((0u8..6, 1usize..4, 1usize..6), 60),
     ) {
         let mut h = Harness::new(&s)?;
         let mut store = Store::default();
         store.apply(h.engine.take_checkpoint_delta())?;
         for (i, op) in s.ops.iter().enumerate() {
             h.step(op)?;
-            let (action, budget) = plan[i];
+            let (action, budget, part) = plan[i];
             if action == 0 {
                 h.engine.begin_checkpoint_delta();
             }
-            let done = if action <= 3 { h.engine.step_checkpoint_delta(budget) } else { None };
+            let done = match action {
+                0..=3 => h.engine.step_checkpoint_delta_in_parts(budget, part),
+                _ => None,
+            };
             if let Some(done) = done {
                 prop_assert!(!h.engine.checkpoint_delta_in_progress());
                 store.apply(done.into_delta())?;
@@ -169,6 +174,38 @@ proptest! {
         let rebuilt = store.restore()?;
         prop_assert!(rebuilt.snapshot() == h.engine.snapshot(), "folded deltas differ from the state");
     }
+}
+
+/// A step copies at most `CHECKPOINT_STEP_ENTRIES_MAX` entries, however many a batch
+/// before it changed: twice a large batch's changes at once would stall the shard.
+#[test]
+fn a_step_after_a_large_batch_copies_a_bounded_number_of_entries() {
+    let mut e = engine();
+    let set_aside = 3 * CHECKPOINT_STEP_ENTRIES_MAX;
+    for i in 0..set_aside {
+        count(&mut e, T0, &format!("P{i}"), 10);
+    }
+    e.begin_checkpoint_delta();
+    // A large batch after the delta was set aside: the first step would copy 2 × 1,000.
+    for i in 0..1_000 {
+        count(&mut e, T0 + 1, &format!("Q{i}"), 10);
+    }
+    assert!(e.step_checkpoint_delta(64).is_none());
+    assert_eq!(
+        e.checkpoint_set_aside(),
+        set_aside - CHECKPOINT_STEP_ENTRIES_MAX,
+        "the first step copies the most a step may"
+    );
+    let mut steps = 1;
+    let done = loop {
+        steps += 1;
+        if let Some(done) = e.step_checkpoint_delta(64) {
+            break done;
+        }
+        assert!(steps < 100, "a stepped delta never finished");
+    };
+    let delta = done.into_delta();
+    assert_eq!(delta.positions, e.snapshot().into_delta().positions);
 }
 
 /// A delta taken in steps is the state as of its last step: an entry changed after it was
