@@ -23,9 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::channel::{CategoryConfig, ChannelConfig, ProductConfig};
 use crate::engine::Engine;
-use crate::limits::{
-    CHECKPOINT_PART_ENTRIES_MAX, CHECKPOINT_ROUNDS_MAX, CHECKPOINT_STEP_ENTRIES_MAX,
-};
+use crate::limits::{CHECKPOINT_PART_ENTRIES_MAX, CHECKPOINT_ROUNDS_MAX};
 use crate::network::NetworkSnap;
 use crate::refs::Sym;
 use crate::snapshot::{EngineSnapshot, HoldSnap, PositionSnap};
@@ -315,21 +313,9 @@ impl Engine {
         self.checkpoint.capture.is_some()
     }
 
-    /// Entries set aside for the delta being taken in steps and not yet copied.
-    pub fn checkpoint_set_aside(&self) -> usize {
-        self.checkpoint
-            .capture
-            .as_ref()
-            .map_or(0, |c| c.positions.len() + c.holds.len())
-    }
-
     /// Copies `budget` entries of the delta being taken, plus twice as many as changed
-    /// since the previous step (so the copy outpaces the changes, and a step costs at most
-    /// a small multiple of the work just done), but never more than
-    /// `CHECKPOINT_STEP_ENTRIES_MAX` (a step is one stretch of the shard's time: after a
-    /// large batch, twice its changes copied at once stalled the shard for ~10 ms; the
-    /// caller paces the steps, so the copy keeps its share of the shard's time whatever
-    /// the batches are). Once every entry set aside is
+    /// since the previous step (so the copy always outpaces the changes, and a step costs
+    /// at most a small multiple of the work just done). Once every entry set aside is
     /// copied: if no more than what is left of the step changed since (or after
     /// `CHECKPOINT_ROUNDS_MAX` rounds), those are copied too and the finished delta is
     /// returned (it is the state as of this call); otherwise those are set aside in turn.
@@ -348,10 +334,7 @@ impl Engine {
         let mut capture = self.checkpoint.capture.take()?;
         let tracked = self.positions.changed_len() + self.holds.changed_len();
         let grown = tracked.saturating_sub(capture.changed_after_step);
-        let mut left = budget
-            .max(1)
-            .saturating_add(grown.saturating_mul(2))
-            .min(CHECKPOINT_STEP_ENTRIES_MAX.max(budget));
+        let mut left = budget.max(1).saturating_add(grown.saturating_mul(2));
         let part_entries = part_entries.max(1);
         self.copy_positions(&mut capture, &mut left, part_entries);
         self.copy_holds(&mut capture, &mut left, part_entries);

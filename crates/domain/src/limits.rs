@@ -92,9 +92,6 @@ pub const CHECKPOINT_ROUNDS_MAX: usize = 4;
 /// of copies, so the shard grows (and, when it grows, moves) at most this many at once,
 /// about 0.5 MiB at ~130 bytes a copy, instead of a vector of the whole delta.
 pub const CHECKPOINT_PART_ENTRIES_MAX: usize = 4_096;
-/// Most entries one step of a checkpoint delta taken in steps copies (unless asked for
-/// more): at 1–2 µs an entry, under a millisecond of the shard's time per step.
-pub const CHECKPOINT_STEP_ENTRIES_MAX: usize = 512;
 /// Most items in one SetStock, AdjustStock, UpsertProducts or UpsertCategories. Bounds
 /// one log record (about 100 bytes per item) and the time one batch holds a shard.
 pub const STOCK_BATCH_MAX: usize = 1_000;

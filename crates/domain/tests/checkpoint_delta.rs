@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use common::*;
 use proptest::prelude::*;
 use proptest::test_runner::{FileFailurePersistence, TestCaseError};
-use stockd_domain::limits::CHECKPOINT_STEP_ENTRIES_MAX;
 use stockd_domain::{
     CheckpointDelta, ConfigSnap, Counters, Engine, EngineSnapshot, HoldSnap, Millis, PositionSnap,
     ReserveLine, ReserveRequest, Settings, StockCount,
@@ -174,38 +173,6 @@ proptest! {
         let rebuilt = store.restore()?;
         prop_assert!(rebuilt.snapshot() == h.engine.snapshot(), "folded deltas differ from the state");
     }
-}
-
-/// A step copies at most `CHECKPOINT_STEP_ENTRIES_MAX` entries, however many a batch
-/// before it changed: twice a large batch's changes at once would stall the shard.
-#[test]
-fn a_step_after_a_large_batch_copies_a_bounded_number_of_entries() {
-    let mut e = engine();
-    let set_aside = 3 * CHECKPOINT_STEP_ENTRIES_MAX;
-    for i in 0..set_aside {
-        count(&mut e, T0, &format!("P{i}"), 10);
-    }
-    e.begin_checkpoint_delta();
-    // A large batch after the delta was set aside: the first step would copy 2 × 1,000.
-    for i in 0..1_000 {
-        count(&mut e, T0 + 1, &format!("Q{i}"), 10);
-    }
-    assert!(e.step_checkpoint_delta(64).is_none());
-    assert_eq!(
-        e.checkpoint_set_aside(),
-        set_aside - CHECKPOINT_STEP_ENTRIES_MAX,
-        "the first step copies the most a step may"
-    );
-    let mut steps = 1;
-    let done = loop {
-        steps += 1;
-        if let Some(done) = e.step_checkpoint_delta(64) {
-            break done;
-        }
-        assert!(steps < 100, "a stepped delta never finished");
-    };
-    let delta = done.into_delta();
-    assert_eq!(delta.positions, e.snapshot().into_delta().positions);
 }
 
 /// A delta taken in steps is the state as of its last step: an entry changed after it was

@@ -99,13 +99,6 @@ pub const CHECKPOINT_PENDING_MAX: usize = crate::storage::checkpoint::BATCH_ENTR
 /// second); a delta of `CHECKPOINT_PENDING_MAX` entries takes ~2,000 wake-ups.
 pub const CHECKPOINT_COPY_STEP_ENTRIES: usize = 256;
 
-/// Most of a shard's time that copying a checkpoint delta takes, in percent: after a step
-/// that took `t`, the next waits `t × (100 − share) / share`. Copying costs 1–2 µs an
-/// entry whatever the pacing (601,001 entries took 738 ms on 2026-12-04), so a delta of
-/// 1,000,000 entries is copied in about 2–4 s at 50%, and a request waits behind at most
-/// one step (`CHECKPOINT_STEP_ENTRIES_MAX` entries: about a millisecond at most).
-pub const CHECKPOINT_COPY_SHARE_PCT: u32 = 50;
-
 /// Nice value of the thread that writes a checkpoint: the shard, the RPCs and the log
 /// writer go first on a busy core. Nice 10 weighs 110 against 1,024 for the default: about
 /// 10% of a fully busy core (so a checkpoint, and with it the log's recycling, still

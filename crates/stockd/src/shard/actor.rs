@@ -131,8 +131,6 @@ pub struct ShardActor {
     checkpoint_in_flight: Arc<AtomicBool>,
     /// Time spent copying the delta being taken in steps, so far.
     checkpoint_copy: Duration,
-    /// The earliest time the next copy step may run (`limits::CHECKPOINT_COPY_SHARE_PCT`).
-    next_copy_step: Instant,
     /// The delta of a checkpoint that failed, until the next one carries it.
     checkpoint_failed: Arc<std::sync::Mutex<Option<Delta>>>,
     /// Positions changed by a batch that is not yet durable, with how many such batches.
@@ -189,7 +187,6 @@ impl ShardActor {
             next_lsn,
             checkpoint_in_flight: Arc::new(AtomicBool::new(false)),
             checkpoint_copy: Duration::ZERO,
-            next_copy_step: Instant::now(),
             checkpoint_failed: Arc::default(),
             dirty: FxHashMap::default(),
             dirty_all: 0,
@@ -216,7 +213,7 @@ impl ShardActor {
             });
             // A checkpoint delta being copied in steps goes on even with no message.
             let deadline = match self.engine.checkpoint_delta_in_progress() {
-                true => Some(tokio::time::Instant::from_std(self.next_copy_step)),
+                true => Some(tokio::time::Instant::now()),
                 false => deadline,
             };
             let first = tokio::select! {
@@ -672,9 +669,7 @@ impl ShardActor {
 
     fn maybe_checkpoint(&mut self) {
         if self.engine.checkpoint_delta_in_progress() {
-            if Instant::now() >= self.next_copy_step {
-                self.step_checkpoint();
-            }
+            self.step_checkpoint();
             return;
         }
         // Also when many entries changed (a few records may touch many positions), so a
@@ -699,20 +694,14 @@ impl ShardActor {
     }
 
     /// Copies one step of the delta being taken: a bounded number of entries per wake-up,
-    /// more when the batches since the previous step changed many, so the shard never
-    /// pauses for a whole delta (`Engine::step_checkpoint_delta`). The next step waits so
-    /// that copying takes at most `CHECKPOINT_COPY_SHARE_PCT` of the shard's time: back to
-    /// back, the steps of a million-entry delta held the core for seconds and requests
-    /// queued behind them. The last step starts the checkpoint.
+    /// more when the batch just handled changed many, so the shard never pauses for a whole
+    /// delta (`Engine::step_checkpoint_delta`). The last step starts the checkpoint.
     fn step_checkpoint(&mut self) {
         let started = Instant::now();
         let done = self
             .engine
             .step_checkpoint_delta(limits::CHECKPOINT_COPY_STEP_ENTRIES);
-        let took = started.elapsed();
-        self.checkpoint_copy += took;
-        let share = limits::CHECKPOINT_COPY_SHARE_PCT;
-        self.next_copy_step = Instant::now() + took * (100 - share) / share;
+        self.checkpoint_copy += started.elapsed();
         if let Some(delta) = done {
             m::snapshot_taken(self.checkpoint_copy);
             self.start_checkpoint(delta);
