@@ -309,6 +309,7 @@ fn start_shards(
     keys: Vec<ConfigKeys>,
     next_lsn: &[u64],
 ) -> (Vec<ShardHandle>, Vec<TaskHandle<()>>) {
+    let shards = engines.len();
     engines
         .into_iter()
         .zip(keys)
@@ -327,7 +328,7 @@ fn start_shards(
                 },
             };
             let (handle, task) = ShardActor::spawn(
-                id,
+                (id, shards),
                 engine,
                 logs[id].clone(),
                 config.limits.clone(),

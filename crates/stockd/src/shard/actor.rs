@@ -55,6 +55,24 @@ pub struct ShardLimits {
     pub snapshot_every: Duration,
 }
 
+impl ShardLimits {
+    /// How far along its first checkpoint shard `id` of `shards` starts: in records and in
+    /// time, its share `id / shards` of the interval. Shards of one process take similar
+    /// writes, so without it they would all reach their first checkpoint together, and
+    /// every later one too: `shards` copies and sled batches at once on the same cores (a
+    /// burst of seconds of CPU that stalls the requests of the moment). Staggered, their
+    /// checkpoints stay spread over the interval. Shard 0 (and a single shard) starts at 0;
+    /// no shard waits longer than the interval.
+    pub fn head_start(&self, id: usize, shards: usize) -> (u64, Duration) {
+        let shards = shards.max(1) as u64;
+        let id = (id as u64).min(shards - 1);
+        let records =
+            (u128::from(self.snapshot_every_records) * u128::from(id) / u128::from(shards)) as u64;
+        let time = self.snapshot_every.mul_f64(id as f64 / shards as f64);
+        (records, time)
+    }
+}
+
 impl Default for ShardLimits {
     fn default() -> Self {
         ShardLimits {
@@ -121,6 +139,9 @@ pub struct ShardActor {
     /// was reloaded from disk answer it.
     first_failure: Option<StorageError>,
     records_since_checkpoint: u64,
+    /// Records counted as written before the first checkpoint (`ShardLimits::head_start`),
+    /// 0 after it: shard checkpoints stay spread over the interval from then on.
+    records_ahead: u64,
     last_checkpoint: Instant,
     reload: Reload,
     /// Set once the engine was rebuilt from disk after a failed write.
@@ -158,10 +179,10 @@ impl Drop for ClearOnDrop {
 }
 
 impl ShardActor {
-    /// Spawns the actor on the current runtime; returns the handle and the task, which
-    /// ends when every handle is dropped and all replies are sent.
+    /// Spawns the actor (shard `id` of `shards`) on the current runtime; returns the handle
+    /// and the task, which ends when every handle is dropped and all replies are sent.
     pub fn spawn(
-        id: usize,
+        (id, shards): (usize, usize),
         engine: Engine,
         wal: ShardLog,
         limits: ShardLimits,
@@ -170,6 +191,8 @@ impl ShardActor {
     ) -> (ShardHandle, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(limits.mailbox_capacity);
         let failed = Arc::new(AtomicBool::new(false));
+        let (records_ahead, time_ahead) = limits.head_start(id, shards);
+        let now = Instant::now();
         let actor = ShardActor {
             id,
             engine,
@@ -181,7 +204,8 @@ impl ShardActor {
             failed,
             first_failure: None,
             records_since_checkpoint: 0,
-            last_checkpoint: Instant::now(),
+            records_ahead,
+            last_checkpoint: now.checked_sub(time_ahead).unwrap_or(now),
             reload,
             reloaded: false,
             next_lsn,
@@ -674,7 +698,8 @@ impl ShardActor {
         }
         // Also when many entries changed (a few records may touch many positions), so a
         // delta stays well inside one atomic batch.
-        let due = self.records_since_checkpoint >= self.limits.snapshot_every_records
+        let due = self.records_since_checkpoint + self.records_ahead
+            >= self.limits.snapshot_every_records
             || (self.records_since_checkpoint > 0
                 && (self.last_checkpoint.elapsed() >= self.limits.snapshot_every
                     || self.engine.checkpoint_pending() >= limits::CHECKPOINT_PENDING_MAX));
@@ -687,6 +712,7 @@ impl ShardActor {
             return;
         }
         self.records_since_checkpoint = 0;
+        self.records_ahead = 0;
         self.last_checkpoint = Instant::now();
         self.checkpoint_copy = Duration::ZERO;
         self.engine.begin_checkpoint_delta();
@@ -888,5 +914,37 @@ fn storage_error(e: LogError) -> StorageError {
     match e {
         LogError::WriterStopped => StorageError::WriterStopped,
         e => StorageError::Log(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_start_their_first_checkpoint_spread_over_the_interval() {
+        let limits = ShardLimits {
+            mailbox_capacity: 1,
+            snapshot_every_records: 100_000,
+            snapshot_every: Duration::from_secs(300),
+        };
+        assert_eq!(limits.head_start(0, 1), (0, Duration::ZERO));
+        let starts: Vec<(u64, Duration)> = (0..8).map(|id| limits.head_start(id, 8)).collect();
+        assert_eq!(starts[0], (0, Duration::ZERO));
+        for (id, &(records, time)) in starts.iter().enumerate() {
+            assert_eq!(records, 12_500 * id as u64, "shard {id}");
+            assert_eq!(
+                time,
+                Duration::from_millis(37_500 * id as u64),
+                "shard {id}"
+            );
+        }
+        // Never a whole interval ahead, whatever the numbers.
+        let huge = ShardLimits {
+            snapshot_every_records: u64::MAX,
+            ..limits
+        };
+        let (records, time) = huge.head_start(usize::MAX, 3);
+        assert!(records < u64::MAX && time < huge.snapshot_every);
     }
 }
