@@ -33,6 +33,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Written by hand (`src/proto/watch_response.rs`): the server sends events it
+        // encoded itself.
+        .extern_path(
+            ".inventory.v1.WatchEventsResponse",
+            "crate::proto::watch_response::WatchEventsResponse",
+        )
         .compile_fds(fds)?;
     Ok(())
 }

@@ -13,8 +13,11 @@ pub mod inventory {
     /// and configuration.
     pub mod v1 {
         tonic::include_proto!("inventory.v1");
+        pub use super::super::watch_response::WatchEventsResponse;
     }
 }
+
+pub mod watch_response;
 
 /// The encoded `FileDescriptorSet` of the API, imports included, for gRPC
 /// server reflection.

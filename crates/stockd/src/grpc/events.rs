@@ -104,6 +104,7 @@ impl EventService for EventApi {
             filter,
             tx,
             closing: self.closing.clone(),
+            scratch: Vec::new(),
         };
         tokio::spawn(async move {
             let _permit = permit;
@@ -191,6 +192,8 @@ struct Watch {
     filter: Filter,
     tx: mpsc::Sender<Sent>,
     closing: watch::Receiver<bool>,
+    /// Where events are encoded before they are copied out (`event_wire`).
+    scratch: Vec<u8>,
 }
 
 /// Why a watch stopped following.
@@ -293,9 +296,9 @@ impl Watch {
     /// nothing for `EVENTS_WATCH_STALL_MS` is cut off (a consumer that reads, however
     /// slowly, is served from the retained log instead).
     async fn send(&mut self, event: &Stored) -> Result<(), Stop> {
-        let message = Ok(pb::WatchEventsResponse {
-            event: Some(to_proto(event)),
-        });
+        let message = Ok(pb::WatchEventsResponse::encoded(
+            super::event_wire::watch_response(event, &mut self.scratch),
+        ));
         let message = match self.tx.try_send(message) {
             Ok(()) => return Ok(()),
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(Stop::Gone),
@@ -363,7 +366,9 @@ fn filter(f: Option<pb::EventFilter>) -> Result<Filter, Status> {
     })
 }
 
-fn to_proto(event: &Stored) -> pb::Event {
+/// The event as the API shows it (ListEvents; WatchEvents writes the same bytes directly,
+/// `event_wire`).
+pub(crate) fn to_proto(event: &Stored) -> pb::Event {
     let r = &event.record;
     let rejected = r.kind() == Some(stockd_domain::EventKind::ReserveRejected);
     pb::Event {

@@ -13,7 +13,7 @@ use crate::proto::inventory::v1 as pb;
 use crate::storage::events::history::{HistoryAt, HistoryPage};
 use crate::storage::events::record::{EventRecord, IqRecord};
 use crate::storage::events::{EventsError, Shared};
-use stockd_domain::IqKind;
+use stockd_domain::{IqKind, Millis};
 
 /// Answers one GetPositionHistory request.
 pub async fn get_position_history(
@@ -75,40 +75,82 @@ pub async fn get_position_history(
     })
 }
 
+/// One IQ change as the API shows it, its strings borrowed from the stored event: the
+/// one place that decides which ref, channel and times an IQ change carries, for both the
+/// protobuf messages (`quantity`) and WatchEvents' direct encoding (`event_wire`).
+pub struct IqView<'a> {
+    pub product: &'a str,
+    pub location: &'a str,
+    /// The IQ's id within its position (its ref is `product:location:id`).
+    pub id: u64,
+    /// `pb::QuantityType` as a number (0: a kind this build does not know).
+    pub r#type: i32,
+    pub quantity: i64,
+    /// `pb::QuantityStatus` as a number.
+    pub status: i32,
+    pub channel: &'a str,
+    pub hold: &'a str,
+    pub order: &'a str,
+    pub adjustment: &'a str,
+    pub created_at: Option<Millis>,
+    pub updated_at: Millis,
+    pub occurred_at: Option<Millis>,
+    pub expires_at: Option<Millis>,
+}
+
+impl<'a> IqView<'a> {
+    /// The IQ change `iq` of event `e`.
+    pub fn of(e: &'a EventRecord, iq: &'a IqRecord) -> IqView<'a> {
+        let (product, location) = iq.position(e);
+        let kind = iq.kind();
+        let owner = iq.owner(e).unwrap_or_default();
+        let (hold, order, adjustment) = match kind {
+            Some(IqKind::SoftReserve) => (owner, "", ""),
+            Some(IqKind::Reserved | IqKind::Sale) => ("", owner, ""),
+            _ => ("", "", owner),
+        };
+        let occurred = !matches!(kind, Some(IqKind::SoftReserve | IqKind::Reserved));
+        let status = if iq.active {
+            pb::QuantityStatus::Active
+        } else {
+            pb::QuantityStatus::Inactive
+        };
+        IqView {
+            product: product.unwrap_or_default(),
+            location: location.unwrap_or_default(),
+            id: iq.id,
+            r#type: kind.map_or(0, |k| quantity_type(k) as i32),
+            quantity: iq.quantity,
+            status: status as i32,
+            channel: iq.channel(e).unwrap_or_default(),
+            hold,
+            order,
+            adjustment,
+            // An IQ's creation is the event of its ACTIVE change; INACTIVE ones do not say.
+            created_at: iq.active.then_some(e.at),
+            updated_at: e.at,
+            occurred_at: occurred.then_some(iq.occurred_at),
+            expires_at: iq.expires_at,
+        }
+    }
+}
+
 /// The IQ change `iq` of event `e` as ((product, location), InventoryQuantity).
 pub fn quantity(e: &EventRecord, iq: &IqRecord) -> ((String, String), pb::InventoryQuantity) {
-    let (product, location) = iq.position(e);
-    let (product, location) = (
-        product.unwrap_or_default().to_owned(),
-        location.unwrap_or_default().to_owned(),
-    );
-    let kind = iq.kind();
-    let owner = iq.owner(e).unwrap_or_default().to_owned();
-    let (hold_ref, order_ref, adjustment_ref) = match kind {
-        Some(IqKind::SoftReserve) => (owner, String::new(), String::new()),
-        Some(IqKind::Reserved | IqKind::Sale) => (String::new(), owner, String::new()),
-        _ => (String::new(), String::new(), owner),
-    };
-    let occurred = !matches!(kind, Some(IqKind::SoftReserve | IqKind::Reserved));
-    let status = if iq.active {
-        pb::QuantityStatus::Active
-    } else {
-        pb::QuantityStatus::Inactive
-    };
+    let v = IqView::of(e, iq);
     let quantity = pb::InventoryQuantity {
-        r#ref: format!("{product}:{location}:{}", iq.id),
-        r#type: kind.map_or(0, |k| quantity_type(k) as i32),
-        quantity: iq.quantity,
-        status: status as i32,
-        channel_ref: iq.channel(e).unwrap_or_default().to_owned(),
-        hold_ref,
-        order_ref,
-        adjustment_ref,
-        // An IQ's creation is the event of its ACTIVE change; INACTIVE ones do not say.
-        created_at: iq.active.then(|| timestamp(e.at)),
-        updated_at: Some(timestamp(e.at)),
-        occurred_at: occurred.then(|| timestamp(iq.occurred_at)),
-        expires_at: iq.expires_at.map(timestamp),
+        r#ref: format!("{}:{}:{}", v.product, v.location, v.id),
+        r#type: v.r#type,
+        quantity: v.quantity,
+        status: v.status,
+        channel_ref: v.channel.to_owned(),
+        hold_ref: v.hold.to_owned(),
+        order_ref: v.order.to_owned(),
+        adjustment_ref: v.adjustment.to_owned(),
+        created_at: v.created_at.map(timestamp),
+        updated_at: Some(timestamp(v.updated_at)),
+        occurred_at: v.occurred_at.map(timestamp),
+        expires_at: v.expires_at.map(timestamp),
     };
-    ((product, location), quantity)
+    ((v.product.to_owned(), v.location.to_owned()), quantity)
 }

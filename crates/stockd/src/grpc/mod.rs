@@ -3,7 +3,8 @@
 //! - `inventory`, `admin`: the two services, thin handlers over the router.
 //! - `holds_query`: ListHolds and GetOrder (holds and orders as queryable things).
 //! - `events`: `EventService` (WatchEvents, ListEvents) over the event log; `history`
-//!   (GetPositionHistory) and `reports` (GetChannelReport), its other two methods.
+//!   (GetPositionHistory) and `reports` (GetChannelReport), its other two methods;
+//!   `event_wire`: WatchEvents' events encoded straight from the stored record.
 //! - `convert`: protobuf ↔ domain, naming the field of every bad input.
 //! - `status`: errors → `tonic::Status`, one exhaustive mapping.
 //! - `observe`: the span and latency histogram around every RPC.
@@ -21,6 +22,7 @@ pub mod access;
 pub mod admin;
 pub mod convert;
 pub mod decode;
+pub mod event_wire;
 pub mod events;
 pub mod gather;
 pub mod history;
