@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -267,17 +268,28 @@ impl Watch {
     /// (it lagged before it sent anything live).
     async fn follow(&mut self) -> Result<(), Stop> {
         loop {
-            let received = tokio::select! {
-                received = self.live.recv() => received,
-                // The consumer went away while nothing happened: free its slot now.
-                () = self.tx.closed() => return Err(Stop::Gone),
+            let received = match self.live.try_recv() {
+                // What is already in the ring is taken without waiting (no select, no
+                // waker, per event), within the task's cooperative budget, so that a burst
+                // does not hold the runtime thread.
+                Ok(event) => {
+                    tokio::task::coop::consume_budget().await;
+                    Ok(event)
+                }
+                Err(TryRecvError::Empty) => tokio::select! {
+                    received = self.live.recv() => received,
+                    // The consumer went away while nothing happened: free its slot now.
+                    () = self.tx.closed() => return Err(Stop::Gone),
+                },
+                Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                Err(TryRecvError::Closed) => Err(RecvError::Closed),
             };
             let event = match received {
                 Ok(event) => event,
-                Err(broadcast::error::RecvError::Closed) => return Err(Stop::Gone),
+                Err(RecvError::Closed) => return Err(Stop::Gone),
                 // The ring lapped this watch (a burst, or a consumer slower than events
                 // arrive): it reads on from the retained log, at its consumer's pace.
-                Err(broadcast::error::RecvError::Lagged(_)) => return Ok(()),
+                Err(RecvError::Lagged(_)) => return Ok(()),
             };
             if event.seq < self.next {
                 continue;
