@@ -12,7 +12,9 @@
 //! data folder on the real disk, `--durability sync`), `EVENTS_BENCH_CALLERS` concurrent
 //! Reserve callers (default 32) for `EVENTS_BENCH_SECS` seconds per run (default 5),
 //! alternating runs without and with a watcher (`EVENTS_BENCH_ROUNDS` pairs, default 2),
-//! so both see the same machine. Bounded in time and count; only 127.0.0.1.
+//! so both see the same machine. The watcher decodes only each event's sequence unless
+//! `EVENTS_BENCH_WATCH_DECODE=full` (see `watcher`). Bounded in time and count; only
+//! 127.0.0.1.
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -92,24 +94,69 @@ async fn reserve_run(channels: &[Channel], callers: u64, secs: u64, tag: &str) -
 }
 
 /// A watcher from now on that counts what it receives until told to stop.
+///
+/// It decodes only each event's sequence (as `stockd-load --watch` does), so the figure is
+/// what a watcher costs the server: a real consumer decodes on its own machine, and here it
+/// would share the server's two cores. `EVENTS_BENCH_WATCH_DECODE=full` decodes every field
+/// of every event instead (the server's cost and a full consumer's, together).
 fn watcher(ch: Channel, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+    let full = std::env::var("EVENTS_BENCH_WATCH_DECODE").is_ok_and(|v| v == "full");
     tokio::spawn(async move {
-        let mut ev = EventServiceClient::new(ch);
-        let mut stream = ev
-            .watch_events(pb::WatchEventsRequest::default())
-            .await
-            .expect("WatchEvents")
-            .into_inner();
-        let mut n = 0;
-        while !stop.load(Ordering::Relaxed) {
-            match tokio::time::timeout(Duration::from_millis(200), stream.message()).await {
-                Ok(Ok(Some(_))) => n += 1,
-                Ok(other) => panic!("the watch ended: {other:?}"),
-                Err(_) => {}
-            }
+        if full {
+            let stream = EventServiceClient::new(ch)
+                .watch_events(pb::WatchEventsRequest::default())
+                .await
+                .expect("WatchEvents")
+                .into_inner();
+            count(stream, &stop).await
+        } else {
+            count(watch_sequences(ch).await, &stop).await
         }
-        n
     })
+}
+
+/// Counts the messages of a watch until `stop`.
+async fn count<T>(mut stream: tonic::Streaming<T>, stop: &AtomicBool) -> u64 {
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        match tokio::time::timeout(Duration::from_millis(200), stream.message()).await {
+            Ok(Ok(Some(_))) => n += 1,
+            Ok(Ok(None)) => panic!("the watch ended"),
+            Ok(Err(status)) => panic!("the watch ended: {status:?}"),
+            Err(_) => {}
+        }
+    }
+    n
+}
+
+/// A WatchEventsResponse of which only the event's sequence is decoded (prost skips the
+/// rest unparsed).
+#[derive(Clone, PartialEq, prost::Message)]
+struct SequenceOnly {
+    #[prost(message, optional, tag = "1")]
+    event: Option<EventSequence>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct EventSequence {
+    #[prost(uint64, tag = "1")]
+    sequence: u64,
+}
+
+/// WatchEvents from now, decoding each answer as [`SequenceOnly`].
+async fn watch_sequences(ch: Channel) -> tonic::Streaming<SequenceOnly> {
+    let mut grpc = tonic::client::Grpc::new(ch);
+    grpc.ready().await.expect("the channel is ready");
+    let path = http::uri::PathAndQuery::from_static("/inventory.v1.EventService/WatchEvents");
+    let codec = tonic_prost::ProstCodec::<pb::WatchEventsRequest, SequenceOnly>::default();
+    grpc.server_streaming(
+        tonic::Request::new(pb::WatchEventsRequest::default()),
+        path,
+        codec,
+    )
+    .await
+    .expect("WatchEvents")
+    .into_inner()
 }
 
 /// Replays every retained event to one consumer; returns (events, events per second).
