@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stockd::proto::inventory::v1 as pb;
+use stockd::proto::watch_response::SequenceOnly;
 use tonic::transport::Channel;
 
 use crate::rpc;
@@ -96,20 +97,6 @@ impl Watch {
         }
         report
     }
-}
-
-/// The only field of a WatchEventsResponse the watch reads: its event's sequence (prost
-/// skips the rest unparsed, so counting costs the load generator little of its core).
-#[derive(Clone, PartialEq, prost::Message)]
-struct SequenceOnly {
-    #[prost(message, optional, tag = "1")]
-    event: Option<EventSequence>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct EventSequence {
-    #[prost(uint64, tag = "1")]
-    sequence: u64,
 }
 
 /// WatchEvents, decoding each answer as [`SequenceOnly`].

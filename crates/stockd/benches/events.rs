@@ -28,6 +28,7 @@ use stockd::proto::inventory::v1 as pb;
 use stockd::proto::inventory::v1::admin_service_client::AdminServiceClient;
 use stockd::proto::inventory::v1::event_service_client::EventServiceClient;
 use stockd::proto::inventory::v1::inventory_service_client::InventoryServiceClient;
+use stockd::proto::watch_response::SequenceOnly;
 use stockd::storage::events::record::{IqRecord, Owner, kind_code};
 use stockd::storage::events::report::{Query, Report};
 use stockd::storage::events::{EventRecord, Origin};
@@ -127,20 +128,6 @@ async fn count<T>(mut stream: tonic::Streaming<T>, stop: &AtomicBool) -> u64 {
         }
     }
     n
-}
-
-/// A WatchEventsResponse of which only the event's sequence is decoded (prost skips the
-/// rest unparsed).
-#[derive(Clone, PartialEq, prost::Message)]
-struct SequenceOnly {
-    #[prost(message, optional, tag = "1")]
-    event: Option<EventSequence>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct EventSequence {
-    #[prost(uint64, tag = "1")]
-    sequence: u64,
 }
 
 /// WatchEvents from now, decoding each answer as [`SequenceOnly`].

@@ -86,3 +86,19 @@ impl prost::Message for WatchEventsResponse {
         self.encoded = None;
     }
 }
+
+/// A `WatchEventsResponse` of which only the event's sequence is decoded: prost skips the
+/// rest unparsed. For consumers that only count and check the sequence (`stockd-load
+/// --watch`, the events bench), so that their decoding costs little of a shared core.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SequenceOnly {
+    #[prost(message, optional, tag = "1")]
+    pub event: Option<EventSequence>,
+}
+
+/// The sequence of an `Event`, and nothing else of it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EventSequence {
+    #[prost(uint64, tag = "1")]
+    pub sequence: u64,
+}
