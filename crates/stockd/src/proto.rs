@@ -5,6 +5,10 @@
 //! the wire contract, not the domain model: only `grpc/` (which converts them
 //! to and from domain commands) and the load generator may use them, so the
 //! domain, shards and storage never depend on tonic or prost.
+//!
+//! One message is written by hand rather than generated: `WatchEventsResponse`
+//! (`watch_response`, mapped in with `extern_path` in `build.rs`), so that a watch can send
+//! the bytes `grpc::event_wire` encodes straight from the stored event.
 
 /// The `inventory` protobuf package.
 pub mod inventory {
