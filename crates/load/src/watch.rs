@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stockd::proto::inventory::v1 as pb;
-use stockd::proto::watch_response::SequenceOnly;
+use stockd::proto::watch_response::{SequenceOnly, watch_sequences};
 use tonic::transport::Channel;
 
 use crate::rpc;
@@ -68,7 +68,7 @@ impl Watch {
             start: pb::watch_events_request::Start::Now as i32,
             ..Default::default()
         };
-        let stream = open(channel, request)
+        let stream = watch_sequences(channel, request)
             .await
             .map_err(|s| format!("--watch: WatchEvents: {}", rpc::error_text(&s)))?;
         let seen = Arc::new(Mutex::new(Seen::default()));
@@ -97,23 +97,6 @@ impl Watch {
         }
         report
     }
-}
-
-/// WatchEvents, decoding each answer as [`SequenceOnly`].
-async fn open(
-    channel: Channel,
-    request: pb::WatchEventsRequest,
-) -> Result<tonic::Streaming<SequenceOnly>, tonic::Status> {
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready()
-        .await
-        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let path = http::uri::PathAndQuery::from_static("/inventory.v1.EventService/WatchEvents");
-    let codec = tonic_prost::ProstCodec::<pb::WatchEventsRequest, SequenceOnly>::default();
-    let response = grpc
-        .server_streaming(tonic::Request::new(request), path, codec)
-        .await?;
-    Ok(response.into_inner())
 }
 
 async fn count(mut stream: tonic::Streaming<SequenceOnly>, seen: Arc<Mutex<Seen>>) {

@@ -28,7 +28,7 @@ use stockd::proto::inventory::v1 as pb;
 use stockd::proto::inventory::v1::admin_service_client::AdminServiceClient;
 use stockd::proto::inventory::v1::event_service_client::EventServiceClient;
 use stockd::proto::inventory::v1::inventory_service_client::InventoryServiceClient;
-use stockd::proto::watch_response::SequenceOnly;
+use stockd::proto::watch_response::watch_sequences;
 use stockd::storage::events::record::{IqRecord, Owner, kind_code};
 use stockd::storage::events::report::{Query, Report};
 use stockd::storage::events::{EventRecord, Origin};
@@ -111,7 +111,10 @@ fn watcher(ch: Channel, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
                 .into_inner();
             count(stream, &stop).await
         } else {
-            count(watch_sequences(ch).await, &stop).await
+            let stream = watch_sequences(ch, pb::WatchEventsRequest::default())
+                .await
+                .expect("WatchEvents");
+            count(stream, &stop).await
         }
     })
 }
@@ -128,22 +131,6 @@ async fn count<T>(mut stream: tonic::Streaming<T>, stop: &AtomicBool) -> u64 {
         }
     }
     n
-}
-
-/// WatchEvents from now, decoding each answer as [`SequenceOnly`].
-async fn watch_sequences(ch: Channel) -> tonic::Streaming<SequenceOnly> {
-    let mut grpc = tonic::client::Grpc::new(ch);
-    grpc.ready().await.expect("the channel is ready");
-    let path = http::uri::PathAndQuery::from_static("/inventory.v1.EventService/WatchEvents");
-    let codec = tonic_prost::ProstCodec::<pb::WatchEventsRequest, SequenceOnly>::default();
-    grpc.server_streaming(
-        tonic::Request::new(pb::WatchEventsRequest::default()),
-        path,
-        codec,
-    )
-    .await
-    .expect("WatchEvents")
-    .into_inner()
 }
 
 /// Replays every retained event to one consumer; returns (events, events per second).

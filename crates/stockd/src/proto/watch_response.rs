@@ -13,7 +13,7 @@ use bytes::{Buf, BufMut, Bytes};
 use prost::DecodeError;
 use prost::encoding::{DecodeContext, WireType};
 
-use super::inventory::v1::Event;
+use super::inventory::v1::{Event, WatchEventsRequest};
 
 /// One event of a watch (`inventory.v1.WatchEventsResponse`).
 #[derive(Clone, PartialEq, Default, Debug)]
@@ -101,4 +101,23 @@ pub struct SequenceOnly {
 pub struct EventSequence {
     #[prost(uint64, tag = "1")]
     pub sequence: u64,
+}
+
+/// WatchEvents on `channel`, each answer decoded as [`SequenceOnly`].
+pub async fn watch_sequences(
+    channel: tonic::transport::Channel,
+    request: WatchEventsRequest,
+) -> Result<tonic::Streaming<SequenceOnly>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/inventory.v1.EventService/WatchEvents",
+    );
+    let codec = tonic_prost::ProstCodec::<WatchEventsRequest, SequenceOnly>::default();
+    let response = grpc
+        .server_streaming(tonic::Request::new(request), path, codec)
+        .await?;
+    Ok(response.into_inner())
 }
