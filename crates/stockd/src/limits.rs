@@ -215,6 +215,14 @@ pub const HOLD_RETENTION_SECS_DEFAULT: u64 = (stockd_domain::limits::HOLD_RETENT
 // `LOCK_STRIPES / DIRECTORY_PRUNE_STRIPES_PER_TICK × DIRECTORY_PRUNE_TICK_MS` (6.4 s) plus
 // `DIRECTORY_PRUNE_GRACE_MS` after its last part was forgotten.
 
+/// Most whole-hold views one lock stripe of the directory keeps, so that GetHold of an
+/// active hold is answered without asking its shards (`Entry::view`): with
+/// `LOCK_STRIPES` stripes, at most 4,096 × 64 = 262,144 views (a view is about 150 bytes
+/// plus 60 per line, so at most about 60 MiB for 3-line carts). A stripe that is full
+/// caches no more views until some of its views go (any change to their hold, or its
+/// deadline); GetHold of the others asks their shards as before.
+pub const DIRECTORY_VIEWS_PER_STRIPE_MAX: usize = 64;
+
 /// How often the directory's prune wakes.
 pub const DIRECTORY_PRUNE_TICK_MS: u64 = 100;
 

@@ -140,12 +140,17 @@ async fn hold_operations_contact_only_the_hold_s_shards() {
     reserve_ok(&mut inv, "h3", "WEB", &three, 600).await;
     let m7 = messages(metrics);
     assert_eq!(delta(&m6, &m7), expect(&[("reserve", 3)]), "Reserve on 3");
-    get_hold(&mut inv, "h3")
+    let first = get_hold(&mut inv, "h3")
         .await
         .expect("GetHold")
         .expect("h3");
     let m8 = messages(metrics);
     assert_eq!(delta(&m7, &m8), expect(&[("hold", 3)]), "GetHold on 3");
+    // Unchanged and active, the hold is answered from the directory's view of it: no
+    // shard message, the same answer.
+    let again = get_hold(&mut inv, "h3").await.expect("GetHold");
+    assert_eq!(again.as_ref(), Some(&first), "the view is the shards' answer");
+    assert_eq!(delta(&m8, &messages(metrics)), expect(&[]), "GetHold again");
     let moved = lines(&products[4..5]);
     reserve_ok(&mut inv, "h3", "WEB", &moved, 600).await;
     let m9 = messages(metrics);
@@ -192,6 +197,25 @@ async fn hold_operations_contact_only_the_hold_s_shards() {
         expect(&[("release", 3)]),
         "ReleaseHold on 3"
     );
+    // A released hold is not answered from a view: its shards say RELEASED.
+    let released = get_hold(&mut inv, "h4").await.expect("GetHold").expect("h4");
+    assert_eq!(released.state(), pb::HoldState::Released);
+    let m15b = messages(metrics);
+    assert_eq!(delta(&m15, &m15b), expect(&[("hold", 3)]), "GetHold released");
+
+    // A view is not used past the hold's deadline: its shards answer EXPIRED.
+    reserve_ok(&mut inv, "h5", "WEB", &three, 1).await;
+    let active = get_hold(&mut inv, "h5").await.expect("GetHold").expect("h5");
+    assert_eq!(active.state(), pb::HoldState::Active);
+    let m15c = messages(metrics);
+    assert_eq!(get_hold(&mut inv, "h5").await.expect("GetHold"), Some(active));
+    assert_eq!(delta(&m15c, &messages(metrics)), expect(&[]), "GetHold h5 again");
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let m15d = messages(metrics);
+    let expired = get_hold(&mut inv, "h5").await.expect("GetHold").expect("h5");
+    assert_eq!(expired.state(), pb::HoldState::Expired, "{expired:?}");
+    let d = delta(&m15d, &messages(metrics));
+    assert_eq!(d.get("hold"), Some(&3), "GetHold past the deadline: {d:?}");
 
     // After a restart the directory is rebuilt from the recovered shards: the same holds
     // cost the same messages, and a finished hold still refuses a new reserve.

@@ -16,6 +16,13 @@
 //! at a time and asks the shards of entries past it whether they still keep them. At
 //! start-up the directory is rebuilt from every recovered engine's parts
 //! (`Engine::part_refs`), before any request is served.
+//!
+//! An entry may also keep the whole view of an active hold, as its shards last answered
+//! a GetHold of it (`Entry::view`), so that the next GetHold is answered here without a
+//! shard message. It is exact because every change of a hold goes through its stripe
+//! lock and notes the shards' answers, and a note drops the view; the one change that
+//! does not, expiry, happens at the view's own deadline, after which the view is not
+//! used. Views are bounded per stripe (`DIRECTORY_VIEWS_PER_STRIPE_MAX`).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -27,10 +34,10 @@ use super::handle::{ShardError, ShardHandle};
 use super::router::LOCK_STRIPES;
 use crate::limits::{
     DIRECTORY_PRUNE_CHECKS_MAX, DIRECTORY_PRUNE_GRACE_MS, DIRECTORY_PRUNE_STRIPES_PER_TICK,
-    DIRECTORY_RETRY_MS,
+    DIRECTORY_RETRY_MS, DIRECTORY_VIEWS_PER_STRIPE_MAX,
 };
 use stockd_domain::refs::fnv1a;
-use stockd_domain::{Engine, HoldView, Millis};
+use stockd_domain::{Engine, HoldState, HoldView, Millis};
 
 /// The two namespaces of the directory: hold refs and order refs are distinct.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +84,10 @@ struct Entry {
     /// Ascending shard indices.
     shards: Vec<u32>,
     check_at: Millis,
+    /// The whole hold (holds only), while it is active and unchanged since its shards
+    /// answered a GetHold of it, and the moment it stops being valid: the earliest
+    /// deadline of its parts.
+    view: Option<Box<(HoldView, Millis)>>,
 }
 
 /// One lock stripe's share of the directory.
@@ -84,6 +95,8 @@ struct Entry {
 pub struct Stripe {
     holds: FxHashMap<Box<str>, Entry>,
     orders: FxHashMap<Box<str>, Entry>,
+    /// How many hold entries keep a view (at most `DIRECTORY_VIEWS_PER_STRIPE_MAX`).
+    views: usize,
 }
 
 impl Stripe {
@@ -107,7 +120,38 @@ impl Stripe {
             .map_or_else(Vec::new, |e| e.shards.clone())
     }
 
+    /// Drops the hold's view, if it keeps one: something about the hold was answered.
+    fn forget_view(&mut self, key: &str) {
+        if let Some(entry) = self.holds.get_mut(key)
+            && entry.view.take().is_some()
+        {
+            self.views -= 1;
+        }
+    }
+
+    /// The hold's whole view, if kept and still before its deadline at `now`.
+    fn view(&self, key: &str, now: Millis) -> Option<HoldView> {
+        let (view, until) = self.holds.get(key)?.view.as_deref()?;
+        (now < *until).then(|| view.clone())
+    }
+
+    /// Keeps the whole view of an active hold that has an entry, if the stripe has room.
+    fn keep_view(&mut self, key: &str, view: &HoldView, until: Millis) {
+        if view.state != HoldState::Active || self.views >= DIRECTORY_VIEWS_PER_STRIPE_MAX {
+            return;
+        }
+        if let Some(entry) = self.holds.get_mut(key)
+            && entry.view.is_none()
+        {
+            entry.view = Some(Box::new((view.clone(), until)));
+            self.views += 1;
+        }
+    }
+
     fn note(&mut self, ns: Ns, key: &str, shard: u32, seen: Seen, now: Millis, retention: Millis) {
+        if ns == Ns::Hold {
+            self.forget_view(key);
+        }
         let map = self.map_mut(ns);
         let check_at = match seen {
             Seen::Kept(until) => until.max(now) + retention + DIRECTORY_PRUNE_GRACE_MS,
@@ -125,6 +169,7 @@ impl Stripe {
         let entry = map.entry(key.into()).or_insert_with(|| Entry {
             shards: Vec::new(),
             check_at,
+            view: None,
         });
         if let Err(at) = entry.shards.binary_search(&shard) {
             entry.shards.insert(at, shard);
@@ -339,9 +384,25 @@ impl Locked<'_> {
         self.stripe(key).shards(ns, key)
     }
 
-    /// Notes what a shard's answer said (`None`: nothing changed there).
+    /// The whole view of an active hold, kept since its shards last answered a GetHold
+    /// and valid now (see the module's doc).
+    pub fn view(&self, hold_ref: &str) -> Option<HoldView> {
+        self.stripe(hold_ref).view(hold_ref, self.now)
+    }
+
+    /// Keeps the whole view of a hold, as its shards just answered a GetHold, if it is
+    /// active (and its stripe has room), until `until` (the earliest deadline of its parts).
+    pub fn keep_view(&mut self, hold_ref: &str, view: &HoldView, until: Millis) {
+        self.stripe_mut(hold_ref).keep_view(hold_ref, view, until);
+    }
+
+    /// Notes what a shard's answer said (`None`: nothing changed there). Any note of a
+    /// hold drops its view.
     pub fn note(&mut self, ns: Ns, key: &str, shard: usize, seen: Option<Seen>) {
         let (now, retention) = (self.now, self.retention);
+        if ns == Ns::Hold {
+            self.stripe_mut(key).forget_view(key);
+        }
         if let Some(seen) = seen {
             self.stripe_mut(key)
                 .note(ns, key, shard as u32, seen, now, retention);
@@ -445,6 +506,70 @@ mod tests {
             .map(|s| s.len())
             .sum();
         assert_eq!(total, 0, "every entry went");
+    }
+
+    fn active(hold_ref: &str, expires_at: Millis) -> HoldView {
+        HoldView {
+            hold_ref: hold_ref.into(),
+            channel_ref: "WEB".into(),
+            state: HoldState::Active,
+            lines: Vec::new(),
+            created_at: 0,
+            expires_at,
+            order_ref: None,
+            digest: 0,
+            total_lines: 0,
+            answered_lines: 0,
+            primary: true,
+            last_fulfil: None,
+            cancelled: false,
+            open: 0,
+            version: 1,
+            ended_at: None,
+        }
+    }
+
+    #[test]
+    fn a_view_is_kept_until_a_note_or_its_deadline_and_only_while_active() {
+        let mut s = Stripe::default();
+        s.keep_view("h", &active("h", 1_000), 1_000);
+        assert_eq!(s.view("h", 0), None, "no entry, no view");
+        s.note(Ns::Hold, "h", 0, Seen::Kept(1_000), 0, DAY);
+        s.keep_view("h", &active("h", 1_000), 900);
+        assert_eq!(s.view("h", 899), Some(active("h", 1_000)));
+        assert_eq!(s.view("h", 900), None, "past the earliest part's deadline");
+        s.note(Ns::Hold, "h", 1, Seen::Kept(1_000), 0, DAY);
+        assert_eq!(s.view("h", 0), None, "a note drops the view");
+        assert_eq!(s.views, 0);
+        let mut released = active("h", 1_000);
+        released.state = HoldState::Released;
+        s.keep_view("h", &released, 1_000);
+        assert_eq!(s.view("h", 0), None, "only an active hold's view is kept");
+        s.note(Ns::Order, "h", 0, Seen::Kept(1_000), 0, DAY);
+        s.keep_view("h", &active("h", 1_000), 1_000);
+        s.note(Ns::Hold, "h", 0, Seen::Absent, 0, DAY);
+        s.note(Ns::Hold, "h", 1, Seen::Absent, 0, DAY);
+        assert_eq!((s.view("h", 0), s.views), (None, 0), "the entry went, its view too");
+    }
+
+    #[test]
+    fn a_stripe_keeps_at_most_its_bound_of_views() {
+        let mut s = Stripe::default();
+        let n = DIRECTORY_VIEWS_PER_STRIPE_MAX + 5;
+        for i in 0..n {
+            let key = format!("h{i}");
+            s.note(Ns::Hold, &key, 0, Seen::Kept(1_000), 0, DAY);
+            s.keep_view(&key, &active(&key, 1_000), 1_000);
+        }
+        let kept = (0..n).filter(|i| s.view(&format!("h{i}"), 0).is_some());
+        assert_eq!(kept.count(), DIRECTORY_VIEWS_PER_STRIPE_MAX);
+        // Once one goes, there is room for another.
+        let last = format!("h{}", n - 1);
+        assert!(s.view(&last, 0).is_none(), "no room when it came");
+        s.note(Ns::Hold, "h0", 0, Seen::Kept(1_000), 0, DAY);
+        s.keep_view(&last, &active(&last, 1_000), 1_000);
+        assert!(s.view(&last, 0).is_some());
+        assert_eq!(s.views, DIRECTORY_VIEWS_PER_STRIPE_MAX);
     }
 
     #[test]

@@ -394,15 +394,21 @@ impl Router {
         error.map_or(Ok(parts), Err)
     }
 
-    /// The whole hold, merged from its parts.
+    /// The whole hold, merged from its parts, or from the directory's view of it while it
+    /// is active and unchanged (no shard message then).
     pub async fn hold(&self, now: Millis, hold_ref: &str) -> Result<HoldView, ShardError> {
         check_ref_field("hold_ref", hold_ref)?;
         let mut locked = self.directory.lock(now, &[hold_ref]).await;
+        if let Some(view) = locked.view(hold_ref) {
+            return Ok(view);
+        }
         let parts = self.hold_parts(&mut locked, now, hold_ref).await?;
-        Ok(outcome::whole_hold(
-            hold_ref,
-            parts.into_iter().map(|(_, p)| p).collect(),
-        )?)
+        let until = parts.iter().map(|(_, p)| p.expires_at).min();
+        let whole = outcome::whole_hold(hold_ref, parts.into_iter().map(|(_, p)| p).collect())?;
+        if let Some(until) = until {
+            locked.keep_view(hold_ref, &whole, until);
+        }
+        Ok(whole)
     }
 
     /// Notes that a shard's part of a hold now belongs to `order_ref`, if the answer says
