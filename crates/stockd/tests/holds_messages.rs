@@ -149,7 +149,11 @@ async fn hold_operations_contact_only_the_hold_s_shards() {
     // Unchanged and active, the hold is answered from the directory's view of it: no
     // shard message, the same answer.
     let again = get_hold(&mut inv, "h3").await.expect("GetHold");
-    assert_eq!(again.as_ref(), Some(&first), "the view is the shards' answer");
+    assert_eq!(
+        again.as_ref(),
+        Some(&first),
+        "the view is the shards' answer"
+    );
     assert_eq!(delta(&m8, &messages(metrics)), expect(&[]), "GetHold again");
     let moved = lines(&products[4..5]);
     reserve_ok(&mut inv, "h3", "WEB", &moved, 600).await;
@@ -198,21 +202,41 @@ async fn hold_operations_contact_only_the_hold_s_shards() {
         "ReleaseHold on 3"
     );
     // A released hold is not answered from a view: its shards say RELEASED.
-    let released = get_hold(&mut inv, "h4").await.expect("GetHold").expect("h4");
+    let released = get_hold(&mut inv, "h4")
+        .await
+        .expect("GetHold")
+        .expect("h4");
     assert_eq!(released.state(), pb::HoldState::Released);
     let m15b = messages(metrics);
-    assert_eq!(delta(&m15, &m15b), expect(&[("hold", 3)]), "GetHold released");
+    assert_eq!(
+        delta(&m15, &m15b),
+        expect(&[("hold", 3)]),
+        "GetHold released"
+    );
 
     // A view is not used past the hold's deadline: its shards answer EXPIRED.
     reserve_ok(&mut inv, "h5", "WEB", &three, 1).await;
-    let active = get_hold(&mut inv, "h5").await.expect("GetHold").expect("h5");
+    let active = get_hold(&mut inv, "h5")
+        .await
+        .expect("GetHold")
+        .expect("h5");
     assert_eq!(active.state(), pb::HoldState::Active);
     let m15c = messages(metrics);
-    assert_eq!(get_hold(&mut inv, "h5").await.expect("GetHold"), Some(active));
-    assert_eq!(delta(&m15c, &messages(metrics)), expect(&[]), "GetHold h5 again");
+    assert_eq!(
+        get_hold(&mut inv, "h5").await.expect("GetHold"),
+        Some(active)
+    );
+    assert_eq!(
+        delta(&m15c, &messages(metrics)),
+        expect(&[]),
+        "GetHold h5 again"
+    );
     tokio::time::sleep(Duration::from_millis(1_300)).await;
     let m15d = messages(metrics);
-    let expired = get_hold(&mut inv, "h5").await.expect("GetHold").expect("h5");
+    let expired = get_hold(&mut inv, "h5")
+        .await
+        .expect("GetHold")
+        .expect("h5");
     assert_eq!(expired.state(), pb::HoldState::Expired, "{expired:?}");
     let d = delta(&m15d, &messages(metrics));
     assert_eq!(d.get("hold"), Some(&3), "GetHold past the deadline: {d:?}");

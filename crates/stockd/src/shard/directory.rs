@@ -549,7 +549,11 @@ mod tests {
         s.keep_view("h", &active("h", 1_000), 1_000);
         s.note(Ns::Hold, "h", 0, Seen::Absent, 0, DAY);
         s.note(Ns::Hold, "h", 1, Seen::Absent, 0, DAY);
-        assert_eq!((s.view("h", 0), s.views), (None, 0), "the entry went, its view too");
+        assert_eq!(
+            (s.view("h", 0), s.views),
+            (None, 0),
+            "the entry went, its view too"
+        );
     }
 
     #[test]
